@@ -1,0 +1,1836 @@
+-- =============================================================================
+-- Absurd for Python: the durable-execution engine, schema "absurd".
+--
+-- Compatible with the SQL interface of Absurd 0.5.1 (same functions, parameter
+-- names, defaults, result columns, tables and SQLSTATEs AB001..AB003), so the
+-- official TypeScript, Python and Go clients run on it unmodified.
+--
+-- MAP
+--   absurd.queues                 one row per queue: storage mode and policy
+--   per queue <q> (5 tables, created by ensure_queue_tables):
+--     t_<q>  tasks        one row per task (state, params, result, retry policy)
+--     r_<q>  runs         one row per attempt of a task (lease, wake-up time)
+--     c_<q>  checkpoints  step results, keyed (task_id, checkpoint_name)
+--     e_<q>  events       first-write-wins event payloads, keyed by name
+--     w_<q>  waits        which run waits for which event, until when
+--
+--   Utilities      current_time, get_schema_version, validate_queue_name,
+--                  portable_uuidv7, uuidv7_timestamp, uuidv7_floor,
+--                  week_bucket_utc, partition_week_tag, retry_delay_seconds,
+--                  queue_channel, queue_next_wake
+--   Queues         ensure_queue_tables, create_queue, drop_queue, list_queues,
+--                  get_queue_policy, set_queue_policy
+--   Task lifecycle spawn_task, claim_task, complete_run, schedule_run, fail_run,
+--                  retry_task, cancel_task, get_task_result
+--   Steps, events  set_task_checkpoint_state, get_task_checkpoint_state(s),
+--                  extend_claim, await_event, emit_event
+--   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
+--   Internal       functions whose names start with "_" (not a public API)
+--
+-- STATE FLOW (tasks and runs share the six states)
+--   spawn -> pending --claim--> running --complete_run--> completed
+--                                  |--schedule_run / await_event--> sleeping
+--                                  |      sleeping --due or emit--> claimable
+--                                  |--fail_run--> failed (+ new run pending or
+--                                  |              sleeping when a retry is left)
+--   cancel_task: any non-terminal state -> cancelled
+--
+-- WHERE IT DIFFERS FROM UPSTREAM (all additive; see docs/engine.md)
+--   * claim cost is flat in the backlog: runs are claimed through the partial
+--     index r_<q>_cli (priority, available_at, run_id) one priority band at a
+--     time, and the maintenance it does (expired leases, cancellation policies)
+--     is bounded and index-driven (r_<q>_cei, t_<q>_cdi).
+--   * push wake-ups: NOTIFY on absurd.queue_channel(q) whenever work becomes
+--     claimable now; absurd.queue_next_wake(q) tells when timed work is due.
+--   * spawn options "available_at"/"delay" (delayed start) and "priority".
+--   * every error a caller can cause has its own SQLSTATE in class AB
+--     (catalogue in docs/errors.md); upstream's message texts are kept.
+--   * the file is re-runnable and upgrades an upstream 0.5.x schema in place.
+--
+-- LOCK ORDER (deadlock freedom): event row -> run rows (by run_id) -> task row.
+-- Claims never wait: they take run and task rows with SKIP LOCKED.
+-- =============================================================================
+
+create schema if not exists absurd;
+
+create table if not exists absurd.queues (
+  queue_name text primary key,
+  created_at timestamptz not null default clock_timestamp(),
+  storage_mode text not null default 'unpartitioned'
+    check (storage_mode in ('unpartitioned', 'partitioned')),
+  default_partition text not null default 'enabled'
+    check (default_partition in ('enabled', 'disabled')),
+  partition_lookahead interval not null default '28 days'
+    check (partition_lookahead >= interval '0'),
+  partition_lookback interval not null default '1 day'
+    check (partition_lookback >= interval '0'),
+  cleanup_ttl interval not null default '30 days'
+    check (cleanup_ttl >= interval '0'),
+  cleanup_limit integer not null default 1000 check (cleanup_limit >= 1),
+  detach_mode text not null default 'none' check (detach_mode in ('none', 'empty')),
+  detach_min_age interval not null default '30 days'
+    check (detach_min_age >= interval '0')
+);
+
+-- -----------------------------------------------------------------------------
+-- Utilities
+-- -----------------------------------------------------------------------------
+
+-- Now, or the fake time in the session setting absurd.fake_now (tests, demos).
+create or replace function absurd.current_time()
+returns timestamptz
+language sql
+volatile
+as $$
+  select coalesce(
+    nullif(btrim(current_setting('absurd.fake_now', true)), '')::timestamptz,
+    clock_timestamp()
+  );
+$$;
+
+alter table absurd.queues alter column created_at set default absurd.current_time();
+
+create or replace function absurd.get_schema_version()
+returns text
+language sql
+immutable
+as $$
+  select '0.6.0'::text;
+$$;
+
+-- Raise an engine error with its own SQLSTATE (catalogue: docs/errors.md).
+create or replace function absurd._raise(p_code text, p_message text, p_hint text default null)
+returns void
+language plpgsql
+as $$
+begin
+  if p_hint is null then
+    raise exception using errcode = p_code, message = p_message;
+  end if;
+  raise exception using errcode = p_code, message = p_message, hint = p_hint;
+end;
+$$;
+
+create or replace function absurd.validate_queue_name(p_queue_name text)
+returns text
+language plpgsql
+immutable
+as $$
+begin
+  if p_queue_name is null or p_queue_name = '' then
+    perform absurd._raise('AB004', 'Queue name must be provided');
+  end if;
+  if octet_length(p_queue_name) > 57 then
+    perform absurd._raise('AB004',
+      format('Queue name "%s" is too long (max 57 bytes).', p_queue_name));
+  end if;
+  return p_queue_name;
+end;
+$$;
+
+-- Validates the name and checks that the queue exists (AB004 / AB005).
+create or replace function absurd._require_queue(p_queue_name text)
+returns void
+language plpgsql
+stable
+as $$
+begin
+  perform absurd.validate_queue_name(p_queue_name);
+  perform 1 from absurd.queues where queue_name = p_queue_name;
+  if not found then
+    perform absurd._raise('AB005', format('Queue "%s" does not exist', p_queue_name));
+  end if;
+end;
+$$;
+
+-- The LISTEN/NOTIFY channel of a queue: 'absurd.<queue>' when that fits the
+-- 63-byte identifier limit, else 'absurd.' || md5(queue).
+create or replace function absurd.queue_channel(p_queue_name text)
+returns text
+language sql
+immutable
+strict
+as $$
+  select case when octet_length(p_queue_name) <= 56
+    then 'absurd.' || p_queue_name
+    else 'absurd.' || md5(p_queue_name) end;
+$$;
+
+create or replace function absurd._notify(p_queue_name text, p_reason text)
+returns void
+language sql
+as $$
+  select pg_notify(absurd.queue_channel(p_queue_name), p_reason);
+$$;
+
+-- A UUIDv7 for a given instant: 48 bits of Unix milliseconds, then random bits.
+create or replace function absurd._uuidv7_at(p_ts timestamptz)
+returns uuid
+language sql
+volatile
+as $$
+  select encode(
+    set_byte(
+      overlay(uuid_send(gen_random_uuid())
+        placing substring(int8send(floor(extract(epoch from p_ts) * 1000)::bigint) from 3)
+        from 1 for 6),
+      6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112),
+    'hex')::uuid;
+$$;
+
+-- portable_uuidv7: PostgreSQL 18's native uuidv7() when there is no fake time,
+-- else a v7 UUID built from absurd.current_time().
+do $$
+begin
+  if to_regprocedure('pg_catalog.uuidv7()') is not null then
+    execute $f$
+      create or replace function absurd.portable_uuidv7()
+      returns uuid language sql volatile as $b$
+        select case
+          when nullif(btrim(current_setting('absurd.fake_now', true)), '') is null
+            then pg_catalog.uuidv7()
+          else absurd._uuidv7_at(absurd.current_time()) end;
+      $b$;
+    $f$;
+  else
+    execute $f$
+      create or replace function absurd.portable_uuidv7()
+      returns uuid language sql volatile as $b$
+        select absurd._uuidv7_at(absurd.current_time());
+      $b$;
+    $f$;
+  end if;
+end;
+$$;
+
+create or replace function absurd.uuidv7_timestamp(p_id uuid)
+returns timestamptz
+language sql
+immutable
+strict
+as $$
+  select case when substring(p_id::text from 15 for 1) = '7'
+    then to_timestamp(('x' || lpad(replace(substring(p_id::text from 1 for 13), '-', ''), 16, '0'))
+                        ::bit(64)::bigint / 1000.0)
+    end;
+$$;
+
+create or replace function absurd.uuidv7_floor(p_ts timestamptz)
+returns uuid
+language plpgsql
+immutable
+strict
+as $$
+declare
+  v_ms bigint := floor(extract(epoch from p_ts) * 1000)::bigint;
+  v_hex text;
+begin
+  if v_ms < 0 or v_ms > 281474976710655 then
+    perform absurd._raise('AB015',
+      format('Timestamp "%s" is outside UUIDv7 supported range', p_ts));
+  end if;
+  v_hex := lpad(to_hex(v_ms), 12, '0');
+  return (substring(v_hex from 1 for 8) || '-' || substring(v_hex from 9 for 4)
+          || '-7000-8000-000000000000')::uuid;
+end;
+$$;
+
+create or replace function absurd.week_bucket_utc(p_ts timestamptz)
+returns timestamptz
+language sql
+immutable
+strict
+as $$
+  select date_trunc('week', p_ts at time zone 'UTC') at time zone 'UTC';
+$$;
+
+create or replace function absurd.partition_week_tag(p_ts timestamptz)
+returns text
+language sql
+immutable
+strict
+as $$
+  select right(to_char(p_ts at time zone 'UTC', 'IYYY'), 1)
+      || to_char(p_ts at time zone 'UTC', 'IW');
+$$;
+
+-- A number from a retry strategy: JSON numbers, or strings holding a number.
+create or replace function absurd._strategy_number(p_value jsonb)
+returns numeric
+language plpgsql
+immutable
+as $$
+begin
+  if p_value is null or jsonb_typeof(p_value) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(p_value) = 'number' then
+    return p_value::text::numeric;
+  end if;
+  if jsonb_typeof(p_value) = 'string'
+     and p_value #>> '{}' ~ '^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$' then
+    return (p_value #>> '{}')::numeric;
+  end if;
+  perform absurd._raise('AB003', 'retry_strategy contains an invalid number');
+  return null;
+end;
+$$;
+
+-- Seconds to wait before retry number p_attempt + 1; validates the strategy (AB003).
+create or replace function absurd.retry_delay_seconds(p_strategy jsonb, p_attempt integer)
+returns double precision
+language plpgsql
+immutable
+as $$
+declare
+  v_kind text;
+  v_base numeric;
+  v_factor numeric;
+  v_max numeric;
+  v_exp numeric;
+begin
+  if p_strategy is null or jsonb_typeof(p_strategy) = 'null' then
+    return 0;
+  end if;
+  if jsonb_typeof(p_strategy) <> 'object' then
+    perform absurd._raise('AB003', 'retry_strategy must be a JSON object');
+  end if;
+  v_kind := coalesce(p_strategy ->> 'kind', 'none');
+  if v_kind not in ('none', 'fixed', 'exponential') then
+    perform absurd._raise('AB003', format('Unsupported retry strategy kind "%s"', v_kind));
+  end if;
+  if v_kind = 'none' then
+    return 0;
+  end if;
+  v_base := coalesce(absurd._strategy_number(p_strategy -> 'base_seconds'),
+                     case v_kind when 'fixed' then 60 else 30 end);
+  if v_base < 0 or v_base > 86400 then
+    perform absurd._raise('AB003', 'retry_strategy.base_seconds must be between 0 and 86400');
+  end if;
+  if v_kind = 'fixed' then
+    return v_base::double precision;
+  end if;
+  v_factor := coalesce(absurd._strategy_number(p_strategy -> 'factor'), 2);
+  if v_factor < 0 or v_factor > 1e15 then
+    perform absurd._raise('AB003', 'retry_strategy.factor must be a finite non-negative number');
+  end if;
+  v_max := coalesce(absurd._strategy_number(p_strategy -> 'max_seconds'), 86400);
+  if v_max < 0 or v_max > 86400 then
+    perform absurd._raise('AB003', 'retry_strategy.max_seconds must be between 0 and 86400');
+  end if;
+  if v_base = 0 then
+    return 0;
+  end if;
+  v_exp := greatest(coalesce(p_attempt, 1) - 1, 0);
+  if v_factor = 0 then
+    return (case when v_exp = 0 then least(v_base, v_max) else 0 end)::double precision;
+  end if;
+  -- Compare in log space so huge exponents cannot overflow.
+  if ln(v_base) + v_exp * ln(v_factor) >= ln(greatest(v_max, 1e-300)) then
+    return v_max::double precision;
+  end if;
+  if ln(v_base) + v_exp * ln(v_factor) < -700 then
+    return 0;
+  end if;
+  return least(v_base * power(v_factor, v_exp), v_max)::double precision;
+end;
+$$;
+
+-- Typed readers for JSON options. Absent keys and JSON null give NULL; a value
+-- of the wrong type raises AB015 naming the key.
+create or replace function absurd._opt_int(p_options jsonb, p_key text)
+returns integer
+language plpgsql
+immutable
+as $$
+declare
+  v jsonb := p_options -> p_key;
+  v_text text;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return null;
+  end if;
+  v_text := v #>> '{}';
+  if jsonb_typeof(v) in ('number', 'string') and v_text ~ '^\s*[+-]?[0-9]{1,10}(\.0*)?\s*$'
+     and v_text::numeric between -2147483648 and 2147483647 then
+    return v_text::numeric::integer;
+  end if;
+  perform absurd._raise('AB015', format('%s must be an integer, got %s', p_key, left(v::text, 100)));
+  return null;
+end;
+$$;
+
+create or replace function absurd._opt_seconds(p_options jsonb, p_key text)
+returns double precision
+language plpgsql
+immutable
+as $$
+declare
+  v jsonb := p_options -> p_key;
+  v_text text;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return null;
+  end if;
+  v_text := v #>> '{}';
+  if jsonb_typeof(v) in ('number', 'string')
+     and v_text ~ '^\s*[+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$'
+     and v_text::numeric <= 3153600000 then  -- 100 years
+    return v_text::double precision;
+  end if;
+  perform absurd._raise('AB015', format(
+    '%s must be a non-negative number of seconds (at most 100 years), got %s',
+    p_key, left(v::text, 100)));
+  return null;
+end;
+$$;
+
+create or replace function absurd._opt_bool(p_options jsonb, p_key text)
+returns boolean
+language plpgsql
+immutable
+as $$
+declare
+  v jsonb := p_options -> p_key;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(v) = 'boolean' then
+    return v::text::boolean;
+  end if;
+  if jsonb_typeof(v) = 'string' and lower(v #>> '{}') in ('true', 'false') then
+    return lower(v #>> '{}')::boolean;
+  end if;
+  perform absurd._raise('AB015', format('%s must be a boolean, got %s', p_key, left(v::text, 100)));
+  return null;
+end;
+$$;
+
+create or replace function absurd._opt_timestamp(p_options jsonb, p_key text)
+returns timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v jsonb := p_options -> p_key;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(v) = 'string' then
+    begin
+      return (v #>> '{}')::timestamptz;
+    exception when others then
+      null;  -- fall through to the typed error below
+    end;
+  end if;
+  perform absurd._raise('AB015', format(
+    '%s must be an ISO 8601 timestamp string, got %s', p_key, left(v::text, 100)));
+  return null;
+end;
+$$;
+
+create or replace function absurd._require_object(p_value jsonb, p_what text)
+returns jsonb
+language plpgsql
+immutable
+as $$
+begin
+  if p_value is null or jsonb_typeof(p_value) = 'null' then
+    return '{}'::jsonb;
+  end if;
+  if jsonb_typeof(p_value) <> 'object' then
+    perform absurd._raise('AB015', format('%s must be a JSON object', p_what));
+  end if;
+  return p_value;
+end;
+$$;
+
+create or replace function absurd._require_text(p_value text, p_what text)
+returns void
+language plpgsql
+immutable
+as $$
+begin
+  if p_value is null or btrim(p_value) = '' then
+    perform absurd._raise('AB014', format('%s must be provided', p_what));
+  end if;
+end;
+$$;
+
+-- Validates a cancellation policy {max_delay, max_duration} (seconds) so that
+-- a bad one fails at spawn, not later inside everybody's claim.
+create or replace function absurd._check_cancellation(p_policy jsonb)
+returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+  v_key text;
+begin
+  if p_policy is null or jsonb_typeof(p_policy) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(p_policy) <> 'object' then
+    perform absurd._raise('AB015', 'cancellation must be a JSON object');
+  end if;
+  for v_key in select jsonb_object_keys(p_policy) loop
+    if v_key in ('max_delay', 'max_duration') then
+      perform absurd._opt_seconds(p_policy, v_key);
+    end if;
+  end loop;
+  return p_policy;
+end;
+$$;
+
+-- When a task's cancellation policy next fires: max_delay counts from the time
+-- the task became available and applies until its first start; max_duration
+-- counts from the first start.
+create or replace function absurd._cancel_deadline(
+  p_policy jsonb, p_available_at timestamptz, p_first_started_at timestamptz)
+returns timestamptz
+language sql
+immutable
+as $$
+  select case
+    when p_policy is null then null
+    when p_first_started_at is null then
+      p_available_at + make_interval(secs => (p_policy ->> 'max_delay')::double precision)
+    else
+      p_first_started_at + make_interval(secs => (p_policy ->> 'max_duration')::double precision)
+  end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Queues
+-- -----------------------------------------------------------------------------
+
+-- Creates (or upgrades in place) the per-queue tables and indexes. Re-runnable.
+create or replace function absurd.ensure_queue_tables(p_queue_name text)
+returns void
+language plpgsql
+as $$
+declare
+  q text := absurd.validate_queue_name(p_queue_name);
+  v_mode text;
+  v_t text := 't_' || q;
+  v_r text := 'r_' || q;
+  v_c text := 'c_' || q;
+  v_e text := 'e_' || q;
+  v_w text := 'w_' || q;
+  v_had_tasks boolean;
+  v_had_deadline boolean;
+begin
+  select storage_mode into v_mode from absurd.queues where queue_name = q;
+  v_mode := coalesce(v_mode, 'unpartitioned');
+  if v_mode = 'partitioned' then
+    perform absurd._raise('AB007', format(
+      'Partitioned storage (queue "%s") is not supported yet', q),
+      'Create the queue with storage mode "unpartitioned".');
+  elsif v_mode <> 'unpartitioned' then
+    perform absurd._raise('AB007', format('Unsupported queue storage mode "%s"', v_mode));
+  end if;
+  insert into absurd.queues (queue_name) values (q) on conflict (queue_name) do nothing;
+
+  v_had_tasks := to_regclass(format('absurd.%I', v_t)) is not null;
+  v_had_deadline := v_had_tasks and exists (
+    select 1 from pg_attribute
+    where attrelid = to_regclass(format('absurd.%I', v_t))
+      and attname = 'cancel_deadline' and not attisdropped);
+
+  execute format($ddl$
+    create table if not exists absurd.%I (
+      task_id uuid primary key,
+      task_name text not null,
+      params jsonb not null,
+      headers jsonb,
+      retry_strategy jsonb,
+      max_attempts integer,
+      cancellation jsonb,
+      enqueue_at timestamptz not null default absurd.current_time(),
+      first_started_at timestamptz,
+      state text not null check (state in
+        ('pending', 'running', 'sleeping', 'completed', 'failed', 'cancelled')),
+      attempts integer not null default 0,
+      last_attempt_run uuid,
+      completed_payload jsonb,
+      cancelled_at timestamptz,
+      idempotency_key text unique,
+      priority integer not null default 0,
+      cancel_deadline timestamptz,
+      finished_at timestamptz
+    ) with (fillfactor = 70)
+  $ddl$, v_t);
+  execute format($ddl$
+    create table if not exists absurd.%I (
+      run_id uuid primary key,
+      task_id uuid not null,
+      attempt integer not null,
+      state text not null check (state in
+        ('pending', 'running', 'sleeping', 'completed', 'failed', 'cancelled')),
+      claimed_by text,
+      claim_expires_at timestamptz,
+      available_at timestamptz not null,
+      wake_event text,
+      event_payload jsonb,
+      started_at timestamptz,
+      completed_at timestamptz,
+      failed_at timestamptz,
+      result jsonb,
+      failure_reason jsonb,
+      created_at timestamptz not null default absurd.current_time(),
+      priority integer not null default 0
+    ) with (fillfactor = 70)
+  $ddl$, v_r);
+  execute format($ddl$
+    create table if not exists absurd.%I (
+      task_id uuid not null,
+      checkpoint_name text not null,
+      state jsonb,
+      status text not null default 'committed',
+      owner_run_id uuid,
+      updated_at timestamptz not null default absurd.current_time(),
+      primary key (task_id, checkpoint_name)
+    ) with (fillfactor = 70)
+  $ddl$, v_c);
+  execute format($ddl$
+    create table if not exists absurd.%I (
+      event_name text primary key,
+      payload jsonb,
+      emitted_at timestamptz not null default absurd.current_time()
+    )
+  $ddl$, v_e);
+  execute format($ddl$
+    create table if not exists absurd.%I (
+      task_id uuid not null,
+      run_id uuid not null,
+      step_name text not null,
+      event_name text not null,
+      timeout_at timestamptz,
+      created_at timestamptz not null default absurd.current_time(),
+      primary key (run_id, step_name)
+    )
+  $ddl$, v_w);
+
+  -- Columns this engine adds to tables that an upstream schema created.
+  execute format('alter table absurd.%I add column if not exists priority integer not null default 0', v_t);
+  execute format('alter table absurd.%I add column if not exists cancel_deadline timestamptz', v_t);
+  execute format('alter table absurd.%I add column if not exists finished_at timestamptz', v_t);
+  execute format('alter table absurd.%I add column if not exists priority integer not null default 0', v_r);
+  if v_had_tasks and not v_had_deadline then
+    -- Upgrading an upstream table: derive the new columns once.
+    execute format($up$
+      update absurd.%1$I t set
+        cancel_deadline = case when t.state in ('pending', 'running', 'sleeping')
+          then absurd._cancel_deadline(t.cancellation, t.enqueue_at, t.first_started_at) end,
+        finished_at = case
+          when t.state = 'cancelled' then coalesce(t.cancelled_at, absurd.current_time())
+          when t.state in ('completed', 'failed') then coalesce(
+            (select coalesce(r.completed_at, r.failed_at) from absurd.%2$I r
+              where r.run_id = t.last_attempt_run), absurd.current_time())
+          end
+      where t.cancellation is not null or t.state in ('completed', 'failed', 'cancelled')
+    $up$, v_t, v_r);
+  end if;
+
+  -- Indexes. Names keep upstream's where upstream has them (tools look them up).
+  execute format('create index if not exists %I on absurd.%I (state, available_at)', v_r || '_sai', v_r);
+  execute format('create index if not exists %I on absurd.%I (task_id)', v_r || '_ti', v_r);
+  execute format($ix$create index if not exists %I on absurd.%I (claim_expires_at)
+    where state = 'running' and claim_expires_at is not null$ix$, v_r || '_cei', v_r);
+  -- The claim index: one ordered range per priority band, only claimable states.
+  execute format($ix$create index if not exists %I on absurd.%I (priority, available_at, run_id)
+    where state in ('pending', 'sleeping')$ix$, v_r || '_cli', v_r);
+  execute format($ix$create index if not exists %I on absurd.%I (task_id)
+    where cancellation is not null$ix$, v_t || '_ci', v_t);
+  execute format($ix$create index if not exists %I on absurd.%I (cancel_deadline)
+    where cancel_deadline is not null$ix$, v_t || '_cdi', v_t);
+  execute format($ix$create index if not exists %I on absurd.%I (finished_at)
+    where finished_at is not null$ix$, v_t || '_fai', v_t);
+  execute format('create index if not exists %I on absurd.%I (event_name)', v_w || '_eni', v_w);
+  execute format('create index if not exists %I on absurd.%I (task_id)', v_w || '_ti', v_w);
+  execute format('create index if not exists %I on absurd.%I (emitted_at)', v_e || '_eai', v_e);
+end;
+$$;
+
+create or replace function absurd.create_queue(p_queue_name text, p_storage_mode text)
+returns void
+language plpgsql
+as $$
+declare
+  q text := absurd.validate_queue_name(p_queue_name);
+  v_mode text := lower(btrim(coalesce(p_storage_mode, '')));
+  v_existing text;
+begin
+  if v_mode not in ('unpartitioned', 'partitioned') then
+    perform absurd._raise('AB007', format('Unsupported queue storage mode "%s"', p_storage_mode));
+  end if;
+  if v_mode = 'partitioned' then
+    perform absurd._raise('AB007', format(
+      'Partitioned storage (queue "%s") is not supported yet', q),
+      'Create the queue with storage mode "unpartitioned".');
+  end if;
+  insert into absurd.queues (queue_name, storage_mode) values (q, v_mode)
+  on conflict (queue_name) do nothing;
+  select storage_mode into v_existing from absurd.queues where queue_name = q;
+  if v_existing <> v_mode then
+    perform absurd._raise('AB006', format(
+      'Queue "%s" already exists with storage mode "%s"', q, v_existing));
+  end if;
+  perform absurd.ensure_queue_tables(q);
+end;
+$$;
+
+create or replace function absurd.create_queue(p_queue_name text)
+returns void
+language sql
+as $$
+  select absurd.create_queue(p_queue_name, 'unpartitioned');
+$$;
+
+-- Drops a queue and all its data. Not validated, so legacy names can be dropped.
+create or replace function absurd.drop_queue(p_queue_name text)
+returns void
+language plpgsql
+as $$
+declare
+  v_prefix text;
+begin
+  if p_queue_name is null
+     or not exists (select 1 from absurd.queues where queue_name = p_queue_name) then
+    return;
+  end if;
+  if to_regclass('cron.job') is not null
+     and to_regprocedure('absurd.disable_cron(text)') is not null then
+    perform absurd.disable_cron(p_queue_name);
+  end if;
+  foreach v_prefix in array array['i_', 'w_', 'e_', 'c_', 'r_', 't_'] loop
+    execute format('drop table if exists absurd.%I cascade', v_prefix || p_queue_name);
+  end loop;
+  delete from absurd.queues where queue_name = p_queue_name;
+end;
+$$;
+
+create or replace function absurd.list_queues()
+returns table (queue_name text)
+language sql
+stable
+as $$
+  select q.queue_name from absurd.queues q order by q.queue_name;
+$$;
+
+create or replace function absurd.get_queue_policy(p_queue_name text)
+returns table (
+  queue_name text,
+  storage_mode text,
+  default_partition text,
+  partition_lookahead interval,
+  partition_lookback interval,
+  cleanup_ttl interval,
+  cleanup_limit integer,
+  detach_mode text,
+  detach_min_age interval
+)
+language sql
+stable
+as $$
+  select q.queue_name, q.storage_mode, q.default_partition, q.partition_lookahead,
+         q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age
+  from absurd.queues q
+  where q.queue_name = p_queue_name;
+$$;
+
+create or replace function absurd._policy_interval(p_policy jsonb, p_key text)
+returns interval
+language plpgsql
+stable
+as $$
+declare
+  v interval;
+begin
+  if not (p_policy ? p_key) or jsonb_typeof(p_policy -> p_key) = 'null' then
+    return null;
+  end if;
+  begin
+    v := (p_policy ->> p_key)::interval;
+  exception when others then
+    perform absurd._raise('AB008', format('%s must be an interval, got %s',
+      p_key, left((p_policy -> p_key)::text, 100)));
+  end;
+  if v < interval '0' then
+    perform absurd._raise('AB008', format('%s must be non-negative', p_key));
+  end if;
+  return v;
+end;
+$$;
+
+create or replace function absurd.set_queue_policy(p_queue_name text, p_policy jsonb)
+returns void
+language plpgsql
+as $$
+declare
+  q text := absurd.validate_queue_name(p_queue_name);
+  v_policy jsonb := coalesce(p_policy, '{}'::jsonb);
+  v_key text;
+  v_row absurd.queues%rowtype;
+  v_limit integer;
+  v_mode text;
+begin
+  if jsonb_typeof(v_policy) <> 'object' then
+    perform absurd._raise('AB008', 'Queue policy must be a JSON object');
+  end if;
+  for v_key in select jsonb_object_keys(v_policy) loop
+    if v_key not in ('partition_lookahead', 'partition_lookback', 'cleanup_ttl',
+                     'cleanup_limit', 'detach_mode', 'detach_min_age', 'default_partition') then
+      perform absurd._raise('AB008', format('Unsupported queue policy key "%s"', v_key));
+    end if;
+  end loop;
+  select * into v_row from absurd.queues where queue_name = q for update;
+  if not found then
+    perform absurd._raise('AB005', format('Queue "%s" does not exist', q));
+  end if;
+
+  v_row.partition_lookahead := coalesce(
+    absurd._policy_interval(v_policy, 'partition_lookahead'), v_row.partition_lookahead);
+  v_row.partition_lookback := coalesce(
+    absurd._policy_interval(v_policy, 'partition_lookback'), v_row.partition_lookback);
+  v_row.cleanup_ttl := coalesce(absurd._policy_interval(v_policy, 'cleanup_ttl'), v_row.cleanup_ttl);
+  v_row.detach_min_age := coalesce(
+    absurd._policy_interval(v_policy, 'detach_min_age'), v_row.detach_min_age);
+  if v_policy ? 'cleanup_limit' and jsonb_typeof(v_policy -> 'cleanup_limit') <> 'null' then
+    begin
+      v_limit := absurd._opt_int(v_policy, 'cleanup_limit');
+    exception when sqlstate 'AB015' then
+      perform absurd._raise('AB008', 'cleanup_limit must be at least 1');
+    end;
+    if v_limit < 1 then
+      perform absurd._raise('AB008', 'cleanup_limit must be at least 1');
+    end if;
+    v_row.cleanup_limit := v_limit;
+  end if;
+  if v_policy ? 'detach_mode' and jsonb_typeof(v_policy -> 'detach_mode') <> 'null' then
+    v_mode := lower(btrim(v_policy ->> 'detach_mode'));
+    if v_mode not in ('none', 'empty') then
+      perform absurd._raise('AB008', format('Unsupported detach mode "%s"', v_policy ->> 'detach_mode'));
+    end if;
+    v_row.detach_mode := v_mode;
+  end if;
+  if v_policy ? 'default_partition' and jsonb_typeof(v_policy -> 'default_partition') <> 'null' then
+    v_mode := lower(btrim(v_policy ->> 'default_partition'));
+    if v_mode not in ('enabled', 'disabled') then
+      perform absurd._raise('AB008', format(
+        'Unsupported default_partition mode "%s"', v_policy ->> 'default_partition'));
+    end if;
+    if v_row.storage_mode <> 'partitioned' then
+      perform absurd._raise('AB008',
+        'default_partition policy is only supported for partitioned queues');
+    end if;
+    v_row.default_partition := v_mode;
+  end if;
+
+  update absurd.queues set
+    partition_lookahead = v_row.partition_lookahead,
+    partition_lookback = v_row.partition_lookback,
+    cleanup_ttl = v_row.cleanup_ttl,
+    cleanup_limit = v_row.cleanup_limit,
+    detach_mode = v_row.detach_mode,
+    detach_min_age = v_row.detach_min_age,
+    default_partition = v_row.default_partition
+  where queue_name = q;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Task lifecycle
+-- -----------------------------------------------------------------------------
+
+-- Drops the top-level keys whose value is null (nested values are kept as-is).
+create or replace function absurd._strip_top_nulls(p_object jsonb)
+returns jsonb
+language sql
+immutable
+as $$
+  select coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
+  from jsonb_each(p_object) where jsonb_typeof(value) <> 'null';
+$$;
+
+-- Explains why a run could not move (AB011 missing, AB001 cancelled, AB002
+-- failed, else AB012 with p_message formatted with run id and queue).
+create or replace function absurd._run_state_error(
+  p_queue_name text, p_run_id uuid, p_message text, p_missing_message text default null)
+returns void
+language plpgsql
+as $$
+declare
+  v_state text;
+begin
+  execute format('select state from absurd.%I where run_id = $1', 'r_' || p_queue_name)
+    into v_state using p_run_id;
+  if v_state is null then
+    perform absurd._raise('AB011', format(
+      coalesce(p_missing_message, 'Run "%s" not found in queue "%s"'), p_run_id, p_queue_name));
+  elsif v_state = 'cancelled' then
+    perform absurd._raise('AB001', 'Task has been cancelled');
+  elsif v_state = 'failed' then
+    perform absurd._raise('AB002', format(
+      'Run "%s" has already failed in queue "%s"', p_run_id, p_queue_name));
+  end if;
+  perform absurd._raise('AB012', format(p_message, p_run_id, p_queue_name));
+end;
+$$;
+
+create or replace function absurd.spawn_task(
+  p_queue_name text,
+  p_task_name text,
+  p_params jsonb,
+  p_options jsonb default '{}'
+)
+returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_opts jsonb;
+  v_retry jsonb;
+  v_max_attempts integer;
+  v_cancel jsonb;
+  v_priority integer;
+  v_delay double precision;
+  v_available timestamptz;
+  v_key text;
+  v_task_id uuid := absurd.portable_uuidv7();
+  v_run_id uuid := absurd.portable_uuidv7();
+  v_inserted integer;
+  v_old record;
+begin
+  perform absurd._require_queue(q);
+  perform absurd._require_text(p_task_name, 'task_name');
+  v_opts := absurd._require_object(p_options, 'options');
+  v_retry := nullif(v_opts -> 'retry_strategy', 'null'::jsonb);
+  if v_retry is not null then
+    perform absurd.retry_delay_seconds(v_retry, 1);
+  end if;
+  v_max_attempts := absurd._opt_int(v_opts, 'max_attempts');
+  if v_max_attempts < 1 then
+    perform absurd._raise('AB015', 'max_attempts must be >= 1');
+  end if;
+  v_cancel := absurd._check_cancellation(v_opts -> 'cancellation');
+  v_priority := coalesce(absurd._opt_int(v_opts, 'priority'), 0);
+  v_key := v_opts ->> 'idempotency_key';
+  v_delay := absurd._opt_seconds(v_opts, 'delay');
+  v_available := absurd._opt_timestamp(v_opts, 'available_at');
+  if v_delay is not null and v_available is not null then
+    perform absurd._raise('AB015', 'Give either available_at or delay, not both');
+  end if;
+  v_available := case when v_delay is not null then v_now + make_interval(secs => v_delay)
+                      else greatest(coalesce(v_available, v_now), v_now) end;
+
+  execute format($q$
+    with t as (
+      insert into absurd.%1$I as t (task_id, task_name, params, headers, retry_strategy,
+        max_attempts, cancellation, enqueue_at, state, attempts, last_attempt_run,
+        idempotency_key, priority, cancel_deadline)
+      values ($1, $2, coalesce($3, 'null'::jsonb), $4, $5, $6, $7, $8, 'pending', 1, $9,
+        $10, $11, absurd._cancel_deadline($7, $12, null))
+      on conflict (idempotency_key) do nothing
+      returning t.task_id
+    ), r as (
+      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
+      select $9, t.task_id, 1, 'pending', $12, $8, $11 from t
+    )
+    select count(*) from t
+  $q$, 't_' || q, 'r_' || q)
+  into v_inserted
+  using v_task_id, p_task_name, p_params, nullif(v_opts -> 'headers', 'null'::jsonb), v_retry,
+        v_max_attempts, v_cancel, v_now, v_run_id, v_key, v_priority, v_available;
+
+  if v_inserted = 0 then
+    -- The idempotency key is taken: hand back the task that holds it.
+    execute format('select task_id, last_attempt_run, attempts from absurd.%I where idempotency_key = $1',
+                   't_' || q)
+      into v_old using v_key;
+    if v_old.task_id is null then
+      raise exception using errcode = '40001',
+        message = format('Idempotency key "%s" in queue "%s" was concurrently cleaned up', v_key, q),
+        hint = 'Retry spawn_task with the same idempotency key.';
+    end if;
+    return query select v_old.task_id, v_old.last_attempt_run, v_old.attempts, false;
+    return;
+  end if;
+  if v_available <= v_now then
+    perform absurd._notify(q, 'spawn');
+  end if;
+  return query select v_task_id, v_run_id, 1, true;
+end;
+$$;
+
+-- Cancels one task: locks its live runs (by run_id) then the task, like every
+-- other writer. Returns false when the task does not exist.
+create or replace function absurd._cancel_task(p_queue_name text, p_task_id uuid, p_now timestamptz)
+returns boolean
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_state text;
+begin
+  execute format($q$select 1 from absurd.%I where task_id = $1
+    and state not in ('completed', 'failed', 'cancelled') order by run_id for update$q$, 'r_' || q)
+    using p_task_id;
+  execute format('select state from absurd.%I where task_id = $1 for update', 't_' || q)
+    into v_state using p_task_id;
+  if v_state is null then
+    return false;
+  end if;
+  if v_state in ('completed', 'failed', 'cancelled') then
+    return true;
+  end if;
+  execute format($q$
+    with ut as (
+      update absurd.%1$I set state = 'cancelled', cancelled_at = coalesce(cancelled_at, $2),
+        cancel_deadline = null, finished_at = $2
+      where task_id = $1
+    ), ur as (
+      update absurd.%2$I set state = 'cancelled', claimed_by = null, claim_expires_at = null
+      where task_id = $1 and state not in ('completed', 'failed', 'cancelled')
+    )
+    delete from absurd.%3$I where task_id = $1
+  $q$, 't_' || q, 'r_' || q, 'w_' || q) using p_task_id, p_now;
+  return true;
+end;
+$$;
+
+-- Bounded maintenance done by claim: at most p_limit cancellation policies and
+-- p_limit expired leases, each found through its own partial index.
+create or replace function absurd._sweep(p_queue_name text, p_now timestamptz, p_limit integer)
+returns void
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_task uuid;
+  v_run record;
+begin
+  for v_task in execute format($q$select task_id from absurd.%I where cancel_deadline <= $1
+      order by cancel_deadline limit $2$q$, 't_' || q) using p_now, p_limit loop
+    perform absurd._cancel_task(q, v_task, p_now);
+  end loop;
+  for v_run in execute format($q$select run_id, claimed_by, claim_expires_at, attempt
+      from absurd.%I where state = 'running' and claim_expires_at is not null
+        and claim_expires_at <= $1
+      order by claim_expires_at, run_id limit $2 for update skip locked$q$, 'r_' || q)
+      using p_now, p_limit loop
+    perform absurd._fail_run(q, v_run.run_id, jsonb_strip_nulls(jsonb_build_object(
+      'name', '$ClaimTimeout',
+      'message', 'worker did not finish task within claim interval',
+      'workerId', v_run.claimed_by,
+      'claimExpiredAt', v_run.claim_expires_at,
+      'attempt', v_run.attempt)), null, p_now);
+  end loop;
+end;
+$$;
+
+-- Claims up to p_qty runs, highest priority first, then oldest available_at.
+-- Each priority band is one ordered range scan of r_<q>_cli that stops at
+-- "now", so the cost does not depend on how many runs wait behind it.
+create or replace function absurd.claim_task(
+  p_queue_name text,
+  p_worker_id text,
+  p_claim_timeout integer default 30,
+  p_qty integer default 1
+)
+returns table (
+  run_id uuid,
+  task_id uuid,
+  attempt integer,
+  task_name text,
+  params jsonb,
+  retry_strategy jsonb,
+  max_attempts integer,
+  headers jsonb,
+  wake_event text,
+  event_payload jsonb
+)
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_timeout integer := greatest(coalesce(p_claim_timeout, 30), 0);
+  v_worker text := coalesce(nullif(p_worker_id, ''), 'worker');
+  v_left integer := greatest(coalesce(p_qty, 1), 1);
+  v_expires timestamptz;
+  v_below bigint := 2147483648;  -- bands are searched below this priority
+  v_priority integer;
+  v_got integer;
+begin
+  perform absurd._require_queue(q);
+  if v_timeout > 0 then
+    v_expires := v_now + make_interval(secs => v_timeout);
+  end if;
+  perform absurd._sweep(q, v_now, v_left);
+  loop
+    execute format($q$select priority from absurd.%I where state in ('pending', 'sleeping')
+      and priority < $1 order by priority desc limit 1$q$, 'r_' || q)
+      into v_priority using v_below;
+    exit when v_priority is null;
+    return query execute format($q$
+      with c as (
+        select r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload, r.available_at
+        from absurd.%1$I r
+        join absurd.%2$I t on t.task_id = r.task_id
+        where r.state in ('pending', 'sleeping') and r.priority = $1 and r.available_at <= $2
+          and t.state in ('pending', 'sleeping', 'running')
+          and (t.cancel_deadline is null or t.cancel_deadline > $2)
+        order by r.available_at, r.run_id
+        limit $3
+        for update of r, t skip locked
+      ), ur as (
+        update absurd.%1$I r set state = 'running', claimed_by = $4, claim_expires_at = $5,
+          started_at = $2, available_at = $2
+        from c where r.run_id = c.run_id
+      ), ut as (
+        update absurd.%2$I t set state = 'running',
+          attempts = greatest(t.attempts, c.attempt),
+          first_started_at = coalesce(t.first_started_at, $2),
+          last_attempt_run = c.run_id,
+          cancel_deadline = case when t.first_started_at is null
+            then absurd._cancel_deadline(t.cancellation, null, $2) else t.cancel_deadline end
+        from c where t.task_id = c.task_id
+        returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
+      ), dw as (
+        delete from absurd.%3$I w using c
+        where w.run_id = c.run_id and w.timeout_at is not null and w.timeout_at <= $2
+      )
+      select c.run_id, c.task_id, c.attempt, ut.task_name, ut.params, ut.retry_strategy,
+             ut.max_attempts, ut.headers, c.wake_event, c.event_payload
+      from c join ut on ut.task_id = c.task_id
+      order by c.available_at, c.run_id
+    $q$, 'r_' || q, 't_' || q, 'w_' || q)
+      using v_priority, v_now, v_left, v_worker, v_expires;
+    get diagnostics v_got = row_count;
+    v_left := v_left - v_got;
+    exit when v_left <= 0;
+    v_below := v_priority;
+  end loop;
+end;
+$$;
+
+create or replace function absurd.complete_run(p_queue_name text, p_run_id uuid, p_state jsonb default null)
+returns void
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_task uuid;
+begin
+  perform absurd._require_queue(q);
+  execute format($q$
+    with ur as (
+      update absurd.%1$I set state = 'completed', completed_at = $2, result = $3
+      where run_id = $1 and state = 'running'
+      returning task_id
+    ), ut as (
+      update absurd.%2$I t set state = 'completed', completed_payload = $3, last_attempt_run = $1,
+        cancel_deadline = null, finished_at = $2
+      from ur where t.task_id = ur.task_id
+      returning t.task_id
+    ), dw as (
+      delete from absurd.%3$I where run_id = $1
+    )
+    select task_id from ut
+  $q$, 'r_' || q, 't_' || q, 'w_' || q)
+    into v_task using p_run_id, absurd.current_time(), p_state;
+  if v_task is null then
+    perform absurd._run_state_error(q, p_run_id, 'Run "%s" is not currently running in queue "%s"');
+  end if;
+end;
+$$;
+
+create or replace function absurd.schedule_run(p_queue_name text, p_run_id uuid, p_wake_at timestamptz)
+returns void
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_task uuid;
+begin
+  perform absurd._require_queue(q);
+  if p_wake_at is null then
+    perform absurd._raise('AB014', 'wake_at must be provided');
+  end if;
+  execute format($q$
+    with ur as (
+      update absurd.%1$I set state = 'sleeping', available_at = $2, claimed_by = null,
+        claim_expires_at = null, wake_event = null
+      where run_id = $1 and state = 'running'
+      returning task_id
+    )
+    update absurd.%2$I t set state = 'sleeping' from ur where t.task_id = ur.task_id
+    returning t.task_id
+  $q$, 'r_' || q, 't_' || q)
+    into v_task using p_run_id, p_wake_at;
+  if v_task is null then
+    perform absurd._run_state_error(q, p_run_id, 'Run "%s" is not currently running in queue "%s"');
+  end if;
+  if p_wake_at <= v_now then
+    perform absurd._notify(q, 'wake');
+  end if;
+end;
+$$;
+
+-- Fails a run and decides the task's fate: a new attempt (now or later), a
+-- cancellation (max_duration would be exceeded), or a permanent failure.
+create or replace function absurd._fail_run(
+  p_queue_name text, p_run_id uuid, p_reason jsonb, p_retry_at timestamptz, p_now timestamptz)
+returns void
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_run record;
+  v_task record;
+  v_retry boolean;
+  v_cancel boolean := false;
+  v_next timestamptz;
+  v_max_duration double precision;
+  v_new_run uuid;
+begin
+  execute format('select run_id, task_id, attempt, state from absurd.%I where run_id = $1 for update',
+                 'r_' || q)
+    into v_run using p_run_id;
+  if v_run.run_id is null then
+    perform absurd._raise('AB011', format('Run "%s" cannot be failed in queue "%s"', p_run_id, q));
+  elsif v_run.state = 'cancelled' then
+    perform absurd._raise('AB001', 'Task has been cancelled');
+  elsif v_run.state = 'failed' then
+    perform absurd._raise('AB002', format('Run "%s" has already failed in queue "%s"', p_run_id, q));
+  elsif v_run.state not in ('running', 'sleeping') then
+    perform absurd._raise('AB012', format('Run "%s" cannot be failed in queue "%s"', p_run_id, q));
+  end if;
+  execute format($q$select task_id, attempts, max_attempts, retry_strategy, cancellation,
+      first_started_at, priority from absurd.%I where task_id = $1 for update$q$, 't_' || q)
+    into v_task using v_run.task_id;
+
+  v_retry := v_task.max_attempts is null or v_run.attempt + 1 <= v_task.max_attempts;
+  if v_retry then
+    if p_retry_at is not null then
+      v_next := greatest(p_retry_at, p_now);
+    else
+      begin
+        v_next := p_now + make_interval(
+          secs => absurd.retry_delay_seconds(v_task.retry_strategy, v_run.attempt));
+      exception when sqlstate 'AB003' then
+        v_retry := false;  -- a legacy, invalid strategy: fail for good
+      end;
+    end if;
+  end if;
+  if v_retry and v_task.first_started_at is not null then
+    v_max_duration := (v_task.cancellation ->> 'max_duration')::double precision;
+    if v_max_duration is not null
+       and extract(epoch from (v_next - v_task.first_started_at)) >= v_max_duration then
+      v_retry := false;
+      v_cancel := true;
+    end if;
+  end if;
+
+  execute format($q$
+    with ur as (
+      update absurd.%1$I set state = 'failed', failed_at = $2, failure_reason = $3, wake_event = null
+      where run_id = $1
+    )
+    delete from absurd.%2$I where run_id = $1
+  $q$, 'r_' || q, 'w_' || q) using p_run_id, p_now, p_reason;
+
+  if v_retry then
+    v_new_run := absurd.portable_uuidv7();
+    execute format($q$
+      with nr as (
+        insert into absurd.%1$I (run_id, task_id, attempt, state, available_at, created_at, priority)
+        values ($1, $2, $3, $4, $5, $6, $7)
+      )
+      update absurd.%2$I set state = $4, attempts = greatest(attempts, $3), last_attempt_run = $1
+      where task_id = $2
+    $q$, 'r_' || q, 't_' || q)
+      using v_new_run, v_task.task_id, v_run.attempt + 1,
+            case when v_next > p_now then 'sleeping' else 'pending' end,
+            v_next, p_now, v_task.priority;
+    if v_next <= p_now then
+      perform absurd._notify(q, 'retry');
+    end if;
+  else
+    execute format($q$
+      update absurd.%I set state = $2, attempts = greatest(attempts, $3), last_attempt_run = $4,
+        cancelled_at = case when $2 = 'cancelled' then coalesce(cancelled_at, $5) else cancelled_at end,
+        cancel_deadline = null, finished_at = $5
+      where task_id = $1
+    $q$, 't_' || q)
+      using v_task.task_id, case when v_cancel then 'cancelled' else 'failed' end,
+            v_run.attempt, p_run_id, p_now;
+  end if;
+end;
+$$;
+
+create or replace function absurd.fail_run(
+  p_queue_name text,
+  p_run_id uuid,
+  p_reason jsonb,
+  p_retry_at timestamptz default null
+)
+returns void
+language plpgsql
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  perform absurd._fail_run(p_queue_name, p_run_id, p_reason, p_retry_at, absurd.current_time());
+end;
+$$;
+
+create or replace function absurd.retry_task(p_queue_name text, p_task_id uuid, p_options jsonb default '{}')
+returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_opts jsonb;
+  v_spawn_new boolean;
+  v_max integer;
+  v_task record;
+  v_run_id uuid;
+begin
+  perform absurd._require_queue(q);
+  v_opts := absurd._require_object(p_options, 'options');
+  v_spawn_new := coalesce(absurd._opt_bool(v_opts, 'spawn_new'), false);
+  v_max := absurd._opt_int(v_opts, 'max_attempts');
+  if v_max < 1 then
+    perform absurd._raise('AB015', 'max_attempts must be >= 1');
+  end if;
+  execute format($q$select task_id, task_name, params, headers, retry_strategy, max_attempts,
+      cancellation, attempts, state, priority, first_started_at
+    from absurd.%I where task_id = $1 for update$q$, 't_' || q)
+    into v_task using p_task_id;
+  if v_task.task_id is null then
+    perform absurd._raise('AB009', format('Task "%s" not found in queue "%s"', p_task_id, q));
+  end if;
+  if v_task.state <> 'failed' then
+    perform absurd._raise('AB010', format(
+      'Task "%s" is not currently failed in queue "%s"', p_task_id, q));
+  end if;
+
+  if v_spawn_new then
+    return query select * from absurd.spawn_task(q, v_task.task_name, v_task.params,
+      absurd._strip_top_nulls(jsonb_build_object(
+        'headers', v_task.headers,
+        'retry_strategy', v_task.retry_strategy,
+        'max_attempts', coalesce(v_max, v_task.max_attempts),
+        'cancellation', v_task.cancellation,
+        'priority', v_task.priority)));
+    return;
+  end if;
+
+  v_max := coalesce(v_max, coalesce(v_task.max_attempts, v_task.attempts) + 1);
+  if v_max <= v_task.attempts then
+    perform absurd._raise('AB010', format(
+      'max_attempts (%s) must be greater than current attempts (%s)', v_max, v_task.attempts));
+  end if;
+  v_run_id := absurd.portable_uuidv7();
+  execute format($q$
+    with nr as (
+      insert into absurd.%1$I (run_id, task_id, attempt, state, available_at, created_at, priority)
+      values ($1, $2, $3, 'pending', $4, $4, $5)
+    )
+    update absurd.%2$I set state = 'pending', attempts = $3, max_attempts = $6,
+      last_attempt_run = $1, cancelled_at = null, finished_at = null,
+      cancel_deadline = absurd._cancel_deadline(cancellation, $4, first_started_at)
+    where task_id = $2
+  $q$, 'r_' || q, 't_' || q)
+    using v_run_id, p_task_id, v_task.attempts + 1, v_now, v_task.priority, v_max;
+  perform absurd._notify(q, 'retry');
+  return query select p_task_id, v_run_id, v_task.attempts + 1, false;
+end;
+$$;
+
+create or replace function absurd.cancel_task(p_queue_name text, p_task_id uuid)
+returns void
+language plpgsql
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  if not absurd._cancel_task(p_queue_name, p_task_id, absurd.current_time()) then
+    perform absurd._raise('AB009', format(
+      'Task "%s" not found in queue "%s"', p_task_id, p_queue_name));
+  end if;
+end;
+$$;
+
+create or replace function absurd.get_task_result(p_queue_name text, p_task_id uuid)
+returns table (task_id uuid, state text, result jsonb, failure_reason jsonb)
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  return query execute format($q$
+    select t.task_id, t.state,
+           case when t.state = 'completed' then t.completed_payload end,
+           case when t.state = 'failed' then r.failure_reason end
+    from absurd.%I t left join absurd.%I r on r.run_id = t.last_attempt_run
+    where t.task_id = $1
+  $q$, 't_' || p_queue_name, 'r_' || p_queue_name) using p_task_id;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Steps, leases and events
+-- -----------------------------------------------------------------------------
+
+-- Stores a step's result. An older attempt never overwrites a newer attempt's
+-- checkpoint. Renews the run's lease by p_extend_claim_by seconds when given.
+create or replace function absurd.set_task_checkpoint_state(
+  p_queue_name text,
+  p_task_id uuid,
+  p_step_name text,
+  p_state jsonb,
+  p_owner_run uuid,
+  p_extend_claim_by integer default null
+)
+returns void
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_run record;
+begin
+  perform absurd._require_queue(q);
+  perform absurd._require_text(p_step_name, 'step_name');
+  execute format($q$select r.task_id, r.attempt, r.state, t.state as task_state
+    from absurd.%I r left join absurd.%I t on t.task_id = r.task_id where r.run_id = $1$q$,
+    'r_' || q, 't_' || q)
+    into v_run using p_owner_run;
+  if v_run.task_id is null then
+    perform absurd._raise('AB011', format('Run "%s" not found for checkpoint', p_owner_run));
+  elsif v_run.task_id is distinct from p_task_id then
+    perform absurd._raise('AB013', format(
+      'Run "%s" does not belong to task "%s" in queue "%s"', p_owner_run, p_task_id, q));
+  elsif v_run.task_state = 'cancelled' or v_run.state = 'cancelled' then
+    perform absurd._raise('AB001', 'Task has been cancelled');
+  elsif v_run.state = 'failed' then
+    perform absurd._raise('AB002', format(
+      'Run "%s" has already failed in queue "%s"', p_owner_run, q));
+  end if;
+  execute format($q$
+    with ext as (
+      update absurd.%1$I set claim_expires_at = $5 + make_interval(secs => $6)
+      where run_id = $4 and $6 > 0 and state = 'running' and claim_expires_at is not null
+    )
+    insert into absurd.%2$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
+    values ($1, $2, $3, 'committed', $4, $5)
+    on conflict (task_id, checkpoint_name) do update
+      set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
+          updated_at = excluded.updated_at
+      where c.owner_run_id is null or c.owner_run_id = excluded.owner_run_id
+         or coalesce((select o.attempt from absurd.%1$I o where o.run_id = c.owner_run_id), 0) <= $7
+  $q$, 'r_' || q, 'c_' || q)
+    using p_task_id, p_step_name, p_state, p_owner_run, v_now,
+          coalesce(p_extend_claim_by, 0), v_run.attempt;
+end;
+$$;
+
+create or replace function absurd.extend_claim(p_queue_name text, p_run_id uuid, p_extend_by integer)
+returns void
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_run record;
+  v_task_state text;
+begin
+  perform absurd._require_queue(q);
+  if p_extend_by is null or p_extend_by <= 0 then
+    perform absurd._raise('AB015', 'extend_by must be > 0');
+  end if;
+  execute format('select task_id, state, claim_expires_at from absurd.%I where run_id = $1 for update',
+                 'r_' || q)
+    into v_run using p_run_id;
+  if v_run.task_id is null then
+    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', p_run_id, q));
+  end if;
+  execute format('select state from absurd.%I where task_id = $1 for update', 't_' || q)
+    into v_task_state using v_run.task_id;
+  if v_task_state = 'cancelled' or v_run.state = 'cancelled' then
+    perform absurd._raise('AB001', 'Task has been cancelled');
+  elsif v_run.state = 'failed' then
+    perform absurd._raise('AB002', format('Run "%s" has already failed in queue "%s"', p_run_id, q));
+  elsif v_run.state <> 'running' then
+    perform absurd._raise('AB012', format(
+      'Run "%s" is not currently running in queue "%s"', p_run_id, q));
+  elsif v_run.claim_expires_at is null then
+    perform absurd._raise('AB012', format(
+      'Run "%s" does not have an active claim in queue "%s"', p_run_id, q));
+  end if;
+  execute format('update absurd.%I set claim_expires_at = $2 where run_id = $1', 'r_' || q)
+    using p_run_id, absurd.current_time() + make_interval(secs => p_extend_by);
+end;
+$$;
+
+create or replace function absurd.get_task_checkpoint_state(
+  p_queue_name text,
+  p_task_id uuid,
+  p_step_name text,
+  p_include_pending boolean default false
+)
+returns table (checkpoint_name text, state jsonb, status text, owner_run_id uuid, updated_at timestamptz)
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  return query execute format($q$
+    select c.checkpoint_name, c.state, c.status, c.owner_run_id, c.updated_at
+    from absurd.%I c
+    where c.task_id = $1 and c.checkpoint_name = $2 and ($3 or c.status = 'committed')
+  $q$, 'c_' || p_queue_name) using p_task_id, p_step_name, coalesce(p_include_pending, false);
+end;
+$$;
+
+-- The checkpoints a run may replay: those written by its own or earlier attempts.
+create or replace function absurd.get_task_checkpoint_states(p_queue_name text, p_task_id uuid, p_run_id uuid)
+returns table (checkpoint_name text, state jsonb, status text, owner_run_id uuid, updated_at timestamptz)
+language plpgsql
+stable
+as $$
+declare
+  q text := p_queue_name;
+  v_run record;
+begin
+  perform absurd._require_queue(q);
+  execute format('select task_id, attempt from absurd.%I where run_id = $1', 'r_' || q)
+    into v_run using p_run_id;
+  if v_run.task_id is null then
+    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', p_run_id, q));
+  elsif v_run.task_id is distinct from p_task_id then
+    perform absurd._raise('AB013', format(
+      'Run "%s" does not belong to task "%s" in queue "%s"', p_run_id, p_task_id, q));
+  end if;
+  return query execute format($q$
+    select c.checkpoint_name, c.state, c.status, c.owner_run_id, c.updated_at
+    from absurd.%I c left join absurd.%I o on o.run_id = c.owner_run_id
+    where c.task_id = $1 and c.status = 'committed' and (o.run_id is null or o.attempt <= $2)
+    order by c.updated_at
+  $q$, 'c_' || q, 'r_' || q) using p_task_id, v_run.attempt;
+end;
+$$;
+
+-- Waits for an event. Returns (false, payload) when it has been emitted (and
+-- checkpoints it), else registers the wait, puts the run to sleep and returns
+-- (true, null). Lock order event row -> run -> task prevents lost wake-ups.
+create or replace function absurd.await_event(
+  p_queue_name text,
+  p_task_id uuid,
+  p_run_id uuid,
+  p_step_name text,
+  p_event_name text,
+  p_timeout integer default null
+)
+returns table (should_suspend boolean, payload jsonb)
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_cp record;
+  v_event_payload jsonb;
+  v_run record;
+  v_task_state text;
+  v_resolved boolean := false;
+  v_timeout_at timestamptz;
+begin
+  perform absurd._require_queue(q);
+  perform absurd._require_text(p_event_name, 'event_name');
+  perform absurd._require_text(p_step_name, 'step_name');
+  if p_timeout < 0 then
+    perform absurd._raise('AB015', 'timeout must be non-negative');
+  end if;
+
+  execute format('select state from absurd.%I where task_id = $1 and checkpoint_name = $2', 'c_' || q)
+    into v_cp using p_task_id, p_step_name;
+  if found then
+    return query select false, v_cp.state;
+    return;
+  end if;
+
+  execute format($q$insert into absurd.%1$I (event_name, payload, emitted_at)
+    values ($1, null, 'epoch') on conflict (event_name) do nothing$q$, 'e_' || q)
+    using p_event_name;
+  execute format('select payload from absurd.%I where event_name = $1 for share', 'e_' || q)
+    into v_event_payload using p_event_name;
+
+  execute format($q$select task_id, state, wake_event, event_payload from absurd.%I
+    where run_id = $1 for update$q$, 'r_' || q)
+    into v_run using p_run_id;
+  if v_run.task_id is null then
+    perform absurd._raise('AB011', format('Run "%s" not found while awaiting event', p_run_id));
+  elsif v_run.task_id is distinct from p_task_id then
+    perform absurd._raise('AB013', format(
+      'Run "%s" does not belong to task "%s" in queue "%s"', p_run_id, p_task_id, q));
+  end if;
+  execute format('select state from absurd.%I where task_id = $1 for update', 't_' || q)
+    into v_task_state using v_run.task_id;
+  if v_task_state = 'cancelled' or v_run.state = 'cancelled' then
+    perform absurd._raise('AB001', 'Task has been cancelled');
+  end if;
+
+  if v_run.event_payload is not null then
+    execute format('update absurd.%I set event_payload = null where run_id = $1', 'r_' || q)
+      using p_run_id;
+    v_resolved := v_event_payload is not null and v_run.event_payload = v_event_payload;
+  end if;
+  if v_run.state <> 'running' then
+    perform absurd._raise('AB012', format('Run "%s" must be running to await events', p_run_id));
+  end if;
+
+  if v_resolved or v_event_payload is not null then
+    execute format($q$insert into absurd.%I as c
+        (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
+      values ($1, $2, $3, 'committed', $4, $5)
+      on conflict (task_id, checkpoint_name) do update
+        set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
+            updated_at = excluded.updated_at$q$, 'c_' || q)
+      using p_task_id, p_step_name, v_event_payload, p_run_id, v_now;
+    return query select false, v_event_payload;
+    return;
+  end if;
+
+  if v_run.wake_event = p_event_name and v_run.event_payload is null then
+    -- Woken by the timeout: report it once and forget the wait.
+    execute format('update absurd.%I set wake_event = null where run_id = $1', 'r_' || q)
+      using p_run_id;
+    return query select false, null::jsonb;
+    return;
+  end if;
+
+  if p_timeout is not null then
+    v_timeout_at := v_now + make_interval(secs => p_timeout);
+  end if;
+  execute format($q$
+    with w as (
+      insert into absurd.%1$I as w (task_id, run_id, step_name, event_name, timeout_at, created_at)
+      values ($1, $2, $3, $4, $5, $6)
+      on conflict (run_id, step_name) do update
+        set event_name = excluded.event_name, timeout_at = excluded.timeout_at,
+            created_at = excluded.created_at
+    ), ur as (
+      update absurd.%2$I set state = 'sleeping', claimed_by = null, claim_expires_at = null,
+        available_at = coalesce($5, 'infinity'), wake_event = $4, event_payload = null
+      where run_id = $2
+    )
+    update absurd.%3$I set state = 'sleeping' where task_id = $1
+  $q$, 'w_' || q, 'r_' || q, 't_' || q)
+    using p_task_id, p_run_id, p_step_name, p_event_name, v_timeout_at, v_now;
+  return query select true, null::jsonb;
+end;
+$$;
+
+-- Emits an event: the first emit of a name wins, later ones change nothing.
+-- Wakes every run waiting for it (and checkpoints the payload for each).
+create or replace function absurd.emit_event(p_queue_name text, p_event_name text, p_payload jsonb default null)
+returns void
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_payload jsonb := coalesce(p_payload, 'null'::jsonb);
+  v_stored integer;
+  v_woken integer;
+begin
+  perform absurd._require_queue(q);
+  perform absurd._require_text(p_event_name, 'event_name');
+  execute format($q$
+    with up as (
+      insert into absurd.%1$I as e (event_name, payload, emitted_at) values ($1, $2, $3)
+      on conflict (event_name) do update set payload = excluded.payload, emitted_at = excluded.emitted_at
+        where e.payload is null
+      returning 1
+    )
+    select count(*) from up
+  $q$, 'e_' || q) into v_stored using p_event_name, v_payload, v_now;
+  if v_stored = 0 then
+    return;
+  end if;
+  -- A new statement, so a new snapshot: waits committed while we queued on the
+  -- event row are visible here.
+  execute format($q$
+    with dw as (
+      delete from absurd.%1$I where event_name = $1
+      returning task_id, run_id, step_name, timeout_at
+    ), ur as (
+      update absurd.%2$I r set state = 'pending', available_at = $3, wake_event = null,
+        event_payload = $2, claimed_by = null, claim_expires_at = null
+      from dw
+      where r.run_id = dw.run_id and r.state = 'sleeping'
+        and (dw.timeout_at is null or dw.timeout_at > $3)
+      returning r.run_id, r.task_id, dw.step_name
+    ), uc as (
+      insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
+      select ur.task_id, ur.step_name, $2, 'committed', ur.run_id, $3 from ur
+      on conflict (task_id, checkpoint_name) do update
+        set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
+            updated_at = excluded.updated_at
+    ), ut as (
+      update absurd.%4$I t set state = 'pending' from ur where t.task_id = ur.task_id
+    )
+    select count(*) from ur
+  $q$, 'w_' || q, 'r_' || q, 'c_' || q, 't_' || q)
+    into v_woken using p_event_name, v_payload, v_now;
+  if v_woken > 0 then
+    perform absurd._notify(q, 'event');
+  end if;
+end;
+$$;
+
+-- When a worker should look again without a notification: the earliest time a
+-- pending or sleeping run of the queue becomes claimable (now or later), or
+-- NULL when nothing is scheduled. Two index probes on r_<q>_sai.
+create or replace function absurd.queue_next_wake(p_queue_name text)
+returns timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v_next timestamptz;
+begin
+  perform absurd._require_queue(p_queue_name);
+  execute format($q$select least(
+      (select min(available_at) from absurd.%1$I where state = 'pending'),
+      (select min(available_at) from absurd.%1$I where state = 'sleeping'
+         and available_at < 'infinity'))$q$, 'r_' || p_queue_name)
+    into v_next;
+  return v_next;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Cleanup
+-- -----------------------------------------------------------------------------
+
+create or replace function absurd._check_cleanup_args(p_ttl_seconds integer, p_limit integer)
+returns void
+language plpgsql
+immutable
+as $$
+begin
+  if p_ttl_seconds is null or p_ttl_seconds < 0 then
+    perform absurd._raise('AB015', 'TTL must be a non-negative number of seconds');
+  end if;
+  if p_limit is not null and p_limit < 1 then
+    perform absurd._raise('AB015', 'limit must be at least 1');
+  end if;
+end;
+$$;
+
+-- Deletes up to p_limit finished tasks (oldest first) that finished more than
+-- p_ttl_seconds ago, with their runs, checkpoints and waits. Live tasks are
+-- never touched. Returns the number of tasks deleted.
+create or replace function absurd.cleanup_tasks(p_queue_name text, p_ttl_seconds integer, p_limit integer default 1000)
+returns integer
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_deleted integer;
+begin
+  perform absurd._require_queue(q);
+  perform absurd._check_cleanup_args(p_ttl_seconds, p_limit);
+  execute format($q$
+    with v as (
+      select task_id from absurd.%1$I
+      where finished_at < $1 and state in ('completed', 'failed', 'cancelled')
+      order by finished_at limit $2
+      for update skip locked
+    ), dc as (
+      delete from absurd.%2$I c using v where c.task_id = v.task_id
+    ), dw as (
+      delete from absurd.%3$I w using v where w.task_id = v.task_id
+    ), dr as (
+      delete from absurd.%4$I r using v where r.task_id = v.task_id
+    ), dt as (
+      delete from absurd.%1$I t using v where t.task_id = v.task_id returning 1
+    )
+    select count(*) from dt
+  $q$, 't_' || q, 'c_' || q, 'w_' || q, 'r_' || q)
+    into v_deleted
+    using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
+  return v_deleted;
+end;
+$$;
+
+create or replace function absurd.cleanup_events(p_queue_name text, p_ttl_seconds integer, p_limit integer default 1000)
+returns integer
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_deleted integer;
+begin
+  perform absurd._require_queue(q);
+  perform absurd._check_cleanup_args(p_ttl_seconds, p_limit);
+  execute format($q$
+    with v as (
+      select event_name from absurd.%1$I where emitted_at < $1 order by emitted_at limit $2
+      for update skip locked
+    ), d as (
+      delete from absurd.%1$I e using v where e.event_name = v.event_name returning 1
+    )
+    select count(*) from d
+  $q$, 'e_' || q)
+    into v_deleted
+    using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
+  return v_deleted;
+end;
+$$;
+
+create or replace function absurd.cleanup_all_queues(p_queue_name text default null)
+returns table (queue_name text, tasks_deleted integer, events_deleted integer)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+  v_queue record;
+begin
+  if p_queue_name is not null then
+    perform absurd._require_queue(p_queue_name);
+  end if;
+  for v_queue in
+    select q.queue_name, q.cleanup_ttl, q.cleanup_limit from absurd.queues q
+    where (p_queue_name is null or q.queue_name = p_queue_name)
+      and q.storage_mode = 'unpartitioned'
+    order by q.queue_name
+  loop
+    queue_name := v_queue.queue_name;
+    tasks_deleted := absurd.cleanup_tasks(v_queue.queue_name,
+      least(floor(extract(epoch from v_queue.cleanup_ttl)), 2147483647)::integer, v_queue.cleanup_limit);
+    events_deleted := absurd.cleanup_events(v_queue.queue_name,
+      least(floor(extract(epoch from v_queue.cleanup_ttl)), 2147483647)::integer, v_queue.cleanup_limit);
+    return next;
+  end loop;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Bring every existing queue up to this version (new columns and indexes).
+-- -----------------------------------------------------------------------------
+do $$
+declare
+  v_queue text;
+begin
+  for v_queue in select queue_name from absurd.queues where storage_mode = 'unpartitioned' loop
+    perform absurd.ensure_queue_tables(v_queue);
+  end loop;
+end;
+$$;

@@ -1,0 +1,99 @@
+"""Shared fixtures: a real PostgreSQL for every test, never a mock.
+
+The server is ``ABSURD_TEST_DSN`` when set, else an embedded PostgreSQL 18 started
+once per session. One database per session gets the schema; each test works in a
+queue of its own, so tests can commit freely without seeing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from absurd import schema
+
+Connect = Callable[[], psycopg.Connection[tuple[object, ...]]]
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """DSN of a maintenance database on the test server."""
+    dsn = os.environ.get("ABSURD_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    from absurd.embedded import start_embedded
+
+    server = start_embedded()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+def dsn_with_db(dsn: str, dbname: str) -> str:
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def new_database(server_dsn: str) -> Iterator[Callable[[], str]]:
+    """Factory: a fresh, empty database; all are dropped at the end of the session."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"absurd_t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(server_dsn, autocommit=True) as c:
+            c.execute(f'create database "{name}"')
+        created.append(name)
+        return dsn_with_db(server_dsn, name)
+
+    yield make
+    with psycopg.connect(server_dsn, autocommit=True) as c:
+        for name in created:
+            c.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def dsn(new_database: Callable[[], str]) -> str:
+    """DSN of the session's database, with the schema installed."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        schema.install(c)
+    return url
+
+
+@pytest.fixture
+def connect(dsn: str) -> Iterator[Connect]:
+    """Factory for extra autocommit connections (closed after the test)."""
+    conns: list[psycopg.Connection[tuple[object, ...]]] = []
+
+    def make() -> psycopg.Connection[tuple[object, ...]]:
+        c = psycopg.connect(dsn, autocommit=True)
+        conns.append(c)
+        return c
+
+    yield make
+    for c in conns:
+        c.close()
+
+
+@pytest.fixture
+def conn(connect: Connect) -> psycopg.Connection[tuple[object, ...]]:
+    return connect()
+
+
+@pytest.fixture
+def queue(conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
+    """A fresh queue for this test, dropped afterwards."""
+    name = f"q_{uuid.uuid4().hex[:10]}"
+    conn.execute("select absurd.create_queue(%s)", (name,))
+    yield name
+    conn.execute("set absurd.fake_now = default")
+    conn.execute("select absurd.drop_queue(%s)", (name,))
