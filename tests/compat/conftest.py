@@ -94,7 +94,9 @@ class Harness:
         assert row is not None
         return row["now"]  # type: ignore[no-any-return]
 
-    def set_fake_now(self, when: datetime | None, conn: psycopg.Connection[Any] | None = None) -> None:
+    def set_fake_now(
+        self, when: datetime | None, conn: psycopg.Connection[Any] | None = None
+    ) -> None:
         """Set (or with ``None`` reset) ``absurd.fake_now`` on the SDK connection."""
         target = conn or self.sdk_conn
         if when is None:
@@ -153,3 +155,8 @@ def harness(schema_dsn: str, queue_name: str) -> Iterator[Harness]:
     finally:
         h.close()
 
+
+@pytest.fixture(scope="session")
+def harness_factory() -> type[Harness]:
+    """The ``Harness`` class, for fixtures with a wider scope than ``harness``."""
+    return Harness

@@ -142,7 +142,11 @@ def test_retries_until_max_attempts_then_fails(harness: Any) -> None:
     assert (task["state"], task["attempts"], task["max_attempts"]) == ("failed", 3, 3)
     assert task["retry_strategy"]["kind"] == "fixed"
     runs = harness.runs(task_id)
-    assert [(r["attempt"], r["state"]) for r in runs] == [(1, "failed"), (2, "failed"), (3, "failed")]
+    assert [(r["attempt"], r["state"]) for r in runs] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "failed"),
+    ]
     assert task["last_attempt_run"] == runs[-1]["run_id"]
 
     snapshot = app.fetch_task_result(task_id)

@@ -6,9 +6,11 @@ Each test drives its own event loop with ``asyncio.run`` (no async pytest plugin
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import absurd_sdk
+import psycopg
 import pytest
 
 pytestmark = pytest.mark.compat
@@ -137,48 +139,57 @@ def test_async_workflow_steps_retry_event_sleep_and_child_task(harness: Any) -> 
     asyncio.run(scenario())
 
 
-def test_async_timeout_cancel_and_idempotency(harness: Any) -> None:
+def test_async_event_timeout_cancel_and_idempotency(harness: Any) -> None:
     seen: list[str] = []
+    t0 = harness.db_now()
 
     async def scenario() -> None:
-        app = absurd_sdk.AsyncAbsurd(harness.dsn, queue_name=harness.queue)
+        conn = await psycopg.AsyncConnection.connect(harness.dsn, autocommit=True)
+        app = absurd_sdk.AsyncAbsurd(conn, queue_name=harness.queue)
+
+        async def set_fake_now(seconds: float) -> None:
+            when = (t0 + timedelta(seconds=seconds)).isoformat()
+            await conn.execute("select set_config('absurd.fake_now', %s, false)", (when,))
+
         try:
 
             @app.register_task("waiter")
             async def waiter(params: Any, ctx: absurd_sdk.AsyncTaskContext) -> Any:
                 try:
-                    return await ctx.await_event(params, timeout=params == "short" and 1 or None)
+                    return await ctx.await_event(params["event"], timeout=params["timeout"])
                 except absurd_sdk.TimeoutError as err:
                     seen.append(str(err))
                     raise
 
-            a = await app.spawn("waiter", "short", max_attempts=1, idempotency_key="k")
-            b = await app.spawn("waiter", "other", idempotency_key="k")
+            await set_fake_now(0)
+            a = await app.spawn(
+                "waiter", {"event": "short", "timeout": 5}, max_attempts=1, idempotency_key="k"
+            )
+            b = await app.spawn("waiter", {"event": "other", "timeout": 1}, idempotency_key="k")
             assert b == a
-            forever = await app.spawn("waiter", "forever")
+            forever = await app.spawn("waiter", {"event": "forever", "timeout": None})
             await app.work_batch(batch_size=2)
-            assert {harness.task(a["task_id"])["state"], harness.task(forever["task_id"])["state"]} == {
-                "sleeping"
-            }
+            for task_id in (a["task_id"], forever["task_id"]):
+                assert harness.task(task_id)["state"] == "sleeping"
             await app.cancel_task(forever["task_id"])
             assert await app.fetch_task_result(forever["task_id"]) == absurd_sdk.TaskResultSnapshot(
                 state="cancelled"
             )
 
-            failed = await app.await_task_result_after_timeout(a["task_id"]) if False else None
-            assert failed is None
-            for _ in range(60):
-                await app.work_batch()
-                if seen:
-                    break
-                await asyncio.sleep(0.05)
+            await set_fake_now(4)
+            await app.work_batch()
+            assert seen == []
+            await set_fake_now(6)
+            await app.work_batch()
             assert seen == ['Timed out waiting for event "short"']
             snapshot = await app.await_task_result(a["task_id"], timeout=2)
             assert snapshot.state == "failed"
             assert snapshot.failure["name"] == "TimeoutError"
             assert harness.task(forever["task_id"])["state"] == "cancelled"
+            assert [r["state"] for r in harness.runs(forever["task_id"])] == ["cancelled"]
         finally:
             await app.close()
+            await conn.close()
 
     asyncio.run(scenario())
 

@@ -130,7 +130,11 @@ def test_event_timeout_raises_timeout_error(harness: Any) -> None:
     failing_id = app.spawn("impatient", None, max_attempts=1)["task_id"]
     app.work_batch(batch_size=2)
     [run] = harness.runs(caught_id)
-    assert (run["state"], run["wake_event"], run["available_at"]) == ("sleeping", "never", t0 + sec(60))
+    assert (run["state"], run["wake_event"], run["available_at"]) == (
+        "sleeping",
+        "never",
+        t0 + sec(60),
+    )
     assert harness.waits(caught_id)[0]["timeout_at"] == t0 + sec(60)
     assert harness.waits(failing_id)[0]["step_name"] == "custom"
 
@@ -312,7 +316,11 @@ def test_expired_lease_is_failed_and_retried_and_heartbeat_extends_it(harness: A
     first, second = harness.runs(task_id)
     assert first["state"] == "failed"
     reason = first["failure_reason"]
-    assert (reason["name"], reason["workerId"], reason["attempt"]) == ("$ClaimTimeout", "crashed", 1)
+    assert (reason["name"], reason["workerId"], reason["attempt"]) == (
+        "$ClaimTimeout",
+        "crashed",
+        1,
+    )
     assert (second["state"], second["claimed_by"]) == ("completed", "rescuer")
     assert second["claim_expires_at"] == t0 + sec(31 + 600)
     assert app.fetch_task_result(task_id).result == 1  # type: ignore[union-attr]

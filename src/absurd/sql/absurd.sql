@@ -842,6 +842,326 @@ end;
 $$;
 
 -- -----------------------------------------------------------------------------
+-- The statement catalogue: every per-queue statement on a hot path, by name.
+-- Functions run them with EXECUTE absurd._sql(name, queue) USING ...; tests
+-- EXPLAIN the very same text to prove each one is index-driven.
+-- Placeholders: %1$I = t_<q> (tasks), %2$I = r_<q> (runs), %3$I = c_<q>
+-- (checkpoints), %4$I = e_<q> (events), %5$I = w_<q> (waits).
+-- -----------------------------------------------------------------------------
+create or replace function absurd._sql(p_statement text, p_queue_name text)
+returns text
+language plpgsql
+immutable
+as $$
+declare
+  v_template text;
+begin
+  v_template := case p_statement
+
+  -- $1 task_id, $2 task_name, $3 params, $4 headers, $5 retry_strategy,
+  -- $6 max_attempts, $7 cancellation, $8 now, $9 run_id, $10 idempotency_key,
+  -- $11 priority, $12 available_at
+  when 'spawn' then $q$
+    with t as (
+      insert into absurd.%1$I as t (task_id, task_name, params, headers, retry_strategy,
+        max_attempts, cancellation, enqueue_at, state, attempts, last_attempt_run,
+        idempotency_key, priority, cancel_deadline)
+      values ($1, $2, coalesce($3, 'null'::jsonb), $4, $5, $6, $7, $8, 'pending', 1, $9,
+        $10, $11, absurd._cancel_deadline($7, $12, null))
+      on conflict (idempotency_key) do nothing
+      returning t.task_id
+    ), r as (
+      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
+      select $9, t.task_id, 1, 'pending', $12, $8, $11 from t
+    )
+    select count(*) from t$q$
+
+  -- $1 idempotency_key
+  when 'spawn.existing' then $q$
+    select task_id, last_attempt_run, attempts from absurd.%1$I where idempotency_key = $1$q$
+
+  -- $1 exclusive upper bound: the highest priority band below it that has a
+  -- pending or sleeping run (a backward probe of r_<q>_cli).
+  when 'claim.next_band' then $q$
+    select priority from absurd.%2$I
+    where state in ('pending', 'sleeping') and priority < $1
+    order by priority desc limit 1$q$
+
+  -- $1 priority, $2 now, $3 qty, $4 worker, $5 lease end. One range scan of
+  -- r_<q>_cli that stops at "now"; rows locked by other claimers are skipped.
+  when 'claim.band' then $q$
+    with c as (
+      select r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload, r.available_at
+      from absurd.%2$I r
+      join absurd.%1$I t on t.task_id = r.task_id
+      where r.state in ('pending', 'sleeping') and r.priority = $1 and r.available_at <= $2
+        and t.state in ('pending', 'sleeping', 'running')
+        and (t.cancel_deadline is null or t.cancel_deadline > $2)
+      order by r.available_at, r.run_id
+      limit $3
+      for update of r, t skip locked
+    ), ur as (
+      update absurd.%2$I r set state = 'running', claimed_by = $4, claim_expires_at = $5,
+        started_at = $2, available_at = $2
+      from c where r.run_id = c.run_id
+    ), ut as (
+      update absurd.%1$I t set state = 'running',
+        attempts = greatest(t.attempts, c.attempt),
+        first_started_at = coalesce(t.first_started_at, $2),
+        last_attempt_run = c.run_id,
+        cancel_deadline = case when t.first_started_at is null
+          then absurd._cancel_deadline(t.cancellation, null, $2) else t.cancel_deadline end
+      from c where t.task_id = c.task_id
+      returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
+    ), dw as (
+      delete from absurd.%5$I w using c
+      where w.run_id = c.run_id and w.timeout_at is not null and w.timeout_at <= $2
+    )
+    select c.run_id, c.task_id, c.attempt, ut.task_name, ut.params, ut.retry_strategy,
+           ut.max_attempts, ut.headers, c.wake_event, c.event_payload
+    from c join ut on ut.task_id = c.task_id
+    order by c.available_at, c.run_id$q$
+
+  -- $1 now, $2 limit (r_<q>_cdi)
+  when 'sweep.cancellations' then $q$
+    select task_id from absurd.%1$I where cancel_deadline <= $1
+    order by cancel_deadline limit $2$q$
+
+  -- $1 now, $2 limit (r_<q>_cei)
+  when 'sweep.leases' then $q$
+    select run_id, claimed_by, claim_expires_at, attempt from absurd.%2$I
+    where state = 'running' and claim_expires_at is not null and claim_expires_at <= $1
+    order by claim_expires_at, run_id limit $2
+    for update skip locked$q$
+
+  -- $1 task_id
+  when 'cancel.lock_runs' then $q$
+    select 1 from absurd.%2$I where task_id = $1
+      and state not in ('completed', 'failed', 'cancelled')
+    order by run_id for update$q$
+  when 'task.lock' then $q$
+    select state from absurd.%1$I where task_id = $1 for update$q$
+  -- $1 task_id, $2 now
+  when 'cancel.apply' then $q$
+    with ut as (
+      update absurd.%1$I set state = 'cancelled', cancelled_at = coalesce(cancelled_at, $2),
+        cancel_deadline = null, finished_at = $2
+      where task_id = $1
+    ), ur as (
+      update absurd.%2$I set state = 'cancelled', claimed_by = null, claim_expires_at = null
+      where task_id = $1 and state not in ('completed', 'failed', 'cancelled')
+    )
+    delete from absurd.%5$I where task_id = $1$q$
+
+  -- $1 run_id
+  when 'run.state' then $q$
+    select state from absurd.%2$I where run_id = $1$q$
+
+  -- $1 run_id, $2 now, $3 result. The task row is updated from the run's
+  -- output, so the run row is always locked first.
+  when 'complete' then $q$
+    with ur as (
+      update absurd.%2$I set state = 'completed', completed_at = $2, result = $3
+      where run_id = $1 and state = 'running'
+      returning task_id
+    ), ut as (
+      update absurd.%1$I t set state = 'completed', completed_payload = $3, last_attempt_run = $1,
+        cancel_deadline = null, finished_at = $2
+      from ur where t.task_id = ur.task_id
+      returning t.task_id
+    ), dw as (
+      delete from absurd.%5$I where run_id = $1
+    )
+    select task_id from ut$q$
+
+  -- $1 run_id, $2 wake_at
+  when 'schedule' then $q$
+    with ur as (
+      update absurd.%2$I set state = 'sleeping', available_at = $2, claimed_by = null,
+        claim_expires_at = null, wake_event = null
+      where run_id = $1 and state = 'running'
+      returning task_id
+    )
+    update absurd.%1$I t set state = 'sleeping' from ur where t.task_id = ur.task_id
+    returning t.task_id$q$
+
+  -- $1 run_id
+  when 'fail.lock_run' then $q$
+    select run_id, task_id, attempt, state from absurd.%2$I where run_id = $1 for update$q$
+  -- $1 task_id
+  when 'fail.lock_task' then $q$
+    select task_id, attempts, max_attempts, retry_strategy, cancellation, first_started_at, priority
+    from absurd.%1$I where task_id = $1 for update$q$
+  -- $1 run_id, $2 now, $3 reason
+  when 'fail.mark' then $q$
+    with ur as (
+      update absurd.%2$I set state = 'failed', failed_at = $2, failure_reason = $3, wake_event = null
+      where run_id = $1
+    )
+    delete from absurd.%5$I where run_id = $1$q$
+  -- $1 new run_id, $2 task_id, $3 attempt, $4 state, $5 available_at, $6 now, $7 priority
+  when 'fail.retry' then $q$
+    with nr as (
+      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
+      values ($1, $2, $3, $4, $5, $6, $7)
+    )
+    update absurd.%1$I set state = $4, attempts = greatest(attempts, $3), last_attempt_run = $1
+    where task_id = $2$q$
+  -- $1 task_id, $2 final state, $3 attempt, $4 run_id, $5 now
+  when 'fail.finish' then $q$
+    update absurd.%1$I set state = $2, attempts = greatest(attempts, $3), last_attempt_run = $4,
+      cancelled_at = case when $2 = 'cancelled' then coalesce(cancelled_at, $5) else cancelled_at end,
+      cancel_deadline = null, finished_at = $5
+    where task_id = $1$q$
+
+  -- $1 run_id
+  when 'checkpoint.owner' then $q$
+    select r.task_id, r.attempt, r.state, t.state as task_state
+    from absurd.%2$I r left join absurd.%1$I t on t.task_id = r.task_id
+    where r.run_id = $1$q$
+  -- $1 task_id, $2 step, $3 state, $4 run_id, $5 now, $6 extend seconds, $7 attempt.
+  -- An older attempt never overwrites a newer attempt's checkpoint.
+  when 'checkpoint.write' then $q$
+    with ext as (
+      update absurd.%2$I set claim_expires_at = $5 + make_interval(secs => $6)
+      where run_id = $4 and $6 > 0 and state = 'running' and claim_expires_at is not null
+    )
+    insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
+    values ($1, $2, $3, 'committed', $4, $5)
+    on conflict (task_id, checkpoint_name) do update
+      set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
+          updated_at = excluded.updated_at
+      where c.owner_run_id is null or c.owner_run_id = excluded.owner_run_id
+         or coalesce((select o.attempt from absurd.%2$I o where o.run_id = c.owner_run_id), 0) <= $7$q$
+
+  -- $1 event_name, $2 payload, $3 now. First write wins.
+  when 'emit.store' then $q$
+    with up as (
+      insert into absurd.%4$I as e (event_name, payload, emitted_at) values ($1, $2, $3)
+      on conflict (event_name) do update set payload = excluded.payload, emitted_at = excluded.emitted_at
+        where e.payload is null
+      returning 1
+    )
+    select count(*) from up$q$
+  -- $1 event_name, $2 payload, $3 now. Wakes live waiters (w_<q>_eni).
+  when 'emit.wake' then $q$
+    with dw as (
+      delete from absurd.%5$I where event_name = $1
+      returning task_id, run_id, step_name, timeout_at
+    ), ur as (
+      update absurd.%2$I r set state = 'pending', available_at = $3, wake_event = null,
+        event_payload = $2, claimed_by = null, claim_expires_at = null
+      from dw
+      where r.run_id = dw.run_id and r.state = 'sleeping'
+        and (dw.timeout_at is null or dw.timeout_at > $3)
+      returning r.run_id, r.task_id, dw.step_name
+    ), uc as (
+      insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
+      select ur.task_id, ur.step_name, $2, 'committed', ur.run_id, $3 from ur
+      on conflict (task_id, checkpoint_name) do update
+        set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
+            updated_at = excluded.updated_at
+    ), ut as (
+      update absurd.%1$I t set state = 'pending' from ur where t.task_id = ur.task_id
+    )
+    select count(*) from ur$q$
+
+  -- $1 task_id, $2 step
+  when 'checkpoint.get' then $q$
+    select state from absurd.%3$I where task_id = $1 and checkpoint_name = $2$q$
+  -- $1 event_name
+  when 'await.sentinel' then $q$
+    insert into absurd.%4$I (event_name, payload, emitted_at) values ($1, null, 'epoch')
+    on conflict (event_name) do nothing$q$
+  when 'await.lock_event' then $q$
+    select payload from absurd.%4$I where event_name = $1 for share$q$
+  -- $1 run_id
+  when 'await.lock_run' then $q$
+    select task_id, state, wake_event, event_payload from absurd.%2$I where run_id = $1 for update$q$
+  when 'await.clear_payload' then $q$
+    update absurd.%2$I set event_payload = null where run_id = $1$q$
+  when 'await.clear_wake' then $q$
+    update absurd.%2$I set wake_event = null where run_id = $1$q$
+  -- $1 task_id, $2 step, $3 payload, $4 run_id, $5 now
+  when 'await.resolve' then $q$
+    insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
+    values ($1, $2, $3, 'committed', $4, $5)
+    on conflict (task_id, checkpoint_name) do update
+      set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
+          updated_at = excluded.updated_at$q$
+  -- $1 task_id, $2 run_id, $3 step, $4 event, $5 timeout_at, $6 now
+  when 'await.suspend' then $q$
+    with w as (
+      insert into absurd.%5$I as w (task_id, run_id, step_name, event_name, timeout_at, created_at)
+      values ($1, $2, $3, $4, $5, $6)
+      on conflict (run_id, step_name) do update
+        set event_name = excluded.event_name, timeout_at = excluded.timeout_at,
+            created_at = excluded.created_at
+    ), ur as (
+      update absurd.%2$I set state = 'sleeping', claimed_by = null, claim_expires_at = null,
+        available_at = coalesce($5, 'infinity'), wake_event = $4, event_payload = null
+      where run_id = $2
+    )
+    update absurd.%1$I set state = 'sleeping' where task_id = $1$q$
+
+  -- $1 finished before, $2 limit (t_<q>_fai)
+  when 'cleanup.tasks' then $q$
+    with v as (
+      select task_id from absurd.%1$I
+      where finished_at < $1 and state in ('completed', 'failed', 'cancelled')
+      order by finished_at limit $2
+      for update skip locked
+    ), dc as (
+      delete from absurd.%3$I c using v where c.task_id = v.task_id
+    ), dw as (
+      delete from absurd.%5$I w using v where w.task_id = v.task_id
+    ), dr as (
+      delete from absurd.%2$I r using v where r.task_id = v.task_id
+    ), dt as (
+      delete from absurd.%1$I t using v where t.task_id = v.task_id returning 1
+    )
+    select count(*) from dt$q$
+  -- $1 emitted before, $2 limit (e_<q>_eai)
+  when 'cleanup.events' then $q$
+    with v as (
+      select event_name from absurd.%4$I where emitted_at < $1 order by emitted_at limit $2
+      for update skip locked
+    ), d as (
+      delete from absurd.%4$I e using v where e.event_name = v.event_name returning 1
+    )
+    select count(*) from d$q$
+
+  -- (no parameters) two probes of r_<q>_sai
+  when 'next_wake' then $q$
+    select least(
+      (select min(available_at) from absurd.%2$I where state = 'pending'),
+      (select min(available_at) from absurd.%2$I where state = 'sleeping'
+         and available_at < 'infinity'))$q$
+  end;
+  if v_template is null then
+    perform absurd._raise('AB015', format('Unknown engine statement "%s"', p_statement));
+  end if;
+  return format(v_template, 't_' || p_queue_name, 'r_' || p_queue_name, 'c_' || p_queue_name,
+                'e_' || p_queue_name, 'w_' || p_queue_name);
+end;
+$$;
+
+-- The names in the catalogue (tests EXPLAIN each one).
+create or replace function absurd._sql_names()
+returns setof text
+language sql
+immutable
+as $$
+  select unnest(array['spawn', 'spawn.existing', 'claim.next_band', 'claim.band',
+    'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
+    'run.state', 'complete', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
+    'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write', 'emit.store',
+    'emit.wake', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
+    'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
+    'cleanup.tasks', 'cleanup.events', 'next_wake']);
+$$;
+
+-- -----------------------------------------------------------------------------
 -- Task lifecycle
 -- -----------------------------------------------------------------------------
 
@@ -855,21 +1175,18 @@ as $$
   from jsonb_each(p_object) where jsonb_typeof(value) <> 'null';
 $$;
 
--- Explains why a run could not move (AB011 missing, AB001 cancelled, AB002
--- failed, else AB012 with p_message formatted with run id and queue).
-create or replace function absurd._run_state_error(
-  p_queue_name text, p_run_id uuid, p_message text, p_missing_message text default null)
+-- Explains why a run could not move: AB011 missing, AB001 cancelled, AB002
+-- failed, else AB012 with p_message (formatted with run id and queue).
+create or replace function absurd._run_state_error(p_queue_name text, p_run_id uuid, p_message text)
 returns void
 language plpgsql
 as $$
 declare
   v_state text;
 begin
-  execute format('select state from absurd.%I where run_id = $1', 'r_' || p_queue_name)
-    into v_state using p_run_id;
+  execute absurd._sql('run.state', p_queue_name) into v_state using p_run_id;
   if v_state is null then
-    perform absurd._raise('AB011', format(
-      coalesce(p_missing_message, 'Run "%s" not found in queue "%s"'), p_run_id, p_queue_name));
+    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', p_run_id, p_queue_name));
   elsif v_state = 'cancelled' then
     perform absurd._raise('AB001', 'Task has been cancelled');
   elsif v_state = 'failed' then
@@ -895,11 +1212,8 @@ declare
   v_opts jsonb;
   v_retry jsonb;
   v_max_attempts integer;
-  v_cancel jsonb;
-  v_priority integer;
   v_delay double precision;
   v_available timestamptz;
-  v_key text;
   v_task_id uuid := absurd.portable_uuidv7();
   v_run_id uuid := absurd.portable_uuidv7();
   v_inserted integer;
@@ -916,9 +1230,6 @@ begin
   if v_max_attempts < 1 then
     perform absurd._raise('AB015', 'max_attempts must be >= 1');
   end if;
-  v_cancel := absurd._check_cancellation(v_opts -> 'cancellation');
-  v_priority := coalesce(absurd._opt_int(v_opts, 'priority'), 0);
-  v_key := v_opts ->> 'idempotency_key';
   v_delay := absurd._opt_seconds(v_opts, 'delay');
   v_available := absurd._opt_timestamp(v_opts, 'available_at');
   if v_delay is not null and v_available is not null then
@@ -927,33 +1238,18 @@ begin
   v_available := case when v_delay is not null then v_now + make_interval(secs => v_delay)
                       else greatest(coalesce(v_available, v_now), v_now) end;
 
-  execute format($q$
-    with t as (
-      insert into absurd.%1$I as t (task_id, task_name, params, headers, retry_strategy,
-        max_attempts, cancellation, enqueue_at, state, attempts, last_attempt_run,
-        idempotency_key, priority, cancel_deadline)
-      values ($1, $2, coalesce($3, 'null'::jsonb), $4, $5, $6, $7, $8, 'pending', 1, $9,
-        $10, $11, absurd._cancel_deadline($7, $12, null))
-      on conflict (idempotency_key) do nothing
-      returning t.task_id
-    ), r as (
-      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
-      select $9, t.task_id, 1, 'pending', $12, $8, $11 from t
-    )
-    select count(*) from t
-  $q$, 't_' || q, 'r_' || q)
-  into v_inserted
-  using v_task_id, p_task_name, p_params, nullif(v_opts -> 'headers', 'null'::jsonb), v_retry,
-        v_max_attempts, v_cancel, v_now, v_run_id, v_key, v_priority, v_available;
-
+  execute absurd._sql('spawn', q) into v_inserted
+    using v_task_id, p_task_name, p_params, nullif(v_opts -> 'headers', 'null'::jsonb), v_retry,
+          v_max_attempts, absurd._check_cancellation(v_opts -> 'cancellation'), v_now, v_run_id,
+          v_opts ->> 'idempotency_key', coalesce(absurd._opt_int(v_opts, 'priority'), 0),
+          v_available;
   if v_inserted = 0 then
     -- The idempotency key is taken: hand back the task that holds it.
-    execute format('select task_id, last_attempt_run, attempts from absurd.%I where idempotency_key = $1',
-                   't_' || q)
-      into v_old using v_key;
+    execute absurd._sql('spawn.existing', q) into v_old using v_opts ->> 'idempotency_key';
     if v_old.task_id is null then
       raise exception using errcode = '40001',
-        message = format('Idempotency key "%s" in queue "%s" was concurrently cleaned up', v_key, q),
+        message = format('Idempotency key "%s" in queue "%s" was concurrently cleaned up',
+                         v_opts ->> 'idempotency_key', q),
         hint = 'Retry spawn_task with the same idempotency key.';
     end if;
     return query select v_old.task_id, v_old.last_attempt_run, v_old.attempts, false;
@@ -973,31 +1269,16 @@ returns boolean
 language plpgsql
 as $$
 declare
-  q text := p_queue_name;
   v_state text;
 begin
-  execute format($q$select 1 from absurd.%I where task_id = $1
-    and state not in ('completed', 'failed', 'cancelled') order by run_id for update$q$, 'r_' || q)
-    using p_task_id;
-  execute format('select state from absurd.%I where task_id = $1 for update', 't_' || q)
-    into v_state using p_task_id;
+  execute absurd._sql('cancel.lock_runs', p_queue_name) using p_task_id;
+  execute absurd._sql('task.lock', p_queue_name) into v_state using p_task_id;
   if v_state is null then
     return false;
   end if;
-  if v_state in ('completed', 'failed', 'cancelled') then
-    return true;
+  if v_state not in ('completed', 'failed', 'cancelled') then
+    execute absurd._sql('cancel.apply', p_queue_name) using p_task_id, p_now;
   end if;
-  execute format($q$
-    with ut as (
-      update absurd.%1$I set state = 'cancelled', cancelled_at = coalesce(cancelled_at, $2),
-        cancel_deadline = null, finished_at = $2
-      where task_id = $1
-    ), ur as (
-      update absurd.%2$I set state = 'cancelled', claimed_by = null, claim_expires_at = null
-      where task_id = $1 and state not in ('completed', 'failed', 'cancelled')
-    )
-    delete from absurd.%3$I where task_id = $1
-  $q$, 't_' || q, 'r_' || q, 'w_' || q) using p_task_id, p_now;
   return true;
 end;
 $$;
@@ -1009,20 +1290,14 @@ returns void
 language plpgsql
 as $$
 declare
-  q text := p_queue_name;
   v_task uuid;
   v_run record;
 begin
-  for v_task in execute format($q$select task_id from absurd.%I where cancel_deadline <= $1
-      order by cancel_deadline limit $2$q$, 't_' || q) using p_now, p_limit loop
-    perform absurd._cancel_task(q, v_task, p_now);
+  for v_task in execute absurd._sql('sweep.cancellations', p_queue_name) using p_now, p_limit loop
+    perform absurd._cancel_task(p_queue_name, v_task, p_now);
   end loop;
-  for v_run in execute format($q$select run_id, claimed_by, claim_expires_at, attempt
-      from absurd.%I where state = 'running' and claim_expires_at is not null
-        and claim_expires_at <= $1
-      order by claim_expires_at, run_id limit $2 for update skip locked$q$, 'r_' || q)
-      using p_now, p_limit loop
-    perform absurd._fail_run(q, v_run.run_id, jsonb_strip_nulls(jsonb_build_object(
+  for v_run in execute absurd._sql('sweep.leases', p_queue_name) using p_now, p_limit loop
+    perform absurd._fail_run(p_queue_name, v_run.run_id, jsonb_strip_nulls(jsonb_build_object(
       'name', '$ClaimTimeout',
       'message', 'worker did not finish task within claim interval',
       'workerId', v_run.claimed_by,
@@ -1072,43 +1347,9 @@ begin
   end if;
   perform absurd._sweep(q, v_now, v_left);
   loop
-    execute format($q$select priority from absurd.%I where state in ('pending', 'sleeping')
-      and priority < $1 order by priority desc limit 1$q$, 'r_' || q)
-      into v_priority using v_below;
+    execute absurd._sql('claim.next_band', q) into v_priority using v_below;
     exit when v_priority is null;
-    return query execute format($q$
-      with c as (
-        select r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload, r.available_at
-        from absurd.%1$I r
-        join absurd.%2$I t on t.task_id = r.task_id
-        where r.state in ('pending', 'sleeping') and r.priority = $1 and r.available_at <= $2
-          and t.state in ('pending', 'sleeping', 'running')
-          and (t.cancel_deadline is null or t.cancel_deadline > $2)
-        order by r.available_at, r.run_id
-        limit $3
-        for update of r, t skip locked
-      ), ur as (
-        update absurd.%1$I r set state = 'running', claimed_by = $4, claim_expires_at = $5,
-          started_at = $2, available_at = $2
-        from c where r.run_id = c.run_id
-      ), ut as (
-        update absurd.%2$I t set state = 'running',
-          attempts = greatest(t.attempts, c.attempt),
-          first_started_at = coalesce(t.first_started_at, $2),
-          last_attempt_run = c.run_id,
-          cancel_deadline = case when t.first_started_at is null
-            then absurd._cancel_deadline(t.cancellation, null, $2) else t.cancel_deadline end
-        from c where t.task_id = c.task_id
-        returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
-      ), dw as (
-        delete from absurd.%3$I w using c
-        where w.run_id = c.run_id and w.timeout_at is not null and w.timeout_at <= $2
-      )
-      select c.run_id, c.task_id, c.attempt, ut.task_name, ut.params, ut.retry_strategy,
-             ut.max_attempts, ut.headers, c.wake_event, c.event_payload
-      from c join ut on ut.task_id = c.task_id
-      order by c.available_at, c.run_id
-    $q$, 'r_' || q, 't_' || q, 'w_' || q)
+    return query execute absurd._sql('claim.band', q)
       using v_priority, v_now, v_left, v_worker, v_expires;
     get diagnostics v_got = row_count;
     v_left := v_left - v_got;
@@ -1123,28 +1364,14 @@ returns void
 language plpgsql
 as $$
 declare
-  q text := p_queue_name;
   v_task uuid;
 begin
-  perform absurd._require_queue(q);
-  execute format($q$
-    with ur as (
-      update absurd.%1$I set state = 'completed', completed_at = $2, result = $3
-      where run_id = $1 and state = 'running'
-      returning task_id
-    ), ut as (
-      update absurd.%2$I t set state = 'completed', completed_payload = $3, last_attempt_run = $1,
-        cancel_deadline = null, finished_at = $2
-      from ur where t.task_id = ur.task_id
-      returning t.task_id
-    ), dw as (
-      delete from absurd.%3$I where run_id = $1
-    )
-    select task_id from ut
-  $q$, 'r_' || q, 't_' || q, 'w_' || q)
-    into v_task using p_run_id, absurd.current_time(), p_state;
+  perform absurd._require_queue(p_queue_name);
+  execute absurd._sql('complete', p_queue_name) into v_task
+    using p_run_id, absurd.current_time(), p_state;
   if v_task is null then
-    perform absurd._run_state_error(q, p_run_id, 'Run "%s" is not currently running in queue "%s"');
+    perform absurd._run_state_error(p_queue_name, p_run_id,
+      'Run "%s" is not currently running in queue "%s"');
   end if;
 end;
 $$;
@@ -1154,30 +1381,19 @@ returns void
 language plpgsql
 as $$
 declare
-  q text := p_queue_name;
-  v_now timestamptz := absurd.current_time();
   v_task uuid;
 begin
-  perform absurd._require_queue(q);
+  perform absurd._require_queue(p_queue_name);
   if p_wake_at is null then
     perform absurd._raise('AB014', 'wake_at must be provided');
   end if;
-  execute format($q$
-    with ur as (
-      update absurd.%1$I set state = 'sleeping', available_at = $2, claimed_by = null,
-        claim_expires_at = null, wake_event = null
-      where run_id = $1 and state = 'running'
-      returning task_id
-    )
-    update absurd.%2$I t set state = 'sleeping' from ur where t.task_id = ur.task_id
-    returning t.task_id
-  $q$, 'r_' || q, 't_' || q)
-    into v_task using p_run_id, p_wake_at;
+  execute absurd._sql('schedule', p_queue_name) into v_task using p_run_id, p_wake_at;
   if v_task is null then
-    perform absurd._run_state_error(q, p_run_id, 'Run "%s" is not currently running in queue "%s"');
+    perform absurd._run_state_error(p_queue_name, p_run_id,
+      'Run "%s" is not currently running in queue "%s"');
   end if;
-  if p_wake_at <= v_now then
-    perform absurd._notify(q, 'wake');
+  if p_wake_at <= absurd.current_time() then
+    perform absurd._notify(p_queue_name, 'wake');
   end if;
 end;
 $$;
@@ -1199,9 +1415,7 @@ declare
   v_max_duration double precision;
   v_new_run uuid;
 begin
-  execute format('select run_id, task_id, attempt, state from absurd.%I where run_id = $1 for update',
-                 'r_' || q)
-    into v_run using p_run_id;
+  execute absurd._sql('fail.lock_run', q) into v_run using p_run_id;
   if v_run.run_id is null then
     perform absurd._raise('AB011', format('Run "%s" cannot be failed in queue "%s"', p_run_id, q));
   elsif v_run.state = 'cancelled' then
@@ -1211,9 +1425,7 @@ begin
   elsif v_run.state not in ('running', 'sleeping') then
     perform absurd._raise('AB012', format('Run "%s" cannot be failed in queue "%s"', p_run_id, q));
   end if;
-  execute format($q$select task_id, attempts, max_attempts, retry_strategy, cancellation,
-      first_started_at, priority from absurd.%I where task_id = $1 for update$q$, 't_' || q)
-    into v_task using v_run.task_id;
+  execute absurd._sql('fail.lock_task', q) into v_task using v_run.task_id;
 
   v_retry := v_task.max_attempts is null or v_run.attempt + 1 <= v_task.max_attempts;
   if v_retry then
@@ -1237,24 +1449,10 @@ begin
     end if;
   end if;
 
-  execute format($q$
-    with ur as (
-      update absurd.%1$I set state = 'failed', failed_at = $2, failure_reason = $3, wake_event = null
-      where run_id = $1
-    )
-    delete from absurd.%2$I where run_id = $1
-  $q$, 'r_' || q, 'w_' || q) using p_run_id, p_now, p_reason;
-
+  execute absurd._sql('fail.mark', q) using p_run_id, p_now, p_reason;
   if v_retry then
     v_new_run := absurd.portable_uuidv7();
-    execute format($q$
-      with nr as (
-        insert into absurd.%1$I (run_id, task_id, attempt, state, available_at, created_at, priority)
-        values ($1, $2, $3, $4, $5, $6, $7)
-      )
-      update absurd.%2$I set state = $4, attempts = greatest(attempts, $3), last_attempt_run = $1
-      where task_id = $2
-    $q$, 'r_' || q, 't_' || q)
+    execute absurd._sql('fail.retry', q)
       using v_new_run, v_task.task_id, v_run.attempt + 1,
             case when v_next > p_now then 'sleeping' else 'pending' end,
             v_next, p_now, v_task.priority;
@@ -1262,12 +1460,7 @@ begin
       perform absurd._notify(q, 'retry');
     end if;
   else
-    execute format($q$
-      update absurd.%I set state = $2, attempts = greatest(attempts, $3), last_attempt_run = $4,
-        cancelled_at = case when $2 = 'cancelled' then coalesce(cancelled_at, $5) else cancelled_at end,
-        cancel_deadline = null, finished_at = $5
-      where task_id = $1
-    $q$, 't_' || q)
+    execute absurd._sql('fail.finish', q)
       using v_task.task_id, case when v_cancel then 'cancelled' else 'failed' end,
             v_run.attempt, p_run_id, p_now;
   end if;
@@ -1297,21 +1490,19 @@ declare
   q text := p_queue_name;
   v_now timestamptz := absurd.current_time();
   v_opts jsonb;
-  v_spawn_new boolean;
   v_max integer;
   v_task record;
   v_run_id uuid;
 begin
   perform absurd._require_queue(q);
   v_opts := absurd._require_object(p_options, 'options');
-  v_spawn_new := coalesce(absurd._opt_bool(v_opts, 'spawn_new'), false);
   v_max := absurd._opt_int(v_opts, 'max_attempts');
   if v_max < 1 then
     perform absurd._raise('AB015', 'max_attempts must be >= 1');
   end if;
   execute format($q$select task_id, task_name, params, headers, retry_strategy, max_attempts,
-      cancellation, attempts, state, priority, first_started_at
-    from absurd.%I where task_id = $1 for update$q$, 't_' || q)
+      cancellation, attempts, state, priority from absurd.%I where task_id = $1 for update$q$,
+      't_' || q)
     into v_task using p_task_id;
   if v_task.task_id is null then
     perform absurd._raise('AB009', format('Task "%s" not found in queue "%s"', p_task_id, q));
@@ -1321,7 +1512,7 @@ begin
       'Task "%s" is not currently failed in queue "%s"', p_task_id, q));
   end if;
 
-  if v_spawn_new then
+  if coalesce(absurd._opt_bool(v_opts, 'spawn_new'), false) then
     return query select * from absurd.spawn_task(q, v_task.task_name, v_task.params,
       absurd._strip_top_nulls(jsonb_build_object(
         'headers', v_task.headers,
@@ -1403,15 +1594,11 @@ language plpgsql
 as $$
 declare
   q text := p_queue_name;
-  v_now timestamptz := absurd.current_time();
   v_run record;
 begin
   perform absurd._require_queue(q);
   perform absurd._require_text(p_step_name, 'step_name');
-  execute format($q$select r.task_id, r.attempt, r.state, t.state as task_state
-    from absurd.%I r left join absurd.%I t on t.task_id = r.task_id where r.run_id = $1$q$,
-    'r_' || q, 't_' || q)
-    into v_run using p_owner_run;
+  execute absurd._sql('checkpoint.owner', q) into v_run using p_owner_run;
   if v_run.task_id is null then
     perform absurd._raise('AB011', format('Run "%s" not found for checkpoint', p_owner_run));
   elsif v_run.task_id is distinct from p_task_id then
@@ -1423,20 +1610,8 @@ begin
     perform absurd._raise('AB002', format(
       'Run "%s" has already failed in queue "%s"', p_owner_run, q));
   end if;
-  execute format($q$
-    with ext as (
-      update absurd.%1$I set claim_expires_at = $5 + make_interval(secs => $6)
-      where run_id = $4 and $6 > 0 and state = 'running' and claim_expires_at is not null
-    )
-    insert into absurd.%2$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
-    values ($1, $2, $3, 'committed', $4, $5)
-    on conflict (task_id, checkpoint_name) do update
-      set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
-          updated_at = excluded.updated_at
-      where c.owner_run_id is null or c.owner_run_id = excluded.owner_run_id
-         or coalesce((select o.attempt from absurd.%1$I o where o.run_id = c.owner_run_id), 0) <= $7
-  $q$, 'r_' || q, 'c_' || q)
-    using p_task_id, p_step_name, p_state, p_owner_run, v_now,
+  execute absurd._sql('checkpoint.write', q)
+    using p_task_id, p_step_name, p_state, p_owner_run, absurd.current_time(),
           coalesce(p_extend_claim_by, 0), v_run.attempt;
 end;
 $$;
@@ -1460,8 +1635,7 @@ begin
   if v_run.task_id is null then
     perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', p_run_id, q));
   end if;
-  execute format('select state from absurd.%I where task_id = $1 for update', 't_' || q)
-    into v_task_state using v_run.task_id;
+  execute absurd._sql('task.lock', q) into v_task_state using v_run.task_id;
   if v_task_state = 'cancelled' or v_run.state = 'cancelled' then
     perform absurd._raise('AB001', 'Task has been cancelled');
   elsif v_run.state = 'failed' then
@@ -1543,12 +1717,11 @@ as $$
 declare
   q text := p_queue_name;
   v_now timestamptz := absurd.current_time();
-  v_cp record;
+  v_checkpoint jsonb;
   v_event_payload jsonb;
   v_run record;
   v_task_state text;
   v_resolved boolean := false;
-  v_timeout_at timestamptz;
 begin
   perform absurd._require_queue(q);
   perform absurd._require_text(p_event_name, 'event_name');
@@ -1557,37 +1730,28 @@ begin
     perform absurd._raise('AB015', 'timeout must be non-negative');
   end if;
 
-  execute format('select state from absurd.%I where task_id = $1 and checkpoint_name = $2', 'c_' || q)
-    into v_cp using p_task_id, p_step_name;
+  execute absurd._sql('checkpoint.get', q) into v_checkpoint using p_task_id, p_step_name;
   if found then
-    return query select false, v_cp.state;
+    return query select false, v_checkpoint;
     return;
   end if;
 
-  execute format($q$insert into absurd.%1$I (event_name, payload, emitted_at)
-    values ($1, null, 'epoch') on conflict (event_name) do nothing$q$, 'e_' || q)
-    using p_event_name;
-  execute format('select payload from absurd.%I where event_name = $1 for share', 'e_' || q)
-    into v_event_payload using p_event_name;
-
-  execute format($q$select task_id, state, wake_event, event_payload from absurd.%I
-    where run_id = $1 for update$q$, 'r_' || q)
-    into v_run using p_run_id;
+  execute absurd._sql('await.sentinel', q) using p_event_name;
+  execute absurd._sql('await.lock_event', q) into v_event_payload using p_event_name;
+  execute absurd._sql('await.lock_run', q) into v_run using p_run_id;
   if v_run.task_id is null then
     perform absurd._raise('AB011', format('Run "%s" not found while awaiting event', p_run_id));
   elsif v_run.task_id is distinct from p_task_id then
     perform absurd._raise('AB013', format(
       'Run "%s" does not belong to task "%s" in queue "%s"', p_run_id, p_task_id, q));
   end if;
-  execute format('select state from absurd.%I where task_id = $1 for update', 't_' || q)
-    into v_task_state using v_run.task_id;
+  execute absurd._sql('task.lock', q) into v_task_state using v_run.task_id;
   if v_task_state = 'cancelled' or v_run.state = 'cancelled' then
     perform absurd._raise('AB001', 'Task has been cancelled');
   end if;
 
   if v_run.event_payload is not null then
-    execute format('update absurd.%I set event_payload = null where run_id = $1', 'r_' || q)
-      using p_run_id;
+    execute absurd._sql('await.clear_payload', q) using p_run_id;
     v_resolved := v_event_payload is not null and v_run.event_payload = v_event_payload;
   end if;
   if v_run.state <> 'running' then
@@ -1595,12 +1759,7 @@ begin
   end if;
 
   if v_resolved or v_event_payload is not null then
-    execute format($q$insert into absurd.%I as c
-        (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
-      values ($1, $2, $3, 'committed', $4, $5)
-      on conflict (task_id, checkpoint_name) do update
-        set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
-            updated_at = excluded.updated_at$q$, 'c_' || q)
+    execute absurd._sql('await.resolve', q)
       using p_task_id, p_step_name, v_event_payload, p_run_id, v_now;
     return query select false, v_event_payload;
     return;
@@ -1608,30 +1767,14 @@ begin
 
   if v_run.wake_event = p_event_name and v_run.event_payload is null then
     -- Woken by the timeout: report it once and forget the wait.
-    execute format('update absurd.%I set wake_event = null where run_id = $1', 'r_' || q)
-      using p_run_id;
+    execute absurd._sql('await.clear_wake', q) using p_run_id;
     return query select false, null::jsonb;
     return;
   end if;
 
-  if p_timeout is not null then
-    v_timeout_at := v_now + make_interval(secs => p_timeout);
-  end if;
-  execute format($q$
-    with w as (
-      insert into absurd.%1$I as w (task_id, run_id, step_name, event_name, timeout_at, created_at)
-      values ($1, $2, $3, $4, $5, $6)
-      on conflict (run_id, step_name) do update
-        set event_name = excluded.event_name, timeout_at = excluded.timeout_at,
-            created_at = excluded.created_at
-    ), ur as (
-      update absurd.%2$I set state = 'sleeping', claimed_by = null, claim_expires_at = null,
-        available_at = coalesce($5, 'infinity'), wake_event = $4, event_payload = null
-      where run_id = $2
-    )
-    update absurd.%3$I set state = 'sleeping' where task_id = $1
-  $q$, 'w_' || q, 'r_' || q, 't_' || q)
-    using p_task_id, p_run_id, p_step_name, p_event_name, v_timeout_at, v_now;
+  execute absurd._sql('await.suspend', q)
+    using p_task_id, p_run_id, p_step_name, p_event_name,
+          v_now + make_interval(secs => p_timeout), v_now;
   return query select true, null::jsonb;
 end;
 $$;
@@ -1645,49 +1788,20 @@ as $$
 declare
   q text := p_queue_name;
   v_now timestamptz := absurd.current_time();
-  v_payload jsonb := coalesce(p_payload, 'null'::jsonb);
   v_stored integer;
   v_woken integer;
 begin
   perform absurd._require_queue(q);
   perform absurd._require_text(p_event_name, 'event_name');
-  execute format($q$
-    with up as (
-      insert into absurd.%1$I as e (event_name, payload, emitted_at) values ($1, $2, $3)
-      on conflict (event_name) do update set payload = excluded.payload, emitted_at = excluded.emitted_at
-        where e.payload is null
-      returning 1
-    )
-    select count(*) from up
-  $q$, 'e_' || q) into v_stored using p_event_name, v_payload, v_now;
+  execute absurd._sql('emit.store', q) into v_stored
+    using p_event_name, coalesce(p_payload, 'null'::jsonb), v_now;
   if v_stored = 0 then
     return;
   end if;
-  -- A new statement, so a new snapshot: waits committed while we queued on the
-  -- event row are visible here.
-  execute format($q$
-    with dw as (
-      delete from absurd.%1$I where event_name = $1
-      returning task_id, run_id, step_name, timeout_at
-    ), ur as (
-      update absurd.%2$I r set state = 'pending', available_at = $3, wake_event = null,
-        event_payload = $2, claimed_by = null, claim_expires_at = null
-      from dw
-      where r.run_id = dw.run_id and r.state = 'sleeping'
-        and (dw.timeout_at is null or dw.timeout_at > $3)
-      returning r.run_id, r.task_id, dw.step_name
-    ), uc as (
-      insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
-      select ur.task_id, ur.step_name, $2, 'committed', ur.run_id, $3 from ur
-      on conflict (task_id, checkpoint_name) do update
-        set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
-            updated_at = excluded.updated_at
-    ), ut as (
-      update absurd.%4$I t set state = 'pending' from ur where t.task_id = ur.task_id
-    )
-    select count(*) from ur
-  $q$, 'w_' || q, 'r_' || q, 'c_' || q, 't_' || q)
-    into v_woken using p_event_name, v_payload, v_now;
+  -- A new statement, so a new snapshot: waits committed while we queued on
+  -- the event row are visible here.
+  execute absurd._sql('emit.wake', q) into v_woken
+    using p_event_name, coalesce(p_payload, 'null'::jsonb), v_now;
   if v_woken > 0 then
     perform absurd._notify(q, 'event');
   end if;
@@ -1696,7 +1810,7 @@ $$;
 
 -- When a worker should look again without a notification: the earliest time a
 -- pending or sleeping run of the queue becomes claimable (now or later), or
--- NULL when nothing is scheduled. Two index probes on r_<q>_sai.
+-- NULL when nothing is scheduled.
 create or replace function absurd.queue_next_wake(p_queue_name text)
 returns timestamptz
 language plpgsql
@@ -1706,11 +1820,7 @@ declare
   v_next timestamptz;
 begin
   perform absurd._require_queue(p_queue_name);
-  execute format($q$select least(
-      (select min(available_at) from absurd.%1$I where state = 'pending'),
-      (select min(available_at) from absurd.%1$I where state = 'sleeping'
-         and available_at < 'infinity'))$q$, 'r_' || p_queue_name)
-    into v_next;
+  execute absurd._sql('next_wake', p_queue_name) into v_next;
   return v_next;
 end;
 $$;
@@ -1742,29 +1852,11 @@ returns integer
 language plpgsql
 as $$
 declare
-  q text := p_queue_name;
   v_deleted integer;
 begin
-  perform absurd._require_queue(q);
+  perform absurd._require_queue(p_queue_name);
   perform absurd._check_cleanup_args(p_ttl_seconds, p_limit);
-  execute format($q$
-    with v as (
-      select task_id from absurd.%1$I
-      where finished_at < $1 and state in ('completed', 'failed', 'cancelled')
-      order by finished_at limit $2
-      for update skip locked
-    ), dc as (
-      delete from absurd.%2$I c using v where c.task_id = v.task_id
-    ), dw as (
-      delete from absurd.%3$I w using v where w.task_id = v.task_id
-    ), dr as (
-      delete from absurd.%4$I r using v where r.task_id = v.task_id
-    ), dt as (
-      delete from absurd.%1$I t using v where t.task_id = v.task_id returning 1
-    )
-    select count(*) from dt
-  $q$, 't_' || q, 'c_' || q, 'w_' || q, 'r_' || q)
-    into v_deleted
+  execute absurd._sql('cleanup.tasks', p_queue_name) into v_deleted
     using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
   return v_deleted;
 end;
@@ -1775,21 +1867,11 @@ returns integer
 language plpgsql
 as $$
 declare
-  q text := p_queue_name;
   v_deleted integer;
 begin
-  perform absurd._require_queue(q);
+  perform absurd._require_queue(p_queue_name);
   perform absurd._check_cleanup_args(p_ttl_seconds, p_limit);
-  execute format($q$
-    with v as (
-      select event_name from absurd.%1$I where emitted_at < $1 order by emitted_at limit $2
-      for update skip locked
-    ), d as (
-      delete from absurd.%1$I e using v where e.event_name = v.event_name returning 1
-    )
-    select count(*) from d
-  $q$, 'e_' || q)
-    into v_deleted
+  execute absurd._sql('cleanup.events', p_queue_name) into v_deleted
     using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
   return v_deleted;
 end;
@@ -1802,6 +1884,7 @@ as $$
 #variable_conflict use_column
 declare
   v_queue record;
+  v_ttl integer;
 begin
   if p_queue_name is not null then
     perform absurd._require_queue(p_queue_name);
@@ -1812,11 +1895,10 @@ begin
       and q.storage_mode = 'unpartitioned'
     order by q.queue_name
   loop
+    v_ttl := least(floor(extract(epoch from v_queue.cleanup_ttl)), 2147483647)::integer;
     queue_name := v_queue.queue_name;
-    tasks_deleted := absurd.cleanup_tasks(v_queue.queue_name,
-      least(floor(extract(epoch from v_queue.cleanup_ttl)), 2147483647)::integer, v_queue.cleanup_limit);
-    events_deleted := absurd.cleanup_events(v_queue.queue_name,
-      least(floor(extract(epoch from v_queue.cleanup_ttl)), 2147483647)::integer, v_queue.cleanup_limit);
+    tasks_deleted := absurd.cleanup_tasks(v_queue.queue_name, v_ttl, v_queue.cleanup_limit);
+    events_deleted := absurd.cleanup_events(v_queue.queue_name, v_ttl, v_queue.cleanup_limit);
     return next;
   end loop;
 end;
