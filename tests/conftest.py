@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -97,3 +98,11 @@ def queue(conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
     yield name
     conn.execute("set absurd.fake_now = default")
     conn.execute("select absurd.drop_queue(%s)", (name,))
+
+
+@pytest.fixture
+def engine(conn: psycopg.Connection[tuple[object, ...]], queue: str) -> Any:
+    """The SQL API of the test's queue (see tests/engine/_engine.py)."""
+    from tests.engine._engine import Engine
+
+    return Engine(conn, queue)

@@ -257,7 +257,9 @@ def test_task_results_snapshots(harness: Any) -> None:
     assert app.fetch_task_result(task_id) == absurd_sdk.TaskResultSnapshot(
         state="completed", result=None
     )
-    assert app.await_task_result(task_id) == absurd_sdk.TaskResultSnapshot(state="completed")
+    assert app.await_task_result(task_id, timeout=2) == absurd_sdk.TaskResultSnapshot(
+        state="completed"
+    )
 
 
 def test_idempotent_spawn_returns_the_same_task(harness: Any) -> None:
@@ -330,7 +332,6 @@ def test_headers_and_hooks(harness: Any) -> None:
 def test_queue_management(harness: Any) -> None:
     app = harness.client()
     other = f"{harness.queue}_x"
-    parted = f"{harness.queue}_p"
     try:
         app.create_queue(other, cleanup_ttl="7 days", cleanup_limit=10, detach_mode="none")
         app.create_queue(other)  # idempotent
@@ -355,6 +356,19 @@ def test_queue_management(harness: Any) -> None:
         assert {harness.queue, other} <= set(queues)
         assert queues == sorted(queues)
 
+        app.drop_queue(other)
+        remaining = app.list_queues()
+        assert other not in remaining
+        assert harness.queue in remaining
+        assert app.get_queue_policy(other) is None
+    finally:
+        harness.db.execute("select absurd.drop_queue(%s)", (other,))
+
+
+def test_partitioned_queue(harness: Any) -> None:
+    app = harness.client()
+    parted = f"{harness.queue}_p"
+    try:
         app.create_queue(parted, storage_mode="partitioned", detach_mode="empty")
         policy = app.get_queue_policy(parted)
         assert policy is not None
@@ -371,14 +385,7 @@ def test_queue_management(harness: Any) -> None:
         assert worker.fetch_task_result(first["task_id"]) == absurd_sdk.TaskResultSnapshot(
             state="completed", result=42
         )
-
-        app.drop_queue(other)
         app.drop_queue(parted)
-        remaining = app.list_queues()
-        assert other not in remaining
-        assert parted not in remaining
-        assert harness.queue in remaining
-        assert app.get_queue_policy(other) is None
+        assert parted not in app.list_queues()
     finally:
-        for name in (other, parted):
-            harness.db.execute("select absurd.drop_queue(%s)", (name,))
+        harness.db.execute("select absurd.drop_queue(%s)", (parted,))

@@ -50,7 +50,9 @@ def test_async_workflow_steps_retry_event_sleep_and_child_task(harness: Any) -> 
                 else:
                     spawned = await children.spawn("child", {"parent": str(ctx.task_id), "n": 21})
                     child_id = await ctx.complete_step(handle, str(spawned["task_id"]))
-                child_result = await ctx.await_task_result(child_id, queue_name=child_queue)
+                child_result = await ctx.await_task_result(
+                    child_id, queue_name=child_queue, timeout=10
+                )
                 approval = await ctx.await_event("approved")
                 await ctx.sleep_for("cool-down", 0.2)
 
@@ -94,7 +96,7 @@ def test_async_workflow_steps_retry_event_sleep_and_child_task(harness: Any) -> 
                     break
                 await children.work_batch()
                 await asyncio.sleep(0.02)
-            await parent_run
+            await asyncio.wait_for(parent_run, timeout=15)
             assert calls["child"] == 2
             assert harness.task(task_id)["state"] == "sleeping"  # in the cool-down
 

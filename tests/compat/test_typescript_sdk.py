@@ -286,12 +286,16 @@ def test_ts_queue_management(ts: TsRun) -> None:
     }
     assert o["created"] == policy
     assert o["updated"] == {**policy, "cleanupTtl": "01:00:00", "cleanupLimit": 20}
-    assert (o["partitioned"]["storageMode"], o["partitioned"]["detachMode"]) == (
-        "partitioned",
-        "empty",
-    )
-    assert {ts.h.queue, o["other"], o["parted"]} <= set(o["listed"])
+    assert {ts.h.queue, o["other"]} <= set(o["listed"])
     assert o["listed"] == sorted(o["listed"])
     assert ts.h.queue in o["afterDrop"]
-    assert not {o["other"], o["parted"]} & set(o["afterDrop"])
+    assert o["other"] not in o["afterDrop"]
     assert o["droppedPolicy"] is None
+
+
+def test_ts_partitioned_queue(ts: TsRun) -> None:
+    o = ts["partitionedQueue"]
+    assert (o["policy"]["storageMode"], o["policy"]["detachMode"]) == ("partitioned", "empty")
+    assert (o["first"]["created"], o["again"]["created"]) == (True, False)
+    assert o["again"]["taskID"] == o["first"]["taskID"]
+    assert o["result"] == {"state": "completed", "result": 42}

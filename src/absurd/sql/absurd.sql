@@ -1722,6 +1722,7 @@ declare
   v_run record;
   v_task_state text;
   v_resolved boolean := false;
+  v_rows integer;
 begin
   perform absurd._require_queue(q);
   perform absurd._require_text(p_event_name, 'event_name');
@@ -1731,7 +1732,8 @@ begin
   end if;
 
   execute absurd._sql('checkpoint.get', q) into v_checkpoint using p_task_id, p_step_name;
-  if found then
+  get diagnostics v_rows = row_count;  -- EXECUTE does not set FOUND
+  if v_rows > 0 then
     return query select false, v_checkpoint;
     return;
   end if;

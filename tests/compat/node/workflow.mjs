@@ -270,7 +270,7 @@ async function results() {
     awaitTimeout = { ...errorInfo(err), isTimeoutError: err instanceof TimeoutError };
   }
   await app.workBatch();
-  return { unknown, taskID, pending, awaitTimeout, completed: await app.awaitTaskResult(taskID) };
+  return { unknown, taskID, pending, awaitTimeout, completed: await app.awaitTaskResult(taskID, { timeout: 2 }) };
 }
 
 async function headersAndHooks() {
@@ -292,7 +292,7 @@ async function childTask() {
   try {
     children.registerTask({ name: "ts-child" }, async (params) => ({ doubled: params.n * 2 }));
     app.registerTask({ name: "ts-parent" }, async (params, ctx) => {
-      const snap = await ctx.awaitTaskResult(params.child, { queue: childQueue });
+      const snap = await ctx.awaitTaskResult(params.child, { queue: childQueue, timeout: 5 });
       return { child: snap };
     });
     const child = await children.spawn("ts-child", { n: 21 });
@@ -307,27 +307,39 @@ async function childTask() {
 
 async function queues() {
   const other = `${queue}_x`;
-  const parted = `${queue}_p`;
   await app.createQueue(other, { cleanupTtl: "7 days", cleanupLimit: 10 });
   await app.createQueue(other); // idempotent
   const created = await app.getQueuePolicy(other);
   await app.setQueuePolicy(other, { cleanupLimit: 20, cleanupTtl: "1 hour" });
   const updated = await app.getQueuePolicy(other);
-  await app.createQueue(parted, { storageMode: "partitioned", detachMode: "empty" });
-  const partitioned = await app.getQueuePolicy(parted);
   const listed = await app.listQueues();
   await app.dropQueue(other);
-  await app.dropQueue(parted);
   return {
     other,
-    parted,
     created,
     updated,
-    partitioned,
     listed,
     afterDrop: await app.listQueues(),
     droppedPolicy: await app.getQueuePolicy(other),
   };
+}
+
+async function partitionedQueue() {
+  const parted = `${queue}_p`;
+  await app.createQueue(parted, { storageMode: "partitioned", detachMode: "empty" });
+  try {
+    const policy = await app.getQueuePolicy(parted);
+    const worker = new Absurd({ db: pool, queueName: parted, log });
+    worker.registerTask({ name: "ts-in-partitioned" }, async (params, ctx) =>
+      ctx.step("double", async () => params * 2),
+    );
+    const first = await worker.spawn("ts-in-partitioned", 21, { idempotencyKey: "p-1" });
+    const again = await worker.spawn("ts-in-partitioned", 0, { idempotencyKey: "p-1" });
+    await worker.workBatch();
+    return { parted, policy, first, again, result: await worker.fetchTaskResult(first.taskID) };
+  } finally {
+    await app.dropQueue(parted);
+  }
 }
 
 const scenarios = {
@@ -343,6 +355,7 @@ const scenarios = {
   headersAndHooks,
   childTask,
   queues,
+  partitionedQueue,
 };
 
 const observations = {};
