@@ -810,6 +810,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "psycopg": psycopg.__version__,
+        # Other work on the machine skews the figures; compare with the core count.
+        "loadavg_at_start": os.getloadavg(),
     }
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -1091,7 +1093,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         srv = server_info(server)
         mach = machine_info()
         log(f"server: {srv['version']}")
-        log(f"machine: {mach['cores']} cores, {mach.get('cpu_model')}, {mach.get('mem_total')}")
+        log(
+            f"machine: {mach['cores']} cores, {mach.get('cpu_model')}, {mach.get('mem_total')},"
+            f" load average {mach['loadavg_at_start'][0]:.2f}"
+        )
         log(
             f"plan: sizes {', '.join(map(fmt_size, sizes))}; {plan.warmup} warm-up +"
             f" {plan.iterations} timed + {plan.probes} probe rounds per size,"
@@ -1175,7 +1180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "argv": sys.argv,
         "plan": plan.__dict__,
         "synchronous_commit": "on" if args.sync_commit else "off",
-        "machine": mach,
+        "machine": mach | {"loadavg_at_end": os.getloadavg()},
         "server": srv,
         "results": all_results,
         "scaling_median": {s: scaling_ratios(r, "median_ms") for s, r in all_results.items()},
