@@ -1023,8 +1023,8 @@ begin
   -- An older attempt never overwrites a newer attempt's checkpoint.
   when 'checkpoint.write' then $q$
     with ext as (
-      update absurd.%2$I set claim_expires_at = $5 + make_interval(secs => $6)
-      where run_id = $4 and $6 > 0 and state = 'running' and claim_expires_at is not null
+      update absurd.%2$I set claim_expires_at = $5::timestamptz + make_interval(secs => $6::integer)
+      where run_id = $4 and $6::integer > 0 and state = 'running' and claim_expires_at is not null
     )
     insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
     values ($1, $2, $3, 'committed', $4, $5)
@@ -1107,27 +1107,28 @@ begin
   -- $1 finished before, $2 limit (t_<q>_fai)
   when 'cleanup.tasks' then $q$
     with v as (
-      select task_id from absurd.%1$I
-      where finished_at < $1 and state in ('completed', 'failed', 'cancelled')
-      order by finished_at limit $2
-      for update skip locked
+      select array(
+        select task_id from absurd.%1$I
+        where finished_at < $1 and state in ('completed', 'failed', 'cancelled')
+        order by finished_at limit $2
+        for update skip locked) as ids
     ), dc as (
-      delete from absurd.%3$I c using v where c.task_id = v.task_id
+      delete from absurd.%3$I where task_id = any ((select ids from v)::uuid[])
     ), dw as (
-      delete from absurd.%5$I w using v where w.task_id = v.task_id
+      delete from absurd.%5$I where task_id = any ((select ids from v)::uuid[])
     ), dr as (
-      delete from absurd.%2$I r using v where r.task_id = v.task_id
+      delete from absurd.%2$I where task_id = any ((select ids from v)::uuid[])
     ), dt as (
-      delete from absurd.%1$I t using v where t.task_id = v.task_id returning 1
+      delete from absurd.%1$I where task_id = any ((select ids from v)::uuid[]) returning 1
     )
     select count(*) from dt$q$
   -- $1 emitted before, $2 limit (e_<q>_eai)
   when 'cleanup.events' then $q$
-    with v as (
-      select event_name from absurd.%4$I where emitted_at < $1 order by emitted_at limit $2
-      for update skip locked
-    ), d as (
-      delete from absurd.%4$I e using v where e.event_name = v.event_name returning 1
+    with d as (
+      delete from absurd.%4$I where event_name = any (array(
+        select event_name from absurd.%4$I where emitted_at < $1 order by emitted_at limit $2
+        for update skip locked))
+      returning 1
     )
     select count(*) from d$q$
 

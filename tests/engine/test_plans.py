@@ -1,0 +1,173 @@
+"""Every hot statement is index-driven: EXPLAIN each entry of absurd._sql on a full queue.
+
+The functions execute exactly the text ``absurd._sql(name, queue)`` returns, so
+these plans are the plans of the engine's own statements (custom plans, as
+PL/pgSQL's EXECUTE ... USING builds them).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import Connect
+
+NOW = "now()"
+ROWS = 30_000
+
+# Representative arguments per statement ({task}/{run}/{new} are filled in).
+ARGS: dict[str, list[str]] = {
+    "spawn": ["{new}", "'x'", "'{{}}'", "null", "null", "null", "null", NOW, "{new2}", "null", "0", NOW],
+    "spawn.existing": ["'key-17'"],
+    "claim.next_band": ["2147483647"],
+    "claim.band": ["0", NOW, "1", "'w'", "now() + interval '1 minute'"],
+    "sweep.cancellations": [NOW, "1"],
+    "sweep.leases": [NOW, "1"],
+    "cancel.lock_runs": ["{task}"],
+    "task.lock": ["{task}"],
+    "cancel.apply": ["{task}", NOW],
+    "run.state": ["{run}"],
+    "complete": ["{run}", NOW, "'1'"],
+    "schedule": ["{run}", NOW],
+    "fail.lock_run": ["{run}"],
+    "fail.lock_task": ["{task}"],
+    "fail.mark": ["{run}", NOW, "'{{}}'"],
+    "fail.retry": ["{new}", "{task}", "2", "'pending'", NOW, NOW, "0"],
+    "fail.finish": ["{task}", "'failed'", "1", "{run}", NOW],
+    "checkpoint.owner": ["{run}"],
+    "checkpoint.write": ["{task}", "'s'", "'1'", "{run}", NOW, "30", "1"],
+    "emit.store": ["'e-5'", "'1'", NOW],
+    "emit.wake": ["'e-5'", "'1'", NOW],
+    "checkpoint.get": ["{task}", "'s'"],
+    "await.sentinel": ["'e-5'"],
+    "await.lock_event": ["'e-5'"],
+    "await.lock_run": ["{run}"],
+    "await.clear_payload": ["{run}"],
+    "await.clear_wake": ["{run}"],
+    "await.resolve": ["{task}", "'s'", "'1'", "{run}", NOW],
+    "await.suspend": ["{task}", "{run}", "'s'", "'e-5'", NOW, NOW],
+    "cleanup.tasks": ["now() - interval '1 day'", "1000"],
+    "cleanup.events": [NOW, "1000"],
+    "next_wake": [],
+}
+
+# Statements whose whole point is one index.
+EXPECTED_INDEX = {
+    "claim.next_band": "r_{q}_cli",
+    "claim.band": "r_{q}_cli",
+    "sweep.cancellations": "t_{q}_cdi",
+    "sweep.leases": "r_{q}_cei",
+    "cleanup.tasks": "t_{q}_fai",
+    "cleanup.events": "e_{q}_eai",
+    "emit.wake": "w_{q}_eni",
+    "next_wake": "r_{q}_sai",
+    "cancel.lock_runs": "r_{q}_ti",
+}
+
+
+@pytest.fixture(scope="module")
+def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A queue with ROWS tasks in every state, analysed; yields (queue, sample ids)."""
+    queue = f"plans_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("select absurd.create_queue(%s)", (queue,))
+        t, r, cp, e, w = (sql.Identifier(f"{p}_{queue}") for p in "trcew")
+        statements = [
+            """
+            create temp table ids as
+              select g, absurd.portable_uuidv7() as task_id, absurd.portable_uuidv7() as run_id,
+                (array['pending','pending','pending','sleeping','running','completed'])[1 + g % 6] as st
+              from generate_series(1, {rows}) g
+            """,
+            """
+            insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
+                idempotency_key, priority, cancel_deadline, finished_at, enqueue_at)
+              select task_id, 'task', to_jsonb(g), st, 1, run_id, 'key-' || g, (g % 50 = 0)::int,
+                case when g % 100 = 0 then now() + interval '1 hour' end,
+                case when st = 'completed' then now() - interval '2 days' end, now()
+              from ids
+            """,
+            """
+            insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
+                claimed_by, priority)
+              select run_id, task_id, 1, st,
+                case st when 'sleeping' then now() + interval '1 hour' else now() - interval '1 minute' end,
+                case when st = 'running' then now() + interval '10 minutes' end,
+                case when st = 'running' then 'w' end, (g % 50 = 0)::int
+              from ids
+            """,
+            """
+            insert into absurd.{cp} (task_id, checkpoint_name, state, owner_run_id)
+              select task_id, 's', '1', run_id from ids
+            """,
+            """
+            insert into absurd.{w} (task_id, run_id, step_name, event_name, timeout_at)
+              select task_id, run_id, 's', 'e-' || g, now() + interval '1 hour' from ids where st = 'sleeping'
+            """,
+            """
+            insert into absurd.{e} (event_name, payload, emitted_at)
+              select 'e-' || g, '1', now() - make_interval(secs => g) from ids
+            """,
+        ]
+        for statement in statements:
+            c.execute(sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w))
+        for table in (t, r, cp, e, w):
+            c.execute(sql.SQL("analyze absurd.{}").format(table))
+        row = c.execute("select task_id, run_id from ids where st = 'running' limit 1").fetchone()
+        assert row is not None
+        yield queue, {"task": f"'{row[0]}'", "run": f"'{row[1]}'"}
+        c.execute("select absurd.drop_queue(%s)", (queue,))
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def explain(conn: psycopg.Connection[Any], text: str, args: list[str]) -> list[dict[str, Any]]:
+    name = f"p_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"prepare {name} as {text}")
+    try:
+        call = f"execute {name}" + (f"({', '.join(args)})" if args else "")
+        row = conn.execute(f"explain (format json) {call}").fetchone()
+        assert row is not None
+        return list(plan_nodes(row[0][0]["Plan"]))
+    finally:
+        conn.execute(f"deallocate {name}")
+
+
+def test_catalogue_lists_every_statement(conn: psycopg.Connection[Any]) -> None:
+    source = (Path(__file__).parents[2] / "src/absurd/sql/absurd.sql").read_text()
+    in_case = set(re.findall(r"^  when '([a-z_.]+)' then \$q\$", source, flags=re.M))
+    listed = {r[0] for r in conn.execute("select absurd._sql_names()").fetchall()}
+    assert in_case == listed == set(ARGS)
+
+
+@pytest.mark.parametrize("statement", sorted(ARGS))
+def test_statement_is_index_driven(
+    statement: str, full_queue: tuple[str, dict[str, str]], connect: Connect
+) -> None:
+    queue, ids = full_queue
+    conn = connect()
+    conn.execute("set plan_cache_mode = force_custom_plan")
+    row = conn.execute("select absurd._sql(%s, %s)", (statement, queue)).fetchone()
+    assert row is not None
+    values = {**ids, "new": f"'{uuid.uuid4()}'", "new2": f"'{uuid.uuid4()}'"}
+    args = [a.format(**values) for a in ARGS[statement]]
+    nodes = explain(conn, str(row[0]), args)
+    per_queue = {f"{p}_{queue}" for p in "trcew"}
+    scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
+    seq = [s for s in scans if s[0] == "Seq Scan" and s[1] in per_queue]
+    assert not seq, f"{statement} scans a whole table: {scans}"
+    expected = EXPECTED_INDEX.get(statement)
+    if expected:
+        used = {s[2] for s in scans}
+        assert expected.format(q=queue) in used, f"{statement} does not use {expected}: {scans}"
