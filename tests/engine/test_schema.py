@@ -1,0 +1,168 @@
+"""absurd.sql as a whole: re-runnable, upgrade-capable, and signature-compatible with 0.5.1."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import absurdctl  # upstream's CLI: ships upstream's absurd.sql 0.5.1, our reference
+import psycopg
+import pytest
+
+from absurd import schema
+
+# Spec §1.6 minus the partition and pg_cron functions (a later issue).
+PUBLIC_FUNCTIONS = [
+    "current_time", "retry_delay_seconds", "get_schema_version", "validate_queue_name",
+    "portable_uuidv7", "uuidv7_timestamp", "uuidv7_floor", "week_bucket_utc",
+    "partition_week_tag", "ensure_queue_tables", "create_queue", "drop_queue", "list_queues",
+    "get_queue_policy", "set_queue_policy", "spawn_task", "claim_task", "complete_run",
+    "schedule_run", "fail_run", "retry_task", "cancel_task", "get_task_result",
+    "set_task_checkpoint_state", "extend_claim", "get_task_checkpoint_state",
+    "get_task_checkpoint_states", "await_event", "emit_event", "cleanup_tasks",
+    "cleanup_events", "cleanup_all_queues",
+]
+
+SIGNATURES = """
+    select p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid)
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname = 'absurd' and p.proname = any(%s)
+"""
+
+
+def upstream_database(new_database: Callable[[], str]) -> str:
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(absurdctl.BUNDLED_SCHEMA_SQL.encode())
+    return url
+
+
+def catalog(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Everything the schema defines, to compare before and after a re-run."""
+    functions = conn.execute(
+        "select p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)) from pg_proc p"
+        " join pg_namespace n on n.oid = p.pronamespace where n.nspname = 'absurd' order by 1"
+    ).fetchall()
+    relations = conn.execute(
+        "select relname, relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where n.nspname = 'absurd' order by 1"
+    ).fetchall()
+    columns = conn.execute(
+        "select table_name, column_name, data_type, column_default from information_schema.columns"
+        " where table_schema = 'absurd' order by 1, 2"
+    ).fetchall()
+    return {"functions": functions, "relations": relations, "columns": columns}
+
+
+def test_reinstall_is_a_no_op(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        assert schema.installed_version(c) is None
+        schema.install(c)
+        c.execute("select absurd.create_queue('keep')")
+        c.execute("select absurd.spawn_task('keep', 't', '{\"x\": 1}')")
+        before = catalog(c)
+        schema.install(c)
+        assert catalog(c) == before
+        row = c.execute("select params from absurd.t_keep").fetchone()
+        assert row == ({"x": 1},)
+        assert schema.installed_version(c) == schema.SCHEMA_VERSION == "0.6.0"
+
+
+def test_concurrent_installs_do_not_conflict(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    errors: list[BaseException] = []
+
+    def install() -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as c:
+                schema.install(c)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=install) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_signatures_match_upstream(new_database: Callable[[], str], dsn: str) -> None:
+    with psycopg.connect(upstream_database(new_database)) as up, psycopg.connect(dsn) as ours:
+        theirs = sorted(up.execute(SIGNATURES, (PUBLIC_FUNCTIONS,)).fetchall())
+        mine = sorted(ours.execute(SIGNATURES, (PUBLIC_FUNCTIONS,)).fetchall())
+    assert {r[0] for r in theirs} == set(PUBLIC_FUNCTIONS)
+    # Same names, parameter names, types, defaults, result columns; no extra overloads.
+    assert mine == theirs
+
+
+def test_per_queue_tables_keep_upstream_columns_and_indexes(
+    new_database: Callable[[], str], dsn: str
+) -> None:
+    query = """
+        select c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+        from pg_attribute a join pg_class c on c.oid = a.attrelid
+        join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = 'absurd' and c.relname like any (array['t\\_cmp', 'r\\_cmp', 'c\\_cmp',
+          'e\\_cmp', 'w\\_cmp']) and a.attnum > 0 and not a.attisdropped
+    """
+    indexes = "select indexname from pg_indexes where schemaname = 'absurd' and tablename like '%\\_cmp'"
+    with psycopg.connect(upstream_database(new_database), autocommit=True) as up, psycopg.connect(
+        dsn, autocommit=True
+    ) as ours:
+        for c in (up, ours):
+            c.execute("select absurd.create_queue('cmp')")
+        try:
+            theirs, mine = set(up.execute(query).fetchall()), set(ours.execute(query).fetchall())
+            assert theirs and theirs <= mine
+            assert {r[1] for r in mine - theirs} == {"priority", "cancel_deadline", "finished_at"}
+            assert set(up.execute(indexes).fetchall()) <= set(ours.execute(indexes).fetchall())
+        finally:
+            ours.execute("select absurd.drop_queue('cmp')")
+
+
+def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> None:
+    url = upstream_database(new_database)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("select absurd.create_queue('legacy')")
+        c.execute("select absurd.create_queue('parted', 'partitioned')")
+        done = c.execute("select task_id from absurd.spawn_task('legacy', 'a', '1')").fetchone()
+        run = c.execute("select run_id from absurd.claim_task('legacy', 'w', 60, 1)").fetchone()
+        assert done is not None and run is not None
+        c.execute("select absurd.complete_run('legacy', %s, '\"ok\"')", (run[0],))
+        waiting = c.execute(
+            "select task_id from absurd.spawn_task('legacy', 'b', '2', "
+            "'{\"cancellation\": {\"max_delay\": 60}}')"
+        ).fetchone()
+        assert waiting is not None
+        assert schema.installed_version(c) == "0.5.1"
+
+        schema.install(c)
+        assert schema.installed_version(c) == "0.6.0"
+        t = c.execute(
+            "select task_id, state, finished_at is not null, cancel_deadline - enqueue_at, priority"
+            " from absurd.t_legacy order by task_id"
+        ).fetchall()
+        assert t == [
+            (done[0], "completed", True, None, 0),
+            (waiting[0], "pending", False, __import__("datetime").timedelta(seconds=60), 0),
+        ]
+        claimed = c.execute("select task_id, params from absurd.claim_task('legacy', 'w', 60, 5)").fetchall()
+        assert claimed == [(waiting[0], 2)]
+        assert c.execute(
+            "select count(*) from pg_indexes where indexname = 'r_legacy_cli'"
+        ).fetchone() == (1,)
+        # Upstream's partitioned queue is left alone (not supported here yet).
+        assert c.execute("select storage_mode from absurd.queues where queue_name = 'parted'").fetchone() == (
+            "partitioned",
+        )
+
+
+@pytest.mark.parametrize(
+    "name", ["a", "q" * 57, "é" * 28 + "x", "with space", 'quo"te', "semi;colon", "per%cent"]
+)
+def test_valid_queue_names(conn: psycopg.Connection[Any], name: str) -> None:
+    row = conn.execute("select absurd.validate_queue_name(%s)", (name,)).fetchone()
+    assert row == (name,)
