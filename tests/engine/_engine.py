@@ -52,7 +52,9 @@ class Engine:
         if when is None:
             self.conn.execute("set absurd.fake_now = default")
         else:
-            self.conn.execute(sql.SQL("set absurd.fake_now = {}").format(sql.Literal(when.isoformat())))
+            self.conn.execute(
+                sql.SQL("set absurd.fake_now = {}").format(sql.Literal(when.isoformat()))
+            )
 
     def now(self) -> dt.datetime:
         value = self.one("select absurd.current_time() as now")["now"]
@@ -84,7 +86,12 @@ class Engine:
     def fail(self, run_id: UUID, reason: Any = None, retry_at: dt.datetime | None = None) -> None:
         self.conn.execute(
             "select absurd.fail_run(%s, %s, %s, %s)",
-            (self.queue, run_id, json.dumps(reason or {"name": "Error", "message": "boom"}), retry_at),
+            (
+                self.queue,
+                run_id,
+                json.dumps(reason or {"name": "Error", "message": "boom"}),
+                retry_at,
+            ),
         )
 
     def schedule(self, run_id: UUID, wake_at: dt.datetime) -> None:
@@ -106,7 +113,11 @@ class Engine:
         return {r["checkpoint_name"]: r["state"] for r in rows}
 
     def await_event(
-        self, task_id: UUID, run_id: UUID, event: str, step: str | None = None,
+        self,
+        task_id: UUID,
+        run_id: UUID,
+        event: str,
+        step: str | None = None,
         timeout: int | None = None,
     ) -> Row:
         return self.one(
@@ -124,7 +135,8 @@ class Engine:
 
     def retry(self, task_id: UUID, **options: Any) -> Row:
         return self.one(
-            "select * from absurd.retry_task(%s, %s, %s)", (self.queue, task_id, json.dumps(options))
+            "select * from absurd.retry_task(%s, %s, %s)",
+            (self.queue, task_id, json.dumps(options)),
         )
 
     def result(self, task_id: UUID) -> Row | None:
@@ -133,10 +145,14 @@ class Engine:
 
     # -- reading the tables ---------------------------------------------------
     def task(self, task_id: UUID) -> Row:
-        return self.one(sql.SQL("select * from {} where task_id = %s").format(self.table("t")), (task_id,))
+        return self.one(
+            sql.SQL("select * from {} where task_id = %s").format(self.table("t")), (task_id,)
+        )
 
     def run(self, run_id: UUID) -> Row:
-        return self.one(sql.SQL("select * from {} where run_id = %s").format(self.table("r")), (run_id,))
+        return self.one(
+            sql.SQL("select * from {} where run_id = %s").format(self.table("r")), (run_id,)
+        )
 
     def runs(self, task_id: UUID) -> list[Row]:
         return self.rows(
@@ -145,4 +161,6 @@ class Engine:
         )
 
     def count(self, prefix: str) -> int:
-        return int(self.one(sql.SQL("select count(*) as n from {}").format(self.table(prefix)))["n"])
+        return int(
+            self.one(sql.SQL("select count(*) as n from {}").format(self.table(prefix)))["n"]
+        )

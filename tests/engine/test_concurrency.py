@@ -39,9 +39,13 @@ def test_concurrent_claimers_never_share_a_run(engine: Engine, connect: Connect)
     def claimer(i: int) -> list[str]:
         got: list[str] = []
         while True:
-            rows = conns[i].execute(
-                "select run_id from absurd.claim_task(%s, %s, 60, 3)", (engine.queue, f"w{i}")
-            ).fetchall()
+            rows = (
+                conns[i]
+                .execute(
+                    "select run_id from absurd.claim_task(%s, %s, 60, 3)", (engine.queue, f"w{i}")
+                )
+                .fetchall()
+            )
             if not rows:
                 return got
             got.extend(str(r[0]) for r in rows)
@@ -62,13 +66,16 @@ def test_emit_and_await_race_loses_no_wakeup(engine: Engine, connect: Connect) -
         run = engine.claim_one()
         event = f"evt-{i}"
 
-        def act(k: int, run: dict[str, Any] = run, event: str = event) -> Any:
+        def act(k: int, run: dict[str, Any] = run, event: str = event, i: int = i) -> Any:
             if k == 0:
                 return waiter.execute(
-                    "select should_suspend, payload from absurd.await_event(%s, %s, %s, %s, %s, null)",
+                    "select should_suspend, payload"
+                    " from absurd.await_event(%s, %s, %s, %s, %s, null)",
                     (engine.queue, run["task_id"], run["run_id"], "wait", event),
                 ).fetchone()
-            emitter.execute("select absurd.emit_event(%s, %s, %s)", (engine.queue, event, json.dumps(i)))
+            emitter.execute(
+                "select absurd.emit_event(%s, %s, %s)", (engine.queue, event, json.dumps(i))
+            )
             return None
 
         suspended, payload = run_together(2, act)[0]
@@ -90,10 +97,14 @@ def test_idempotent_spawn_race_creates_one_task(engine: Engine, connect: Connect
         key = f"key-{round_}"
 
         def spawn(i: int, key: str = key) -> tuple[Any, ...]:
-            row = conns[i].execute(
-                "select task_id, run_id, created from absurd.spawn_task(%s, 't', %s, %s)",
-                (engine.queue, json.dumps(i), json.dumps({"idempotency_key": key})),
-            ).fetchone()
+            row = (
+                conns[i]
+                .execute(
+                    "select task_id, run_id, created from absurd.spawn_task(%s, 't', %s, %s)",
+                    (engine.queue, json.dumps(i), json.dumps({"idempotency_key": key})),
+                )
+                .fetchone()
+            )
             assert row is not None
             return tuple(row)
 
@@ -119,9 +130,13 @@ def test_cancel_racing_complete_or_fail_never_deadlocks(
         def act(k: int, run: dict[str, Any] = run) -> str:
             try:
                 if k == 0:
-                    canceller.execute("select absurd.cancel_task(%s, %s)", (engine.queue, run["task_id"]))
+                    canceller.execute(
+                        "select absurd.cancel_task(%s, %s)", (engine.queue, run["task_id"])
+                    )
                 elif finisher == "complete":
-                    worker.execute("select absurd.complete_run(%s, %s, '1')", (engine.queue, run["run_id"]))
+                    worker.execute(
+                        "select absurd.complete_run(%s, %s, '1')", (engine.queue, run["run_id"])
+                    )
                 else:
                     worker.execute(
                         "select absurd.fail_run(%s, %s, '{}', null)", (engine.queue, run["run_id"])

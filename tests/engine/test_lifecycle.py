@@ -42,8 +42,10 @@ def test_spawn_claim_complete(engine: Engine) -> None:
     assert engine.run(spawned["run_id"])["result"] == {"sent": True}
     result = engine.result(spawned["task_id"])
     assert result == {
-        "task_id": spawned["task_id"], "state": "completed",
-        "result": {"sent": True}, "failure_reason": None,
+        "task_id": spawned["task_id"],
+        "state": "completed",
+        "result": {"sent": True},
+        "failure_reason": None,
     }
 
 
@@ -113,7 +115,10 @@ def test_fail_retries_then_fails_for_good(engine: Engine) -> None:
     [
         ({"kind": "fixed", "base_seconds": 10}, [10, 10, 10]),
         ({"kind": "exponential", "base_seconds": 2, "factor": 3}, [2, 6, 18]),
-        ({"kind": "exponential", "base_seconds": 10, "factor": 10, "max_seconds": 50}, [10, 50, 50]),
+        (
+            {"kind": "exponential", "base_seconds": 10, "factor": 10, "max_seconds": 50},
+            [10, 50, 50],
+        ),
         ({"kind": "none"}, [0, 0, 0]),
     ],
 )
@@ -138,7 +143,9 @@ def test_retry_backoff_in_fake_time(
 
 def test_retry_delay_seconds_function(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     def delay(strategy: str, attempt: int) -> float:
-        row = conn.execute("select absurd.retry_delay_seconds(%s::jsonb, %s)", (strategy, attempt)).fetchone()
+        row = conn.execute(
+            "select absurd.retry_delay_seconds(%s::jsonb, %s)", (strategy, attempt)
+        ).fetchone()
         assert row is not None
         return float(row[0])  # type: ignore[arg-type]
 
@@ -180,7 +187,9 @@ def test_fail_cancels_when_retry_would_pass_max_duration(engine: Engine) -> None
 def test_invalid_legacy_strategy_fails_permanently(engine: Engine) -> None:
     spawned = engine.spawn(max_attempts=5)
     engine.conn.execute(
-        psycopg.sql.SQL("update {} set retry_strategy = %s where task_id = %s").format(engine.table("t")),
+        psycopg.sql.SQL("update {} set retry_strategy = %s where task_id = %s").format(
+            engine.table("t")
+        ),
         ('{"kind": "bogus"}', spawned["task_id"]),
     )
     run = engine.claim_one()
@@ -206,7 +215,10 @@ def test_retry_task_in_place_and_as_new_task(engine: Engine) -> None:
     assert fresh["task_id"] != spawned["task_id"] and fresh["created"] is True
     new_task = engine.task(fresh["task_id"])
     assert new_task["max_attempts"] == 4 and new_task["headers"] == {"k": "v"}
-    assert new_task["priority"] == 3 and new_task["params"] == engine.task(spawned["task_id"])["params"]
+    assert (
+        new_task["priority"] == 3
+        and new_task["params"] == engine.task(spawned["task_id"])["params"]
+    )
 
 
 def test_cancel_task(engine: Engine) -> None:
@@ -252,7 +264,11 @@ def test_checkpoints_are_attempt_aware(engine: Engine) -> None:
         "select * from absurd.get_task_checkpoint_state(%s, %s, %s)",
         (engine.queue, spawned["task_id"], "b"),
     )
-    assert row["state"] == "x" and row["status"] == "committed" and row["owner_run_id"] == second["run_id"]
+    assert (
+        row["state"] == "x"
+        and row["status"] == "committed"
+        and row["owner_run_id"] == second["run_id"]
+    )
 
 
 def test_checkpoint_of_older_attempt_does_not_overwrite_newer(engine: Engine) -> None:
@@ -263,7 +279,9 @@ def test_checkpoint_of_older_attempt_does_not_overwrite_newer(engine: Engine) ->
     engine.checkpoint(spawned["task_id"], "s", "new", second["run_id"])
     # Simulate a zombie attempt 1 still writing: make its run look alive again.
     engine.conn.execute(
-        psycopg.sql.SQL("update {} set state = 'running' where run_id = %s").format(engine.table("r")),
+        psycopg.sql.SQL("update {} set state = 'running' where run_id = %s").format(
+            engine.table("r")
+        ),
         (first["run_id"],),
     )
     engine.checkpoint(spawned["task_id"], "s", "old", first["run_id"])
@@ -278,7 +296,9 @@ def test_checkpoint_extends_the_lease(engine: Engine) -> None:
     engine.checkpoint(spawned["task_id"], "s", 1, run["run_id"], extend=30)
     assert engine.run(run["run_id"])["claim_expires_at"] == at(50)
     engine.set_time(at(40))
-    engine.conn.execute("select absurd.extend_claim(%s, %s, %s)", (engine.queue, run["run_id"], 100))
+    engine.conn.execute(
+        "select absurd.extend_claim(%s, %s, %s)", (engine.queue, run["run_id"], 100)
+    )
     assert engine.run(run["run_id"])["claim_expires_at"] == at(140)
 
 
@@ -419,7 +439,12 @@ def test_null_payload_is_stored_as_json_null(engine: Engine) -> None:
     engine.emit("e", None)
     got = engine.await_event(spawned["task_id"], run["run_id"], "e")
     assert got["should_suspend"] is False
-    assert engine.one(psycopg.sql.SQL("select payload::text as p from {}").format(engine.table("e")))["p"] == "null"
+    assert (
+        engine.one(psycopg.sql.SQL("select payload::text as p from {}").format(engine.table("e")))[
+            "p"
+        ]
+        == "null"
+    )
 
 
 def test_event_wait_times_out(engine: Engine) -> None:
@@ -436,7 +461,8 @@ def test_event_wait_times_out(engine: Engine) -> None:
     assert engine.count("w") == 0  # the expired wait is gone
     # Without client-side detection, await_event reports the timeout once.
     assert engine.await_event(spawned["task_id"], run["run_id"], "late") == {
-        "should_suspend": False, "payload": None,
+        "should_suspend": False,
+        "payload": None,
     }
     engine.emit("late", "too late")  # no waiter left: nothing wakes
     assert engine.run(run["run_id"])["state"] == "running"
@@ -507,10 +533,13 @@ def test_drop_queue_removes_everything(conn: psycopg.Connection[tuple[object, ..
     conn.execute("select absurd.drop_queue('to-drop')")
     conn.execute("select absurd.drop_queue('to-drop')")  # no-op
     row = conn.execute(
-        "select count(*) from pg_tables where schemaname = 'absurd' and tablename like %s", ("%_to-drop",)
+        "select count(*) from pg_tables where schemaname = 'absurd' and tablename like %s",
+        ("%_to-drop",),
     ).fetchone()
     assert row == (0,)
-    assert conn.execute("select 1 from absurd.queues where queue_name = 'to-drop'").fetchone() is None
+    assert (
+        conn.execute("select 1 from absurd.queues where queue_name = 'to-drop'").fetchone() is None
+    )
 
 
 def test_cleanup_removes_only_old_finished_tasks(engine: Engine) -> None:
@@ -535,7 +564,10 @@ def test_cleanup_removes_only_old_finished_tasks(engine: Engine) -> None:
     n = engine.one("select absurd.cleanup_tasks(%s, 600, 2) as n", (engine.queue,))["n"]
     assert n == 2
     assert engine.one("select absurd.cleanup_tasks(%s, 600) as n", (engine.queue,))["n"] == 1
-    remaining = {r["task_id"] for r in engine.rows(psycopg.sql.SQL("select task_id from {}").format(engine.table("t")))}
+    remaining = {
+        r["task_id"]
+        for r in engine.rows(psycopg.sql.SQL("select task_id from {}").format(engine.table("t")))
+    }
     assert remaining == {live["task_id"], sleeping["task_id"]}
     assert engine.count("c") == 0 and engine.count("r") == 2 and engine.count("w") == 1
     assert failed["task_id"] not in remaining

@@ -24,7 +24,20 @@ ROWS = 30_000
 
 # Representative arguments per statement ({task}/{run}/{new} are filled in).
 ARGS: dict[str, list[str]] = {
-    "spawn": ["{new}", "'x'", "'{{}}'", "null", "null", "null", "null", NOW, "{new2}", "null", "0", NOW],
+    "spawn": [
+        "{new}",
+        "'x'",
+        "'{{}}'",
+        "null",
+        "null",
+        "null",
+        "null",
+        NOW,
+        "{new2}",
+        "null",
+        "0",
+        NOW,
+    ],
     "spawn.existing": ["'key-17'"],
     "claim.next_band": ["2147483647"],
     "claim.band": ["0", NOW, "1", "'w'", "now() + interval '1 minute'"],
@@ -83,7 +96,8 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
             """
             create temp table ids as
               select g, absurd.portable_uuidv7() as task_id, absurd.portable_uuidv7() as run_id,
-                (array['pending','pending','pending','sleeping','running','completed'])[1 + g % 6] as st
+                (array['pending', 'pending', 'pending', 'sleeping', 'running', 'completed'])
+                  [1 + g % 6] as st
               from generate_series(1, {rows}) g
             """,
             """
@@ -98,7 +112,8 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
             insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
                 claimed_by, priority)
               select run_id, task_id, 1, st,
-                case st when 'sleeping' then now() + interval '1 hour' else now() - interval '1 minute' end,
+                case st when 'sleeping' then now() + interval '1 hour'
+                  else now() - interval '1 minute' end,
                 case when st = 'running' then now() + interval '10 minutes' end,
                 case when st = 'running' then 'w' end, (g % 50 = 0)::int
               from ids
@@ -109,7 +124,8 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
             """,
             """
             insert into absurd.{w} (task_id, run_id, step_name, event_name, timeout_at)
-              select task_id, run_id, 's', 'e-' || g, now() + interval '1 hour' from ids where st = 'sleeping'
+              select task_id, run_id, 's', 'e-' || g, now() + interval '1 hour'
+              from ids where st = 'sleeping'
             """,
             """
             insert into absurd.{e} (event_name, payload, emitted_at)
@@ -117,7 +133,9 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
             """,
         ]
         for statement in statements:
-            c.execute(sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w))
+            c.execute(
+                sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w)
+            )
         for table in (t, r, cp, e, w):
             c.execute(sql.SQL("analyze absurd.{}").format(table))
         row = c.execute("select task_id, run_id from ids where st = 'running' limit 1").fetchone()

@@ -14,14 +14,38 @@ from absurd import schema
 
 # Spec §1.6 minus the partition and pg_cron functions (a later issue).
 PUBLIC_FUNCTIONS = [
-    "current_time", "retry_delay_seconds", "get_schema_version", "validate_queue_name",
-    "portable_uuidv7", "uuidv7_timestamp", "uuidv7_floor", "week_bucket_utc",
-    "partition_week_tag", "ensure_queue_tables", "create_queue", "drop_queue", "list_queues",
-    "get_queue_policy", "set_queue_policy", "spawn_task", "claim_task", "complete_run",
-    "schedule_run", "fail_run", "retry_task", "cancel_task", "get_task_result",
-    "set_task_checkpoint_state", "extend_claim", "get_task_checkpoint_state",
-    "get_task_checkpoint_states", "await_event", "emit_event", "cleanup_tasks",
-    "cleanup_events", "cleanup_all_queues",
+    "current_time",
+    "retry_delay_seconds",
+    "get_schema_version",
+    "validate_queue_name",
+    "portable_uuidv7",
+    "uuidv7_timestamp",
+    "uuidv7_floor",
+    "week_bucket_utc",
+    "partition_week_tag",
+    "ensure_queue_tables",
+    "create_queue",
+    "drop_queue",
+    "list_queues",
+    "get_queue_policy",
+    "set_queue_policy",
+    "spawn_task",
+    "claim_task",
+    "complete_run",
+    "schedule_run",
+    "fail_run",
+    "retry_task",
+    "cancel_task",
+    "get_task_result",
+    "set_task_checkpoint_state",
+    "extend_claim",
+    "get_task_checkpoint_state",
+    "get_task_checkpoint_states",
+    "await_event",
+    "emit_event",
+    "cleanup_tasks",
+    "cleanup_events",
+    "cleanup_all_queues",
 ]
 
 SIGNATURES = """
@@ -108,10 +132,13 @@ def test_per_queue_tables_keep_upstream_columns_and_indexes(
         where n.nspname = 'absurd' and c.relname like any (array['t\\_cmp', 'r\\_cmp', 'c\\_cmp',
           'e\\_cmp', 'w\\_cmp']) and a.attnum > 0 and not a.attisdropped
     """
-    indexes = "select indexname from pg_indexes where schemaname = 'absurd' and tablename like '%\\_cmp'"
-    with psycopg.connect(upstream_database(new_database), autocommit=True) as up, psycopg.connect(
-        dsn, autocommit=True
-    ) as ours:
+    indexes = (
+        "select indexname from pg_indexes where schemaname = 'absurd' and tablename like '%\\_cmp'"
+    )
+    with (
+        psycopg.connect(upstream_database(new_database), autocommit=True) as up,
+        psycopg.connect(dsn, autocommit=True) as ours,
+    ):
         for c in (up, ours):
             c.execute("select absurd.create_queue('cmp')")
         try:
@@ -134,7 +161,7 @@ def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> No
         c.execute("select absurd.complete_run('legacy', %s, '\"ok\"')", (run[0],))
         waiting = c.execute(
             "select task_id from absurd.spawn_task('legacy', 'b', '2', "
-            "'{\"cancellation\": {\"max_delay\": 60}}')"
+            '\'{"cancellation": {"max_delay": 60}}\')'
         ).fetchone()
         assert waiting is not None
         assert schema.installed_version(c) == "0.5.1"
@@ -149,15 +176,17 @@ def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> No
             (done[0], "completed", True, None, 0),
             (waiting[0], "pending", False, __import__("datetime").timedelta(seconds=60), 0),
         ]
-        claimed = c.execute("select task_id, params from absurd.claim_task('legacy', 'w', 60, 5)").fetchall()
+        claimed = c.execute(
+            "select task_id, params from absurd.claim_task('legacy', 'w', 60, 5)"
+        ).fetchall()
         assert claimed == [(waiting[0], 2)]
         assert c.execute(
             "select count(*) from pg_indexes where indexname = 'r_legacy_cli'"
         ).fetchone() == (1,)
         # Upstream's partitioned queue is left alone (not supported here yet).
-        assert c.execute("select storage_mode from absurd.queues where queue_name = 'parted'").fetchone() == (
-            "partitioned",
-        )
+        assert c.execute(
+            "select storage_mode from absurd.queues where queue_name = 'parted'"
+        ).fetchone() == ("partitioned",)
 
 
 @pytest.mark.parametrize(
