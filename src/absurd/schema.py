@@ -12,7 +12,14 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["SCHEMA_VERSION", "install", "installed_version", "schema_sql"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "install",
+    "installed_version",
+    "migrate",
+    "migration_path",
+    "schema_sql",
+]
 
 #: The version ``absurd.get_schema_version()`` reports once this package's SQL is applied.
 SCHEMA_VERSION = "0.6.0"
@@ -39,10 +46,53 @@ def installed_version(conn: psycopg.Connection[Any]) -> str | None:
 
 
 def install(conn: psycopg.Connection[Any]) -> None:
-    """Apply ``absurd.sql`` in one transaction (idempotent; safe to run concurrently)."""
-    sql = schema_sql()
+    """Apply ``absurd.sql`` in one transaction (idempotent; safe to run concurrently).
+
+    Passing bytes and no parameters makes psycopg use the simple query protocol,
+    which accepts a whole script of statements.
+    """
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
-        # No parameters: psycopg sends the script with the simple query protocol,
-        # which accepts many statements at once.
-        conn.execute(sql.encode())
+        conn.execute(schema_sql().encode())
+
+
+def _migrations() -> dict[str, tuple[str, str]]:
+    """Migration files by source version: {from: (to, sql)}."""
+    found: dict[str, tuple[str, str]] = {}
+    for entry in (resources.files("absurd") / "sql" / "migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and "-" in name:
+            source, target = name[: -len(".sql")].split("-", 1)
+            found[source] = (target, entry.read_text(encoding="utf-8"))
+    return found
+
+
+def migration_path(from_version: str) -> list[str]:
+    """The migration steps from ``from_version`` to the current version, as "a-b" names.
+
+    A version with no file is upgraded by ``absurd.sql`` alone (it is convergent).
+    """
+    steps: list[str] = []
+    files = _migrations()
+    version = from_version
+    while version != SCHEMA_VERSION and version in files:
+        target = files[version][0]
+        steps.append(f"{version}-{target}")
+        version = target
+    return steps
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[str]:
+    """Upgrade the schema in place to ``SCHEMA_VERSION``; returns the steps applied.
+
+    Installs from scratch when no schema exists. Runs in one transaction.
+    """
+    files = _migrations()
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+        current = installed_version(conn)
+        steps = [] if current is None else migration_path(current)
+        for step in steps:
+            conn.execute(files[step.split("-", 1)[0]][1].encode())
+        conn.execute(schema_sql().encode())
+    return steps

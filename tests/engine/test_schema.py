@@ -166,8 +166,10 @@ def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> No
         assert waiting is not None
         assert schema.installed_version(c) == "0.5.1"
 
-        schema.install(c)
+        assert schema.migration_path("0.5.1") == ["0.5.1-0.6.0"]
+        assert schema.migrate(c) == ["0.5.1-0.6.0"]
         assert schema.installed_version(c) == "0.6.0"
+        assert schema.migrate(c) == []  # already current
         t = c.execute(
             "select task_id, state, finished_at is not null, cancel_deadline - enqueue_at, priority"
             " from absurd.t_legacy order by task_id"
