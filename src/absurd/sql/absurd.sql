@@ -111,6 +111,15 @@ begin
 end;
 $$;
 
+-- A value for an error message: NULL shows as <NULL>, as in RAISE.
+create or replace function absurd._show(p_value anyelement)
+returns text
+language sql
+immutable
+as $$
+  select coalesce(p_value::text, '<NULL>');
+$$;
+
 create or replace function absurd.validate_queue_name(p_queue_name text)
 returns text
 language plpgsql
@@ -222,9 +231,14 @@ immutable
 strict
 as $$
 declare
-  v_ms bigint := floor(extract(epoch from p_ts) * 1000)::bigint;
+  v_ms bigint;
   v_hex text;
 begin
+  if not isfinite(p_ts) then
+    perform absurd._raise('AB015',
+      format('Timestamp "%s" is outside UUIDv7 supported range', p_ts));
+  end if;
+  v_ms := floor(extract(epoch from p_ts) * 1000)::bigint;
   if v_ms < 0 or v_ms > 281474976710655 then
     perform absurd._raise('AB015',
       format('Timestamp "%s" is outside UUIDv7 supported range', p_ts));
@@ -268,8 +282,9 @@ begin
     return p_value::text::numeric;
   end if;
   if jsonb_typeof(p_value) = 'string'
-     and p_value #>> '{}' ~ '^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$' then
-    return (p_value #>> '{}')::numeric;
+     and (p_value #>> '{}' ~ '^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$'
+          or lower(btrim(p_value #>> '{}')) in ('nan', 'infinity', '+infinity', '-infinity')) then
+    return (p_value #>> '{}')::numeric;  -- NaN and infinities fail the range checks
   end if;
   perform absurd._raise('AB003', 'retry_strategy contains an invalid number');
   return null;
@@ -304,18 +319,18 @@ begin
   end if;
   v_base := coalesce(absurd._strategy_number(p_strategy -> 'base_seconds'),
                      case v_kind when 'fixed' then 60 else 30 end);
-  if v_base < 0 or v_base > 86400 then
+  if v_base = 'NaN' or v_base < 0 or v_base > 86400 then
     perform absurd._raise('AB003', 'retry_strategy.base_seconds must be between 0 and 86400');
   end if;
   if v_kind = 'fixed' then
     return v_base::double precision;
   end if;
   v_factor := coalesce(absurd._strategy_number(p_strategy -> 'factor'), 2);
-  if v_factor < 0 or v_factor > 1e15 then
+  if v_factor = 'NaN' or v_factor < 0 or v_factor > 1e300 then
     perform absurd._raise('AB003', 'retry_strategy.factor must be a finite non-negative number');
   end if;
   v_max := coalesce(absurd._strategy_number(p_strategy -> 'max_seconds'), 86400);
-  if v_max < 0 or v_max > 86400 then
+  if v_max = 'NaN' or v_max < 0 or v_max > 86400 then
     perform absurd._raise('AB003', 'retry_strategy.max_seconds must be between 0 and 86400');
   end if;
   if v_base = 0 then
@@ -418,9 +433,11 @@ begin
   if v is null or jsonb_typeof(v) = 'null' then
     return null;
   end if;
-  if jsonb_typeof(v) = 'string' then
+  if jsonb_typeof(v) = 'string' and v #>> '{}' ~ '^\s*[0-9]{4}-' then
     begin
-      return (v #>> '{}')::timestamptz;
+      if isfinite((v #>> '{}')::timestamptz) then
+        return (v #>> '{}')::timestamptz;
+      end if;
     exception when others then
       null;  -- fall through to the typed error below
     end;
@@ -506,6 +523,50 @@ $$;
 -- Queues
 -- -----------------------------------------------------------------------------
 
+-- A queue's tables and indexes share one namespace with every other queue's:
+-- queue "x" has index r_x_sai, queue "x_sai" has table r_x_sai. Refuse (AB006)
+-- a queue whose names are taken by another queue's objects, before creating
+-- anything, instead of silently skipping an index or failing half-way.
+create or replace function absurd._check_queue_names(p_queue_name text)
+returns void
+language plpgsql
+stable
+as $$
+declare
+  v_clash text;
+begin
+  with expected(relname, kind, parent) as (
+    values ('t_' || p_queue_name, 'table', null), ('r_' || p_queue_name, 'table', null),
+           ('c_' || p_queue_name, 'table', null), ('e_' || p_queue_name, 'table', null),
+           ('w_' || p_queue_name, 'table', null),
+           ('r_' || p_queue_name || '_sai', 'index', 'r_' || p_queue_name),
+           ('r_' || p_queue_name || '_ti', 'index', 'r_' || p_queue_name),
+           ('r_' || p_queue_name || '_cei', 'index', 'r_' || p_queue_name),
+           ('r_' || p_queue_name || '_cli', 'index', 'r_' || p_queue_name),
+           ('t_' || p_queue_name || '_ci', 'index', 't_' || p_queue_name),
+           ('t_' || p_queue_name || '_cdi', 'index', 't_' || p_queue_name),
+           ('t_' || p_queue_name || '_fai', 'index', 't_' || p_queue_name),
+           ('w_' || p_queue_name || '_eni', 'index', 'w_' || p_queue_name),
+           ('w_' || p_queue_name || '_ti', 'index', 'w_' || p_queue_name),
+           ('e_' || p_queue_name || '_eai', 'index', 'e_' || p_queue_name)
+  )
+  select x.relname into v_clash
+  from expected x
+  join pg_class c on c.relname = x.relname
+    and c.relnamespace = 'absurd'::regnamespace
+  left join pg_index i on i.indexrelid = c.oid
+  where (x.kind = 'table' and c.relkind not in ('r', 'p'))
+     or (x.kind = 'index' and (c.relkind not in ('i', 'I')
+         or i.indrelid is distinct from to_regclass(format('absurd.%I', x.parent))))
+  limit 1;
+  if v_clash is not null then
+    perform absurd._raise('AB006', format(
+      'Queue "%s" cannot be created: the name absurd.%s belongs to another queue''s objects',
+      p_queue_name, v_clash), 'Choose a queue name that does not extend another queue''s name with _sai, _ti, _cei, _cli, _ci, _cdi, _fai, _eni or _eai.');
+  end if;
+end;
+$$;
+
 -- Creates (or upgrades in place) the per-queue tables and indexes. Re-runnable.
 create or replace function absurd.ensure_queue_tables(p_queue_name text)
 returns void
@@ -531,6 +592,7 @@ begin
   elsif v_mode <> 'unpartitioned' then
     perform absurd._raise('AB007', format('Unsupported queue storage mode "%s"', v_mode));
   end if;
+  perform absurd._check_queue_names(q);
   insert into absurd.queues (queue_name) values (q) on conflict (queue_name) do nothing;
 
   v_had_tasks := to_regclass(format('absurd.%I', v_t)) is not null;
@@ -664,7 +726,7 @@ declare
   v_existing text;
 begin
   if v_mode not in ('unpartitioned', 'partitioned') then
-    perform absurd._raise('AB007', format('Unsupported queue storage mode "%s"', p_storage_mode));
+    perform absurd._raise('AB007', format('Unsupported queue storage mode "%s"', absurd._show(p_storage_mode)));
   end if;
   if v_mode = 'partitioned' then
     perform absurd._raise('AB007', format(
@@ -753,7 +815,12 @@ begin
     return null;
   end if;
   begin
-    v := (p_policy ->> p_key)::interval;
+    if jsonb_typeof(p_policy -> p_key) not in ('string', 'number') then
+      raise exception 'not an interval';
+    end if;
+    v := case jsonb_typeof(p_policy -> p_key)
+           when 'number' then make_interval(secs => (p_policy ->> p_key)::double precision)
+           else (p_policy ->> p_key)::interval end;
   exception when others then
     perform absurd._raise('AB008', format('%s must be an interval, got %s',
       p_key, left((p_policy -> p_key)::text, 100)));
@@ -812,15 +879,14 @@ begin
   if v_policy ? 'detach_mode' and jsonb_typeof(v_policy -> 'detach_mode') <> 'null' then
     v_mode := lower(btrim(v_policy ->> 'detach_mode'));
     if v_mode not in ('none', 'empty') then
-      perform absurd._raise('AB008', format('Unsupported detach mode "%s"', v_policy ->> 'detach_mode'));
+      perform absurd._raise('AB008', format('Unsupported detach mode "%s"', v_mode));
     end if;
     v_row.detach_mode := v_mode;
   end if;
   if v_policy ? 'default_partition' and jsonb_typeof(v_policy -> 'default_partition') <> 'null' then
     v_mode := lower(btrim(v_policy ->> 'default_partition'));
     if v_mode not in ('enabled', 'disabled') then
-      perform absurd._raise('AB008', format(
-        'Unsupported default_partition mode "%s"', v_policy ->> 'default_partition'));
+      perform absurd._raise('AB008', format('Unsupported default_partition mode "%s"', v_mode));
     end if;
     if v_row.storage_mode <> 'partitioned' then
       perform absurd._raise('AB008',
@@ -1187,14 +1253,14 @@ declare
 begin
   execute absurd._sql('run.state', p_queue_name) into v_state using p_run_id;
   if v_state is null then
-    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', p_run_id, p_queue_name));
+    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', absurd._show(p_run_id), p_queue_name));
   elsif v_state = 'cancelled' then
     perform absurd._raise('AB001', 'Task has been cancelled');
   elsif v_state = 'failed' then
     perform absurd._raise('AB002', format(
-      'Run "%s" has already failed in queue "%s"', p_run_id, p_queue_name));
+      'Run "%s" has already failed in queue "%s"', absurd._show(p_run_id), p_queue_name));
   end if;
-  perform absurd._raise('AB012', format(p_message, p_run_id, p_queue_name));
+  perform absurd._raise('AB012', format(p_message, absurd._show(p_run_id), p_queue_name));
 end;
 $$;
 
@@ -1418,13 +1484,13 @@ declare
 begin
   execute absurd._sql('fail.lock_run', q) into v_run using p_run_id;
   if v_run.run_id is null then
-    perform absurd._raise('AB011', format('Run "%s" cannot be failed in queue "%s"', p_run_id, q));
+    perform absurd._raise('AB011', format('Run "%s" cannot be failed in queue "%s"', absurd._show(p_run_id), q));
   elsif v_run.state = 'cancelled' then
     perform absurd._raise('AB001', 'Task has been cancelled');
   elsif v_run.state = 'failed' then
-    perform absurd._raise('AB002', format('Run "%s" has already failed in queue "%s"', p_run_id, q));
+    perform absurd._raise('AB002', format('Run "%s" has already failed in queue "%s"', absurd._show(p_run_id), q));
   elsif v_run.state not in ('running', 'sleeping') then
-    perform absurd._raise('AB012', format('Run "%s" cannot be failed in queue "%s"', p_run_id, q));
+    perform absurd._raise('AB012', format('Run "%s" cannot be failed in queue "%s"', absurd._show(p_run_id), q));
   end if;
   execute absurd._sql('fail.lock_task', q) into v_task using v_run.task_id;
 
@@ -1506,11 +1572,11 @@ begin
       't_' || q)
     into v_task using p_task_id;
   if v_task.task_id is null then
-    perform absurd._raise('AB009', format('Task "%s" not found in queue "%s"', p_task_id, q));
+    perform absurd._raise('AB009', format('Task "%s" not found in queue "%s"', absurd._show(p_task_id), q));
   end if;
   if v_task.state <> 'failed' then
     perform absurd._raise('AB010', format(
-      'Task "%s" is not currently failed in queue "%s"', p_task_id, q));
+      'Task "%s" is not currently failed in queue "%s"', absurd._show(p_task_id), q));
   end if;
 
   if coalesce(absurd._opt_bool(v_opts, 'spawn_new'), false) then
@@ -1554,7 +1620,7 @@ begin
   perform absurd._require_queue(p_queue_name);
   if not absurd._cancel_task(p_queue_name, p_task_id, absurd.current_time()) then
     perform absurd._raise('AB009', format(
-      'Task "%s" not found in queue "%s"', p_task_id, p_queue_name));
+      'Task "%s" not found in queue "%s"', absurd._show(p_task_id), p_queue_name));
   end if;
 end;
 $$;
@@ -1601,15 +1667,15 @@ begin
   perform absurd._require_text(p_step_name, 'step_name');
   execute absurd._sql('checkpoint.owner', q) into v_run using p_owner_run;
   if v_run.task_id is null then
-    perform absurd._raise('AB011', format('Run "%s" not found for checkpoint', p_owner_run));
+    perform absurd._raise('AB011', format('Run "%s" not found for checkpoint', absurd._show(p_owner_run)));
   elsif v_run.task_id is distinct from p_task_id then
     perform absurd._raise('AB013', format(
-      'Run "%s" does not belong to task "%s" in queue "%s"', p_owner_run, p_task_id, q));
+      'Run "%s" does not belong to task "%s" in queue "%s"', absurd._show(p_owner_run), absurd._show(p_task_id), q));
   elsif v_run.task_state = 'cancelled' or v_run.state = 'cancelled' then
     perform absurd._raise('AB001', 'Task has been cancelled');
   elsif v_run.state = 'failed' then
     perform absurd._raise('AB002', format(
-      'Run "%s" has already failed in queue "%s"', p_owner_run, q));
+      'Run "%s" has already failed in queue "%s"', absurd._show(p_owner_run), q));
   end if;
   execute absurd._sql('checkpoint.write', q)
     using p_task_id, p_step_name, p_state, p_owner_run, absurd.current_time(),
@@ -1634,19 +1700,19 @@ begin
                  'r_' || q)
     into v_run using p_run_id;
   if v_run.task_id is null then
-    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', p_run_id, q));
+    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', absurd._show(p_run_id), q));
   end if;
   execute absurd._sql('task.lock', q) into v_task_state using v_run.task_id;
   if v_task_state = 'cancelled' or v_run.state = 'cancelled' then
     perform absurd._raise('AB001', 'Task has been cancelled');
   elsif v_run.state = 'failed' then
-    perform absurd._raise('AB002', format('Run "%s" has already failed in queue "%s"', p_run_id, q));
+    perform absurd._raise('AB002', format('Run "%s" has already failed in queue "%s"', absurd._show(p_run_id), q));
   elsif v_run.state <> 'running' then
     perform absurd._raise('AB012', format(
-      'Run "%s" is not currently running in queue "%s"', p_run_id, q));
+      'Run "%s" is not currently running in queue "%s"', absurd._show(p_run_id), q));
   elsif v_run.claim_expires_at is null then
     perform absurd._raise('AB012', format(
-      'Run "%s" does not have an active claim in queue "%s"', p_run_id, q));
+      'Run "%s" does not have an active claim in queue "%s"', absurd._show(p_run_id), q));
   end if;
   execute format('update absurd.%I set claim_expires_at = $2 where run_id = $1', 'r_' || q)
     using p_run_id, absurd.current_time() + make_interval(secs => p_extend_by);
@@ -1687,10 +1753,10 @@ begin
   execute format('select task_id, attempt from absurd.%I where run_id = $1', 'r_' || q)
     into v_run using p_run_id;
   if v_run.task_id is null then
-    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', p_run_id, q));
+    perform absurd._raise('AB011', format('Run "%s" not found in queue "%s"', absurd._show(p_run_id), q));
   elsif v_run.task_id is distinct from p_task_id then
     perform absurd._raise('AB013', format(
-      'Run "%s" does not belong to task "%s" in queue "%s"', p_run_id, p_task_id, q));
+      'Run "%s" does not belong to task "%s" in queue "%s"', absurd._show(p_run_id), absurd._show(p_task_id), q));
   end if;
   return query execute format($q$
     select c.checkpoint_name, c.state, c.status, c.owner_run_id, c.updated_at
@@ -1743,10 +1809,10 @@ begin
   execute absurd._sql('await.lock_event', q) into v_event_payload using p_event_name;
   execute absurd._sql('await.lock_run', q) into v_run using p_run_id;
   if v_run.task_id is null then
-    perform absurd._raise('AB011', format('Run "%s" not found while awaiting event', p_run_id));
+    perform absurd._raise('AB011', format('Run "%s" not found while awaiting event', absurd._show(p_run_id)));
   elsif v_run.task_id is distinct from p_task_id then
     perform absurd._raise('AB013', format(
-      'Run "%s" does not belong to task "%s" in queue "%s"', p_run_id, p_task_id, q));
+      'Run "%s" does not belong to task "%s" in queue "%s"', absurd._show(p_run_id), absurd._show(p_task_id), q));
   end if;
   execute absurd._sql('task.lock', q) into v_task_state using v_run.task_id;
   if v_task_state = 'cancelled' or v_run.state = 'cancelled' then
@@ -1758,7 +1824,7 @@ begin
     v_resolved := v_event_payload is not null and v_run.event_payload = v_event_payload;
   end if;
   if v_run.state <> 'running' then
-    perform absurd._raise('AB012', format('Run "%s" must be running to await events', p_run_id));
+    perform absurd._raise('AB012', format('Run "%s" must be running to await events', absurd._show(p_run_id)));
   end if;
 
   if v_resolved or v_event_payload is not null then
@@ -1832,18 +1898,26 @@ $$;
 -- Cleanup
 -- -----------------------------------------------------------------------------
 
-create or replace function absurd._check_cleanup_args(p_ttl_seconds integer, p_limit integer)
-returns void
+-- One cleanup batch: validates the arguments, then runs the named catalogue
+-- statement with the cut-off time and the limit. Returns the rows deleted.
+create or replace function absurd._cleanup(
+  p_statement text, p_queue_name text, p_ttl_seconds integer, p_limit integer)
+returns integer
 language plpgsql
-immutable
 as $$
+declare
+  v_deleted integer;
 begin
+  perform absurd._require_queue(p_queue_name);
   if p_ttl_seconds is null or p_ttl_seconds < 0 then
     perform absurd._raise('AB015', 'TTL must be a non-negative number of seconds');
   end if;
   if p_limit is not null and p_limit < 1 then
     perform absurd._raise('AB015', 'limit must be at least 1');
   end if;
+  execute absurd._sql(p_statement, p_queue_name) into v_deleted
+    using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
+  return v_deleted;
 end;
 $$;
 
@@ -1852,32 +1926,18 @@ $$;
 -- never touched. Returns the number of tasks deleted.
 create or replace function absurd.cleanup_tasks(p_queue_name text, p_ttl_seconds integer, p_limit integer default 1000)
 returns integer
-language plpgsql
+language sql
 as $$
-declare
-  v_deleted integer;
-begin
-  perform absurd._require_queue(p_queue_name);
-  perform absurd._check_cleanup_args(p_ttl_seconds, p_limit);
-  execute absurd._sql('cleanup.tasks', p_queue_name) into v_deleted
-    using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
-  return v_deleted;
-end;
+  select absurd._cleanup('cleanup.tasks', p_queue_name, p_ttl_seconds, p_limit);
 $$;
 
+-- Deletes up to p_limit events emitted more than p_ttl_seconds ago (including
+-- the sentinel rows that waits create).
 create or replace function absurd.cleanup_events(p_queue_name text, p_ttl_seconds integer, p_limit integer default 1000)
 returns integer
-language plpgsql
+language sql
 as $$
-declare
-  v_deleted integer;
-begin
-  perform absurd._require_queue(p_queue_name);
-  perform absurd._check_cleanup_args(p_ttl_seconds, p_limit);
-  execute absurd._sql('cleanup.events', p_queue_name) into v_deleted
-    using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
-  return v_deleted;
-end;
+  select absurd._cleanup('cleanup.events', p_queue_name, p_ttl_seconds, p_limit);
 $$;
 
 create or replace function absurd.cleanup_all_queues(p_queue_name text default null)
