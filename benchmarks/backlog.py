@@ -10,18 +10,20 @@ client over a local socket. See ``benchmarks/README.md`` for the method and how 
 the output.
 
 Exit status: 0 when our claim at the largest size costs at most 2x our claim at 1,000
-pending tasks (or when the target was not part of the run, e.g. ``--schema upstream``),
-1 when it costs more, 2 when the run could not be done.
+pending tasks (or when the target was not part of the run: ``--schema upstream``, or a
+single size), 1 when it costs more, 2 when our schema could not be measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -64,15 +66,12 @@ OPS: tuple[tuple[str, str], ...] = (
     ("emit_waiter", "emit_event (1 waiter)"),
     ("emit_nowaiter", "emit_event (no waiter)"),
 )
-OP_LABELS = dict(OPS)
 
 SPAWN_OPTIONS: dict[str, Any] = {
     "max_attempts": 5,
     "retry_strategy": {"kind": "exponential", "base_seconds": 30, "factor": 2},
 }
 RETRY_STRATEGY = Jsonb(SPAWN_OPTIONS["retry_strategy"])
-#: Carried by every --cancel-every'th pending task; never reached during a run (7 days / 1 day).
-CANCELLATION = Jsonb({"max_delay": 604800, "max_duration": 86400})
 
 # The calls, written as the official SDKs write them (spec §2.1).
 Q_SPAWN = "select task_id, run_id, attempt from absurd.spawn_task(%s, %s, %s, %s)"
@@ -163,6 +162,27 @@ with g as materialized (
 insert into {{r}} (run_id, task_id, attempt, state, available_at, wake_event, started_at,
                   created_at)
 select run_id, task_id, 1, 'sleeping', wake_at, event_name, ts + interval '1 minute', ts
+  from g
+"""
+
+# In-flight work: runs some worker holds, lease ending in about an hour (never during a run).
+FILL_RUNNING = f"""
+with g as materialized (
+  select i, ts, {v7_at("ts")} as task_id, {v7_at("ts")} as run_id
+    from (select i, now() - interval '15 minutes' + interval '10 minutes' * random() as ts
+            from generate_series(1, %(n)s) as i) s
+), tasks as (
+  insert into {{t}} (task_id, task_name, params, retry_strategy, max_attempts, enqueue_at,
+                    first_started_at, state, attempts, last_attempt_run {{extra_cols}})
+  select task_id, {TASK_NAME}, {PARAMS}, %(retry)s, 5, ts, ts + interval '1 minute',
+         'running', 1, run_id {{extra_vals}}
+    from g
+)
+insert into {{r}} (run_id, task_id, attempt, state, claimed_by, claim_expires_at, available_at,
+                  started_at, created_at)
+select run_id, task_id, 1, 'running', 'worker-' || mod(i, 64),
+       now() + interval '1 hour' + interval '30 minutes' * random(),
+       ts + interval '1 minute', ts + interval '1 minute', ts
   from g
 """
 
@@ -392,10 +412,22 @@ def install_schema(conn: psycopg.Connection[Any], schema: str) -> None:
 
 
 @dataclass
+class FillOptions:
+    """Knobs of the fill besides its size."""
+
+    #: Every Nth pending task carries a cancellation policy (0: none).
+    cancel_every: int = 10
+    #: Its max_delay in seconds. The default (7 days) never fires during a run; below the
+    #: backlog's age (6 hours) the oldest tasks are overdue for cancellation when claims start.
+    cancel_max_delay: int = 604_800
+
+
+@dataclass
 class Mix:
     """How many rows of each kind a backlog of ``pending`` gets."""
 
     pending: int
+    running: int
     sleeping: int
     completed: int
     failed: int
@@ -404,7 +436,12 @@ class Mix:
     @classmethod
     def for_backlog(cls, n: int, slack: int) -> Mix:
         return cls(
-            pending=n + slack, sleeping=n // 10, completed=n // 4, failed=n // 50, events=n // 10
+            pending=n + slack,
+            running=n // 100,
+            sleeping=n // 10,
+            completed=n // 4,
+            failed=n // 50,
+            events=n // 10,
         )
 
 
@@ -446,7 +483,7 @@ def state_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 def prepare_database(
-    server: Server, schema: str, size: int, slack: int, cancel_every: int
+    server: Server, schema: str, size: int, slack: int, opts: FillOptions
 ) -> tuple[str, dict[str, Any]]:
     """Fresh database with a filled queue; returns its DSN and facts about the fill."""
     dbname = f"absurd_bench_{schema}_{size}"
@@ -468,8 +505,8 @@ def prepare_database(
         conn.execute("set work_mem = '64MB'")
         params: dict[str, Any] = {
             "retry": RETRY_STRATEGY,
-            "cancel_every": cancel_every,
-            "cancellation": CANCELLATION,
+            "cancel_every": opts.cancel_every,
+            "cancellation": Jsonb({"max_delay": opts.cancel_max_delay, "max_duration": 86400}),
         }
         columns = task_columns(conn)
         info["derived_columns"] = sorted(set(DERIVED_TASK_COLUMNS) & columns)
@@ -477,6 +514,7 @@ def prepare_database(
             for kind, template, n in (
                 ("completed", FILL_COMPLETED, mix.completed),
                 ("failed", FILL_FAILED, mix.failed),
+                ("running", FILL_RUNNING, mix.running),
                 ("sleeping", FILL_SLEEPING, mix.sleeping),
                 ("pending", FILL_PENDING, mix.pending),
                 ("events", FILL_EVENTS, mix.events),
@@ -601,6 +639,17 @@ class Recorder:
             self._probe_seq += 1
             worker = f"probe-{self._probe_seq}"
         rows = self.call("claim", Q_CLAIM, (QUEUE, worker, CLAIM_TIMEOUT, 1))
+        # Our claim does bounded work per call: when the head of the queue is
+        # overdue for cancellation it may cancel a batch and return nothing. A
+        # worker then claims again, so the cost that counts is the total until a
+        # run comes back: fold the retries into one sample.
+        retries = 0
+        while not rows and self.mode != "probe" and retries < 100:
+            retries += 1
+            rows = self.call("claim", Q_CLAIM, (QUEUE, worker, CLAIM_TIMEOUT, 1))
+            if self.mode == "timed":
+                extra = self.samples["claim"].pop()
+                self.samples["claim"][-1] += extra
         if self.mode == "probe":
             rows = self.conn.execute(
                 sql.SQL(
@@ -655,6 +704,10 @@ class Plan:
     iterations: int
     probes: int
     budget_s: float
+    #: Rounds run on one database before moving to the next.
+    block: int = 10
+    #: Rounds a size gets even when it is over its time budget.
+    min_iterations: int = 5
 
     @property
     def total(self) -> int:
@@ -675,48 +728,98 @@ def summarize(samples: Sequence[float], probes: Sequence[Probe]) -> dict[str, An
         out |= {
             "blocks_median": statistics.median(p.blocks for p in probes),
             "blocks_max": max(p.blocks for p in probes),
+            "dirtied_median": statistics.median(p.shared_dirtied for p in probes),
             "temp_blocks_max": max(p.temp_blocks for p in probes),
             "server_ms_median": round(statistics.median(p.server_ms for p in probes), 4),
         }
     return out
 
 
-def measure(dsn: str, plan: Plan, sync_commit: bool) -> dict[str, Any]:
-    with psycopg.connect(dsn, autocommit=True, application_name="absurd-backlog") as conn:
+@dataclass
+class Target:
+    """One prepared database (schema x backlog size) and its measurement state."""
+
+    schema: str
+    size: int
+    dsn: str
+    fill: dict[str, Any]
+    conn: psycopg.Connection[Any] | None = None
+    rec: Recorder | None = None
+    round_no: int = 0
+    done: int = 0
+    timed_s: float = 0.0
+    pending_start: int = 0
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema} @ {fmt_size(self.size)}"
+
+    def open(self, sync_commit: bool) -> Recorder:
+        self.conn = psycopg.connect(self.dsn, autocommit=True, application_name="absurd-backlog")
         if not sync_commit:
-            conn.execute("set synchronous_commit = off")
-        pending_start = state_counts(conn).get("pending", 0)
-        rec = Recorder(conn)
-        k = 0
-        for _ in range(plan.warmup):
-            iteration(rec, k)
-            k += 1
-        rec.mode = "timed"
-        started = time.perf_counter()
-        done = 0
-        budget_hit = False
-        while done < plan.iterations:
-            iteration(rec, k)
-            k += 1
-            done += 1
-            if time.perf_counter() - started > plan.budget_s and done >= 5:
-                budget_hit = done < plan.iterations
-                break
-        timed_s = time.perf_counter() - started
-        rec.mode = "probe"
-        for _ in range(plan.probes):
-            iteration(rec, k)
-            k += 1
-        pending_end = state_counts(conn).get("pending", 0)
-    return {
-        "iterations": done,
-        "budget_hit": budget_hit,
-        "timed_seconds": round(timed_s, 2),
-        "pending_runs_at_start": pending_start,
-        "pending_runs_at_end": pending_end,
-        "anomalies": rec.anomalies[:10],
-        "ops": {op: summarize(rec.samples[op], rec.probes[op]) for op, _ in OPS},
-    }
+            self.conn.execute("set synchronous_commit = off")
+        self.pending_start = state_counts(self.conn).get("pending", 0)
+        self.rec = Recorder(self.conn)
+        return self.rec
+
+    def rounds(self, n: int) -> None:
+        assert self.rec is not None
+        for _ in range(n):
+            iteration(self.rec, self.round_no)
+            self.round_no += 1
+
+
+def measure(targets: Sequence[Target], plan: Plan, sync_commit: bool) -> None:
+    """Time every target, interleaved in blocks of rounds.
+
+    Load from elsewhere on the machine then lands on all sizes alike instead of skewing
+    whichever size happened to run at the time, which keeps the size ratios honest.
+    """
+    for t in targets:
+        t.open(sync_commit).mode = "warmup"
+        t.rounds(plan.warmup)
+    active = list(targets)
+    gc.disable()  # no collector pauses inside timed calls
+    try:
+        while active:
+            for t in list(active):
+                assert t.rec is not None
+                t.rec.mode = "timed"
+                n = min(plan.block, plan.iterations - t.done)
+                started = time.perf_counter()
+                t.rounds(n)
+                t.timed_s += time.perf_counter() - started
+                t.done += n
+                over_budget = t.timed_s > plan.budget_s and t.done >= plan.min_iterations
+                if t.done >= plan.iterations or over_budget:
+                    active.remove(t)
+    finally:
+        gc.enable()
+    for t in targets:
+        assert t.rec is not None and t.conn is not None
+        t.rec.mode = "probe"
+        t.rounds(plan.probes)
+        pending_end = state_counts(t.conn).get("pending", 0)
+        t.conn.close()
+        t.result = {
+            "iterations": t.done,
+            "budget_hit": t.done < plan.iterations,
+            "timed_seconds": round(t.timed_s, 2),
+            "pending_runs_at_start": t.pending_start,
+            "pending_runs_at_end": pending_end,
+            "anomalies": t.rec.anomalies[:10],
+            "ops": {op: summarize(t.rec.samples[op], t.rec.probes[op]) for op, _ in OPS},
+            "fill": t.fill,
+        }
+        claim = t.result["ops"]["claim"]
+        log(
+            f"{t.name}: {t.done} rounds in {t.timed_s:.1f}s; claim median"
+            f" {fmt_ms(claim.get('median_ms'))} ms, p95 {fmt_ms(claim.get('p95_ms'))} ms,"
+            f" {claim.get('blocks_median')} buffers"
+        )
+        for anomaly in t.result["anomalies"]:
+            log(f"  ANOMALY: {anomaly}")
 
 
 # -- EXPLAIN via auto_explain ------------------------------------------------------------
@@ -751,6 +854,7 @@ def capture_plans(dsn: str) -> dict[str, list[str]]:
     """
     plans: dict[str, list[str]] = {op: [] for op, _ in OPS}
     with psycopg.connect(dsn, autocommit=True) as conn:
+        iteration(Recorder(conn), 10**9)  # warm the session's caches first
         conn.execute("load 'auto_explain'")
         for name, value in AUTO_EXPLAIN_SETTINGS.items():
             conn.execute(
@@ -763,12 +867,12 @@ def capture_plans(dsn: str) -> dict[str, list[str]]:
                 rec.notices.append(diag.message_primary)
 
         conn.add_notice_handler(on_notice)
-        iteration(rec, 10**9)
+        iteration(rec, 10**9 + 1)
     return plans
 
 
 def explain(
-    server: Server, schema: str, size: int, dsn: str | None, cancel_every: int
+    server: Server, schema: str, size: int, dsn: str | None, opts: FillOptions
 ) -> dict[str, Any]:
     """Plans at the largest backlog, from this server or a local PG15 cluster."""
     local: Server | None = None
@@ -780,13 +884,31 @@ def explain(
                 " from pg_config --bindir ..."
             )
             local = start_local_cluster()
-            dsn, _ = prepare_database(local, schema, size, 0, cancel_every)
+            dsn, _ = prepare_database(local, schema, size, 0, opts)
         with psycopg.connect(dsn) as conn:
             version = str(scalar(conn, "show server_version"))
         return {"server_version": version, "size": size, "plans": capture_plans(dsn)}
     finally:
         if local is not None:
             local.stop()
+
+
+_TABLE_NODE = re.compile(r"\b(Scan|Insert|Update|Delete)\b.* on \S", re.MULTILINE)
+
+
+def touches_tables(plan_text: str) -> bool:
+    """Whether a plan reads or writes a table (the rest are plpgsql expressions)."""
+    return _TABLE_NODE.search(plan_text) is not None
+
+
+def first_call(plans: Sequence[str], function: str) -> list[str]:
+    """The plans of the first call of ``function`` (a round claims three times)."""
+    out: list[str] = []
+    for text in plans:
+        out.append(text)
+        if f"Function Scan on {function}" in text:
+            break
+    return out
 
 
 def render_plans(explains: dict[str, Any]) -> str:
@@ -942,7 +1064,7 @@ def print_schema_tables(schema: str, results: dict[str, Any]) -> None:
     log(render_table(header, rows))
     notes = [f"  {fmt_size(int(s))}: {r['skipped']}" for s, r in results.items() if "skipped" in r]
     notes += [
-        f"  {fmt_size(int(s))}: time budget reached after {r['iterations']} iterations"
+        f"  {fmt_size(int(s))}: time budget reached after {r['iterations']} rounds"
         for s, r in results.items()
         if r.get("budget_hit")
     ]
@@ -972,9 +1094,12 @@ def evaluate(all_results: dict[str, dict[str, Any]], wanted_ours: bool) -> tuple
     if not wanted_ours:
         return 0, ["TARGET not evaluated: our schema was not part of this run"]
     ours = all_results.get("ours", {})
+    failed = [f"{fmt_size(int(s))}: {r['error']}" for s, r in ours.items() if "error" in r]
+    if failed or any("skipped" in r for r in ours.values()):
+        return 2, ["TARGET not evaluated: our schema could not be measured", *failed]
     sizes = measured_sizes(ours)
     if len(sizes) < 2:
-        return 2, ["TARGET not evaluated: our schema was not measured at two sizes"]
+        return 0, ["TARGET not evaluated: our schema was measured at one size only"]
     base, top = sizes[0], sizes[-1]
     if base != 1000:
         lines.append(f"note: the baseline is {fmt_size(base)} pending (1,000 was not measured)")
@@ -997,6 +1122,38 @@ def evaluate(all_results: dict[str, dict[str, Any]], wanted_ours: bool) -> tuple
         else:
             lines.append(f"{'ok  ' if ok else 'WARN'} {detail}")
     return status, lines
+
+
+def measured_for(schema: str, sizes: Sequence[int], full: bool) -> list[int]:
+    """The sizes a schema is measured at (upstream stops early unless --full)."""
+    if schema == "upstream" and not full:
+        return [s for s in sizes if s <= UPSTREAM_DEFAULT_MAX_SIZE]
+    return list(sizes)
+
+
+def largest_measured(schema: str, sizes: Sequence[int], full: bool) -> int | None:
+    return max(measured_for(schema, sizes, full), default=None)
+
+
+def prepare_target(server: Server, schema: str, size: int, plan: Plan, opts: FillOptions) -> Target:
+    log(f"{schema} @ {fmt_size(size)}: preparing ...")
+    dsn, fill = prepare_database(server, schema, size, slack=plan.total, opts=opts)
+    check = fill["claim_check"]
+    states = ", ".join(f"{k} {v:,}" for k, v in fill["run_states"].items())
+    log(f"  filled in {fill['prepare_seconds']}s (runs: {states})")
+    if not check["ok"]:
+        log(
+            f"  WARNING: the first claim returned {check['claimed_run']}, not the oldest due"
+            f" run {check['expected_run']}: the fill may miss state the schema keeps"
+        )
+    return Target(schema=schema, size=size, dsn=dsn, fill=fill)
+
+
+def drop_database(server: Server, dbname: str) -> None:
+    with psycopg.connect(server.dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
+        )
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -1046,6 +1203,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="every Nth pending task carries a cancellation policy (0: none)",
     )
     p.add_argument(
+        "--cancel-max-delay",
+        type=int,
+        default=604_800,
+        help="max_delay (seconds) of those policies (default 7 days: never fires; below 21600"
+        " the oldest backlog is overdue for cancellation)",
+    )
+    p.add_argument(
         "--sync-commit",
         action="store_true",
         help="keep synchronous_commit on while timing (default off: the WAL flush"
@@ -1077,6 +1241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probes=3 if args.quick else 5,
         budget_s=args.budget or (15.0 if args.quick else 120.0),
     )
+    opts = FillOptions(cancel_every=args.cancel_every, cancel_max_delay=args.cancel_max_delay)
     schemas = ["ours", "upstream"] if args.schema == "both" else [args.schema]
     wanted_ours = "ours" in schemas
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -1103,54 +1268,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" budget {plan.budget_s:.0f}s; synchronous_commit"
             f" {'on' if args.sync_commit else 'off'}"
         )
+        targets: list[Target] = []
         for schema in schemas:
             for size in sizes:
-                key = str(size)
-                if schema == "upstream" and size > UPSTREAM_DEFAULT_MAX_SIZE and not args.full:
+                if size not in measured_for(schema, sizes, args.full):
                     reason = (
                         "skipped: upstream claim sorts the whole backlog (seconds per call"
                         " at this size); use --full to measure it"
                     )
                     log(f"{schema} @ {fmt_size(size)}: {reason}")
-                    all_results[schema][key] = {"skipped": reason}
+                    all_results[schema][str(size)] = {"skipped": reason}
                     continue
-                log(f"{schema} @ {fmt_size(size)}: preparing ...")
-                dsn, fill = prepare_database(
-                    server, schema, size, slack=plan.total, cancel_every=args.cancel_every
-                )
-                check = fill["claim_check"]
-                log(
-                    f"  filled in {fill['prepare_seconds']}s (runs: "
-                    + ", ".join(f"{k} {v:,}" for k, v in fill["run_states"].items())
-                    + ")"
-                    + (
-                        ""
-                        if check["ok"]
-                        else f"; WARNING: first claim returned {check['claimed_run']}, expected"
-                        f" the oldest due run {check['expected_run']}"
-                    )
-                )
-                log("  measuring ...")
-                res = measure(dsn, plan, args.sync_commit)
-                res["fill"] = fill
-                all_results[schema][key] = res
-                claim = res["ops"]["claim"]
-                log(
-                    f"  {res['iterations']} rounds in {res['timed_seconds']}s; claim median"
-                    f" {fmt_ms(claim.get('median_ms'))} ms, p95 {fmt_ms(claim.get('p95_ms'))}"
-                    f" ms, {claim.get('blocks_median')} buffers"
-                )
-                for anomaly in res["anomalies"]:
-                    log(f"  ANOMALY: {anomaly}")
-                if args.explain and size == sizes[-1]:
-                    explains[schema] = explain(server, schema, size, dsn, args.cancel_every)
-                if not args.keep:
-                    with psycopg.connect(server.dsn, autocommit=True) as admin:
-                        admin.execute(
-                            sql.SQL("drop database if exists {} with (force)").format(
-                                sql.Identifier(fill["database"])
-                            )
-                        )
+                try:
+                    targets.append(prepare_target(server, schema, size, plan, opts))
+                except (psycopg.Error, RuntimeError) as exc:
+                    log(f"  ERROR: {type(exc).__name__}: {exc}")
+                    all_results[schema][str(size)] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"measuring {len(targets)} databases, interleaved in blocks of {plan.block} rounds ...")
+        try:
+            measure(targets, plan, args.sync_commit)
+        except (psycopg.Error, RuntimeError) as exc:
+            log(f"ERROR while measuring: {type(exc).__name__}: {exc}")
+            for t in targets:
+                t.result = {"error": f"{type(exc).__name__}: {exc}"}
+                if t.conn is not None:
+                    t.conn.close()
+        for t in targets:
+            all_results[t.schema][str(t.size)] = t.result
+        for t in targets:
+            if args.explain and t.size == largest_measured(t.schema, sizes, args.full):
+                try:
+                    explains[t.schema] = explain(server, t.schema, t.size, t.dsn, opts)
+                except (psycopg.Error, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    log(f"  explain failed: {type(exc).__name__}: {exc}")
+        if not args.keep:
+            for t in targets:
+                drop_database(server, t.fill["database"])
     finally:
         server.stop()
 
@@ -1160,11 +1313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for schema, ex in explains.items():
         log(
             f"\n{schema}: plans of claim_task at {fmt_size(ex['size'])} pending"
-            f" (auto_explain, PostgreSQL {ex['server_version']})"
+            f" (auto_explain, PostgreSQL {ex['server_version']}; statements that touch"
+            " no table are left out here, not in the file)"
         )
-        for text in ex["plans"]["claim"]:
-            log(text)
-            log("")
+        for text in first_call(ex["plans"]["claim"], "claim_task"):
+            if touches_tables(text):
+                log(text)
+                log("")
 
     status, lines = evaluate(all_results, wanted_ours)
     log("")
@@ -1180,6 +1335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "argv": sys.argv,
         "plan": plan.__dict__,
         "synchronous_commit": "on" if args.sync_commit else "off",
+        "fill_options": opts.__dict__,
         "machine": mach | {"loadavg_at_end": os.getloadavg()},
         "server": srv,
         "results": all_results,

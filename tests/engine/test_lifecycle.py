@@ -338,6 +338,32 @@ def test_max_delay_cancels_unstarted_task(engine: Engine) -> None:
     assert engine.run(late["run_id"])["state"] == "cancelled"
 
 
+def test_overdue_tasks_at_the_head_are_cancelled_in_bulk(engine: Engine) -> None:
+    engine.set_time(T0)
+    engine.conn.execute(
+        "select absurd.spawn_task(%s, 'late', to_jsonb(g), %s) from generate_series(1, 6000) g",
+        (engine.queue, '{"cancellation": {"max_delay": 10}}'),
+    )
+    engine.set_time(at(100))
+    fresh = engine.spawn(params="fresh")
+    # One claim clears a bounded batch of overdue tasks (not one per call) ...
+    assert engine.claim() == []
+    cancelled = engine.one(
+        psycopg.sql.SQL("select count(*) as n from {} where state = 'cancelled'").format(
+            engine.table("t")
+        )
+    )["n"]
+    assert 4000 <= cancelled < 6000  # at most 4 batches of 1,000 per call
+    # ... and the next one gets past the rest to the fresh task.
+    assert engine.claim_one()["task_id"] == fresh["task_id"]
+    states = engine.rows(
+        psycopg.sql.SQL("select state, count(*) as n from {} group by state order by state").format(
+            engine.table("t")
+        )
+    )
+    assert states == [{"state": "cancelled", "n": 6000}, {"state": "running", "n": 1}]
+
+
 def test_max_duration_cancels_running_task(engine: Engine) -> None:
     engine.set_time(T0)
     spawned = engine.spawn(cancellation={"max_duration": 100, "max_delay": 10})

@@ -41,6 +41,7 @@ ARGS: dict[str, list[str]] = {
     "spawn.existing": ["'key-17'"],
     "claim.next_band": ["2147483647"],
     "claim.band": ["0", NOW, "1", "'w'", "now() + interval '1 minute'"],
+    "claim.cancel_head": ["0", NOW, "1000"],
     "sweep.cancellations": [NOW, "1"],
     "sweep.leases": [NOW, "1"],
     "cancel.lock_runs": ["{task}"],
@@ -75,6 +76,7 @@ ARGS: dict[str, list[str]] = {
 EXPECTED_INDEX = {
     "claim.next_band": "r_{q}_cli",
     "claim.band": "r_{q}_cli",
+    "claim.cancel_head": "r_{q}_cli",
     "sweep.cancellations": "t_{q}_cdi",
     "sweep.leases": "r_{q}_cei",
     "cleanup.tasks": "t_{q}_fai",

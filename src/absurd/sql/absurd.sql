@@ -955,38 +955,81 @@ begin
 
   -- $1 priority, $2 now, $3 qty, $4 worker, $5 lease end. One range scan of
   -- r_<q>_cli that stops at "now"; rows locked by other claimers are skipped.
+  -- A candidate whose task is past its cancellation deadline is cancelled on
+  -- the spot (column "late"), so overdue tasks at the head of the queue are
+  -- visited once, never re-scanned by every claim.
   when 'claim.band' then $q$
     with c as (
-      select r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload, r.available_at
+      select r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload, r.available_at,
+             coalesce(t.cancel_deadline <= $2, false) as late
       from absurd.%2$I r
       join absurd.%1$I t on t.task_id = r.task_id
       where r.state in ('pending', 'sleeping') and r.priority = $1 and r.available_at <= $2
         and t.state in ('pending', 'sleeping', 'running')
-        and (t.cancel_deadline is null or t.cancel_deadline > $2)
       order by r.available_at, r.run_id
       limit $3
       for update of r, t skip locked
     ), ur as (
-      update absurd.%2$I r set state = 'running', claimed_by = $4, claim_expires_at = $5,
-        started_at = $2, available_at = $2
+      update absurd.%2$I r set
+        state = case when c.late then 'cancelled' else 'running' end,
+        claimed_by = case when c.late then null else $4 end,
+        claim_expires_at = case when c.late then null else $5::timestamptz end,
+        started_at = case when c.late then r.started_at else $2 end,
+        available_at = case when c.late then r.available_at else $2 end
       from c where r.run_id = c.run_id
     ), ut as (
-      update absurd.%1$I t set state = 'running',
-        attempts = greatest(t.attempts, c.attempt),
-        first_started_at = coalesce(t.first_started_at, $2),
-        last_attempt_run = c.run_id,
-        cancel_deadline = case when t.first_started_at is null
-          then absurd._cancel_deadline(t.cancellation, null, $2) else t.cancel_deadline end
+      update absurd.%1$I t set
+        state = case when c.late then 'cancelled' else 'running' end,
+        attempts = case when c.late then t.attempts else greatest(t.attempts, c.attempt) end,
+        first_started_at = case when c.late then t.first_started_at
+          else coalesce(t.first_started_at, $2) end,
+        last_attempt_run = case when c.late then t.last_attempt_run else c.run_id end,
+        cancelled_at = case when c.late then coalesce(t.cancelled_at, $2) else t.cancelled_at end,
+        finished_at = case when c.late then $2 else t.finished_at end,
+        cancel_deadline = case
+          when c.late then null
+          when t.first_started_at is null then absurd._cancel_deadline(t.cancellation, null, $2)
+          else t.cancel_deadline end
       from c where t.task_id = c.task_id
       returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
     ), dw as (
       delete from absurd.%5$I w using c
-      where w.run_id = c.run_id and w.timeout_at is not null and w.timeout_at <= $2
+      where w.run_id = c.run_id and not c.late and w.timeout_at is not null and w.timeout_at <= $2
+    ), dl as (
+      delete from absurd.%5$I w using c where w.task_id = c.task_id and c.late
     )
     select c.run_id, c.task_id, c.attempt, ut.task_name, ut.params, ut.retry_strategy,
-           ut.max_attempts, ut.headers, c.wake_event, c.event_payload
+           ut.max_attempts, ut.headers, c.wake_event, c.event_payload, c.late
     from c join ut on ut.task_id = c.task_id
     order by c.available_at, c.run_id$q$
+
+  -- $1 priority, $2 now, $3 batch. Cancels the tasks past their cancellation
+  -- deadline among the first $3 due runs of a band: a bounded read of the
+  -- head of r_<q>_cli, however many overdue tasks there are.
+  when 'claim.cancel_head' then $q$
+    with h as (
+      select run_id, task_id from absurd.%2$I
+      where state in ('pending', 'sleeping') and priority = $1 and available_at <= $2
+      order by available_at, run_id
+      limit $3
+    ), c as (
+      select r.run_id, r.task_id
+      from h join absurd.%2$I r on r.run_id = h.run_id join absurd.%1$I t on t.task_id = h.task_id
+      where r.state in ('pending', 'sleeping') and t.state in ('pending', 'sleeping', 'running')
+        and t.cancel_deadline <= $2
+      for update of r, t skip locked
+    ), ur as (
+      update absurd.%2$I r set state = 'cancelled', claimed_by = null, claim_expires_at = null
+      from c where r.run_id = c.run_id
+    ), dw as (
+      delete from absurd.%5$I w using c where w.task_id = c.task_id
+    ), ut as (
+      update absurd.%1$I t set state = 'cancelled', cancelled_at = coalesce(t.cancelled_at, $2),
+        finished_at = $2, cancel_deadline = null
+      from c where t.task_id = c.task_id
+      returning 1
+    )
+    select count(*) from ut$q$
 
   -- $1 now, $2 limit (r_<q>_cdi)
   when 'sweep.cancellations' then $q$
@@ -1082,15 +1125,17 @@ begin
 
   -- $1 run_id
   when 'checkpoint.owner' then $q$
-    select r.task_id, r.attempt, r.state, t.state as task_state
+    select r.task_id, r.attempt, r.state, r.claim_expires_at, t.state as task_state
     from absurd.%2$I r left join absurd.%1$I t on t.task_id = r.task_id
     where r.run_id = $1$q$
-  -- $1 task_id, $2 step, $3 state, $4 run_id, $5 now, $6 extend seconds, $7 attempt.
-  -- An older attempt never overwrites a newer attempt's checkpoint.
+  -- $1 task_id, $2 step, $3 state, $4 run_id, $5 now, $6 extend seconds (0: no
+  -- extension), $7 attempt. The extension is a primary-key update: its WHERE
+  -- must not imply r_<q>_cei's predicate, or stale statistics can pick that
+  -- index. An older attempt never overwrites a newer attempt's checkpoint.
   when 'checkpoint.write' then $q$
     with ext as (
       update absurd.%2$I set claim_expires_at = $5::timestamptz + make_interval(secs => $6::integer)
-      where run_id = $4 and $6::integer > 0 and state = 'running' and claim_expires_at is not null
+      where run_id = $4 and $6::integer > 0 and state = 'running'
     )
     insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
     values ($1, $2, $3, 'committed', $4, $5)
@@ -1220,7 +1265,7 @@ language sql
 immutable
 as $$
   select unnest(array['spawn', 'spawn.existing', 'claim.next_band', 'claim.band',
-    'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
+    'claim.cancel_head', 'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
     'run.state', 'complete', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
     'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write', 'emit.store',
     'emit.wake', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
@@ -1406,7 +1451,9 @@ declare
   v_expires timestamptz;
   v_below bigint := 2147483648;  -- bands are searched below this priority
   v_priority integer;
-  v_got integer;
+  v_row record;
+  v_late integer;
+  v_rounds integer := 0;
 begin
   perform absurd._require_queue(q);
   if v_timeout > 0 then
@@ -1416,10 +1463,33 @@ begin
   loop
     execute absurd._sql('claim.next_band', q) into v_priority using v_below;
     exit when v_priority is null;
-    return query execute absurd._sql('claim.band', q)
-      using v_priority, v_now, v_left, v_worker, v_expires;
-    get diagnostics v_got = row_count;
-    v_left := v_left - v_got;
+    loop
+      v_late := 0;
+      for v_row in execute absurd._sql('claim.band', q)
+          using v_priority, v_now, v_left, v_worker, v_expires loop
+        if v_row.late then
+          v_late := v_late + 1;  -- cancelled by its policy, not claimed
+          continue;
+        end if;
+        run_id := v_row.run_id;
+        task_id := v_row.task_id;
+        attempt := v_row.attempt;
+        task_name := v_row.task_name;
+        params := v_row.params;
+        retry_strategy := v_row.retry_strategy;
+        max_attempts := v_row.max_attempts;
+        headers := v_row.headers;
+        wake_event := v_row.wake_event;
+        event_payload := v_row.event_payload;
+        return next;
+        v_left := v_left - 1;
+      end loop;
+      exit when v_late = 0 or v_left <= 0 or v_rounds >= 4;
+      -- Overdue tasks sit at the head of this band: cancel a bounded batch of
+      -- them at once, then look at the band again.
+      execute absurd._sql('claim.cancel_head', q) using v_priority, v_now, 1000;
+      v_rounds := v_rounds + 1;
+    end loop;
     exit when v_left <= 0;
     v_below := v_priority;
   end loop;
@@ -1679,7 +1749,9 @@ begin
   end if;
   execute absurd._sql('checkpoint.write', q)
     using p_task_id, p_step_name, p_state, p_owner_run, absurd.current_time(),
-          coalesce(p_extend_claim_by, 0), v_run.attempt;
+          case when v_run.claim_expires_at is null then 0
+               else greatest(coalesce(p_extend_claim_by, 0), 0) end,
+          v_run.attempt;
 end;
 $$;
 
