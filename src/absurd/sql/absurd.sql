@@ -72,6 +72,18 @@ create table if not exists absurd.queues (
     check (detach_min_age >= interval '0')
 );
 
+-- Tasks waiting for other tasks: when the watched task reaches a terminal state,
+-- its result is emitted as event <event_name> into <watcher_queue>, which wakes
+-- the waiting runs there (see await_task_result).
+create table if not exists absurd.task_watchers (
+  queue_name text not null,
+  task_id uuid not null,
+  watcher_queue text not null,
+  event_name text not null,
+  created_at timestamptz not null default clock_timestamp(),
+  primary key (queue_name, task_id, watcher_queue, event_name)
+);
+
 -- -----------------------------------------------------------------------------
 -- Utilities
 -- -----------------------------------------------------------------------------
@@ -713,6 +725,12 @@ begin
   execute format('create index if not exists %I on absurd.%I (event_name)', v_w || '_eni', v_w);
   execute format('create index if not exists %I on absurd.%I (task_id)', v_w || '_ti', v_w);
   execute format('create index if not exists %I on absurd.%I (emitted_at)', v_e || '_eai', v_e);
+  -- Wakes tasks that await this queue's tasks (absurd.task_watchers).
+  execute format('drop trigger if exists t_finished on absurd.%I', v_t);
+  execute format($tr$create trigger t_finished after update of state on absurd.%I
+    for each row when (new.state in ('completed', 'failed', 'cancelled')
+                       and old.state is distinct from new.state)
+    execute function absurd._task_finished(%L)$tr$, v_t, q);
 end;
 $$;
 
@@ -770,6 +788,8 @@ begin
   foreach v_prefix in array array['i_', 'w_', 'e_', 'c_', 'r_', 't_'] loop
     execute format('drop table if exists absurd.%I cascade', v_prefix || p_queue_name);
   end loop;
+  delete from absurd.task_watchers
+  where queue_name = p_queue_name or watcher_queue = p_queue_name;
   delete from absurd.queues where queue_name = p_queue_name;
 end;
 $$;
@@ -1963,6 +1983,114 @@ begin
   perform absurd._require_queue(p_queue_name);
   execute absurd._sql('next_wake', p_queue_name) into v_next;
   return v_next;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Waiting for other tasks (suspending, never polling)
+-- -----------------------------------------------------------------------------
+
+-- The result of a task as a JSON snapshot: {task_id, state, result, failure}.
+create or replace function absurd._task_snapshot(p_queue_name text, p_task_id uuid)
+returns jsonb
+language plpgsql
+stable
+as $$
+declare
+  v_row record;
+begin
+  select * into v_row from absurd.get_task_result(p_queue_name, p_task_id);
+  if v_row.task_id is null then
+    return null;
+  end if;
+  return jsonb_build_object('task_id', v_row.task_id, 'state', v_row.state,
+    'result', v_row.result, 'failure', v_row.failure_reason);
+end;
+$$;
+
+-- Trigger on t_<q>: a task reached a terminal state; emit its snapshot to
+-- every queue watching it (one index probe when nobody watches).
+create or replace function absurd._task_finished()
+returns trigger
+language plpgsql
+as $$
+declare
+  v_watch record;
+  v_snapshot jsonb;
+begin
+  for v_watch in
+    delete from absurd.task_watchers
+    where queue_name = tg_argv[0] and task_id = new.task_id
+    returning watcher_queue, event_name
+  loop
+    v_snapshot := coalesce(v_snapshot, absurd._task_snapshot(tg_argv[0], new.task_id));
+    if exists (select 1 from absurd.queues where queue_name = v_watch.watcher_queue) then
+      perform absurd.emit_event(v_watch.watcher_queue, v_watch.event_name, v_snapshot);
+    end if;
+  end loop;
+  return null;
+end;
+$$;
+
+-- Suspends the run until one of the given tasks (in p_child_queue) finishes,
+-- then returns that task's snapshot {task_id, state, result, failure}; the
+-- snapshot is checkpointed under p_step_name, so a replay returns it at once.
+-- One task: the event is "$taskResult:<id>"; several: the first to finish wins.
+-- Works within one queue too, since the waiting run gives up its slot.
+-- Returns (true, null) when the run must suspend, like await_event.
+create or replace function absurd.await_task_result(
+  p_queue_name text,
+  p_task_id uuid,
+  p_run_id uuid,
+  p_step_name text,
+  p_child_queue text,
+  p_child_task_ids uuid[],
+  p_timeout integer default null
+)
+returns table (should_suspend boolean, payload jsonb)
+language plpgsql
+as $$
+declare
+  v_event text;
+  v_child uuid;
+  v_state text;
+  v_done jsonb;
+  v_rows integer;
+begin
+  perform absurd._require_queue(p_queue_name);
+  perform absurd._require_queue(p_child_queue);
+  perform absurd._require_text(p_step_name, 'step_name');
+  if p_child_task_ids is null or cardinality(p_child_task_ids) = 0 then
+    perform absurd._raise('AB014', 'child task ids must be provided');
+  end if;
+  -- Replays return the checkpoint without touching the children.
+  execute absurd._sql('checkpoint.get', p_queue_name) into v_done using p_task_id, p_step_name;
+  get diagnostics v_rows = row_count;
+  if v_rows > 0 then
+    return query select false, v_done;
+    return;
+  end if;
+  v_event := case when cardinality(p_child_task_ids) = 1
+    then '$taskResult:' || p_child_task_ids[1]
+    else '$anyTask:' || p_task_id || ':' || p_step_name end;
+  foreach v_child in array p_child_task_ids loop
+    -- Lock the child (as complete/fail/cancel do) so it cannot finish between
+    -- the check and the registration.
+    execute absurd._sql('task.lock', p_child_queue) into v_state using v_child;
+    if v_state is null then
+      perform absurd._raise('AB009', format(
+        'Task "%s" not found in queue "%s"', absurd._show(v_child), p_child_queue));
+    end if;
+    if v_state in ('completed', 'failed', 'cancelled') then
+      perform absurd.emit_event(p_queue_name, v_event, absurd._task_snapshot(p_child_queue, v_child));
+      exit;
+    end if;
+    insert into absurd.task_watchers (queue_name, task_id, watcher_queue, event_name)
+    values (p_child_queue, v_child, p_queue_name, v_event)
+    on conflict do nothing;
+  end loop;
+  return query select * from absurd.await_event(
+    p_queue_name, p_task_id, p_run_id, p_step_name, v_event, p_timeout);
 end;
 $$;
 
