@@ -1,0 +1,108 @@
+"""Concurrency primitives for the asyncio flavour (hand-written; the sync
+flavour's ``absurd._sync._compat`` has the same names over threads)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from psycopg import AsyncConnection as Connection
+from psycopg_pool import AsyncConnectionPool as ConnectionPool
+
+__all__ = [
+    "Cancelled",
+    "Connection",
+    "ConnectionPool",
+    "Event",
+    "Handle",
+    "Lock",
+    "RunStepMixin",
+    "cancel",
+    "install_signal_handlers",
+    "is_done",
+    "maybe_await",
+    "sleep",
+    "spawn",
+    "wait_any",
+    "wait_event",
+]
+
+Event = asyncio.Event
+Lock = asyncio.Lock
+Handle = asyncio.Task[Any]
+Cancelled = asyncio.CancelledError
+
+
+def spawn(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Handle:
+    """Runs fn(*args) concurrently."""
+    return asyncio.get_running_loop().create_task(fn(*args))
+
+
+def is_done(handle: Handle) -> bool:
+    return handle.done()
+
+
+def cancel(handle: Handle) -> None:
+    handle.cancel()
+
+
+async def wait_any(handles: set[Handle], timeout: float | None) -> set[Handle]:
+    """Waits until one handle finishes (or the timeout); returns the finished ones."""
+    if not handles:
+        if timeout:
+            await asyncio.sleep(timeout)
+        return set()
+    done, _ = await asyncio.wait(handles, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    return done
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Waits for the event for at most timeout seconds; True if it was set."""
+    if event.is_set():
+        return True
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    return event.is_set()
+
+
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def maybe_await(value: Any) -> Any:
+    """Awaits the value when it is awaitable (handlers and hooks may be either)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
+    """SIGTERM and SIGINT call stop(); returns a function that restores the old handlers."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+
+    def restore() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+class RunStepMixin:
+    """``ctx.run_step`` is a sync-only decorator (it replaces a function by its result)."""
+
+    def run_step(self, name: Any = None) -> Any:
+        raise TypeError("run_step is only available on the sync TaskContext; use await ctx.step()")
+
+
+AwaitableT = Awaitable[Any]

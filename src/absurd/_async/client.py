@@ -1,0 +1,472 @@
+"""AsyncAbsurd: the client (admin, spawn, results) and task execution."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+
+from absurd._async import _compat as compat
+from absurd._async.context import AsyncTaskContext, current_context
+from absurd._core import logic
+from absurd._core.serde import JSONSerializer, Serializer
+from absurd._core.types import (
+    AbsurdHooks,
+    CancellationPolicy,
+    ClaimedTask,
+    QueuePolicy,
+    RetryStrategy,
+    RetryTaskResult,
+    SpawnOptions,
+    SpawnResult,
+    TaskResultSnapshot,
+)
+from absurd.errors import (
+    AbsurdError,
+    InvalidArgument,
+    RunStateConflict,
+    TaskInterrupt,
+    TaskNotFound,
+    TimeoutError,
+    translate,
+)
+
+log = logging.getLogger("absurd")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CLAIM_COLUMNS = (
+    "run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts, headers,"
+    " wake_event, event_payload"
+)
+
+
+class AsyncAbsurd:
+    """A client for one default queue: registers tasks, spawns them, runs workers.
+
+    ``conn_or_url``: a URL (the client owns a connection pool), an open
+    ``AsyncConnection`` (used as is, in the caller's transaction), or None for
+    ``ABSURD_DATABASE_URL``, then ``PGDATABASE``, then upstream's default.
+    """
+
+    def __init__(
+        self,
+        conn_or_url: compat.Connection | str | None = None,
+        queue_name: str = logic.DEFAULT_QUEUE,
+        default_max_attempts: int = 5,
+        hooks: AbsurdHooks | None = None,
+        *,
+        serializer: Serializer | None = None,
+        pool_size: int = 10,
+    ) -> None:
+        self.queue_name = logic.validate_queue_name(queue_name)
+        self.default_max_attempts = default_max_attempts
+        self.hooks: AbsurdHooks = hooks or {}
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self._registry: dict[str, logic.RegisteredTask] = {}
+        self._conn: compat.Connection | None = None
+        self._url: str | None = None
+        self._pool: compat.ConnectionPool | None = None
+        self._pool_size = pool_size
+        self._worker: Any = None
+        if conn_or_url is None or isinstance(conn_or_url, str):
+            self._url = conn_or_url or logic.default_url()
+        else:
+            self._conn = conn_or_url
+
+    # -- database access -------------------------------------------------------
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[compat.Connection]:
+        if self._conn is not None:
+            yield self._conn
+            return
+        if self._pool is None:
+            pool = compat.ConnectionPool(
+                self._url or "",
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name="absurd",
+            )
+            await pool.open()
+            self._pool = pool
+        async with self._pool.connection() as conn:
+            yield conn
+
+    async def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Runs one statement; engine errors come back as Absurd errors."""
+        try:
+            async with self._connection() as conn:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(query, params)
+                return await cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            err = translate(exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def _listen_dsn(self) -> str:
+        """Where the worker opens its LISTEN connection (outside the pool)."""
+        if self._url is not None:
+            return self._url
+        assert self._conn is not None
+        return self._conn.info.dsn
+
+    async def _one(self, query: str, params: tuple[Any, ...] = ()) -> dict[str, Any]:
+        rows = await self._rows(query, params)
+        return rows[0]
+
+    def _json(self, value: Any) -> str:
+        return self.serializer.dumps(value)
+
+    def _queue(self, queue_name: str | None) -> str:
+        return self.queue_name if queue_name is None else logic.validate_queue_name(queue_name)
+
+    # -- registration ----------------------------------------------------------
+    def register_task(
+        self,
+        name: str,
+        queue: str | None = None,
+        default_max_attempts: int | None = None,
+        default_cancellation: CancellationPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator: ``handler(params, ctx)`` runs task ``name``."""
+        if not name:
+            raise InvalidArgument("task name must be provided")
+
+        def decorate(handler: F) -> F:
+            self._registry[name] = logic.RegisteredTask(
+                name=name,
+                queue=self._queue(queue),
+                handler=handler,
+                default_max_attempts=default_max_attempts,
+                default_cancellation=default_cancellation,
+            )
+            return handler
+
+        return decorate
+
+    # -- queues ----------------------------------------------------------------
+    async def create_queue(
+        self, queue_name: str | None = None, *, storage_mode: str = "unpartitioned", **policy: Any
+    ) -> None:
+        queue = self._queue(queue_name)
+        if storage_mode == "unpartitioned":
+            await self._rows("select absurd.create_queue(%s)", (queue,))
+        else:
+            await self._rows("select absurd.create_queue(%s, %s)", (queue, storage_mode))
+        await self.set_queue_policy(queue, **policy)
+
+    async def set_queue_policy(self, queue_name: str | None = None, **policy: Any) -> None:
+        body = logic.policy_json(policy)
+        if body:
+            await self._rows(
+                "select absurd.set_queue_policy(%s, %s::jsonb)",
+                (self._queue(queue_name), json.dumps(body)),
+            )
+
+    async def get_queue_policy(self, queue_name: str | None = None) -> QueuePolicy | None:
+        rows = await self._rows(
+            "select queue_name, storage_mode, partition_lookahead, partition_lookback, cleanup_ttl,"
+            " cleanup_limit, detach_mode, detach_min_age from absurd.get_queue_policy(%s)",
+            (self._queue(queue_name),),
+        )
+        return rows[0] if rows else None  # type: ignore[return-value]
+
+    async def drop_queue(self, queue_name: str | None = None) -> None:
+        await self._rows("select absurd.drop_queue(%s)", (self._queue(queue_name),))
+
+    async def list_queues(self) -> list[str]:
+        return [r["queue_name"] for r in await self._rows("select * from absurd.list_queues()")]
+
+    # -- spawning and results --------------------------------------------------
+    async def spawn(
+        self,
+        task_name: str,
+        params: Any = None,
+        max_attempts: int | None = None,
+        retry_strategy: RetryStrategy | None = None,
+        headers: dict[str, Any] | None = None,
+        queue: str | None = None,
+        cancellation: CancellationPolicy | None = None,
+        idempotency_key: str | None = None,
+        *,
+        priority: int | None = None,
+        delay: float | None = None,
+        available_at: Any = None,
+    ) -> SpawnResult:
+        """Spawns a task; ``created`` is False when the idempotency key was taken."""
+        options: SpawnOptions = {}
+        given = {
+            "max_attempts": max_attempts,
+            "retry_strategy": retry_strategy,
+            "headers": headers,
+            "queue": queue,
+            "cancellation": cancellation,
+            "idempotency_key": idempotency_key,
+            "priority": priority,
+            "delay": delay,
+            "available_at": available_at,
+        }
+        options.update({k: v for k, v in given.items() if v is not None})  # type: ignore[typeddict-item]
+        hook = self.hooks.get("before_spawn")
+        if hook is not None:
+            options = await compat.maybe_await(hook(task_name, params, options))
+        registered = self._registry.get(task_name)
+        queue_name = logic.resolve_queue(task_name, options.get("queue"), registered)
+        body = logic.spawn_options_json(
+            options, registered=registered, default_max_attempts=self.default_max_attempts
+        )
+        row = await self._one(
+            "select task_id, run_id, attempt, created from absurd.spawn_task(%s, %s, %s, %s)",
+            (queue_name, task_name, self._json(params), json.dumps(body)),
+        )
+        return {
+            "task_id": str(row["task_id"]),
+            "run_id": str(row["run_id"]),
+            "attempt": row["attempt"],
+            "created": row["created"],
+        }
+
+    async def fetch_task_result(
+        self, task_id: Any, queue_name: str | None = None
+    ) -> TaskResultSnapshot | None:
+        rows = await self._rows(
+            "select state, result, failure_reason from absurd.get_task_result(%s, %s)",
+            (self._queue(queue_name), str(task_id)),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return logic.snapshot(r["state"], self.serializer.revive(r["result"]), r["failure_reason"])
+
+    async def await_task_result(
+        self, task_id: Any, timeout: float | None = None, queue_name: str | None = None
+    ) -> TaskResultSnapshot:
+        """Waits (polling 50 ms doubling to 1 s) until the task finishes."""
+        deadline = None if timeout is None else _monotonic() + timeout
+        delay = 0.05
+        while True:
+            snap = await self.fetch_task_result(task_id, queue_name)
+            if snap is None:
+                raise TaskNotFound(f'Task "{task_id}" not found')
+            if logic.is_terminal(snap.state):
+                return snap
+            if deadline is not None and _monotonic() + delay > deadline:
+                raise TimeoutError(f'Timed out waiting for task "{task_id}"')
+            await compat.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def emit_event(
+        self, event_name: str, payload: Any = None, queue_name: str | None = None
+    ) -> None:
+        if not event_name:
+            raise InvalidArgument("event_name must be provided")
+        await self._rows(
+            "select absurd.emit_event(%s, %s, %s)",
+            (self._queue(queue_name), event_name, self._json(payload)),
+        )
+
+    async def retry_task(
+        self,
+        task_id: Any,
+        *,
+        max_attempts: int | None = None,
+        spawn_new: bool = False,
+        queue_name: str | None = None,
+    ) -> RetryTaskResult:
+        body: dict[str, Any] = {}
+        if max_attempts is not None:
+            body["max_attempts"] = max_attempts
+        if spawn_new:
+            body["spawn_new"] = True
+        row = await self._one(
+            "select task_id, run_id, attempt, created from absurd.retry_task(%s, %s, %s)",
+            (self._queue(queue_name), str(task_id), json.dumps(body)),
+        )
+        return {
+            "task_id": str(row["task_id"]),
+            "run_id": str(row["run_id"]),
+            "attempt": row["attempt"],
+            "created": row["created"],
+        }
+
+    async def cancel_task(self, task_id: Any, queue_name: str | None = None) -> None:
+        await self._rows(
+            "select absurd.cancel_task(%s, %s)", (self._queue(queue_name), str(task_id))
+        )
+
+    # -- claiming and running --------------------------------------------------
+    async def claim_tasks(
+        self,
+        batch_size: int = 1,
+        claim_timeout: int = logic.DEFAULT_CLAIM_TIMEOUT,
+        worker_id: str = "worker",
+    ) -> list[ClaimedTask]:
+        rows = await self._rows(
+            f"select {_CLAIM_COLUMNS} from absurd.claim_task(%s, %s, %s, %s)",
+            (self.queue_name, worker_id, claim_timeout, batch_size),
+        )
+        return rows  # type: ignore[return-value]
+
+    async def work_batch(
+        self,
+        worker_id: str = "worker",
+        claim_timeout: int = logic.DEFAULT_CLAIM_TIMEOUT,
+        batch_size: int = 1,
+    ) -> int:
+        """Claims a batch and runs it to the end, one task after the other."""
+        tasks = await self.claim_tasks(batch_size, claim_timeout, worker_id)
+        for task in tasks:
+            await self.execute_task(task, claim_timeout)
+        return len(tasks)
+
+    async def start_worker(
+        self,
+        worker_id: str | None = None,
+        claim_timeout: int = logic.DEFAULT_CLAIM_TIMEOUT,
+        concurrency: int = 1,
+        batch_size: int | None = None,
+        poll_interval: float = 0.25,
+        *,
+        shutdown_grace: float = 30.0,
+        handle_signals: bool = True,
+    ) -> None:
+        """Runs a worker until ``stop_worker()`` or SIGTERM/SIGINT (see ``AsyncWorker``)."""
+        from absurd._async.worker import AsyncWorker
+
+        self._worker = AsyncWorker(
+            self,
+            worker_id=worker_id,
+            claim_timeout=claim_timeout,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            shutdown_grace=shutdown_grace,
+        )
+        try:
+            await self._worker.run(handle_signals=handle_signals)
+        finally:
+            self._worker = None
+
+    def stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+
+    async def close(self) -> None:
+        self.stop_worker()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def execute_task(self, task: ClaimedTask, claim_timeout: int) -> None:
+        """Runs one claimed task to its outcome: completed, failed, suspended or deferred."""
+        run_id, name = task["run_id"], task["task_name"]
+        registered = self._registry.get(name)
+        extra = {"task_id": str(task["task_id"]), "run_id": str(run_id), "task_name": name}
+        if registered is None:
+            delay = logic.unknown_task_delay(run_id)
+            log.warning(
+                "unknown task %r: deferring run %s by %ss", name, run_id, delay, extra=extra
+            )
+            await self._finish(
+                "select absurd.schedule_run(%s, %s, absurd.current_time()"
+                " + make_interval(secs => %s))",
+                (self.queue_name, run_id, delay),
+            )
+            return
+        if registered.queue != self.queue_name:
+            await self._fail(task, AbsurdError("Misconfigured task (queue mismatch)"))
+            return
+        try:
+            rows = await self._rows(
+                "select checkpoint_name, state from absurd.get_task_checkpoint_states(%s, %s, %s)",
+                (self.queue_name, task["task_id"], run_id),
+            )
+        except TaskInterrupt:
+            return
+        ctx = AsyncTaskContext._create(
+            self, task, claim_timeout, {r["checkpoint_name"]: r["state"] for r in rows}
+        )
+        token = current_context.set(ctx)
+        try:
+            params = self.serializer.revive(task["params"])
+
+            async def execute() -> Any:
+                return await compat.maybe_await(registered.handler(params, ctx))
+
+            wrap = self.hooks.get("wrap_task_execution")
+            result = await (compat.maybe_await(wrap(ctx, execute)) if wrap else execute())
+            await self._finish(
+                "select absurd.complete_run(%s, %s, %s)",
+                (self.queue_name, run_id, self._json(result)),
+            )
+            log.debug("task %s completed", name, extra=extra)
+        except TaskInterrupt as signal:
+            log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
+        except compat.Cancelled:
+            await self._release(run_id)
+            raise
+        except Exception as exc:
+            log.info("task %s failed: %r", name, exc, extra=extra)
+            await self._fail(task, exc)
+        finally:
+            current_context.reset(token)
+
+    async def _fail(self, task: ClaimedTask, exc: BaseException) -> None:
+        await self._finish(
+            "select absurd.fail_run(%s, %s, %s, null)",
+            (self.queue_name, task["run_id"], json.dumps(logic.failure_reason(exc), default=str)),
+        )
+
+    async def _release(self, run_id: Any) -> None:
+        """Hands a run back at once (shutdown): claimable now, same attempt."""
+        with suppress(RunStateConflict):
+            await self._finish(
+                "select absurd.schedule_run(%s, %s, absurd.current_time())",
+                (self.queue_name, run_id),
+            )
+
+    async def _finish(self, query: str, params: tuple[Any, ...]) -> None:
+        """A run's final call: retried through connection failures for ~5 s; a run
+        that was cancelled or failed meanwhile is left alone."""
+        delay = 0.1
+        while True:
+            try:
+                await self._rows(query, params)
+                return
+            except TaskInterrupt:
+                return
+            except psycopg.OperationalError:
+                if delay > 3.2:
+                    raise
+                await compat.sleep(delay)
+                delay *= 2
+
+    def make_sync(self) -> Any:
+        """A sync client on the same database (a new pool), same queue and tasks."""
+        from absurd._sync.client import Absurd
+
+        if self._url is None:
+            raise InvalidArgument("make_sync needs a client created from a URL")
+        other = Absurd(
+            self._url,
+            self.queue_name,
+            self.default_max_attempts,
+            self.hooks,
+            serializer=self.serializer,
+        )
+        other._registry = dict(self._registry)
+        return other
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()

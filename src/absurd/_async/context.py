@@ -1,0 +1,298 @@
+"""AsyncTaskContext: what a task handler uses to checkpoint, sleep and wait."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from absurd._async import _compat as compat
+from absurd._core import logic
+from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
+from absurd.errors import InvalidArgument, SerializationError, SuspendTask, TimeoutError
+
+if TYPE_CHECKING:
+    from absurd._async.client import AsyncAbsurd
+
+#: The context of the task running in this thread or asyncio task.
+current_context: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "absurd_context", default=None
+)
+_CREATE = object()
+
+
+class AsyncTaskContext(compat.RunStepMixin):
+    """Passed to a handler as ``ctx``; created by the worker, never directly."""
+
+    def __init__(self, _token: object = None) -> None:
+        if _token is not _CREATE:
+            raise TypeError("TaskContext is created by the worker; it cannot be built directly")
+
+    @classmethod
+    def _create(
+        cls, app: AsyncAbsurd, task: ClaimedTask, claim_timeout: int, checkpoints: dict[str, Any]
+    ) -> AsyncTaskContext:
+        ctx = cls(_CREATE)
+        ctx._app = app
+        ctx._task = task
+        ctx._queue = app.queue_name
+        ctx._claim_timeout = claim_timeout
+        ctx._checkpoints = checkpoints
+        ctx._names = logic.StepNames()
+        ctx._wake_consumed = False
+        ctx.task_id = str(task["task_id"])
+        ctx.run_id = str(task["run_id"])
+        ctx.attempt = task["attempt"]
+        ctx.task_name = task["task_name"]
+        return ctx
+
+    _app: AsyncAbsurd
+    _task: ClaimedTask
+    _queue: str
+    _claim_timeout: int
+    _checkpoints: dict[str, Any]
+    _names: logic.StepNames
+    _wake_consumed: bool
+    task_id: str
+    run_id: str
+    attempt: int
+    task_name: str
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self._task.get("headers") or {})
+
+    # -- steps -----------------------------------------------------------------
+    async def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Runs fn once: its result is checkpointed and returned on every replay."""
+        handle = await self.begin_step(name)
+        if handle.done:
+            return handle.state
+        return await self.complete_step(handle, await compat.maybe_await(fn()))
+
+    async def begin_step(self, name: str) -> StepHandle:
+        checkpoint = self._names.next(name)
+        if checkpoint in self._checkpoints:
+            value = self._app.serializer.revive(self._checkpoints[checkpoint])
+            return StepHandle(name=name, checkpoint_name=checkpoint, done=True, state=value)
+        return StepHandle(name=name, checkpoint_name=checkpoint, done=False)
+
+    async def complete_step(self, handle: StepHandle, value: Any) -> Any:
+        if handle.done:
+            return handle.state
+        await self._save(handle.checkpoint_name, value)
+        return value
+
+    async def _save(self, checkpoint: str, value: Any) -> None:
+        try:
+            data = self._app.serializer.dumps(value)
+        except SerializationError as exc:
+            raise SerializationError(f'step "{checkpoint}": {exc}') from exc
+        await self._app._rows(
+            "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
+            (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
+        )
+        self._checkpoints[checkpoint] = _loads(data)  # raw JSON, revived on read
+
+    # -- time ------------------------------------------------------------------
+    async def sleep_for(self, step_name: str, duration: float) -> None:
+        """Sleeps ``duration`` seconds of database time (the run gives up its slot)."""
+        await self._sleep(step_name, lambda now: now + dt.timedelta(seconds=duration))
+
+    async def sleep_until(self, step_name: str, wake_at: dt.datetime | float) -> None:
+        """Sleeps until ``wake_at`` (an aware datetime, or a Unix timestamp)."""
+        if isinstance(wake_at, int | float):
+            target = dt.datetime.fromtimestamp(wake_at, dt.timezone.utc)
+        elif wake_at.tzinfo is None:
+            raise InvalidArgument("sleep_until needs a timezone-aware datetime")
+        else:
+            target = wake_at
+        await self._sleep(step_name, lambda _now: target)
+
+    async def _sleep(self, step_name: str, target: Callable[[dt.datetime], dt.datetime]) -> None:
+        checkpoint = self._names.next(step_name)
+        now = (await self._app._one("select absurd.current_time() as now"))["now"]
+        if checkpoint in self._checkpoints:
+            wake_at = dt.datetime.fromisoformat(self._checkpoints[checkpoint])
+        else:
+            wake_at = target(now)
+            await self._save(checkpoint, wake_at.isoformat())
+        if wake_at > now:
+            await self._app._rows(
+                "select absurd.schedule_run(%s, %s, %s)", (self._queue, self.run_id, wake_at)
+            )
+            raise SuspendTask()
+
+    # -- waiting ---------------------------------------------------------------
+    async def await_event(
+        self, event_name: str, step_name: str | None = None, timeout: float | None = None
+    ) -> Any:
+        """Waits for an event of this queue; TimeoutError after ``timeout`` seconds.
+
+        A timeout is checkpointed, so a replay raises it again instead of waiting anew.
+        """
+        if not event_name:
+            raise InvalidArgument("event_name must be provided")
+        checkpoint = self._names.next(step_name or f"$awaitEvent:{event_name}")
+        return await self._wait(
+            checkpoint,
+            event_name,
+            "select should_suspend, payload from absurd.await_event(%s, %s, %s, %s, %s, %s)",
+            (self._queue, self.task_id, self.run_id, checkpoint, event_name, _seconds(timeout)),
+            lambda payload: self._app.serializer.revive(payload),
+            f'Timed out waiting for event "{event_name}"',
+        )
+
+    async def await_task_result(
+        self,
+        task_id: Any,
+        queue_name: str | None = None,
+        timeout: float | None = None,
+        step_name: str | None = None,
+    ) -> TaskResultSnapshot:
+        """Waits for another task (any queue, including this one) to finish.
+
+        The run suspends and frees its worker slot until the task finishes.
+        """
+        checkpoint = self._names.next(step_name or f"$awaitTaskResult:{task_id}")
+        return await self._wait(  # type: ignore[no-any-return]
+            checkpoint,
+            f"$taskResult:{task_id}",
+            "select should_suspend, payload from absurd.await_task_result("
+            "%s, %s, %s, %s, %s, %s::uuid[], %s)",
+            (
+                self._queue,
+                self.task_id,
+                self.run_id,
+                checkpoint,
+                queue_name or self._queue,
+                [str(task_id)],
+                _seconds(timeout),
+            ),
+            self._snapshot,
+            f'Timed out waiting for task "{task_id}"',
+        )
+
+    async def await_first(
+        self,
+        task_ids: list[Any],
+        queue_name: str | None = None,
+        timeout: float | None = None,
+        step_name: str = "$awaitFirst",
+    ) -> tuple[str, TaskResultSnapshot]:
+        """Waits for the first of several tasks to finish: (its task id, its snapshot)."""
+        if not task_ids:
+            raise InvalidArgument("task_ids must not be empty")
+        checkpoint = self._names.next(step_name)
+        data = await self._wait(
+            checkpoint,
+            f"$anyTask:{self.task_id}:{checkpoint}",
+            "select should_suspend, payload from absurd.await_task_result("
+            "%s, %s, %s, %s, %s, %s::uuid[], %s)",
+            (
+                self._queue,
+                self.task_id,
+                self.run_id,
+                checkpoint,
+                queue_name or self._queue,
+                [str(t) for t in task_ids],
+                _seconds(timeout),
+            ),
+            lambda payload: payload,
+            "Timed out waiting for the first of several tasks",
+        )
+        return str(data["task_id"]), self._snapshot(data)
+
+    async def await_all(
+        self, task_ids: list[Any], queue_name: str | None = None, timeout: float | None = None
+    ) -> list[TaskResultSnapshot]:
+        """Waits for every task to finish (fan-in); results in the order given."""
+        return [await self.await_task_result(t, queue_name, timeout) for t in task_ids]
+
+    async def spawn(
+        self, task_name: str, params: Any = None, *, step_name: str | None = None, **options: Any
+    ) -> SpawnResult:
+        """Spawns a child task exactly once, however often this handler replays."""
+        checkpoint = self._names.next(step_name or f"$spawn:{task_name}")
+        if checkpoint in self._checkpoints:
+            return dict(self._checkpoints[checkpoint])  # type: ignore[return-value]
+        options.setdefault("idempotency_key", f"{self.task_id}:{checkpoint}")
+        if "queue" not in options and task_name not in self._app._registry:
+            options["queue"] = self._queue
+        result = await self._app.spawn(task_name, params, **options)
+        await self._save(checkpoint, result)
+        return result
+
+    async def map(
+        self, task_name: str, params_list: list[Any], queue_name: str | None = None, **options: Any
+    ) -> list[TaskResultSnapshot]:
+        """Fan-out/fan-in: spawns one child per params, then waits for all of them."""
+        if queue_name is not None:
+            options["queue"] = queue_name
+        children = [
+            await self.spawn(task_name, p, step_name=f"$map:{task_name}", **options)
+            for p in params_list
+        ]
+        return await self.await_all([c["task_id"] for c in children], queue_name)
+
+    async def _wait(
+        self,
+        checkpoint: str,
+        event_name: str,
+        query: str,
+        params: tuple[Any, ...],
+        convert: Callable[[Any], Any],
+        timeout_message: str,
+    ) -> Any:
+        if checkpoint in self._checkpoints:
+            value = self._checkpoints[checkpoint]
+            if value == logic.EVENT_TIMEOUT_MARKER:
+                raise TimeoutError(timeout_message)
+            return convert(value)
+        timed_out = (
+            not self._wake_consumed
+            and self._task.get("wake_event") == event_name
+            and self._task.get("event_payload") is None
+        )
+        if timed_out:
+            self._wake_consumed = True
+        row = await self._app._one(query, params)
+        if row["should_suspend"]:
+            raise SuspendTask()
+        if timed_out and row["payload"] is None:
+            await self._save(checkpoint, logic.EVENT_TIMEOUT_MARKER)
+            raise TimeoutError(timeout_message)
+        self._checkpoints[checkpoint] = row["payload"]
+        return convert(row["payload"])
+
+    def _snapshot(self, data: Any) -> TaskResultSnapshot:
+        snap = logic.snapshot_from_json(data)
+        return TaskResultSnapshot(
+            state=snap.state, result=self._app.serializer.revive(snap.result), failure=snap.failure
+        )
+
+    # -- other -----------------------------------------------------------------
+    async def emit_event(self, event_name: str, payload: Any = None) -> None:
+        await self._app.emit_event(event_name, payload, self._queue)
+
+    async def heartbeat(self, seconds: int | None = None) -> None:
+        """Renews this run's lease (the worker also does it for long steps)."""
+        await self._app._rows(
+            "select absurd.extend_claim(%s, %s, %s)",
+            (self._queue, self.run_id, seconds or self._claim_timeout),
+        )
+
+
+def _seconds(timeout: float | None) -> int | None:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise InvalidArgument("timeout must be non-negative")
+    return int(timeout)
+
+
+def _loads(data: str) -> Any:
+    import json
+
+    return json.loads(data)

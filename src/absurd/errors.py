@@ -1,0 +1,213 @@
+"""Errors and control-flow signals.
+
+Errors (catch them with ``except AbsurdError`` or ``except Exception``)::
+
+    AbsurdError
+     ├── QueueError
+     │    ├── InvalidQueueName        AB004 (also a ValueError)
+     │    ├── QueueNotFound           AB005
+     │    ├── QueueConflict           AB006
+     │    ├── UnsupportedStorageMode  AB007
+     │    └── InvalidQueuePolicy      AB008
+     ├── TaskNotFound                 AB009
+     ├── TaskStateConflict            AB010
+     ├── RunNotFound                  AB011
+     ├── RunStateConflict             AB012
+     ├── RunTaskMismatch              AB013
+     ├── InvalidArgument              AB003, AB014, AB015 (also a ValueError)
+     │    └── InvalidRetryStrategy    AB003
+     ├── SerializationError           a value that cannot be stored as JSON
+     ├── TimeoutError                 a wait timed out (also the builtin TimeoutError)
+     └── TaskNotFinished              a task result was asked for too early
+
+Control-flow signals are ``BaseException`` subclasses, so a handler's
+``except Exception`` cannot swallow them::
+
+    TaskInterrupt (BaseException)
+     ├── SuspendTask       the run suspends (sleep, event wait, task wait)
+     ├── CancelledTask     AB001: the task was cancelled
+     └── FailedTask        AB002: this run already failed (its lease expired)
+
+Database errors are translated at one boundary, by SQLSTATE: :func:`translate`.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import psycopg
+
+__all__ = [
+    "AbsurdError",
+    "CancelledTask",
+    "FailedTask",
+    "InvalidArgument",
+    "InvalidQueueName",
+    "InvalidQueuePolicy",
+    "InvalidRetryStrategy",
+    "QueueConflict",
+    "QueueError",
+    "QueueNotFound",
+    "RunNotFound",
+    "RunStateConflict",
+    "RunTaskMismatch",
+    "SerializationError",
+    "SuspendTask",
+    "TaskInterrupt",
+    "TaskNotFinished",
+    "TaskNotFound",
+    "TaskStateConflict",
+    "TimeoutError",
+    "UnsupportedStorageMode",
+    "translate",
+]
+
+
+class AbsurdError(Exception):
+    """An Absurd operation failed."""
+
+    sqlstate: str | None = None
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class QueueError(AbsurdError):
+    """A queue could not be used as asked."""
+
+
+class InvalidQueueName(QueueError, ValueError):
+    """Queue names must have 1 to 57 bytes of UTF-8."""
+
+    sqlstate = "AB004"
+
+
+class QueueNotFound(QueueError):
+    """The queue does not exist."""
+
+    sqlstate = "AB005"
+
+
+class QueueConflict(QueueError):
+    """The queue conflicts with an existing queue."""
+
+    sqlstate = "AB006"
+
+
+class UnsupportedStorageMode(QueueError):
+    """The storage mode is not supported."""
+
+    sqlstate = "AB007"
+
+
+class InvalidQueuePolicy(QueueError):
+    """The queue policy is invalid."""
+
+    sqlstate = "AB008"
+
+
+class TaskNotFound(AbsurdError):
+    """The task does not exist in this queue."""
+
+    sqlstate = "AB009"
+
+
+class TaskStateConflict(AbsurdError):
+    """The task is not in a state that allows this operation."""
+
+    sqlstate = "AB010"
+
+
+class RunNotFound(AbsurdError):
+    """The run does not exist in this queue."""
+
+    sqlstate = "AB011"
+
+
+class RunStateConflict(AbsurdError):
+    """The run is not in a state that allows this operation."""
+
+    sqlstate = "AB012"
+
+
+class RunTaskMismatch(AbsurdError):
+    """The run belongs to another task."""
+
+    sqlstate = "AB013"
+
+
+class InvalidArgument(AbsurdError, ValueError):
+    """An argument is missing or invalid."""
+
+    sqlstate = "AB015"
+
+
+class InvalidRetryStrategy(InvalidArgument):
+    """The retry strategy is invalid."""
+
+    sqlstate = "AB003"
+
+
+class SerializationError(AbsurdError, TypeError):
+    """A value could not be serialized to JSON."""
+
+
+class TimeoutError(AbsurdError, builtins.TimeoutError):
+    """A wait timed out."""
+
+
+class TaskNotFinished(AbsurdError):
+    """The task has not finished yet."""
+
+
+class TaskInterrupt(BaseException):
+    """Stops a task handler; never caught by ``except Exception``."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class SuspendTask(TaskInterrupt):
+    """The run suspends until its sleep, event or awaited task is due."""
+
+
+class CancelledTask(TaskInterrupt):
+    """Task has been cancelled."""
+
+    sqlstate = "AB001"
+
+
+class FailedTask(TaskInterrupt):
+    """This run has already failed (its lease expired); a newer attempt may run."""
+
+    sqlstate = "AB002"
+
+
+_BY_SQLSTATE: dict[str, type[AbsurdError] | type[TaskInterrupt]] = {
+    "AB001": CancelledTask,
+    "AB002": FailedTask,
+    "AB003": InvalidRetryStrategy,
+    "AB004": InvalidQueueName,
+    "AB005": QueueNotFound,
+    "AB006": QueueConflict,
+    "AB007": UnsupportedStorageMode,
+    "AB008": InvalidQueuePolicy,
+    "AB009": TaskNotFound,
+    "AB010": TaskStateConflict,
+    "AB011": RunNotFound,
+    "AB012": RunStateConflict,
+    "AB013": RunTaskMismatch,
+    "AB014": InvalidArgument,
+    "AB015": InvalidArgument,
+}
+
+
+def translate(exc: psycopg.Error) -> BaseException:
+    """The Absurd error for a database error, or the error itself when it is not ours."""
+    cls = _BY_SQLSTATE.get(exc.sqlstate or "")
+    if cls is None:
+        return exc
+    diag = exc.diag.message_primary or str(exc)
+    err = cls(diag)
+    err.__cause__ = exc
+    return err
