@@ -41,6 +41,7 @@ from absurd.errors import (
 from absurd.schema import SCHEMA_VERSION, install, installed_version, migrate, schema_sql
 
 __all__ = [
+    "SCHEMA_VERSION",
     "Absurd",
     "AbsurdError",
     "AbsurdHooks",
@@ -57,7 +58,6 @@ __all__ = [
     "QueuePolicyOptions",
     "RetryStrategy",
     "RetryTaskResult",
-    "SCHEMA_VERSION",
     "SerializationError",
     "Serializer",
     "SpawnOptions",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import uuid
 import datetime as dt
+import json
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +44,8 @@ class AsyncTaskContext(compat.RunStepMixin):
         ctx._checkpoints = checkpoints
         ctx._names = logic.StepNames()
         ctx._wake_consumed = False
-        ctx.task_id = str(task["task_id"])
-        ctx.run_id = str(task["run_id"])
+        ctx.task_id = task["task_id"]
+        ctx.run_id = task["run_id"]
         ctx.attempt = task["attempt"]
         ctx.task_name = task["task_name"]
         return ctx
@@ -54,8 +57,8 @@ class AsyncTaskContext(compat.RunStepMixin):
     _checkpoints: dict[str, Any]
     _names: logic.StepNames
     _wake_consumed: bool
-    task_id: str
-    run_id: str
+    task_id: uuid.UUID
+    run_id: uuid.UUID
     attempt: int
     task_name: str
 
@@ -84,16 +87,18 @@ class AsyncTaskContext(compat.RunStepMixin):
         await self._save(handle.checkpoint_name, value)
         return value
 
-    async def _save(self, checkpoint: str, value: Any) -> None:
+    async def _save(self, checkpoint: str, value: Any, *, internal: bool = False) -> None:
+        """Stores a checkpoint. ``internal``: the SDK's own bookkeeping (sleep targets,
+        timeouts, spawned ids), always plain JSON whatever the client's serializer."""
         try:
-            data = self._app.serializer.dumps(value)
+            data = json.dumps(value) if internal else self._app.serializer.dumps(value)
         except SerializationError as exc:
             raise SerializationError(f'step "{checkpoint}": {exc}') from exc
         await self._app._rows(
             "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
             (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
         )
-        self._checkpoints[checkpoint] = _loads(data)  # raw JSON, revived on read
+        self._checkpoints[checkpoint] = json.loads(data)  # raw JSON, revived on read
 
     # -- time ------------------------------------------------------------------
     async def sleep_for(self, step_name: str, duration: float) -> None:
@@ -117,7 +122,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             wake_at = dt.datetime.fromisoformat(self._checkpoints[checkpoint])
         else:
             wake_at = target(now)
-            await self._save(checkpoint, wake_at.isoformat())
+            await self._save(checkpoint, wake_at.isoformat(), internal=True)
         if wake_at > now:
             await self._app._rows(
                 "select absurd.schedule_run(%s, %s, %s)", (self._queue, self.run_id, wake_at)
@@ -180,7 +185,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         queue_name: str | None = None,
         timeout: float | None = None,
         step_name: str = "$awaitFirst",
-    ) -> tuple[str, TaskResultSnapshot]:
+    ) -> tuple[uuid.UUID, TaskResultSnapshot]:
         """Waits for the first of several tasks to finish: (its task id, its snapshot)."""
         if not task_ids:
             raise InvalidArgument("task_ids must not be empty")
@@ -202,7 +207,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             lambda payload: payload,
             "Timed out waiting for the first of several tasks",
         )
-        return str(data["task_id"]), self._snapshot(data)
+        return uuid.UUID(str(data["task_id"])), self._snapshot(data)
 
     async def await_all(
         self, task_ids: list[Any], queue_name: str | None = None, timeout: float | None = None
@@ -216,20 +221,33 @@ class AsyncTaskContext(compat.RunStepMixin):
         """Spawns a child task exactly once, however often this handler replays."""
         checkpoint = self._names.next(step_name or f"$spawn:{task_name}")
         if checkpoint in self._checkpoints:
-            return dict(self._checkpoints[checkpoint])  # type: ignore[return-value]
+            stored = self._checkpoints[checkpoint]
+            return {
+                "task_id": uuid.UUID(stored["task_id"]),
+                "run_id": uuid.UUID(stored["run_id"]),
+                "attempt": stored["attempt"],
+                "created": stored["created"],
+            }
         options.setdefault("idempotency_key", f"{self.task_id}:{checkpoint}")
         if "queue" not in options and task_name not in self._app._registry:
             options["queue"] = self._queue
         result = await self._app.spawn(task_name, params, **options)
-        await self._save(checkpoint, result)
+        await self._save(
+            checkpoint,
+            {**result, "task_id": str(result["task_id"]), "run_id": str(result["run_id"])},
+            internal=True,
+        )
         return result
 
     async def map(
         self, task_name: str, params_list: list[Any], queue_name: str | None = None, **options: Any
     ) -> list[TaskResultSnapshot]:
         """Fan-out/fan-in: spawns one child per params, then waits for all of them."""
+        registered = self._app._registry.get(task_name)
         if queue_name is not None:
             options["queue"] = queue_name
+        else:  # where spawn() puts them: the registered queue, else this one
+            queue_name = registered.queue if registered is not None else self._queue
         children = [
             await self.spawn(task_name, p, step_name=f"$map:{task_name}", **options)
             for p in params_list
@@ -261,7 +279,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         if row["should_suspend"]:
             raise SuspendTask()
         if timed_out and row["payload"] is None:
-            await self._save(checkpoint, logic.EVENT_TIMEOUT_MARKER)
+            await self._save(checkpoint, logic.EVENT_TIMEOUT_MARKER, internal=True)
             raise TimeoutError(timeout_message)
         self._checkpoints[checkpoint] = row["payload"]
         return convert(row["payload"])
@@ -285,14 +303,9 @@ class AsyncTaskContext(compat.RunStepMixin):
 
 
 def _seconds(timeout: float | None) -> int | None:
+    """Whole seconds for the engine: rounded up (a wait never ends early), at most int4."""
     if timeout is None:
         return None
-    if timeout < 0:
+    if not timeout >= 0:  # also refuses NaN
         raise InvalidArgument("timeout must be non-negative")
-    return int(timeout)
-
-
-def _loads(data: str) -> Any:
-    import json
-
-    return json.loads(data)
+    return min(math.ceil(timeout), 2**31 - 1) if math.isfinite(timeout) else 2**31 - 1

@@ -40,9 +40,12 @@ def _class_path(obj: Any) -> str:
 
 def _load_class(path: str) -> type:
     module, _, qualname = path.partition(":")
-    target: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        target = getattr(target, part)
+    try:
+        target: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise SerializationError(f"cannot import {path}: {exc}") from exc
     if not isinstance(target, type):
         raise SerializationError(f"{path} is not a class")
     return target
@@ -84,8 +87,10 @@ class JSONSerializer:
         if isinstance(value, list):
             return [self._walk(v) for v in value]
         if isinstance(value, dict):
-            if not all(isinstance(k, str) for k in value):
-                raise TypeError("JSON object keys must be strings")
+            # json.dumps turns int, float, bool and None keys into strings, as upstream's
+            # SDK (plain json.dumps) does; other keys are refused.
+            if not all(k is None or isinstance(k, str | int | float) for k in value):
+                raise TypeError("JSON object keys must be str, int, float, bool or None")
             return {k: self._walk(v) for k, v in value.items()}
         return self._encode(value)
 
@@ -126,11 +131,17 @@ class JSONSerializer:
             cls = _load_class(data["cls"])
             if not dataclasses.is_dataclass(cls):
                 raise SerializationError(f"{data['cls']} is not a dataclass")
-            return cls(**{k: self.revive(x) for k, x in v.items()})
+            try:
+                return cls(**{k: self.revive(x) for k, x in v.items()})
+            except TypeError as exc:  # the class changed since the value was stored
+                raise SerializationError(f"cannot rebuild {data['cls']}: {exc}") from exc
         if kind == "pydantic":
             cls = _load_class(data["cls"])
             validate = getattr(cls, "model_validate", None)
             if validate is None:
                 raise SerializationError(f"{data['cls']} is not a pydantic model")
-            return validate(v)
+            try:
+                return validate(v)
+            except ValueError as exc:  # pydantic's ValidationError
+                raise SerializationError(f"cannot rebuild {data['cls']}: {exc}") from exc
         return {k: self.revive(x) for k, x in data.items()}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 JsonValue = Any
 
+QueueStorageMode = Literal["unpartitioned", "partitioned"]
+QueueDetachMode = Literal["none", "empty"]
 TaskResultState = Literal["pending", "running", "sleeping", "completed", "failed", "cancelled"]
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
@@ -48,12 +51,12 @@ class QueuePolicyOptions(TypedDict, total=False):
     partition_lookback: str
     cleanup_ttl: str
     cleanup_limit: int
-    detach_mode: Literal["none", "empty"]
+    detach_mode: QueueDetachMode
     detach_min_age: str
 
 
 class CreateQueueOptions(QueuePolicyOptions, total=False):
-    storage_mode: Literal["unpartitioned", "partitioned"]
+    storage_mode: QueueStorageMode
 
 
 class QueuePolicy(TypedDict):
@@ -81,15 +84,15 @@ class ClaimedTask(TypedDict):
 
 
 class SpawnResult(TypedDict):
-    task_id: str
-    run_id: str
+    task_id: uuid.UUID
+    run_id: uuid.UUID
     attempt: int
     created: bool
 
 
 class RetryTaskResult(TypedDict):
-    task_id: str
-    run_id: str
+    task_id: uuid.UUID
+    run_id: uuid.UUID
     attempt: int
     created: bool
 

@@ -18,7 +18,9 @@ from absurd._core.types import (
     AbsurdHooks,
     CancellationPolicy,
     ClaimedTask,
+    QueueDetachMode,
     QueuePolicy,
+    QueueStorageMode,
     RetryStrategy,
     RetryTaskResult,
     SpawnOptions,
@@ -155,22 +157,62 @@ class Absurd:
 
     # -- queues ----------------------------------------------------------------
     def create_queue(
-        self, queue_name: str | None = None, *, storage_mode: str = "unpartitioned", **policy: Any
+        self,
+        queue_name: str | None = None,
+        *,
+        storage_mode: QueueStorageMode = "unpartitioned",
+        partition_lookahead: str | None = None,
+        partition_lookback: str | None = None,
+        cleanup_ttl: str | None = None,
+        cleanup_limit: int | None = None,
+        detach_mode: QueueDetachMode | None = None,
+        detach_min_age: str | None = None,
     ) -> None:
+        """Creates the queue (idempotent), then applies the policy values given."""
         queue = self._queue(queue_name)
+        body = logic.policy_json(
+            {
+                "partition_lookahead": partition_lookahead,
+                "partition_lookback": partition_lookback,
+                "cleanup_ttl": cleanup_ttl,
+                "cleanup_limit": cleanup_limit,
+                "detach_mode": detach_mode,
+                "detach_min_age": detach_min_age,
+            }
+        )
         if storage_mode == "unpartitioned":
             self._rows("select absurd.create_queue(%s)", (queue,))
         else:
             self._rows("select absurd.create_queue(%s, %s)", (queue, storage_mode))
-        self.set_queue_policy(queue, **policy)
+        self._set_policy(queue, body)
 
-    def set_queue_policy(self, queue_name: str | None = None, **policy: Any) -> None:
-        body = logic.policy_json(policy)
+    def set_queue_policy(
+        self,
+        queue_name: str | None = None,
+        *,
+        partition_lookahead: str | None = None,
+        partition_lookback: str | None = None,
+        cleanup_ttl: str | None = None,
+        cleanup_limit: int | None = None,
+        detach_mode: QueueDetachMode | None = None,
+        detach_min_age: str | None = None,
+    ) -> None:
+        """Changes the policy values given (None leaves a value as it is)."""
+        body = logic.policy_json(
+            {
+                "partition_lookahead": partition_lookahead,
+                "partition_lookback": partition_lookback,
+                "cleanup_ttl": cleanup_ttl,
+                "cleanup_limit": cleanup_limit,
+                "detach_mode": detach_mode,
+                "detach_min_age": detach_min_age,
+            }
+        )
+        self._set_policy(self._queue(queue_name), body)
+
+    def _set_policy(self, queue: str, body: dict[str, Any]) -> None:
         if body:
-            self._rows(
-                "select absurd.set_queue_policy(%s, %s::jsonb)",
-                (self._queue(queue_name), json.dumps(body)),
-            )
+            self._rows("select absurd.set_queue_policy(%s, %s::jsonb)", (queue, json.dumps(body)))
 
     def get_queue_policy(self, queue_name: str | None = None) -> QueuePolicy | None:
         rows = self._rows(
@@ -229,8 +271,8 @@ class Absurd:
             (queue_name, task_name, self._json(params), json.dumps(body)),
         )
         return {
-            "task_id": str(row["task_id"]),
-            "run_id": str(row["run_id"]),
+            "task_id": row["task_id"],
+            "run_id": row["run_id"],
             "attempt": row["attempt"],
             "created": row["created"],
         }
@@ -292,8 +334,8 @@ class Absurd:
             (self._queue(queue_name), str(task_id), json.dumps(body)),
         )
         return {
-            "task_id": str(row["task_id"]),
-            "run_id": str(row["run_id"]),
+            "task_id": row["task_id"],
+            "run_id": row["run_id"],
             "attempt": row["attempt"],
             "created": row["created"],
         }
@@ -448,24 +490,40 @@ class Absurd:
                 compat.sleep(delay)
                 delay *= 2
 
-    def make_sync(self) -> Any:
-        """A sync client on the same database (a new pool), same queue and tasks."""
-        from absurd._sync.client import Absurd
-
-        if self._url is None:
-            raise InvalidArgument("make_sync needs a client created from a URL")
-        other = Absurd(
-            self._url,
+    def make_async(self) -> Any:
+        """The other flavour of this client on the same database, with the same queue,
+        settings and registered tasks: ``AsyncAbsurd.make_sync()`` returns an
+        ``Absurd``, ``Absurd.make_async()`` an ``AsyncAbsurd`` (scripts/gen-sync renames
+        the method). A client built on a connection reconnects from its DSN, as
+        upstream does (psycopg leaves the password out of it)."""
+        other = _other_flavour()(
+            self._listen_dsn(),
             self.queue_name,
             self.default_max_attempts,
             self.hooks,
             serializer=self.serializer,
+            pool_size=self._pool_size,
         )
         other._registry = dict(self._registry)
         return other
+
+
+def _other_flavour() -> Any:
+    """The client class of the other flavour (found by module name: unasync rewrites
+    class names, not these strings)."""
+    import importlib
+
+    here, there = "._async.", "._sync."
+    if here not in __name__:
+        here, there = there, here
+    return importlib.import_module(__name__.replace(here, there)).CLIENT_CLASS
 
 
 def _monotonic() -> float:
     import time
 
     return time.monotonic()
+
+
+#: This module's client class, for ``make_sync``/``make_async`` of the other flavour.
+CLIENT_CLASS = Absurd

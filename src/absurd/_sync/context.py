@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
+import math
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +45,8 @@ class TaskContext(compat.RunStepMixin):
         ctx._checkpoints = checkpoints
         ctx._names = logic.StepNames()
         ctx._wake_consumed = False
-        ctx.task_id = str(task["task_id"])
-        ctx.run_id = str(task["run_id"])
+        ctx.task_id = task["task_id"]
+        ctx.run_id = task["run_id"]
         ctx.attempt = task["attempt"]
         ctx.task_name = task["task_name"]
         return ctx
@@ -55,8 +58,8 @@ class TaskContext(compat.RunStepMixin):
     _checkpoints: dict[str, Any]
     _names: logic.StepNames
     _wake_consumed: bool
-    task_id: str
-    run_id: str
+    task_id: uuid.UUID
+    run_id: uuid.UUID
     attempt: int
     task_name: str
 
@@ -85,16 +88,18 @@ class TaskContext(compat.RunStepMixin):
         self._save(handle.checkpoint_name, value)
         return value
 
-    def _save(self, checkpoint: str, value: Any) -> None:
+    def _save(self, checkpoint: str, value: Any, *, internal: bool = False) -> None:
+        """Stores a checkpoint. ``internal``: the SDK's own bookkeeping (sleep targets,
+        timeouts, spawned ids), always plain JSON whatever the client's serializer."""
         try:
-            data = self._app.serializer.dumps(value)
+            data = json.dumps(value) if internal else self._app.serializer.dumps(value)
         except SerializationError as exc:
             raise SerializationError(f'step "{checkpoint}": {exc}') from exc
         self._app._rows(
             "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
             (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
         )
-        self._checkpoints[checkpoint] = _loads(data)  # raw JSON, revived on read
+        self._checkpoints[checkpoint] = json.loads(data)  # raw JSON, revived on read
 
     # -- time ------------------------------------------------------------------
     def sleep_for(self, step_name: str, duration: float) -> None:
@@ -118,7 +123,7 @@ class TaskContext(compat.RunStepMixin):
             wake_at = dt.datetime.fromisoformat(self._checkpoints[checkpoint])
         else:
             wake_at = target(now)
-            self._save(checkpoint, wake_at.isoformat())
+            self._save(checkpoint, wake_at.isoformat(), internal=True)
         if wake_at > now:
             self._app._rows(
                 "select absurd.schedule_run(%s, %s, %s)", (self._queue, self.run_id, wake_at)
@@ -181,7 +186,7 @@ class TaskContext(compat.RunStepMixin):
         queue_name: str | None = None,
         timeout: float | None = None,
         step_name: str = "$awaitFirst",
-    ) -> tuple[str, TaskResultSnapshot]:
+    ) -> tuple[uuid.UUID, TaskResultSnapshot]:
         """Waits for the first of several tasks to finish: (its task id, its snapshot)."""
         if not task_ids:
             raise InvalidArgument("task_ids must not be empty")
@@ -203,7 +208,7 @@ class TaskContext(compat.RunStepMixin):
             lambda payload: payload,
             "Timed out waiting for the first of several tasks",
         )
-        return str(data["task_id"]), self._snapshot(data)
+        return uuid.UUID(str(data["task_id"])), self._snapshot(data)
 
     def await_all(
         self, task_ids: list[Any], queue_name: str | None = None, timeout: float | None = None
@@ -217,20 +222,33 @@ class TaskContext(compat.RunStepMixin):
         """Spawns a child task exactly once, however often this handler replays."""
         checkpoint = self._names.next(step_name or f"$spawn:{task_name}")
         if checkpoint in self._checkpoints:
-            return dict(self._checkpoints[checkpoint])  # type: ignore[return-value]
+            stored = self._checkpoints[checkpoint]
+            return {
+                "task_id": uuid.UUID(stored["task_id"]),
+                "run_id": uuid.UUID(stored["run_id"]),
+                "attempt": stored["attempt"],
+                "created": stored["created"],
+            }
         options.setdefault("idempotency_key", f"{self.task_id}:{checkpoint}")
         if "queue" not in options and task_name not in self._app._registry:
             options["queue"] = self._queue
         result = self._app.spawn(task_name, params, **options)
-        self._save(checkpoint, result)
+        self._save(
+            checkpoint,
+            {**result, "task_id": str(result["task_id"]), "run_id": str(result["run_id"])},
+            internal=True,
+        )
         return result
 
     def map(
         self, task_name: str, params_list: list[Any], queue_name: str | None = None, **options: Any
     ) -> list[TaskResultSnapshot]:
         """Fan-out/fan-in: spawns one child per params, then waits for all of them."""
+        registered = self._app._registry.get(task_name)
         if queue_name is not None:
             options["queue"] = queue_name
+        else:  # where spawn() puts them: the registered queue, else this one
+            queue_name = registered.queue if registered is not None else self._queue
         children = [
             self.spawn(task_name, p, step_name=f"$map:{task_name}", **options) for p in params_list
         ]
@@ -261,7 +279,7 @@ class TaskContext(compat.RunStepMixin):
         if row["should_suspend"]:
             raise SuspendTask()
         if timed_out and row["payload"] is None:
-            self._save(checkpoint, logic.EVENT_TIMEOUT_MARKER)
+            self._save(checkpoint, logic.EVENT_TIMEOUT_MARKER, internal=True)
             raise TimeoutError(timeout_message)
         self._checkpoints[checkpoint] = row["payload"]
         return convert(row["payload"])
@@ -285,14 +303,9 @@ class TaskContext(compat.RunStepMixin):
 
 
 def _seconds(timeout: float | None) -> int | None:
+    """Whole seconds for the engine: rounded up (a wait never ends early), at most int4."""
     if timeout is None:
         return None
-    if timeout < 0:
+    if not timeout >= 0:  # also refuses NaN
         raise InvalidArgument("timeout must be non-negative")
-    return int(timeout)
-
-
-def _loads(data: str) -> Any:
-    import json
-
-    return json.loads(data)
+    return min(math.ceil(timeout), 2**31 - 1) if math.isfinite(timeout) else 2**31 - 1
