@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextvars
-import uuid
 import datetime as dt
 import json
 import math
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
