@@ -7,6 +7,7 @@ exposed on the network. Install it with the ``embedded`` extra.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ class EmbeddedPostgres:
     data_dir: Path
     dsn: str
     _server: Any
+    _temporary: bool = False
 
     def dsn_for(self, database: str) -> str:
         """The DSN of another database on the same server."""
@@ -31,6 +33,8 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server (the data directory is kept unless it was temporary)."""
         self._server.cleanup()
+        if self._temporary:
+            shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
 def start_embedded(data_dir: str | Path | None = None) -> EmbeddedPostgres:
@@ -59,4 +63,6 @@ def start_embedded(data_dir: str | Path | None = None) -> EmbeddedPostgres:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(path, cleanup_mode=mode)
-    return EmbeddedPostgres(data_dir=path, dsn=str(server.get_uri()), _server=server)
+    return EmbeddedPostgres(
+        data_dir=path, dsn=str(server.get_uri()), _server=server, _temporary=data_dir is None
+    )

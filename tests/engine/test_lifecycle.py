@@ -536,6 +536,9 @@ def test_queue_next_wake(engine: Engine) -> None:
     assert run["task_id"] == spawned["task_id"]
     engine.await_event(run["task_id"], run["run_id"], "never")  # infinity is not a wake-up
     assert next_wake() == at(50)
+    engine.spawn()
+    engine.claim_one(timeout=5)  # a lease expiring at 15 s is a wake-up too
+    assert next_wake() == at(15)
 
 
 def test_queue_admin(engine: Engine, conn: psycopg.Connection[tuple[object, ...]]) -> None:

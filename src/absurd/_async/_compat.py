@@ -28,6 +28,7 @@ __all__ = [
     "sleep",
     "spawn",
     "wait_any",
+    "wait_cancelled",
     "wait_event",
 ]
 
@@ -58,6 +59,12 @@ async def wait_any(handles: set[Handle], timeout: float | None) -> set[Handle]:
         return set()
     done, _ = await asyncio.wait(handles, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     return done
+
+
+async def wait_cancelled(handles: set[Handle], timeout: float) -> None:
+    """Gives cancelled tasks up to timeout seconds to unwind (and release their runs)."""
+    if handles:
+        await asyncio.wait(handles, timeout=timeout)
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:

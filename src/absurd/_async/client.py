@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from absurd._async import _compat as compat
@@ -73,6 +74,8 @@ class AsyncAbsurd:
         self._conn: compat.Connection | None = None
         self._url: str | None = None
         self._pool: compat.ConnectionPool | None = None
+        self._pool_lock = compat.Lock()
+        self._stop_requested = False
         self._pool_size = pool_size
         self._worker: Any = None
         if conn_or_url is None or isinstance(conn_or_url, str):
@@ -87,16 +90,18 @@ class AsyncAbsurd:
             yield self._conn
             return
         if self._pool is None:
-            pool = compat.ConnectionPool(
-                self._url or "",
-                min_size=1,
-                max_size=self._pool_size,
-                kwargs={"autocommit": True},
-                open=False,
-                name="absurd",
-            )
-            await pool.open()
-            self._pool = pool
+            async with self._pool_lock:  # concurrent first calls must not open two pools
+                if self._pool is None:
+                    pool = compat.ConnectionPool(
+                        self._url or "",
+                        min_size=1,
+                        max_size=self._pool_size,
+                        kwargs={"autocommit": True},
+                        open=False,
+                        name="absurd",
+                    )
+                    await pool.open()
+                    self._pool = pool
         async with self._pool.connection() as conn:
             yield conn
 
@@ -118,7 +123,10 @@ class AsyncAbsurd:
         if self._url is not None:
             return self._url
         assert self._conn is not None
-        return self._conn.info.dsn
+        info = self._conn.info
+        if info.password and "password=" not in info.dsn:
+            return make_conninfo(info.dsn, password=info.password)
+        return info.dsn
 
     async def _one(self, query: str, params: tuple[Any, ...] = ()) -> dict[str, Any]:
         rows = await self._rows(query, params)
@@ -385,6 +393,9 @@ class AsyncAbsurd:
         """Runs a worker until ``stop_worker()`` or SIGTERM/SIGINT (see ``AsyncWorker``)."""
         from absurd._async.worker import AsyncWorker
 
+        if self._stop_requested:  # stop_worker() came first (e.g. from another thread)
+            self._stop_requested = False
+            return
         self._worker = AsyncWorker(
             self,
             worker_id=worker_id,
@@ -400,11 +411,15 @@ class AsyncAbsurd:
             self._worker = None
 
     def stop_worker(self) -> None:
+        """Stops the running worker; called before ``start_worker``, that call returns at once."""
         if self._worker is not None:
             self._worker.stop()
+        else:
+            self._stop_requested = True
 
     async def close(self) -> None:
-        self.stop_worker()
+        if self._worker is not None:
+            self._worker.stop()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -447,21 +462,23 @@ class AsyncAbsurd:
 
             wrap = self.hooks.get("wrap_task_execution")
             result = await (compat.maybe_await(wrap(ctx, execute)) if wrap else execute())
-            await self._finish(
-                "select absurd.complete_run(%s, %s, %s)",
-                (self.queue_name, run_id, self._json(result)),
-            )
-            log.debug("task %s completed", name, extra=extra)
+            data = self._json(result)
         except TaskInterrupt as signal:
             log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
+            return
         except compat.Cancelled:
             await self._release(run_id)
             raise
         except Exception as exc:
             log.info("task %s failed: %r", name, exc, extra=extra)
             await self._fail(task, exc)
+            return
         finally:
             current_context.reset(token)
+        await self._finish(
+            "select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data)
+        )
+        log.debug("task %s completed", name, extra=extra)
 
     async def _fail(self, task: ClaimedTask, exc: BaseException) -> None:
         await self._finish(
@@ -477,21 +494,35 @@ class AsyncAbsurd:
                 (self.queue_name, run_id),
             )
 
-    async def _finish(self, query: str, params: tuple[Any, ...]) -> None:
-        """A run's final call: retried through connection failures for ~5 s; a run
-        that was cancelled or failed meanwhile is left alone."""
+    async def _retrying(
+        self, query: str, params: tuple[Any, ...], lost: list[bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """An idempotent write, retried through connection failures for about 5 s.
+        ``lost`` gets True appended when an attempt was lost (its reply, at least)."""
         delay = 0.1
         while True:
             try:
-                await self._rows(query, params)
-                return
-            except TaskInterrupt:
-                return
+                return await self._rows(query, params)
             except psycopg.OperationalError:
                 if delay > 3.2:
                     raise
+                if lost is not None:
+                    lost.append(True)
                 await compat.sleep(delay)
                 delay *= 2
+
+    async def _finish(self, query: str, params: tuple[Any, ...]) -> None:
+        """A run's final call (complete, fail, defer, release), retried through
+        connection failures. A run cancelled or failed meanwhile is left alone, and
+        so is one that an attempt whose reply was lost already moved on."""
+        lost: list[bool] = []
+        try:
+            await self._retrying(query, params, lost)
+        except TaskInterrupt:
+            return
+        except RunStateConflict:
+            if not lost:
+                raise
 
     def make_sync(self) -> Any:
         """The other flavour of this client on the same database, with the same queue,

@@ -94,7 +94,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             data = json.dumps(value) if internal else self._app.serializer.dumps(value)
         except SerializationError as exc:
             raise SerializationError(f'step "{checkpoint}": {exc}') from exc
-        await self._app._rows(
+        await self._app._retrying(
             "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
             (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
         )

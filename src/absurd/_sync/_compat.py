@@ -30,6 +30,7 @@ __all__ = [
     "sleep",
     "spawn",
     "wait_any",
+    "wait_cancelled",
     "wait_event",
 ]
 
@@ -73,6 +74,10 @@ def wait_any(handles: set[Future[Any]], timeout: float | None) -> set[Future[Any
         return set()
     done, _ = _wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
     return done
+
+
+def wait_cancelled(handles: set[Future[Any]], timeout: float) -> None:
+    """Threads cannot be cancelled: nothing to wait for (the caller releases their runs)."""
 
 
 def wait_event(event: threading.Event, timeout: float | None) -> bool:

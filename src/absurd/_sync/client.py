@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from absurd._core import logic
@@ -74,6 +75,8 @@ class Absurd:
         self._conn: compat.Connection | None = None
         self._url: str | None = None
         self._pool: compat.ConnectionPool | None = None
+        self._pool_lock = compat.Lock()
+        self._stop_requested = False
         self._pool_size = pool_size
         self._worker: Any = None
         if conn_or_url is None or isinstance(conn_or_url, str):
@@ -88,16 +91,18 @@ class Absurd:
             yield self._conn
             return
         if self._pool is None:
-            pool = compat.ConnectionPool(
-                self._url or "",
-                min_size=1,
-                max_size=self._pool_size,
-                kwargs={"autocommit": True},
-                open=False,
-                name="absurd",
-            )
-            pool.open()
-            self._pool = pool
+            with self._pool_lock:  # concurrent first calls must not open two pools
+                if self._pool is None:
+                    pool = compat.ConnectionPool(
+                        self._url or "",
+                        min_size=1,
+                        max_size=self._pool_size,
+                        kwargs={"autocommit": True},
+                        open=False,
+                        name="absurd",
+                    )
+                    pool.open()
+                    self._pool = pool
         with self._pool.connection() as conn:
             yield conn
 
@@ -119,7 +124,10 @@ class Absurd:
         if self._url is not None:
             return self._url
         assert self._conn is not None
-        return self._conn.info.dsn
+        info = self._conn.info
+        if info.password and "password=" not in info.dsn:
+            return make_conninfo(info.dsn, password=info.password)
+        return info.dsn
 
     def _one(self, query: str, params: tuple[Any, ...] = ()) -> dict[str, Any]:
         rows = self._rows(query, params)
@@ -382,6 +390,9 @@ class Absurd:
         """Runs a worker until ``stop_worker()`` or SIGTERM/SIGINT (see ``AsyncWorker``)."""
         from absurd._sync.worker import Worker
 
+        if self._stop_requested:  # stop_worker() came first (e.g. from another thread)
+            self._stop_requested = False
+            return
         self._worker = Worker(
             self,
             worker_id=worker_id,
@@ -397,11 +408,15 @@ class Absurd:
             self._worker = None
 
     def stop_worker(self) -> None:
+        """Stops the running worker; called before ``start_worker``, that call returns at once."""
         if self._worker is not None:
             self._worker.stop()
+        else:
+            self._stop_requested = True
 
     def close(self) -> None:
-        self.stop_worker()
+        if self._worker is not None:
+            self._worker.stop()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -444,21 +459,21 @@ class Absurd:
 
             wrap = self.hooks.get("wrap_task_execution")
             result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
-            self._finish(
-                "select absurd.complete_run(%s, %s, %s)",
-                (self.queue_name, run_id, self._json(result)),
-            )
-            log.debug("task %s completed", name, extra=extra)
+            data = self._json(result)
         except TaskInterrupt as signal:
             log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
+            return
         except compat.Cancelled:
             self._release(run_id)
             raise
         except Exception as exc:
             log.info("task %s failed: %r", name, exc, extra=extra)
             self._fail(task, exc)
+            return
         finally:
             current_context.reset(token)
+        self._finish("select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data))
+        log.debug("task %s completed", name, extra=extra)
 
     def _fail(self, task: ClaimedTask, exc: BaseException) -> None:
         self._finish(
@@ -474,21 +489,35 @@ class Absurd:
                 (self.queue_name, run_id),
             )
 
-    def _finish(self, query: str, params: tuple[Any, ...]) -> None:
-        """A run's final call: retried through connection failures for ~5 s; a run
-        that was cancelled or failed meanwhile is left alone."""
+    def _retrying(
+        self, query: str, params: tuple[Any, ...], lost: list[bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """An idempotent write, retried through connection failures for about 5 s.
+        ``lost`` gets True appended when an attempt was lost (its reply, at least)."""
         delay = 0.1
         while True:
             try:
-                self._rows(query, params)
-                return
-            except TaskInterrupt:
-                return
+                return self._rows(query, params)
             except psycopg.OperationalError:
                 if delay > 3.2:
                     raise
+                if lost is not None:
+                    lost.append(True)
                 compat.sleep(delay)
                 delay *= 2
+
+    def _finish(self, query: str, params: tuple[Any, ...]) -> None:
+        """A run's final call (complete, fail, defer, release), retried through
+        connection failures. A run cancelled or failed meanwhile is left alone, and
+        so is one that an attempt whose reply was lost already moved on."""
+        lost: list[bool] = []
+        try:
+            self._retrying(query, params, lost)
+        except TaskInterrupt:
+            return
+        except RunStateConflict:
+            if not lost:
+                raise
 
     def make_async(self) -> Any:
         """The other flavour of this client on the same database, with the same queue,

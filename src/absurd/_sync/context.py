@@ -95,7 +95,7 @@ class TaskContext(compat.RunStepMixin):
             data = json.dumps(value) if internal else self._app.serializer.dumps(value)
         except SerializationError as exc:
             raise SerializationError(f'step "{checkpoint}": {exc}') from exc
-        self._app._rows(
+        self._app._retrying(
             "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
             (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
         )

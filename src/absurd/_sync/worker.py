@@ -22,6 +22,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("absurd.worker")
 
+#: Connection-level failures: the server restarted, a backend was killed, the
+#: network dropped, or the pool timed out waiting for a connection.
+_CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def _extra(task: ClaimedTask) -> dict[str, Any]:
+    """``extra=`` for log records about one run (filters and formatters can use it)."""
+    return {
+        "task_id": str(task["task_id"]),
+        "run_id": str(task["run_id"]),
+        "task_name": task["task_name"],
+    }
+
 
 class Worker:
     """Claims and runs tasks of one queue with up to ``concurrency`` at a time.
@@ -31,9 +44,16 @@ class Worker:
       starts, retries), or ``poll_interval`` at most, as a fallback.
     - A finished task's slot is refilled at once: there is no batch barrier.
     - Leases of running tasks are renewed every third of ``claim_timeout``.
-    - On connection errors it backs off (up to 2 s) and carries on.
+    - On connection errors it backs off (up to 1 s) and carries on (the pool
+      drops broken connections as they come back); the listener reconnects on
+      its own. A run whose connection died under it is handed back at once.
     - ``stop()`` (or SIGTERM/SIGINT) stops claiming and waits ``shutdown_grace``
-      seconds for running tasks; what is still running is handed back.
+      seconds for running tasks; what is still running is handed back
+      (claimable at once, same attempt). asyncio tasks are cancelled first;
+      threads cannot be, so the sync worker's handler threads (daemons) keep
+      running until the process exits, as it does after SIGTERM.
+    - Logs go to the ``absurd.worker`` logger; records about a run carry
+      ``task_id``, ``run_id`` and ``task_name`` attributes.
     """
 
     def __init__(
@@ -55,39 +75,86 @@ class Worker:
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
         self._running = False
+        self._stop_requested = False
         self._wake: Any = None
         self._inflight: dict[Any, ClaimedTask] = {}
         self._renewed_at = 0.0
 
     def stop(self) -> None:
         """Stops claiming; running tasks get ``shutdown_grace`` seconds to finish."""
+        self._stop_requested = True
         self._running = False
         if self._wake is not None:
             self._wake.set()
 
     def run(self, *, handle_signals: bool = True) -> None:
-        self._running = True
+        self._running = not self._stop_requested  # a stop() before run() counts
         self._wake = compat.Event()
         restore = compat.install_signal_handlers(self.stop) if handle_signals else None
-        listener = compat.spawn(self._listen)
-        log.info(
-            "worker %s started on queue %r (concurrency %s)",
-            self.worker_id,
-            self.app.queue_name,
-            self.concurrency,
-        )
         try:
-            self._loop()
+            # Opens (and sizes) the client's pool before any concurrent use of it.
+            self._prepare_pool()
+            listener = compat.spawn(self._listen)
+            log.info(
+                "worker %s started on queue %r (concurrency %s)",
+                self.worker_id,
+                self.app.queue_name,
+                self.concurrency,
+            )
+            try:
+                self._loop()
+                log.info(
+                    "worker %s stopping (%s task(s) running, grace %ss)",
+                    self.worker_id,
+                    len(self._inflight),
+                    self.shutdown_grace,
+                )
+            finally:
+                self._running = False
+                self._drain()
+                compat.cancel(listener)
+                compat.wait_any({listener}, 2.0)
         finally:
             self._running = False
-            self._drain()
-            compat.wait_any({listener}, 2.0)
             if restore is not None:
                 restore()
             log.info("worker %s stopped", self.worker_id)
 
+    def _prepare_pool(self) -> None:
+        """Opens the client's pool and grows it to one connection per slot, plus
+        one for claims and lease renewals (the listener has its own)."""
+        if self.app._conn is not None:
+            return
+        try:
+            self.app._rows("select 1")
+        except _CONNECTION_ERRORS as exc:
+            log.warning("database unreachable at start (%s); will retry", exc)
+        pool = self.app._pool
+        if pool is not None and pool.max_size < self.concurrency + 1:
+            pool.resize(pool.min_size, self.concurrency + 1)
+
+    def _check_pool(self) -> None:
+        """Drops the pool's dead idle connections (after a restart or a kill), so
+        that tasks and claims do not find them one by one."""
+        pool = self.app._pool
+        if pool is None:
+            return
+        try:
+            pool.check()
+        except Exception as exc:  # best effort: dead connections also go when used
+            log.debug("pool check failed: %r", exc)
+
+    def _claim_retry_delay(self, failures: int) -> float:
+        """After a restart or a kill, the pool may hand out one dead connection
+        after another: retry at once while that may be the cause, then back off."""
+        pool = self.app._pool
+        quick = (pool.max_size if pool is not None else 1) + 1
+        if failures <= quick:
+            return 0.01
+        return float(min(0.05 * 2 ** (failures - quick - 1), 1.0))
+
     def _loop(self) -> None:
-        backoff = 0.0
+        failures = 0
         while self._running:
             # Cleared before claiming: a notification that arrives while we claim
             # makes the wait below return at once instead of being lost.
@@ -100,13 +167,31 @@ class Worker:
                     claimed = self.app.claim_tasks(
                         min(self.batch_size, free), self.claim_timeout, self.worker_id
                     )
-                    backoff = 0.0
-                except psycopg.OperationalError as exc:
-                    backoff = min(max(backoff * 2, 0.05), 2.0)
-                    log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
-                    compat.sleep(backoff)
+                    if failures:
+                        log.info(
+                            "worker %s claims again (after %s failures)", self.worker_id, failures
+                        )
+                    failures = 0
+                except _CONNECTION_ERRORS as exc:
+                    failures += 1
+                    delay = self._claim_retry_delay(failures)
+                    log.log(
+                        logging.WARNING if failures == 1 else logging.DEBUG,
+                        "claim failed (%s); retrying in %.2fs",
+                        exc,
+                        delay,
+                    )
+                    compat.wait_event(self._wake, delay)
                     continue
+                debug = log.isEnabledFor(logging.DEBUG)
                 for task in claimed:
+                    if debug:
+                        log.debug(
+                            "claimed %s (attempt %s)",
+                            task["task_name"],
+                            task["attempt"],
+                            extra=_extra(task),
+                        )
                     self._inflight[compat.spawn(self._execute, task)] = task
             self._renew_leases()
             if claimed and len(self._inflight) < self.concurrency:
@@ -128,17 +213,43 @@ class Worker:
                     timeout = min(timeout, max(float(row["wait"]), 0.0))
             except psycopg.Error:
                 pass
-        renew_in = self._renewed_at + self.claim_timeout / 3 - time.monotonic()
-        if self._inflight:
+        if self._inflight and self.claim_timeout > 0:
+            renew_in = self._renewed_at + self.claim_timeout / 3 - time.monotonic()
             timeout = min(timeout, max(renew_in, 0.0))
         return timeout
 
     def _execute(self, task: ClaimedTask) -> None:
         try:
             self.app.execute_task(task, self.claim_timeout)
+        except _CONNECTION_ERRORS as exc:
+            # The database went away mid-run (before the handler, or while
+            # recording its outcome): hand the run back rather than leave it to
+            # its lease, which only a later claim would notice.
+            log.warning(
+                "run %s of %s (task %s) lost its connection (%s); handing it back",
+                task["run_id"],
+                task["task_name"],
+                task["task_id"],
+                exc,
+                extra=_extra(task),
+            )
+            try:
+                self.app._release(task["run_id"])
+            except (Exception, TaskInterrupt) as again:
+                log.warning(
+                    "could not hand back run %s (%r); its lease will expire",
+                    task["run_id"],
+                    again,
+                    extra=_extra(task),
+                )
         except (Exception, TaskInterrupt) as exc:  # never lose the worker to one task
             log.exception(
-                "task %s (run %s) crashed the runner: %r", task["task_name"], task["run_id"], exc
+                "task %s (task %s, run %s) crashed the runner: %r",
+                task["task_name"],
+                task["task_id"],
+                task["run_id"],
+                exc,
+                extra=_extra(task),
             )
         finally:
             if self._wake is not None:
@@ -163,24 +274,31 @@ class Worker:
                     "select absurd.extend_claim(%s, %s, %s)",
                     (self.app.queue_name, task["run_id"], self.claim_timeout),
                 )
-            except (psycopg.Error, Exception, TaskInterrupt) as exc:
+            except (Exception, TaskInterrupt) as exc:
                 # Suspended, finished, cancelled: the task learns at its next call.
-                log.debug("lease of run %s not renewed: %r", task["run_id"], exc)
+                log.debug(
+                    "lease of run %s not renewed: %r", task["run_id"], exc, extra=_extra(task)
+                )
 
     def _listen(self) -> None:
         """Sets the wake event on every notification; reconnects after errors."""
-        channel_row = self.app._one("select absurd.queue_channel(%s) as c", (self.app.queue_name,))
-        listen = sql.SQL("listen {}").format(sql.Identifier(channel_row["c"]))
         backoff = 0.05
+        failures = 0
+        listen: Any = None
         while self._running:
             try:
+                if listen is None:
+                    row = self.app._one(
+                        "select absurd.queue_channel(%s) as c", (self.app.queue_name,)
+                    )
+                    listen = sql.SQL("listen {}").format(sql.Identifier(row["c"]))
                 conn = compat.Connection.connect(self.app._listen_dsn(), autocommit=True)
                 try:
                     conn.execute(listen)
-                    backoff = 0.05
+                    backoff, failures = 0.05, 0
                     self._wake.set()  # notifications may have been missed meanwhile
                     while self._running:
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._wake.set()
                 finally:
                     conn.close()
@@ -188,8 +306,12 @@ class Worker:
                 if not self._running:
                     return
                 log.warning("listener lost its connection (%s); reconnecting", exc)
+                failures += 1
+                if failures == 1:  # the pool's idle connections probably died too
+                    self._check_pool()
+                self._wake.set()  # the claim loop finds out (and backs off) too
                 compat.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 1.0)
 
     def _drain(self) -> None:
         """Waits for running tasks up to the grace period, then hands the rest back."""
@@ -199,8 +321,23 @@ class Worker:
             if not self._inflight or time.monotonic() >= deadline:
                 break
             compat.wait_any(set(self._inflight), deadline - time.monotonic())
-        for handle, task in list(self._inflight.items()):
-            log.warning("releasing run %s of %s at shutdown", task["run_id"], task["task_name"])
+        if not self._inflight:
+            return
+        # asyncio: a cancelled task releases its own run; threads cannot be
+        # interrupted, so their runs are released from here (below).
+        for handle in self._inflight:
             compat.cancel(handle)
-            self.app._release(task["run_id"])
+        compat.wait_cancelled(set(self._inflight), 2.0)
+        for task in self._inflight.values():
+            log.warning(
+                "releasing run %s of %s (task %s) at shutdown",
+                task["run_id"],
+                task["task_name"],
+                task["task_id"],
+                extra=_extra(task),
+            )
+            try:
+                self.app._release(task["run_id"])
+            except (Exception, TaskInterrupt) as exc:  # its lease expires instead
+                log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
         self._inflight.clear()

@@ -1263,12 +1263,16 @@ begin
     )
     select count(*) from d$q$
 
-  -- (no parameters) two probes of r_<q>_sai
+  -- (no parameters) four index probes: due runs (r_<q>_sai), expiring leases
+  -- (r_<q>_cei) and cancellation deadlines (t_<q>_cdi), all handled by claim.
   when 'next_wake' then $q$
     select least(
       (select min(available_at) from absurd.%2$I where state = 'pending'),
       (select min(available_at) from absurd.%2$I where state = 'sleeping'
-         and available_at < 'infinity'))$q$
+         and available_at < 'infinity'),
+      (select min(claim_expires_at) from absurd.%2$I
+         where state = 'running' and claim_expires_at is not null),
+      (select min(cancel_deadline) from absurd.%1$I where cancel_deadline is not null))$q$
   end;
   if v_template is null then
     perform absurd._raise('AB015', format('Unknown engine statement "%s"', p_statement));
@@ -1969,9 +1973,9 @@ begin
 end;
 $$;
 
--- When a worker should look again without a notification: the earliest time a
--- pending or sleeping run of the queue becomes claimable (now or later), or
--- NULL when nothing is scheduled.
+-- When a worker should look again without a notification: the earliest time
+-- a claim has something to do (a pending or sleeping run becomes claimable, a
+-- lease expires, a cancellation policy fires), or NULL when nothing is scheduled.
 create or replace function absurd.queue_next_wake(p_queue_name text)
 returns timestamptz
 language plpgsql
