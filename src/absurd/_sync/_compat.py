@@ -90,6 +90,9 @@ def sleep(seconds: float) -> None:
 
 def maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
+        close = getattr(value, "close", None)
+        if callable(close):
+            close()  # a refused coroutine must not warn "never awaited"
         raise TypeError("the sync client cannot run async handlers or hooks: use AsyncAbsurd")
     return value
 
