@@ -89,6 +89,7 @@ class Worker:
 
     def run(self, *, handle_signals: bool = True) -> None:
         self._running = not self._stop_requested  # a stop() before run() counts
+        self._renewed_at = time.monotonic()  # fresh claims have fresh leases
         self._wake = compat.Event()
         restore = compat.install_signal_handlers(self.stop) if handle_signals else None
         try:

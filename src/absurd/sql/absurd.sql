@@ -1087,11 +1087,14 @@ begin
     select state from absurd.%2$I where run_id = $1$q$
 
   -- $1 run_id, $2 now, $3 result. The task row is updated from the run's
-  -- output, so the run row is always locked first.
+  -- output, so the run row is always locked first. "(state = ...) is true" is
+  -- not indexable on purpose: with stale statistics a plain "state = 'running'"
+  -- can steer the planner to r_<q>_sai and a scan of every running run; this
+  -- way the primary key always drives (the same in schedule and checkpoint.write).
   when 'complete' then $q$
     with ur as (
       update absurd.%2$I set state = 'completed', completed_at = $2, result = $3
-      where run_id = $1 and state = 'running'
+      where run_id = $1 and (state = 'running') is true
       returning task_id
     ), ut as (
       update absurd.%1$I t set state = 'completed', completed_payload = $3, last_attempt_run = $1,
@@ -1108,7 +1111,7 @@ begin
     with ur as (
       update absurd.%2$I set state = 'sleeping', available_at = $2, claimed_by = null,
         claim_expires_at = null, wake_event = null
-      where run_id = $1 and state = 'running'
+      where run_id = $1 and (state = 'running') is true
       returning task_id
     )
     update absurd.%1$I t set state = 'sleeping' from ur where t.task_id = ur.task_id
@@ -1155,7 +1158,7 @@ begin
   when 'checkpoint.write' then $q$
     with ext as (
       update absurd.%2$I set claim_expires_at = $5::timestamptz + make_interval(secs => $6::integer)
-      where run_id = $4 and $6::integer > 0 and state = 'running'
+      where run_id = $4 and $6::integer > 0 and (state = 'running') is true
     )
     insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
     values ($1, $2, $3, 'committed', $4, $5)
