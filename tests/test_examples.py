@@ -9,19 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
-def test_engine_tour_runs_every_step_once() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "engine_tour.py")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "OK: every step ran exactly once" in proc.stdout
-    assert "replayed from its checkpoint" in proc.stdout
-    assert "Final state: ('completed', 2" in proc.stdout
-
-
 def run_example(name: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name)],
@@ -31,6 +18,13 @@ def run_example(name: str) -> subprocess.CompletedProcess[str]:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def test_engine_tour_runs_every_step_once() -> None:
+    out = run_example("engine_tour.py").stdout
+    assert "OK: every step ran exactly once" in out
+    assert "replayed from its checkpoint" in out
+    assert "Final state: ('completed', 2" in out
 
 
 def test_order_fulfillment_retries_waits_and_ships_once() -> None:
