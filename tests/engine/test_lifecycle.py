@@ -634,3 +634,22 @@ def test_uuid_and_week_helpers(conn: psycopg.Connection[tuple[object, ...]]) -> 
     floor = conn.execute("select absurd.uuidv7_timestamp(%s::uuid)", (row[0],)).fetchone()
     assert floor == (dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),)
     assert conn.execute("select absurd.uuidv7_timestamp(gen_random_uuid())").fetchone() == (None,)
+
+
+def test_claim_with_checkpoints_returns_what_a_run_may_replay(engine: Engine) -> None:
+    spawned = engine.spawn(max_attempts=3)
+    first = engine.claim_one()
+    engine.checkpoint(spawned["task_id"], "a", {"x": 1}, first["run_id"])
+    engine.checkpoint(spawned["task_id"], "b", [2], first["run_id"])
+    engine.fail(first["run_id"])
+    fresh = engine.spawn(params="fresh")
+    rows = engine.rows(
+        "select * from absurd.claim_task_with_checkpoints(%s, 'w', 60, 5)", (engine.queue,)
+    )
+    by_task = {r["task_id"]: r for r in rows}
+    assert [r["task_id"] for r in rows] == [spawned["task_id"], fresh["task_id"]]
+    assert by_task[spawned["task_id"]]["checkpoints"] == {"a": {"x": 1}, "b": [2]}
+    assert by_task[spawned["task_id"]]["attempt"] == 2
+    assert by_task[fresh["task_id"]]["checkpoints"] == {}
+    second = by_task[spawned["task_id"]]
+    assert engine.checkpoints(spawned["task_id"], second["run_id"]) == second["checkpoints"]

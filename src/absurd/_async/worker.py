@@ -164,7 +164,7 @@ class AsyncWorker:
             claimed: list[ClaimedTask] = []
             if free > 0:
                 try:
-                    claimed = await self.app.claim_tasks(
+                    claimed = await self.app._claim_for_execution(
                         min(self.batch_size, free), self.claim_timeout, self.worker_id
                     )
                     if failures:

@@ -70,7 +70,14 @@ class QueuePolicy(TypedDict):
     detach_min_age: dt.timedelta
 
 
-class ClaimedTask(TypedDict):
+class _ClaimedExtras(TypedDict, total=False):
+    #: The checkpoints the run may replay, when claimed with them (the worker does).
+    checkpoints: dict[str, JsonValue]
+
+
+class ClaimedTask(_ClaimedExtras):
+    """A claimed run: the columns of claim_task."""
+
     run_id: Any
     task_id: Any
     attempt: int

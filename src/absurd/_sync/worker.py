@@ -165,7 +165,7 @@ class Worker:
             claimed: list[ClaimedTask] = []
             if free > 0:
                 try:
-                    claimed = self.app.claim_tasks(
+                    claimed = self.app._claim_for_execution(
                         min(self.batch_size, free), self.claim_timeout, self.worker_id
                     )
                     if failures:

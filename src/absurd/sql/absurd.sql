@@ -1200,6 +1200,12 @@ begin
     )
     select count(*) from ur$q$
 
+  -- $1 task_id, $2 attempt: the checkpoints a run of that attempt may replay,
+  -- as one JSON object {name: state} (the same rule as get_task_checkpoint_states).
+  when 'checkpoint.preload' then $q$
+    select coalesce(jsonb_object_agg(c.checkpoint_name, c.state order by c.updated_at), '{}')
+    from absurd.%3$I c left join absurd.%2$I o on o.run_id = c.owner_run_id
+    where c.task_id = $1 and c.status = 'committed' and (o.run_id is null or o.attempt <= $2)$q$
   -- $1 task_id, $2 step
   when 'checkpoint.get' then $q$
     select state from absurd.%3$I where task_id = $1 and checkpoint_name = $2$q$
@@ -1295,7 +1301,7 @@ as $$
     'claim.cancel_head', 'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
     'run.state', 'complete', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
     'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write', 'emit.store',
-    'emit.wake', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
+    'emit.wake', 'checkpoint.preload', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
     'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
     'cleanup.tasks', 'cleanup.events', 'next_wake']);
 $$;
@@ -1521,6 +1527,49 @@ begin
     v_below := v_priority;
   end loop;
 end;
+$$;
+
+-- The checkpoints a run may replay, as one JSON object {checkpoint_name: state}.
+create or replace function absurd._run_checkpoints(p_queue_name text, p_task_id uuid, p_attempt integer)
+returns jsonb
+language plpgsql
+stable
+as $$
+declare
+  v jsonb;
+begin
+  execute absurd._sql('checkpoint.preload', p_queue_name) into v using p_task_id, p_attempt;
+  return v;
+end;
+$$;
+
+-- claim_task plus, per claimed run, the checkpoints it may replay: a worker
+-- starts a task in one round trip instead of two. (Ours; the SDK's worker uses it.)
+create or replace function absurd.claim_task_with_checkpoints(
+  p_queue_name text,
+  p_worker_id text,
+  p_claim_timeout integer default 30,
+  p_qty integer default 1
+)
+returns table (
+  run_id uuid,
+  task_id uuid,
+  attempt integer,
+  task_name text,
+  params jsonb,
+  retry_strategy jsonb,
+  max_attempts integer,
+  headers jsonb,
+  wake_event text,
+  event_payload jsonb,
+  checkpoints jsonb
+)
+language sql
+as $$
+  select c.run_id, c.task_id, c.attempt, c.task_name, c.params, c.retry_strategy,
+         c.max_attempts, c.headers, c.wake_event, c.event_payload,
+         absurd._run_checkpoints(p_queue_name, c.task_id, c.attempt)
+  from absurd.claim_task(p_queue_name, p_worker_id, p_claim_timeout, p_qty) c;
 $$;
 
 create or replace function absurd.complete_run(p_queue_name text, p_run_id uuid, p_state jsonb default null)
