@@ -59,7 +59,7 @@ ARGS: dict[str, list[str]] = {
     "checkpoint.write": ["{task}", "'s'", "'1'", "{run}", NOW, "30", "1"],
     "emit.store": ["'e-5'", "'1'", NOW],
     "emit.wake": ["'e-5'", "'1'", NOW],
-    "checkpoint.preload": ["{task}", "1"],
+    "checkpoint.replayable": ["{task}", "1"],
     "checkpoint.get": ["{task}", "'s'"],
     "await.sentinel": ["'e-5'"],
     "await.lock_event": ["'e-5'"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -302,7 +303,7 @@ class AsyncAbsurd:
         self, task_id: Any, timeout: float | None = None, queue_name: str | None = None
     ) -> TaskResultSnapshot:
         """Waits (polling 50 ms doubling to 1 s) until the task finishes."""
-        deadline = None if timeout is None else _monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.05
         while True:
             snap = await self.fetch_task_result(task_id, queue_name)
@@ -310,7 +311,7 @@ class AsyncAbsurd:
                 raise TaskNotFound(f'Task "{task_id}" not found')
             if logic.is_terminal(snap.state):
                 return snap
-            if deadline is not None and _monotonic() + delay > deadline:
+            if deadline is not None and time.monotonic() + delay > deadline:
                 raise TimeoutError(f'Timed out waiting for task "{task_id}"')
             await compat.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -565,12 +566,6 @@ def _other_flavour() -> Any:
     if here not in __name__:
         here, there = there, here
     return importlib.import_module(__name__.replace(here, there)).CLIENT_CLASS
-
-
-def _monotonic() -> float:
-    import time
-
-    return time.monotonic()
 
 
 #: This module's client class, for ``make_sync``/``make_async`` of the other flavour.

@@ -1201,11 +1201,13 @@ begin
     select count(*) from ur$q$
 
   -- $1 task_id, $2 attempt: the checkpoints a run of that attempt may replay,
-  -- as one JSON object {name: state} (the same rule as get_task_checkpoint_states).
-  when 'checkpoint.preload' then $q$
-    select coalesce(jsonb_object_agg(c.checkpoint_name, c.state order by c.updated_at), '{}')
+  -- those written by its own or earlier attempts (or by no run). The one place
+  -- this rule lives: get_task_checkpoint_states and the claim's preload use it.
+  when 'checkpoint.replayable' then $q$
+    select c.checkpoint_name, c.state, c.status, c.owner_run_id, c.updated_at
     from absurd.%3$I c left join absurd.%2$I o on o.run_id = c.owner_run_id
-    where c.task_id = $1 and c.status = 'committed' and (o.run_id is null or o.attempt <= $2)$q$
+    where c.task_id = $1 and c.status = 'committed' and (o.run_id is null or o.attempt <= $2)
+    order by c.updated_at$q$
   -- $1 task_id, $2 step
   when 'checkpoint.get' then $q$
     select state from absurd.%3$I where task_id = $1 and checkpoint_name = $2$q$
@@ -1301,7 +1303,7 @@ as $$
     'claim.cancel_head', 'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
     'run.state', 'complete', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
     'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write', 'emit.store',
-    'emit.wake', 'checkpoint.preload', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
+    'emit.wake', 'checkpoint.replayable', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
     'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
     'cleanup.tasks', 'cleanup.events', 'next_wake']);
 $$;
@@ -1538,7 +1540,9 @@ as $$
 declare
   v jsonb;
 begin
-  execute absurd._sql('checkpoint.preload', p_queue_name) into v using p_task_id, p_attempt;
+  execute 'select coalesce(jsonb_object_agg(r.checkpoint_name, r.state), ''{}'') from ('
+    || absurd._sql('checkpoint.replayable', p_queue_name) || ') r'
+    into v using p_task_id, p_attempt;
   return v;
 end;
 $$;
@@ -1906,12 +1910,7 @@ begin
     perform absurd._raise('AB013', format(
       'Run "%s" does not belong to task "%s" in queue "%s"', absurd._show(p_run_id), absurd._show(p_task_id), q));
   end if;
-  return query execute format($q$
-    select c.checkpoint_name, c.state, c.status, c.owner_run_id, c.updated_at
-    from absurd.%I c left join absurd.%I o on o.run_id = c.owner_run_id
-    where c.task_id = $1 and c.status = 'committed' and (o.run_id is null or o.attempt <= $2)
-    order by c.updated_at
-  $q$, 'c_' || q, 'r_' || q) using p_task_id, v_run.attempt;
+  return query execute absurd._sql('checkpoint.replayable', q) using p_task_id, v_run.attempt;
 end;
 $$;
 
