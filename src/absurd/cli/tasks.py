@@ -1,0 +1,313 @@
+"""Task commands: spawn-task, retry-task, emit-event, list-tasks, cancel-task, dump-task.
+
+Reads are the named queries of ``sql/queries.sql``: bounded and index-driven, so they
+stay fast with millions of tasks. A task or run id is found with one primary-key probe
+per queue, all in one statement.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import click
+from psycopg import sql
+
+from absurd import queries
+from absurd.cli._conn import Conn, Target, check_queue_name, queue_names, require_queue, with_db
+from absurd.cli._output import CliError, cell, console, json_option, print_fields, print_json, show
+from absurd.cli._params import build
+
+STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
+RETRY_KINDS = ("none", "fixed", "exponential")
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.strip())
+    except ValueError:
+        raise CliError(f"{what} {value!r} is not a UUID") from None
+
+
+def locate(conn: Conn, *, task_id: uuid.UUID | None = None, run_id: uuid.UUID | None = None,
+           queue: str | None = None) -> tuple[str, uuid.UUID]:
+    """(queue, task id) of a task or run id: one primary-key probe per queue, one statement."""
+    if queue is not None:
+        require_queue(conn, queue)
+        names = [queue]
+    else:
+        names = queue_names(conn)
+    name, args = ("task_find", {"task_id": task_id}) if task_id else ("run_find", {"run_id": run_id})
+    what = f"task {task_id}" if task_id else f"run {run_id}"
+    where = f"queue {queue!r}" if queue else "any queue"
+    if not names:
+        raise CliError(f"{what} not found in {where} (there are no queues)")
+    union = sql.SQL(" union all ").join(
+        sql.SQL("select {} as queue_name, f.task_id from ({}) f").format(
+            sql.Literal(q), queries.query(name, q)
+        )
+        for q in names
+    )
+    rows = conn.execute(union, args).fetchall()
+    if not rows:
+        raise CliError(f"{what} not found in {where}")
+    return rows[0]["queue_name"], rows[0]["task_id"]
+
+
+# -- spawn-task ------------------------------------------------------------------
+
+
+def _retry_strategy(kind: str | None, base: float | None, factor: float | None,
+                    maximum: float | None) -> dict[str, Any] | None:
+    if kind is None and base is None and factor is None and maximum is None:
+        return None
+    strategy: dict[str, Any] = {"kind": kind or "exponential"}
+    for key, value in (("base_seconds", base), ("factor", factor), ("max_seconds", maximum)):
+        if value is not None:
+            strategy[key] = value
+    return strategy
+
+
+@click.command("spawn-task")
+@click.argument("task_name")
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.option("-P", "--param", "params_flags", multiple=True, metavar="K=V|K:=JSON",
+              help="A parameter (dotted keys nest); repeatable.")
+@click.option("--params", "params_json", metavar="JSON", help="Base parameters (a JSON object).")
+@click.option("-H", "--header", "headers", multiple=True, metavar="K=V|K:=JSON",
+              help="A header; repeatable.")
+@click.option("--max-attempts", type=click.IntRange(min=1))
+@click.option("--retry-kind", type=click.Choice(RETRY_KINDS))
+@click.option("--retry-base", type=float, metavar="SECS")
+@click.option("--retry-factor", type=float, metavar="F")
+@click.option("--retry-max", type=float, metavar="SECS")
+@click.option("--max-duration", type=float, metavar="SECS", help="Cancel after running this long.")
+@click.option("--max-delay", type=float, metavar="SECS", help="Cancel if not started by then.")
+@click.option("--idempotency-key", default=None, help="Spawn at most once per key.")
+@click.option("--priority", type=int, default=None, help="Higher runs first (default 0).")
+@click.option("--delay", type=float, default=None, metavar="SECS", help="Start no sooner.")
+@json_option
+@with_db
+def spawn_task(db: Target, task_name: str, queue: str, params_flags: tuple[str, ...],
+               params_json: str | None, headers: tuple[str, ...], max_attempts: int | None,
+               retry_kind: str | None, retry_base: float | None, retry_factor: float | None,
+               retry_max: float | None, max_duration: float | None, max_delay: float | None,
+               idempotency_key: str | None, priority: int | None, delay: float | None,
+               as_json: bool) -> None:
+    """Spawn a task TASK_NAME on a queue."""
+    check_queue_name(queue)
+    params = build(params_json, params_flags, "-P/--param", "--params")
+    options: dict[str, Any] = {}
+    if headers:
+        options["headers"] = build(None, headers, "-H/--header", "")
+    if max_attempts is not None:
+        options["max_attempts"] = max_attempts
+    strategy = _retry_strategy(retry_kind, retry_base, retry_factor, retry_max)
+    if strategy is not None:
+        options["retry_strategy"] = strategy
+    cancellation = {k: v for k, v in (("max_duration", max_duration), ("max_delay", max_delay))
+                    if v is not None}
+    if cancellation:
+        options["cancellation"] = cancellation
+    for key, value in (("idempotency_key", idempotency_key), ("priority", priority),
+                       ("delay", delay)):
+        if value is not None:
+            options[key] = value
+    with db.connect() as conn:
+        require_queue(conn, queue)
+        row = conn.execute(
+            "select * from absurd.spawn_task(%s, %s, %s, %s)",
+            (queue, task_name, json.dumps(params), json.dumps(options)),
+        ).fetchone()
+    assert row is not None
+    result = {"queue": queue, **row}
+    if as_json:
+        print_json(result)
+    else:
+        verb = "spawned" if row["created"] else "already spawned (idempotency key)"
+        click.echo(f"{verb} task {row['task_id']} on {queue}"
+                   f" (run {row['run_id']}, attempt {row['attempt']})")
+
+
+# -- retry-task, cancel-task, emit-event ----------------------------------------
+
+
+@click.command("retry-task")
+@click.argument("task_id")
+@click.option("-q", "--queue", default=None, help="The task's queue (found when omitted).")
+@click.option("--max-attempts", type=click.IntRange(min=1), help="New attempt limit.")
+@click.option("--spawn-new", is_flag=True, help="Spawn a fresh task instead of retrying in place.")
+@json_option
+@with_db
+def retry_task(db: Target, task_id: str, queue: str | None, max_attempts: int | None,
+               spawn_new: bool, as_json: bool) -> None:
+    """Retry a failed task (a new attempt, or a new task with --spawn-new)."""
+    tid = parse_uuid(task_id, "task id")
+    options: dict[str, Any] = {"spawn_new": spawn_new}
+    if max_attempts is not None:
+        options["max_attempts"] = max_attempts
+    with db.connect() as conn:
+        found, _ = locate(conn, task_id=tid, queue=queue)
+        row = conn.execute("select * from absurd.retry_task(%s, %s, %s)",
+                           (found, tid, json.dumps(options))).fetchone()
+    assert row is not None
+    if as_json:
+        print_json({"queue": found, **row})
+    elif row["created"]:
+        click.echo(f"respawned as task {row['task_id']} on {found} (run {row['run_id']})")
+    else:
+        click.echo(f"retried task {row['task_id']} on {found}"
+                   f" (attempt {row['attempt']}, run {row['run_id']})")
+
+
+@click.command("cancel-task")
+@click.argument("task_id")
+@click.option("-q", "--queue", default=None, help="The task's queue (found when omitted).")
+@with_db
+def cancel_task(db: Target, task_id: str, queue: str | None) -> None:
+    """Cancel a task (no-op when it already finished)."""
+    tid = parse_uuid(task_id, "task id")
+    with db.connect() as conn:
+        found, _ = locate(conn, task_id=tid, queue=queue)
+        conn.execute("select absurd.cancel_task(%s, %s)", (found, tid))
+        row = conn.execute(queries.query("task_get", found), {"task_id": tid}).fetchone()
+    state = row["state"] if row else "gone"
+    click.echo(f"task {tid} on {found} is {state}")
+
+
+@click.command("emit-event")
+@click.argument("event_name")
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.option("-P", "--param", "params_flags", multiple=True, metavar="K=V|K:=JSON",
+              help="A payload field (dotted keys nest); repeatable.")
+@click.option("--payload", metavar="JSON", help="The payload (a JSON object).")
+@with_db
+def emit_event(db: Target, event_name: str, queue: str, params_flags: tuple[str, ...],
+               payload: str | None) -> None:
+    """Emit EVENT_NAME on a queue (the first emit of a name wins)."""
+    if not event_name.strip():
+        raise CliError("event name must not be empty")
+    body = build(payload, params_flags, "-P/--param", "--payload")
+    with db.connect() as conn:
+        require_queue(conn, queue)
+        conn.execute("select absurd.emit_event(%s, %s, %s)", (queue, event_name, json.dumps(body)))
+    click.echo(f"emitted {event_name} on {queue}")
+
+
+# -- list-tasks -----------------------------------------------------------------
+
+
+@click.command("list-tasks")
+@click.option("-q", "--queue", default=None, help="One queue (default: all).")
+@click.option("-n", "--task-name", default=None, help="Only tasks with this name.")
+@click.option("-s", "--status", type=click.Choice(STATES), default=None, help="Only this state.")
+@click.option("-l", "--limit", type=click.IntRange(min=1, max=100_000), default=50,
+              show_default=True)
+@click.option("--before", default=None, metavar="TASK_ID",
+              help="Page: tasks created before this one (without --status).")
+@json_option
+@with_db
+def list_tasks(db: Target, queue: str | None, task_name: str | None, status: str | None,
+               limit: int, before: str | None, as_json: bool) -> None:
+    """List the newest tasks (with --status: the most recently active in that state)."""
+    if before is not None and status is not None:
+        raise CliError("--before pages the listing without --status")
+    args = {"task_name": task_name, "state": status, "limit": limit,
+            "before": parse_uuid(before, "--before") if before else None}
+    name = "task_list_by_state" if status else "task_list"
+    rows: list[dict[str, Any]] = []
+    with db.connect() as conn:
+        if queue is not None:
+            require_queue(conn, queue)
+        for q in [queue] if queue is not None else queue_names(conn):
+            for row in conn.execute(queries.query(name, q), args).fetchall():
+                rows.append({"queue": q, **row})
+    key = "updated_at" if status else "task_id"
+    rows.sort(key=lambda r: r[key], reverse=True)
+    show(rows[:limit], ["task_id", "queue", "task_name", "state", "attempts", "updated_at"],
+         as_json, empty="(no tasks)")
+
+
+# -- dump-task ------------------------------------------------------------------
+
+
+def dump(conn: Conn, queue: str, task_id: uuid.UUID) -> dict[str, Any]:
+    """Everything about one task: the task row, its runs, waits and checkpoints."""
+    args = {"task_id": task_id}
+    task = conn.execute(queries.query("task_get", queue), args).fetchone()
+    if task is None:
+        raise CliError(f"task {task_id} vanished from queue {queue!r}")
+    runs = conn.execute(queries.query("run_list_by_task", queue), args).fetchall()
+    checkpoints = conn.execute(queries.query("checkpoint_list_by_task", queue), args).fetchall()
+    waits = conn.execute(queries.query("wait_list_by_task", queue), args).fetchall()
+    for run in runs:
+        run["waits"] = [w for w in waits if w["run_id"] == run["run_id"]]
+        run["checkpoints"] = [c for c in checkpoints if c["owner_run_id"] == run["run_id"]]
+    return {"queue": queue, "task": task, "runs": runs, "checkpoints": checkpoints}
+
+
+def _print_failure(reason: Any) -> None:
+    if isinstance(reason, dict) and ("name" in reason or "message" in reason):
+        click.echo(f"    failure: {reason.get('name', '')}: {reason.get('message', '')}")
+        stack = reason.get("stack") or reason.get("traceback")
+        if isinstance(stack, str):
+            for line in stack.rstrip().splitlines():
+                click.echo(f"      {line}")
+    else:
+        click.echo(f"    failure: {cell(reason)}")
+
+
+def _print_dump(data: dict[str, Any]) -> None:
+    task = data["task"]
+    print_fields({"queue": data["queue"], **task}, title=f"task {task['task_id']}")
+    for run in data["runs"]:
+        out = console()
+        out.print(f"\n[bold]run {run['run_id']}[/bold] (attempt {run['attempt']}): {run['state']}")
+        for key in ("claimed_by", "claim_expires_at", "available_at", "created_at", "started_at",
+                    "completed_at", "failed_at", "wake_event"):
+            if run[key] is not None:
+                click.echo(f"    {key}: {cell(run[key])}")
+        for wait in run["waits"]:
+            status = f"emitted {cell(wait['emitted_at'])}" if wait["emitted_at"] else "waiting"
+            click.echo(f"    waits for event {wait['event_name']!r} (step {wait['step_name']!r},"
+                       f" timeout {cell(wait['timeout_at']) or 'none'}): {status}")
+        if run["result"] is not None:
+            click.echo(f"    result: {cell(run['result'])}")
+        if run["failure_reason"] is not None:
+            _print_failure(run["failure_reason"])
+        for cp in run["checkpoints"]:
+            click.echo(f"    step {cp['checkpoint_name']!r} = {cell(cp['state'])}"
+                       f" ({cell(cp['updated_at'])})")
+    owned = {c["checkpoint_name"] for r in data["runs"] for c in r["checkpoints"]}
+    other = [c for c in data["checkpoints"] if c["checkpoint_name"] not in owned]
+    if other:
+        click.echo("\ncheckpoints of runs no longer present:")
+        for cp in other:
+            click.echo(f"    step {cp['checkpoint_name']!r} = {cell(cp['state'])}")
+
+
+@click.command("dump-task")
+@click.option("--task-id", default=None, help="The task id.")
+@click.option("--run-id", default=None, help="Or the id of one of its runs.")
+@click.option("-q", "--queue", default=None, help="The queue (found when omitted).")
+@json_option
+@with_db
+def dump_task(db: Target, task_id: str | None, run_id: str | None, queue: str | None,
+              as_json: bool) -> None:
+    """Show a task with all its runs, waits, results, failures and checkpoints."""
+    if (task_id is None) == (run_id is None):
+        raise CliError("give exactly one of --task-id and --run-id")
+    with db.connect() as conn:
+        if task_id is not None:
+            found, tid = locate(conn, task_id=parse_uuid(task_id, "task id"), queue=queue)
+        else:
+            found, tid = locate(conn, run_id=parse_uuid(run_id or "", "run id"), queue=queue)
+        data = dump(conn, found, tid)
+    if as_json:
+        print_json(data)
+    else:
+        _print_dump(data)
+
+
+COMMANDS = [spawn_task, retry_task, emit_event, list_tasks, cancel_task, dump_task]
