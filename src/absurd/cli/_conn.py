@@ -89,7 +89,7 @@ class Target:
 
 def require_installed(conn: Conn, target: Target | None = None) -> str:
     """The installed schema version; a clear error when there is no schema."""
-    version = schema.installed_version(conn)  # type: ignore[arg-type]
+    version = schema.installed_version(conn)
     if version is None:
         where = target.describe() if target else "this database"
         raise CliError(f"no Absurd schema in {where} (run: absurdctl init)")

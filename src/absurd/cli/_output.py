@@ -30,7 +30,11 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.code = exit_code
+
+    @property  # type: ignore[override,unused-ignore]
+    def exit_code(self) -> int:  # type: ignore[override]  # click reads it when exiting
+        return self.code
 
     def show(self, file: IO[Any] | None = None) -> None:
         if VERBOSE and self.__cause__ is not None:

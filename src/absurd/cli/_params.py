@@ -13,7 +13,9 @@ def parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+        raise CliError(
+            f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
 
 
 def parse_object(text: str | None, what: str) -> dict[str, Any]:
@@ -49,7 +51,9 @@ def assign(target: dict[str, Any], flag: str, option: str) -> None:
     node[path[-1]] = value
 
 
-def build(base: str | None, flags: tuple[str, ...], option: str, base_option: str) -> dict[str, Any]:
+def build(
+    base: str | None, flags: tuple[str, ...], option: str, base_option: str
+) -> dict[str, Any]:
     """The object from ``base_option`` JSON with each ``option`` flag applied on top."""
     result = parse_object(base, base_option)
     for flag in flags:

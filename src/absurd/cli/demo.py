@@ -57,10 +57,24 @@ class Demo:
             env["ABSURD_DEMO_SLOW"] = "1"
         log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "absurd.cli", "worker", f"{demo_app.__name__}:app",
-             "--claim-timeout", "2", "--poll-interval", "0.1", "--shutdown-grace", "5",
-             "--worker-id", name],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "absurd.cli",
+                "worker",
+                f"{demo_app.__name__}:app",
+                "--claim-timeout",
+                "2",
+                "--poll-interval",
+                "0.1",
+                "--shutdown-grace",
+                "5",
+                "--worker-id",
+                name,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.workers.append(proc)
         return proc
@@ -72,57 +86,84 @@ class Demo:
                 raise CliError(f"demo: timed out waiting for {what} (logs: {self.logs})")
             for proc in self.workers[-1:]:
                 if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
-                    raise CliError(f"demo: a worker exited with {proc.returncode}"
-                                   f" (logs: {self.logs})")
+                    raise CliError(
+                        f"demo: a worker exited with {proc.returncode} (logs: {self.logs})"
+                    )
             time.sleep(0.05)
 
     def effects(self) -> list[dict[str, Any]]:
-        return self.rows("select step, pid from demo_effects where task_id = %s order by id",
-                         self.task_id)
+        return self.rows(
+            "select step, pid from demo_effects where task_id = %s order by id", self.task_id
+        )
 
     def runs(self) -> list[dict[str, Any]]:
-        return self.rows(f"select attempt, state, claimed_by, failure_reason->>'name' as failure,"
-                         f" failure_reason->>'message' as message from absurd.r_{demo_app.QUEUE}"
-                         " where task_id = %s order by attempt", self.task_id)
+        return self.rows(
+            f"select attempt, state, claimed_by, failure_reason->>'name' as failure,"
+            f" failure_reason->>'message' as message from absurd.r_{demo_app.QUEUE}"
+            " where task_id = %s order by attempt",
+            self.task_id,
+        )
 
     def task(self) -> dict[str, Any]:
-        return self.rows(f"select state, completed_payload from absurd.t_{demo_app.QUEUE}"
-                         " where task_id = %s", self.task_id)[0]
+        return self.rows(
+            f"select state, completed_payload from absurd.t_{demo_app.QUEUE} where task_id = %s",
+            self.task_id,
+        )[0]
 
     def run(self) -> list[str]:
         """The story; returns the problems found (empty when everything checks out)."""
-        out = self.out
-        schema.install(self.conn)  # type: ignore[arg-type]
+        schema.install(self.conn)
         self.conn.execute("select absurd.create_queue(%s)", (demo_app.QUEUE,))
         self.conn.execute(demo_app.EFFECTS_DDL)
         self.say(f"schema {schema.SCHEMA_VERSION} installed on an embedded PostgreSQL")
-        row = self.rows("select task_id from absurd.spawn_task(%s, 'process-order', %s, %s)",
-                        demo_app.QUEUE, json.dumps({"order": ORDER}),
-                        json.dumps({"max_attempts": 5,
-                                    "retry_strategy": {"kind": "fixed", "base_seconds": 0}}))
+        row = self.rows(
+            "select task_id from absurd.spawn_task(%s, 'process-order', %s, %s)",
+            demo_app.QUEUE,
+            json.dumps({"order": ORDER}),
+            json.dumps({"max_attempts": 5, "retry_strategy": {"kind": "fixed", "base_seconds": 0}}),
+        )
         self.task_id = row[0]["task_id"]
-        self.say(f"spawned [bold]process-order[/bold] {ORDER}: reserve-stock -> charge-card ->"
-                 " pack-parcel -> sleep 1 s -> wait for 'shipped' -> send-receipt")
+        self.say(
+            f"spawned [bold]process-order[/bold] {ORDER}: reserve-stock -> charge-card ->"
+            " pack-parcel -> sleep 1 s -> wait for 'shipped' -> send-receipt"
+        )
         first = self.start_worker("worker-1", slow=True)
         self.say(f"worker-1 started (pid {first.pid})")
-        self.wait_for("charge-card to succeed on the retry",
-                      lambda: any(e["step"] == "charge-card" for e in self.effects()))
-        self.say("attempt 1 failed in charge-card (payment provider timed out); "
-                 "attempt 2 replayed reserve-stock and charged the card")
+        self.wait_for(
+            "charge-card to succeed on the retry",
+            lambda: any(e["step"] == "charge-card" for e in self.effects()),
+        )
+        self.say(
+            "attempt 1 failed in charge-card (payment provider timed out); "
+            "attempt 2 replayed reserve-stock and charged the card"
+        )
         time.sleep(0.3)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         done = [e["step"] for e in self.effects()]
-        self.say(f"[bold red]SIGKILL[/bold red] worker-1 in the middle of pack-parcel "
-                 f"(steps done so far: {', '.join(done)})")
+        self.say(
+            f"[bold red]SIGKILL[/bold red] worker-1 in the middle of pack-parcel "
+            f"(steps done so far: {', '.join(done)})"
+        )
         second = self.start_worker("worker-2", slow=False)
         self.say(f"worker-2 started (pid {second.pid}); worker-1's lease expires in 2 s")
-        self.wait_for("the task to wait for its event", lambda: self.rows(
-            f"select 1 from absurd.w_{demo_app.QUEUE} where task_id = %s", self.task_id) != [])
-        self.say("worker-2 took over (attempt 3): replayed the finished steps, packed the "
-                 "parcel, slept 1 s, and now waits for 'shipped'")
-        self.conn.execute("select absurd.emit_event(%s, %s, %s)",
-                          (demo_app.QUEUE, f"shipped:{ORDER}", json.dumps({"carrier": "DHL"})))
+        self.wait_for(
+            "the task to wait for its event",
+            lambda: (
+                self.rows(
+                    f"select 1 from absurd.w_{demo_app.QUEUE} where task_id = %s", self.task_id
+                )
+                != []
+            ),
+        )
+        self.say(
+            "worker-2 took over (attempt 3): replayed the finished steps, packed the "
+            "parcel, slept 1 s, and now waits for 'shipped'"
+        )
+        self.conn.execute(
+            "select absurd.emit_event(%s, %s, %s)",
+            (demo_app.QUEUE, f"shipped:{ORDER}", json.dumps({"carrier": "DHL"})),
+        )
         self.say(f"emitted event shipped:{ORDER}")
         self.wait_for("the task to complete", lambda: self.task()["state"] == "completed")
         second.send_signal(signal.SIGTERM)
@@ -141,18 +182,25 @@ class Demo:
             if counts[step] != 1:
                 problems.append(f"step {step} completed {counts[step]} times (expected once)")
         owners = {e["step"]: e["pid"] for e in self.effects()}
-        expected = {"reserve-stock": pid1, "charge-card": pid1, "pack-parcel": pid2,
-                    "send-receipt": pid2}
+        expected = {
+            "reserve-stock": pid1,
+            "charge-card": pid1,
+            "pack-parcel": pid2,
+            "send-receipt": pid2,
+        }
         for step, pid in expected.items():
             if step in owners and owners[step] != pid:
                 problems.append(f"step {step} ran in pid {owners[step]}, expected {pid}")
         task = self.task()
         if task["state"] != "completed" or task["completed_payload"] != {
-                "order": ORDER, "carrier": "DHL"}:
+            "order": ORDER,
+            "carrier": "DHL",
+        }:
             problems.append(f"task ended {task['state']} with {task['completed_payload']}")
         states = [(r["attempt"], r["state"], r["failure"]) for r in self.runs()]
-        if [s[:2] for s in states] != [(1, "failed"), (2, "failed"), (3, "completed")] or \
-                states[1][2] != "$ClaimTimeout":
+        if [s[:2] for s in states] != [(1, "failed"), (2, "failed"), (3, "completed")] or states[1][
+            2
+        ] != "$ClaimTimeout":
             problems.append(f"unexpected runs: {states}")
         return problems
 
@@ -165,8 +213,9 @@ class Demo:
             why = f"{r['failure']}: {r['message']}" if r["failure"] else ""
             runs.add_row(str(r["attempt"]), r["state"], cell(r["claimed_by"]), why)
         out.print(runs)
-        effects = Table(title="side effects (written by the steps, outside checkpoints)",
-                        title_justify="left")
+        effects = Table(
+            title="side effects (written by the steps, outside checkpoints)", title_justify="left"
+        )
         effects.add_column("step")
         effects.add_column("completed")
         effects.add_column("by pid")
@@ -175,8 +224,9 @@ class Demo:
         for e in self.effects():
             pids.setdefault(e["step"], set()).add(e["pid"])
         for step in STEPS:
-            effects.add_row(step, f"{counts[step]}x",
-                            ", ".join(str(p) for p in sorted(pids.get(step, ()))))
+            effects.add_row(
+                step, f"{counts[step]}x", ", ".join(str(p) for p in sorted(pids.get(step, ())))
+            )
         out.print(effects)
         out.print(f"result: {cell(self.task()['completed_payload'])}")
 
@@ -217,8 +267,10 @@ def demo(keep_logs: bool) -> None:
         logs.rmdir()
     else:
         out.print(f"worker logs: {logs}")
-    out.print("\n[bold green]OK[/bold green]: each step completed exactly once, across a retry,"
-              " a SIGKILL, a sleep and an event.")
+    out.print(
+        "\n[bold green]OK[/bold green]: each step completed exactly once, across a retry,"
+        " a SIGKILL, a sleep and an event."
+    )
 
 
 COMMANDS = [demo]

@@ -50,12 +50,17 @@ def prepare_database(server: Any) -> tuple[str, list[str], str | None]:
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the data lives (default: the user data directory).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the data lives (default: the user data directory).",
+)
 @click.option("--habitat", "with_habitat", is_flag=True, help="Also serve the dashboard.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard address.")
-@click.option("--port", type=click.IntRange(1, 65535), default=7890, show_default=True,
-              help="Dashboard port.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=7890, show_default=True, help="Dashboard port."
+)
 @verbose_option
 def dev(data_dir: Path | None, with_habitat: bool, host: str, port: int) -> None:
     """Run an embedded PostgreSQL with the schema, print its DSN, wait for Ctrl-C."""
@@ -69,9 +74,12 @@ def dev(data_dir: Path | None, with_habitat: bool, host: str, port: int) -> None
     out = console()
     try:
         dsn, steps, before = prepare_database(server)
-        state = (f"installed schema {schema.SCHEMA_VERSION}" if before is None
-                 else f"schema {before} -> {schema.SCHEMA_VERSION}" + (
-                     f" ({', '.join(steps)})" if steps else ""))
+        state = (
+            f"installed schema {schema.SCHEMA_VERSION}"
+            if before is None
+            else f"schema {before} -> {schema.SCHEMA_VERSION}"
+            + (f" ({', '.join(steps)})" if steps else "")
+        )
         out.print(f"[bold]absurd dev[/bold]: PostgreSQL in {path}; {state}")
         click.echo(f"export ABSURD_DATABASE_URL='{dsn}'")
         if serve is not None:

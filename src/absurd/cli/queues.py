@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -81,7 +82,7 @@ def drop_queue(db: Target, queue: str, yes: bool) -> None:
     with db.connect() as conn:
         require_queue(conn, queue)
         if not yes:
-            if not click.get_text_stream("stdin").isatty():
+            if not sys.stdin.isatty():
                 raise CliError("refusing to drop a queue without confirmation (pass --yes)")
             answer = click.prompt(f"Drop queue {queue!r} and all its data? Type 'yes'")
             if answer.strip().lower() != "yes":

@@ -25,8 +25,8 @@ def init(db: Target, ref: str | None) -> None:
             err=True,
         )
     with db.connect(require_schema=False) as conn:
-        before = schema.installed_version(conn)  # type: ignore[arg-type]
-        schema.install(conn)  # type: ignore[arg-type]
+        before = schema.installed_version(conn)
+        schema.install(conn)
     what = "installed" if before is None else f"upgraded from {before} to"
     click.echo(f"{what} schema {schema.SCHEMA_VERSION} in {db.describe()}")
 
@@ -77,7 +77,7 @@ def migrate(
         click.echo(_migration_sql(from_version))
         return
     with db.connect(require_schema=False) as conn:
-        installed = schema.installed_version(conn)  # type: ignore[arg-type]
+        installed = schema.installed_version(conn)
         if from_version is not None and installed is not None and installed != from_version:
             raise CliError(f"--from {from_version} but the database has schema {installed}")
         source = installed or from_version
@@ -91,8 +91,8 @@ def migrate(
             return
         with progress() as bar:
             bar.add_task(f"migrating {source or 'empty database'} -> {schema.SCHEMA_VERSION}")
-            steps = schema.migrate(conn)  # type: ignore[arg-type]
-        after = schema.installed_version(conn)  # type: ignore[arg-type]
+            steps = schema.migrate(conn)
+        after = schema.installed_version(conn)
     if after != schema.SCHEMA_VERSION:
         raise CliError(f"migration ended at schema {after}, expected {schema.SCHEMA_VERSION}")
     done = ", ".join(steps) if steps else "absurd.sql"
@@ -105,7 +105,7 @@ def migrate(
 def schema_version(db: Target, as_json: bool) -> None:
     """Print the installed schema version, or "unknown"."""
     with db.connect(require_schema=False) as conn:
-        version = schema.installed_version(conn)  # type: ignore[arg-type]
+        version = schema.installed_version(conn)
     if as_json:
         print_json({"version": version, "package_version": schema.SCHEMA_VERSION})
     else:
@@ -137,7 +137,7 @@ def expected_functions() -> set[str]:
 
 def problems(conn: Conn) -> tuple[str | None, list[str]]:
     """The installed version and a list of one-line problems (empty when intact)."""
-    version = schema.installed_version(conn)  # type: ignore[arg-type]
+    version = schema.installed_version(conn)
     if version is None:
         return None, ["no Absurd schema installed (run: absurdctl init)"]
     found: list[str] = []
@@ -222,10 +222,7 @@ def cleanup(
     ttl = int(ttl_days * 86400)
     with db.connect() as conn:
         require_queue(conn, queue)
-        if dry_run:
-            result = _count(conn, queue, ttl)
-        else:
-            result = _delete(conn, queue, ttl, limit)
+        result = _count(conn, queue, ttl) if dry_run else _delete(conn, queue, ttl, limit)
     if as_json:
         print_json({"queue": queue, "dry_run": dry_run, **result})
     else:

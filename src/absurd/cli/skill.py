@@ -50,8 +50,12 @@ def agent_help() -> None:
 
 
 @click.command("install-skill")
-@click.argument("target_dir", required=False, default=".agents/skills",
-                type=click.Path(file_okay=False, path_type=Path))
+@click.argument(
+    "target_dir",
+    required=False,
+    default=".agents/skills",
+    type=click.Path(file_okay=False, path_type=Path),
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing SKILL.md.")
 @verbose_option
 def install_skill(target_dir: Path, force: bool) -> None:

@@ -70,9 +70,7 @@ def _table(name: str) -> sql.Composable:
 def _candidates(conn: Conn, queue: str | None) -> list[dict[str, Any]]:
     if queue is not None:
         require_queue(conn, queue)
-    return conn.execute(
-        "select * from absurd.list_detach_candidates(%s)", (queue,)
-    ).fetchall()
+    return conn.execute("select * from absurd.list_detach_candidates(%s)", (queue,)).fetchall()
 
 
 def _statements(conn: Conn, row: dict[str, Any]) -> tuple[sql.Composed, sql.Composed]:

@@ -30,15 +30,22 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         raise CliError(f"{what} {value!r} is not a UUID") from None
 
 
-def locate(conn: Conn, *, task_id: uuid.UUID | None = None, run_id: uuid.UUID | None = None,
-           queue: str | None = None) -> tuple[str, uuid.UUID]:
+def locate(
+    conn: Conn,
+    *,
+    task_id: uuid.UUID | None = None,
+    run_id: uuid.UUID | None = None,
+    queue: str | None = None,
+) -> tuple[str, uuid.UUID]:
     """(queue, task id) of a task or run id: one primary-key probe per queue, one statement."""
     if queue is not None:
         require_queue(conn, queue)
         names = [queue]
     else:
         names = queue_names(conn)
-    name, args = ("task_find", {"task_id": task_id}) if task_id else ("run_find", {"run_id": run_id})
+    name, args = (
+        ("task_find", {"task_id": task_id}) if task_id else ("run_find", {"run_id": run_id})
+    )
     what = f"task {task_id}" if task_id else f"run {run_id}"
     where = f"queue {queue!r}" if queue else "any queue"
     if not names:
@@ -58,8 +65,9 @@ def locate(conn: Conn, *, task_id: uuid.UUID | None = None, run_id: uuid.UUID | 
 # -- spawn-task ------------------------------------------------------------------
 
 
-def _retry_strategy(kind: str | None, base: float | None, factor: float | None,
-                    maximum: float | None) -> dict[str, Any] | None:
+def _retry_strategy(
+    kind: str | None, base: float | None, factor: float | None, maximum: float | None
+) -> dict[str, Any] | None:
     if kind is None and base is None and factor is None and maximum is None:
         return None
     strategy: dict[str, Any] = {"kind": kind or "exponential"}
@@ -72,11 +80,18 @@ def _retry_strategy(kind: str | None, base: float | None, factor: float | None,
 @click.command("spawn-task")
 @click.argument("task_name")
 @click.option("-q", "--queue", default="default", show_default=True)
-@click.option("-P", "--param", "params_flags", multiple=True, metavar="K=V|K:=JSON",
-              help="A parameter (dotted keys nest); repeatable.")
+@click.option(
+    "-P",
+    "--param",
+    "params_flags",
+    multiple=True,
+    metavar="K=V|K:=JSON",
+    help="A parameter (dotted keys nest); repeatable.",
+)
 @click.option("--params", "params_json", metavar="JSON", help="Base parameters (a JSON object).")
-@click.option("-H", "--header", "headers", multiple=True, metavar="K=V|K:=JSON",
-              help="A header; repeatable.")
+@click.option(
+    "-H", "--header", "headers", multiple=True, metavar="K=V|K:=JSON", help="A header; repeatable."
+)
 @click.option("--max-attempts", type=click.IntRange(min=1))
 @click.option("--retry-kind", type=click.Choice(RETRY_KINDS))
 @click.option("--retry-base", type=float, metavar="SECS")
@@ -89,12 +104,25 @@ def _retry_strategy(kind: str | None, base: float | None, factor: float | None,
 @click.option("--delay", type=float, default=None, metavar="SECS", help="Start no sooner.")
 @json_option
 @with_db
-def spawn_task(db: Target, task_name: str, queue: str, params_flags: tuple[str, ...],
-               params_json: str | None, headers: tuple[str, ...], max_attempts: int | None,
-               retry_kind: str | None, retry_base: float | None, retry_factor: float | None,
-               retry_max: float | None, max_duration: float | None, max_delay: float | None,
-               idempotency_key: str | None, priority: int | None, delay: float | None,
-               as_json: bool) -> None:
+def spawn_task(
+    db: Target,
+    task_name: str,
+    queue: str,
+    params_flags: tuple[str, ...],
+    params_json: str | None,
+    headers: tuple[str, ...],
+    max_attempts: int | None,
+    retry_kind: str | None,
+    retry_base: float | None,
+    retry_factor: float | None,
+    retry_max: float | None,
+    max_duration: float | None,
+    max_delay: float | None,
+    idempotency_key: str | None,
+    priority: int | None,
+    delay: float | None,
+    as_json: bool,
+) -> None:
     """Spawn a task TASK_NAME on a queue."""
     check_queue_name(queue)
     params = build(params_json, params_flags, "-P/--param", "--params")
@@ -106,12 +134,16 @@ def spawn_task(db: Target, task_name: str, queue: str, params_flags: tuple[str, 
     strategy = _retry_strategy(retry_kind, retry_base, retry_factor, retry_max)
     if strategy is not None:
         options["retry_strategy"] = strategy
-    cancellation = {k: v for k, v in (("max_duration", max_duration), ("max_delay", max_delay))
-                    if v is not None}
+    cancellation = {
+        k: v for k, v in (("max_duration", max_duration), ("max_delay", max_delay)) if v is not None
+    }
     if cancellation:
         options["cancellation"] = cancellation
-    for key, value in (("idempotency_key", idempotency_key), ("priority", priority),
-                       ("delay", delay)):
+    for key, value in (
+        ("idempotency_key", idempotency_key),
+        ("priority", priority),
+        ("delay", delay),
+    ):
         if value is not None:
             options[key] = value
     with db.connect() as conn:
@@ -126,8 +158,10 @@ def spawn_task(db: Target, task_name: str, queue: str, params_flags: tuple[str, 
         print_json(result)
     else:
         verb = "spawned" if row["created"] else "already spawned (idempotency key)"
-        click.echo(f"{verb} task {row['task_id']} on {queue}"
-                   f" (run {row['run_id']}, attempt {row['attempt']})")
+        click.echo(
+            f"{verb} task {row['task_id']} on {queue}"
+            f" (run {row['run_id']}, attempt {row['attempt']})"
+        )
 
 
 # -- retry-task, cancel-task, emit-event ----------------------------------------
@@ -140,8 +174,14 @@ def spawn_task(db: Target, task_name: str, queue: str, params_flags: tuple[str, 
 @click.option("--spawn-new", is_flag=True, help="Spawn a fresh task instead of retrying in place.")
 @json_option
 @with_db
-def retry_task(db: Target, task_id: str, queue: str | None, max_attempts: int | None,
-               spawn_new: bool, as_json: bool) -> None:
+def retry_task(
+    db: Target,
+    task_id: str,
+    queue: str | None,
+    max_attempts: int | None,
+    spawn_new: bool,
+    as_json: bool,
+) -> None:
     """Retry a failed task (a new attempt, or a new task with --spawn-new)."""
     tid = parse_uuid(task_id, "task id")
     options: dict[str, Any] = {"spawn_new": spawn_new}
@@ -149,16 +189,19 @@ def retry_task(db: Target, task_id: str, queue: str | None, max_attempts: int | 
         options["max_attempts"] = max_attempts
     with db.connect() as conn:
         found, _ = locate(conn, task_id=tid, queue=queue)
-        row = conn.execute("select * from absurd.retry_task(%s, %s, %s)",
-                           (found, tid, json.dumps(options))).fetchone()
+        row = conn.execute(
+            "select * from absurd.retry_task(%s, %s, %s)", (found, tid, json.dumps(options))
+        ).fetchone()
     assert row is not None
     if as_json:
         print_json({"queue": found, **row})
     elif row["created"]:
         click.echo(f"respawned as task {row['task_id']} on {found} (run {row['run_id']})")
     else:
-        click.echo(f"retried task {row['task_id']} on {found}"
-                   f" (attempt {row['attempt']}, run {row['run_id']})")
+        click.echo(
+            f"retried task {row['task_id']} on {found}"
+            f" (attempt {row['attempt']}, run {row['run_id']})"
+        )
 
 
 @click.command("cancel-task")
@@ -179,12 +222,19 @@ def cancel_task(db: Target, task_id: str, queue: str | None) -> None:
 @click.command("emit-event")
 @click.argument("event_name")
 @click.option("-q", "--queue", default="default", show_default=True)
-@click.option("-P", "--param", "params_flags", multiple=True, metavar="K=V|K:=JSON",
-              help="A payload field (dotted keys nest); repeatable.")
+@click.option(
+    "-P",
+    "--param",
+    "params_flags",
+    multiple=True,
+    metavar="K=V|K:=JSON",
+    help="A payload field (dotted keys nest); repeatable.",
+)
 @click.option("--payload", metavar="JSON", help="The payload (a JSON object).")
 @with_db
-def emit_event(db: Target, event_name: str, queue: str, params_flags: tuple[str, ...],
-               payload: str | None) -> None:
+def emit_event(
+    db: Target, event_name: str, queue: str, params_flags: tuple[str, ...], payload: str | None
+) -> None:
     """Emit EVENT_NAME on a queue (the first emit of a name wins)."""
     if not event_name.strip():
         raise CliError("event name must not be empty")
@@ -202,19 +252,35 @@ def emit_event(db: Target, event_name: str, queue: str, params_flags: tuple[str,
 @click.option("-q", "--queue", default=None, help="One queue (default: all).")
 @click.option("-n", "--task-name", default=None, help="Only tasks with this name.")
 @click.option("-s", "--status", type=click.Choice(STATES), default=None, help="Only this state.")
-@click.option("-l", "--limit", type=click.IntRange(min=1, max=100_000), default=50,
-              show_default=True)
-@click.option("--before", default=None, metavar="TASK_ID",
-              help="Page: tasks created before this one (without --status).")
+@click.option(
+    "-l", "--limit", type=click.IntRange(min=1, max=100_000), default=50, show_default=True
+)
+@click.option(
+    "--before",
+    default=None,
+    metavar="TASK_ID",
+    help="Page: tasks created before this one (without --status).",
+)
 @json_option
 @with_db
-def list_tasks(db: Target, queue: str | None, task_name: str | None, status: str | None,
-               limit: int, before: str | None, as_json: bool) -> None:
+def list_tasks(
+    db: Target,
+    queue: str | None,
+    task_name: str | None,
+    status: str | None,
+    limit: int,
+    before: str | None,
+    as_json: bool,
+) -> None:
     """List the newest tasks (with --status: the most recently active in that state)."""
     if before is not None and status is not None:
         raise CliError("--before pages the listing without --status")
-    args = {"task_name": task_name, "state": status, "limit": limit,
-            "before": parse_uuid(before, "--before") if before else None}
+    args = {
+        "task_name": task_name,
+        "state": status,
+        "limit": limit,
+        "before": parse_uuid(before, "--before") if before else None,
+    }
     name = "task_list_by_state" if status else "task_list"
     rows: list[dict[str, Any]] = []
     with db.connect() as conn:
@@ -225,8 +291,12 @@ def list_tasks(db: Target, queue: str | None, task_name: str | None, status: str
                 rows.append({"queue": q, **row})
     key = "updated_at" if status else "task_id"
     rows.sort(key=lambda r: r[key], reverse=True)
-    show(rows[:limit], ["task_id", "queue", "task_name", "state", "attempts", "updated_at"],
-         as_json, empty="(no tasks)")
+    show(
+        rows[:limit],
+        ["task_id", "queue", "task_name", "state", "attempts", "updated_at"],
+        as_json,
+        empty="(no tasks)",
+    )
 
 
 # -- dump-task ------------------------------------------------------------------
@@ -264,21 +334,33 @@ def _print_dump(data: dict[str, Any]) -> None:
     for run in data["runs"]:
         out = console()
         out.print(f"\n[bold]run {run['run_id']}[/bold] (attempt {run['attempt']}): {run['state']}")
-        for key in ("claimed_by", "claim_expires_at", "available_at", "created_at", "started_at",
-                    "completed_at", "failed_at", "wake_event"):
+        for key in (
+            "claimed_by",
+            "claim_expires_at",
+            "available_at",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "failed_at",
+            "wake_event",
+        ):
             if run[key] is not None:
                 click.echo(f"    {key}: {cell(run[key])}")
         for wait in run["waits"]:
             status = f"emitted {cell(wait['emitted_at'])}" if wait["emitted_at"] else "waiting"
-            click.echo(f"    waits for event {wait['event_name']!r} (step {wait['step_name']!r},"
-                       f" timeout {cell(wait['timeout_at']) or 'none'}): {status}")
+            click.echo(
+                f"    waits for event {wait['event_name']!r} (step {wait['step_name']!r},"
+                f" timeout {cell(wait['timeout_at']) or 'none'}): {status}"
+            )
         if run["result"] is not None:
             click.echo(f"    result: {cell(run['result'])}")
         if run["failure_reason"] is not None:
             _print_failure(run["failure_reason"])
         for cp in run["checkpoints"]:
-            click.echo(f"    step {cp['checkpoint_name']!r} = {cell(cp['state'])}"
-                       f" ({cell(cp['updated_at'])})")
+            click.echo(
+                f"    step {cp['checkpoint_name']!r} = {cell(cp['state'])}"
+                f" ({cell(cp['updated_at'])})"
+            )
     owned = {c["checkpoint_name"] for r in data["runs"] for c in r["checkpoints"]}
     other = [c for c in data["checkpoints"] if c["checkpoint_name"] not in owned]
     if other:
@@ -293,8 +375,9 @@ def _print_dump(data: dict[str, Any]) -> None:
 @click.option("-q", "--queue", default=None, help="The queue (found when omitted).")
 @json_option
 @with_db
-def dump_task(db: Target, task_id: str | None, run_id: str | None, queue: str | None,
-              as_json: bool) -> None:
+def dump_task(
+    db: Target, task_id: str | None, run_id: str | None, queue: str | None, as_json: bool
+) -> None:
     """Show a task with all its runs, waits, results, failures and checkpoints."""
     if (task_id is None) == (run_id is None):
         raise CliError("give exactly one of --task-id and --run-id")

@@ -62,8 +62,11 @@ def _run_sync(apps: list[Absurd], options: dict[str, Any]) -> None:
             apps[0].close()
         return
     threads = [
-        threading.Thread(target=a.start_worker, kwargs={**options, "handle_signals": False},
-                         name=f"absurd-worker-{a.queue_name}")
+        threading.Thread(
+            target=a.start_worker,
+            kwargs={**options, "handle_signals": False},
+            name=f"absurd-worker-{a.queue_name}",
+        )
         for a in apps
     ]
 
@@ -85,6 +88,11 @@ def _run_sync(apps: list[Absurd], options: dict[str, Any]) -> None:
             a.close()
 
 
+def _stop_all(apps: list[AsyncAbsurd]) -> None:
+    for a in apps:
+        a.stop_worker()
+
+
 async def _run_async(apps: list[AsyncAbsurd], options: dict[str, Any]) -> None:
     if len(apps) == 1:
         try:
@@ -94,7 +102,7 @@ async def _run_async(apps: list[AsyncAbsurd], options: dict[str, Any]) -> None:
         return
     loop = asyncio.get_running_loop()
     for s in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(s, lambda: [a.stop_worker() for a in apps])
+        loop.add_signal_handler(s, _stop_all, apps)
     try:
         await asyncio.gather(
             *(a.start_worker(**{**options, "handle_signals": False}) for a in apps)
@@ -108,32 +116,77 @@ async def _run_async(apps: list[AsyncAbsurd], options: dict[str, Any]) -> None:
 
 @click.command()
 @click.argument("app_spec", metavar="MODULE:APP")
-@click.option("-q", "--queue", "queues", multiple=True,
-              help="Queue to work on (repeatable; default: the app's queue).")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Tasks run at once, per queue.")
-@click.option("--claim-timeout", type=click.IntRange(min=0), default=120, show_default=True,
-              help="Lease in seconds; renewed while a task runs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Tasks claimed per round trip (default: concurrency).")
-@click.option("--poll-interval", type=float, default=0.25, show_default=True,
-              help="Fallback poll in seconds (workers are woken by NOTIFY).")
-@click.option("--shutdown-grace", type=float, default=30.0, show_default=True,
-              help="Seconds running tasks get to finish on SIGTERM/SIGINT.")
+@click.option(
+    "-q",
+    "--queue",
+    "queues",
+    multiple=True,
+    help="Queue to work on (repeatable; default: the app's queue).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Tasks run at once, per queue.",
+)
+@click.option(
+    "--claim-timeout",
+    type=click.IntRange(min=0),
+    default=120,
+    show_default=True,
+    help="Lease in seconds; renewed while a task runs.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks claimed per round trip (default: concurrency).",
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Fallback poll in seconds (workers are woken by NOTIFY).",
+)
+@click.option(
+    "--shutdown-grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds running tasks get to finish on SIGTERM/SIGINT.",
+)
 @click.option("--worker-id", default=None, help="Worker name (default host:pid).")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @verbose_option
-def worker(app_spec: str, queues: tuple[str, ...], concurrency: int, claim_timeout: int,
-           batch_size: int | None, poll_interval: float, shutdown_grace: float,
-           worker_id: str | None, log_level: str) -> None:
+def worker(
+    app_spec: str,
+    queues: tuple[str, ...],
+    concurrency: int,
+    claim_timeout: int,
+    batch_size: int | None,
+    poll_interval: float,
+    shutdown_grace: float,
+    worker_id: str | None,
+    log_level: str,
+) -> None:
     """Run the worker of the Absurd client MODULE:APP until SIGTERM or Ctrl-C.
 
     MODULE is imported from the current directory; APP is an Absurd or AsyncAbsurd
     instance with its tasks registered.
     """
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     app = load_app(app_spec)
     apps = [for_queue(app, q) for q in dict.fromkeys(queues or (app.queue_name,))]
     options: dict[str, Any] = {
@@ -145,9 +198,9 @@ def worker(app_spec: str, queues: tuple[str, ...], concurrency: int, claim_timeo
         "shutdown_grace": shutdown_grace,
     }
     if isinstance(app, AsyncAbsurd):
-        asyncio.run(_run_async(apps, options))  # type: ignore[arg-type]
+        asyncio.run(_run_async(apps, options))
     else:
-        _run_sync(apps, options)  # type: ignore[arg-type]
+        _run_sync(apps, options)
 
 
 COMMANDS = [worker]
