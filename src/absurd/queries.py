@@ -8,7 +8,9 @@ scattered through modules as f-strings.
 Per-queue table names are placeholders: ``{t}``, ``{r}``, ``{c}``, ``{e}`` and ``{w}``
 stand for ``absurd.t_<queue>`` and so on. :func:`query` fills them with quoted
 identifiers, never with string formatting of user input; values go in as bind
-parameters (``%(name)s``).
+parameters (``%(name)s``). A per-queue query must be executed with a parameter
+mapping (an empty one if it has no parameters): a ``%`` in a queue name is written
+``%%`` so that psycopg's placeholder parser leaves it alone.
 """
 
 from __future__ import annotations
@@ -52,5 +54,12 @@ def query(name: str, queue: str | None = None) -> sql.Composed:
         raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
     tables = {}
     if queue is not None:
-        tables = {p: sql.Identifier("absurd", f"{p}_{queue}") for p in _PREFIXES}
+        tables = {p: sql.SQL(_table(f"{p}_{queue}")) for p in _PREFIXES}
     return sql.SQL(text).format(**tables)
+
+
+def _table(name: str) -> str:
+    """``"absurd"."<name>"`` quoted as PostgreSQL quotes identifiers, ``%`` doubled
+    (psycopg would otherwise read it as the start of a placeholder)."""
+    quoted = '"' + name.replace('"', '""') + '"'
+    return ('"absurd".' + quoted).replace("%", "%%")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from absurd import queries, schema
 from absurd.cli._output import CliError, verbose_option
@@ -87,9 +87,26 @@ class Target:
             yield conn
 
 
+def installed_version(conn: Conn) -> str | None:
+    """``absurd.schema.installed_version`` on a dict-row connection."""
+    with tuple_rows(conn) as plain:
+        return schema.installed_version(plain)
+
+
+@contextmanager
+def tuple_rows(conn: Conn) -> Iterator[psycopg.Connection[Any]]:
+    """The same connection returning tuples (what ``absurd.schema`` expects) for a while."""
+    previous = conn.row_factory
+    conn.row_factory = tuple_row  # type: ignore[assignment]
+    try:
+        yield conn
+    finally:
+        conn.row_factory = previous
+
+
 def require_installed(conn: Conn, target: Target | None = None) -> str:
     """The installed schema version; a clear error when there is no schema."""
-    version = schema.installed_version(conn)
+    version = installed_version(conn)
     if version is None:
         where = target.describe() if target else "this database"
         raise CliError(f"no Absurd schema in {where} (run: absurdctl init)")

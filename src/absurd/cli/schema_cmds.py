@@ -9,7 +9,14 @@ import click
 from psycopg import sql
 
 from absurd import queries, schema
-from absurd.cli._conn import Conn, Target, require_queue, with_db
+from absurd.cli._conn import (
+    Conn,
+    Target,
+    installed_version,
+    require_queue,
+    tuple_rows,
+    with_db,
+)
 from absurd.cli._output import CliError, json_option, print_json
 from absurd.cli._progress import progress
 
@@ -25,8 +32,9 @@ def init(db: Target, ref: str | None) -> None:
             err=True,
         )
     with db.connect(require_schema=False) as conn:
-        before = schema.installed_version(conn)
-        schema.install(conn)
+        before = installed_version(conn)
+        with tuple_rows(conn) as plain:
+            schema.install(plain)
     what = "installed" if before is None else f"upgraded from {before} to"
     click.echo(f"{what} schema {schema.SCHEMA_VERSION} in {db.describe()}")
 
@@ -77,7 +85,7 @@ def migrate(
         click.echo(_migration_sql(from_version))
         return
     with db.connect(require_schema=False) as conn:
-        installed = schema.installed_version(conn)
+        installed = installed_version(conn)
         if from_version is not None and installed is not None and installed != from_version:
             raise CliError(f"--from {from_version} but the database has schema {installed}")
         source = installed or from_version
@@ -91,8 +99,9 @@ def migrate(
             return
         with progress() as bar:
             bar.add_task(f"migrating {source or 'empty database'} -> {schema.SCHEMA_VERSION}")
-            steps = schema.migrate(conn)
-        after = schema.installed_version(conn)
+            with tuple_rows(conn) as plain:
+                steps = schema.migrate(plain)
+        after = installed_version(conn)
     if after != schema.SCHEMA_VERSION:
         raise CliError(f"migration ended at schema {after}, expected {schema.SCHEMA_VERSION}")
     done = ", ".join(steps) if steps else "absurd.sql"
@@ -105,7 +114,7 @@ def migrate(
 def schema_version(db: Target, as_json: bool) -> None:
     """Print the installed schema version, or "unknown"."""
     with db.connect(require_schema=False) as conn:
-        version = schema.installed_version(conn)
+        version = installed_version(conn)
     if as_json:
         print_json({"version": version, "package_version": schema.SCHEMA_VERSION})
     else:
@@ -137,7 +146,7 @@ def expected_functions() -> set[str]:
 
 def problems(conn: Conn) -> tuple[str | None, list[str]]:
     """The installed version and a list of one-line problems (empty when intact)."""
-    version = schema.installed_version(conn)
+    version = installed_version(conn)
     if version is None:
         return None, ["no Absurd schema installed (run: absurdctl init)"]
     found: list[str] = []

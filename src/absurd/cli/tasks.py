@@ -50,16 +50,17 @@ def locate(
     where = f"queue {queue!r}" if queue else "any queue"
     if not names:
         raise CliError(f"{what} not found in {where} (there are no queues)")
+    # Queues are told apart by position: a queue name never enters the SQL text as a value.
     union = sql.SQL(" union all ").join(
-        sql.SQL("select {} as queue_name, f.task_id from ({}) f").format(
-            sql.Literal(q), queries.query(name, q)
+        sql.SQL("select {} as i, f.task_id from ({}) f").format(
+            sql.Literal(i), queries.query(name, q)
         )
-        for q in names
+        for i, q in enumerate(names)
     )
     rows = conn.execute(union, args).fetchall()
     if not rows:
         raise CliError(f"{what} not found in {where}")
-    return rows[0]["queue_name"], rows[0]["task_id"]
+    return names[rows[0]["i"]], rows[0]["task_id"]
 
 
 # -- spawn-task ------------------------------------------------------------------
