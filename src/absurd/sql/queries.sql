@@ -28,13 +28,20 @@ order by t.task_id desc
 limit %(limit)s
 
 -- name: task_list_by_state --
--- Tasks in one state, most recently active first: driven by the runs' (state,
--- available_at) index r_<q>_sai, keeping each task's latest run only.
+-- Tasks in one state, most recently active first: walks the runs' (state, available_at)
+-- index r_<q>_sai newest first and probes each run's task by primary key (the lateral
+-- LIMIT 1 keeps it a nested loop), keeping tasks whose latest run this is.
 select t.task_id, t.task_name, t.state, t.attempts, t.enqueue_at, r.run_id, r.claimed_by,
   coalesce(r.completed_at, r.failed_at, t.cancelled_at, r.started_at, t.enqueue_at) as updated_at
-from {r} r join {t} t on t.task_id = r.task_id and t.last_attempt_run = r.run_id
-where r.state = %(state)s::text and t.state = %(state)s::text
-  and (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
+from {r} r
+cross join lateral (
+  select t.task_id, t.task_name, t.state, t.attempts, t.enqueue_at, t.cancelled_at
+  from {t} t
+  where t.task_id = r.task_id and t.last_attempt_run = r.run_id and t.state = %(state)s::text
+    and (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
+  limit 1
+) t
+where r.state = %(state)s::text
 order by r.available_at desc
 limit %(limit)s
 
