@@ -64,9 +64,7 @@ def test_migrate(cli: Cli, new_database: Callable[[], str]) -> None:
     assert dumped.code == 0 and "create or replace function absurd.spawn_task" in dumped.stdout
 
 
-def test_validate_reports_each_problem(
-    cli: Cli, new_database: Callable[[], str]
-) -> None:
+def test_validate_reports_each_problem(cli: Cli, new_database: Callable[[], str]) -> None:
     db = new_database()
     assert cli("init", db=db).code == 0
     queue = HOSTILE[0]
@@ -74,8 +72,10 @@ def test_validate_reports_each_problem(
     with psycopg.connect(db, autocommit=True) as c:
         c.execute(f'drop index absurd."r_{queue.replace(chr(34), chr(34) * 2)}_cli"')
         c.execute("drop function absurd.queue_next_wake(text)")
-        c.execute("create or replace function absurd.get_schema_version() returns text"
-                  " language sql as $$ select '0.5.1'::text $$")
+        c.execute(
+            "create or replace function absurd.get_schema_version() returns text"
+            " language sql as $$ select '0.5.1'::text $$"
+        )
     result = cli("validate", db=db)
     assert result.code == 1
     assert f"index absurd.r_{queue}_cli is missing" in result.stdout
@@ -246,7 +246,10 @@ def test_connection_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ABSURD_DATABASE_URL", "postgresql://u@envhost:6000/envdb")
     assert "host=envhost" in Target().dsn() and "dbname=envdb" in Target().dsn()
     assert conninfo_to_dict(Target(host="h", port=7, user="x").dsn()) == {
-        "user": "x", "host": "h", "port": "7", "dbname": "envdb"
+        "user": "x",
+        "host": "h",
+        "port": "7",
+        "dbname": "envdb",
     }
     assert Target(database="named").dsn() == "dbname=named host=pghost port=5432 user=me"
     assert "dbname=other" in Target(database="postgresql://a@b/other").dsn()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -39,7 +40,10 @@ def load_app(spec: str) -> Absurd | AsyncAbsurd:
 
 
 def for_queue(app: Any, queue: str) -> Any:
-    """A client like ``app`` (same database, settings, tasks) working on ``queue``."""
+    """A client like ``app`` (same database, settings, tasks) working on ``queue``.
+
+    Workers run the tasks of their client's queue, so each queue gets its own client.
+    """
     if queue == app.queue_name:
         return app
     clone = type(app)(
@@ -50,7 +54,11 @@ def for_queue(app: Any, queue: str) -> Any:
         serializer=app.serializer,
         pool_size=app._pool_size,
     )
-    clone._registry = dict(app._registry)
+    # Tasks registered for the app's own queue run on this one; others keep theirs.
+    clone._registry = {
+        name: dataclasses.replace(task, queue=queue) if task.queue == app.queue_name else task
+        for name, task in app._registry.items()
+    }
     return clone
 
 
