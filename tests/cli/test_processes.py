@@ -48,7 +48,7 @@ def test_worker_runs_tasks_on_several_queues_and_stops_on_sigterm(
     for q in queues:
         assert cli("create-queue", q).code == 0
     tasks = [cli("spawn-task", "echo", "-q", q, "-P", "n:=1", "--json").json() for q in queues]
-    proc = start("worker", f"tests.cli.worker_app:{attr}", *sum((["-q", q] for q in queues), []),
+    proc = start("worker", f"tests.cli.worker_app:{attr}", *[a for q in queues for a in ("-q", q)],
                  "-c", "2", "--claim-timeout", "30", env={"ABSURD_DATABASE_URL": dsn})  # fmt: skip
     try:
         for q, t in zip(queues, tasks, strict=True):
