@@ -98,9 +98,15 @@ def test_queue_commands_with_hostile_names(cli: Cli, name: str) -> None:
     assert policy.json()["cleanup_limit"] == 7
     assert policy.json()["cleanup_ttl"] == 2 * 86400
     assert "cleanup_limit" in cli("queue-policy", name).stdout
-    spawned = cli("spawn-task", "t", "-q", name, "--json").json()
-    listed_tasks = cli("list-tasks", "-q", name, "--json").json()
+    spawned = cli("spawn-task", name, "-q", name, "-P", f"{name}={name}", "--json").json()
+    listed_tasks = cli("list-tasks", "-q", name, "-n", name, "--json").json()
     assert [t["task_id"] for t in listed_tasks] == [spawned["task_id"]]
+    assert listed_tasks[0]["task_name"] == name
+    dumped = cli("dump-task", "--task-id", spawned["task_id"], "--json").json()
+    assert dumped["queue"] == name and dumped["task"]["params"] == {name: name}
+    assert cli("emit-event", name, "-q", name, "--payload", json.dumps({name: 1})).code == 0
+    assert cli("cancel-task", spawned["task_id"]).code == 0
+    assert cli("list-tasks", "-s", "cancelled", "-q", name, "--json").json()[0]["queue"] == name
     one_line_error(cli("drop-queue", name, stdin=""), "--yes")
     assert cli("drop-queue", name, "--yes").code == 0
     one_line_error(cli("list-tasks", "-q", name), "does not exist")

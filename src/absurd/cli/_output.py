@@ -95,9 +95,20 @@ def cell(value: Any) -> str:
         return ""
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, dt.timedelta):
+        return interval(value)
     if isinstance(value, dict | list | bool | int | float) and not isinstance(value, str):
         return dumps(value, indent=None)
     return str(value)
+
+
+def interval(value: dt.timedelta) -> str:
+    """An interval as PostgreSQL writes it: ``28 days``, ``1 day 02:00:00``, ``00:00:30``."""
+    days, rest = value.days, int(value.total_seconds()) - value.days * 86400
+    parts = [f"{days} day{'s' if abs(days) != 1 else ''}"] if days else []
+    if rest or not days:
+        parts.append(f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}")
+    return " ".join(parts)
 
 
 def print_table(
@@ -112,7 +123,9 @@ def print_table(
     if not rows:
         out.print(empty)
         return
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False
+    )
     cols = list(columns)
     for col in cols:
         table.add_column(col, overflow="fold")
@@ -122,10 +135,11 @@ def print_table(
 
 
 def print_fields(row: dict[str, Any], *, title: str | None = None) -> None:
-    """One record as aligned ``key  value`` lines."""
+    """One record as aligned ``key  value`` lines (fields without a value are left out)."""
     out = console()
     if title:
         out.print(f"[bold]{title}[/bold]")
+    row = {k: v for k, v in row.items() if v is not None}
     width = max((len(k) for k in row), default=0)
     for key, value in row.items():
         out.print(f"  {key.ljust(width)}  {cell(value)}", markup=False)

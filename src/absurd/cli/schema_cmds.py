@@ -35,8 +35,13 @@ def init(db: Target, ref: str | None) -> None:
         before = installed_version(conn)
         with tuple_rows(conn) as plain:
             schema.install(plain)
-    what = "installed" if before is None else f"upgraded from {before} to"
-    click.echo(f"{what} schema {schema.SCHEMA_VERSION} in {db.describe()}")
+    if before is None:
+        what = f"installed schema {schema.SCHEMA_VERSION}"
+    elif before == schema.SCHEMA_VERSION:
+        what = f"schema {before} was already installed (re-applied, no change to data)"
+    else:
+        what = f"upgraded schema {before} to {schema.SCHEMA_VERSION}"
+    click.echo(f"{what} in {db.describe()}")
 
 
 def _plan(source: str | None) -> list[str]:
