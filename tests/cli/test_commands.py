@@ -284,3 +284,22 @@ def test_python_dash_m(dsn: str, connect: Connect) -> None:
     proc = subprocess.run([sys.executable, "-m", "absurd.cli", "schema-version", "-d", dsn],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == schema.SCHEMA_VERSION
+
+
+def test_migrate_an_upstream_schema(cli: Cli, new_database: Callable[[], str]) -> None:
+    import absurdctl as upstream  # upstream's CLI package: ships upstream's absurd.sql 0.5.1
+
+    db = new_database()
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute(upstream.BUNDLED_SCHEMA_SQL.encode())
+        c.execute("select absurd.create_queue('legacy')")
+        c.execute("select absurd.spawn_task('legacy', 'old-task', '{\"n\": 1}')")
+    assert cli("schema-version", db=db).stdout.strip() == "0.5.1"
+    stale = cli("validate", db=db)
+    assert stale.code == 1 and "schema version is 0.5.1" in stale.stdout
+    plan = cli("migrate", "--dry-run", db=db)
+    assert plan.code == 0 and "0.5.1 -> " in plan.stdout, plan
+    assert cli("migrate", db=db).code == 0
+    assert cli("validate", db=db).code == 0
+    tasks = cli("list-tasks", "-q", "legacy", "--json", db=db).json()
+    assert [t["task_name"] for t in tasks] == ["old-task"]

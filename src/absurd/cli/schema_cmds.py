@@ -44,10 +44,13 @@ def init(db: Target, ref: str | None) -> None:
     click.echo(f"{what} in {db.describe()}")
 
 
-def _plan(source: str | None) -> list[str]:
-    if source is None:
+def _plan(installed: str | None, declared: str | None) -> list[str]:
+    """What ``absurd.schema.migrate`` will do, from the version it will detect."""
+    if installed is None and declared is None:
         return [f"install absurd.sql {schema.SCHEMA_VERSION}"]
-    steps = schema.migration_path(source)
+    if installed is None:  # a legacy schema without get_schema_version(): absurd.sql converges it
+        return [f"apply absurd.sql (converges a {declared} schema to {schema.SCHEMA_VERSION})"]
+    steps = schema.migration_path(installed)
     return [f"apply migration {s}" for s in steps] + [
         f"apply absurd.sql (converges to {schema.SCHEMA_VERSION})"
     ]
@@ -96,7 +99,7 @@ def migrate(
         source = installed or from_version
         if source is not None and _newer(source, schema.SCHEMA_VERSION):
             raise CliError(f"refusing to downgrade schema {source} to {schema.SCHEMA_VERSION}")
-        plan = _plan(source)
+        plan = _plan(installed, from_version)
         if dry_run:
             click.echo(f"plan ({source or 'no schema'} -> {schema.SCHEMA_VERSION}):")
             for line in plan:
@@ -167,7 +170,9 @@ def problems(conn: Conn) -> tuple[str | None, list[str]]:
     triggers = {
         (r["table_name"], r["name"]) for r in conn.execute(queries.query("schema_trigger_list"))
     }
-    statements = [r["name"] for r in conn.execute("select absurd._sql_names() as name")]
+    statements = []  # an older schema has no catalogue (its absence is reported above)
+    if "_sql_names" in functions and "_sql" in functions:
+        statements = [r["name"] for r in conn.execute("select absurd._sql_names() as name")]
     for queue in [r["queue_name"] for r in conn.execute(queries.query("queue_list"))]:
         for prefix in _PER_QUEUE_TABLES:
             if f"{prefix}_{queue}" not in relations:
