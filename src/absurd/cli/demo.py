@@ -79,7 +79,7 @@ class Demo:
         self.workers.append(proc)
         return proc
 
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 25.0) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
