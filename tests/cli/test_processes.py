@@ -140,3 +140,30 @@ def test_demo() -> None:
         assert len(rows) == 1 and " 1x " in rows[0], (step, rows)
     assert "OK: each step completed exactly once" in out
     assert elapsed < 60  # the target (30 s) is measured in benchmarks, not asserted here
+
+
+def test_demo_check_catches_a_step_run_twice(new_database: Any) -> None:
+    """The demo's verdict comes from the database: a duplicated side effect fails it."""
+    from psycopg.rows import dict_row
+
+    from absurd.cli import _demo_app
+    from absurd.cli.demo import Demo
+
+    db = new_database()
+    with psycopg.connect(db, autocommit=True, row_factory=dict_row) as conn:
+        schema.install(conn)
+        conn.execute("select absurd.create_queue(%s)", (_demo_app.QUEUE,))
+        conn.execute(_demo_app.EFFECTS_DDL)
+        demo = Demo(conn, db, Path("."))
+        demo.task_id = conn.execute(
+            "select task_id from absurd.spawn_task(%s, 'process-order', '{}')",
+            (_demo_app.QUEUE,),
+        ).fetchone()["task_id"]  # type: ignore[index]
+        for step, pid in [("reserve-stock", 1), ("charge-card", 1), ("pack-parcel", 2),
+                          ("pack-parcel", 2), ("send-receipt", 2)]:  # fmt: skip
+            conn.execute("insert into demo_effects (task_id, step, pid) values (%s, %s, %s)",
+                         (demo.task_id, step, pid))  # fmt: skip
+        problems = demo.check(1, 2)
+    assert "step pack-parcel completed 2 times (expected once)" in problems
+    assert any(p.startswith("task ended pending") for p in problems)
+    assert any(p.startswith("unexpected runs") for p in problems)
