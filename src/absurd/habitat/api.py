@@ -80,7 +80,7 @@ def _summary(run: Row) -> Row:
 async def healthz(request: Request) -> Response:
     habitat = habitat_of(request)
     try:
-        await habitat.run(lambda conn: conn.execute("select 1").fetchone())
+        await habitat.run_within(3.0, lambda conn: conn.execute("select 1").fetchone())
     except Exception as exc:  # any failure to reach the database is "not healthy"
         return Response(f"unhealthy: {type(exc).__name__}", status_code=503)
     return Response("ok", media_type="text/plain")
@@ -135,7 +135,7 @@ async def tasks(request: Request) -> Response:
         f = store.RunFilter(
             queue=_arg(request, "queue"),
             state=_arg(request, "status", "state"),
-            task_name=_arg(request, "taskName"),
+            task_name=_arg(request, "taskName", "task_name"),
             params=_arg(request, "params"),
             after=store.parse_time(_arg(request, "after"), "after"),
             before=store.parse_time(_arg(request, "before"), "before"),

@@ -29,6 +29,8 @@ T = TypeVar("T")
 STATIC_DIR = Path(__file__).parent / "static"
 #: Server-side cap per statement: a page must never hang on a runaway query.
 STATEMENT_TIMEOUT_MS = 5000
+#: Seconds a request waits for a pooled connection.
+POOL_TIMEOUT = 15.0
 
 
 class _InfinityLoader(TimestamptzLoader):
@@ -84,9 +86,15 @@ class Habitat:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs ``fn(conn, *args, **kwargs)`` on a pooled connection in a worker thread."""
+        return await self.run_within(POOL_TIMEOUT, fn, *args, **kwargs)
+
+    async def run_within(
+        self, timeout: float, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """:meth:`run`, waiting at most ``timeout`` seconds for a connection."""
 
         def call() -> T:
-            with self.pool().connection() as conn:
+            with self.pool().connection(timeout=timeout) as conn:
                 return fn(conn, *args, **kwargs)
 
         return await run_in_threadpool(call)

@@ -170,23 +170,49 @@ def run_key(row: Row, by_state: bool) -> Key:
     return (row["available_at"], row["run_id"]) if by_state else (row["run_id"],)
 
 
+_MICRO = dt.timedelta(microseconds=1)
+
+
+def _micros(ts: dt.datetime) -> int:
+    return (ts - MIN_TS) // _MICRO
+
+
+def _from_micros(text: str) -> dt.datetime:
+    if not text.lstrip("-").isdigit():
+        raise BadInput("cursor")
+    try:
+        return MIN_TS + int(text) * _MICRO
+    except OverflowError:
+        raise BadInput("cursor") from None
+
+
 def format_cursor(key: Key | None) -> str | None:
+    """A URL-safe cursor: ``<run id>`` or ``<microseconds since 1970>~<id or name>``."""
     if key is None:
         return None
     if len(key) == 2:
-        return f"{key[0].isoformat()}~{key[1]}"
+        return f"{_micros(key[0])}~{key[1]}"
     return str(key[0])
+
+
+def split_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    at_text, sep, rest = cursor.partition("~")
+    try:
+        if not sep:
+            raise BadInput("cursor")
+        return _from_micros(at_text), rest
+    except BadInput:
+        raise BadInput(f"cursor is malformed: {cursor!r}") from None
 
 
 def parse_cursor(cursor: str | None, by_state: bool) -> Key | None:
     if not cursor:
         return None
-    at_text, sep, id_text = cursor.partition("~")
     try:
         if by_state:
-            at = parse_time(at_text, "cursor") if sep else None
+            at, id_text = split_cursor(cursor)
             run_id = parse_uuid(id_text, "cursor")
-            if at is None or run_id is None:
+            if run_id is None:
                 raise BadInput("cursor")
             return (at, run_id)
         run_id = parse_uuid(cursor, "cursor")
@@ -304,11 +330,7 @@ def event_page(
     """One keyset page of emitted events, newest first; a name prefix scans a window."""
     before_at, before_name = before or MAX_TS, "\U0010ffff"
     if cursor:
-        at_text, sep, name = cursor.partition("~")
-        at = parse_time(at_text, "cursor") if sep else None
-        if at is None:
-            raise BadInput(f"cursor is malformed: {cursor!r}")
-        before_at, before_name = at, name
+        before_at, before_name = split_cursor(cursor)
     found = rows(
         conn,
         "habitat_event_page",
