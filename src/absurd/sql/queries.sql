@@ -29,19 +29,21 @@ limit 1000
 -- name: habitat_queue_metrics --
 select
   (select count(*) from (select 1 from {r} where state = 'pending'
-     limit %(cap)s) x) as pending,
-  (select count(*) from (select 1 from {r} where state in ('pending', 'sleeping')
-     and available_at <= %(now)s limit %(cap)s) x) as visible,
+     order by available_at limit %(cap)s) x) as pending,
+  (select count(*) from (select 1 from {r} where state = 'pending'
+     and available_at <= %(now)s order by available_at limit %(cap)s) x)
+  + (select count(*) from (select 1 from {r} where state = 'sleeping'
+     and available_at <= %(now)s order by available_at limit %(cap)s) x) as visible,
   (select count(*) from (select 1 from {r} where state = 'running'
-     limit %(cap)s) x) as running,
+     order by available_at limit %(cap)s) x) as running,
   (select count(*) from (select 1 from {r} where state = 'sleeping'
-     limit %(cap)s) x) as sleeping,
+     order by available_at limit %(cap)s) x) as sleeping,
   (select count(*) from (select 1 from {r} where state = 'completed'
-     limit %(cap)s) x) as completed,
+     order by available_at limit %(cap)s) x) as completed,
   (select count(*) from (select 1 from {r} where state = 'failed'
-     limit %(cap)s) x) as failed,
+     order by available_at limit %(cap)s) x) as failed,
   (select count(*) from (select 1 from {r} where state = 'cancelled'
-     limit %(cap)s) x) as cancelled,
+     order by available_at limit %(cap)s) x) as cancelled,
   (select count(*) from (select 1 from {t} where finished_at > %(now)s - interval '1 minute'
      and finished_at <= %(now)s and state = 'completed' limit %(cap)s) x) as completed_last_minute,
   (select min(available_at) from {r} where state = 'pending') as oldest_pending_at,
@@ -66,7 +68,10 @@ from (
   order by run_id desc
   limit %(scan)s
 ) r
-join {t} t on t.task_id = r.task_id
+cross join lateral (
+  select task_name, state, max_attempts, attempts, params from {t} t
+  where t.task_id = r.task_id limit 1
+) t
 where (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
   and (%(params)s::jsonb is null or t.params @> %(params)s::jsonb)
 order by r.run_id desc
@@ -97,7 +102,10 @@ from (
   order by available_at desc, run_id desc
   limit %(scan)s
 ) r
-join {t} t on t.task_id = r.task_id
+cross join lateral (
+  select task_name, state, max_attempts, attempts, params from {t} t
+  where t.task_id = r.task_id limit 1
+) t
 where r.run_id < %(max_id)s and r.run_id >= %(after_id)s
   and (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
   and (%(params)s::jsonb is null or t.params @> %(params)s::jsonb)
@@ -188,5 +196,5 @@ from (
   order by claim_expires_at
   limit %(limit)s
 ) r
-join {t} t on t.task_id = r.task_id
+cross join lateral (select task_name from {t} t where t.task_id = r.task_id limit 1) t
 order by r.claim_expires_at, r.run_id
