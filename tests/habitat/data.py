@@ -100,3 +100,61 @@ def task_state(conn: psycopg.Connection[Any], queue: str, task_id: str) -> str:
     row = conn.execute(query.format(sql.Identifier(f"t_{queue}")), (task_id,)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def failed_task(conn: psycopg.Connection[Any], queue: str, name: str = "flaky") -> str:
+    """Spawns, claims and fails a one-attempt task; the queue must have nothing else ready."""
+    task_id = _spawn(conn, queue, name, {"n": 1}, max_attempts=1)
+    run, claimed = _claim(conn, queue, "worker-x")
+    assert claimed == task_id, "another task was claimable"
+    reason = {"name": "RuntimeError", "message": "boom"}
+    conn.execute("select absurd.fail_run(%s, %s, %s)", (queue, run, Jsonb(reason)))
+    return task_id
+
+
+class Server:
+    """Serves an ASGI app with uvicorn in a thread on a free port (tests, screenshots)."""
+
+    def __init__(self, app: Any) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
