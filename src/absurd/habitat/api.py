@@ -115,7 +115,7 @@ def _metrics(conn: Conn, habitat: Habitat) -> list[Row]:
                 "completedLastMinute": m["completed_last_minute"],
                 "newestMsgAt": m["newest_task_at"],
                 "oldestMsgAt": m["oldest_pending_at"],
-                "totalMessages": q["tasks_estimate"],
+                "totalMessages": q["tasks_estimate"] or 0,
                 "countCap": store.COUNT_CAP,
                 "scrapeTime": at,
             }

@@ -128,7 +128,7 @@ def _pretty(value: Any) -> str:
 
 def _short(value: Any) -> str:
     text = str(value)
-    return text[:8] if len(text) == 36 else text
+    return "…" + text[-8:] if len(text) == 36 else text
 
 
 def _duration(seconds: float | None) -> str:
@@ -143,7 +143,19 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _interval(value: dt.timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} s"
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
+    "interval": _interval,
     "count": _count,
     "when": _when,
     "pretty": _pretty,

@@ -292,11 +292,15 @@ async def queues(request: Request) -> Response:
     return render(request, "queues.html", queues=await habitat.run(_queues, habitat))
 
 
+#: Claims listed per queue on the Workers page (soonest-expiring first).
+WORKER_CLAIMS = 200
+
+
 def _workers(conn: Conn, habitat: Habitat) -> tuple[dt.datetime, list[Row]]:
     at = store.now(conn)
     claims: list[Row] = []
     for queue in habitat.queues.names(conn):
-        for claim in store.worker_claims(conn, queue):
+        for claim in store.worker_claims(conn, queue, WORKER_CLAIMS):
             claim["queue_name"] = queue
             claims.append(claim)
     workers: dict[str, list[Row]] = {}
@@ -312,7 +316,7 @@ def _workers(conn: Conn, habitat: Habitat) -> tuple[dt.datetime, list[Row]]:
 async def workers(request: Request) -> Response:
     habitat = habitat_of(request)
     at, grouped = await habitat.run(_workers, habitat)
-    return render(request, "workers.html", workers=grouped, now=at)
+    return render(request, "workers.html", workers=grouped, now=at, cap=WORKER_CLAIMS)
 
 
 # -- login ----------------------------------------------------------------------------

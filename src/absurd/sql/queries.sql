@@ -18,7 +18,7 @@ select absurd.current_time() as now
 -- name: habitat_queue_list --
 select q.queue_name, q.created_at, q.storage_mode, q.default_partition, q.partition_lookahead,
        q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age,
-       greatest(c.reltuples, 0)::bigint as tasks_estimate
+       case when c.reltuples >= 0 then c.reltuples::bigint end as tasks_estimate
 from absurd.queues q
 left join pg_class c
   on c.relname = 't_' || q.queue_name
