@@ -7,10 +7,12 @@ checks the database afterwards for writes.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from starlette.applications import Starlette
@@ -110,6 +112,7 @@ def test_security_headers(ro: TestClient) -> None:
     assert "frame-ancestors 'none'" in csp
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
     assert ro.get("/_static/habitat.js").status_code == 200
     assert ro.get("/_static/habitat.css").status_code == 200
 
@@ -140,6 +143,26 @@ def test_keyset_pages_cover_every_run_once(
         assert len(seen) == len(set(seen)) == expected, filters
     html = ro.get(f"/tasks?queue={queue}&perPage=10").text
     assert 'id="older"' in html
+
+
+def test_date_range_filters(ro: TestClient, hq: Q, conn: psycopg.Connection[Any]) -> None:
+    queue, _ = hq
+    row = conn.execute("select now()").fetchone()
+    assert row is not None
+    past, future = (
+        (row[0] - dt.timedelta(hours=1)).isoformat(),
+        (row[0] + dt.timedelta(hours=1)).isoformat(),
+    )
+    for state in ("", "&state=pending"):
+        url = f"/api/tasks?queue={queue}{state}&after={quote(past)}"
+        everything = ro.get(url).json()["items"]
+        assert everything and all(t["queueName"] == queue for t in everything)
+        assert (
+            ro.get(f"/api/tasks?queue={queue}{state}&after={quote(future)}").json()["items"] == []
+        )
+        assert ro.get(f"/api/tasks?queue={queue}{state}&before={quote(past)}").json()["items"] == []
+    html = ro.get(f"/tasks?queue={queue}&after={quote(future)}").text
+    assert "No runs match" in html
 
 
 def test_params_search_and_id_search(ro: TestClient, hq: Q) -> None:

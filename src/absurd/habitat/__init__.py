@@ -61,11 +61,18 @@ def serve(
     basic_auth: str | None = None,
     base_path: str = "",
 ) -> None:
-    """Serves Habitat with uvicorn until SIGINT/SIGTERM (blocks)."""
+    """Serves Habitat with uvicorn until SIGINT/SIGTERM, then returns (blocks till then).
+
+    A signal finishes the requests in flight and returns normally (uvicorn's own
+    runner would re-raise the signal after shutting down).
+    """
     import uvicorn
 
+    from absurd.habitat.app import quiet_server
+
     app = create_app(dsn, token=token, basic_auth=basic_auth, base_path=base_path)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="off")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
+        quiet_server(config).run()
     finally:
         app.state.habitat.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 import uuid
 from typing import Any
 
@@ -21,9 +20,7 @@ from absurd.habitat import actions, store
 from absurd.habitat.auth import CSRF_COOKIE, SESSION_COOKIE
 from absurd.habitat.state import Habitat, habitat_of
 from absurd.habitat.store import BadInput, Conn, Row
-from absurd.habitat.views import int_arg, load_runs, root
-
-_TASK_NAMES_TTL = 60.0
+from absurd.habitat.views import int_arg, root
 
 
 def _json_default(value: Any) -> Any:
@@ -169,12 +166,12 @@ async def tasks(request: Request) -> Response:
                     for r in reversed(runs)
                 ]
                 return items[: f.limit], None, names, [task["task_name"]]
-            page, names = load_runs(conn, habitat, f)
+            page, names = store.run_page_across(conn, habitat.queues, f)
             return (
                 page.items,
                 store.format_cursor(page.next_key),
                 names,
-                _task_names(conn, habitat, [f.queue] if f.queue else names),
+                habitat.task_names.get(conn, [f.queue] if f.queue else names),
             )
 
         items, cursor, names, task_names = await habitat.run(load)
@@ -193,22 +190,6 @@ async def tasks(request: Request) -> Response:
             "availableTaskNames": task_names,
         }
     )
-
-
-_names_cache: dict[tuple[int, str], tuple[float, list[str]]] = {}
-
-
-def _task_names(conn: Conn, habitat: Habitat, queues: list[str]) -> list[str]:
-    """Task names of the newest 5000 tasks per queue, cached for a minute."""
-    names: set[str] = set()
-    for q in queues:
-        key = (id(habitat), q)
-        hit = _names_cache.get(key)
-        if hit is None or time.monotonic() - hit[0] > _TASK_NAMES_TTL:
-            hit = (time.monotonic(), store.task_names(conn, q))
-            _names_cache[key] = hit
-        names.update(hit[1])
-    return sorted(names)
 
 
 def _detail_json(task: Row, run: Row) -> Row:
@@ -330,7 +311,7 @@ async def queue_tasks(request: Request) -> Response:
         f = store.RunFilter(
             queue=request.path_params["queue"], cursor=_arg(request, "cursor"), limit=limit
         )
-        page, _ = await habitat.run(load_runs, habitat, f)
+        page, _ = await habitat.run(store.run_page_across, habitat.queues, f)
     except BadInput as exc:
         return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
     return ApiResponse([_summary(i) for i in page.items])

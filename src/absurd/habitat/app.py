@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -89,3 +95,23 @@ def create_app(
     app.state.habitat = habitat
     app.add_middleware(SecurityHeaders)
     return app
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that shuts down gracefully on SIGINT/SIGTERM and then returns."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def quiet_server(config: uvicorn.Config) -> uvicorn.Server:
+    return _Server(config)

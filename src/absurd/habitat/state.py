@@ -54,6 +54,7 @@ class Habitat:
         self.dsn = dsn
         self.auth = auth
         self.queues = store.QueueCache()
+        self.task_names = store.TaskNameCache()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock = threading.Lock()
         self.templates = Environment(

@@ -273,8 +273,36 @@ def merge_pages(pages: list[Page], limit: int, key: Callable[[Row], Key]) -> Pag
     return Page(items, floor)
 
 
-def task_names(conn: Conn, queue: str) -> list[str]:
-    return [r["task_name"] for r in rows(conn, "habitat_task_names", queue, scan=5000)]
+def run_page_across(conn: Conn, queues: QueueCache, f: RunFilter) -> tuple[Page, list[str]]:
+    """One page of runs in ``f.queue``, or merged across every queue; and the queue names."""
+    names = queues.names(conn)
+    wanted = [queues.require(conn, f.queue)] if f.queue else names
+    by_state = bool(f.state)
+    pages = [run_page(conn, q, f) for q in wanted]
+    for q, page in zip(wanted, pages, strict=True):
+        for item in page.items:
+            item["queue_name"] = q
+    return merge_pages(pages, f.limit, lambda r: run_key(r, by_state)), names
+
+
+@dataclass
+class TaskNameCache:
+    """Task names of the newest 5,000 tasks per queue (the Tasks filter's suggestions)."""
+
+    ttl: float = 60.0
+    scan: int = 5000
+    entries: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
+
+    def get(self, conn: Conn, queues: list[str]) -> list[str]:
+        names: set[str] = set()
+        for q in queues:
+            hit = self.entries.get(q)
+            if hit is None or time.monotonic() - hit[0] > self.ttl:
+                found = rows(conn, "habitat_task_names", q, scan=self.scan)
+                hit = (time.monotonic(), [r["task_name"] for r in found])
+                self.entries[q] = hit
+            names.update(hit[1])
+        return sorted(names)
 
 
 # -- one task -------------------------------------------------------------------

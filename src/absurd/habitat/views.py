@@ -55,7 +55,9 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         request_query=str(request.url.query),
     )
     html = habitat.templates.get_template(template).render(context)
-    response = HTMLResponse(html, status_code=status)
+    # Live data and per-browser CSRF tokens: never cached; fragments differ from pages.
+    headers = {"Cache-Control": "no-store", "Vary": "X-Habitat-Fragment, Cookie"}
+    response = HTMLResponse(html, status_code=status, headers=headers)
     if fresh:
         response.set_cookie(
             CSRF_COOKIE, nonce, httponly=True, samesite="strict", path=root(request) or "/"
@@ -129,18 +131,6 @@ def _run_filter(request: Request) -> store.RunFilter:
     return f
 
 
-def load_runs(conn: Conn, habitat: Habitat, f: store.RunFilter) -> tuple[store.Page, list[str]]:
-    names = habitat.queues.names(conn)
-    queues = [habitat.queues.require(conn, f.queue)] if f.queue else names
-    by_state = bool(f.state)
-    pages = [store.run_page(conn, q, f) for q in queues]
-    for q, page in zip(queues, pages, strict=True):
-        for item in page.items:
-            item["queue_name"] = q
-    merged = store.merge_pages(pages, f.limit, lambda r: store.run_key(r, by_state))
-    return merged, names
-
-
 async def tasks(request: Request) -> Response:
     habitat = habitat_of(request)
     try:
@@ -152,7 +142,7 @@ async def tasks(request: Request) -> Response:
             queue, task_id = found
             return RedirectResponse(_link(request, f"/tasks/{task_id}", queue=queue), 303)
         f = _run_filter(request)
-        page, names = await habitat.run(load_runs, habitat, f)
+        page, names = await habitat.run(store.run_page_across, habitat.queues, f)
     except BadInput as exc:
         return bad_request(request, str(exc))
     params = {k: v for k, v in request.query_params.items() if k != "cursor"}
