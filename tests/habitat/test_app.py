@@ -143,6 +143,12 @@ def test_keyset_pages_cover_every_run_once(
         assert len(seen) == len(set(seen)) == expected, filters
     html = ro.get(f"/tasks?queue={queue}&perPage=10").text
     assert 'id="older"' in html
+    # upstream's page numbers still work (bounded depth)
+    pages = [ro.get(f"/api/tasks?queue={queue}&perPage=20&page={n}").json() for n in (1, 2, 3)]
+    ids = [t["runId"] for p in pages for t in p["items"]]
+    assert len(ids) == len(set(ids)) == 53 and [p["page"] for p in pages] == [1, 2, 3]
+    assert [p["hasMore"] for p in pages] == [True, True, False]
+    assert ro.get(f"/api/tasks?queue={queue}&perPage=200&page=51").status_code == 400
 
 
 def test_date_range_filters(ro: TestClient, hq: Q, conn: psycopg.Connection[Any]) -> None:

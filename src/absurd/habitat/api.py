@@ -22,6 +22,9 @@ from absurd.habitat.state import Habitat, habitat_of
 from absurd.habitat.store import BadInput, Conn, Row
 from absurd.habitat.views import int_arg, root
 
+#: Deepest row upstream-style ``page`` numbers reach (``page * perPage``).
+PAGE_DEPTH = 10_000
+
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
@@ -140,6 +143,15 @@ async def tasks(request: Request) -> Response:
             limit=per_page,
         )
         f.validate()
+        page_number = int_arg(request, "page", 1)
+        if page_number < 1 or (page_number > 1 and f.cursor):
+            raise BadInput("page must be >= 1 (and is not combined with cursor)")
+        if page_number * per_page > PAGE_DEPTH:
+            raise BadInput(
+                f"page * perPage may not exceed {PAGE_DEPTH:,}: follow nextCursor to go deeper"
+            )
+        # Upstream's page numbers: one bounded keyset read of page * perPage rows.
+        f.limit = page_number * per_page
         ids = [store.parse_uuid(_arg(request, name), name) for name in ("taskId", "q")]
         if _arg(request, "q") and ids[1] is None:
             raise BadInput("q must be a task or run id")
@@ -165,10 +177,10 @@ async def tasks(request: Request) -> Response:
                     }
                     for r in reversed(runs)
                 ]
-                return items[: f.limit], None, names, [task["task_name"]]
+                return items[:per_page], None, names, [task["task_name"]]
             page, names = store.run_page_across(conn, habitat.queues, f)
             return (
-                page.items,
+                page.items[(page_number - 1) * per_page :],
                 store.format_cursor(page.next_key),
                 names,
                 habitat.task_names.get(conn, [f.queue] if f.queue else names),
@@ -183,8 +195,8 @@ async def tasks(request: Request) -> Response:
             "total": -1,
             "hasMore": cursor is not None,
             "nextCursor": cursor,
-            "page": 1,
-            "perPage": f.limit,
+            "page": page_number,
+            "perPage": per_page,
             "availableStatuses": list(store.STATES),
             "availableQueues": names,
             "availableTaskNames": task_names,
