@@ -105,6 +105,11 @@ def test_a_hostile_queue_name_is_escaped(ro: TestClient, conn: psycopg.Connectio
         conn.execute("select absurd.drop_queue(%s)", (name,))
 
 
+def test_flash_messages_are_codes_not_text(ro: TestClient) -> None:
+    assert "Task spawned." in ro.get("/?msg=spawned").text
+    assert "evil.example" not in ro.get("/?msg=Session+expired,+log+in+at+evil.example").text
+
+
 def test_security_headers(ro: TestClient) -> None:
     response = ro.get("/")
     csp = response.headers["content-security-policy"]

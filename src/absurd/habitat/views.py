@@ -21,6 +21,14 @@ from absurd.habitat.state import Habitat, habitat_of
 from absurd.habitat.store import BadInput, Conn, Row
 
 PAGE_SIZE = 25
+#: Flash messages after an action, by code: a link cannot make Habitat show other text.
+MESSAGES = {
+    "cancelled": "Task cancelled.",
+    "retried": "Retried in place (new run).",
+    "retried-new": "Retried as a new task.",
+    "emitted": "Event emitted.",
+    "spawned": "Task spawned.",
+}
 
 
 def root(request: Request) -> str:
@@ -51,7 +59,7 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         current=request.url.path[len(root(request)) :] or "/",
         here=(request.url.path[len(root(request)) :] or "/")
         + (f"?{request.url.query}" if request.url.query else ""),
-        message=request.query_params.get("msg"),
+        message=MESSAGES.get(request.query_params.get("msg", "")),
         request_query=str(request.url.query),
     )
     html = habitat.templates.get_template(template).render(context)
@@ -396,7 +404,7 @@ async def action(request: Request) -> Response:
                 task_id = actions.require_uuid(_field(form, "task_id"), "task id")
                 if name == "cancel":
                     actions.cancel(conn, q, task_id)
-                    return f"/tasks/{task_id}", {"queue": q, "msg": "Task cancelled."}
+                    return f"/tasks/{task_id}", {"queue": q, "msg": "cancelled"}
                 spawn_new = _field(form, "mode") == "new"
                 row = actions.retry(
                     conn,
@@ -410,13 +418,13 @@ async def action(request: Request) -> Response:
                     if spawn_new
                     else actions.optional_int(_field(form, "extra_attempts"), "extra attempts"),
                 )
-                text = "Retried as a new task." if spawn_new else "Retried in place (new run)."
-                return f"/tasks/{row['task_id']}", {"queue": q, "msg": text}
+                code = "retried-new" if spawn_new else "retried"
+                return f"/tasks/{row['task_id']}", {"queue": q, "msg": code}
             if name == "emit":
                 event = actions.require_text(_field(form, "event_name"), "event name")
                 payload = actions.parse_json(_field(form, "payload"), "payload")
                 actions.emit(conn, q, event, payload)
-                return "/events", {"queue": q, "msg": f"Event {event} emitted."}
+                return "/events", {"queue": q, "msg": "emitted"}
             task_name = actions.require_text(_field(form, "task_name"), "task name")
             params = actions.parse_json(_field(form, "params"), "params")
             headers = actions.parse_json(_field(form, "headers"), "headers", object_only=True)
@@ -424,7 +432,7 @@ async def action(request: Request) -> Response:
             row = actions.spawn(
                 conn, q, task_name, params, headers=headers, max_attempts=max_attempts
             )
-            return f"/tasks/{row['task_id']}", {"queue": q, "msg": "Task spawned."}
+            return f"/tasks/{row['task_id']}", {"queue": q, "msg": "spawned"}
 
         path, params = await habitat.run(apply)
     except BadInput as exc:
