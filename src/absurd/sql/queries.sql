@@ -108,3 +108,195 @@ where c.relnamespace = to_regnamespace('absurd')
 select c.relname as table_name, tg.tgname as name
 from pg_trigger tg join pg_class c on c.oid = tg.tgrelid
 where c.relnamespace = to_regnamespace('absurd') and not tg.tgisinternal
+-- habitat ---------------------------------------------------------------------
+-- The dashboard's reads (src/absurd/habitat/store.py). Counts are bounded
+-- (count over a LIMITed subquery, shown as "N+" at the cap); lists are keyset
+-- pages; filters that no index serves (task name, params, event name prefix)
+-- look at a bounded window of the newest rows and say where they stopped.
+
+-- name: habitat_now --
+select absurd.current_time() as now
+
+-- name: habitat_queue_list --
+select q.queue_name, q.created_at, q.storage_mode, q.default_partition, q.partition_lookahead,
+       q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age,
+       case when c.reltuples >= 0 then c.reltuples::bigint end as tasks_estimate
+from absurd.queues q
+left join pg_class c
+  on c.relname = 't_' || q.queue_name
+ and c.relnamespace = 'absurd'::regnamespace
+order by q.queue_name
+limit 1000
+
+-- name: habitat_queue_metrics --
+select
+  (select count(*) from (select 1 from {r} where state = 'pending'
+     order by available_at limit %(cap)s) x) as pending,
+  (select count(*) from (select 1 from {r} where state = 'pending'
+     and available_at <= %(now)s order by available_at limit %(cap)s) x)
+  + (select count(*) from (select 1 from {r} where state = 'sleeping'
+     and available_at <= %(now)s order by available_at limit %(cap)s) x) as visible,
+  (select count(*) from (select 1 from {r} where state = 'running'
+     order by available_at limit %(cap)s) x) as running,
+  (select count(*) from (select 1 from {r} where state = 'sleeping'
+     order by available_at limit %(cap)s) x) as sleeping,
+  (select count(*) from (select 1 from {r} where state = 'completed'
+     order by available_at limit %(cap)s) x) as completed,
+  (select count(*) from (select 1 from {r} where state = 'failed'
+     order by available_at limit %(cap)s) x) as failed,
+  (select count(*) from (select 1 from {r} where state = 'cancelled'
+     order by available_at limit %(cap)s) x) as cancelled,
+  (select count(*) from (select 1 from {t} where finished_at > %(now)s - interval '1 minute'
+     and finished_at <= %(now)s and state = 'completed' limit %(cap)s) x) as completed_last_minute,
+  (select min(available_at) from {r} where state = 'pending') as oldest_pending_at,
+  (select absurd.uuidv7_timestamp(task_id) from {t}
+     order by task_id desc limit 1) as newest_task_at
+
+-- name: habitat_queue_throughput --
+select m as minute,
+  (select count(*) from (select 1 from {t} where finished_at >= m
+     and finished_at < m + interval '1 minute' limit %(cap)s) x) as finished
+from generate_series(date_trunc('minute', %(now)s::timestamptz) - interval '29 minutes',
+                     date_trunc('minute', %(now)s::timestamptz), interval '1 minute') m
+order by m
+
+-- name: habitat_run_page --
+select r.run_id, r.task_id, r.attempt, r.state, r.claimed_by, r.claim_expires_at,
+       r.available_at, r.started_at, r.completed_at, r.failed_at, r.created_at,
+       t.task_name, t.state as task_state, t.max_attempts, t.attempts
+from (
+  select * from {r}
+  where run_id < %(before_id)s and run_id >= %(after_id)s
+  order by run_id desc
+  limit %(scan)s
+) r
+cross join lateral (
+  select task_name, state, max_attempts, attempts, params from {t} t
+  where t.task_id = r.task_id limit 1
+) t
+where (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
+  and (%(params)s::jsonb is null or t.params @> %(params)s::jsonb)
+order by r.run_id desc
+limit %(limit)s
+
+-- name: habitat_run_window_end --
+select run_id, scanned from (
+  select run_id, count(*) over () as scanned,
+         row_number() over (order by run_id) as n
+  from (
+    select run_id from {r}
+    where run_id < %(before_id)s and run_id >= %(after_id)s
+    order by run_id desc
+    limit %(scan)s
+  ) w
+) x
+where n = 1
+
+-- name: habitat_run_page_by_state --
+select r.run_id, r.task_id, r.attempt, r.state, r.claimed_by, r.claim_expires_at,
+       r.available_at, r.started_at, r.completed_at, r.failed_at, r.created_at,
+       t.task_name, t.state as task_state, t.max_attempts, t.attempts
+from (
+  select * from {r}
+  where state = %(state)s
+    and available_at <= %(before_at)s
+    and (available_at < %(before_at)s or run_id < %(before_id)s)
+  order by available_at desc, run_id desc
+  limit %(scan)s
+) r
+cross join lateral (
+  select task_name, state, max_attempts, attempts, params from {t} t
+  where t.task_id = r.task_id limit 1
+) t
+where r.run_id < %(max_id)s and r.run_id >= %(after_id)s
+  and (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
+  and (%(params)s::jsonb is null or t.params @> %(params)s::jsonb)
+order by r.available_at desc, r.run_id desc
+limit %(limit)s
+
+-- name: habitat_run_window_end_by_state --
+select available_at, run_id, scanned from (
+  select available_at, run_id, count(*) over () as scanned,
+         row_number() over (order by available_at, run_id) as n
+  from (
+    select available_at, run_id from {r}
+    where state = %(state)s
+      and available_at <= %(before_at)s
+      and (available_at < %(before_at)s or run_id < %(before_id)s)
+    order by available_at desc, run_id desc
+    limit %(scan)s
+  ) w
+) x
+where n = 1
+
+-- name: habitat_task_names --
+select distinct task_name from (
+  select task_name from {t} order by task_id desc limit %(scan)s
+) t
+order by task_name
+limit 200
+
+-- name: habitat_task_get --
+select task_id, task_name, params, headers, retry_strategy, max_attempts, cancellation,
+       enqueue_at, first_started_at, state, attempts, last_attempt_run, completed_payload,
+       cancelled_at, idempotency_key, priority, finished_at
+from {t}
+where task_id = %(task_id)s
+
+-- name: habitat_run_get --
+select run_id, task_id from {r} where run_id = %(run_id)s
+
+-- name: habitat_task_runs --
+select run_id, task_id, attempt, state, claimed_by, claim_expires_at, available_at,
+       wake_event, event_payload, started_at, completed_at, failed_at, result,
+       failure_reason, created_at, priority
+from {r}
+where task_id = %(task_id)s
+order by attempt, run_id
+limit 1000
+
+-- name: habitat_task_checkpoints --
+select checkpoint_name, state, status, owner_run_id, updated_at
+from {c}
+where task_id = %(task_id)s
+order by updated_at, checkpoint_name
+limit 1000
+
+-- name: habitat_task_waits --
+select w.run_id, w.step_name, w.event_name, w.timeout_at, w.created_at,
+       e.payload as event_payload, e.emitted_at
+from {w} w
+left join {e} e on e.event_name = w.event_name and e.payload is not null
+where w.task_id = %(task_id)s
+order by w.created_at, w.step_name
+limit 1000
+
+-- name: habitat_event_page --
+select event_name, payload, emitted_at from (
+  select event_name, payload, emitted_at from {e}
+  where emitted_at <= %(before_at)s
+    and (emitted_at < %(before_at)s or event_name < %(before_name)s)
+    and emitted_at >= %(after_at)s
+  order by emitted_at desc, event_name desc
+  limit %(scan)s
+) e
+where payload is not null
+  and (%(name_like)s::text is null or event_name like %(name_like)s::text)
+order by emitted_at desc, event_name desc
+limit %(limit)s
+
+-- name: habitat_event_get --
+select event_name, payload, emitted_at from {e}
+where event_name = %(event_name)s and payload is not null
+
+-- name: habitat_worker_claims --
+select r.run_id, r.task_id, r.attempt, r.claimed_by, r.claim_expires_at, r.started_at,
+       t.task_name
+from (
+  select run_id, task_id, attempt, claimed_by, claim_expires_at, started_at from {r}
+  where state = 'running' and claim_expires_at is not null
+  order by claim_expires_at
+  limit %(limit)s
+) r
+cross join lateral (select task_name from {t} t where t.task_id = r.task_id limit 1) t
+order by r.claim_expires_at, r.run_id

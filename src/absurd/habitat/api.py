@@ -1,0 +1,525 @@
+"""Habitat's JSON API: upstream's endpoints and field names, plus the write actions.
+
+Upstream's ``GET /api/...`` endpoints keep their shapes so existing scripts work;
+lists are bounded (``/api/queues/{q}/tasks`` has a limit here). The write endpoints
+need a credential in the ``Authorization`` header (or a login session plus an
+``X-CSRF-Token`` header) and a JSON body; bad input is a 400 with a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from absurd.habitat import actions, store
+from absurd.habitat.auth import CSRF_COOKIE, SESSION_COOKIE
+from absurd.habitat.state import Habitat, habitat_of
+from absurd.habitat.store import BadInput, Conn, Row
+from absurd.habitat.views import int_arg, root
+
+#: Deepest row upstream-style ``page`` numbers reach (``page * perPage``).
+PAGE_DEPTH = 10_000
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | dt.timedelta):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+class ApiResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_json_default, ensure_ascii=False).encode("utf-8")
+
+
+def error(message: str, status: int = 400) -> Response:
+    return ApiResponse({"error": message}, status_code=status)
+
+
+def _arg(request: Request, *names: str) -> str | None:
+    for name in names:
+        value = request.query_params.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _summary(run: Row) -> Row:
+    """A run as upstream's TaskSummary."""
+    return {
+        "taskId": run["task_id"],
+        "runId": run["run_id"],
+        "queueName": run["queue_name"],
+        "taskName": run["task_name"],
+        "status": run["state"],
+        "taskStatus": run.get("task_state"),
+        "attempt": run["attempt"],
+        "maxAttempts": run.get("max_attempts"),
+        "createdAt": run["created_at"],
+        "updatedAt": run.get("completed_at")
+        or run.get("failed_at")
+        or run.get("started_at")
+        or run["created_at"],
+        "completedAt": run.get("completed_at"),
+        "workerId": run.get("claimed_by"),
+        "claimExpiresAt": run.get("claim_expires_at"),
+        "availableAt": run.get("available_at"),
+    }
+
+
+# -- reads ------------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    habitat = habitat_of(request)
+    try:
+        await habitat.run_within(3.0, lambda conn: conn.execute("select 1").fetchone())
+    except Exception as exc:  # any failure to reach the database is "not healthy"
+        return Response(f"unhealthy: {type(exc).__name__}", status_code=503)
+    return Response("ok", media_type="text/plain")
+
+
+async def config(request: Request) -> Response:
+    habitat = habitat_of(request)
+    base = root(request)
+    return ApiResponse(
+        {
+            "basePath": base,
+            "apiBasePath": f"{base}/api",
+            "staticBasePath": f"{base}/_static",
+            "readOnly": not habitat.auth.writable,
+            "authMode": habitat.auth.mode,
+        }
+    )
+
+
+def _metrics(conn: Conn, habitat: Habitat) -> list[Row]:
+    at = store.now(conn)
+    out = []
+    for q in habitat.queues.get(conn):
+        m = store.queue_metrics(conn, q["queue_name"], at)
+        out.append(
+            {
+                "queueName": q["queue_name"],
+                "queueLength": m["pending"] + m["sleeping"],
+                "queueVisibleLength": m["visible"],
+                "runningCount": m["running"],
+                "failedCount": m["failed"],
+                "completedLastMinute": m["completed_last_minute"],
+                "newestMsgAt": m["newest_task_at"],
+                "oldestMsgAt": m["oldest_pending_at"],
+                "totalMessages": q["tasks_estimate"] or 0,
+                "countCap": store.COUNT_CAP,
+                "scrapeTime": at,
+            }
+        )
+    return out
+
+
+async def metrics(request: Request) -> Response:
+    habitat = habitat_of(request)
+    return ApiResponse({"queues": await habitat.run(_metrics, habitat)})
+
+
+async def tasks(request: Request) -> Response:
+    habitat = habitat_of(request)
+    try:
+        per_page = int_arg(request, "perPage", 25)
+        f = store.RunFilter(
+            queue=_arg(request, "queue"),
+            state=_arg(request, "status", "state"),
+            task_name=_arg(request, "taskName", "task_name"),
+            params=_arg(request, "params"),
+            after=store.parse_time(_arg(request, "after"), "after"),
+            before=store.parse_time(_arg(request, "before"), "before"),
+            cursor=_arg(request, "cursor"),
+            limit=per_page,
+        )
+        f.validate()
+        page_number = int_arg(request, "page", 1)
+        if page_number < 1 or (page_number > 1 and f.cursor):
+            raise BadInput("page must be >= 1 (and is not combined with cursor)")
+        if page_number * per_page > PAGE_DEPTH:
+            raise BadInput(
+                f"page * perPage may not exceed {PAGE_DEPTH:,}: follow nextCursor to go deeper"
+            )
+        # Upstream's page numbers: one bounded keyset read of page * perPage rows.
+        f.limit = page_number * per_page
+        ids = [store.parse_uuid(_arg(request, name), name) for name in ("taskId", "q")]
+        if _arg(request, "q") and ids[1] is None:
+            raise BadInput("q must be a task or run id")
+
+        def load(conn: Conn) -> tuple[list[Row], str | None, list[str], list[str]]:
+            names = habitat.queues.names(conn)
+            wanted = next((i for i in ids if i is not None), None)
+            if wanted is not None:
+                found = store.find_task(conn, names, wanted, wanted)
+                if found is None:
+                    return [], None, names, []
+                q, task_id = found
+                runs = store.rows(conn, "habitat_task_runs", q, task_id=task_id)
+                task = store.one(conn, "habitat_task_get", q, task_id=task_id)
+                assert task is not None
+                items = [
+                    {
+                        **r,
+                        "queue_name": q,
+                        "task_name": task["task_name"],
+                        "task_state": task["state"],
+                        "max_attempts": task["max_attempts"],
+                    }
+                    for r in reversed(runs)
+                ]
+                return items[:per_page], None, names, [task["task_name"]]
+            page, names = store.run_page_across(conn, habitat.queues, f)
+            return (
+                page.items[(page_number - 1) * per_page :],
+                store.format_cursor(page.next_key),
+                names,
+                habitat.task_names.get(conn, [f.queue] if f.queue else names),
+            )
+
+        items, cursor, names, task_names = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc))
+    return ApiResponse(
+        {
+            "items": [_summary(i) for i in items],
+            "total": -1,
+            "hasMore": cursor is not None,
+            "nextCursor": cursor,
+            "page": page_number,
+            "perPage": per_page,
+            "availableStatuses": list(store.STATES),
+            "availableQueues": names,
+            "availableTaskNames": task_names,
+        }
+    )
+
+
+def _detail_json(task: Row, run: Row) -> Row:
+    waits = [w for w in task["waits"] if w["run_id"] == run["run_id"]]
+    wait_list = [
+        {
+            "waitType": "event",
+            "wakeAt": w["timeout_at"],
+            "wakeEvent": w["event_name"],
+            "stepName": w["step_name"],
+            "eventPayload": w["event_payload"],
+            "emittedAt": w["emitted_at"],
+            "updatedAt": w["created_at"],
+        }
+        for w in waits
+    ]
+    if run["state"] == "sleeping" and not waits:
+        wait_list.append(
+            {
+                "waitType": "timer",
+                "wakeAt": run["available_at"],
+                "wakeEvent": None,
+                "stepName": None,
+                "eventPayload": None,
+                "emittedAt": None,
+                "updatedAt": run["created_at"],
+            }
+        )
+    summary = _summary(
+        {
+            **run,
+            "queue_name": task["queue_name"],
+            "task_name": task["task_name"],
+            "task_state": task["state"],
+            "max_attempts": task["max_attempts"],
+        }
+    )
+    return {
+        **summary,
+        "params": task["params"],
+        "retryStrategy": task["retry_strategy"],
+        "headers": task["headers"],
+        "state": run["failure_reason"] if run["failure_reason"] is not None else run["result"],
+        "result": run["result"],
+        "failureReason": run["failure_reason"],
+        "checkpoints": [
+            {
+                "stepName": c["checkpoint_name"],
+                "state": c["state"],
+                "status": c["status"],
+                "ownerRunId": c["owner_run_id"],
+                "expiresAt": None,
+                "updatedAt": c["updated_at"],
+            }
+            for c in task["checkpoints"]
+            if c["owner_run_id"] == run["run_id"]
+        ],
+        "waits": wait_list,
+    }
+
+
+async def task_run(request: Request) -> Response:
+    habitat = habitat_of(request)
+    try:
+        run_id = store.parse_uuid(request.path_params["run_id"], "run id")
+
+        def load(conn: Conn) -> Row | None:
+            found = store.find_task(conn, habitat.queues.names(conn), None, run_id)
+            if found is None:
+                return None
+            task = store.task_detail(conn, *found)
+            if task is None:
+                return None
+            run = next(r for r in task["runs"] if r["run_id"] == run_id)
+            return _detail_json(task, run)
+
+        detail = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc))
+    if detail is None:
+        return error(f"run {run_id} not found", 404)
+    return ApiResponse(detail)
+
+
+def _queue_counts(conn: Conn, habitat: Habitat) -> list[Row]:
+    at = store.now(conn)
+    out = []
+    for q in habitat.queues.get(conn):
+        m = store.queue_metrics(conn, q["queue_name"], at)
+        out.append(
+            {
+                "queueName": q["queue_name"],
+                "createdAt": q["created_at"],
+                "storageMode": q["storage_mode"],
+                "pendingCount": m["pending"],
+                "runningCount": m["running"],
+                "sleepingCount": m["sleeping"],
+                "completedCount": m["completed"],
+                "failedCount": m["failed"],
+                "cancelledCount": m["cancelled"],
+                "tasksEstimate": q["tasks_estimate"],
+                "countCap": store.COUNT_CAP,
+            }
+        )
+    return out
+
+
+async def queue_list(request: Request) -> Response:
+    habitat = habitat_of(request)
+    return ApiResponse(await habitat.run(_queue_counts, habitat))
+
+
+async def queue_tasks(request: Request) -> Response:
+    habitat = habitat_of(request)
+    try:
+        limit = int_arg(request, "limit", 100)
+        if not 1 <= limit <= 500:
+            raise BadInput("limit must be between 1 and 500")
+        f = store.RunFilter(
+            queue=request.path_params["queue"], cursor=_arg(request, "cursor"), limit=limit
+        )
+        page, _ = await habitat.run(store.run_page_across, habitat.queues, f)
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
+    return ApiResponse([_summary(i) for i in page.items])
+
+
+def _event_json(event: Row) -> Row:
+    return {
+        "queueName": event["queue_name"],
+        "eventName": event["event_name"],
+        "payload": event["payload"],
+        "emittedAt": event["emitted_at"],
+        "createdAt": event["emitted_at"],
+    }
+
+
+async def _events(request: Request, queue: str | None, max_limit: int) -> Response:
+    habitat = habitat_of(request)
+    try:
+        limit = int_arg(request, "limit", 100)
+        if not 1 <= limit <= max_limit:
+            raise BadInput(f"limit must be between 1 and {max_limit}")
+        name = _arg(request, "eventName")
+        after = store.parse_time(_arg(request, "after"), "after")
+        before = store.parse_time(_arg(request, "before"), "before")
+
+        def load(conn: Conn) -> list[Row]:
+            queues = [habitat.queues.require(conn, queue)] if queue else habitat.queues.names(conn)
+            pages = []
+            for q in queues:
+                if name is not None:
+                    exact = store.one(conn, "habitat_event_get", q, event_name=name)
+                    items = [exact] if exact else []
+                    page = store.Page(items, None)
+                else:
+                    page = store.event_page(conn, q, after=after, before=before, limit=limit)
+                for item in page.items:
+                    item["queue_name"] = q
+                pages.append(page)
+            return store.merge_pages(pages, limit, store.event_key).items
+
+        found = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
+    return ApiResponse([_event_json(e) for e in found])
+
+
+async def queue_events(request: Request) -> Response:
+    return await _events(request, request.path_params["queue"], 500)
+
+
+async def events(request: Request) -> Response:
+    return await _events(request, _arg(request, "queue"), 1000)
+
+
+async def workers(request: Request) -> Response:
+    habitat = habitat_of(request)
+
+    def load(conn: Conn) -> list[Row]:
+        out = []
+        for q in habitat.queues.names(conn):
+            for c in store.worker_claims(conn, q):
+                out.append(
+                    {
+                        "workerId": c["claimed_by"],
+                        "queueName": q,
+                        "taskId": c["task_id"],
+                        "runId": c["run_id"],
+                        "taskName": c["task_name"],
+                        "attempt": c["attempt"],
+                        "startedAt": c["started_at"],
+                        "claimExpiresAt": c["claim_expires_at"],
+                    }
+                )
+        return out
+
+    return ApiResponse(await habitat.run(load))
+
+
+# -- writes -----------------------------------------------------------------------------
+
+
+async def _json_body(request: Request, allowed: set[str]) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise BadInput("send a JSON body with Content-Type: application/json")
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise BadInput(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadInput("body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadInput(f"unknown field(s): {', '.join(unknown)}")
+    return body
+
+
+def _authorized(request: Request) -> Response | None:
+    auth = habitat_of(request).auth
+    if not auth.writable:
+        return error("Habitat is read-only: no credential is configured", 403)
+    if auth.check_header(request.headers.get("authorization")):
+        return None
+    if auth.check_session(request.cookies.get(SESSION_COOKIE)) and auth.check_csrf(
+        request.cookies.get(CSRF_COOKIE), request.headers.get("x-csrf-token")
+    ):
+        return None
+    return error("a credential is required (Authorization: Bearer <token> or Basic)", 401)
+
+
+async def _write(request: Request, allowed: set[str], apply: Any) -> Response:
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    habitat = habitat_of(request)
+    try:
+        body = await _json_body(request, allowed)
+        queue = body.get("queueName")
+        if not isinstance(queue, str):
+            raise BadInput("queueName is required")
+
+        def run(conn: Conn) -> Row:
+            q = habitat.queues.require(conn, queue)
+            result: Row = apply(conn, q, body)
+            result["queueName"] = q
+            return result
+
+        return ApiResponse(await habitat.run(run))
+    except BadInput as exc:
+        return error(str(exc))
+
+
+def _retry(conn: Conn, queue: str, body: Row) -> Row:
+    spawn_new = body.get("spawnNewTask", False)
+    if not isinstance(spawn_new, bool):
+        raise BadInput("spawnNewTask must be true or false")
+    row = actions.retry(
+        conn,
+        queue,
+        actions.require_uuid(body.get("taskId"), "taskId"),
+        spawn_new=spawn_new,
+        max_attempts=actions.optional_int(body.get("maxAttempts"), "maxAttempts"),
+        extra_attempts=actions.optional_int(body.get("extraAttempts"), "extraAttempts"),
+    )
+    return {
+        "taskId": row["task_id"],
+        "runId": row["run_id"],
+        "attempt": row["attempt"],
+        "created": row["created"],
+    }
+
+
+async def retry(request: Request) -> Response:
+    fields = {"taskId", "queueName", "spawnNewTask", "maxAttempts", "extraAttempts"}
+    return await _write(request, fields, _retry)
+
+
+def _cancel(conn: Conn, queue: str, body: Row) -> Row:
+    task_id = actions.require_uuid(body.get("taskId"), "taskId")
+    actions.cancel(conn, queue, task_id)
+    return {"taskId": task_id, "cancelled": True}
+
+
+async def cancel(request: Request) -> Response:
+    return await _write(request, {"taskId", "queueName"}, _cancel)
+
+
+def _emit(conn: Conn, queue: str, body: Row) -> Row:
+    name = actions.require_text(body.get("eventName"), "eventName")
+    actions.emit(conn, queue, name, body.get("payload"))
+    return {"eventName": name, "emitted": True}
+
+
+async def emit(request: Request) -> Response:
+    return await _write(request, {"queueName", "eventName", "payload"}, _emit)
+
+
+def _spawn(conn: Conn, queue: str, body: Row) -> Row:
+    headers = body.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise BadInput("headers must be a JSON object")
+    row = actions.spawn(
+        conn,
+        queue,
+        actions.require_text(body.get("taskName"), "taskName"),
+        body.get("params", {}),
+        headers=headers,
+        max_attempts=actions.optional_int(body.get("maxAttempts"), "maxAttempts"),
+    )
+    return {
+        "taskId": row["task_id"],
+        "runId": row["run_id"],
+        "attempt": row["attempt"],
+        "created": row["created"],
+    }
+
+
+async def spawn(request: Request) -> Response:
+    fields = {"queueName", "taskName", "params", "headers", "maxAttempts"}
+    return await _write(request, fields, _spawn)

@@ -1,0 +1,80 @@
+// Habitat: live refresh of the #live region, throughput charts, small helpers.
+// Vanilla JS, no dependencies; runs under a CSP without inline scripts.
+(function () {
+  "use strict";
+  var SVG = "http://www.w3.org/2000/svg";
+  var PERIOD_MS = 5000;
+
+  function el(name, attrs) {
+    var node = document.createElementNS(SVG, name);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, String(attrs[k])); });
+    return node;
+  }
+
+  // A bar chart of {minute, finished} points, drawn as inline SVG.
+  function drawCharts(root) {
+    root.querySelectorAll(".spark[data-chart]").forEach(function (box) {
+      var points;
+      try { points = JSON.parse(box.getAttribute("data-chart")); } catch (e) { return; }
+      var w = 180, h = 34, n = points.length || 1, gap = 1;
+      var max = Math.max.apply(null, points.map(function (p) { return p.finished; }).concat([1]));
+      var svg = el("svg", { width: w, height: h, viewBox: "0 0 " + w + " " + h });
+      svg.appendChild(el("line", { x1: 0, y1: h - 0.5, x2: w, y2: h - 0.5, "class": "base" }));
+      points.forEach(function (p, i) {
+        var bh = p.finished ? Math.max(1, (p.finished / max) * (h - 2)) : 0;
+        var bw = w / n - gap;
+        var rect = el("rect", { x: i * (w / n), y: h - bh, width: bw, height: bh, "class": "bar" });
+        var title = el("title");
+        title.textContent = p.minute.slice(11, 16) + " UTC: " + p.finished + " finished";
+        rect.appendChild(title);
+        svg.appendChild(rect);
+      });
+      box.textContent = "";
+      box.appendChild(svg);
+    });
+  }
+
+  function liveEnabled() {
+    var box = document.getElementById("auto-refresh");
+    return box ? box.checked : false;
+  }
+
+  // Light polling: fetch this same URL as a fragment and swap #live in place.
+  function refresh() {
+    var live = document.getElementById("live");
+    if (!live || live.getAttribute("data-live") !== "on" || !liveEnabled() || document.hidden) return;
+    if (live.querySelector("details[open]")) return;  // don't close what the user opened
+    fetch(window.location.href, { headers: { "X-Habitat-Fragment": "1" }, credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html === null) return;
+        live.innerHTML = html;
+        drawCharts(live);
+        live.setAttribute("data-refreshed", new Date().toISOString());
+      })
+      .catch(function () { /* keep the last good view */ });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    drawCharts(document);
+    var box = document.getElementById("auto-refresh");
+    if (box) {
+      box.checked = localStorage.getItem("habitat.live") !== "off";
+      box.addEventListener("change", function () {
+        localStorage.setItem("habitat.live", box.checked ? "on" : "off");
+      });
+    }
+    setInterval(refresh, PERIOD_MS);
+    document.addEventListener("click", function (ev) {
+      var t = ev.target.closest ? ev.target.closest("[data-json-toggle]") : null;
+      if (!t) return;
+      var open = t.getAttribute("data-json-toggle") === "open";
+      document.querySelectorAll("details.json").forEach(function (d) { d.open = open; });
+    });
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (ev) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) ev.preventDefault();
+      });
+    });
+  });
+})();

@@ -1,0 +1,59 @@
+"""Fixtures for Habitat: a populated queue and TestClients in each auth mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+pytest.importorskip("starlette", reason="Habitat needs the 'habitat' extra")
+
+from starlette.testclient import TestClient
+
+from absurd.habitat import create_app
+from tests.habitat.data import new_queue, populate
+
+TOKEN = "t0ken-for-tests"
+BASIC = "admin:pa55word"
+
+
+@pytest.fixture
+def hq(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A queue with one task in every state: (queue, ids by role)."""
+    queue = new_queue(conn)
+    ids = populate(conn, queue)
+    yield queue, ids
+    conn.execute("select absurd.drop_queue(%s)", (queue,))
+
+
+@pytest.fixture
+def make_client(dsn: str) -> Iterator[Callable[..., TestClient]]:
+    """Factory: a TestClient on a fresh app (``token=``, ``basic_auth=``, ``base_path=``)."""
+    clients: list[TestClient] = []
+
+    def make(**kwargs: Any) -> TestClient:
+        kwargs.setdefault("token", None)
+        kwargs.setdefault("basic_auth", None)
+        client = TestClient(create_app(dsn, **kwargs), follow_redirects=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+        client.app.state.habitat.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def ro(make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    monkeypatch.delenv("ABSURD_HABITAT_TOKEN", raising=False)
+    monkeypatch.delenv("ABSURD_HABITAT_BASIC_AUTH", raising=False)
+    return make_client()
+
+
+@pytest.fixture
+def rw(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(token=TOKEN, basic_auth=BASIC)

@@ -1,0 +1,217 @@
+"""Habitat in a real browser: Debian's chromium driven by Playwright (no browser download).
+
+The app runs under uvicorn on a free port against the test database; each test clicks
+through the UI and then checks the database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.habitat.conftest import BASIC, TOKEN
+from tests.habitat.data import CHROMIUM, CHROMIUM_ARGS, Server, failed_task, task_state
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(
+        f"{CHROMIUM} is missing (scripts/install-system installs it)", allow_module_level=True
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+
+from absurd.habitat import create_app  # noqa: E402
+
+Q = tuple[str, dict[str, str]]
+Page = Any
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _page(browser: Any, url: str) -> Iterator[Page]:
+    context = browser.new_context(base_url=url, viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.problems = problems
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def ro_page(browser: Any, dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
+    monkeypatch.delenv("ABSURD_HABITAT_TOKEN", raising=False)
+    monkeypatch.delenv("ABSURD_HABITAT_BASIC_AUTH", raising=False)
+    app = create_app(dsn)
+    with Server(app) as server:
+        yield from _page(browser, server.url)
+    app.state.habitat.close()
+
+
+@pytest.fixture
+def rw_page(browser: Any, dsn: str) -> Iterator[Page]:
+    app = create_app(dsn, token=TOKEN, basic_auth=BASIC)
+    with Server(app) as server:
+        yield from _page(browser, server.url)
+    app.state.habitat.close()
+
+
+def no_dialogs(page: Page) -> list[str]:
+    seen: list[str] = []
+
+    def on_dialog(d: Any) -> None:
+        seen.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", on_dialog)
+    return seen
+
+
+def test_click_through_every_view_read_only(ro_page: Page, hq: Q) -> None:
+    page, (queue, ids) = ro_page, hq
+    dialogs = no_dialogs(page)
+    page.goto("/")
+    assert page.locator(".badge.ro").inner_text() == "read-only"
+    assert "Habitat is read-only" in page.locator(".notice").inner_text()
+    row = page.locator("tr", has_text=queue)
+    row.locator(".spark svg").wait_for()  # the chart, drawn by habitat.js
+    page.click("nav >> text=Tasks")
+    page.select_option("#task-filters select[name=queue]", queue)
+    page.click("#task-filters button[type=submit]")
+    page.wait_for_url(re.compile(r"queue="))
+    assert page.locator("#runs tbody tr").count() >= 7
+    page.click("#runs >> text=send_email")
+    page.wait_for_url(re.compile(ids["completed"]))
+    assert page.locator("#checkpoints").inner_text().count("render") == 1
+    page.click("text=expand all")
+    assert "Hello" in page.locator("#checkpoints pre").inner_text()
+    assert page.locator("svg.timeline rect").count() == 1
+    assert "Read-only: actions are disabled." in page.locator("#task-actions").inner_text()
+    page.goto(f"/tasks/{ids['failed']}?queue={queue}")
+    assert "card declined" in page.locator(".failure").inner_text()
+    page.goto(f"/tasks/{ids['waiting']}?queue={queue}")
+    assert "payment.1001" in page.locator("#waits").inner_text()
+    page.goto(f"/tasks/{ids['hostile']}?queue={queue}")
+    assert '<script>alert("x")</script>' in page.locator("h1").inner_text()
+    page.click("nav >> text=Events")
+    assert "order.created" in page.locator("#events").inner_text()
+    page.click("nav >> text=Queues")
+    assert queue in page.locator("#queues").inner_text()
+    page.click("nav >> text=Workers")
+    assert "worker-b" in page.locator("main").inner_text()
+    assert "resize_image" in page.locator("main").inner_text()
+    page.goto(f"/tasks?q={ids['failed_run']}")  # search by run id
+    page.wait_for_url(re.compile(ids["failed"]))
+    assert dialogs == [], "a hostile value ran as script"
+    assert page.problems == [], page.problems
+
+
+def test_lists_refresh_without_a_reload(
+    ro_page: Page, hq: Q, conn: psycopg.Connection[Any]
+) -> None:
+    page, (queue, _) = ro_page, hq
+    page.goto(f"/tasks?queue={queue}")
+    page.evaluate("window.__same_page = 1")
+    conn.execute("select absurd.spawn_task(%s, 'arrived_live', '{}')", (queue,))
+    page.locator("#runs >> text=arrived_live").wait_for(timeout=20_000)
+    assert page.evaluate("window.__same_page") == 1
+
+
+def test_login_and_every_action(rw_page: Page, hq: Q, conn: psycopg.Connection[Any]) -> None:
+    page, (queue, ids) = rw_page, hq
+    page.goto(f"/tasks/{ids['failed']}?queue={queue}")
+    assert page.locator("#retry-form").count() == 0
+    page.click("text=Log in")
+    page.fill("input[name=token]", "wrong")
+    page.click("form button[type=submit]")
+    assert "not right" in page.locator(".error").inner_text()
+    page.problems.clear()  # the browser logs the expected 401
+    page.fill("input[name=token]", TOKEN)
+    page.click("form button[type=submit]")
+    page.wait_for_url(re.compile(ids["failed"]))  # back where we were
+    assert page.locator("text=Log out").count() == 1
+
+    # retry in place
+    page.click("#retry-form button[type=submit]")
+    assert "Retried in place" in page.locator(".flash").inner_text()
+    assert task_state(conn, queue, ids["failed"]) == "pending"
+
+    # retry as a new task (a second failed task: nothing else may be claimable)
+    conn.execute("select absurd.cancel_task(%s, %s)", (queue, ids["pending"]))
+    conn.execute("select absurd.cancel_task(%s, %s)", (queue, ids["hostile"]))
+    conn.execute("select absurd.cancel_task(%s, %s)", (queue, ids["failed"]))
+    other = failed_task(conn, queue)
+    page.goto(f"/tasks/{other}?queue={queue}")
+    page.check("#retry-form input[value=new]")
+    page.fill("#retry-form input[name=max_attempts]", "4")
+    page.click("#retry-form button[type=submit]")
+    assert "Retried as a new task" in page.locator(".flash").inner_text()
+    new_id = page.locator("#task-id").inner_text()
+    assert new_id != other and task_state(conn, queue, new_id) == "pending"
+    assert task_state(conn, queue, other) == "failed"
+
+    # cancel (accepting the confirm dialog)
+    page.goto(f"/tasks/{ids['running']}?queue={queue}")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#cancel-form button")
+    assert "Task cancelled" in page.locator(".flash").inner_text()
+    assert task_state(conn, queue, ids["running"]) == "cancelled"
+
+    # emit an event: wakes the waiting task
+    page.goto("/events")
+    page.click("#emit summary")
+    page.select_option("#emit select[name=queue]", queue)
+    page.fill("#emit input[name=event_name]", "payment.1001")
+    page.fill("#emit textarea[name=payload]", '{"paid": true}')
+    page.click("#emit button[type=submit]")
+    assert "payment.1001" in page.locator("#events").inner_text()
+    assert task_state(conn, queue, ids["waiting"]) == "pending"
+
+    # spawn a task
+    page.goto("/tasks")
+    page.click("#spawn summary")
+    page.select_option("#spawn select[name=queue]", queue)
+    page.fill("#spawn input[name=task_name]", "spawned_in_browser")
+    page.fill("#spawn textarea[name=params]", '{"from": "habitat"}')
+    page.click("#spawn button[type=submit]")
+    assert "Task spawned" in page.locator(".flash").inner_text()
+    spawned = page.locator("#task-id").inner_text()
+    assert task_state(conn, queue, spawned) == "pending"
+    assert page.problems == [], page.problems
+
+
+def test_basic_auth_login_and_bad_input(
+    rw_page: Page, hq: Q, conn: psycopg.Connection[Any]
+) -> None:
+    page, (queue, _) = rw_page, hq
+    user, password = BASIC.split(":")
+    page.goto("/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.click("form button[type=submit]")
+    page.goto("/events")
+    page.click("#emit summary")
+    page.select_option("#emit select[name=queue]", queue)
+    page.fill("#emit input[name=event_name]", "never")
+    page.fill("#emit textarea[name=payload]", "{not json")
+    page.click("#emit button[type=submit]")
+    assert "payload is not valid JSON" in page.locator(".error").inner_text()
+    row = conn.execute(
+        psycopg.sql.SQL("select count(*) from absurd.{} where event_name = 'never'").format(
+            psycopg.sql.Identifier(f"e_{queue}")
+        )
+    ).fetchone()
+    assert row == (0,)
+    page.click("text=Log out")
+    assert page.locator("text=Log in").count() == 1

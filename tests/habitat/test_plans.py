@@ -1,0 +1,104 @@
+"""Every Habitat query is index-driven: EXPLAIN each ``habitat_*`` block on a 30k-task queue.
+
+Reuses the engine's plan fixture (tests/engine/test_plans.py: a queue with 30,000 tasks
+in every state, analysed). Values are bound client-side, so these are the custom
+plans PostgreSQL picks for real requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import ClientCursor, sql
+
+from absurd import queries
+from absurd.habitat import store
+from tests.conftest import Connect
+from tests.engine.test_plans import full_queue, plan_nodes
+
+__all__ = ["full_queue"]  # the fixture, imported for pytest
+
+NOW = dt.datetime.now(dt.timezone.utc)
+BASE: dict[str, Any] = {
+    "cap": store.COUNT_CAP + 1,
+    "now": NOW,
+    "task_name": None,
+    "params": None,
+    "after_id": store.MIN_UUID,
+    "before_id": store.MAX_UUID,
+    "max_id": store.MAX_UUID,
+    "before_at": store.MAX_TS,
+    "limit": 26,
+    "scan": 26,
+}
+WINDOW = {"scan": store.SCAN_WINDOW}
+
+# Representative parameters per query; several variants where a filter changes the plan.
+CASES: dict[str, list[dict[str, Any]]] = {
+    "habitat_now": [{}],
+    "habitat_queue_list": [{}],
+    "habitat_queue_metrics": [{}],
+    "habitat_queue_throughput": [{"cap": store.CHART_CAP}],
+    "habitat_run_page": [
+        {},
+        {**WINDOW, "task_name": "task"},
+        {**WINDOW, "params": '{"a": 1}'},
+        {"before_id": store.uuid7_floor(NOW - dt.timedelta(minutes=5))},
+    ],
+    "habitat_run_window_end": [WINDOW],
+    "habitat_run_page_by_state": [
+        {"state": "pending"},
+        {"state": "running", **WINDOW, "task_name": "task"},
+        {"state": "completed", "before_at": NOW - dt.timedelta(days=1), "before_id": uuid.uuid4()},
+    ],
+    "habitat_run_window_end_by_state": [{"state": "completed", **WINDOW}],
+    "habitat_task_names": [{"scan": 5000}],
+    "habitat_task_get": [{"task_id": "{task}"}],
+    "habitat_run_get": [{"run_id": "{run}"}],
+    "habitat_task_runs": [{"task_id": "{task}"}],
+    "habitat_task_checkpoints": [{"task_id": "{task}"}],
+    "habitat_task_waits": [{"task_id": "{task}"}],
+    "habitat_event_page": [
+        {"after_at": store.MIN_TS, "before_name": "\U0010ffff", "name_like": None},
+        {"after_at": store.MIN_TS, "before_name": "e-1", "name_like": "e-1%", **WINDOW},
+    ],
+    "habitat_event_get": [{"event_name": "e-5"}],
+    "habitat_worker_claims": [{"limit": 500}],
+}
+
+
+def habitat_queries() -> Iterator[tuple[str, int]]:
+    for name in queries.names():
+        if name.startswith("habitat_"):
+            for i in range(len(CASES.get(name, [{}]))):
+                yield name, i
+
+
+def test_every_habitat_query_has_a_case() -> None:
+    assert {n for n in queries.names() if n.startswith("habitat_")} == set(CASES)
+
+
+@pytest.mark.parametrize(("name", "case"), list(habitat_queries()))
+def test_habitat_query_is_index_driven(
+    name: str, case: int, full_queue: tuple[str, dict[str, str]], connect: Connect
+) -> None:
+    queue, ids = full_queue
+    conn: psycopg.Connection[Any] = connect()
+    params = {**BASE, **CASES[name][case]}
+    for key, value in params.items():
+        if isinstance(value, str) and value in ("{task}", "{run}"):
+            params[key] = uuid.UUID(ids[value.strip("{}")].strip("'"))
+    with ClientCursor(conn) as cur:
+        text = cur.mogrify(queries.query(name, queue), params)
+        row = cur.execute(sql.SQL("explain (format json) ") + sql.SQL(text)).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    nodes = list(plan_nodes(row[0][0]["Plan"]))
+    per_queue = {f"{p}_{queue}" for p in "trcew"}
+    scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
+    seq = [s for s in scans if s[0] == "Seq Scan" and s[1] in per_queue]
+    assert not seq, f"{name}[{case}] scans a whole table: {scans}"
