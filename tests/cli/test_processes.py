@@ -6,8 +6,11 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,80 @@ def test_habitat_without_the_extra(cli: Cli) -> None:
     result = cli("habitat", "-d", "postgresql://nowhere/x")
     one_line_error(result, "pip install 'absurd[habitat]'")
     assert result.code == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> int:
+    """Status code of a GET (or a JSON POST when ``body`` is given)."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            if _http(f"{base}/_healthz") == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("habitat never became healthy")
+
+
+def test_habitat_serves_with_a_token_and_stops_on_sigterm(cli: Cli, dsn: str) -> None:
+    pytest.importorskip("absurd.habitat")
+    queue = f"hab_{os.urandom(4).hex()}"
+    assert cli("create-queue", queue).code == 0
+    port = _free_port()
+    proc = start("habitat", "-d", dsn, "--port", str(port), "--token", "s3cret")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc)
+        assert _http(f"{base}/tasks") == 200
+        spawn = {"queueName": queue, "taskName": "from-cli-test", "params": {"n": 1}}
+        assert _http(f"{base}/api/tasks/spawn", spawn) in (401, 403)
+        assert _http(f"{base}/api/tasks/spawn", spawn, token="wrong") in (401, 403)
+        assert _http(f"{base}/api/tasks/spawn", spawn, token="s3cret") == 200
+        listed = cli("list-tasks", "-q", queue, "--json").json()
+        assert [t["task_name"] for t in listed] == ["from-cli-test"]
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_dev_with_habitat(tmp_path: Path) -> None:
+    pytest.importorskip("absurd.habitat")
+    port = _free_port()
+    proc = start("dev", "--data-dir", str(tmp_path / "pgdata"), "--habitat", "--port", str(port))
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=60)
+        assert _http(f"http://127.0.0.1:{port}/queues") == 200
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "stopped" in output, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_dev_serves_a_database_until_sigterm(tmp_path: Path) -> None:
