@@ -68,7 +68,7 @@ ARGS: dict[str, list[str]] = {
     "await.clear_wake": ["{run}"],
     "await.resolve": ["{task}", "'s'", "'1'", "{run}", NOW],
     "await.suspend": ["{task}", "{run}", "'s'", "'e-5'", NOW, NOW],
-    "cleanup.tasks": ["now() - interval '1 day'", "1000"],
+    "cleanup.tasks": ["now() - interval '1 day'", "1000", "'q'"],
     "cleanup.events": [NOW, "1000"],
     "next_wake": [],
 }
