@@ -90,10 +90,6 @@ def _scalar(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] =
     return None if row is None else row[0]
 
 
-def _partition_count(conn: psycopg.Connection[Any], queue: str) -> int:
-    return int(_scalar(conn, "select count(*) from absurd._queue_partitions(%s)", (queue,)))
-
-
 def _detach(conn: psycopg.Connection[Any], parent: str, partition: str) -> None:
     """Detaches a partition: CONCURRENTLY unless the parent has a DEFAULT partition.
 
@@ -196,9 +192,42 @@ def _maintain_queue(conn: psycopg.Connection[Any], queue: str) -> QueueMaintenan
 
 
 def _provision(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
-    before = _partition_count(conn, queue)
-    conn.execute("select absurd.ensure_partitions(%s)", (queue,))
-    report.partitions_created = max(_partition_count(conn, queue) - before, 0)
+    """Creates the default and weekly partitions, each in a transaction of its own.
+
+    ``ensure_partitions`` does the same in one transaction, holding an ACCESS
+    EXCLUSIVE lock on each parent it has touched until the end: with workers locking
+    the tables in various orders, that can deadlock. One partition per transaction
+    never holds one parent while waiting for another.
+    """
+    policy = conn.execute(
+        "select default_partition = 'enabled', partition_lookback, partition_lookahead"
+        " from absurd.queues where queue_name = %s",
+        (queue,),
+    ).fetchone()
+    assert policy is not None
+    default, lookback, lookahead = policy
+    for prefix in "trcw":
+        if default:
+            before = _scalar(conn, "select to_regclass(%s) is null", (
+                sql.Identifier("absurd", f"{prefix}_{queue}_d").as_string(conn),))
+            conn.execute(
+                sql.SQL("create table if not exists {} partition of {} default").format(
+                    _ident(f"{prefix}_{queue}_d"), _ident(f"{prefix}_{queue}")
+                )
+            )
+            report.partitions_created += int(bool(before))
+    weeks = conn.execute(
+        "select generate_series(absurd.week_bucket_utc(n - %s::interval),"
+        " absurd.week_bucket_utc(n + %s::interval), interval '7 days')"
+        " from absurd.current_time() n",
+        (lookback, lookahead),
+    ).fetchall()
+    for (week,) in weeks:
+        for prefix in "trcw":
+            created = _scalar(
+                conn, "select absurd._add_week_partition(%s, %s, %s)", (prefix, queue, week)
+            )
+            report.partitions_created += int(bool(created))
 
 
 def _sweep(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
