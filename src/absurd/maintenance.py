@@ -85,7 +85,9 @@ def _ident(name: str) -> sql.Composable:
     return sql.SQL("absurd.{}").format(sql.Identifier(name))
 
 
-def _scalar(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
+def _scalar(
+    conn: psycopg.Connection[Any], query: str | sql.Composed, params: tuple[Any, ...] = ()
+) -> Any:
     row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
 
@@ -104,8 +106,11 @@ def _detach(conn: psycopg.Connection[Any], parent: str, partition: str) -> None:
     if pending is None:
         return  # not attached (any more)
     how = "finalize" if pending else "concurrently"
-    has_default = _scalar(conn, "select to_regclass(%s) is not null", (
-        sql.Identifier("absurd", parent + "_d").as_string(conn),))
+    has_default = _scalar(
+        conn,
+        "select to_regclass(%s) is not null",
+        (sql.Identifier("absurd", parent + "_d").as_string(conn),),
+    )
     if has_default and not pending:
         how = ""
     conn.execute(
@@ -208,8 +213,11 @@ def _provision(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenan
     default, lookback, lookahead = policy
     for prefix in "trcw":
         if default:
-            before = _scalar(conn, "select to_regclass(%s) is null", (
-                sql.Identifier("absurd", f"{prefix}_{queue}_d").as_string(conn),))
+            before = _scalar(
+                conn,
+                "select to_regclass(%s) is null",
+                (sql.Identifier("absurd", f"{prefix}_{queue}_d").as_string(conn),),
+            )
             conn.execute(
                 sql.SQL("create table if not exists {} partition of {} default").format(
                     _ident(f"{prefix}_{queue}_d"), _ident(f"{prefix}_{queue}")
@@ -245,7 +253,10 @@ def _sweep(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) 
 def _cleanup(
     conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance, ttl: int, limit: int
 ) -> None:
-    for function, attr in (("cleanup_tasks", "tasks_deleted"), ("cleanup_events", "events_deleted")):
+    for function, attr in (
+        ("cleanup_tasks", "tasks_deleted"),
+        ("cleanup_events", "events_deleted"),
+    ):
         for _ in range(MAX_CLEANUP_BATCHES):
             deleted = int(
                 _scalar(conn, f"select absurd.{function}(%s, %s, %s)", (queue, ttl, limit))
@@ -267,15 +278,15 @@ def maintain_once(
         raise ValueError("maintain_once needs an autocommit connection (DETACH CONCURRENTLY)")
     started = time.monotonic()
     if not _scalar(conn, "select pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)):
-        return MaintenanceReport(
-            leader=False, skipped="another maintainer holds the leader lock"
-        )
+        return MaintenanceReport(leader=False, skipped="another maintainer holds the leader lock")
     report = MaintenanceReport(leader=True)
     try:
         conn.execute(sql.SQL("set lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
-        names = list(queues) if queues is not None else [
-            r[0] for r in conn.execute("select queue_name from absurd.list_queues()")
-        ]
+        names = (
+            list(queues)
+            if queues is not None
+            else [r[0] for r in conn.execute("select queue_name from absurd.list_queues()")]
+        )
         for name in names:
             report.queues.append(_maintain_queue(conn, name))
     finally:

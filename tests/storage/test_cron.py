@@ -53,8 +53,11 @@ def test_enable_and_disable_cron(cron: tuple[psycopg.Connection[Any], str]) -> N
     c, q = cron
     suffix = c.execute("select left(md5(%s), 12)", (q,)).fetchone()[0]  # type: ignore[index]
     rows = c.execute("select job_name from absurd.enable_cron(%s)", (q,)).fetchall()
-    names = [f"absurd_partitions_{suffix}", f"absurd_cleanup_{suffix}",
-             f"absurd_detach_plan_{suffix}"]
+    names = [
+        f"absurd_partitions_{suffix}",
+        f"absurd_cleanup_{suffix}",
+        f"absurd_detach_plan_{suffix}",
+    ]
     assert [r[0] for r in rows] == names
     found = jobs(c)
     assert found[names[0]] == f"select absurd.ensure_partitions('{q}');"
@@ -64,11 +67,15 @@ def test_enable_and_disable_cron(cron: tuple[psycopg.Connection[Any], str]) -> N
     assert [schedules[n] for n in names] == ["5 * * * *", "17 * * * *", "29 * * * *"]
     # re-enabling replaces, never duplicates
     c.execute("select * from absurd.enable_cron(%s, '1 * * * *')", (q,))
-    assert c.execute("select count(*) from cron.job where jobname = %s",
-                     (names[0],)).fetchone() == (1,)
+    assert c.execute(
+        "select count(*) from cron.job where jobname = %s", (names[0],)
+    ).fetchone() == (1,)
     glob = c.execute("select job_name from absurd.enable_cron()").fetchall()
-    assert [r[0] for r in glob] == ["absurd_partitions_all", "absurd_cleanup_all",
-                                    "absurd_detach_plan_all"]
+    assert [r[0] for r in glob] == [
+        "absurd_partitions_all",
+        "absurd_cleanup_all",
+        "absurd_detach_plan_all",
+    ]
     assert jobs(c)["absurd_cleanup_all"] == "select * from absurd.cleanup_all_queues(null::text);"
     removed = c.execute("select job_name from absurd.disable_cron(%s)", (q,)).fetchall()
     assert sorted(r[0] for r in removed) == sorted(names)
@@ -83,8 +90,10 @@ def test_enable_and_disable_cron(cron: tuple[psycopg.Connection[Any], str]) -> N
 
 def test_detach_pipeline_runs_its_own_commands(cron: tuple[psycopg.Connection[Any], str]) -> None:
     c, q = cron
-    c.execute("select absurd.set_queue_policy(%s, %s)",
-              (q, '{"detach_mode": "empty", "detach_min_age": "0", "default_partition": "disabled"}'))
+    c.execute(
+        "select absurd.set_queue_policy(%s, %s)",
+        (q, '{"detach_mode": "empty", "detach_min_age": "0", "default_partition": "disabled"}'),
+    )
     c.execute("select set_config('absurd.fake_now', (now() + interval '90 days')::text, false)")
     planned = c.execute("select * from absurd.schedule_detach_jobs(%s)", (q,)).fetchall()
     kinds = {(r[2], r[4]) for r in planned}
@@ -93,7 +102,7 @@ def test_detach_pipeline_runs_its_own_commands(cron: tuple[psycopg.Connection[An
     # a second plan adds nothing while those pipelines exist
     assert c.execute("select * from absurd.schedule_detach_jobs(%s)", (q,)).fetchall() == []
     found = jobs(c)
-    for job_name, _, _, partition, kind in planned:
+    for job_name, _, _, _, kind in planned:
         command = found[job_name]
         if kind == "detach":
             assert command.endswith(" concurrently")  # no DEFAULT partition
@@ -101,13 +110,15 @@ def test_detach_pipeline_runs_its_own_commands(cron: tuple[psycopg.Connection[An
     for job_name, _, _, partition, kind in planned:
         if kind == "drop":
             c.execute(found[job_name])
-            assert c.execute("select to_regclass(%s)", (f"absurd.{partition}",)).fetchone() == (None,)
+            assert c.execute("select to_regclass(%s)", (f"absurd.{partition}",)).fetchone() == (
+                None,
+            )
     assert not {r[0] for r in planned} & set(jobs(c))  # both jobs unscheduled themselves
 
 
 def test_pg_cron_really_runs_the_jobs(cron: tuple[psycopg.Connection[Any], str]) -> None:
     c, q = cron
-    c.execute(f'drop table absurd."t_{q}_d"')  # noqa: S608 - a visible effect for the job
+    c.execute(f'drop table absurd."t_{q}_d"')
     c.execute("select * from absurd.enable_cron(%s, '* * * * *')", (q,))
     deadline = time.monotonic() + 75
     while time.monotonic() < deadline:

@@ -30,8 +30,12 @@ def test_months_forward_provision_ahead_retire_behind_keep_live(
     e = pengine
     conn.execute(
         "select absurd.set_queue_policy(%s, %s)",
-        (e.queue, json.dumps({"cleanup_ttl": "7 days", "detach_mode": "empty",
-                              "detach_min_age": "14 days"})),
+        (
+            e.queue,
+            json.dumps(
+                {"cleanup_ttl": "7 days", "detach_mode": "empty", "detach_min_age": "14 days"}
+            ),
+        ),
     )
     maint = connect()
     set_now(maint, T0)
@@ -73,8 +77,13 @@ def test_months_forward_provision_ahead_retire_behind_keep_live(
     assert e.task(sleeper["task_id"])["state"] == "sleeping"
     assert e.task(waiter["task_id"])["state"] == "sleeping"
     assert e.count("i") == 0
-    assert e.one(f'select count(*) as n from absurd."e_{e.queue}" where event_name = %s',  # noqa: S608
-                 ("someday",))["n"] == 1
+    assert (
+        e.one(
+            f'select count(*) as n from absurd."e_{e.queue}" where event_name = %s',
+            ("someday",),
+        )["n"]
+        == 1
+    )
     e.emit("someday", 1)
     assert e.claim_one()["task_id"] == waiter["task_id"]
 
@@ -83,7 +92,7 @@ def test_retired_week_uses_detach_not_row_deletes(
     conn: psycopg.Connection[Any], pengine: Engine, connect: Connect
 ) -> None:
     e = pengine
-    conn.execute("select absurd.set_queue_policy(%s, '{\"cleanup_ttl\": \"1 day\"}')", (e.queue,))
+    conn.execute('select absurd.set_queue_policy(%s, \'{"cleanup_ttl": "1 day"}\')', (e.queue,))
     maint = connect()
     set_now(maint, T0)
     e.set_time(T0)
@@ -153,7 +162,13 @@ def test_retention_keeps_what_live_tasks_need(engine: Engine, connect: Connect) 
     prun = runs[parent["task_id"]]
     res = e.one(
         "select * from absurd.await_task_result(%s, %s, %s, 'c', %s, %s)",
-        (e.queue, parent["task_id"], prun["run_id"], e.queue, [child["task_id"], e.spawn("other")["task_id"]]),
+        (
+            e.queue,
+            parent["task_id"],
+            prun["run_id"],
+            e.queue,
+            [child["task_id"], e.spawn("other")["task_id"]],
+        ),
     )
     assert res["should_suspend"]
     e.complete(runs[child["task_id"]]["run_id"], "child-result")  # wakes the parent
@@ -163,29 +178,42 @@ def test_retention_keeps_what_live_tasks_need(engine: Engine, connect: Connect) 
     assert n == 1  # the child went; "other" (watched, live) and the parent stay
     assert e.result(parent["task_id"]) is not None
     # a finished task still watched by another task's wait is kept
-    other = e.one(f'select task_id from absurd."t_{e.queue}" where task_name = %s',  # noqa: S608
-                  ("other",))["task_id"]
+    other = e.one(
+        f'select task_id from absurd."t_{e.queue}" where task_name = %s',
+        ("other",),
+    )["task_id"]
     assert e.result(other) is not None
     events = e.one("select absurd.cleanup_events(%s, 0, 1000) as n", (e.queue,))["n"]
     assert events >= 1
     pr = e.claim_one()
     assert pr["task_id"] == parent["task_id"]
-    assert e.one("select * from absurd.await_task_result(%s, %s, %s, 'c', %s, %s)",
-                 (e.queue, parent["task_id"], pr["run_id"], e.queue, [child["task_id"]]))[
-        "payload"]["result"] == "child-result"
+    assert (
+        e.one(
+            "select * from absurd.await_task_result(%s, %s, %s, 'c', %s, %s)",
+            (e.queue, parent["task_id"], pr["run_id"], e.queue, [child["task_id"]]),
+        )["payload"]["result"]
+        == "child-result"
+    )
 
 
 def test_maintenance_while_workers_claim_and_complete(
     dsn: str, pqueue: str, connect: Connect
 ) -> None:
     conn = connect()
-    conn.execute("select absurd.set_queue_policy(%s, %s)",
-                 (pqueue, '{"cleanup_ttl": "0", "cleanup_limit": 50, "detach_mode": "empty",'
-                          ' "detach_min_age": "0"}'))
+    conn.execute(
+        "select absurd.set_queue_policy(%s, %s)",
+        (
+            pqueue,
+            '{"cleanup_ttl": "0", "cleanup_limit": 50, "detach_mode": "empty",'
+            ' "detach_min_age": "0"}',
+        ),
+    )
     total = 400
     for i in range(total):
-        conn.execute("select absurd.spawn_task(%s, 't', %s, %s)",
-                     (pqueue, json.dumps(i), json.dumps({"idempotency_key": f"k{i}"})))
+        conn.execute(
+            "select absurd.spawn_task(%s, 't', %s, %s)",
+            (pqueue, json.dumps(i), json.dumps({"idempotency_key": f"k{i}"})),
+        )
     stop = threading.Event()
     errors: list[BaseException] = []
     done: list[int] = []
@@ -206,8 +234,10 @@ def test_maintenance_while_workers_claim_and_complete(
                             "select absurd.set_task_checkpoint_state(%s, %s, 's', '1', %s, 30)",
                             (pqueue, task_id, run_id),
                         )
-                        c.execute("select absurd.complete_run(%s, %s, %s)",
-                                  (pqueue, run_id, json.dumps(params)))
+                        c.execute(
+                            "select absurd.complete_run(%s, %s, %s)",
+                            (pqueue, run_id, json.dumps(params)),
+                        )
                         done.append(params)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

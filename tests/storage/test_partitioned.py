@@ -23,8 +23,14 @@ def test_layout_matches_upstream(conn: psycopg.Connection[Any], pqueue: str) -> 
             ([f"{p}_{pqueue}" for p in "trcewi"],),
         ).fetchall()
     )
-    assert kinds == {f"t_{pqueue}": "p", f"r_{pqueue}": "p", f"c_{pqueue}": "p",
-                     f"w_{pqueue}": "p", f"e_{pqueue}": "r", f"i_{pqueue}": "r"}
+    assert kinds == {
+        f"t_{pqueue}": "p",
+        f"r_{pqueue}": "p",
+        f"c_{pqueue}": "p",
+        f"w_{pqueue}": "p",
+        f"e_{pqueue}": "r",
+        f"i_{pqueue}": "r",
+    }
     parts = partitions(conn, pqueue)
     assert {f"{p}_{pqueue}_d" for p in "trcw"} <= parts
     # lookback 1 day .. lookahead 28 days: 5 weeks (or 6 when the window straddles)
@@ -48,7 +54,10 @@ def test_whole_lifecycle(pengine: Engine) -> None:
     first = e.spawn("job", {"n": 1}, idempotency_key="k1", max_attempts=3)
     again = e.spawn("job", {"n": 2}, idempotency_key="k1")
     assert (again["task_id"], again["run_id"], again["created"]) == (
-        first["task_id"], first["run_id"], False)
+        first["task_id"],
+        first["run_id"],
+        False,
+    )
     assert e.count("i") == 1
     run = e.claim_one()
     assert run["task_id"] == first["task_id"] and run["params"] == {"n": 1}
@@ -61,14 +70,19 @@ def test_whole_lifecycle(pengine: Engine) -> None:
     e.emit("go", {"v": 7})
     run = e.claim_one()
     assert e.await_event(run["task_id"], run["run_id"], "go") == {
-        "should_suspend": False, "payload": {"v": 7}}
+        "should_suspend": False,
+        "payload": {"v": 7},
+    }
     e.fail(run["run_id"])  # retry: attempt 2
     run2 = e.claim_one()
     assert run2["attempt"] == 2
     e.complete(run2["run_id"], {"done": 1})
     assert e.result(first["task_id"]) == {
-        "task_id": first["task_id"], "state": "completed", "result": {"done": 1},
-        "failure_reason": None}
+        "task_id": first["task_id"],
+        "state": "completed",
+        "result": {"done": 1},
+        "failure_reason": None,
+    }
 
     doomed = e.spawn("job", idempotency_key="k2")
     e.cancel(doomed["task_id"])
@@ -109,7 +123,7 @@ def test_sleep_and_retry_months_ahead_never_lack_a_partition(
     e.checkpoint(retry["task_id"], "s", 1, retry["run_id"])
     e.complete(retry["run_id"], "ok")
     in_default = conn.execute(
-        f'select count(*) from absurd."r_{e.queue}_d"'  # noqa: S608 - test table name
+        f'select count(*) from absurd."r_{e.queue}_d"'
     ).fetchone()
     assert in_default is not None and in_default[0] >= 2
     # Provisioning later skips weeks whose ids already sit in the DEFAULT
@@ -128,17 +142,20 @@ def test_disabling_the_default_partition(conn: psycopg.Connection[Any], pengine:
     e.spawn("job")
     e.set_time(None)
     with pytest.raises(psycopg.Error) as err:
-        conn.execute("select absurd.set_queue_policy(%s, '{\"default_partition\": \"disabled\"}')",
-                     (e.queue,))
+        conn.execute(
+            'select absurd.set_queue_policy(%s, \'{"default_partition": "disabled"}\')', (e.queue,)
+        )
     assert err.value.sqlstate == "AB008" and "is not empty" in str(err.value)
-    conn.execute(f'delete from absurd."t_{e.queue}"')  # noqa: S608
-    conn.execute(f'delete from absurd."r_{e.queue}"')  # noqa: S608
-    conn.execute("select absurd.set_queue_policy(%s, '{\"default_partition\": \"disabled\"}')",
-                 (e.queue,))
+    conn.execute(f'delete from absurd."t_{e.queue}"')
+    conn.execute(f'delete from absurd."r_{e.queue}"')
+    conn.execute(
+        'select absurd.set_queue_policy(%s, \'{"default_partition": "disabled"}\')', (e.queue,)
+    )
     assert not any(p.endswith("_d") for p in partitions(conn, e.queue))
     e.spawn("job")  # the current week has its partition
-    conn.execute("select absurd.set_queue_policy(%s, '{\"default_partition\": \"enabled\"}')",
-                 (e.queue,))
+    conn.execute(
+        'select absurd.set_queue_policy(%s, \'{"default_partition": "enabled"}\')', (e.queue,)
+    )
     assert f"t_{e.queue}_d" in partitions(conn, e.queue)
 
 
@@ -159,7 +176,8 @@ def test_hostile_names(conn: psycopg.Connection[Any], name: str) -> None:
         conn.execute("select absurd.drop_queue(%s)", (name,))
     left = conn.execute(
         "select count(*) from pg_class where relnamespace = 'absurd'::regnamespace"
-        " and relname like %s", ("%" + name[:20] + "%",)
+        " and relname like %s",
+        ("%" + name[:20] + "%",),
     ).fetchone()
     assert left == (0,)
 
@@ -172,8 +190,9 @@ def test_names_of_partitions_cannot_be_taken_by_other_queues(
         with pytest.raises(psycopg.Error) as err:
             conn.execute("select absurd.create_queue(%s)", (clash,))
         assert err.value.sqlstate == "AB006"
-        assert conn.execute("select count(*) from absurd.queues where queue_name = %s",
-                            (clash,)).fetchone() == (0,)
+        assert conn.execute(
+            "select count(*) from absurd.queues where queue_name = %s", (clash,)
+        ).fetchone() == (0,)
     # the other way round: an unpartitioned x_d blocks a partitioned x
     base = f"b_{uuid.uuid4().hex[:8]}"
     conn.execute("select absurd.create_queue(%s)", (base + "_d",))
@@ -193,22 +212,30 @@ def test_drop_detached_partition_refuses_other_tables(
     name = table.format(q=pqueue)
     if name == "nope_401":
         assert conn.execute("select absurd.drop_detached_partition(%s)", (name,)).fetchone() == (
-            False,)
+            False,
+        )
         return
     with pytest.raises(psycopg.Error) as err:
         conn.execute("select absurd.drop_detached_partition(%s)", (name,))
     assert err.value.sqlstate in ("AB014", "AB015")
     if name:
-        assert conn.execute("select to_regclass(%s) is not null",
-                            (f'absurd."{name}"',)).fetchone() == (True,)
+        assert conn.execute(
+            "select to_regclass(%s) is not null", (f'absurd."{name}"',)
+        ).fetchone() == (True,)
 
 
 def test_list_detach_candidates_follows_policy(conn: psycopg.Connection[Any], pqueue: str) -> None:
-    assert conn.execute("select * from absurd.list_detach_candidates(%s)", (pqueue,)).fetchall() == []
-    conn.execute("select absurd.set_queue_policy(%s, %s)",
-                 (pqueue, '{"detach_mode": "empty", "detach_min_age": "0"}'))
-    conn.execute("select set_config('absurd.fake_now', %s, false)",
-                 ((dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=60)).isoformat(),))
+    assert (
+        conn.execute("select * from absurd.list_detach_candidates(%s)", (pqueue,)).fetchall() == []
+    )
+    conn.execute(
+        "select absurd.set_queue_policy(%s, %s)",
+        (pqueue, '{"detach_mode": "empty", "detach_min_age": "0"}'),
+    )
+    conn.execute(
+        "select set_config('absurd.fake_now', %s, false)",
+        ((dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=60)).isoformat(),),
+    )
     rows = conn.execute("select * from absurd.list_detach_candidates(%s)", (pqueue,)).fetchall()
     assert rows and all(r[0] == pqueue and r[2].startswith(r[1] + "_") for r in rows)
     assert not any(r[2].endswith("_d") for r in rows)
