@@ -20,7 +20,7 @@ from absurd import schema
 from tests.conftest import dsn_with_db
 
 CRON_DB = os.environ.get("ABSURD_TEST_CRON_DB")
-pytestmark = pytest.mark.skipif(
+needs_cron = pytest.mark.skipif(
     not CRON_DB, reason="pg_cron is not preloaded on this server (run under scripts/with-pg15)"
 )
 
@@ -49,6 +49,7 @@ def jobs(c: psycopg.Connection[Any]) -> dict[str, str]:
     return dict(c.execute("select jobname, command from cron.job").fetchall())
 
 
+@needs_cron
 def test_enable_and_disable_cron(cron: tuple[psycopg.Connection[Any], str]) -> None:
     c, q = cron
     suffix = c.execute("select left(md5(%s), 12)", (q,)).fetchone()[0]  # type: ignore[index]
@@ -88,6 +89,7 @@ def test_enable_and_disable_cron(cron: tuple[psycopg.Connection[Any], str]) -> N
     assert err.value.sqlstate == "AB005"
 
 
+@needs_cron
 def test_detach_pipeline_runs_its_own_commands(cron: tuple[psycopg.Connection[Any], str]) -> None:
     c, q = cron
     c.execute(
@@ -116,6 +118,7 @@ def test_detach_pipeline_runs_its_own_commands(cron: tuple[psycopg.Connection[An
     assert not {r[0] for r in planned} & set(jobs(c))  # both jobs unscheduled themselves
 
 
+@needs_cron
 def test_pg_cron_really_runs_the_jobs(cron: tuple[psycopg.Connection[Any], str]) -> None:
     c, q = cron
     c.execute(f'drop table absurd."t_{q}_d"')
