@@ -122,9 +122,7 @@ def test_sleep_and_retry_months_ahead_never_lack_a_partition(
     assert retry["attempt"] == 2
     e.checkpoint(retry["task_id"], "s", 1, retry["run_id"])
     e.complete(retry["run_id"], "ok")
-    in_default = conn.execute(
-        f'select count(*) from absurd."r_{e.queue}_d"'
-    ).fetchone()
+    in_default = conn.execute(f'select count(*) from absurd."r_{e.queue}_d"').fetchone()
     assert in_default is not None and in_default[0] >= 2
     # Provisioning later skips weeks whose ids already sit in the DEFAULT
     # partition instead of failing, and creates the others.

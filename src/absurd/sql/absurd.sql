@@ -2380,10 +2380,9 @@ as $$
   left join lateral absurd._partition_bounds(c.oid) b on true;
 $$;
 
--- Creates one weekly partition unless it exists. Skips (returns false) when
--- the name is taken by another queue's relation, or when the DEFAULT
--- partition already holds rows of that week (they stay there: moving them
--- would block writers; cleanup removes them in time).
+-- Creates one weekly partition unless its name exists (ours, or taken by
+-- another queue's relation). Skips (returns false) when the DEFAULT partition
+-- already holds rows of that week, or when waiting for the lock could deadlock.
 create or replace function absurd._add_week_partition(
   p_prefix text, p_queue_name text, p_week timestamptz)
 returns boolean
@@ -2401,20 +2400,43 @@ begin
   if to_regclass(format('absurd.%I', v_name)) is not null then
     return false;
   end if;
-  if to_regclass(format('absurd.%I', v_default)) is not null then
-    execute format('select exists (select 1 from absurd.%I where %I >= $1 and %I < $2)',
-                   v_default, v_key, v_key)
-      into v_busy using v_from, v_to;
-    if v_busy then
-      return false;
-    end if;
-  end if;
   begin
+    -- Creating a partition locks its parent (and the DEFAULT partition)
+    -- ACCESS EXCLUSIVE until the end of the transaction. Workers, and other
+    -- callers of this function, lock the queue's tables in several orders, so
+    -- waiting for a second parent while holding a first could deadlock: wait
+    -- only when this transaction holds no other parent of the queue, else skip
+    -- the partition if its parent is busy (a later run, or the DEFAULT
+    -- partition meanwhile, takes care of it). Nothing else is read before the
+    -- parent is locked.
+    if exists (select 1 from pg_locks l
+               where l.pid = pg_backend_pid() and l.locktype = 'relation'
+                 and l.mode = 'AccessExclusiveLock' and l.granted
+                 and l.relation in (select to_regclass(format('absurd.%I', x || '_' || p_queue_name))
+                                    from unnest(array['t', 'r', 'c', 'w']) x where x <> p_prefix)) then
+      execute format('lock table absurd.%I in access exclusive mode nowait', v_parent);
+    else
+      execute format('lock table absurd.%I in access exclusive mode', v_parent);
+    end if;
+    if to_regclass(format('absurd.%I', v_name)) is not null then
+      return false;  -- created meanwhile
+    end if;
+    -- The DEFAULT partition may already hold rows of that week: they stay
+    -- there (moving them would block writers; cleanup removes them in time).
+    if to_regclass(format('absurd.%I', v_default)) is not null then
+      execute format('select exists (select 1 from absurd.%I where %I >= $1 and %I < $2)',
+                     v_default, v_key, v_key)
+        into v_busy using v_from, v_to;
+      if v_busy then
+        return false;
+      end if;
+    end if;
     execute format('create table absurd.%I partition of absurd.%I for values from (%L) to (%L) %s',
                    v_name, v_parent, v_from, v_to,
                    case when p_prefix = 'w' then '' else 'with (fillfactor = 70)' end);
-  exception when check_violation then
-    return false;  -- a row of that week reached the DEFAULT partition meanwhile
+  exception
+    when lock_not_available then
+      return false;
   end;
   return true;
 end;
