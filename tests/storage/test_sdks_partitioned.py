@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+import uuid
 from typing import Any
 
 import absurd_sdk
@@ -65,21 +67,33 @@ def test_steps_sleep_events_retries_on_a_partitioned_queue(
     assert parts is not None and parts[0] != f"absurd.t_{pqueue}"
 
 
-def test_sdk_worker_thread_on_a_partitioned_queue(dsn: str, pqueue: str) -> None:
+def test_sdk_creates_and_drains_a_partitioned_queue(dsn: str) -> None:
+    queue = f"sdkp_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        app = absurd.Absurd(conn, queue_name=pqueue)
-        seen: list[int] = []
+        app = absurd.Absurd(conn, queue_name=queue)
+        app.create_queue(storage_mode="partitioned", cleanup_ttl="1 day")
+        try:
+            policy = conn.execute(
+                "select storage_mode, cleanup_ttl from absurd.get_queue_policy(%s)", (queue,)
+            ).fetchone()
+            assert policy == ("partitioned", dt.timedelta(days=1))
+            seen: list[int] = []
 
-        @app.register_task("add")
-        def add(params: Any, ctx: Any) -> Any:
-            seen.append(params)
-            return ctx.step("double", lambda: params * 2)
+            @app.register_task("add")
+            def add(params: Any, ctx: Any) -> Any:
+                seen.append(params)
+                return ctx.step("double", lambda: params * 2)
 
-        ids = [app.spawn("add", i)["task_id"] for i in range(20)]
-        while app.work_batch(batch_size=5):
-            pass
-        results = conn.execute(
-            "select count(*) from absurd.get_task_result(%s, %s) where state = 'completed'",
-            (pqueue, ids[0]),
-        ).fetchone()
-        assert sorted(seen) == list(range(20)) and results == (1,)
+            ids = [app.spawn("add", i)["task_id"] for i in range(20)]
+            while app.work_batch(batch_size=5):
+                pass
+            states = conn.execute(
+                f'select state, count(*) from absurd."t_{queue}" group by state'
+            ).fetchall()
+            assert sorted(seen) == list(range(20)) and states == [("completed", 20)]
+            row = conn.execute(
+                "select result from absurd.get_task_result(%s, %s)", (queue, ids[7])
+            ).fetchone()
+            assert row == (14,)
+        finally:
+            conn.execute("select absurd.drop_queue(%s)", (queue,))
