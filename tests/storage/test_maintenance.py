@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
 
-from absurd.maintenance import LEADER_LOCK_KEY, maintain_once
+from absurd.maintenance import LEADER_LOCK_KEY, maintain_once, run_maintenance
 from tests.conftest import Connect
 from tests.engine._engine import Engine
 from tests.storage.conftest import week_tags
@@ -286,3 +287,23 @@ def test_maintenance_while_workers_claim_and_complete(
     assert errors == [], [str(e) for e in errors]
     assert sorted(done) == list(range(total))  # every task ran exactly once
     assert rounds
+
+
+def test_run_maintenance_loops_until_stopped(dsn: str, engine: Engine) -> None:
+    task = engine.spawn("late", cancellation={"max_delay": 0})  # overdue at once
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_maintenance,
+        args=(dsn,),
+        kwargs={"interval": 0.05, "queues": [engine.queue], "stop": stop},
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while engine.task(task["task_id"])["state"] != "cancelled":
+            assert time.monotonic() < deadline, "run_maintenance did not sweep the queue"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
