@@ -92,6 +92,8 @@ def test_reinstall_is_a_no_op(new_database: Callable[[], str]) -> None:
         schema.install(c)
         c.execute("select absurd.create_queue('keep')")
         c.execute("select absurd.spawn_task('keep', 't', '{\"x\": 1}')")
+        c.execute("select absurd.create_queue('keep_p', 'partitioned')")
+        c.execute("select absurd.spawn_task('keep_p', 't', '1', '{\"idempotency_key\": \"k\"}')")
         before = catalog(c)
         schema.install(c)
         assert catalog(c) == before
