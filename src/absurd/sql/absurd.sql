@@ -13,6 +13,7 @@
 --     c_<q>  checkpoints  step results, keyed (task_id, checkpoint_name)
 --     e_<q>  events       first-write-wins event payloads, keyed by name
 --     w_<q>  waits        which run waits for which event, until when
+--     i_<q>  idempotency keys (partitioned queues only; see "Storage")
 --
 --   Utilities      current_time, get_schema_version, validate_queue_name,
 --                  portable_uuidv7, uuidv7_timestamp, uuidv7_floor,
@@ -25,6 +26,9 @@
 --   Steps, events  set_task_checkpoint_state, get_task_checkpoint_state(s),
 --                  extend_claim, await_event, emit_event
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
+--   Storage        ensure_partitions, list_detach_candidates,
+--                  drop_detached_partition, schedule_detach_jobs, enable_cron,
+--                  disable_cron, sweep_queue (ours; absurd/maintenance.py uses it)
 --   Internal       functions whose names start with "_" (not a public API)
 --
 -- STATE FLOW (tasks and runs share the six states)
