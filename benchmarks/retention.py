@@ -118,9 +118,10 @@ def run(server_dsn: str, n: int, batch: int) -> dict[str, Any]:
                 print(f"{mode}: filled {n} tasks in {time.perf_counter() - t0:.1f} s", flush=True)
                 results[mode] = measure(conn, q)
                 print(f"{mode}: {results[mode]}", flush=True)
-                conn.execute("set absurd.fake_now = default")
-                conn.execute("select set_config('absurd.fake_now', %s, false)",
-                             (CREATED.isoformat(),))
+                # back to the week of CREATED for the next queue's fill
+                conn.execute(
+                    "select set_config('absurd.fake_now', %s, false)", (CREATED.isoformat(),)
+                )
             results["server"] = conn.execute("select version()").fetchone()[0]  # type: ignore[index]
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as c:
