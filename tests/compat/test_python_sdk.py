@@ -368,13 +368,6 @@ def test_queue_management(harness: Any) -> None:
 def test_partitioned_queue(harness: Any) -> None:
     app = harness.client()
     parted = f"{harness.queue}_p"
-    if harness.db.execute("select absurd.get_schema_version() as v").fetchone()["v"] != "0.5.1":
-        # Ours, until the storage-lifecycle issue lands: a clear, typed refusal.
-        with pytest.raises(psycopg.Error) as err:
-            app.create_queue(parted, storage_mode="partitioned", detach_mode="empty")
-        assert err.value.sqlstate == "AB007" and "not supported yet" in str(err.value)
-        assert parted not in app.list_queues()
-        return
     try:
         app.create_queue(parted, storage_mode="partitioned", detach_mode="empty")
         policy = app.get_queue_policy(parted)

@@ -294,10 +294,6 @@ def test_ts_queue_management(ts: TsRun) -> None:
 
 
 def test_ts_partitioned_queue(ts: TsRun) -> None:
-    if ts.h.db.execute("select absurd.get_schema_version() as v").fetchone()["v"] != "0.5.1":
-        # Ours, until the storage-lifecycle issue lands: a clear refusal.
-        assert "not supported yet" in ts.obs["partitionedQueue"]["error"]
-        return
     o = ts["partitionedQueue"]
     assert (o["policy"]["storageMode"], o["policy"]["detachMode"]) == ("partitioned", "empty")
     assert (o["first"]["created"], o["again"]["created"]) == (True, False)

@@ -68,7 +68,7 @@ ARGS: dict[str, list[str]] = {
     "await.clear_wake": ["{run}"],
     "await.resolve": ["{task}", "'s'", "'1'", "{run}", NOW],
     "await.suspend": ["{task}", "{run}", "'s'", "'e-5'", NOW, NOW],
-    "cleanup.tasks": ["now() - interval '1 day'", "1000"],
+    "cleanup.tasks": ["now() - interval '1 day'", "1000", "'q'"],
     "cleanup.events": [NOW, "1000"],
     "next_wake": [],
 }
@@ -88,62 +88,70 @@ EXPECTED_INDEX = {
 }
 
 
+# The ids of the sample rows: ROWS tasks, all created now, in six states.
+IDS_NOW = """
+    create temp table ids as
+      select g, absurd.portable_uuidv7() as task_id, absurd.portable_uuidv7() as run_id,
+        (array['pending', 'pending', 'pending', 'sleeping', 'running', 'completed'])
+          [1 + g % 6] as st
+      from generate_series(1, {rows}) g
+"""
+
+# Rows for every id in the temp table "ids" (g, task_id, run_id, st), in all five tables.
+FILL = [
+    """
+    insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
+        idempotency_key, priority, cancel_deadline, finished_at, enqueue_at)
+      select task_id, 'task', to_jsonb(g), st, 1, run_id, 'key-' || g, (g % 50 = 0)::int,
+        case when g % 100 = 0 then now() + interval '1 hour' end,
+        case when st = 'completed' then now() - interval '2 days' end, now()
+      from ids
+    """,
+    """
+    insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
+        claimed_by, priority)
+      select run_id, task_id, 1, st,
+        case st when 'sleeping' then now() + interval '1 hour'
+          else now() - interval '1 minute' end,
+        case when st = 'running' then now() + interval '10 minutes' end,
+        case when st = 'running' then 'w' end, (g % 50 = 0)::int
+      from ids
+    """,
+    """
+    insert into absurd.{cp} (task_id, checkpoint_name, state, owner_run_id)
+      select task_id, 's', '1', run_id from ids
+    """,
+    """
+    insert into absurd.{w} (task_id, run_id, step_name, event_name, timeout_at)
+      select task_id, run_id, 's', 'e-' || g, now() + interval '1 hour'
+      from ids where st = 'sleeping'
+    """,
+    """
+    insert into absurd.{e} (event_name, payload, emitted_at)
+      select 'e-' || g, '1', now() - make_interval(secs => g) from ids
+    """,
+]
+
+
+def fill_queue(c: psycopg.Connection[Any], queue: str, ids: str = IDS_NOW) -> dict[str, str]:
+    """Fills a queue with ROWS tasks in every state and analyses it; returns sample ids."""
+    t, r, cp, e, w = (sql.Identifier(f"{p}_{queue}") for p in "trcew")
+    for statement in [ids, *FILL]:
+        c.execute(sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w))
+    for table in (t, r, cp, e, w):
+        c.execute(sql.SQL("analyze absurd.{}").format(table))
+    row = c.execute("select task_id, run_id from ids where st = 'running' limit 1").fetchone()
+    assert row is not None
+    return {"task": f"'{row[0]}'", "run": f"'{row[1]}'"}
+
+
 @pytest.fixture(scope="module")
 def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
     """A queue with ROWS tasks in every state, analysed; yields (queue, sample ids)."""
     queue = f"plans_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("select absurd.create_queue(%s)", (queue,))
-        t, r, cp, e, w = (sql.Identifier(f"{p}_{queue}") for p in "trcew")
-        statements = [
-            """
-            create temp table ids as
-              select g, absurd.portable_uuidv7() as task_id, absurd.portable_uuidv7() as run_id,
-                (array['pending', 'pending', 'pending', 'sleeping', 'running', 'completed'])
-                  [1 + g % 6] as st
-              from generate_series(1, {rows}) g
-            """,
-            """
-            insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
-                idempotency_key, priority, cancel_deadline, finished_at, enqueue_at)
-              select task_id, 'task', to_jsonb(g), st, 1, run_id, 'key-' || g, (g % 50 = 0)::int,
-                case when g % 100 = 0 then now() + interval '1 hour' end,
-                case when st = 'completed' then now() - interval '2 days' end, now()
-              from ids
-            """,
-            """
-            insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
-                claimed_by, priority)
-              select run_id, task_id, 1, st,
-                case st when 'sleeping' then now() + interval '1 hour'
-                  else now() - interval '1 minute' end,
-                case when st = 'running' then now() + interval '10 minutes' end,
-                case when st = 'running' then 'w' end, (g % 50 = 0)::int
-              from ids
-            """,
-            """
-            insert into absurd.{cp} (task_id, checkpoint_name, state, owner_run_id)
-              select task_id, 's', '1', run_id from ids
-            """,
-            """
-            insert into absurd.{w} (task_id, run_id, step_name, event_name, timeout_at)
-              select task_id, run_id, 's', 'e-' || g, now() + interval '1 hour'
-              from ids where st = 'sleeping'
-            """,
-            """
-            insert into absurd.{e} (event_name, payload, emitted_at)
-              select 'e-' || g, '1', now() - make_interval(secs => g) from ids
-            """,
-        ]
-        for statement in statements:
-            c.execute(
-                sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w)
-            )
-        for table in (t, r, cp, e, w):
-            c.execute(sql.SQL("analyze absurd.{}").format(table))
-        row = c.execute("select task_id, run_id from ids where st = 'running' limit 1").fetchone()
-        assert row is not None
-        yield queue, {"task": f"'{row[0]}'", "run": f"'{row[1]}'"}
+        yield queue, fill_queue(c, queue)
         c.execute("select absurd.drop_queue(%s)", (queue,))
 
 

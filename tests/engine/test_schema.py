@@ -12,7 +12,7 @@ import pytest
 
 from absurd import schema
 
-# Spec §1.6 minus the partition and pg_cron functions (a later issue).
+# Spec §1.6: every public function of upstream 0.5.1.
 PUBLIC_FUNCTIONS = [
     "current_time",
     "retry_delay_seconds",
@@ -46,6 +46,12 @@ PUBLIC_FUNCTIONS = [
     "cleanup_tasks",
     "cleanup_events",
     "cleanup_all_queues",
+    "ensure_partitions",
+    "list_detach_candidates",
+    "drop_detached_partition",
+    "schedule_detach_jobs",
+    "enable_cron",
+    "disable_cron",
 ]
 
 SIGNATURES = """
@@ -86,6 +92,8 @@ def test_reinstall_is_a_no_op(new_database: Callable[[], str]) -> None:
         schema.install(c)
         c.execute("select absurd.create_queue('keep')")
         c.execute("select absurd.spawn_task('keep', 't', '{\"x\": 1}')")
+        c.execute("select absurd.create_queue('keep_p', 'partitioned')")
+        c.execute("select absurd.spawn_task('keep_p', 't', '1', '{\"idempotency_key\": \"k\"}')")
         before = catalog(c)
         schema.install(c)
         assert catalog(c) == before
@@ -185,10 +193,18 @@ def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> No
         assert c.execute(
             "select count(*) from pg_indexes where indexname = 'r_legacy_cli'"
         ).fetchone() == (1,)
-        # Upstream's partitioned queue is left alone (not supported here yet).
+        # Upstream's partitioned queue is upgraded in place and works.
         assert c.execute(
             "select storage_mode from absurd.queues where queue_name = 'parted'"
         ).fetchone() == ("partitioned",)
+        spawn = "select created from absurd.spawn_task('parted', 'p', '3', %s)"
+        key = '{"idempotency_key": "k"}'
+        assert c.execute(spawn, (key,)).fetchone() == (True,)
+        again = c.execute(spawn, (key,)).fetchone()
+        assert again == (False,)
+        assert c.execute(
+            "select params from absurd.claim_task('parted', 'w', 60, 5)"
+        ).fetchall() == [(3,)]
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,11 @@ async def test_queue_administration(api: Api) -> None:
         with pytest.raises(errors.InvalidQueuePolicy):
             await app.set_queue_policy(name, cleanup_limit=0)
         with pytest.raises(errors.UnsupportedStorageMode):
-            await app.create_queue(f"{name}_p", storage_mode="partitioned")
+            await app.create_queue(f"{name}_p", storage_mode="bogus")  # type: ignore[arg-type]
+        await app.create_queue(f"{name}_p", storage_mode="partitioned")
+        parted = await app.get_queue_policy(f"{name}_p")
+        assert parted is not None and parted["storage_mode"] == "partitioned"
+        await app.drop_queue(f"{name}_p")
         # the default queue of the client is used when no name is given
         assert (await app.get_queue_policy())["queue_name"] == api.queue
     finally:

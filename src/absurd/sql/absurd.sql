@@ -13,6 +13,7 @@
 --     c_<q>  checkpoints  step results, keyed (task_id, checkpoint_name)
 --     e_<q>  events       first-write-wins event payloads, keyed by name
 --     w_<q>  waits        which run waits for which event, until when
+--     i_<q>  idempotency keys (partitioned queues only; see "Storage")
 --
 --   Utilities      current_time, get_schema_version, validate_queue_name,
 --                  portable_uuidv7, uuidv7_timestamp, uuidv7_floor,
@@ -25,6 +26,9 @@
 --   Steps, events  set_task_checkpoint_state, get_task_checkpoint_state(s),
 --                  extend_claim, await_event, emit_event
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
+--   Storage        ensure_partitions, list_detach_candidates,
+--                  drop_detached_partition, schedule_detach_jobs, enable_cron,
+--                  disable_cron, sweep_queue (ours; absurd/maintenance.py uses it)
 --   Internal       functions whose names start with "_" (not a public API)
 --
 -- STATE FLOW (tasks and runs share the six states)
@@ -546,6 +550,8 @@ stable
 as $$
 declare
   v_clash text;
+  v_partitioned boolean := exists (select 1 from absurd.queues
+    where queue_name = p_queue_name and storage_mode = 'partitioned');
 begin
   with expected(relname, kind, parent) as (
     values ('t_' || p_queue_name, 'table', null), ('r_' || p_queue_name, 'table', null),
@@ -561,15 +567,26 @@ begin
            ('w_' || p_queue_name || '_eni', 'index', 'w_' || p_queue_name),
            ('w_' || p_queue_name || '_ti', 'index', 'w_' || p_queue_name),
            ('e_' || p_queue_name || '_eai', 'index', 'e_' || p_queue_name)
+    -- Partitioned queues also own i_<q> and the default partitions <p>_<q>_d.
+    union all
+    select * from (values ('i_' || p_queue_name, 'table', null),
+           ('i_' || p_queue_name || '_ti', 'index', 'i_' || p_queue_name),
+           ('t_' || p_queue_name || '_d', 'partition', 't_' || p_queue_name),
+           ('r_' || p_queue_name || '_d', 'partition', 'r_' || p_queue_name),
+           ('c_' || p_queue_name || '_d', 'partition', 'c_' || p_queue_name),
+           ('w_' || p_queue_name || '_d', 'partition', 'w_' || p_queue_name)) p
+    where v_partitioned
   )
   select x.relname into v_clash
   from expected x
   join pg_class c on c.relname = x.relname
     and c.relnamespace = 'absurd'::regnamespace
   left join pg_index i on i.indexrelid = c.oid
-  where (x.kind = 'table' and c.relkind not in ('r', 'p'))
+  where (x.kind = 'table' and (c.relkind not in ('r', 'p') or c.relispartition))
      or (x.kind = 'index' and (c.relkind not in ('i', 'I')
          or i.indrelid is distinct from to_regclass(format('absurd.%I', x.parent))))
+     or (x.kind = 'partition' and not exists (select 1 from pg_inherits h
+         where h.inhrelid = c.oid and h.inhparent = to_regclass(format('absurd.%I', x.parent))))
   limit 1;
   if v_clash is not null then
     perform absurd._raise('AB006', format(
@@ -594,13 +611,21 @@ declare
   v_w text := 'w_' || q;
   v_had_tasks boolean;
   v_had_deadline boolean;
+  -- Storage: partitioned queues range-partition t_/c_ by task_id and r_/w_ by
+  -- run_id (weekly UUIDv7 ranges, see ensure_partitions); a partitioned
+  -- table takes no storage parameters and no unique key on idempotency_key.
+  v_by_task text := 'with (fillfactor = 70)';
+  v_by_run text := 'with (fillfactor = 70)';
+  v_waits text := '';
+  v_key_def text := 'idempotency_key text unique';
 begin
   select storage_mode into v_mode from absurd.queues where queue_name = q;
   v_mode := coalesce(v_mode, 'unpartitioned');
   if v_mode = 'partitioned' then
-    perform absurd._raise('AB007', format(
-      'Partitioned storage (queue "%s") is not supported yet', q),
-      'Create the queue with storage mode "unpartitioned".');
+    v_by_task := 'partition by range (task_id)';
+    v_by_run := 'partition by range (run_id)';
+    v_waits := v_by_run;
+    v_key_def := 'idempotency_key text';
   elsif v_mode <> 'unpartitioned' then
     perform absurd._raise('AB007', format('Unsupported queue storage mode "%s"', v_mode));
   end if;
@@ -630,12 +655,12 @@ begin
       last_attempt_run uuid,
       completed_payload jsonb,
       cancelled_at timestamptz,
-      idempotency_key text unique,
+      %2$s,
       priority integer not null default 0,
       cancel_deadline timestamptz,
       finished_at timestamptz
-    ) with (fillfactor = 70)
-  $ddl$, v_t);
+    ) %3$s
+  $ddl$, v_t, v_key_def, v_by_task);
   execute format($ddl$
     create table if not exists absurd.%I (
       run_id uuid primary key,
@@ -655,8 +680,8 @@ begin
       failure_reason jsonb,
       created_at timestamptz not null default absurd.current_time(),
       priority integer not null default 0
-    ) with (fillfactor = 70)
-  $ddl$, v_r);
+    ) %2$s
+  $ddl$, v_r, v_by_run);
   execute format($ddl$
     create table if not exists absurd.%I (
       task_id uuid not null,
@@ -666,8 +691,8 @@ begin
       owner_run_id uuid,
       updated_at timestamptz not null default absurd.current_time(),
       primary key (task_id, checkpoint_name)
-    ) with (fillfactor = 70)
-  $ddl$, v_c);
+    ) %2$s
+  $ddl$, v_c, v_by_task);
   execute format($ddl$
     create table if not exists absurd.%I (
       event_name text primary key,
@@ -684,8 +709,8 @@ begin
       timeout_at timestamptz,
       created_at timestamptz not null default absurd.current_time(),
       primary key (run_id, step_name)
-    )
-  $ddl$, v_w);
+    ) %2$s
+  $ddl$, v_w, v_waits);
 
   -- Columns this engine adds to tables that an upstream schema created.
   execute format('alter table absurd.%I add column if not exists priority integer not null default 0', v_t);
@@ -731,6 +756,9 @@ begin
     for each row when (new.state in ('completed', 'failed', 'cancelled')
                        and old.state is distinct from new.state)
     execute function absurd._task_finished(%L)$tr$, v_t, q);
+  if v_mode = 'partitioned' then
+    perform absurd._ensure_partitioned_extras(q);
+  end if;
 end;
 $$;
 
@@ -745,11 +773,6 @@ declare
 begin
   if v_mode not in ('unpartitioned', 'partitioned') then
     perform absurd._raise('AB007', format('Unsupported queue storage mode "%s"', absurd._show(p_storage_mode)));
-  end if;
-  if v_mode = 'partitioned' then
-    perform absurd._raise('AB007', format(
-      'Partitioned storage (queue "%s") is not supported yet', q),
-      'Create the queue with storage mode "unpartitioned".');
   end if;
   insert into absurd.queues (queue_name, storage_mode) values (q, v_mode)
   on conflict (queue_name) do nothing;
@@ -924,6 +947,9 @@ begin
     detach_min_age = v_row.detach_min_age,
     default_partition = v_row.default_partition
   where queue_name = q;
+  if v_row.storage_mode = 'partitioned' then
+    perform absurd._apply_default_partition(q, v_row.default_partition);
+  end if;
 end;
 $$;
 
@@ -954,7 +980,7 @@ begin
         idempotency_key, priority, cancel_deadline)
       values ($1, $2, coalesce($3, 'null'::jsonb), $4, $5, $6, $7, $8, 'pending', 1, $9,
         $10, $11, absurd._cancel_deadline($7, $12, null))
-      on conflict (idempotency_key) do nothing
+      on conflict do nothing
       returning t.task_id
     ), r as (
       insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
@@ -1246,14 +1272,17 @@ begin
     )
     update absurd.%1$I set state = 'sleeping' where task_id = $1$q$
 
-  -- $1 finished before, $2 limit (t_<q>_fai)
+  -- $1 finished before, $2 limit, $3 queue name (t_<q>_fai). A task whose
+  -- result another task still awaits (absurd.task_watchers) is kept.
   when 'cleanup.tasks' then $q$
     with v as (
       select array(
-        select task_id from absurd.%1$I
-        where finished_at < $1 and state in ('completed', 'failed', 'cancelled')
-        order by finished_at limit $2
-        for update skip locked) as ids
+        select t.task_id from absurd.%1$I t
+        where t.finished_at < $1 and t.state in ('completed', 'failed', 'cancelled')
+          and not exists (select 1 from absurd.task_watchers tw
+                          where tw.queue_name = $3 and tw.task_id = t.task_id)
+        order by t.finished_at limit $2
+        for update of t skip locked) as ids
     ), dc as (
       delete from absurd.%3$I where task_id = any ((select ids from v)::uuid[])
     ), dw as (
@@ -1264,12 +1293,15 @@ begin
       delete from absurd.%1$I where task_id = any ((select ids from v)::uuid[]) returning 1
     )
     select count(*) from dt$q$
-  -- $1 emitted before, $2 limit (e_<q>_eai)
+  -- $1 emitted before, $2 limit (e_<q>_eai). An event some run still waits
+  -- for (a row in w_<q>) is kept.
   when 'cleanup.events' then $q$
     with d as (
       delete from absurd.%4$I where event_name = any (array(
-        select event_name from absurd.%4$I where emitted_at < $1 order by emitted_at limit $2
-        for update skip locked))
+        select e.event_name from absurd.%4$I e where e.emitted_at < $1
+          and not exists (select 1 from absurd.%5$I w where w.event_name = e.event_name)
+        order by e.emitted_at limit $2
+        for update of e skip locked))
       returning 1
     )
     select count(*) from d$q$
@@ -1385,6 +1417,14 @@ begin
   v_available := case when v_delay is not null then v_now + make_interval(secs => v_delay)
                       else greatest(coalesce(v_available, v_now), v_now) end;
 
+  if v_opts ->> 'idempotency_key' is not null and absurd._is_partitioned(q) then
+    -- Partitioned queues hold keys in i_<q> (see "Storage"): reserve it first.
+    select * into v_old from absurd._reserve_key(q, v_opts ->> 'idempotency_key', v_task_id);
+    if v_old.task_id is not null then
+      return query select v_old.task_id, v_old.last_attempt_run, v_old.attempts, false;
+      return;
+    end if;
+  end if;
   execute absurd._sql('spawn', q) into v_inserted
     using v_task_id, p_task_name, p_params, nullif(v_opts -> 'headers', 'null'::jsonb), v_retry,
           v_max_attempts, absurd._check_cancellation(v_opts -> 'cancellation'), v_now, v_run_id,
@@ -2171,7 +2211,8 @@ begin
     perform absurd._raise('AB015', 'limit must be at least 1');
   end if;
   execute absurd._sql(p_statement, p_queue_name) into v_deleted
-    using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000);
+    using absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000),
+          p_queue_name;
   return v_deleted;
 end;
 $$;
@@ -2210,7 +2251,6 @@ begin
   for v_queue in
     select q.queue_name, q.cleanup_ttl, q.cleanup_limit from absurd.queues q
     where (p_queue_name is null or q.queue_name = p_queue_name)
-      and q.storage_mode = 'unpartitioned'
     order by q.queue_name
   loop
     v_ttl := least(floor(extract(epoch from v_queue.cleanup_ttl)), 2147483647)::integer;
@@ -2222,6 +2262,712 @@ begin
 end;
 $$;
 
+-- =============================================================================
+-- Storage: partitioned queues, partition maintenance, pg_cron (issue 7)
+--
+-- A partitioned queue range-partitions t_<q> and c_<q> by task_id and r_<q>
+-- and w_<q> by run_id, one partition per ISO week (UTC) of the UUIDv7 time:
+-- <p>_<q>_<YWW>, plus a DEFAULT partition <p>_<q>_d (policy default_partition)
+-- that catches any id no weekly partition covers, so no insert ever fails for
+-- lack of a partition. Idempotency keys live in i_<q> (a partitioned table
+-- cannot hold a unique key on a column outside the partition key); a key is
+-- released only when its task row is deleted (trigger) or its week is dropped.
+-- e_<q> is never partitioned. DDL that must run outside a transaction
+-- (DETACH ... CONCURRENTLY) is driven from Python (absurd.maintenance) or by
+-- pg_cron jobs; everything here runs inside one.
+-- =============================================================================
+
+create or replace function absurd._is_partitioned(p_queue_name text)
+returns boolean
+language sql
+stable
+as $$
+  select exists (select 1 from absurd.queues
+                 where queue_name = p_queue_name and storage_mode = 'partitioned');
+$$;
+
+-- i_<q>, its index, and the trigger that releases a key with its task.
+create or replace function absurd._ensure_partitioned_extras(p_queue_name text)
+returns void
+language plpgsql
+as $$
+declare
+  v_i text := 'i_' || p_queue_name;
+begin
+  execute format('create table if not exists absurd.%I (
+      idempotency_key text primary key,
+      task_id uuid not null)', v_i);
+  execute format('create index if not exists %I on absurd.%I (task_id)', v_i || '_ti', v_i);
+  execute format('drop trigger if exists t_release_key on absurd.%I', 't_' || p_queue_name);
+  execute format($tr$create trigger t_release_key after delete on absurd.%I
+    for each row when (old.idempotency_key is not null)
+    execute function absurd._release_key(%L)$tr$, 't_' || p_queue_name, p_queue_name);
+  perform absurd.ensure_partitions(p_queue_name);
+end;
+$$;
+
+create or replace function absurd._release_key()
+returns trigger
+language plpgsql
+as $$
+begin
+  execute format('delete from absurd.%I where idempotency_key = $1 and task_id = $2',
+                 'i_' || tg_argv[0])
+    using old.idempotency_key, old.task_id;
+  return null;
+end;
+$$;
+
+-- spawn_task on a partitioned queue with an idempotency key: reserves the key
+-- for p_task_id. Returns one row: all NULL when reserved, else the task that
+-- holds the key (task_id, last_attempt_run, attempts).
+create or replace function absurd._reserve_key(p_queue_name text, p_key text, p_task_id uuid)
+returns table (task_id uuid, last_attempt_run uuid, attempts integer)
+language plpgsql
+as $$
+declare
+  v_rows integer;
+  v_found record;
+begin
+  execute format('insert into absurd.%I (idempotency_key, task_id) values ($1, $2)
+                  on conflict (idempotency_key) do nothing', 'i_' || p_queue_name)
+    using p_key, p_task_id;
+  get diagnostics v_rows = row_count;
+  if v_rows > 0 then
+    return query select null::uuid, null::uuid, null::integer;
+    return;
+  end if;
+  execute format('select t.task_id, t.last_attempt_run, t.attempts
+                  from absurd.%I i join absurd.%I t on t.task_id = i.task_id
+                  where i.idempotency_key = $1 for key share of i',
+                 'i_' || p_queue_name, 't_' || p_queue_name)
+    into v_found using p_key;
+  if v_found.task_id is null then
+    raise exception using errcode = '40001',
+      message = format('Idempotency key "%s" in queue "%s" was concurrently cleaned up',
+                       p_key, p_queue_name),
+      hint = 'Retry spawn_task with the same idempotency key.';
+  end if;
+  if v_found.last_attempt_run is null then
+    perform absurd._raise('AB011', format(
+      'Idempotency key "%s" in queue "%s" resolved to task "%s" without a run',
+      p_key, p_queue_name, v_found.task_id));
+  end if;
+  return query select v_found.task_id, v_found.last_attempt_run, v_found.attempts;
+end;
+$$;
+
+-- The bounds of a range partition, read from its catalogue entry.
+create or replace function absurd._partition_bounds(p_partition regclass)
+returns table (lower_id uuid, upper_id uuid)
+language sql
+stable
+as $$
+  select (regexp_match(b, 'FROM \(''([0-9a-f-]{36})''\)'))[1]::uuid,
+         (regexp_match(b, 'TO \(''([0-9a-f-]{36})''\)'))[1]::uuid
+  from (select pg_get_expr(c.relpartbound, c.oid) as b from pg_class c
+        where c.oid = p_partition) x;
+$$;
+
+-- The weekly and default partitions of a queue's four partitioned tables.
+create or replace function absurd._queue_partitions(p_queue_name text)
+returns table (prefix text, parent_table text, partition_table text, is_default boolean,
+               lower_id uuid, upper_id uuid)
+language sql
+stable
+as $$
+  select p.prefix, p.prefix || '_' || p_queue_name, c.relname::text,
+         pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT', b.lower_id, b.upper_id
+  from unnest(array['t', 'r', 'c', 'w']) p(prefix)
+  join pg_inherits h on h.inhparent = to_regclass(format('absurd.%I', p.prefix || '_' || p_queue_name))
+  join pg_class c on c.oid = h.inhrelid
+  left join lateral absurd._partition_bounds(c.oid) b on true;
+$$;
+
+-- Creates one weekly partition unless its name exists (ours, or taken by
+-- another queue's relation). Skips (returns false) when the DEFAULT partition
+-- already holds rows of that week, or when waiting for the lock could deadlock.
+create or replace function absurd._add_week_partition(
+  p_prefix text, p_queue_name text, p_week timestamptz)
+returns boolean
+language plpgsql
+as $$
+declare
+  v_parent text := p_prefix || '_' || p_queue_name;
+  v_name text := v_parent || '_' || absurd.partition_week_tag(p_week);
+  v_default text := v_parent || '_d';
+  v_key text := case when p_prefix in ('t', 'c') then 'task_id' else 'run_id' end;
+  v_from uuid := absurd.uuidv7_floor(p_week);
+  v_to uuid := absurd.uuidv7_floor(p_week + interval '7 days');
+  v_busy boolean;
+begin
+  if to_regclass(format('absurd.%I', v_name)) is not null then
+    return false;
+  end if;
+  begin
+    -- Creating a partition locks its parent (and the DEFAULT partition)
+    -- ACCESS EXCLUSIVE until the end of the transaction. Workers, and other
+    -- callers of this function, lock the queue's tables in several orders, so
+    -- waiting for a second parent while holding a first could deadlock: wait
+    -- only when this transaction holds no other parent of the queue, else skip
+    -- the partition if its parent is busy (a later run, or the DEFAULT
+    -- partition meanwhile, takes care of it). Nothing else is read before the
+    -- parent is locked.
+    if exists (select 1 from pg_locks l
+               where l.pid = pg_backend_pid() and l.locktype = 'relation'
+                 and l.mode = 'AccessExclusiveLock' and l.granted
+                 and l.relation in (select to_regclass(format('absurd.%I', x || '_' || p_queue_name))
+                                    from unnest(array['t', 'r', 'c', 'w']) x where x <> p_prefix)) then
+      execute format('lock table absurd.%I in access exclusive mode nowait', v_parent);
+    else
+      execute format('lock table absurd.%I in access exclusive mode', v_parent);
+    end if;
+    if to_regclass(format('absurd.%I', v_name)) is not null then
+      return false;  -- created meanwhile
+    end if;
+    -- The DEFAULT partition may already hold rows of that week: they stay
+    -- there (moving them would block writers; cleanup removes them in time).
+    if to_regclass(format('absurd.%I', v_default)) is not null then
+      execute format('select exists (select 1 from absurd.%I where %I >= $1 and %I < $2)',
+                     v_default, v_key, v_key)
+        into v_busy using v_from, v_to;
+      if v_busy then
+        return false;
+      end if;
+    end if;
+    execute format('create table absurd.%I partition of absurd.%I for values from (%L) to (%L) %s',
+                   v_name, v_parent, v_from, v_to,
+                   case when p_prefix = 'w' then '' else 'with (fillfactor = 70)' end);
+  exception
+    when lock_not_available then
+      return false;
+  end;
+  return true;
+end;
+$$;
+
+create or replace function absurd.ensure_partitions(p_queue_name text default null)
+returns void
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  v_queue record;
+  v_week timestamptz;
+  v_prefix text;
+begin
+  if p_queue_name is not null then
+    perform absurd._require_queue(p_queue_name);
+  end if;
+  for v_queue in
+    select q.queue_name, q.default_partition, q.partition_lookahead, q.partition_lookback
+    from absurd.queues q
+    where q.storage_mode = 'partitioned'
+      and (p_queue_name is null or q.queue_name = p_queue_name)
+    order by q.queue_name
+  loop
+    if v_queue.default_partition = 'enabled' then
+      foreach v_prefix in array array['t', 'r', 'c', 'w'] loop
+        execute format('create table if not exists absurd.%I partition of absurd.%I default',
+                       v_prefix || '_' || v_queue.queue_name || '_d',
+                       v_prefix || '_' || v_queue.queue_name);
+      end loop;
+    end if;
+    v_week := absurd.week_bucket_utc(v_now - v_queue.partition_lookback);
+    while v_week <= absurd.week_bucket_utc(v_now + v_queue.partition_lookahead) loop
+      foreach v_prefix in array array['t', 'r', 'c', 'w'] loop
+        perform absurd._add_week_partition(v_prefix, v_queue.queue_name, v_week);
+      end loop;
+      v_week := v_week + interval '7 days';
+    end loop;
+  end loop;
+end;
+$$;
+
+-- set_queue_policy's default_partition switch: enabled creates the DEFAULT
+-- partitions; disabled drops them, refusing (AB008) when one holds rows.
+create or replace function absurd._apply_default_partition(p_queue_name text, p_mode text)
+returns void
+language plpgsql
+as $$
+declare
+  v_prefix text;
+  v_part text;
+  v_rows boolean;
+begin
+  if p_mode = 'enabled' then
+    perform absurd.ensure_partitions(p_queue_name);
+    return;
+  end if;
+  foreach v_prefix in array array['t', 'r', 'c', 'w'] loop
+    v_part := v_prefix || '_' || p_queue_name || '_d';
+    continue when to_regclass(format('absurd.%I', v_part)) is null;
+    execute format('lock table absurd.%I in access exclusive mode', v_part);
+    execute format('select exists (select 1 from absurd.%I)', v_part) into v_rows;
+    if v_rows then
+      perform absurd._raise('AB008', format(
+        'Cannot disable default_partition for queue "%s": default partition "%s" is not empty',
+        p_queue_name, v_part));
+    end if;
+    execute format('alter table absurd.%I detach partition absurd.%I',
+                   v_prefix || '_' || p_queue_name, v_part);
+    execute format('drop table absurd.%I', v_part);
+  end loop;
+end;
+$$;
+
+-- Weekly partitions that may be detached (policy detach_mode 'empty'): older
+-- than detach_min_age (by their upper bound) and empty. Detaches nothing.
+create or replace function absurd.list_detach_candidates(p_queue_name text default null)
+returns table (queue_name text, parent_table text, partition_table text)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+  v_now timestamptz := absurd.current_time();
+  v_queue record;
+  v_part record;
+  v_rows boolean;
+begin
+  if p_queue_name is not null then
+    perform absurd._require_queue(p_queue_name);
+  end if;
+  for v_queue in
+    select q.queue_name, q.detach_min_age from absurd.queues q
+    where q.storage_mode = 'partitioned' and q.detach_mode = 'empty'
+      and (p_queue_name is null or q.queue_name = p_queue_name)
+    order by q.queue_name
+  loop
+    for v_part in
+      select p.parent_table, p.partition_table from absurd._queue_partitions(v_queue.queue_name) p
+      where not p.is_default
+        and absurd.uuidv7_timestamp(p.upper_id) < v_now - v_queue.detach_min_age
+      order by array_position(array['t', 'r', 'c', 'w'], p.prefix), p.upper_id
+    loop
+      execute format('select exists (select 1 from absurd.%I)', v_part.partition_table)
+        into v_rows;
+      continue when v_rows;
+      queue_name := v_queue.queue_name;
+      parent_table := v_part.parent_table;
+      partition_table := v_part.partition_table;
+      return next;
+    end loop;
+  end loop;
+end;
+$$;
+
+-- Refuses (AB015) a name that is not a partition-shaped table of a queue, so
+-- no call can drop absurd.queues or a queue's own table by mistake.
+create or replace function absurd._require_partition_name(p_table text)
+returns void
+language plpgsql
+stable
+as $$
+begin
+  if p_table !~ '^[trcw]_.+_([0-9]{3}|d)$'
+     or exists (select 1 from absurd.queues q
+                where p_table in ('t_' || q.queue_name, 'r_' || q.queue_name,
+                                  'c_' || q.queue_name, 'w_' || q.queue_name))
+     or exists (select 1 from pg_class c where c.relnamespace = 'absurd'::regnamespace
+                and c.relname = p_table and c.relkind <> 'r') then
+    perform absurd._raise('AB015', format('Table "%s" is not a queue partition', p_table));
+  end if;
+end;
+$$;
+
+create or replace function absurd._cron_unschedule(p_job_names text[])
+returns void
+language plpgsql
+as $$
+declare
+  v_job bigint;
+begin
+  if to_regclass('cron.job') is null or p_job_names is null then
+    return;
+  end if;
+  for v_job in execute 'select jobid from cron.job where jobname = any ($1)' using p_job_names loop
+    execute 'select cron.unschedule($1)' using v_job;
+  end loop;
+end;
+$$;
+
+-- Drops a partition once it is detached; unschedules the named pg_cron job
+-- (and its paired detach job) as upstream does. Returns true when dropped.
+create or replace function absurd.drop_detached_partition(
+  p_partition_table text,
+  p_unschedule_job_name text default null
+)
+returns boolean
+language plpgsql
+as $$
+declare
+  v_table text := nullif(btrim(coalesce(p_partition_table, '')), '');
+  v_detach_job text;
+  v_oid oid;
+begin
+  if v_table is null then
+    perform absurd._raise('AB014', 'partition table must be provided');
+  end if;
+  if p_unschedule_job_name like 'absurd\_drop\_run\_%' then
+    v_detach_job := 'absurd_detach_run_' || substr(p_unschedule_job_name, 17);
+  end if;
+  v_oid := to_regclass(format('absurd.%I', v_table));
+  if v_oid is null then
+    perform absurd._cron_unschedule(array[p_unschedule_job_name, v_detach_job]);
+    return false;
+  end if;
+  perform absurd._require_partition_name(v_table);
+  if exists (select 1 from pg_inherits where inhrelid = v_oid) then
+    return false;  -- still attached (or a detach is pending): try again later
+  end if;
+  perform absurd._cron_unschedule(array[v_detach_job]);
+  execute format('drop table if exists absurd.%I', v_table);
+  perform absurd._cron_unschedule(array[p_unschedule_job_name]);
+  return true;
+end;
+$$;
+
+-- pg_cron's API, or AB007 naming what is missing.
+create or replace function absurd._require_cron(p_schedule boolean default true)
+returns void
+language plpgsql
+stable
+as $$
+begin
+  if to_regclass('cron.job') is null then
+    perform absurd._raise('AB007', 'pg_cron is not available (missing cron.job)');
+  end if;
+  if p_schedule and not exists (select 1 from pg_proc where proname = 'schedule'
+                     and pronamespace = 'cron'::regnamespace) then
+    perform absurd._raise('AB007', 'pg_cron is not available (missing cron.schedule)');
+  end if;
+  if not exists (select 1 from pg_proc where proname = 'unschedule'
+                 and pronamespace = 'cron'::regnamespace) then
+    perform absurd._raise('AB007', 'pg_cron is not available (missing cron.unschedule)');
+  end if;
+end;
+$$;
+
+create or replace function absurd._cron_scope(p_queue_name text)
+returns text
+language sql
+immutable
+as $$
+  select case when p_queue_name is null then 'all' else left(md5(p_queue_name), 12) end;
+$$;
+
+-- Plans pg_cron jobs that detach and then drop the oldest detach candidate of
+-- each parent table, one pipeline per parent at a time (upstream's job names).
+create or replace function absurd.schedule_detach_jobs(p_queue_name text default null)
+returns table (job_name text, job_id bigint, queue_name text, partition_table text, job_kind text)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+  v_scope text;
+  v_cand record;
+  v_parent_key text;
+  v_key text;
+  v_detach text;
+  v_drop text;
+  v_command text;
+begin
+  if p_queue_name is not null then
+    perform absurd.validate_queue_name(p_queue_name);
+  end if;
+  perform absurd._require_cron();
+  v_scope := absurd._cron_scope(p_queue_name);
+  for v_cand in
+    select distinct on (c.parent_table) c.queue_name, c.parent_table, c.partition_table
+    from absurd.list_detach_candidates(p_queue_name) c
+    cross join lateral absurd._partition_bounds(to_regclass(format('absurd.%I', c.partition_table))) b
+    order by c.parent_table, b.upper_id, c.partition_table
+  loop
+    v_parent_key := left(md5(v_cand.parent_table), 8);
+    continue when exists (select 1 from cron.job j
+      where j.jobname like 'absurd\_detach\_run\_%\_' || v_parent_key || '\_%'
+         or j.jobname like 'absurd\_drop\_run\_%\_' || v_parent_key || '\_%');
+    v_key := left(md5(v_cand.parent_table || ':' || v_cand.partition_table), 12);
+    v_detach := format('absurd_detach_run_%s_%s_%s', v_scope, v_parent_key, v_key);
+    v_drop := format('absurd_drop_run_%s_%s_%s', v_scope, v_parent_key, v_key);
+    if not exists (select 1 from cron.job j
+                   where j.jobname = v_detach or j.jobname like 'absurd\_detach\_run\_%\_' || v_key) then
+      -- CONCURRENTLY is impossible while the parent has a DEFAULT partition.
+      v_command := format('alter table absurd.%I detach partition absurd.%I%s',
+        v_cand.parent_table, v_cand.partition_table,
+        case when to_regclass(format('absurd.%I', v_cand.parent_table || '_d')) is null
+          then ' concurrently' else '' end);
+      execute 'select cron.schedule($1, $2, $3)' into job_id using v_detach, '* * * * *', v_command;
+      job_name := v_detach;
+      queue_name := v_cand.queue_name;
+      partition_table := v_cand.partition_table;
+      job_kind := 'detach';
+      return next;
+    end if;
+    if not exists (select 1 from cron.job j
+                   where j.jobname = v_drop or j.jobname like 'absurd\_drop\_run\_%\_' || v_key) then
+      execute 'select cron.schedule($1, $2, $3)' into job_id
+        using v_drop, '* * * * *',
+              format('select absurd.drop_detached_partition(%L, %L);', v_cand.partition_table, v_drop);
+      job_name := v_drop;
+      queue_name := v_cand.queue_name;
+      partition_table := v_cand.partition_table;
+      job_kind := 'drop';
+      return next;
+    end if;
+  end loop;
+end;
+$$;
+
+-- (Re)schedules the three pg_cron maintenance jobs of one queue or of all.
+create or replace function absurd.enable_cron(
+  p_queue_name text default null,
+  p_partition_schedule text default '5 * * * *',
+  p_cleanup_schedule text default '17 * * * *',
+  p_detach_schedule text default '29 * * * *'
+)
+returns table (job_name text, job_id bigint)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+  v_scope text := absurd._cron_scope(p_queue_name);
+  v_arg text := coalesce(quote_literal(p_queue_name), 'null::text');
+  v_job record;
+begin
+  if p_queue_name is not null then
+    perform absurd._require_queue(p_queue_name);
+  end if;
+  if p_partition_schedule is null or btrim(p_partition_schedule) = '' then
+    perform absurd._raise('AB014', 'Partition schedule must be provided');
+  end if;
+  if p_cleanup_schedule is null or btrim(p_cleanup_schedule) = '' then
+    perform absurd._raise('AB014', 'Cleanup schedule must be provided');
+  end if;
+  if p_detach_schedule is null or btrim(p_detach_schedule) = '' then
+    perform absurd._raise('AB014', 'Detach schedule must be provided');
+  end if;
+  perform absurd._require_cron();
+  for v_job in
+    select * from (values
+      (1, 'absurd_partitions_' || v_scope, p_partition_schedule,
+       format('select absurd.ensure_partitions(%s);', v_arg)),
+      (2, 'absurd_cleanup_' || v_scope, p_cleanup_schedule,
+       format('select * from absurd.cleanup_all_queues(%s);', v_arg)),
+      (3, 'absurd_detach_plan_' || v_scope, p_detach_schedule,
+       format('select * from absurd.schedule_detach_jobs(%s);', v_arg))) j(n, name, schedule, command)
+    order by n
+  loop
+    perform absurd._cron_unschedule(array[v_job.name]);
+    execute 'select cron.schedule($1, $2, $3)' into job_id
+      using v_job.name, v_job.schedule, v_job.command;
+    job_name := v_job.name;
+    return next;
+  end loop;
+end;
+$$;
+
+-- Unschedules the jobs enable_cron and schedule_detach_jobs made for that scope.
+create or replace function absurd.disable_cron(p_queue_name text default null)
+returns table (job_name text, job_id bigint)
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+  v_scope text;
+  v_job record;
+begin
+  if p_queue_name is not null then
+    perform absurd.validate_queue_name(p_queue_name);
+  end if;
+  perform absurd._require_cron(false);
+  v_scope := absurd._cron_scope(p_queue_name);
+  for v_job in execute $j$
+      select jobid, jobname from cron.job
+      where jobname in ('absurd_partitions_' || $1, 'absurd_cleanup_' || $1,
+                        'absurd_detach_plan_' || $1)
+         or jobname like 'absurd\_detach\_run\_' || $1 || '\_%'
+         or jobname like 'absurd\_drop\_run\_' || $1 || '\_%'
+      order by jobname, jobid$j$ using v_scope
+  loop
+    execute 'select cron.unschedule($1)' using v_job.jobid;
+    job_name := v_job.jobname;
+    job_id := v_job.jobid;
+    return next;
+  end loop;
+end;
+$$;
+
+-- ---- Beyond upstream: maintenance without pg_cron (absurd.maintenance) -----
+
+-- Applies what claim_task otherwise applies only while a worker polls: expired
+-- leases are failed (retried per policy) and cancellation policies fire. Up
+-- to p_limit of each; returns how many of each were due.
+create or replace function absurd.sweep_queue(p_queue_name text, p_limit integer default 1000)
+returns table (cancelled integer, expired integer)
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  v_limit integer := greatest(coalesce(p_limit, 1000), 1);
+begin
+  perform absurd._require_queue(p_queue_name);
+  execute 'select count(*) from (' || absurd._sql('sweep.cancellations', p_queue_name) || ') x'
+    into cancelled using v_now, v_limit;
+  execute 'select count(*) from (' || absurd._sql('sweep.leases', p_queue_name) || ') x'
+    into expired using v_now, v_limit;
+  perform absurd._sweep(p_queue_name, v_now, v_limit);
+  if cancelled + expired > 0 then
+    perform absurd._notify(p_queue_name, 'sweep');
+  end if;
+  return next;
+end;
+$$;
+
+-- Weeks of a partitioned queue that can be retired as a whole: outside the
+-- provisioning window, and every task in them finished before the cleanup
+-- cut-off. Checked again, race-free, by _retire_week once they are detached.
+create or replace function absurd._retirable_weeks(p_queue_name text)
+returns table (lower_id uuid, upper_id uuid, partitions text[], parents text[])
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  v_policy record;
+  v_week record;
+  v_live boolean;
+begin
+  select * into v_policy from absurd.queues
+  where queue_name = p_queue_name and storage_mode = 'partitioned';
+  if not found then
+    return;
+  end if;
+  for v_week in
+    select p.lower_id as lo, p.upper_id as hi,
+           array_agg(p.partition_table order by array_position(array['t', 'c', 'r', 'w'], p.prefix)) as parts,
+           array_agg(p.parent_table order by array_position(array['t', 'c', 'r', 'w'], p.prefix)) as parents
+    from absurd._queue_partitions(p_queue_name) p
+    where not p.is_default
+      and absurd.uuidv7_timestamp(p.upper_id)
+          <= least(absurd.week_bucket_utc(v_now - v_policy.partition_lookback),
+                   v_now - v_policy.cleanup_ttl)
+    group by p.lower_id, p.upper_id
+    order by p.lower_id
+  loop
+    v_live := absurd._week_is_live(p_queue_name, v_week.parts, v_now - v_policy.cleanup_ttl);
+    continue when v_live;
+    lower_id := v_week.lo;
+    upper_id := v_week.hi;
+    partitions := v_week.parts;
+    parents := v_week.parents;
+    return next;
+  end loop;
+end;
+$$;
+
+-- Does a week (its t/c/r/w partitions, attached or detached) hold anything
+-- still needed: a task not finished before p_cutoff, a task another task
+-- awaits, or a run of such a task?
+create or replace function absurd._week_is_live(p_queue_name text, p_parts text[], p_cutoff timestamptz)
+returns boolean
+language plpgsql
+as $$
+declare
+  v_part text;
+  v_live boolean;
+begin
+  foreach v_part in array p_parts loop
+    if v_part like 't\_%' then
+      execute format($q$select exists (select 1 from absurd.%I t
+          where t.state not in ('completed', 'failed', 'cancelled') or t.finished_at is null
+             or t.finished_at >= $1
+             or exists (select 1 from absurd.task_watchers tw
+                        where tw.queue_name = $2 and tw.task_id = t.task_id))$q$, v_part)
+        into v_live using p_cutoff, p_queue_name;
+    elsif v_part like 'r\_%' then
+      -- A run whose task (in any week) is live, or still running/sleeping.
+      execute format($q$select exists (select 1 from absurd.%I r
+          left join absurd.%I t on t.task_id = r.task_id
+          where r.state in ('pending', 'running', 'sleeping')
+             or (t.task_id is not null and (t.state not in ('completed', 'failed', 'cancelled')
+                 or t.finished_at is null or t.finished_at >= $1)))$q$,
+          v_part, 't_' || p_queue_name)
+        into v_live using p_cutoff;
+    elsif v_part like 'w\_%' then
+      execute format('select exists (select 1 from absurd.%I)', v_part) into v_live;
+    else
+      v_live := false;  -- checkpoints belong to the tasks of the same week
+    end if;
+    if v_live then
+      return true;
+    end if;
+  end loop;
+  return false;
+end;
+$$;
+
+-- Second half of retiring a week, after absurd.maintenance detached its
+-- partitions: checks them again (nothing can change them now), deletes what
+-- their tasks left in other weeks (later runs and waits, idempotency keys),
+-- and drops them. Returns false, dropping nothing, when the week turned out
+-- to be live: the caller attaches the partitions back (_reattach_week).
+create or replace function absurd._retire_week(
+  p_queue_name text, p_partitions text[], p_lower uuid, p_upper uuid)
+returns boolean
+language plpgsql
+as $$
+declare
+  v_cutoff timestamptz;
+  v_part text;
+  v_t text;
+begin
+  select absurd.current_time() - cleanup_ttl into v_cutoff
+  from absurd.queues where queue_name = p_queue_name;
+  foreach v_part in array p_partitions loop
+    perform absurd._require_partition_name(v_part);
+    if exists (select 1 from pg_inherits where inhrelid = to_regclass(format('absurd.%I', v_part))) then
+      return false;
+    end if;
+  end loop;
+  if v_cutoff is null or absurd._week_is_live(p_queue_name, p_partitions, v_cutoff) then
+    return false;
+  end if;
+  select p into v_t from unnest(p_partitions) p where p like 't\_%';
+  if v_t is not null then
+    -- Later attempts of these tasks live in later weeks' partitions.
+    execute format('delete from absurd.%I where run_id >= $1 and task_id in (select task_id from absurd.%I)',
+                   'r_' || p_queue_name, v_t) using p_upper;
+    execute format('delete from absurd.%I where run_id >= $1 and task_id in (select task_id from absurd.%I)',
+                   'w_' || p_queue_name, v_t) using p_upper;
+    if to_regclass(format('absurd.%I', 'i_' || p_queue_name)) is not null then
+      execute format('delete from absurd.%I where task_id >= $1 and task_id < $2',
+                     'i_' || p_queue_name) using p_lower, p_upper;
+    end if;
+  end if;
+  foreach v_part in array p_partitions loop
+    execute format('drop table absurd.%I', v_part);
+  end loop;
+  return true;
+end;
+$$;
+
+create or replace function absurd._reattach_week(
+  p_queue_name text, p_partitions text[], p_lower uuid, p_upper uuid)
+returns void
+language plpgsql
+as $$
+declare
+  v_part text;
+begin
+  foreach v_part in array p_partitions loop
+    continue when exists (select 1 from pg_inherits
+                          where inhrelid = to_regclass(format('absurd.%I', v_part)));
+    execute format('alter table absurd.%I attach partition absurd.%I for values from (%L) to (%L)',
+                   left(v_part, 2) || p_queue_name, v_part, p_lower, p_upper);
+  end loop;
+end;
+$$;
+
 -- -----------------------------------------------------------------------------
 -- Bring every existing queue up to this version (new columns and indexes).
 -- -----------------------------------------------------------------------------
@@ -2229,7 +2975,7 @@ do $$
 declare
   v_queue text;
 begin
-  for v_queue in select queue_name from absurd.queues where storage_mode = 'unpartitioned' loop
+  for v_queue in select queue_name from absurd.queues order by queue_name loop
     perform absurd.ensure_queue_tables(v_queue);
   end loop;
 end;

@@ -1,0 +1,331 @@
+"""Storage maintenance without pg_cron: one leader at a time, outside transactions.
+
+``maintain_once(conn)`` does one round over every queue (or the ones given):
+
+1. provisions partitions ahead (``absurd.ensure_partitions``) for partitioned queues;
+2. applies what ``claim_task`` otherwise applies only while some worker polls the
+   queue: expired leases are failed (and retried per policy) and cancellation
+   policies fire (``absurd.sweep_queue``);
+3. retires whole weeks of a partitioned queue whose tasks all finished before the
+   queue's ``cleanup_ttl``: their partitions are detached (``CONCURRENTLY`` when the
+   table has no DEFAULT partition, which PostgreSQL requires), checked again now that
+   nothing can change them, and dropped; a week that turns out to be live is
+   attached back. This removes old history without deleting rows one by one;
+4. runs row cleanup in batches per queue policy (``cleanup_tasks``,
+   ``cleanup_events``), which never removes a live task, an event a run waits for,
+   or a task whose result another task awaits;
+5. detaches and drops empty old partitions when the queue's ``detach_mode`` is
+   ``empty`` (upstream's policy).
+
+A session advisory lock elects the leader: a second maintainer running at the same
+time skips the round and says so in its report. DETACH ... CONCURRENTLY cannot run
+inside a transaction block, hence the autocommit connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+__all__ = ["MaintenanceReport", "QueueMaintenance", "maintain_once", "run_maintenance"]
+
+log = logging.getLogger("absurd.maintenance")
+
+#: pg_try_advisory_lock key of the maintenance leader ("ABSM").
+LEADER_LOCK_KEY = 0x4142534D
+#: How long DDL may wait for a lock before giving up until the next round.
+DDL_LOCK_TIMEOUT = "5s"
+#: Row cleanup batches per queue per round (each of up to the queue's cleanup_limit).
+MAX_CLEANUP_BATCHES = 100
+#: Sweep batches per queue per round (each of up to SWEEP_LIMIT leases/cancellations).
+MAX_SWEEP_BATCHES = 10
+SWEEP_LIMIT = 1000
+
+
+@dataclass
+class QueueMaintenance:
+    """What one round did to one queue."""
+
+    queue: str
+    partitions_created: int = 0
+    leases_expired: int = 0
+    tasks_cancelled: int = 0
+    weeks_retired: list[str] = field(default_factory=list)
+    tasks_deleted: int = 0
+    events_deleted: int = 0
+    partitions_dropped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MaintenanceReport:
+    """The result of one ``maintain_once`` round."""
+
+    leader: bool
+    skipped: str | None = None
+    seconds: float = 0.0
+    queues: list[QueueMaintenance] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{q.queue}: {e}" for q in self.queues for e in q.errors]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ident(name: str) -> sql.Composable:
+    return sql.SQL("absurd.{}").format(sql.Identifier(name))
+
+
+def _scalar(
+    conn: psycopg.Connection[Any], query: str | sql.Composed, params: tuple[Any, ...] = ()
+) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def _detach(conn: psycopg.Connection[Any], parent: str, partition: str) -> None:
+    """Detaches a partition: CONCURRENTLY unless the parent has a DEFAULT partition.
+
+    A CONCURRENTLY detach interrupted half-way leaves the partition "detach
+    pending"; it is finalized instead of detached again.
+    """
+    pending = _scalar(
+        conn,
+        "select inhdetachpending from pg_inherits where inhrelid = to_regclass(%s)",
+        (sql.Identifier("absurd", partition).as_string(conn),),
+    )
+    if pending is None:
+        return  # not attached (any more)
+    how = "finalize" if pending else "concurrently"
+    has_default = _scalar(
+        conn,
+        "select to_regclass(%s) is not null",
+        (sql.Identifier("absurd", parent + "_d").as_string(conn),),
+    )
+    if has_default and not pending:
+        how = ""
+    conn.execute(
+        sql.SQL("alter table {} detach partition {} {}").format(
+            _ident(parent), _ident(partition), sql.SQL(how)
+        )
+    )
+
+
+def _retire_weeks(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
+    weeks = conn.execute(
+        "select lower_id, upper_id, partitions, parents from absurd._retirable_weeks(%s)",
+        (queue,),
+    ).fetchall()
+    for lower, upper, partitions, parents in weeks:
+        detached: list[str] = []
+        try:
+            for parent, partition in zip(parents, partitions, strict=True):
+                _detach(conn, parent, partition)
+                detached.append(partition)
+            retired = _scalar(
+                conn,
+                "select absurd._retire_week(%s, %s, %s, %s)",
+                (queue, partitions, lower, upper),
+            )
+        except psycopg.Error as exc:
+            report.errors.append(f"retiring {partitions}: {exc}")
+            retired = False
+        if retired:
+            report.weeks_retired.append(partitions[0].rsplit("_", 1)[-1])
+        elif detached:
+            conn.execute(
+                "select absurd._reattach_week(%s, %s, %s, %s)", (queue, detached, lower, upper)
+            )
+
+
+def _drop_empty_partitions(
+    conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance
+) -> None:
+    rows = conn.execute(
+        "select parent_table, partition_table from absurd.list_detach_candidates(%s)", (queue,)
+    ).fetchall()
+    for parent, partition in rows:
+        try:
+            _detach(conn, parent, partition)
+            empty = not _scalar(
+                conn, sql.SQL("select exists (select 1 from {})").format(_ident(partition))
+            )
+            if empty and _scalar(conn, "select absurd.drop_detached_partition(%s)", (partition,)):
+                report.partitions_dropped.append(partition)
+            elif not empty:
+                report.errors.append(f"{partition} got rows while detaching; left detached")
+        except psycopg.Error as exc:
+            report.errors.append(f"detaching {partition}: {exc}")
+
+
+def _maintain_queue(conn: psycopg.Connection[Any], queue: str) -> QueueMaintenance:
+    report = QueueMaintenance(queue)
+    policy = conn.execute(
+        "select storage_mode, extract(epoch from cleanup_ttl), cleanup_limit"
+        " from absurd.queues where queue_name = %s",
+        (queue,),
+    ).fetchone()
+    if policy is None:
+        report.errors.append("queue does not exist")
+        return report
+    mode, ttl_seconds, limit = policy
+    ttl = min(int(ttl_seconds), 2**31 - 1)
+    steps: list[tuple[str, Any]] = []
+    if mode == "partitioned":
+        steps.append(("partitions", _provision))
+    steps += [("sweep", _sweep)]
+    if mode == "partitioned":
+        steps.append(("retire", _retire_weeks))
+    steps.append(("cleanup", lambda c, q, r: _cleanup(c, q, r, ttl, limit)))
+    if mode == "partitioned":
+        steps.append(("detach", _drop_empty_partitions))
+    for name, step in steps:
+        try:
+            step(conn, queue, report)
+        except psycopg.Error as exc:
+            report.errors.append(f"{name}: {exc}")
+    return report
+
+
+def _provision(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
+    """Creates the default and weekly partitions, each in a transaction of its own.
+
+    ``ensure_partitions`` does the same in one transaction, holding an ACCESS
+    EXCLUSIVE lock on each parent it has touched until the end: with workers locking
+    the tables in various orders, that can deadlock. One partition per transaction
+    never holds one parent while waiting for another.
+    """
+    policy = conn.execute(
+        "select default_partition = 'enabled', partition_lookback, partition_lookahead"
+        " from absurd.queues where queue_name = %s",
+        (queue,),
+    ).fetchone()
+    assert policy is not None
+    default, lookback, lookahead = policy
+    for prefix in "trcw":
+        if default:
+            before = _scalar(
+                conn,
+                "select to_regclass(%s) is null",
+                (sql.Identifier("absurd", f"{prefix}_{queue}_d").as_string(conn),),
+            )
+            conn.execute(
+                sql.SQL("create table if not exists {} partition of {} default").format(
+                    _ident(f"{prefix}_{queue}_d"), _ident(f"{prefix}_{queue}")
+                )
+            )
+            report.partitions_created += int(bool(before))
+    weeks = conn.execute(
+        "select generate_series(absurd.week_bucket_utc(n - %s::interval),"
+        " absurd.week_bucket_utc(n + %s::interval), interval '7 days')"
+        " from absurd.current_time() n",
+        (lookback, lookahead),
+    ).fetchall()
+    for (week,) in weeks:
+        for prefix in "trcw":
+            created = _scalar(
+                conn, "select absurd._add_week_partition(%s, %s, %s)", (prefix, queue, week)
+            )
+            report.partitions_created += int(bool(created))
+
+
+def _sweep(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
+    for _ in range(MAX_SWEEP_BATCHES):
+        row = conn.execute(
+            "select cancelled, expired from absurd.sweep_queue(%s, %s)", (queue, SWEEP_LIMIT)
+        ).fetchone()
+        assert row is not None
+        report.tasks_cancelled += row[0]
+        report.leases_expired += row[1]
+        if max(row) < SWEEP_LIMIT:
+            return
+
+
+def _cleanup(
+    conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance, ttl: int, limit: int
+) -> None:
+    for function, attr in (
+        ("cleanup_tasks", "tasks_deleted"),
+        ("cleanup_events", "events_deleted"),
+    ):
+        for _ in range(MAX_CLEANUP_BATCHES):
+            deleted = int(
+                _scalar(conn, f"select absurd.{function}(%s, %s, %s)", (queue, ttl, limit))
+            )
+            setattr(report, attr, getattr(report, attr) + deleted)
+            if deleted < limit:
+                break
+
+
+def maintain_once(
+    conn: psycopg.Connection[Any], *, queues: Sequence[str] | None = None
+) -> MaintenanceReport:
+    """One maintenance round; see the module docstring. Needs an autocommit connection.
+
+    Per-queue failures are recorded in the report (``report.errors``) and do not stop
+    the round; a second maintainer running concurrently gets ``leader=False``.
+    """
+    if not conn.autocommit:
+        raise ValueError("maintain_once needs an autocommit connection (DETACH CONCURRENTLY)")
+    started = time.monotonic()
+    if not _scalar(conn, "select pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)):
+        return MaintenanceReport(leader=False, skipped="another maintainer holds the leader lock")
+    report = MaintenanceReport(leader=True)
+    try:
+        conn.execute(sql.SQL("set lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
+        names = (
+            list(queues)
+            if queues is not None
+            else [r[0] for r in conn.execute("select queue_name from absurd.list_queues()")]
+        )
+        for name in names:
+            report.queues.append(_maintain_queue(conn, name))
+    finally:
+        conn.execute("reset lock_timeout")
+        conn.execute("select pg_advisory_unlock(%s)", (LEADER_LOCK_KEY,))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_maintenance(
+    dsn: str,
+    *,
+    interval: float = 60.0,
+    queues: Sequence[str] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Runs ``maintain_once`` every ``interval`` seconds until ``stop`` is set.
+
+    Reconnects after connection failures; reports go to the ``absurd.maintenance``
+    logger (INFO when something was done, WARNING for errors).
+    """
+    stop = stop or threading.Event()
+    conn: psycopg.Connection[Any] | None = None
+    while not stop.is_set():
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(dsn, autocommit=True)
+            report = maintain_once(conn, queues=queues)
+            for error in report.errors:
+                log.warning("maintenance: %s", error)
+            if not report.leader:
+                log.debug("maintenance skipped: %s", report.skipped)
+            else:
+                log.info("maintenance round: %s", report.as_dict())
+        except psycopg.Error as exc:
+            log.warning("maintenance round failed: %s", exc)
+            if conn is not None:
+                conn.close()
+            conn = None
+        stop.wait(interval)
+    if conn is not None:
+        conn.close()
