@@ -170,7 +170,7 @@ def test_reinstalling_the_schema_keeps_the_roles_working(roles: Roles) -> None:
     assert definers == (0,)
     app = Absurd(roles.worker_dsn, "jobs")
     try:
-        assert app.spawn("greet", {"n": 1})["created"]
+        assert app.spawn("greet", {"n": 1}, queue="jobs")["created"]
     finally:
         app.close()
     denied(roles.worker_dsn, "delete from absurd.t_jobs")
