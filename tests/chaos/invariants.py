@@ -151,8 +151,7 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
         ),
         # Executions repeated because the first one's checkpoint never committed.
         "re_executions_without_checkpoint": sum(
-            max(sum(1 for e in v if e["kind"] in ("run", "stall")) - 1, 0)
-            for v in effects.values()
+            max(sum(1 for e in v if e["kind"] in ("run", "stall")) - 1, 0) for v in effects.values()
         ),
     }
     return report
