@@ -181,7 +181,17 @@ class Chaos:
         self.tally.restarts += 1
 
     def cancel_one(self) -> None:
-        task_id = self.rng.choice(list(self.spawned.values()))
+        """Cancels a random unfinished task (they race with their running steps)."""
+        rows = persist(
+            lambda: query(
+                self.dsn,
+                f'select task_id from absurd."t_{self.queue}"'
+                " where state not in ('completed', 'failed', 'cancelled') order by task_id",
+            )
+        )
+        if not rows:
+            return
+        task_id = self.rng.choice(rows)["task_id"]
         persist(lambda: query(self.dsn, "select absurd.cancel_task(%s, %s)", (self.queue, task_id)))
         self.tally.cancels += 1
 

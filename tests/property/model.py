@@ -170,12 +170,14 @@ class Model:
     ) -> tuple[str | None, bool | None]:
         """(error code, should_suspend)."""
         run = self.runs[key]
+        task = self.tasks[run.task_id]
+        if step in task.checkpoints:  # a resolved wait replays, whatever the run's state
+            return None, False
         code = self._check_task_and_run(run, failed_code=None)
         if code:
             return code, None
         if run.state != "running":
             return "AB012", None
-        task = self.tasks[run.task_id]
         if event in self.events:
             task.checkpoints.add(step)
             return None, False
