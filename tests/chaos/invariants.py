@@ -115,7 +115,12 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
                 f" after its checkpoint committed at {cp['updated_at']}"
             )
         owner = runs_by_id.get(str(cp["owner_run_id"]))
-        ended = owner and (owner["failed_at"] or owner["completed_at"])
+        task = tasks.get(key[0])
+        ended = owner and (
+            owner["failed_at"]
+            or owner["completed_at"]
+            or (task and owner["state"] == "cancelled" and task["cancelled_at"])
+        )
         if ended and cp["updated_at"] > ended:
             report.add(
                 f"late write: checkpoint {key[1]!r} of task {key[0]} written by run"
@@ -190,6 +195,8 @@ def _check_attempts(
             report.add(f"result: task {task_id} result was written by another run: {payload}")
         if params.get("doom"):
             report.add(f"result: doomed task {task_id} completed")
+    if state == "cancelled" and task["completed_payload"] is not None:
+        report.add(f"result: cancelled task {task_id} has a result")
     if state == "failed" and last["state"] != "failed":
         report.add(f"result: task {task_id} failed but its last run is {last['state']}")
     # Every injected failure failed its own run, and (flaky tasks) exactly k happened.

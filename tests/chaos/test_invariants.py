@@ -75,6 +75,7 @@ CORRUPTIONS = {
     "retry": "update {r} set state = 'completed' where attempt = 1"
     " and task_id in (select task_id from {r} where attempt = 2)",
     "result": 'update {t} set completed_payload = \'{{"run_id": "someone else"}}\'',
+    "result: cancelled task": "update {t} set state = 'cancelled'",
 }
 
 
