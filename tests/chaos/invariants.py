@@ -67,9 +67,19 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
     """Every invariant of the chaos suite, for one queue."""
     report = Report()
     t, r, c = (_table(p, queue) for p in "trc")
-    tasks = {str(x["task_id"]): x for x in _rows(conn, sql.SQL("select * from {}").format(t))}
+    # Explicit columns: available_at may be 'infinity' (a wait with no timeout),
+    # which Python's datetime cannot load.
+    task_columns = sql.SQL(
+        "select task_id, params, state, attempts, max_attempts, last_attempt_run,"
+        " completed_payload, cancelled_at from {}"
+    )
+    tasks = {str(x["task_id"]): x for x in _rows(conn, task_columns.format(t))}
+    run_columns = sql.SQL(
+        "select run_id, task_id, attempt, state, claim_expires_at, failed_at, completed_at,"
+        " failure_reason from {} order by attempt, run_id"
+    )
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for x in _rows(conn, sql.SQL("select * from {} order by attempt, run_id").format(r)):
+    for x in _rows(conn, run_columns.format(r)):
         runs[str(x["task_id"])].append(x)
     runs_by_id = {str(x["run_id"]): x for rs in runs.values() for x in rs}
     checkpoints = _rows(conn, sql.SQL("select * from {}").format(c))

@@ -31,10 +31,12 @@ def log(
 
 @pytest.fixture
 def history(connect: Connect, queue: str) -> tuple[psycopg.Connection[Any], str, set[str]]:
-    """Two tasks: one completed on its first run, one failing once (injected) first."""
-    conn = connect()
+    """Three tasks: one completed on its first run, one failing once (injected)
+    first, one cancelled while it waited for an event with no timeout (its run's
+    available_at is 'infinity'). Returns a plain connection for checking."""
+    conn = connect()  # plain: unlike Engine's, it cannot load 'infinity' timestamps
     conn.execute(EFFECTS_DDL)
-    eng = Engine(conn, queue)
+    eng = Engine(connect(), queue)
     spawned = set()
     for flaky in (0, 1):
         params = {"flaky": flaky} if flaky else {}
@@ -49,6 +51,11 @@ def history(connect: Connect, queue: str) -> tuple[psycopg.Connection[Any], str,
             log(conn, queue, run["task_id"], run["run_id"], step, "run")
             eng.checkpoint(run["task_id"], step, 1, run["run_id"])
         eng.complete(run["run_id"], {"run_id": str(run["run_id"]), "attempt": run["attempt"]})
+    waiting = eng.spawn("chaos", {"event": "never"})
+    spawned.add(str(waiting["task_id"]))
+    run = eng.claim_one()
+    eng.await_event(run["task_id"], run["run_id"], "never")
+    eng.cancel(run["task_id"])
     return conn, queue, spawned
 
 
@@ -56,7 +63,7 @@ def test_a_clean_history_passes(history: tuple[psycopg.Connection[Any], str, set
     conn, queue, spawned = history
     report = check(conn, queue, spawned)
     assert report.violations == []
-    assert report.figures["tasks"] == 2 and report.figures["runs"] == 3
+    assert report.figures["tasks"] == 3 and report.figures["runs"] == 4
     assert report.figures["injected_failures"] == 1
 
 
@@ -70,7 +77,7 @@ CORRUPTIONS = {
     "not terminal": "update {t} set state = 'running'",
     "dead lease": "update {r} set state = 'running', claim_expires_at = '2000-01-01'"
     " where attempt = 1",
-    "late write": "update {c} set updated_at = 'infinity'",
+    "late write": "update {c} set updated_at = '3000-01-01'",
     "attempts": "update {t} set attempts = attempts + 1",
     "retry": "update {r} set state = 'completed' where attempt = 1"
     " and task_id in (select task_id from {r} where attempt = 2)",
