@@ -8,6 +8,7 @@ a member of the group role (the test servers trust local connections).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,17 +80,24 @@ def test_worker_runs_the_lifecycle_through_the_sdk(roles: Roles) -> None:
         @app.register_task("greet")
         def greet(params: Any, ctx: Any) -> Any:
             first = ctx.step("first", lambda: params["n"] + 1)
-            second = ctx.step("second", lambda: first * 2)
+            ctx.sleep_for("nap", 0.05)  # schedule_run, then a second claim
+            ping = ctx.await_event("ping", timeout=60)  # the stored event: await_event
+            second = ctx.step("second", lambda: first * 2 + ping["x"])
             return {"value": second}
 
+        app.emit_event("ping", {"x": 0})  # stored: the wait below resolves from it
         spawned = app.spawn("greet", {"n": 20})
-        app.work_batch(batch_size=5)
-        result = app.fetch_task_result(spawned["task_id"])
+        for _ in range(50):  # first claim sleeps; a later one finishes
+            app.work_batch(batch_size=5)
+            result = app.fetch_task_result(spawned["task_id"])
+            if result is not None and result.state == "completed":
+                break
+            time.sleep(0.02)
         assert result is not None
-        assert result.state == "completed"
+        assert result.state == "completed", result
         assert result.result == {"value": 42}
-        app.emit_event("ping", {"x": 1})
-        app.cancel_task(app.spawn("greet", {"n": 1})["task_id"])
+        failing = app.spawn("greet", {"n": 1}, max_attempts=1)
+        app.cancel_task(failing["task_id"])
     finally:
         app.close()
     with psycopg.connect(roles.owner_dsn) as c:
@@ -97,7 +105,7 @@ def test_worker_runs_the_lifecycle_through_the_sdk(roles: Roles) -> None:
             "select checkpoint_name from absurd.c_jobs where task_id = %s order by 1",
             (spawned["task_id"],),
         ).fetchall()
-    assert checkpoints == [("first",), ("second",)]
+    assert [c[0] for c in checkpoints] == ["$awaitEvent:ping", "first", "nap", "second"]
 
 
 @pytest.mark.parametrize(
