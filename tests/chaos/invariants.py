@@ -113,7 +113,7 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
             )
 
     # 4. A committed checkpoint is never executed again, and no run writes a
-    # checkpoint after it ended (a stalled worker must not overwrite its successor).
+    # checkpoint after it ended (a stalled worker must not write behind its successor).
     for cp in checkpoints:
         key = (str(cp["task_id"]), cp["checkpoint_name"])
         later = [
@@ -124,18 +124,23 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
                 f"re-executed: step {key[1]!r} of task {key[0]} ran {len(later)} time(s)"
                 f" after its checkpoint committed at {cp['updated_at']}"
             )
+        # A later attempt executing the step means this checkpoint was not there
+        # when that attempt loaded its checkpoints: it was written after its run
+        # had ended (only then is a later attempt created). Timestamps cannot show
+        # this: an ending transaction stamps its start, not its commit.
         owner = runs_by_id.get(str(cp["owner_run_id"]))
-        task = tasks.get(key[0])
-        ended = owner and (
-            owner["failed_at"]
-            or owner["completed_at"]
-            or (task and owner["state"] == "cancelled" and task["cancelled_at"])
-        )
-        if ended and cp["updated_at"] > ended:
-            report.add(
-                f"late write: checkpoint {key[1]!r} of task {key[0]} written by run"
-                f" {cp['owner_run_id']} after that run ended"
-            )
+        if owner is not None:
+            successors = [
+                e
+                for e in effects.get(key, [])
+                if e["kind"] in ("run", "stall")
+                and runs_by_id.get(str(e["run_id"]), owner)["attempt"] > owner["attempt"]
+            ]
+            if successors:
+                report.add(
+                    f"late write: checkpoint {key[1]!r} of task {key[0]} is attempt"
+                    f" {owner['attempt']}'s, but a later attempt executed the step"
+                )
 
     # 5. Attempts and retries.
     fails_logged: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -77,7 +77,11 @@ CORRUPTIONS = {
     "not terminal": "update {t} set state = 'running'",
     "dead lease": "update {r} set state = 'running', claim_expires_at = '2000-01-01'"
     " where attempt = 1",
-    "late write": "update {c} set updated_at = '3000-01-01'",
+    # The retried task's checkpoints handed to its first (failed) attempt, although
+    # its second attempt executed those steps.
+    "late write": "update {c} c set owner_run_id = r1.run_id from {r} r1"
+    " where r1.task_id = c.task_id and r1.attempt = 1"
+    " and exists (select from {r} r2 where r2.task_id = c.task_id and r2.attempt = 2)",
     "attempts": "update {t} set attempts = attempts + 1",
     "retry": "update {r} set state = 'completed' where attempt = 1"
     " and task_id in (select task_id from {r} where attempt = 2)",

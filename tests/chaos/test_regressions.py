@@ -3,12 +3,13 @@
 1. A checkpoint could commit after its run had been failed or cancelled.
    ``set_task_checkpoint_state`` read the run's state without a lock (as upstream
    0.5.1 does), so a write racing a lease-expiry ``fail_run`` or a ``cancel_task``
-   passed the check, then committed once the other transaction had ended the run.
-   The chaos run (seed 3783748789) reported it as a "late write". The stalled
-   worker's step then counted as done although its run was dead, and a new run
-   that had already loaded its checkpoints would execute the step again. The check
-   now locks the run row, so the write waits for the competing transaction and
-   sees its outcome: AB002 (failed) or AB001 (cancelled), and nothing is written.
+   passed the check, then committed once the other transaction had ended the run:
+   a stalled worker's step counted as done for a dead run, and a new attempt that
+   had already loaded its checkpoints would execute the step again. Chaos runs
+   reported "late writes" (seed 3783748789); looking into them found this race,
+   shown here deterministically. The check now locks the run row, so the write
+   waits for the competing transaction and sees its outcome: AB002 (failed) or
+   AB001 (cancelled), and nothing is written.
 """
 
 from __future__ import annotations
