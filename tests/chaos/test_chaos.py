@@ -332,6 +332,9 @@ def test_chaos(
         **report.figures,
     }
     print("CHAOS SUMMARY " + json.dumps(summary))
+    if os.environ.get("ABSURD_CHAOS_REPORT"):  # a file collecting every run's figures
+        with open(os.environ["ABSURD_CHAOS_REPORT"], "a") as out:
+            out.write(json.dumps(summary) + "\n")
     context = f"(seed {seed}; worker logs in {tmp_path})"
     assert not report.violations, f"invariants broken {context}:\n" + "\n".join(report.violations)
     assert not tally.unexpected_exits, f"workers died on their own {context}:\n" + "\n".join(
