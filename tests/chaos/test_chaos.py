@@ -45,6 +45,7 @@ SCRIPT = Path(__file__).with_name("chaos_worker.py")
 CLAIM_TIMEOUT = 3
 STALL = 5.0  # > CLAIM_TIMEOUT: the stalled run loses its lease
 WORKERS = 3
+STALLS_FIRST = 4  # the first tasks spawned all stall
 T = TypeVar("T")
 
 
@@ -211,6 +212,8 @@ class Chaos:
         for _ in range(n):
             key = f"k{len(self.spawned)}"
             params, max_attempts = task_params(self.rng, key)
+            if len(self.spawned) < STALLS_FIRST:  # so that every run sees takeovers
+                params, max_attempts = {"steps": 1, "stall": True}, 100
             result = persist(
                 lambda params=params, max_attempts=max_attempts, key=key: self.client.spawn(
                     "chaos",
