@@ -168,9 +168,11 @@ def test_reader_cannot_write(roles: Roles, statement: str) -> None:
 
 
 def test_reinstalling_the_schema_keeps_the_roles_working(roles: Roles) -> None:
-    """absurd.sql's CREATE OR REPLACE resets SECURITY DEFINER; install() restores it."""
+    """absurd.sql's CREATE OR REPLACE resets SECURITY DEFINER; install() and
+    migrate() restore it."""
     with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
         schema.install(c)
+        schema.migrate(c)
         definers = c.execute(
             "select count(*) filter (where not prosecdef) from pg_proc"
             " where pronamespace = 'absurd'::regnamespace and left(proname, 1) <> '_'"
