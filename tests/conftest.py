@@ -21,6 +21,21 @@ from absurd import schema
 Connect = Callable[[], psycopg.Connection[tuple[object, ...]]]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="long chaos and property runs (also ABSURD_SOAK=1); see docs/reliability.md",
+    )
+
+
+@pytest.fixture(scope="session")
+def soak(request: pytest.FixtureRequest) -> bool:
+    """True in soak mode: the chaos and property suites run much longer."""
+    return bool(request.config.getoption("--soak")) or os.environ.get("ABSURD_SOAK") == "1"
+
+
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """DSN of a maintenance database on the test server."""

@@ -14,7 +14,7 @@ Errors (catch them with ``except AbsurdError`` or ``except Exception``)::
      ├── RunNotFound                  AB011
      ├── RunStateConflict             AB012
      ├── RunTaskMismatch              AB013
-     ├── InvalidArgument              AB003, AB014, AB015 (also a ValueError)
+     ├── InvalidArgument              AB003, AB014, AB015, 22P02, 54000 (also a ValueError)
      │    └── InvalidRetryStrategy    AB003
      ├── SerializationError           a value that cannot be stored as JSON
      ├── TimeoutError                 a wait timed out (also the builtin TimeoutError)
@@ -199,6 +199,10 @@ _BY_SQLSTATE: dict[str, type[AbsurdError] | type[TaskInterrupt]] = {
     "AB013": RunTaskMismatch,
     "AB014": InvalidArgument,
     "AB015": InvalidArgument,
+    # PostgreSQL refusing a caller's value: a malformed UUID or JSON text, a name
+    # too large for its index. Bad input, like AB015 (docs/errors.md).
+    "22P02": InvalidArgument,
+    "54000": InvalidArgument,
 }
 
 

@@ -15,10 +15,13 @@ import psycopg
 __all__ = [
     "SCHEMA_VERSION",
     "install",
+    "install_roles",
     "installed_version",
     "migrate",
     "migration_path",
+    "roles_sql",
     "schema_sql",
+    "uninstall_roles",
 ]
 
 #: The version ``absurd.get_schema_version()`` reports once this package's SQL is applied.
@@ -54,6 +57,7 @@ def install(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
         conn.execute(schema_sql().encode())
+        _reapply_roles(conn)
 
 
 def _migrations() -> dict[str, tuple[str, str]]:
@@ -95,4 +99,59 @@ def migrate(conn: psycopg.Connection[Any]) -> list[str]:
         for step in steps:
             conn.execute(files[step.split("-", 1)[0]][1].encode())
         conn.execute(schema_sql().encode())
+        _reapply_roles(conn)
     return steps
+
+
+# -- least-privilege roles ----------------------------------------------------------
+
+
+def roles_sql() -> str:
+    """The full text of ``roles.sql`` (the role definitions) shipped in this package."""
+    return (resources.files("absurd") / "sql" / "roles.sql").read_text(encoding="utf-8")
+
+
+def install_roles(conn: psycopg.Connection[Any], prefix: str = "") -> tuple[str, str]:
+    """Create (or refresh) the least-privilege roles; returns ``(worker, reader)``.
+
+    ``<prefix>absurd_worker`` may only EXECUTE the engine's functions (spawn,
+    claim, checkpoint, complete, events...), never touch a table itself; the engine's
+    public functions become SECURITY DEFINER (owner's rights, ``search_path``
+    pinned) for that. ``<prefix>absurd_reader`` gets SELECT on the absurd tables and
+    EXECUTE on the read-only functions (for Habitat). Both are NOLOGIN: grant them
+    to login roles. Run it as the schema's owner, after :func:`install`; later
+    ``install``/``migrate`` calls re-apply it. Idempotent. See ``docs/security.md``.
+    """
+    worker, reader = f"{prefix}absurd_worker", f"{prefix}absurd_reader"
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+        conn.execute(roles_sql().encode())
+        conn.execute("select absurd._install_roles(%s, %s)", (worker, reader))
+    return worker, reader
+
+
+def uninstall_roles(conn: psycopg.Connection[Any], prefix: str = "") -> None:
+    """Undo :func:`install_roles` in this database and drop the two roles.
+
+    When no role pair is left, the functions go back to SECURITY INVOKER with EXECUTE
+    for PUBLIC (the default install). Roles are cluster-wide: uninstall from every
+    database that granted them before they can be dropped.
+    """
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+        conn.execute(
+            "select absurd._uninstall_roles(%s, %s)",
+            (f"{prefix}absurd_worker", f"{prefix}absurd_reader"),
+        )
+
+
+def _reapply_roles(conn: psycopg.Connection[Any]) -> None:
+    """Re-running absurd.sql resets SECURITY DEFINER: restore every installed role pair."""
+    row = conn.execute("select to_regclass('absurd.installed_roles') is not null").fetchone()
+    if not (row and row[0]):
+        return
+    pairs = conn.execute("select worker_role, reader_role from absurd.installed_roles").fetchall()
+    if pairs:
+        conn.execute(roles_sql().encode())
+        for worker, reader in pairs:
+            conn.execute("select absurd._install_roles(%s, %s)", (worker, reader))

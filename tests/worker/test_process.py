@@ -29,11 +29,11 @@ SCRIPT = Path(__file__).with_name("worker_process.py")
 class Proc:
     """A worker process whose output goes to a file (shown when an assertion fails)."""
 
-    def __init__(self, log: Path, args: list[str]) -> None:
+    def __init__(self, log: Path, args: list[str], script: Path = SCRIPT) -> None:
         self.log = log
         with log.open("w") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, str(SCRIPT), *args], stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, str(script), *args], stdout=out, stderr=subprocess.STDOUT
             )
         self.pid = self.popen.pid
 

@@ -1173,10 +1173,14 @@ begin
     where task_id = $1$q$
 
   -- $1 run_id
+  -- The run row is locked so that the state check and the write are atomic: a
+  -- fail_run or cancel_task racing the write (lease expiry) is waited for and
+  -- seen, never overtaken by a checkpoint of an ended run (tests/chaos/test_regressions.py).
   when 'checkpoint.owner' then $q$
     select r.task_id, r.attempt, r.state, r.claim_expires_at, t.state as task_state
     from absurd.%2$I r left join absurd.%1$I t on t.task_id = r.task_id
-    where r.run_id = $1$q$
+    where r.run_id = $1
+    for no key update of r$q$
   -- $1 task_id, $2 step, $3 state, $4 run_id, $5 now, $6 extend seconds (0: no
   -- extension), $7 attempt. The extension is a primary-key update: its WHERE
   -- must not imply r_<q>_cei's predicate, or stale statistics can pick that

@@ -1,0 +1,237 @@
+"""A plain-Python model of the task/run state machine (interface spec §1.5).
+
+Each method applies one SQL call to the model and returns the SQLSTATE the
+engine should raise (``None``: the call succeeds). A run is known by its key
+``(task_id, attempt)``, so the model never needs the ids the engine generates.
+Time is seconds since the test's fake epoch. Tasks use retry strategy ``none``
+(a retry is due at once) and every claim takes all that is due (``qty`` above
+the number of tasks), so the outcome is deterministic: the test compares it with
+the database after each step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class Run:
+    task_id: Any
+    attempt: int
+    state: str = "pending"
+    available_at: float = 0.0
+    lease_until: float | None = None
+    wake_event: str | None = None
+    event_payload: Any = None
+    wait: tuple[str, str, float] | None = None  # (event, step, timeout_at)
+
+    @property
+    def key(self) -> tuple[Any, int]:
+        return (self.task_id, self.attempt)
+
+
+@dataclass
+class Task:
+    task_id: Any
+    max_attempts: int | None
+    state: str = "pending"
+    attempts: int = 1
+    runs: list[Run] = field(default_factory=list)
+    checkpoints: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Model:
+    now: float = 0.0
+    tasks: dict[Any, Task] = field(default_factory=dict)
+    runs: dict[Any, Run] = field(default_factory=dict)
+    events: dict[str, Any] = field(default_factory=dict)
+    lease: float = 30.0
+
+    def add_run(self, task: Task) -> Run:
+        run = Run(task.task_id, len(task.runs) + 1, available_at=self.now)
+        task.runs.append(run)
+        self.runs[run.key] = run
+        return run
+
+    # -- operations -------------------------------------------------------------
+    def spawn(self, task_id: Any, max_attempts: int | None) -> None:
+        task = Task(task_id, max_attempts)
+        self.tasks[task_id] = task
+        self.add_run(task)
+
+    def due_for_claim(self) -> list[Run]:
+        return [
+            r
+            for r in self.runs.values()
+            if r.state in ("pending", "sleeping")
+            and r.available_at <= self.now
+            and self.tasks[r.task_id].state not in TERMINAL
+        ]
+
+    def expired(self) -> list[Run]:
+        return [
+            r
+            for r in self.runs.values()
+            if r.state == "running" and r.lease_until is not None and r.lease_until <= self.now
+        ]
+
+    def claim(self, claimed: list[Any]) -> str | None:
+        """``claimed``: the keys of the runs the engine returned (all that were due)."""
+        for run in self.expired():
+            self._fail(run)
+        due = {r.key for r in self.due_for_claim()}
+        if set(claimed) != due:
+            return f"claimed {sorted(map(str, claimed))}, model expected {sorted(map(str, due))}"
+        for key in claimed:
+            run = self.runs[key]
+            task = self.tasks[run.task_id]
+            run.state, run.lease_until, run.available_at = (
+                "running",
+                self.now + self.lease,
+                self.now,
+            )
+            if run.wait and run.wait[2] <= self.now:
+                run.wait = None
+            task.state, task.attempts = "running", max(task.attempts, run.attempt)
+        return None
+
+    def _check_run(self, run: Run) -> str | None:
+        """complete_run, schedule_run, fail_run: only the run's own state counts."""
+        if run.state == "cancelled":
+            return "AB001"
+        if run.state == "failed":
+            return "AB002"
+        return None
+
+    def _check_task_and_run(self, run: Run, failed_code: str | None = "AB002") -> str | None:
+        """Checkpoints and waits: a cancelled task refuses them too."""
+        if run.state == "cancelled" or self.tasks[run.task_id].state == "cancelled":
+            return "AB001"
+        if run.state == "failed" and failed_code:
+            return failed_code
+        return None
+
+    def complete(self, key: Any) -> str | None:
+        run = self.runs[key]
+        code = self._check_run(run) or (None if run.state == "running" else "AB012")
+        if code:
+            return code
+        run.state, run.lease_until = "completed", None
+        self.tasks[run.task_id].state = "completed"
+        run.wait = None
+        return None
+
+    def schedule(self, key: Any, delay: float) -> str | None:
+        run = self.runs[key]
+        code = self._check_run(run) or (None if run.state == "running" else "AB012")
+        if code:
+            return code
+        run.state, run.lease_until = "sleeping", None
+        run.available_at, run.wake_event = self.now + delay, None
+        self.tasks[run.task_id].state = "sleeping"
+        return None
+
+    def fail(self, key: Any) -> str | None:
+        run = self.runs[key]
+        code = self._check_run(run)
+        if code:
+            return code
+        if run.state not in ("running", "sleeping"):
+            return "AB012"
+        self._fail(run)
+        return None
+
+    def _fail(self, run: Run) -> None:
+        task = self.tasks[run.task_id]
+        run.state, run.lease_until, run.wake_event, run.wait = "failed", None, None, None
+        if task.max_attempts is None or run.attempt + 1 <= task.max_attempts:
+            self.add_run(task)
+            task.state, task.attempts = "pending", run.attempt + 1
+        else:
+            task.state = "failed"
+
+    def checkpoint(self, key: Any, step: str) -> str | None:
+        run = self.runs[key]
+        code = self._check_task_and_run(run)
+        if code:
+            return code
+        self.tasks[run.task_id].checkpoints.add(step)
+        if run.state == "running" and run.lease_until is not None:
+            run.lease_until = self.now + self.lease  # the write extends the lease
+        return None
+
+    def await_event(
+        self, key: Any, event: str, step: str, timeout: float | None
+    ) -> tuple[str | None, bool | None]:
+        """(error code, should_suspend)."""
+        run = self.runs[key]
+        task = self.tasks[run.task_id]
+        if step in task.checkpoints:  # a resolved wait replays, whatever the run's state
+            return None, False
+        code = self._check_task_and_run(run, failed_code=None)
+        if code:
+            return code, None
+        if run.state != "running":
+            return "AB012", None
+        if event in self.events:
+            task.checkpoints.add(step)
+            return None, False
+        if run.wake_event == event and run.event_payload is None:
+            run.wake_event = None  # woken by the timeout: reported once
+            return None, False
+        timeout_at = math.inf if timeout is None else self.now + timeout
+        run.state, run.lease_until, run.available_at = "sleeping", None, timeout_at
+        run.wake_event, run.event_payload, run.wait = event, None, (event, step, timeout_at)
+        task.state = "sleeping"
+        return None, True
+
+    def emit(self, event: str, payload: Any) -> None:
+        if event in self.events:
+            return
+        self.events[event] = payload
+        for run in self.runs.values():
+            wait = run.wait
+            if run.state == "sleeping" and wait and wait[0] == event and wait[2] > self.now:
+                run.state, run.available_at, run.wake_event = "pending", self.now, None
+                run.event_payload, run.wait = payload, None
+                task = self.tasks[run.task_id]
+                task.state = "pending"
+                task.checkpoints.add(wait[1])
+            elif wait and wait[0] == event:
+                run.wait = None  # expired waits for the event are dropped
+
+    def cancel(self, task_id: Any) -> None:
+        task = self.tasks[task_id]
+        if task.state in TERMINAL:
+            return
+        task.state = "cancelled"
+        for run in task.runs:
+            if run.state not in TERMINAL:
+                run.state, run.lease_until, run.wait = "cancelled", None, None
+
+    def retry(self, task_id: Any) -> str | None:
+        task = self.tasks[task_id]
+        if task.state != "failed":
+            return "AB010"
+        task.max_attempts = task.attempts + 1
+        task.attempts += 1
+        task.state = "pending"
+        self.add_run(task)
+        return None
+
+    # -- the comparable view ------------------------------------------------------
+    def view(self) -> dict[str, Any]:
+        return {
+            str(t.task_id): {
+                "state": t.state,
+                "attempts": t.attempts,
+                "runs": [r.state for r in t.runs],
+                "checkpoints": sorted(t.checkpoints),
+            }
+            for t in self.tasks.values()
+        }

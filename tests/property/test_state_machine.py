@@ -1,0 +1,297 @@
+"""Property test: random sequences of engine calls agree with a plain model.
+
+A hypothesis ``RuleBasedStateMachine`` drives spawn, claim, checkpoint, sleep
+(schedule_run), await_event, emit_event, complete_run, fail_run, cancel_task and
+retry_task through the SQL API, on a fresh queue per example, with time under
+``absurd.fake_now``. Rules also target runs in the wrong state (stale runs of
+earlier attempts, completed or cancelled ones), where the engine must answer with
+the SQLSTATE the model predicts and change nothing. After every step the tasks'
+states, attempts, run states and checkpoint names must equal the model's
+(tests/property/model.py).
+
+CI runs a moderate number of examples; ``--soak`` runs ten times more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from tests.property.model import Model
+
+pytestmark = pytest.mark.timeout(900)
+
+EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+EVENTS = ["e1", "e2", "e3"]
+STEPS = ["a", "b", "c"]
+LEASE = 30
+MAX_TASKS = 6
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None)
+
+
+def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
+    class EngineMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conn = psycopg.connect(dsn, autocommit=True)
+            self.queue = f"p_{uuid.uuid4().hex[:10]}"
+            self.conn.execute("select absurd.create_queue(%s)", (self.queue,))
+            self.model = Model(lease=LEASE)
+            self.set_time()
+
+        # -- plumbing ----------------------------------------------------------
+        def set_time(self) -> None:
+            when = EPOCH + dt.timedelta(seconds=self.model.now)
+            self.conn.execute(
+                sql.SQL("set absurd.fake_now = {}").format(sql.Literal(when.isoformat()))
+            )
+
+        def call(self, query: str, *params: Any) -> tuple[str | None, list[dict[str, Any]]]:
+            try:
+                with self.conn.cursor(row_factory=dict_row) as cur:
+                    cur.execute(query, params)
+                    return None, cur.fetchall() if cur.description else []
+            except psycopg.Error as exc:
+                return sqlstate(exc), []
+
+        def table(self, prefix: str) -> sql.Composable:
+            return sql.Identifier("absurd", f"{prefix}_{self.queue}")
+
+        def run_id(self, key: tuple[Any, int]) -> Any:
+            row = self.conn.execute(
+                sql.SQL("select run_id from {} where task_id = %s and attempt = %s").format(
+                    self.table("r")
+                ),
+                key,
+            ).fetchone()
+            assert row is not None, f"run {key} missing in the database"
+            return row[0]
+
+        def pick_run(self, data: st.DataObject, running: bool = False) -> tuple[Any, int]:
+            """A run of the model; a running one when asked and there is one."""
+            running = running and self.has_running()
+            # In spawn order (ids are random, so sorting by id would not replay).
+            keys = [
+                run.key
+                for task in self.model.tasks.values()
+                for run in task.runs
+                if run.state == "running" or not running
+            ]
+            return data.draw(st.sampled_from(keys))
+
+        def expect(self, predicted: str | None, got: str | None, what: str) -> None:
+            assert got == predicted, f"{what}: engine said {got}, model predicted {predicted}"
+
+        def has_running(self) -> bool:
+            return any(r.state == "running" for r in self.model.runs.values())
+
+        # -- rules -------------------------------------------------------------
+        @precondition(lambda self: len(self.model.tasks) < MAX_TASKS)
+        @rule(max_attempts=st.sampled_from([1, 2, 3, None]))
+        def spawn(self, max_attempts: int | None) -> None:
+            options: dict[str, Any] = {"retry_strategy": {"kind": "none"}}
+            if max_attempts is not None:
+                options["max_attempts"] = max_attempts
+            else:
+                options["max_attempts"] = None
+            code, rows = self.call(
+                "select task_id from absurd.spawn_task(%s, 'job', '{}', %s)",
+                self.queue,
+                json.dumps(options),
+            )
+            self.expect(None, code, "spawn")
+            self.model.spawn(rows[0]["task_id"], max_attempts)
+
+        @rule(seconds=st.sampled_from([1, 5, 20, 31, 60, 120]))
+        def advance(self, seconds: int) -> None:
+            self.model.now += seconds
+            self.set_time()
+
+        @rule()
+        def claim(self) -> None:
+            code, rows = self.call(
+                "select run_id, task_id, attempt from absurd.claim_task(%s, 'w', %s, %s)",
+                self.queue,
+                LEASE,
+                MAX_TASKS * 10,
+            )
+            self.expect(None, code, "claim")
+            mismatch = self.model.claim([(r["task_id"], r["attempt"]) for r in rows])
+            assert mismatch is None, mismatch
+
+        @precondition(lambda self: self.model.runs)
+        @rule(data=st.data(), step=st.sampled_from(STEPS))
+        def checkpoint(self, data: st.DataObject, step: str) -> None:
+            key = self.pick_run(data)
+            code, _ = self.call(
+                "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
+                self.queue,
+                key[0],
+                step,
+                json.dumps({"v": step}),
+                self.run_id(key),
+                LEASE,
+            )
+            self.expect(self.model.checkpoint(key, step), code, f"checkpoint {step} on {key}")
+
+        @precondition(lambda self: self.model.runs)
+        @rule(data=st.data(), seconds=st.sampled_from([0, 10, 45]))
+        def sleep(self, data: st.DataObject, seconds: int) -> None:
+            key = self.pick_run(data, running=data.draw(st.booleans()))
+            code, _ = self.call(
+                "select absurd.schedule_run(%s, %s,"
+                " absurd.current_time() + make_interval(secs => %s))",
+                self.queue,
+                self.run_id(key),
+                seconds,
+            )
+            self.expect(self.model.schedule(key, seconds), code, f"sleep {key}")
+
+        @precondition(lambda self: self.model.runs)
+        @rule(
+            data=st.data(),
+            event=st.sampled_from(EVENTS),
+            timeout=st.sampled_from([None, 10, 100]),
+        )
+        def await_event(self, data: st.DataObject, event: str, timeout: int | None) -> None:
+            key = self.pick_run(data, running=data.draw(st.booleans()))
+            step = f"$awaitEvent:{event}"
+            code, rows = self.call(
+                "select should_suspend from absurd.await_event(%s, %s, %s, %s, %s, %s)",
+                self.queue,
+                key[0],
+                self.run_id(key),
+                step,
+                event,
+                timeout,
+            )
+            predicted, suspend = self.model.await_event(key, event, step, timeout)
+            self.expect(predicted, code, f"await {event} on {key}")
+            if code is None:
+                assert rows[0]["should_suspend"] == suspend, (rows, suspend)
+
+        @rule(event=st.sampled_from(EVENTS), payload=st.integers(0, 9))
+        def emit(self, event: str, payload: int) -> None:
+            code, _ = self.call(
+                "select absurd.emit_event(%s, %s, %s)", self.queue, event, json.dumps(payload)
+            )
+            self.expect(None, code, "emit")
+            self.model.emit(event, payload)
+
+        @precondition(lambda self: self.model.runs)
+        @rule(data=st.data())
+        def complete(self, data: st.DataObject) -> None:
+            key = self.pick_run(data, running=data.draw(st.booleans()))
+            code, _ = self.call(
+                "select absurd.complete_run(%s, %s, %s)",
+                self.queue,
+                self.run_id(key),
+                json.dumps({"done": True}),
+            )
+            self.expect(self.model.complete(key), code, f"complete {key}")
+
+        @precondition(lambda self: self.model.runs)
+        @rule(data=st.data())
+        def fail(self, data: st.DataObject) -> None:
+            key = self.pick_run(data, running=data.draw(st.booleans()))
+            code, _ = self.call(
+                "select absurd.fail_run(%s, %s, %s, null)",
+                self.queue,
+                self.run_id(key),
+                json.dumps({"name": "Boom"}),
+            )
+            self.expect(self.model.fail(key), code, f"fail {key}")
+
+        @precondition(lambda self: self.model.tasks)
+        @rule(data=st.data())
+        def cancel(self, data: st.DataObject) -> None:
+            task_id = data.draw(st.sampled_from(list(self.model.tasks)))
+            code, _ = self.call("select absurd.cancel_task(%s, %s)", self.queue, task_id)
+            self.expect(None, code, "cancel")
+            self.model.cancel(task_id)
+
+        @precondition(lambda self: self.model.tasks)
+        @rule(data=st.data())
+        def retry(self, data: st.DataObject) -> None:
+            task_id = data.draw(st.sampled_from(list(self.model.tasks)))
+            attempts = self.model.tasks[task_id].attempts
+            code, _ = self.call(
+                "select * from absurd.retry_task(%s, %s, %s)",
+                self.queue,
+                task_id,
+                json.dumps({"max_attempts": attempts + 1}),
+            )
+            self.expect(self.model.retry(task_id), code, f"retry {task_id}")
+
+        # -- the comparison --------------------------------------------------------
+        @invariant()
+        def agrees_with_the_model(self) -> None:
+            with self.conn.cursor(row_factory=dict_row) as cur:
+                tasks = cur.execute(
+                    sql.SQL("select task_id, state, attempts from {}").format(self.table("t"))
+                ).fetchall()
+                runs = cur.execute(
+                    sql.SQL("select task_id, state from {} order by attempt").format(
+                        self.table("r")
+                    )
+                ).fetchall()
+                cps = cur.execute(
+                    sql.SQL("select task_id, checkpoint_name from {} order by 2").format(
+                        self.table("c")
+                    )
+                ).fetchall()
+            actual: dict[str, Any] = {
+                str(t["task_id"]): {
+                    "state": t["state"],
+                    "attempts": t["attempts"],
+                    "runs": [],
+                    "checkpoints": [],
+                }
+                for t in tasks
+            }
+            for r in runs:
+                actual[str(r["task_id"])]["runs"].append(r["state"])
+            for c in cps:
+                actual[str(c["task_id"])]["checkpoints"].append(c["checkpoint_name"])
+            assert actual == self.model.view()
+
+        def teardown(self) -> None:
+            self.conn.execute("set absurd.fake_now = default")
+            self.conn.execute("select absurd.drop_queue(%s)", (self.queue,))
+            self.conn.close()
+
+    return EngineMachine
+
+
+def test_engine_agrees_with_the_model(dsn: str, soak: bool) -> None:
+    run_state_machine_as_test(
+        make_machine(dsn),
+        settings=settings(
+            max_examples=int(os.environ.get("ABSURD_PROPERTY_EXAMPLES") or (600 if soak else 60)),
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            database=None,
+            derandomize=not soak,
+        ),
+    )

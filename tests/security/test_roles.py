@@ -1,0 +1,220 @@
+"""Least privilege: the worker role runs the whole task lifecycle through the
+engine's functions and nothing else; the reader role reads and nothing else.
+
+Roles are cluster-wide, so each test run names them with a unique prefix, works in
+a database of its own, and drops both at the end. Logging in: a LOGIN role that is
+a member of the group role (the test servers trust local connections).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from absurd import Absurd, schema
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Roles:
+    owner_dsn: str  # the installing superuser, in the roles' database
+    worker_dsn: str
+    reader_dsn: str
+    worker: str
+    reader: str
+
+
+def as_user(dsn: str, user: str) -> str:
+    params = conninfo_to_dict(dsn)
+    params["user"] = user
+    params.pop("password", None)
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def roles(new_database: Callable[[], str], server_dsn: str) -> Iterator[Roles]:
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        schema.install(c)
+        c.execute("select absurd.create_queue('jobs')")
+        worker, reader = schema.install_roles(c, prefix=prefix)
+        for role in (worker, reader):
+            c.execute(f'create role "{role}_login" login in role "{role}"')
+    try:
+        yield Roles(
+            url, as_user(url, f"{worker}_login"), as_user(url, f"{reader}_login"), worker, reader
+        )
+    finally:
+        with psycopg.connect(url, autocommit=True) as c:
+            schema.uninstall_roles(c, prefix=prefix)
+            for role in (worker, reader):
+                c.execute(f'drop role if exists "{role}_login"')
+        with psycopg.connect(server_dsn, autocommit=True) as c:
+            gone = c.execute(
+                "select count(*) from pg_roles where rolname like %s", (prefix + "%",)
+            ).fetchone()
+        assert gone == (0,), "the test roles were not dropped"
+
+
+def denied(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c, pytest.raises(pg_errors.InsufficientPrivilege):
+        c.execute(statement, params or None)
+
+
+def test_worker_runs_the_lifecycle_through_the_sdk(roles: Roles) -> None:
+    """spawn, claim, checkpoint, sleep, event, complete: all as the worker role."""
+    app = Absurd(roles.worker_dsn, "jobs")
+    try:
+        app.create_queue("jobs")  # idempotent, allowed
+
+        @app.register_task("greet")
+        def greet(params: Any, ctx: Any) -> Any:
+            first = ctx.step("first", lambda: params["n"] + 1)
+            ctx.sleep_for("nap", 0.05)  # schedule_run, then a second claim
+            ping = ctx.await_event("ping", timeout=60)  # the stored event: await_event
+            second = ctx.step("second", lambda: first * 2 + ping["x"])
+            return {"value": second}
+
+        app.emit_event("ping", {"x": 0})  # stored: the wait below resolves from it
+        spawned = app.spawn("greet", {"n": 20})
+        for _ in range(50):  # first claim sleeps; a later one finishes
+            app.work_batch(batch_size=5)
+            result = app.fetch_task_result(spawned["task_id"])
+            if result is not None and result.state == "completed":
+                break
+            time.sleep(0.02)
+        assert result is not None
+        assert result.state == "completed", result
+        assert result.result == {"value": 42}
+        failing = app.spawn("greet", {"n": 1}, max_attempts=1)
+        app.cancel_task(failing["task_id"])
+    finally:
+        app.close()
+    with psycopg.connect(roles.owner_dsn) as c:
+        checkpoints = c.execute(
+            "select checkpoint_name from absurd.c_jobs where task_id = %s order by 1",
+            (spawned["task_id"],),
+        ).fetchall()
+    assert [c[0] for c in checkpoints] == ["$awaitEvent:ping", "first", "nap", "second"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "select * from absurd.t_jobs",
+        "delete from absurd.t_jobs",
+        "update absurd.r_jobs set state = 'completed'",
+        "insert into absurd.e_jobs (event_name, payload) values ('x', '1')",
+        "truncate absurd.c_jobs",
+        "select * from absurd.queues",
+        "select absurd.drop_queue('jobs')",
+        "select absurd.cleanup_tasks('jobs', 0, 10)",
+        "select absurd.set_queue_policy('jobs', '{}')",
+        "select absurd._sql('task.lock', 'jobs')",
+        "select absurd._install_roles('a', 'b')",
+        "create table absurd.sneaky (x int)",
+    ],
+)
+def test_worker_cannot_touch_tables_or_administer(roles: Roles, statement: str) -> None:
+    denied(roles.worker_dsn, statement)
+
+
+def test_reader_reads(roles: Roles) -> None:
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        [(task_id, *_)] = c.execute(
+            "select * from absurd.spawn_task('jobs', 'read-me', '{\"a\": 1}', '{}')"
+        ).fetchall()
+    with psycopg.connect(roles.reader_dsn, autocommit=True) as c:
+        rows = c.execute(
+            "select task_name, params from absurd.t_jobs where task_id = %s", (task_id,)
+        ).fetchall()
+        assert rows == [("read-me", {"a": 1})]
+        [(state,)] = c.execute(
+            "select state from absurd.get_task_result('jobs', %s)", (task_id,)
+        ).fetchall()
+        assert state == "pending"
+        assert c.execute("select absurd.list_queues()").fetchall()
+        # Tables created after install_roles are readable too (default privileges).
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        c.execute("select absurd.create_queue('later')")
+    with psycopg.connect(roles.reader_dsn, autocommit=True) as c:
+        assert c.execute("select count(*) from absurd.t_later").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "select absurd.spawn_task('jobs', 'x', '{}', '{}')",
+        "select * from absurd.claim_task('jobs', 'w', 60, 1)",
+        "select absurd.emit_event('jobs', 'e', '1')",
+        "select absurd.create_queue('mine')",
+        "update absurd.t_jobs set state = 'failed'",
+        "delete from absurd.r_jobs",
+        "insert into absurd.queues (queue_name) values ('x')",
+    ],
+)
+def test_reader_cannot_write(roles: Roles, statement: str) -> None:
+    denied(roles.reader_dsn, statement)
+
+
+def test_reinstalling_the_schema_keeps_the_roles_working(roles: Roles) -> None:
+    """absurd.sql's CREATE OR REPLACE resets SECURITY DEFINER; install() and
+    migrate() restore it."""
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        schema.install(c)
+        schema.migrate(c)
+        definers = c.execute(
+            "select count(*) filter (where not prosecdef) from pg_proc"
+            " where pronamespace = 'absurd'::regnamespace and left(proname, 1) <> '_'"
+        ).fetchone()
+    assert definers == (0,)
+    app = Absurd(roles.worker_dsn, "jobs")
+    try:
+        assert app.spawn("greet", {"n": 1}, queue="jobs")["created"]
+    finally:
+        app.close()
+    denied(roles.worker_dsn, "delete from absurd.t_jobs")
+
+
+def test_definer_functions_pin_search_path(roles: Roles) -> None:
+    """A caller's temporary objects cannot shadow anything the engine uses."""
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        bad = c.execute(
+            "select proname from pg_proc where pronamespace = 'absurd'::regnamespace"
+            " and prosecdef and not ('search_path=pg_catalog, pg_temp' = any(proconfig))"
+        ).fetchall()
+        public = c.execute(
+            "select count(*) from pg_proc p where pronamespace = 'absurd'::regnamespace"
+            " and has_function_privilege('public', p.oid, 'execute')"
+        ).fetchone()
+    assert bad == []
+    assert public == (0,)
+
+
+def test_install_roles_refuses_one_name_for_both(roles: Roles) -> None:
+    with (
+        psycopg.connect(roles.owner_dsn, autocommit=True) as c,
+        pytest.raises(psycopg.Error) as info,
+    ):
+        c.execute("select absurd._install_roles('same', 'same')")
+    assert info.value.sqlstate == "AB015"
+
+
+def test_worker_dsn_is_another_database_user(roles: Roles) -> None:
+    """Guards the fixture itself: the role connections really log in as the roles."""
+    for dsn, role in ((roles.worker_dsn, roles.worker), (roles.reader_dsn, roles.reader)):
+        with psycopg.connect(dsn) as c:
+            row = c.execute(
+                "select current_user, pg_has_role(current_user, %s, 'member')", (role,)
+            ).fetchone()
+        assert row == (f"{role}_login", True)
