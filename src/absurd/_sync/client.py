@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -254,7 +254,6 @@ class Absurd:
         available_at: Any = None,
     ) -> SpawnResult:
         """Spawns a task; ``created`` is False when the idempotency key was taken."""
-        options: SpawnOptions = {}
         given = {
             "max_attempts": max_attempts,
             "retry_strategy": retry_strategy,
@@ -266,6 +265,70 @@ class Absurd:
             "delay": delay,
             "available_at": available_at,
         }
+        queue_name, body = self._spawn_body(task_name, params, given)
+        row = self._one(
+            "select task_id, run_id, attempt, created from absurd.spawn_task(%s, %s, %s, %s)",
+            (queue_name, task_name, self._json(params), json.dumps(body)),
+        )
+        return _spawn_result(row)
+
+    def spawn_many(
+        self,
+        task_name: str,
+        params_list: Iterable[Any],
+        max_attempts: int | None = None,
+        retry_strategy: RetryStrategy | None = None,
+        headers: dict[str, Any] | None = None,
+        queue: str | None = None,
+        cancellation: CancellationPolicy | None = None,
+        *,
+        priority: int | None = None,
+        delay: float | None = None,
+        available_at: Any = None,
+    ) -> list[SpawnResult]:
+        """Spawns one task per element of ``params_list`` in one statement (one commit).
+
+        The options apply to every task, as in ``spawn``; the ``before_spawn`` hook runs
+        once per task and must keep every task on one queue. Returns one result per
+        element, in order. Backed by ``absurd.spawn_tasks`` (a set-based insert).
+        """
+        given = {
+            "max_attempts": max_attempts,
+            "retry_strategy": retry_strategy,
+            "headers": headers,
+            "queue": queue,
+            "cancellation": cancellation,
+            "priority": priority,
+            "delay": delay,
+            "available_at": available_at,
+        }
+        items: list[str] = []
+        queue_name: str | None = None
+        name_json = json.dumps(task_name)
+        for params in params_list:
+            task_queue, body = self._spawn_body(task_name, params, given)
+            if queue_name is not None and task_queue != queue_name:
+                raise InvalidArgument(
+                    f'spawn_many puts every task on one queue: "{queue_name}" and "{task_queue}"'
+                )
+            queue_name = task_queue
+            items.append(
+                f'{{"task_name": {name_json}, "params": {self._json(params)},'
+                f' "options": {json.dumps(body)}}}'
+            )
+        if queue_name is None:
+            return []
+        rows = self._rows(
+            "select task_id, run_id, attempt, created from absurd.spawn_tasks(%s, %s)",
+            (queue_name, "[" + ", ".join(items) + "]"),
+        )
+        return [_spawn_result(row) for row in rows]
+
+    def _spawn_body(
+        self, task_name: str, params: Any, given: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The queue and the spawn_task options of one spawn (the before_spawn hook applied)."""
+        options: SpawnOptions = {}
         options.update({k: v for k, v in given.items() if v is not None})  # type: ignore[typeddict-item]
         hook = self.hooks.get("before_spawn")
         if hook is not None:
@@ -275,16 +338,7 @@ class Absurd:
         body = logic.spawn_options_json(
             options, registered=registered, default_max_attempts=self.default_max_attempts
         )
-        row = self._one(
-            "select task_id, run_id, attempt, created from absurd.spawn_task(%s, %s, %s, %s)",
-            (queue_name, task_name, self._json(params), json.dumps(body)),
-        )
-        return {
-            "task_id": row["task_id"],
-            "run_id": row["run_id"],
-            "attempt": row["attempt"],
-            "created": row["created"],
-        }
+        return queue_name, body
 
     def fetch_task_result(
         self, task_id: Any, queue_name: str | None = None
@@ -565,3 +619,12 @@ def _other_flavour() -> Any:
 
 #: This module's client class, for ``make_sync``/``make_async`` of the other flavour.
 CLIENT_CLASS = Absurd
+
+
+def _spawn_result(row: dict[str, Any]) -> SpawnResult:
+    return {
+        "task_id": row["task_id"],
+        "run_id": row["run_id"],
+        "attempt": row["attempt"],
+        "created": row["created"],
+    }

@@ -20,7 +20,7 @@
 --                  queue_channel, queue_next_wake
 --   Queues         ensure_queue_tables, create_queue, drop_queue, list_queues,
 --                  get_queue_policy, set_queue_policy
---   Task lifecycle spawn_task, claim_task, complete_run, schedule_run, fail_run,
+--   Task lifecycle spawn_task, spawn_tasks, claim_task, complete_run, schedule_run, fail_run,
 --                  retry_task, cancel_task, get_task_result
 --   Steps, events  set_task_checkpoint_state, get_task_checkpoint_state(s),
 --                  extend_claim, await_event, emit_event
@@ -962,6 +962,30 @@ begin
     )
     select count(*) from t$q$
 
+  -- spawn_tasks: one row per array element, all arrays of one length.
+  -- $1 task_ids, $2 task_names, $3 params, $4 headers, $5 retry_strategies,
+  -- $6 max_attempts, $7 cancellations, $8 now, $9 run_ids, $10 priorities,
+  -- $11 available_ats
+  when 'spawn.many' then $q$
+    with x as (
+      select * from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[],
+        $6::integer[], $7::jsonb[], $9::uuid[], $10::integer[], $11::timestamptz[])
+        as x(task_id, task_name, params, headers, retry_strategy, max_attempts, cancellation,
+             run_id, priority, available_at)
+    ), t as (
+      insert into absurd.%1$I (task_id, task_name, params, headers, retry_strategy,
+        max_attempts, cancellation, enqueue_at, state, attempts, last_attempt_run,
+        priority, cancel_deadline)
+      select task_id, task_name, coalesce(params, 'null'::jsonb), headers, retry_strategy,
+        max_attempts, cancellation, $8, 'pending', 1, run_id, priority,
+        absurd._cancel_deadline(cancellation, available_at, null)
+      from x
+    ), r as (
+      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
+      select run_id, task_id, 1, 'pending', available_at, $8, priority from x
+    )
+    select count(*) from x$q$
+
   -- $1 idempotency_key
   when 'spawn.existing' then $q$
     select task_id, last_attempt_run, attempts from absurd.%1$I where idempotency_key = $1$q$
@@ -1299,7 +1323,7 @@ returns setof text
 language sql
 immutable
 as $$
-  select unnest(array['spawn', 'spawn.existing', 'claim.next_band', 'claim.band',
+  select unnest(array['spawn', 'spawn.many', 'spawn.existing', 'claim.next_band', 'claim.band',
     'claim.cancel_head', 'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
     'run.state', 'complete', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
     'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write', 'emit.store',
@@ -1344,6 +1368,39 @@ begin
 end;
 $$;
 
+-- The spawn options of spawn_task and spawn_tasks, checked and resolved
+-- (AB015 for a bad value): available_at from "delay" or "available_at" (never
+-- before p_now), priority defaulting to 0.
+create or replace function absurd._spawn_options(
+  p_options jsonb, p_now timestamptz,
+  out headers jsonb, out retry_strategy jsonb, out max_attempts integer,
+  out cancellation jsonb, out priority integer, out available_at timestamptz)
+language plpgsql
+as $$
+declare
+  v_delay double precision;
+begin
+  retry_strategy := nullif(p_options -> 'retry_strategy', 'null'::jsonb);
+  if retry_strategy is not null then
+    perform absurd.retry_delay_seconds(retry_strategy, 1);
+  end if;
+  max_attempts := absurd._opt_int(p_options, 'max_attempts');
+  if max_attempts < 1 then
+    perform absurd._raise('AB015', 'max_attempts must be >= 1');
+  end if;
+  v_delay := absurd._opt_seconds(p_options, 'delay');
+  available_at := absurd._opt_timestamp(p_options, 'available_at');
+  if v_delay is not null and available_at is not null then
+    perform absurd._raise('AB015', 'Give either available_at or delay, not both');
+  end if;
+  available_at := case when v_delay is not null then p_now + make_interval(secs => v_delay)
+                       else greatest(coalesce(available_at, p_now), p_now) end;
+  headers := nullif(p_options -> 'headers', 'null'::jsonb);
+  cancellation := absurd._check_cancellation(p_options -> 'cancellation');
+  priority := coalesce(absurd._opt_int(p_options, 'priority'), 0);
+end;
+$$;
+
 create or replace function absurd.spawn_task(
   p_queue_name text,
   p_task_name text,
@@ -1357,9 +1414,7 @@ declare
   q text := p_queue_name;
   v_now timestamptz := absurd.current_time();
   v_opts jsonb;
-  v_retry jsonb;
-  v_max_attempts integer;
-  v_delay double precision;
+  o record;
   v_available timestamptz;
   v_task_id uuid := absurd.portable_uuidv7();
   v_run_id uuid := absurd.portable_uuidv7();
@@ -1369,26 +1424,13 @@ begin
   perform absurd._require_queue(q);
   perform absurd._require_text(p_task_name, 'task_name');
   v_opts := absurd._require_object(p_options, 'options');
-  v_retry := nullif(v_opts -> 'retry_strategy', 'null'::jsonb);
-  if v_retry is not null then
-    perform absurd.retry_delay_seconds(v_retry, 1);
-  end if;
-  v_max_attempts := absurd._opt_int(v_opts, 'max_attempts');
-  if v_max_attempts < 1 then
-    perform absurd._raise('AB015', 'max_attempts must be >= 1');
-  end if;
-  v_delay := absurd._opt_seconds(v_opts, 'delay');
-  v_available := absurd._opt_timestamp(v_opts, 'available_at');
-  if v_delay is not null and v_available is not null then
-    perform absurd._raise('AB015', 'Give either available_at or delay, not both');
-  end if;
-  v_available := case when v_delay is not null then v_now + make_interval(secs => v_delay)
-                      else greatest(coalesce(v_available, v_now), v_now) end;
+  o := absurd._spawn_options(v_opts, v_now);
+  v_available := o.available_at;
 
   execute absurd._sql('spawn', q) into v_inserted
-    using v_task_id, p_task_name, p_params, nullif(v_opts -> 'headers', 'null'::jsonb), v_retry,
-          v_max_attempts, absurd._check_cancellation(v_opts -> 'cancellation'), v_now, v_run_id,
-          v_opts ->> 'idempotency_key', coalesce(absurd._opt_int(v_opts, 'priority'), 0),
+    using v_task_id, p_task_name, p_params, o.headers, o.retry_strategy,
+          o.max_attempts, o.cancellation, v_now, v_run_id,
+          v_opts ->> 'idempotency_key', o.priority,
           v_available;
   if v_inserted = 0 then
     -- The idempotency key is taken: hand back the task that holds it.
@@ -1406,6 +1448,98 @@ begin
     perform absurd._notify(q, 'spawn');
   end if;
   return query select v_task_id, v_run_id, 1, true;
+end;
+$$;
+
+-- Spawns many tasks in one call: p_tasks is a JSON array of objects
+-- {"task_name": text, "params": any, "options": {as spawn_task}}. Tasks
+-- without an idempotency key are inserted by one set-based statement; tasks
+-- with one go through spawn_task (a taken key hands back its task, created =
+-- false). One row per element, in array order; one NOTIFY at most.
+create or replace function absurd.spawn_tasks(p_queue_name text, p_tasks jsonb)
+returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
+language plpgsql
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_item jsonb;
+  v_opts jsonb;
+  o record;
+  v_i integer := 0;
+  v_keyed record;
+  v_due boolean := false;
+  v_out_task uuid[] := '{}';
+  v_out_run uuid[] := '{}';
+  v_out_attempt integer[] := '{}';
+  v_out_created boolean[] := '{}';
+  a_task uuid[] := '{}';
+  a_name text[] := '{}';
+  a_params jsonb[] := '{}';
+  a_headers jsonb[] := '{}';
+  a_retry jsonb[] := '{}';
+  a_max integer[] := '{}';
+  a_cancel jsonb[] := '{}';
+  a_run uuid[] := '{}';
+  a_priority integer[] := '{}';
+  a_available timestamptz[] := '{}';
+  v_inserted integer;
+begin
+  perform absurd._require_queue(q);
+  if p_tasks is null or jsonb_typeof(p_tasks) <> 'array' then
+    perform absurd._raise('AB015', format(
+      'tasks must be a JSON array of {"task_name", "params", "options"} objects, not %s',
+      coalesce(jsonb_typeof(p_tasks), 'NULL')));
+  end if;
+  for v_item in select value from jsonb_array_elements(p_tasks) loop
+    v_i := v_i + 1;
+    if jsonb_typeof(v_item) <> 'object' then
+      perform absurd._raise('AB015', format('tasks[%s] must be an object, not %s',
+        v_i - 1, jsonb_typeof(v_item)));
+    end if;
+    perform absurd._require_text(v_item ->> 'task_name', format('tasks[%s].task_name', v_i - 1));
+    v_opts := absurd._require_object(
+      coalesce(nullif(v_item -> 'options', 'null'::jsonb), '{}'::jsonb),
+      format('tasks[%s].options', v_i - 1));
+    if nullif(v_opts -> 'idempotency_key', 'null'::jsonb) is not null then
+      select * into v_keyed
+      from absurd.spawn_task(q, v_item ->> 'task_name', v_item -> 'params', v_opts) s;
+      v_out_task := v_out_task || v_keyed.task_id;
+      v_out_run := v_out_run || v_keyed.run_id;
+      v_out_attempt := v_out_attempt || v_keyed.attempt;
+      v_out_created := v_out_created || v_keyed.created;
+      continue;
+    end if;
+    o := absurd._spawn_options(v_opts, v_now);
+    a_task := a_task || absurd.portable_uuidv7();
+    a_run := a_run || absurd.portable_uuidv7();
+    a_name := a_name || (v_item ->> 'task_name');
+    a_params := a_params || (v_item -> 'params');
+    a_headers := a_headers || o.headers;
+    a_retry := a_retry || o.retry_strategy;
+    a_max := a_max || o.max_attempts;
+    a_cancel := a_cancel || o.cancellation;
+    a_priority := a_priority || o.priority;
+    a_available := a_available || o.available_at;
+    v_due := v_due or o.available_at <= v_now;
+    v_out_task := v_out_task || a_task[cardinality(a_task)];
+    v_out_run := v_out_run || a_run[cardinality(a_run)];
+    v_out_attempt := v_out_attempt || 1;
+    v_out_created := v_out_created || true;
+  end loop;
+  if cardinality(a_task) > 0 then
+    execute absurd._sql('spawn.many', q) into v_inserted
+      using a_task, a_name, a_params, a_headers, a_retry, a_max, a_cancel, v_now, a_run,
+            a_priority, a_available;
+    if v_due then
+      perform absurd._notify(q, 'spawn');
+    end if;
+  end if;
+  return query
+    select u.t, u.r, u.a, u.c
+    from unnest(v_out_task, v_out_run, v_out_attempt, v_out_created) with ordinality
+      as u(t, r, a, c, n)
+    order by u.n;
 end;
 $$;
 
