@@ -52,6 +52,7 @@ from backlog import RESULTS_DIR, Server, machine_info, percentile, render_table 
 from drain import (  # noqa: E402
     SPAWN_OPTIONS,
     TASK_EVENT,
+    CpuMeter,
     DrainConfig,
     WorkerProcess,
     clock_offset,
@@ -132,7 +133,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         full=args.full,
         concurrencies=(1, 8, 32, 128),
         steps=(1, 5),
-        drain_n={1: 1500, 5: 500},
+        drain_n={1: 1000, 5: 300},
         spawn_n=2000,
         samples=40,
         warmup=4,
@@ -217,38 +218,47 @@ def fresh_database(server: Server, name: str) -> str:
 
 
 def spawn_scenario(dsns: dict[str, str], plan: Plan) -> dict[str, Any]:
+    """Single spawns through each SDK's sync client (one commit each), in three rounds
+    alternating ours and upstream (so that both see the same load); then ours
+    spawn_many of n tasks (median of three calls); Procrastinate in its venv."""
+    import absurd_sdk  # type: ignore[import-untyped]
+
+    import absurd
+
     n = plan.spawn_n
     out: dict[str, Any] = {"n": n}
+    apps: dict[str, Any] = {}
+    queues: dict[str, str] = {}
+    seconds = {"ours": 0.0, "upstream": 0.0}
     for flavour in ("ours", "upstream"):
-        queue = f"spawn_{uuid.uuid4().hex[:8]}"
-        create_queue(dsns[flavour], queue)
-        if flavour == "ours":
-            import absurd
-
-            app: Any = absurd.Absurd(dsns[flavour], queue_name=queue)
-        else:
-            import absurd_sdk  # type: ignore[import-untyped]
-
-            app = absurd_sdk.Absurd(dsns[flavour], queue_name=queue)
-        app.spawn("warm-up", {"i": -1}, max_attempts=5, queue=queue)
+        queues[flavour] = f"spawn_{uuid.uuid4().hex[:8]}"
+        create_queue(dsns[flavour], queues[flavour])
+        cls = absurd.Absurd if flavour == "ours" else absurd_sdk.Absurd
+        apps[flavour] = cls(dsns[flavour], queue_name=queues[flavour])
+        for i in range(10):  # warm-up: the pool, the prepared statements
+            apps[flavour].spawn("warm-up", {"i": i}, max_attempts=5, queue=queues[flavour])
+    for rnd in range(3):
+        order = ("ours", "upstream") if rnd % 2 == 0 else ("upstream", "ours")
+        for flavour in order:
+            app, queue = apps[flavour], queues[flavour]
+            t0 = time.perf_counter()
+            for i in range(n // 3):
+                app.spawn("spawn-bench", {"i": i}, max_attempts=5, queue=queue)
+            seconds[flavour] += time.perf_counter() - t0
+    for flavour in ("ours", "upstream"):
+        out[flavour] = {"single_per_s": round(3 * (n // 3) / seconds[flavour], 1)}
+    batches = []
+    for _ in range(3):
         t0 = time.perf_counter()
-        for i in range(n):
-            app.spawn("spawn-bench", {"i": i}, max_attempts=5, queue=queue)
-        single = time.perf_counter() - t0
-        res = {"single_per_s": round(n / single, 1)}
-        if flavour == "ours":
-            batches = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                app.spawn_many(
-                    "spawn-bench", [{"i": i} for i in range(n)], max_attempts=5, queue=queue
-                )
-                batches.append(time.perf_counter() - t0)
-            res["batch_per_s"] = round(n / statistics.median(batches), 1)
-        app.close()
-        drop_queue(dsns[flavour], queue)
-        out[flavour] = res
-        log(f"spawn {flavour}: {res}")
+        apps["ours"].spawn_many(
+            "spawn-bench", [{"i": i} for i in range(n)], max_attempts=5, queue=queues["ours"]
+        )
+        batches.append(time.perf_counter() - t0)
+    out["ours"]["batch_per_s"] = round(n / statistics.median(batches), 1)
+    for flavour in ("ours", "upstream"):
+        apps[flavour].close()
+        drop_queue(dsns[flavour], queues[flavour])
+        log(f"spawn {flavour}: {out[flavour]}")
     if "procrastinate" in plan.peers:
         res = run_peer("procrastinate", {"scenario": "spawn", "dsn": dsns["procrastinate"], "n": n})
         out["procrastinate"] = res
@@ -261,13 +271,14 @@ def spawn_scenario(dsns: dict[str, str], plan: Plan) -> dict[str, Any]:
 
 def drain_scenario(dsns: dict[str, str], plan: Plan, offsets: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    quiet = 1.5 if plan.quick else 4.0
+    quiet = 1.0 if plan.quick else 2.0
     for steps in plan.steps:
         n = plan.drain_n[steps]
         for c in plan.concurrencies:
             key = f"{steps}step_c{c}"
             row: dict[str, Any] = {"n": n, "steps": steps, "concurrency": c}
-            systems = ["ours", "upstream"]
+            # Who goes first alternates, so that neither always meets the same load.
+            systems = ["ours", "upstream"] if len(out) % 2 == 0 else ["upstream", "ours"]
             if "dbos" in plan.peers:
                 systems.append("dbos")
             if "procrastinate" in plan.peers and steps == 1:
@@ -655,19 +666,30 @@ async def ceiling_drain(dsn: str, n: int, commits: int, concurrency: int) -> dic
                 )
                 done += 1
 
-    t0 = time.perf_counter()
-    counts = await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - t0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        meter = CpuMeter(conn, os.getpid())  # the server's processes, and this one
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+        cpu = meter.since_start()
+    done = sum(counts)
     return {
-        "n": sum(counts),
+        "n": done,
         "commits_per_task": commits,
         "concurrency": concurrency,
-        "tasks_per_s": round(sum(counts) / elapsed, 1),
+        "tasks_per_s": round(done / elapsed, 1),
+        "cpu_ms_per_task": round(
+            (cpu.get("server_s", 0.0) + cpu.get("worker_s", 0.0)) * 1000 / max(done, 1), 3
+        ),
+        "machine_busy_share": cpu.get("machine_busy_share"),
     }
 
 
-def commits_per_task(dsn: str, steps: int, n: int, concurrency: int) -> float:
-    """Our commits per task in a drain (pg_stat_database.xact_commit, minus the polls)."""
+def commits_per_task(
+    dsn: str, steps: int, n: int, concurrency: int
+) -> tuple[float, dict[str, Any]]:
+    """Our commits per task in a drain (pg_stat_database.xact_commit, minus the polls),
+    and that drain's figures (run right before the ceiling's, so under the same load)."""
 
     def commits() -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -695,7 +717,7 @@ def commits_per_task(dsn: str, steps: int, n: int, concurrency: int) -> float:
     after = commits()
     # The script's own transactions: create/spawn/vacuum (~6), its polls, the reads.
     overhead = 10 + res["seconds"] / 0.05 + 5
-    return max(0.0, (after - before - overhead) / n)
+    return max(0.0, (after - before - overhead) / n), res
 
 
 def ceiling_scenario(dsns: dict[str, str], plan: Plan, drains: dict[str, Any]) -> dict[str, Any]:
@@ -703,13 +725,22 @@ def ceiling_scenario(dsns: dict[str, str], plan: Plan, drains: dict[str, Any]) -
     c = 32 if 32 in plan.concurrencies else max(plan.concurrencies)
     for steps in plan.steps:
         n = plan.drain_n[steps]
-        per_task = commits_per_task(dsns["ours"], steps, n, c)
+        per_task, ours_run = commits_per_task(dsns["ours"], steps, n, c)
         commits = max(2, round(per_task))
         res = asyncio.run(ceiling_drain(dsns["ceiling"], n, commits, c))
-        ours = drains.get(f"{steps}step_c{c}", {}).get("ours", {}).get("tasks_per_s")
+        ours = ours_run.get("tasks_per_s")
+        cpu = ours_run.get("cpu", {})
+        ours_cpu = (cpu.get("server_ms_per_task") or 0) + (cpu.get("worker_ms_per_task") or 0)
         res["ours_commits_per_task"] = round(per_task, 2)
         res["ours_tasks_per_s"] = ours
+        res["ours_cpu_ms_per_task"] = round(ours_cpu, 3) if ours_cpu else None
         res["ours_share"] = round(ours / res["tasks_per_s"], 3) if ours else None
+        # Load-independent: the ceiling's CPU per task over ours (server + client).
+        res["ours_share_by_cpu"] = (
+            round(res["cpu_ms_per_task"] / ours_cpu, 3)
+            if ours_cpu and res["cpu_ms_per_task"]
+            else None
+        )
         out[f"{steps}step_c{c}"] = res
         log(f"ceiling {steps}-step c{c}: {res}")
     return out
@@ -850,12 +881,15 @@ def report(results: dict[str, Any], plan: Plan) -> tuple[int, list[str]]:
                     fmt(v["tasks_per_s"]),
                     fmt(v.get("ours_tasks_per_s")),
                     fmt(100 * v["ours_share"], 0) + "%" if v.get("ours_share") else "-",
+                    fmt(v.get("cpu_ms_per_task"), 2),
+                    fmt(v.get("ours_cpu_ms_per_task"), 2),
                 ]
             )
             if v.get("ours_share") is not None:
                 verdict(
                     v["ours_share"] >= TARGETS["drain_vs_ceiling"],
-                    f"drain {key} >= 50% of the ceiling ({v['ours_share']:.0%})",
+                    f"drain {key} >= 50% of the ceiling ({v['ours_share']:.0%};"
+                    f" by CPU per task {fmt(100 * (v.get('ours_share_by_cpu') or 0), 0)}%)",
                 )
         lines.append("8. the ceiling: bare psycopg, same commits per task, same concurrency")
         lines.append(
@@ -867,6 +901,8 @@ def report(results: dict[str, Any], plan: Plan) -> tuple[int, list[str]]:
                     "ceiling tasks/s",
                     "ours",
                     "ours %",
+                    "ceiling CPU ms/task",
+                    "ours CPU ms/task",
                 ],
                 rows,
             )
