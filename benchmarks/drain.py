@@ -257,7 +257,13 @@ async def _async_worker(
 
 
 def worker_main(spec: dict[str, Any], pipe: Pipe) -> None:
-    """Entry point of the worker process (``multiprocessing``, spawn start method)."""
+    """Entry point of the worker process (``multiprocessing``, spawn start method).
+    With ``ABSURD_BENCH_WORKER_LOG`` set (the suite does), its stderr goes to that file."""
+    log_path = os.environ.get("ABSURD_BENCH_WORKER_LOG")
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
     trace = Trace(events=spec.get("trace") == "events") if spec.get("trace") else None
     if trace is not None:
         trace.install()

@@ -962,6 +962,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for peer in plan.peers:
         ensure_peer(peer)
+    # The worker processes' stderr (logs, the restart's tracebacks) goes to a file.
+    worker_log = out_path.with_suffix(".workers.log")
+    os.environ["ABSURD_BENCH_WORKER_LOG"] = str(worker_log)
     load_start = os.getloadavg()
     server = suite_server()
     results: dict[str, Any] = {}
@@ -1036,7 +1039,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out_path.write_text(json.dumps(doc, indent=2, default=str))
     print(
-        f"\nresults: {out_path}  ({doc['seconds']:.0f} s; load average"
+        f"\nworker logs: {worker_log}\nresults: {out_path}  ({doc['seconds']:.0f} s; load average"
         f" {load_start[0]:.2f} at start, {doc['loadavg_end'][0]:.2f} at end,"
         f" {os.cpu_count()} cores)"
     )

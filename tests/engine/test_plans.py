@@ -197,6 +197,8 @@ CACHED = {
     "spawn",
     "claim.next_band",
     "claim.band",
+    "sweep.cancellations",
+    "sweep.leases",
     "checkpoint.replayable",
     "complete",
     "schedule",

@@ -1612,10 +1612,12 @@ declare
   v_task uuid;
   v_run record;
 begin
-  for v_task in execute absurd._sql('sweep.cancellations', p_queue_name) using p_now, p_limit loop
+  for v_task in execute absurd._cached('sweep.cancellations', p_queue_name,
+      quote_nullable(p_now), quote_nullable(p_limit)) loop
     perform absurd._cancel_task(p_queue_name, v_task, p_now);
   end loop;
-  for v_run in execute absurd._sql('sweep.leases', p_queue_name) using p_now, p_limit loop
+  for v_run in execute absurd._cached('sweep.leases', p_queue_name,
+      quote_nullable(p_now), quote_nullable(p_limit)) loop
     perform absurd._fail_run(p_queue_name, v_run.run_id, jsonb_strip_nulls(jsonb_build_object(
       'name', '$ClaimTimeout',
       'message', 'worker did not finish task within claim interval',
