@@ -1,4 +1,5 @@
-"""Hot statements run as session-level prepared statements (absurd._cached).
+"""Hot statements run as session-level prepared statements (absurd._cached), and the
+worker's one-transaction completion and claim (complete_run_and_claim).
 
 A prepared statement outlives the transaction and the queue it was made for; these
 tests make sure the engine stays right when the session's prepared statements go
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.engine._engine import Engine
 
@@ -75,3 +77,34 @@ def test_at_most_200_per_session(engine: Engine) -> None:
     assert engine.task(task_id)["state"] == "completed"
     assert 1 <= ours(conn) < 20
     assert conn.execute("execute not_ours").fetchone() == (1,)  # others' are kept
+
+
+def test_complete_run_and_claim_is_one_transaction(engine: Engine) -> None:
+    first = engine.spawn("a", {"n": 1})
+    second = engine.spawn("b", {"n": 2})
+    claimed = engine.claim_one()
+    assert claimed["run_id"] == first["run_id"]
+    rows = engine.rows(
+        "select * from absurd.complete_run_and_claim(%s, %s, %s, 'w2', 60, 5)",
+        (engine.queue, first["run_id"], '{"done": 1}'),
+    )
+    assert [r["run_id"] for r in rows] == [second["run_id"]]
+    assert rows[0]["checkpoints"] == {} and rows[0]["params"] == {"n": 2}
+    assert engine.task(first["task_id"])["state"] == "completed"
+    assert engine.run(second["run_id"])["claimed_by"] == "w2"
+    # qty 0 only completes; a run that is not running refuses, and claims nothing.
+    assert (
+        engine.rows(
+            "select * from absurd.complete_run_and_claim(%s, %s, null, 'w2', 60, 0)",
+            (engine.queue, second["run_id"]),
+        )
+        == []
+    )
+    third = engine.spawn("c")
+    with pytest.raises(psycopg.Error) as exc:
+        engine.rows(
+            "select * from absurd.complete_run_and_claim(%s, %s, null, 'w3', 60, 5)",
+            (engine.queue, second["run_id"]),
+        )
+    assert exc.value.sqlstate == "AB012"
+    assert engine.run(third["run_id"])["state"] == "pending"

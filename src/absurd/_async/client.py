@@ -491,8 +491,18 @@ class AsyncAbsurd:
             await self._pool.close()
             self._pool = None
 
-    async def execute_task(self, task: ClaimedTask, claim_timeout: int) -> None:
-        """Runs one claimed task to its outcome: completed, failed, suspended or deferred."""
+    async def execute_task(
+        self,
+        task: ClaimedTask,
+        claim_timeout: int,
+        refill: Callable[[], int] | None = None,
+        worker_id: str = "worker",
+    ) -> list[ClaimedTask]:
+        """Runs one claimed task to its outcome: completed, failed, suspended or deferred.
+
+        ``refill`` (the worker's): how many runs to claim in the completion's own
+        transaction (``complete_run_and_claim``, one commit instead of two); the runs
+        claimed that way are returned, for the caller to run. Otherwise ``[]``."""
         run_id, name = task["run_id"], task["task_name"]
         registered = self._registry.get(name)
         extra = {"task_id": str(task["task_id"]), "run_id": str(run_id), "task_name": name}
@@ -506,10 +516,10 @@ class AsyncAbsurd:
                 " + make_interval(secs => %s))",
                 (self.queue_name, run_id, delay),
             )
-            return
+            return []
         if registered.queue != self.queue_name:
             await self._fail(task, AbsurdError("Misconfigured task (queue mismatch)"))
-            return
+            return []
         preloaded = task.get("checkpoints")
         if preloaded is None:  # claimed through claim_tasks(): ask for them
             try:
@@ -519,7 +529,7 @@ class AsyncAbsurd:
                     (self.queue_name, task["task_id"], run_id),
                 )
             except TaskInterrupt:
-                return
+                return []
             preloaded = {r["checkpoint_name"]: r["state"] for r in rows}
         ctx = AsyncTaskContext._create(self, task, claim_timeout, dict(preloaded))
         token = current_context.set(ctx)
@@ -534,20 +544,57 @@ class AsyncAbsurd:
             data = self._json(result)
         except TaskInterrupt as signal:
             log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
-            return
+            return []
         except compat.Cancelled:
             await self._release(run_id)
             raise
         except Exception as exc:
             log.info("task %s failed: %r", name, exc, extra=extra)
             await self._fail(task, exc)
-            return
+            return []
         finally:
             current_context.reset(token)
-        await self._finish(
-            "select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data)
-        )
+        qty = refill() if refill is not None else 0
+        claimed: list[ClaimedTask] = []
+        if qty > 0:
+            claimed = await self._complete_and_claim(
+                run_id, data, claim_timeout, worker_id, qty, extra
+            )
+        else:
+            await self._finish(
+                "select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data)
+            )
         log.debug("task %s completed", name, extra=extra)
+        return claimed
+
+    async def _complete_and_claim(
+        self,
+        run_id: Any,
+        data: str,
+        claim_timeout: int,
+        worker_id: str,
+        qty: int,
+        extra: dict[str, Any],
+    ) -> list[ClaimedTask]:
+        """complete_run and a claim of up to qty runs in one transaction. Should the
+        connection fail, the completion alone is retried (``_finish``): if the first
+        attempt did commit and only its reply was lost, the runs it claimed wait for
+        their lease to expire, as after any claim whose reply is lost."""
+        try:
+            rows = await self._rows(
+                f"select {_CLAIM_COLUMNS}, checkpoints"
+                " from absurd.complete_run_and_claim(%s, %s, %s, %s, %s, %s)",
+                (self.queue_name, run_id, data, worker_id, claim_timeout, qty),
+            )
+        except psycopg.OperationalError as exc:
+            log.warning("completion failed (%s); retrying it alone", exc, extra=extra)
+            await self._finish(
+                "select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data)
+            )
+            return []
+        except TaskInterrupt:
+            return []
+        return rows  # type: ignore[return-value]
 
     async def _fail(self, task: ClaimedTask, exc: BaseException) -> None:
         await self._finish(
