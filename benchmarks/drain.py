@@ -63,6 +63,7 @@ from backlog import (
 FLAVOURS = ("ours", "upstream")
 TASK_WORK = "drain-work"
 TASK_STAMP = "pickup-stamp"
+TASK_EVENT = "event-stamp"
 SPAWN_OPTIONS = json.dumps({"max_attempts": 5})
 TARGET_THROUGHPUT_RATIO = 3.0
 TARGET_PICKUP_P50_MS = 5.0
@@ -205,6 +206,11 @@ def _sync_worker(spec: dict[str, Any], pipe: Pipe, trace: Trace | None) -> dict[
     def stamp(params: Any, ctx: Any) -> Any:
         return {"t": time.time()}
 
+    @app.register_task(TASK_EVENT)
+    def event_stamp(params: Any, ctx: Any) -> Any:
+        ctx.await_event(params["event"])
+        return {"t": time.time()}
+
     app.list_queues()  # connected (ours: the pool is open) before the clock starts
     # Ours installs its own SIGTERM handler in start_worker; upstream's worker has none.
     signal.signal(signal.SIGTERM, lambda *_: app.stop_worker())
@@ -236,6 +242,11 @@ async def _async_worker(
     async def stamp(params: Any, ctx: Any) -> Any:
         return {"t": time.time()}
 
+    @app.register_task(TASK_EVENT)
+    async def event_stamp(params: Any, ctx: Any) -> Any:
+        await ctx.await_event(params["event"])
+        return {"t": time.time()}
+
     await app.list_queues()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, app.stop_worker)
     pipe.send({"ready": time.time(), "pid": os.getpid()})
@@ -246,7 +257,13 @@ async def _async_worker(
 
 
 def worker_main(spec: dict[str, Any], pipe: Pipe) -> None:
-    """Entry point of the worker process (``multiprocessing``, spawn start method)."""
+    """Entry point of the worker process (``multiprocessing``, spawn start method).
+    With ``ABSURD_BENCH_WORKER_LOG`` set (the suite does), its stderr goes to that file."""
+    log_path = os.environ.get("ABSURD_BENCH_WORKER_LOG")
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
     trace = Trace(events=spec.get("trace") == "events") if spec.get("trace") else None
     if trace is not None:
         trace.install()
@@ -461,6 +478,17 @@ def proc_stat(pid: int) -> tuple[int, float] | None:
     return int(rest[1]), (int(rest[11]) + int(rest[12])) / _CLK_TCK
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident set size (VmHWM), in MiB (None without /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
 def machine_cpu() -> tuple[float, float] | None:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     try:
@@ -597,6 +625,7 @@ def run_drain(
                     )
             observed_at = time.time()
             cpu = meter.since_start()
+            rss_mb = peak_rss_mb(worker.proc.pid or 0)
             row = conn.execute(
                 sql.SQL(
                     "select extract(epoch from max(completed_at))::float8,"
@@ -618,6 +647,7 @@ def run_drain(
             "first_start_after_ready_ms": round((first_start - worker.ready_at) * 1000, 1),
             "observed_lag_ms": round((observed_at - last_done) * 1000, 1),
             "loadavg_before": load_before,
+            "worker_rss_peak_mb": rss_mb,
             "cpu": cpu,
         }
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -254,7 +254,6 @@ class Absurd:
         available_at: Any = None,
     ) -> SpawnResult:
         """Spawns a task; ``created`` is False when the idempotency key was taken."""
-        options: SpawnOptions = {}
         given = {
             "max_attempts": max_attempts,
             "retry_strategy": retry_strategy,
@@ -266,6 +265,70 @@ class Absurd:
             "delay": delay,
             "available_at": available_at,
         }
+        queue_name, body = self._spawn_body(task_name, params, given)
+        row = self._one(
+            "select task_id, run_id, attempt, created from absurd.spawn_task(%s, %s, %s, %s)",
+            (queue_name, task_name, self._json(params), json.dumps(body)),
+        )
+        return _spawn_result(row)
+
+    def spawn_many(
+        self,
+        task_name: str,
+        params_list: Iterable[Any],
+        max_attempts: int | None = None,
+        retry_strategy: RetryStrategy | None = None,
+        headers: dict[str, Any] | None = None,
+        queue: str | None = None,
+        cancellation: CancellationPolicy | None = None,
+        *,
+        priority: int | None = None,
+        delay: float | None = None,
+        available_at: Any = None,
+    ) -> list[SpawnResult]:
+        """Spawns one task per element of ``params_list`` in one statement (one commit).
+
+        The options apply to every task, as in ``spawn``; the ``before_spawn`` hook runs
+        once per task and must keep every task on one queue. Returns one result per
+        element, in order. Backed by ``absurd.spawn_tasks`` (a set-based insert).
+        """
+        given = {
+            "max_attempts": max_attempts,
+            "retry_strategy": retry_strategy,
+            "headers": headers,
+            "queue": queue,
+            "cancellation": cancellation,
+            "priority": priority,
+            "delay": delay,
+            "available_at": available_at,
+        }
+        items: list[str] = []
+        queue_name: str | None = None
+        name_json = json.dumps(task_name)
+        for params in params_list:
+            task_queue, body = self._spawn_body(task_name, params, given)
+            if queue_name is not None and task_queue != queue_name:
+                raise InvalidArgument(
+                    f'spawn_many puts every task on one queue: "{queue_name}" and "{task_queue}"'
+                )
+            queue_name = task_queue
+            items.append(
+                f'{{"task_name": {name_json}, "params": {self._json(params)},'
+                f' "options": {json.dumps(body)}}}'
+            )
+        if queue_name is None:
+            return []
+        rows = self._rows(
+            "select task_id, run_id, attempt, created from absurd.spawn_tasks(%s, %s)",
+            (queue_name, "[" + ", ".join(items) + "]"),
+        )
+        return [_spawn_result(row) for row in rows]
+
+    def _spawn_body(
+        self, task_name: str, params: Any, given: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The queue and the spawn_task options of one spawn (the before_spawn hook applied)."""
+        options: SpawnOptions = {}
         options.update({k: v for k, v in given.items() if v is not None})  # type: ignore[typeddict-item]
         hook = self.hooks.get("before_spawn")
         if hook is not None:
@@ -275,16 +338,7 @@ class Absurd:
         body = logic.spawn_options_json(
             options, registered=registered, default_max_attempts=self.default_max_attempts
         )
-        row = self._one(
-            "select task_id, run_id, attempt, created from absurd.spawn_task(%s, %s, %s, %s)",
-            (queue_name, task_name, self._json(params), json.dumps(body)),
-        )
-        return {
-            "task_id": row["task_id"],
-            "run_id": row["run_id"],
-            "attempt": row["attempt"],
-            "created": row["created"],
-        }
+        return queue_name, body
 
     def fetch_task_result(
         self, task_id: Any, queue_name: str | None = None
@@ -434,8 +488,18 @@ class Absurd:
             self._pool.close()
             self._pool = None
 
-    def execute_task(self, task: ClaimedTask, claim_timeout: int) -> None:
-        """Runs one claimed task to its outcome: completed, failed, suspended or deferred."""
+    def execute_task(
+        self,
+        task: ClaimedTask,
+        claim_timeout: int,
+        refill: Callable[[], int] | None = None,
+        worker_id: str = "worker",
+    ) -> list[ClaimedTask]:
+        """Runs one claimed task to its outcome: completed, failed, suspended or deferred.
+
+        ``refill`` (the worker's): how many runs to claim in the completion's own
+        transaction (``complete_run_and_claim``, one commit instead of two); the runs
+        claimed that way are returned, for the caller to run. Otherwise ``[]``."""
         run_id, name = task["run_id"], task["task_name"]
         registered = self._registry.get(name)
         extra = {"task_id": str(task["task_id"]), "run_id": str(run_id), "task_name": name}
@@ -449,10 +513,10 @@ class Absurd:
                 " + make_interval(secs => %s))",
                 (self.queue_name, run_id, delay),
             )
-            return
+            return []
         if registered.queue != self.queue_name:
             self._fail(task, AbsurdError("Misconfigured task (queue mismatch)"))
-            return
+            return []
         preloaded = task.get("checkpoints")
         if preloaded is None:  # claimed through claim_tasks(): ask for them
             try:
@@ -462,7 +526,7 @@ class Absurd:
                     (self.queue_name, task["task_id"], run_id),
                 )
             except TaskInterrupt:
-                return
+                return []
             preloaded = {r["checkpoint_name"]: r["state"] for r in rows}
         ctx = TaskContext._create(self, task, claim_timeout, dict(preloaded))
         token = current_context.set(ctx)
@@ -477,18 +541,51 @@ class Absurd:
             data = self._json(result)
         except TaskInterrupt as signal:
             log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
-            return
+            return []
         except compat.Cancelled:
             self._release(run_id)
             raise
         except Exception as exc:
             log.info("task %s failed: %r", name, exc, extra=extra)
             self._fail(task, exc)
-            return
+            return []
         finally:
             current_context.reset(token)
-        self._finish("select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data))
+        qty = refill() if refill is not None else 0
+        claimed: list[ClaimedTask] = []
+        if qty > 0:
+            claimed = self._complete_and_claim(run_id, data, claim_timeout, worker_id, qty, extra)
+        else:
+            self._finish("select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data))
         log.debug("task %s completed", name, extra=extra)
+        return claimed
+
+    def _complete_and_claim(
+        self,
+        run_id: Any,
+        data: str,
+        claim_timeout: int,
+        worker_id: str,
+        qty: int,
+        extra: dict[str, Any],
+    ) -> list[ClaimedTask]:
+        """complete_run and a claim of up to qty runs in one transaction. Should the
+        connection fail, the completion alone is retried (``_finish``): if the first
+        attempt did commit and only its reply was lost, the runs it claimed wait for
+        their lease to expire, as after any claim whose reply is lost."""
+        try:
+            rows = self._rows(
+                f"select {_CLAIM_COLUMNS}, checkpoints"
+                " from absurd.complete_run_and_claim(%s, %s, %s, %s, %s, %s)",
+                (self.queue_name, run_id, data, worker_id, claim_timeout, qty),
+            )
+        except psycopg.OperationalError as exc:
+            log.warning("completion failed (%s); retrying it alone", exc, extra=extra)
+            self._finish("select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data))
+            return []
+        except TaskInterrupt:
+            return []
+        return rows  # type: ignore[return-value]
 
     def _fail(self, task: ClaimedTask, exc: BaseException) -> None:
         self._finish(
@@ -565,3 +662,12 @@ def _other_flavour() -> Any:
 
 #: This module's client class, for ``make_sync``/``make_async`` of the other flavour.
 CLIENT_CLASS = Absurd
+
+
+def _spawn_result(row: dict[str, Any]) -> SpawnResult:
+    return {
+        "task_id": row["task_id"],
+        "run_id": row["run_id"],
+        "attempt": row["attempt"],
+        "created": row["created"],
+    }

@@ -25,6 +25,8 @@ log = logging.getLogger("absurd.worker")
 #: Connection-level failures: the server restarted, a backend was killed, the
 #: network dropped, or the pool timed out waiting for a connection.
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+#: The most connections a worker adds to its pool for its slots (see _prepare_pool).
+POOL_CAP = 17
 
 
 def _extra(task: ClaimedTask) -> dict[str, Any]:
@@ -78,6 +80,9 @@ class Worker:
         self._stop_requested = False
         self._wake: Any = None
         self._inflight: dict[Any, ClaimedTask] = {}
+        # Runs a finishing task claimed in its completion's transaction, for the
+        # loop to start (a list: appended from task threads in the sync worker).
+        self._handoff: list[ClaimedTask] = []
         self._renewed_at = 0.0
 
     def stop(self) -> None:
@@ -122,8 +127,12 @@ class Worker:
             log.info("worker %s stopped", self.worker_id)
 
     def _prepare_pool(self) -> None:
-        """Opens the client's pool and grows it to one connection per slot, plus
-        one for claims and lease renewals (the listener has its own)."""
+        """Opens the client's pool and grows it to one connection per slot plus one
+        for claims and lease renewals (the listener has its own), up to
+        POOL_CAP or the client's pool_size, whichever is larger. Slots take a
+        connection per statement only, so more connections than that buy nothing
+        but backends competing for the server's CPUs: at concurrency 128 on 2
+        cores, 129 connections drained 35-45% fewer tasks per second than 9-17."""
         if self.app._conn is not None:
             return
         try:
@@ -131,8 +140,9 @@ class Worker:
         except _CONNECTION_ERRORS as exc:
             log.warning("database unreachable at start (%s); will retry", exc)
         pool = self.app._pool
-        if pool is not None and pool.max_size < self.concurrency + 1:
-            pool.resize(pool.min_size, self.concurrency + 1)
+        want = max(self.app._pool_size, min(self.concurrency + 1, POOL_CAP))
+        if pool is not None and pool.max_size < want:
+            pool.resize(pool.min_size, want)
 
     def _check_pool(self) -> None:
         """Drops the pool's dead idle connections (after a restart or a kill), so
@@ -161,7 +171,8 @@ class Worker:
             # makes the wait below return at once instead of being lost.
             self._wake.clear()
             self._reap()
-            free = self.concurrency - len(self._inflight)
+            self._adopt()
+            free = self.concurrency - len(self._inflight) - len(self._handoff)
             claimed: list[ClaimedTask] = []
             if free > 0:
                 try:
@@ -221,7 +232,9 @@ class Worker:
 
     def _execute(self, task: ClaimedTask) -> None:
         try:
-            self.app.execute_task(task, self.claim_timeout)
+            claimed = self.app.execute_task(task, self.claim_timeout, self._refill, self.worker_id)
+            # Handed over before this task's slot counts as free (see _loop).
+            self._handoff.extend(claimed)
         except _CONNECTION_ERRORS as exc:
             # The database went away mid-run (before the handler, or while
             # recording its outcome): hand the run back rather than leave it to
@@ -259,6 +272,30 @@ class Worker:
     def _reap(self) -> None:
         for handle in [h for h in self._inflight if compat.is_done(h)]:
             del self._inflight[handle]
+
+    def _adopt(self) -> None:
+        """Starts the runs that finishing tasks claimed for their own slots."""
+        while self._handoff:
+            task = self._handoff.pop(0)
+            self._inflight[compat.spawn(self._execute, task)] = task
+
+    def _refill(self) -> int:
+        """How many runs a finishing task claims with its completion: one, for its
+        own slot, in a worker of concurrency 1 while it runs. With more slots the
+        loop's claims serve several finished slots at once (about four tasks per
+        claim at concurrency 8), which costs the server less than a claim per task."""
+        if self.concurrency == 1 and self._running and not self._stop_requested:
+            return 1
+        return 0
+
+    def _release_handoff(self) -> None:
+        """At shutdown: runs claimed by finishing tasks and not started go back."""
+        while self._handoff:
+            task = self._handoff.pop(0)
+            try:
+                self.app._release(task["run_id"])
+            except (Exception, TaskInterrupt) as exc:  # its lease expires instead
+                log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
 
     def _renew_leases(self) -> None:
         if not self._inflight or self.claim_timeout <= 0:
@@ -319,9 +356,11 @@ class Worker:
         deadline = time.monotonic() + self.shutdown_grace
         while True:
             self._reap()
+            self._release_handoff()
             if not self._inflight or time.monotonic() >= deadline:
                 break
             compat.wait_any(set(self._inflight), deadline - time.monotonic())
+        self._release_handoff()
         if not self._inflight:
             return
         # asyncio: a cancelled task releases its own run; threads cannot be

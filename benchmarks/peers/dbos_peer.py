@@ -1,0 +1,174 @@
+"""DBOS peer of the benchmark suite: runs in its own virtualenv (benchmarks/.venvs/dbos).
+
+Usage: python dbos_peer.py '<json command>'; prints one JSON object on stdout.
+Commands ("scenario" key): "drain" (n pre-enqueued workflows of `steps` steps on a queue
+with worker_concurrency c), "pickup" (enqueue one workflow at a time into an idle queue),
+"event" (a workflow blocked in DBOS.recv, woken by DBOS.send). The workflow shape is the
+suite's: each step returns {"i": i, "k": k}; the workflow returns the last step's value.
+Only the public DBOS API is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+from dbos import DBOS, DBOSClient, DBOSConfig
+
+CMD: dict[str, Any] = json.loads(sys.argv[1])
+STEPS = int(CMD.get("steps", 1))
+QUEUE = str(CMD.get("queue", "bench"))
+
+
+@DBOS.step()
+def bench_step(i: int, k: int) -> dict[str, int]:
+    return {"i": i, "k": k}
+
+
+@DBOS.workflow()
+def bench_work(i: int) -> Any:
+    value = None
+    for k in range(STEPS):
+        value = bench_step(i, k)
+    return value
+
+
+@DBOS.workflow()
+def bench_stamp() -> float:
+    return time.time()
+
+
+@DBOS.workflow()
+def bench_wait_event() -> float:
+    DBOS.recv("go", timeout_seconds=30)
+    return time.time()
+
+
+def launch(url: str, concurrency: int) -> None:
+    config: DBOSConfig = {
+        "name": "absurd-bench",
+        "system_database_url": url,
+        "log_level": "WARNING",
+        "sys_db_pool_size": max(20, concurrency + 8),
+    }
+    DBOS(config=config)
+    DBOS.launch()
+
+
+def register_queue(concurrency: int, poll: float) -> Any:
+    """Registering the queue (after launch) starts its dequeue loop."""
+    return DBOS.register_queue(QUEUE, worker_concurrency=concurrency, polling_interval_sec=poll)
+
+
+def count_done(url: str) -> tuple[int, float | None, float | None]:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        row = conn.execute(
+            "select count(*) filter (where status = 'SUCCESS'), max(updated_at),"
+            " min(started_at_epoch_ms) from dbos.workflow_status where queue_name = %s",
+            (QUEUE,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), row[1], row[2]
+
+
+def drain() -> dict[str, Any]:
+    url, n, concurrency = CMD["dsn"], int(CMD["n"]), int(CMD["concurrency"])
+    launch(url, concurrency)
+    # Fill the queue first (a client; the queue has no dequeue loop yet), as the suite
+    # does for the others.
+    client = DBOSClient(system_database_url=url)
+    t0 = time.perf_counter()
+    for i in range(n):
+        client.enqueue({"queue_name": QUEUE, "workflow_name": "bench_work"}, i)
+    enqueue_s = time.perf_counter() - t0
+    client.destroy()
+    ready = time.time()
+    register_queue(concurrency, float(CMD["poll"]))
+    deadline = time.monotonic() + max(120.0, n / 5)
+    while True:
+        time.sleep(0.05)
+        done, last_ms, _ = count_done(url)
+        if done >= n or time.monotonic() > deadline:
+            break
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    DBOS.destroy(workflow_completion_timeout_sec=0)
+    if done < n:
+        return {"error": f"drain stopped at {done}/{n}"}
+    elapsed = float(last_ms) / 1000 - ready
+    return {
+        "n": n,
+        "completed": done,
+        "seconds": round(elapsed, 4),
+        "tasks_per_s": round(done / elapsed, 1),
+        "enqueue_per_s": round(n / enqueue_s, 1),
+        "rss_peak_mb": round(rss, 1),
+    }
+
+
+def pickup() -> dict[str, Any]:
+    url = CMD["dsn"]
+    launch(url, 1)
+    queue = register_queue(1, float(CMD["poll"]))
+    rng = random.Random(1234)
+    lat: list[float] = []
+    time.sleep(1.0)
+    for k in range(int(CMD["warmup"]) + int(CMD["samples"])):
+        time.sleep(rng.uniform(0.0, float(CMD["gap"])))
+        handle = queue.enqueue(bench_stamp)
+        committed = time.time()
+        started = handle.get_result()
+        if k >= int(CMD["warmup"]):
+            lat.append((started - committed) * 1000)
+    DBOS.destroy(workflow_completion_timeout_sec=0)
+    return summary(lat)
+
+
+def event() -> dict[str, Any]:
+    url = CMD["dsn"]
+    launch(url, 1)
+    lat: list[float] = []
+    for k in range(int(CMD["warmup"]) + int(CMD["samples"])):
+        handle = DBOS.start_workflow(bench_wait_event)
+        time.sleep(0.3)  # the workflow reaches recv
+        sent = time.time()
+        DBOS.send(handle.get_workflow_id(), {"k": k}, "go")
+        resumed = handle.get_result()
+        if k >= int(CMD["warmup"]):
+            lat.append((resumed - sent) * 1000)
+    DBOS.destroy(workflow_completion_timeout_sec=0)
+    return summary(lat)
+
+
+def summary(lat: list[float]) -> dict[str, Any]:
+    lat_sorted = sorted(lat)
+
+    def pct(p: float) -> float:
+        return lat_sorted[min(len(lat_sorted) - 1, round(p * (len(lat_sorted) - 1)))]
+
+    return {
+        "samples": len(lat),
+        "p50_ms": round(statistics.median(lat), 2),
+        "p99_ms": round(pct(0.99), 2),
+        "max_ms": round(max(lat), 2),
+    }
+
+
+def main() -> None:
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("DBOS__APPVERSION", "bench")
+    out = {"drain": drain, "pickup": pickup, "event": event}[CMD["scenario"]]()
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
