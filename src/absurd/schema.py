@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -36,16 +37,23 @@ def schema_sql() -> str:
     return (resources.files("absurd") / "sql" / "absurd.sql").read_text(encoding="utf-8")
 
 
+def _fetch(conn: psycopg.Connection[Any], query: str) -> list[tuple[Any, ...]]:
+    """Rows as tuples, whatever row factory the caller's connection uses."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(query).fetchall()
+
+
 def installed_version(conn: psycopg.Connection[Any]) -> str | None:
     """The schema version in the database, or ``None`` when no schema is installed."""
-    row = conn.execute(
+    rows = _fetch(
+        conn,
         "select case when to_regprocedure('absurd.get_schema_version()') is null"
-        " then null else 1 end"
-    ).fetchone()
-    if row is None or row[0] is None:
+        " then null else 1 end",
+    )
+    if not rows or rows[0][0] is None:
         return None
-    version = conn.execute("select absurd.get_schema_version()").fetchone()
-    return None if version is None else str(version[0])
+    version = _fetch(conn, "select absurd.get_schema_version()")
+    return None if not version else str(version[0][0])
 
 
 def install(conn: psycopg.Connection[Any]) -> None:
@@ -147,10 +155,9 @@ def uninstall_roles(conn: psycopg.Connection[Any], prefix: str = "") -> None:
 
 def _reapply_roles(conn: psycopg.Connection[Any]) -> None:
     """Re-running absurd.sql resets SECURITY DEFINER: restore every installed role pair."""
-    row = conn.execute("select to_regclass('absurd.installed_roles') is not null").fetchone()
-    if not (row and row[0]):
+    if not _fetch(conn, "select to_regclass('absurd.installed_roles') is not null")[0][0]:
         return
-    pairs = conn.execute("select worker_role, reader_role from absurd.installed_roles").fetchall()
+    pairs = _fetch(conn, "select worker_role, reader_role from absurd.installed_roles")
     if pairs:
         conn.execute(roles_sql().encode())
         for worker, reader in pairs:

@@ -9,6 +9,7 @@ from typing import Any
 import absurdctl  # upstream's CLI: ships upstream's absurd.sql 0.5.1, our reference
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from absurd import schema
 
@@ -100,6 +101,18 @@ def test_reinstall_is_a_no_op(new_database: Callable[[], str]) -> None:
         row = c.execute("select params from absurd.t_keep").fetchone()
         assert row == ({"x": 1},)
         assert schema.installed_version(c) == schema.SCHEMA_VERSION == "0.6.0"
+
+
+def test_schema_functions_accept_any_row_factory(new_database: Callable[[], str]) -> None:
+    """A caller's dict-row connection works for install, installed_version and migrate."""
+    with psycopg.connect(new_database(), autocommit=True, row_factory=dict_row) as c:
+        assert schema.installed_version(c) is None
+        schema.install(c)
+        assert schema.installed_version(c) == schema.SCHEMA_VERSION
+        schema.migrate(c)
+        assert c.execute("select absurd.get_schema_version() as v").fetchone() == {
+            "v": schema.SCHEMA_VERSION
+        }
 
 
 def test_concurrent_installs_do_not_conflict(new_database: Callable[[], str]) -> None:
