@@ -44,19 +44,7 @@ def full_pqueue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
         c.execute("select absurd.drop_queue(%s)", (queue,))
 
 
-# PostgreSQL 15 (not 18) plans claim.cancel_head's delete of the cancelled tasks' waits
-# as a hash join over every w_<q> partition: a scan of the waits of sleeping runs,
-# only when overdue tasks sit at the head of the queue. Left to the statement's owner.
-KNOWN = {
-    "claim.cancel_head": pytest.mark.xfail(
-        reason="PG15 hash-joins the w_<q> partitions in cancel_head's wait delete", strict=False
-    )
-}
-
-
-@pytest.mark.parametrize(
-    "statement", [pytest.param(s, marks=KNOWN[s]) if s in KNOWN else s for s in STATEMENTS]
-)
+@pytest.mark.parametrize("statement", STATEMENTS)
 def test_statement_is_index_driven_on_partitions(
     statement: str, full_pqueue: tuple[str, dict[str, str]], connect: Connect
 ) -> None:

@@ -1092,7 +1092,8 @@ begin
       update absurd.%2$I r set state = 'cancelled', claimed_by = null, claim_expires_at = null
       from c where r.run_id = c.run_id
     ), dw as (
-      delete from absurd.%5$I w using c where w.task_id = c.task_id
+      -- = any(array(...)), not a join: PG15 hash-joins every w_<q> partition otherwise.
+      delete from absurd.%5$I w where w.task_id = any(array(select task_id from c))
     ), ut as (
       update absurd.%1$I t set state = 'cancelled', cancelled_at = coalesce(t.cancelled_at, $2),
         finished_at = $2, cancel_deadline = null
