@@ -95,7 +95,7 @@ class QueueConflict(QueueError):
 
 
 class UnsupportedStorageMode(QueueError):
-    """The storage mode is not supported."""
+    """The storage mode is unknown, or the feature (pg_cron) is not available here."""
 
     sqlstate = "AB007"
 
