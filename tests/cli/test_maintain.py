@@ -112,7 +112,7 @@ def test_loop_runs_rounds_until_signalled(
             assert time.monotonic() < deadline, "the loop never provisioned the partition"
             time.sleep(0.1)
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()

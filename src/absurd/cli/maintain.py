@@ -110,7 +110,8 @@ def maintain(
             with psycopg.connect(db.dsn(), autocommit=True) as plain:
                 report = maintenance.maintain_once(plain, queues=names)
         except psycopg.OperationalError as exc:
-            raise CliError(f"cannot connect to {db.describe()}: {' '.join(str(exc).split())}")
+            reason = " ".join(str(exc).split())
+            raise CliError(f"cannot connect to {db.describe()}: {reason}") from exc
         _show(report, as_json)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
