@@ -135,8 +135,10 @@ def pages(ids: dict[str, str]) -> list[tuple[str, str]]:
         ("Tasks, deep page (keyset)", f"/tasks?queue={q}&cursor={ids['middle']}"),
         ("Tasks, task name no task has", f"/tasks?queue={q}&task_name=send_email_rare"),
         ("Tasks, rare task name (10 tasks)", f"/tasks?queue={q}&task_name=charge_card_rare"),
-        ("Tasks, rare task name, state=failed",
-         f"/tasks?queue={q}&task_name=charge_card_rare&state=failed"),
+        (
+            "Tasks, rare task name, state=failed",
+            f"/tasks?queue={q}&task_name=charge_card_rare&state=failed",
+        ),
         ("API /api/tasks, rare task name", f"/api/tasks?queue={q}&taskName=charge_card_rare"),
         ("Tasks, common task name (window)", f"/tasks?queue={q}&task_name=send_email"),
         ("Tasks, params contain (window)", f'/tasks?queue={q}&params={{"user": 4242}}'),

@@ -471,5 +471,11 @@ def test_task_name_filter_is_exact_through_the_name_index(
             break
         cursor = f"&cursor={body['nextCursor']}"
     assert len(seen) == len(set(seen)) == 15  # "Older" searched further, nothing lost
+    # the index holds 128 characters: names sharing them are still told apart
+    long = "n" * 128
+    for suffix in ("-a", "-b"):
+        conn.execute("select absurd.spawn_task(%s, %s, '{}')", (queue, long + suffix))
+    body = ro.get(f"/api/tasks?queue={queue}&taskName={long}-b").json()
+    assert [t["taskName"] for t in body["items"]] == [long + "-b"]
     # a hostile name is a bound value
     assert ro.get(f"/api/tasks?queue={queue}&task_name={quote(HOSTILE_NAME)}").status_code == 200

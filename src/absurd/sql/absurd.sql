@@ -748,8 +748,11 @@ begin
     where cancel_deadline is not null$ix$, v_t || '_cdi', v_t);
   execute format($ix$create index if not exists %I on absurd.%I (finished_at)
     where finished_at is not null$ix$, v_t || '_fai', v_t);
-  -- Task-name lookups (absurdctl list-tasks -n, Habitat's name filter).
-  execute format('create index if not exists %I on absurd.%I (task_name, task_id)', v_t || '_tni', v_t);
+  -- Task-name lookups (absurdctl list-tasks -n, Habitat's name filter). On the first
+  -- 128 characters: a btree entry is limited to ~2.7 kB and task names are not;
+  -- lookups also compare the whole name.
+  execute format($ix$create index if not exists %I on absurd.%I (left(task_name, 128), task_id)$ix$,
+    v_t || '_tni', v_t);
   execute format('create index if not exists %I on absurd.%I (event_name)', v_w || '_eni', v_w);
   execute format('create index if not exists %I on absurd.%I (task_id)', v_w || '_ti', v_w);
   execute format('create index if not exists %I on absurd.%I (emitted_at)', v_e || '_eai', v_e);

@@ -45,12 +45,13 @@ limit %(limit)s
 
 -- name: task_list_by_name --
 -- Tasks of one name, newest first: a backward range scan of the name index
--- t_<q>_tni (task_name, task_id); a state is a filter on that range (it costs the
--- number of tasks of that name, not of the queue).
+-- t_<q>_tni (left(task_name, 128), task_id); the whole name and a state are filters
+-- on that range (it costs the number of tasks of that name, not of the queue).
 select t.task_id, t.task_name, t.state, t.attempts, t.enqueue_at, r.run_id, r.claimed_by,
   coalesce(r.completed_at, r.failed_at, t.cancelled_at, r.started_at, t.enqueue_at) as updated_at
 from {t} t left join {r} r on r.run_id = t.last_attempt_run
-where t.task_name = %(task_name)s::text
+where left(t.task_name, 128) = left(%(task_name)s::text, 128)
+  and t.task_name = %(task_name)s::text
   and (%(state)s::text is null or t.state = %(state)s::text)
   and (%(before)s::uuid is null or t.task_id < %(before)s::uuid)
 order by t.task_id desc
@@ -241,10 +242,11 @@ select available_at, run_id, scanned from (
 where n = 1
 
 -- name: habitat_task_name_count --
--- How many tasks bear this name, up to `cap` (an index-only range of t_<q>_tni).
+-- How many tasks bear this name, up to `cap` (an index-only range of t_<q>_tni; it
+-- counts the names sharing the first 128 characters: an upper bound).
 select count(*) as n from (
-  select 1 from {t} where task_name = %(task_name)s::text
-  order by task_name, task_id limit %(cap)s
+  select 1 from {t} where left(task_name, 128) = left(%(task_name)s::text, 128)
+  order by left(task_name, 128), task_id limit %(cap)s
 ) x
 
 -- name: habitat_run_page_by_name --
@@ -256,7 +258,8 @@ select r.run_id, r.task_id, r.attempt, r.state, r.claimed_by, r.claim_expires_at
        t.task_name, t.state as task_state, t.max_attempts, t.attempts
 from (
   select task_id, task_name, state, max_attempts, attempts, params from {t}
-  where task_name = %(task_name)s::text
+  where left(task_name, 128) = left(%(task_name)s::text, 128)
+    and task_name = %(task_name)s::text
   limit %(cap)s
 ) t
 join {r} r on r.task_id = t.task_id
@@ -272,7 +275,8 @@ select r.run_id, r.task_id, r.attempt, r.state, r.claimed_by, r.claim_expires_at
        t.task_name, t.state as task_state, t.max_attempts, t.attempts
 from (
   select task_id, task_name, state, max_attempts, attempts, params from {t}
-  where task_name = %(task_name)s::text
+  where left(task_name, 128) = left(%(task_name)s::text, 128)
+    and task_name = %(task_name)s::text
   limit %(cap)s
 ) t
 join {r} r on r.task_id = t.task_id
