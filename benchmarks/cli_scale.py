@@ -52,6 +52,10 @@ FILL = [
       from absurd.{r} r where r.task_id = t.task_id
     """,
     """
+    update absurd.{t} set task_name = 'job-rare' where task_id in (
+      select task_id from absurd.{t} where state = 'completed' order by task_id limit 10)
+    """,
+    """
     insert into absurd.{c} (task_id, checkpoint_name, state, owner_run_id)
       select task_id, 'step-1', '1', last_attempt_run from absurd.{t}
     """,
@@ -112,6 +116,12 @@ def main() -> int:
             "list-tasks -s pending -n job-3 (no match)": ["list-tasks", "-q", QUEUE, "-s",
                                                           "pending", "-n", "job-3", "--json",
                                                           *db],
+            # A rare name (10 completed tasks), no pending one among them.
+            "list-tasks -s pending -n job-rare (no match)": ["list-tasks", "-q", QUEUE, "-s",
+                                                             "pending", "-n", "job-rare",
+                                                             "--json", *db],
+            "list-tasks -q bench -n job-rare": ["list-tasks", "-q", QUEUE, "-n", "job-rare",
+                                                "--json", *db],
             "list-tasks -q bench --before <middle>": ["list-tasks", "-q", QUEUE, "--before",
                                                       str(task_id), "--json", *db],
             "dump-task --task-id (queue found)": ["dump-task", "--task-id", str(task_id),

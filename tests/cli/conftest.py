@@ -27,7 +27,7 @@ DB_COMMANDS = {
     "init", "migrate", "schema-version", "cleanup", "validate", "create-queue",
     "queue-policy", "drop-queue", "list-queues", "cron", "list-detach-candidates",
     "detach-candidate", "spawn-task", "retry-task", "emit-event", "list-tasks",
-    "cancel-task", "dump-task",
+    "cancel-task", "dump-task", "maintain",
 }  # fmt: skip
 
 

@@ -187,6 +187,19 @@ def test_list_tasks_filters_and_pages(cli: Cli, queue: str, conn: psycopg.Connec
     one_line_error(cli("list-tasks", "-s", "failed", "--before", ids[0]), "--before")
 
 
+def test_list_tasks_by_long_names_sharing_the_indexed_prefix(cli: Cli, queue: str) -> None:
+    # t_<q>_tni holds the first 128 characters: longer names that share them must
+    # still be told apart, and a 10,000-character name must fit
+    prefix = "n€" * 64
+    names = [prefix + "-a", prefix + "-b", "x" * 10_000]
+    ids = {n: cli("spawn-task", n, "-q", queue, "--json").json()["task_id"] for n in names}
+    for n in names:
+        for args in ((), ("-s", "pending")):
+            found = cli("list-tasks", "-q", queue, "-n", n, *args, "--json").json()
+            assert [r["task_id"] for r in found] == [ids[n]], (n[:5], args)
+    assert cli("list-tasks", "-q", queue, "-n", prefix, "--json").json() == []
+
+
 def test_emit_cancel_retry_dump(cli: Cli, queue: str, conn: psycopg.Connection) -> None:
     emitted = cli("emit-event", "ping €", "-q", queue, "-P", "ok:=true", "-P", "who=me")
     assert emitted.code == 0

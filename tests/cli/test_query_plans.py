@@ -18,10 +18,15 @@ __all__ = ["full_queue"]  # the fixture, imported for pytest
 
 NONE: dict[str, Any] = {"task_name": None, "state": None, "before": None, "limit": 50}
 CASES: dict[str, list[dict[str, Any]]] = {
-    "task_list": [
-        NONE,
+    "task_list": [NONE, {**NONE, "before": "ffffffff-ffff-7fff-bfff-ffffffffffff"}],
+    # Every task of full_queue is named "task" (a backward primary-key scan is right for
+    # it); any other name is rare there, and the name index must serve it.
+    "task_list_by_name": [
         {**NONE, "task_name": "task"},
-        {**NONE, "before": "ffffffff-ffff-7fff-bfff-ffffffffffff"},
+        {**NONE, "task_name": "rare"},
+        {**NONE, "task_name": "rare", "state": "pending"},
+        {**NONE, "task_name": "no such name", "state": "failed",
+         "before": "ffffffff-ffff-7fff-bfff-ffffffffffff"},
     ],
     "task_list_by_state": [{**NONE, "state": s} for s in
                            ("pending", "running", "sleeping", "completed", "failed")],
@@ -60,5 +65,7 @@ def test_cli_query_is_index_driven(
     assert not [s for s in scans if s[0] == "Seq Scan" and s[1] in per_queue], scans
     if name == "task_list_by_state":
         assert (f"r_{queue}", f"r_{queue}_sai") in [s[1:] for s in scans], scans
+    if name == "task_list_by_name" and values["task_name"] != "task":
+        assert (f"t_{queue}", f"t_{queue}_tni") in [s[1:] for s in scans], scans
     if name in ("task_list", "task_find", "task_get"):
         assert any(s[1] == f"t_{queue}" and s[2] == f"t_{queue}_pkey" for s in scans), scans

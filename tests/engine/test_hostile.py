@@ -266,7 +266,7 @@ def assert_refused(conn: Conn, name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("suffix", ["_sai", "_ti", "_pkey"])
+@pytest.mark.parametrize("suffix", ["_sai", "_ti", "_pkey", "_tni"])
 def test_queue_named_like_another_queues_index(
     conn: Conn, connect: Connect, queue: str, suffix: str
 ) -> None:
@@ -281,7 +281,7 @@ def test_queue_named_like_another_queues_index(
     full_cycle(conn, connect(), queue)  # the existing queue is untouched
 
 
-@pytest.mark.parametrize("suffix", ["_sai", "_ti", "_eai"])
+@pytest.mark.parametrize("suffix", ["_sai", "_ti", "_eai", "_tni"])
 def test_queue_created_after_a_queue_named_like_its_index(
     conn: Conn, connect: Connect, suffix: str
 ) -> None:

@@ -206,6 +206,10 @@ def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> No
         assert c.execute(
             "select count(*) from pg_indexes where indexname = 'r_legacy_cli'"
         ).fetchone() == (1,)
+        # the task-name index, on both storage modes (partitioned: a partitioned index)
+        assert c.execute(
+            "select count(*) from pg_indexes where indexname in ('t_legacy_tni', 't_parted_tni')"
+        ).fetchone() == (2,)
         # Upstream's partitioned queue is upgraded in place and works.
         assert c.execute(
             "select storage_mode from absurd.queues where queue_name = 'parted'"

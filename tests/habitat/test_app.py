@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
@@ -431,3 +432,50 @@ def test_env_credentials(make_client: Callable[..., TestClient], monkeypatch: An
     monkeypatch.setenv("ABSURD_HABITAT_TOKEN", "from-env")
     client = make_client(token=None)
     assert client.get("/api/config").json()["readOnly"] is False
+
+
+def test_task_name_filter_is_exact_through_the_name_index(
+    ro: TestClient,
+    conn: psycopg.Connection[Any],
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from absurd.habitat import store
+
+    # A tiny window and name cap, so that "beyond the window" and "a common name" are
+    # a handful of rows here, as 10,000 are in production.
+    monkeypatch.setattr(store, "SCAN_WINDOW", 5)
+    monkeypatch.setattr(store, "NAME_EXACT_CAP", 4)
+    conn.execute("select absurd.spawn_task(%s, 'needle', '{\"n\": 1}')", (queue,))
+    for i in range(30):
+        conn.execute("select absurd.spawn_task(%s, %s, '{}')", (queue, f"hay{i % 2}"))
+    conn.execute("select absurd.spawn_task(%s, 'needle', '{\"n\": 2}')", (queue,))
+    # a rare name: both runs on one page, the old one far beyond the 5-row window
+    for state in ("", "&state=pending"):
+        body = ro.get(f"/api/tasks?queue={queue}&task_name=needle{state}").json()
+        assert [t["taskName"] for t in body["items"]] == ["needle", "needle"], state
+        assert body["nextCursor"] is None
+    html = ro.get(f"/tasks?queue={queue}&task_name=needle").text
+    assert "searched exactly" in html and "looks at 5 runs" not in html
+    assert ro.get(f"/api/tasks?queue={queue}&task_name=nothing").json()["items"] == []
+    assert "No runs match." in ro.get(f"/tasks?queue={queue}&task_name=nothing").text
+    # a common name (15 tasks >= the cap of 4): the window, and the page says so
+    html = ro.get(f"/tasks?queue={queue}&task_name=hay1").text
+    assert "looks at 5 runs per page" in html and "searched exactly" not in html
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        body = ro.get(f"/api/tasks?queue={queue}&task_name=hay1&perPage=4{cursor}").json()
+        seen += [t["runId"] for t in body["items"]]
+        if not body["nextCursor"]:
+            break
+        cursor = f"&cursor={body['nextCursor']}"
+    assert len(seen) == len(set(seen)) == 15  # "Older" searched further, nothing lost
+    # the index holds 128 characters: names sharing them are still told apart
+    long = "n" * 128
+    for suffix in ("-a", "-b"):
+        conn.execute("select absurd.spawn_task(%s, %s, '{}')", (queue, long + suffix))
+    body = ro.get(f"/api/tasks?queue={queue}&taskName={long}-b").json()
+    assert [t["taskName"] for t in body["items"]] == [long + "-b"]
+    # a hostile name is a bound value
+    assert ro.get(f"/api/tasks?queue={queue}&task_name={quote(HOSTILE_NAME)}").status_code == 200

@@ -57,6 +57,23 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"state": "completed", "before_at": NOW - dt.timedelta(days=1), "before_id": uuid.uuid4()},
     ],
     "habitat_run_window_end_by_state": [{"state": "completed", **WINDOW}],
+    # Every task of full_queue is named "task"; "rare" is a name no task has.
+    "habitat_task_name_count": [
+        {"task_name": "task", "cap": store.NAME_EXACT_CAP},
+        {"task_name": "rare", "cap": store.NAME_EXACT_CAP},
+    ],
+    "habitat_run_page_by_name": [
+        {"task_name": "rare", "cap": store.NAME_EXACT_CAP},
+        {
+            "task_name": "rare",
+            "cap": store.NAME_EXACT_CAP,
+            "params": '{"a": 1}',
+            "before_id": store.uuid7_floor(NOW - dt.timedelta(minutes=5)),
+        },
+    ],
+    "habitat_run_page_by_name_and_state": [
+        {"state": "failed", "task_name": "rare", "cap": store.NAME_EXACT_CAP},
+    ],
     "habitat_task_names": [{"scan": 5000}],
     "habitat_task_get": [{"task_id": "{task}"}],
     "habitat_run_get": [{"run_id": "{run}"}],
@@ -102,3 +119,7 @@ def test_habitat_query_is_index_driven(
     scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
     seq = [s for s in scans if s[0] == "Seq Scan" and s[1] in per_queue]
     assert not seq, f"{name}[{case}] scans a whole table: {scans}"
+    if name.startswith(("habitat_run_page_by_name", "habitat_task_name_count")) and (
+        params["task_name"] != "task"  # every task's name: any bounded ordered scan will do
+    ):
+        assert (f"t_{queue}", f"t_{queue}_tni") in [s[1:] for s in scans], scans

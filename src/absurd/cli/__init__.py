@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "absurd.cli.schema_cmds",
     "absurd.cli.queues",
     "absurd.cli.storage",
+    "absurd.cli.maintain",
     "absurd.cli.tasks",
     "absurd.cli.skill",
     "absurd.cli.demo",

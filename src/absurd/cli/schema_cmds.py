@@ -140,6 +140,7 @@ _PER_QUEUE_INDEXES = (
     "t_{q}_ci",
     "t_{q}_cdi",
     "t_{q}_fai",
+    "t_{q}_tni",
     "w_{q}_eni",
     "w_{q}_ti",
     "e_{q}_eai",

@@ -273,7 +273,8 @@ def list_tasks(
     before: str | None,
     as_json: bool,
 ) -> None:
-    """List the newest tasks (with --status: the most recently active in that state)."""
+    """List the newest tasks (with --status: the most recently active in that state;
+    with --task-name: the newest of that name, in that state if given)."""
     if before is not None and status is not None:
         raise CliError("--before pages the listing without --status")
     args = {
@@ -282,7 +283,8 @@ def list_tasks(
         "limit": limit,
         "before": parse_uuid(before, "--before") if before else None,
     }
-    name = "task_list_by_state" if status else "task_list"
+    # With a name, the name index t_<q>_tni serves the listing, with or without a state.
+    name = "task_list_by_name" if task_name else "task_list_by_state" if status else "task_list"
     rows: list[dict[str, Any]] = []
     with db.connect() as conn:
         if queue is not None:
@@ -290,7 +292,7 @@ def list_tasks(
         for q in [queue] if queue is not None else queue_names(conn):
             for row in conn.execute(queries.query(name, q), args).fetchall():
                 rows.append({"queue": q, **row})
-    key = "updated_at" if status else "task_id"
+    key = "updated_at" if status and not task_name else "task_id"
     rows.sort(key=lambda r: r[key], reverse=True)
     show(
         rows[:limit],

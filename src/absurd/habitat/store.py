@@ -4,6 +4,7 @@ Functions here take an open connection and return plain dicts, so the HTML views
 the JSON API share them. Counts are bounded (``COUNT_CAP``) and lists are keyset
 pages; filters that no index serves scan a bounded window (``SCAN_WINDOW``) of the
 newest rows and return where they stopped, so the caller can offer "search further".
+A task-name filter goes through the name index (exact) unless the name is common.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ Conn = psycopg.Connection[Any]
 COUNT_CAP = 10_000
 #: Rows a non-indexed filter looks at per page.
 SCAN_WINDOW = 10_000
+#: A task-name filter is exact (through the name index t_<q>_tni) for names of fewer
+#: tasks than this; a more common name scans the window (it fills pages quickly).
+NAME_EXACT_CAP = 10_000
 #: Per-minute cap of the throughput chart.
 CHART_CAP = 2_000
 STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
@@ -164,6 +168,8 @@ class Page:
     items: list[Row]
     #: Sort key to continue after (exclusive), or None at the end.
     next_key: Key | None
+    #: Whether a filter looked at a window of the newest rows only (SCAN_WINDOW).
+    windowed: bool = False
 
 
 def run_key(row: Row, by_state: bool) -> Key:
@@ -225,7 +231,8 @@ def parse_cursor(cursor: str | None, by_state: bool) -> Key | None:
 def run_page(conn: Conn, queue: str, f: RunFilter) -> Page:
     """One keyset page of runs in ``queue``, newest first (by state: newest available)."""
     by_state = bool(f.state)
-    windowed = f.task_name is not None or f.params is not None
+    exact_name = f.task_name is not None and name_is_rare(conn, queue, f.task_name)
+    windowed = not exact_name and (f.task_name is not None or f.params is not None)
     key = parse_cursor(f.cursor, by_state)
     date_max = uuid7_floor(f.before) if f.before else MAX_UUID
     params: dict[str, Any] = {
@@ -236,24 +243,34 @@ def run_page(conn: Conn, queue: str, f: RunFilter) -> Page:
     }
     if by_state:
         # The date range is a filter here (the index orders by available_at): windowed.
-        windowed = windowed or f.before is not None or f.after is not None
+        windowed = windowed or (not exact_name and (f.before is not None or f.after is not None))
         before_at, before_id = key if key else (MAX_TS, MAX_UUID)
         params.update(state=f.state, before_at=before_at, before_id=before_id, max_id=date_max)
     else:
         params["before_id"] = min(key[0], date_max) if key else date_max
     params["scan"] = SCAN_WINDOW if windowed else f.limit + 1
-    name = "habitat_run_page_by_state" if by_state else "habitat_run_page"
+    if exact_name:
+        params["cap"] = NAME_EXACT_CAP
+        name = "habitat_run_page_by_name" + ("_and_state" if by_state else "")
+    else:
+        name = "habitat_run_page_by_state" if by_state else "habitat_run_page"
     items = rows(conn, name, queue, **params)
     if len(items) > f.limit:
         items = items[: f.limit]
-        return Page(items, run_key(items[-1], by_state))
+        return Page(items, run_key(items[-1], by_state), windowed)
     if not windowed:
         return Page(items, None)
     # The window ran out before the page filled: the next page starts after the window.
     end = one(conn, name.replace("_page", "_window_end"), queue, **params)
     if end is None or end["run_id"] is None or end["scanned"] < params["scan"]:
-        return Page(items, None)
-    return Page(items, run_key(end, by_state))
+        return Page(items, None, True)
+    return Page(items, run_key(end, by_state), True)
+
+
+def name_is_rare(conn: Conn, queue: str, task_name: str) -> bool:
+    """Fewer than NAME_EXACT_CAP tasks of this name: the name index serves it exactly."""
+    row = one(conn, "habitat_task_name_count", queue, task_name=task_name, cap=NAME_EXACT_CAP)
+    return row is not None and row["n"] < NAME_EXACT_CAP
 
 
 def merge_pages(pages: list[Page], limit: int, key: Callable[[Row], Key]) -> Page:
@@ -267,10 +284,11 @@ def merge_pages(pages: list[Page], limit: int, key: Callable[[Row], Key]) -> Pag
     items = sorted((i for p in pages for i in p.items), key=key, reverse=True)
     if floor is not None:
         items = [i for i in items if key(i) >= floor]
+    windowed = any(p.windowed for p in pages)
     if len(items) > limit:
         items = items[:limit]
-        return Page(items, key(items[-1]))
-    return Page(items, floor)
+        return Page(items, key(items[-1]), windowed)
+    return Page(items, floor, windowed)
 
 
 def run_page_across(conn: Conn, queues: QueueCache, f: RunFilter) -> tuple[Page, list[str]]:

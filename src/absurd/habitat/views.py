@@ -164,8 +164,10 @@ async def tasks(request: Request) -> Response:
         states=store.STATES,
         next_link=_link(request, "/tasks", **params, cursor=next_cursor) if next_cursor else None,
         first_link=_link(request, "/tasks", **params) if f.cursor else None,
-        windowed=f.task_name is not None or f.params is not None,
+        windowed=page.windowed,
         window=store.SCAN_WINDOW,
+        name_exact=f.task_name is not None and not page.windowed,
+        name_cap=store.NAME_EXACT_CAP,
         request_after=_arg(request, "after"),
         request_before=_arg(request, "before"),
     )

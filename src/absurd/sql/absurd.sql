@@ -564,6 +564,7 @@ begin
            ('t_' || p_queue_name || '_ci', 'index', 't_' || p_queue_name),
            ('t_' || p_queue_name || '_cdi', 'index', 't_' || p_queue_name),
            ('t_' || p_queue_name || '_fai', 'index', 't_' || p_queue_name),
+           ('t_' || p_queue_name || '_tni', 'index', 't_' || p_queue_name),
            ('w_' || p_queue_name || '_eni', 'index', 'w_' || p_queue_name),
            ('w_' || p_queue_name || '_ti', 'index', 'w_' || p_queue_name),
            ('e_' || p_queue_name || '_eai', 'index', 'e_' || p_queue_name)
@@ -591,7 +592,7 @@ begin
   if v_clash is not null then
     perform absurd._raise('AB006', format(
       'Queue "%s" cannot be created: the name absurd.%s belongs to another queue''s objects',
-      p_queue_name, v_clash), 'Choose a queue name that does not extend another queue''s name with _sai, _ti, _cei, _cli, _ci, _cdi, _fai, _eni or _eai.');
+      p_queue_name, v_clash), 'Choose a queue name that does not extend another queue''s name with _sai, _ti, _cei, _cli, _ci, _cdi, _fai, _tni, _eni or _eai.');
   end if;
 end;
 $$;
@@ -747,6 +748,11 @@ begin
     where cancel_deadline is not null$ix$, v_t || '_cdi', v_t);
   execute format($ix$create index if not exists %I on absurd.%I (finished_at)
     where finished_at is not null$ix$, v_t || '_fai', v_t);
+  -- Task-name lookups (absurdctl list-tasks -n, Habitat's name filter). On the first
+  -- 128 characters: a btree entry is limited to ~2.7 kB and task names are not;
+  -- lookups also compare the whole name.
+  execute format($ix$create index if not exists %I on absurd.%I (left(task_name, 128), task_id)$ix$,
+    v_t || '_tni', v_t);
   execute format('create index if not exists %I on absurd.%I (event_name)', v_w || '_eni', v_w);
   execute format('create index if not exists %I on absurd.%I (task_id)', v_w || '_ti', v_w);
   execute format('create index if not exists %I on absurd.%I (emitted_at)', v_e || '_eai', v_e);

@@ -22,8 +22,7 @@ select queue_name, storage_mode, created_at from absurd.queues where queue_name 
 select t.task_id, t.task_name, t.state, t.attempts, t.enqueue_at, r.run_id, r.claimed_by,
   coalesce(r.completed_at, r.failed_at, t.cancelled_at, r.started_at, t.enqueue_at) as updated_at
 from {t} t left join {r} r on r.run_id = t.last_attempt_run
-where (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
-  and (%(before)s::uuid is null or t.task_id < %(before)s::uuid)
+where (%(before)s::uuid is null or t.task_id < %(before)s::uuid)
 order by t.task_id desc
 limit %(limit)s
 
@@ -38,11 +37,24 @@ cross join lateral (
   select t.task_id, t.task_name, t.state, t.attempts, t.enqueue_at, t.cancelled_at
   from {t} t
   where t.task_id = r.task_id and t.last_attempt_run = r.run_id and t.state = %(state)s::text
-    and (%(task_name)s::text is null or t.task_name = %(task_name)s::text)
   limit 1
 ) t
 where r.state = %(state)s::text
 order by r.available_at desc
+limit %(limit)s
+
+-- name: task_list_by_name --
+-- Tasks of one name, newest first: a backward range scan of the name index
+-- t_<q>_tni (left(task_name, 128), task_id); the whole name and a state are filters
+-- on that range (it costs the number of tasks of that name, not of the queue).
+select t.task_id, t.task_name, t.state, t.attempts, t.enqueue_at, r.run_id, r.claimed_by,
+  coalesce(r.completed_at, r.failed_at, t.cancelled_at, r.started_at, t.enqueue_at) as updated_at
+from {t} t left join {r} r on r.run_id = t.last_attempt_run
+where left(t.task_name, 128) = left(%(task_name)s::text, 128)
+  and t.task_name = %(task_name)s::text
+  and (%(state)s::text is null or t.state = %(state)s::text)
+  and (%(before)s::uuid is null or t.task_id < %(before)s::uuid)
+order by t.task_id desc
 limit %(limit)s
 
 -- name: task_find --
@@ -228,6 +240,53 @@ select available_at, run_id, scanned from (
   ) w
 ) x
 where n = 1
+
+-- name: habitat_task_name_count --
+-- How many tasks bear this name, up to `cap` (an index-only range of t_<q>_tni; it
+-- counts the names sharing the first 128 characters: an upper bound).
+select count(*) as n from (
+  select 1 from {t} where left(task_name, 128) = left(%(task_name)s::text, 128)
+  order by left(task_name, 128), task_id limit %(cap)s
+) x
+
+-- name: habitat_run_page_by_name --
+-- Runs of the tasks of one name, newest first, exactly: the name's tasks come from
+-- t_<q>_tni (at most `cap` of them: the caller counted first), their runs from
+-- r_<q>_ti. The windowed habitat_run_page serves names with more tasks.
+select r.run_id, r.task_id, r.attempt, r.state, r.claimed_by, r.claim_expires_at,
+       r.available_at, r.started_at, r.completed_at, r.failed_at, r.created_at,
+       t.task_name, t.state as task_state, t.max_attempts, t.attempts
+from (
+  select task_id, task_name, state, max_attempts, attempts, params from {t}
+  where left(task_name, 128) = left(%(task_name)s::text, 128)
+    and task_name = %(task_name)s::text
+  limit %(cap)s
+) t
+join {r} r on r.task_id = t.task_id
+where r.run_id < %(before_id)s and r.run_id >= %(after_id)s
+  and (%(params)s::jsonb is null or t.params @> %(params)s::jsonb)
+order by r.run_id desc
+limit %(limit)s
+
+-- name: habitat_run_page_by_name_and_state --
+-- The same in one state, most recently available first (the by-state order).
+select r.run_id, r.task_id, r.attempt, r.state, r.claimed_by, r.claim_expires_at,
+       r.available_at, r.started_at, r.completed_at, r.failed_at, r.created_at,
+       t.task_name, t.state as task_state, t.max_attempts, t.attempts
+from (
+  select task_id, task_name, state, max_attempts, attempts, params from {t}
+  where left(task_name, 128) = left(%(task_name)s::text, 128)
+    and task_name = %(task_name)s::text
+  limit %(cap)s
+) t
+join {r} r on r.task_id = t.task_id
+where r.state = %(state)s
+  and r.available_at <= %(before_at)s
+  and (r.available_at < %(before_at)s or r.run_id < %(before_id)s)
+  and r.run_id < %(max_id)s and r.run_id >= %(after_id)s
+  and (%(params)s::jsonb is null or t.params @> %(params)s::jsonb)
+order by r.available_at desc, r.run_id desc
+limit %(limit)s
 
 -- name: habitat_task_names --
 select distinct task_name from (
