@@ -93,15 +93,33 @@ create table if not exists absurd.task_watchers (
 -- -----------------------------------------------------------------------------
 
 -- Now, or the fake time in the session setting absurd.fake_now (tests, demos).
+-- Fake time (absurd.fake_now) is for tests and tools run by the schema's owner
+-- or a superuser. A restricted role (absurd_worker, docs/security.md) must not
+-- move the engine's clock: it could make other workers' leases look expired.
+create or replace function absurd._fake_time(p_value text)
+returns timestamptz
+language plpgsql
+stable
+as $$
+begin
+  if not exists (select 1 from pg_roles where rolname = session_user and rolsuper)
+     and not pg_has_role(session_user,
+                         (select nspowner from pg_namespace where nspname = 'absurd'), 'USAGE') then
+    raise exception using errcode = '42501',
+      message = format('absurd.fake_now is honoured only for superusers and the absurd schema''s owner, not for role "%s"', session_user),
+      hint = 'Unset absurd.fake_now: fake time is for tests.';
+  end if;
+  return p_value::timestamptz;
+end;
+$$;
+
 create or replace function absurd.current_time()
 returns timestamptz
 language sql
 volatile
 as $$
-  select coalesce(
-    nullif(btrim(current_setting('absurd.fake_now', true)), '')::timestamptz,
-    clock_timestamp()
-  );
+  select case when v is null then clock_timestamp() else absurd._fake_time(v) end
+  from (select nullif(btrim(current_setting('absurd.fake_now', true)), '') as v) s;
 $$;
 
 alter table absurd.queues alter column created_at set default absurd.current_time();
