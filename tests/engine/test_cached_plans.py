@@ -108,3 +108,24 @@ def test_complete_run_and_claim_is_one_transaction(engine: Engine) -> None:
         )
     assert exc.value.sqlstate == "AB012"
     assert engine.run(third["run_id"])["state"] == "pending"
+
+
+def test_names_follow_the_statement_text(engine: Engine) -> None:
+    """A session that outlives an upgrade of absurd.sql must not run the old text it
+    prepared: each prepared statement is named after the md5 of its current text."""
+    run_one(engine)
+    conn = engine.conn
+    prepared = {
+        name: text
+        for name, text in conn.execute(
+            "select name, statement from pg_prepared_statements where name like 'absurd\\_%'"
+        ).fetchall()
+    }
+    for name, text in prepared.items():
+        body = text.split(" as ", 1)[1]
+        row = conn.execute("select 'absurd_' || md5(%s)", (body,)).fetchone()
+        assert row == (name,), text
+    complete = conn.execute(
+        "select 'absurd_' || md5(absurd._sql('complete', %s))", (engine.queue,)
+    ).fetchone()
+    assert complete is not None and complete[0] in prepared

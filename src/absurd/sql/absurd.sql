@@ -1382,7 +1382,7 @@ $$;
 -- The hot statements of the catalogue run as session-level prepared statements:
 -- PostgreSQL keeps their parse tree and plan for the session instead of parsing
 -- and planning the text on every EXECUTE (complete_run: about 3x cheaper per
--- call). Returns the text to EXECUTE: 'execute absurd_<md5>(args)'. A utility
+-- call). Returns the text to EXECUTE: 'execute absurd_<md5 of the text>(args)'. A utility
 -- EXECUTE takes no parameters, so the caller passes every argument as a literal
 -- (quote_nullable). The statement is prepared on first use in a session; the
 -- check against pg_prepared_statements on every call makes DEALLOCATE ALL or
@@ -1398,7 +1398,11 @@ returns text
 language plpgsql
 as $$
 declare
-  v_name text := 'absurd_' || md5(p_statement || '/' || p_queue_name);
+  -- Named after the text itself: a session that outlives an upgrade of absurd.sql
+  -- (a worker connected during a deploy) prepares the new text instead of
+  -- running the old statement it prepared under the same name.
+  v_text text := absurd._sql(p_statement, p_queue_name);
+  v_name text := 'absurd_' || md5(v_text);
   v_old text;
 begin
   perform 1 from pg_prepared_statements where name = v_name;
@@ -1408,7 +1412,7 @@ begin
         execute format('deallocate %I', v_old);
       end loop;
     end if;
-    execute format('prepare %I as %s', v_name, absurd._sql(p_statement, p_queue_name));
+    execute format('prepare %I as %s', v_name, v_text);
   end if;
   if cardinality(p_args) = 0 then
     return format('execute %I', v_name);
