@@ -237,3 +237,26 @@ def test_restricted_roles_cannot_fake_the_engine_clock(roles: Roles, who: str) -
         c.execute("set absurd.fake_now = '2099-01-01T00:00:00Z'")
         got = c.execute("select absurd.current_time()").fetchone()
         assert got is not None and got[0].year == 2099
+
+
+def test_worker_cannot_plant_a_prepared_statement_for_the_engine(roles: Roles) -> None:
+    """The engine runs its hot statements as session-level prepared statements named
+    after their text (absurd._cached), inside SECURITY DEFINER functions. A worker that
+    prepared its own statement under that predictable name first must not get it run
+    with the owner's privileges."""
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        row = c.execute("select 'absurd_' || md5(absurd._sql('spawn', 'jobs'))").fetchone()
+        assert row is not None
+        name = row[0]
+        before = c.execute("select count(*) from absurd.t_jobs").fetchone()
+    planted = (
+        f'prepare "{name}"(text, text, text, text, text, text, text, text, text, text, text, text)'
+        " as with d as (delete from absurd.t_jobs returning 1) select count(*)::int from d"
+    )
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
+        c.execute(planted)
+        c.execute("select * from absurd.spawn_task('jobs', 'planted', '{}')")
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        after = c.execute("select count(*) from absurd.t_jobs").fetchone()
+    assert before is not None and after is not None
+    assert after[0] == before[0] + 1  # the real spawn ran; nothing was deleted

@@ -1403,16 +1403,23 @@ declare
   -- running the old statement it prepared under the same name.
   v_text text := absurd._sql(p_statement, p_queue_name);
   v_name text := 'absurd_' || md5(v_text);
+  v_prepare text := format('prepare %I as %s', v_name, v_text);
+  v_have text;
   v_old text;
 begin
-  perform 1 from pg_prepared_statements where name = v_name;
-  if not found then
-    if (select count(*) from pg_prepared_statements where name like 'absurd\_%') >= 200 then
+  -- The name is predictable, so the session may hold a statement of that name that
+  -- is not ours (a restricted role could PREPARE one to have this SECURITY DEFINER
+  -- function run it with the owner's rights): only our exact text is reused.
+  select statement into v_have from pg_prepared_statements where name = v_name;
+  if v_have is distinct from v_prepare then
+    if v_have is not null then
+      execute format('deallocate %I', v_name);
+    elsif (select count(*) from pg_prepared_statements where name like 'absurd\_%') >= 200 then
       for v_old in select name from pg_prepared_statements where name like 'absurd\_%' loop
         execute format('deallocate %I', v_old);
       end loop;
     end if;
-    execute format('prepare %I as %s', v_name, v_text);
+    execute v_prepare;
   end if;
   if cardinality(p_args) = 0 then
     return format('execute %I', v_name);
