@@ -31,10 +31,18 @@ class EmbeddedPostgres:
         return str(self._server.get_uri(database))
 
     def stop(self) -> None:
-        """Stop the server (the data directory is kept unless it was temporary)."""
+        """Let go of the server. A temporary one is stopped and its directory deleted;
+        one on a persistent data dir keeps running for other processes attached to
+        it (use :meth:`shutdown` to stop it)."""
         self._server.cleanup()
         if self._temporary:
             shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Stop the server whatever its data dir; a persistent data dir is kept."""
+        self.stop()
+        if not self._temporary:
+            self._server.stop()
 
 
 def start_embedded(data_dir: str | Path | None = None) -> EmbeddedPostgres:

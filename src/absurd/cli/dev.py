@@ -89,10 +89,7 @@ def dev(data_dir: Path | None, with_habitat: bool, host: str, port: int) -> None
             out.print("Ctrl-C stops it.")
             _wait_for_signal()
     finally:
-        server.stop()
-        stop = getattr(getattr(server, "_server", None), "stop", None)
-        if callable(stop):  # a persistent data dir is not stopped by stop() alone
-            stop()
+        server.shutdown()  # a persistent data dir: stop() alone leaves it running
         click.echo("stopped", err=True)
 
 
