@@ -9,7 +9,8 @@
 -- ROLES (NOLOGIN group roles: grant them to your login roles)
 --   <worker>  runs workers and spawns tasks: USAGE on schema absurd and EXECUTE
 --             on the engine's public functions except the administrative ones
---             (drop_queue, set_queue_policy, cleanup_*). No table privilege
+--             (drop_queue, set_queue_policy, cleanup_*, partition maintenance
+--             and pg_cron scheduling). No table privilege
 --             at all: it cannot select, insert, update or delete a row itself.
 --   <reader>  for dashboards (Habitat) and reporting: SELECT on every absurd
 --             table (present and future), EXECUTE on the read-only functions.
@@ -46,7 +47,8 @@ language sql
 immutable
 as $$
   select p_name in ('drop_queue', 'set_queue_policy', 'cleanup_tasks', 'cleanup_events',
-                    'cleanup_all_queues')
+                    'cleanup_all_queues', 'ensure_partitions', 'drop_detached_partition',
+                    'schedule_detach_jobs', 'enable_cron', 'disable_cron')
 $$;
 
 -- Functions that only read (granted to the reader role).
