@@ -39,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
@@ -689,6 +689,28 @@ def run_drain(
 # -- 2. idle pickup latency ------------------------------------------------------------------
 
 
+def wait_completed(
+    conn: psycopg.Connection[Any],
+    queue: str,
+    task_id: Any,
+    what: str,
+    poll_s: float,
+    alive: Callable[[], bool] = lambda: True,
+    timeout_s: float = 30,
+) -> Any:
+    """Polls get_task_result until the task completed; returns its result."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        res = conn.execute(
+            "select state, result from absurd.get_task_result(%s, %s)", (queue, task_id)
+        ).fetchone()
+        if res is not None and res[0] == "completed":
+            return res[1]
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError(f"{what}: task not completed in {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 def run_pickup(
     dsn: str,
     flavour: str,
@@ -731,20 +753,12 @@ def run_pickup(
                 assert row is not None
                 task_id = row[0]
                 time.sleep(0.3)  # upstream picks it up within one poll period (0.25 s)
-                deadline = time.monotonic() + 30
-                while True:
-                    res = conn.execute(
-                        "select state, result from absurd.get_task_result(%s, %s)",
-                        (queue, task_id),
-                    ).fetchone()
-                    if res is not None and res[0] == "completed":
-                        break
-                    if time.monotonic() > deadline or not worker.proc.is_alive():
-                        raise RuntimeError(f"pickup sample {k}: task not completed in 30 s")
-                    time.sleep(0.01)
+                result = wait_completed(
+                    conn, queue, task_id, f"pickup sample {k}", 0.01, worker.proc.is_alive
+                )
                 if k >= warmup:
-                    latencies.append((float(res[1]["t"]) - committed) * 1000)
-                    stamps.append((committed, float(res[1]["t"])))
+                    latencies.append((float(result["t"]) - committed) * 1000)
+                    stamps.append((committed, float(result["t"])))
                     spawn_ms.append((committed - before) * 1000)
     finally:
         worker.stop()

@@ -63,6 +63,7 @@ from drain import (  # noqa: E402
     run_pickup,
     start_server,
     versions,
+    wait_completed,
 )
 
 VENVS = HERE / ".venvs"
@@ -400,19 +401,9 @@ def run_event(dsn: str, flavour: str, samples: int, warmup: int) -> dict[str, An
                 time.sleep(random.uniform(0.05, 0.3))  # the worker is idle again
                 conn.execute("select absurd.emit_event(%s, %s, %s::jsonb)", (queue, event, "1"))
                 emitted = time.time()
-                deadline = time.monotonic() + 30
-                while True:
-                    res = conn.execute(
-                        "select state, result from absurd.get_task_result(%s, %s)",
-                        (queue, task_id),
-                    ).fetchone()
-                    if res is not None and res[0] == "completed":
-                        break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"event sample {k}: not resumed in 30 s")
-                    time.sleep(0.005)
+                result = wait_completed(conn, queue, task_id, f"event sample {k}", 0.005)
                 if k >= warmup:
-                    lat.append((float(res[1]["t"]) - emitted) * 1000)
+                    lat.append((float(result["t"]) - emitted) * 1000)
     finally:
         worker.stop()
     drop_queue(dsn, queue)

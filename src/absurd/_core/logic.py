@@ -24,7 +24,8 @@ DEFAULT_CLAIM_TIMEOUT = 120
 #: Stored as an event-wait step's checkpoint when the wait timed out, so that a
 #: replay raises the same TimeoutError instead of waiting again.
 EVENT_TIMEOUT_MARKER = {"$absurd": "event-timeout"}
-_POLICY_KEYS = (
+#: The queue policy keys the SDK's set_queue_policy accepts.
+POLICY_KEYS = (
     "partition_lookahead",
     "partition_lookback",
     "cleanup_ttl",
@@ -135,7 +136,7 @@ def resolve_queue(task_name: str, explicit: str | None, registered: RegisteredTa
 
 def policy_json(options: dict[str, Any]) -> dict[str, Any]:
     """The queue policy keys that were given (non-None), for set_queue_policy."""
-    unknown = set(options) - set(_POLICY_KEYS)
+    unknown = set(options) - set(POLICY_KEYS)
     if unknown:
         raise InvalidArgument(f"Unsupported queue policy keys: {sorted(unknown)}")
     return {k: v for k, v in options.items() if v is not None}

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from absurd import queries
+from absurd._core import logic
 from absurd.cli._conn import Target, check_queue_name, require_queue, with_db
 from absurd.cli._output import CliError, json_option, print_fields, print_json, show
 
@@ -35,15 +36,7 @@ def create_queue(db: Target, queue: str, storage_mode: str | None) -> None:
     click.echo(f"created queue {queue}" + (f" ({storage_mode})" if storage_mode else ""))
 
 
-_POLICY_FLAGS = (
-    "default_partition",
-    "partition_lookahead",
-    "partition_lookback",
-    "cleanup_ttl",
-    "cleanup_limit",
-    "detach_mode",
-    "detach_min_age",
-)
+_POLICY_FLAGS = ("default_partition", *logic.POLICY_KEYS)
 
 
 @click.command("queue-policy")

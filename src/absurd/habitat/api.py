@@ -455,6 +455,16 @@ async def _write(request: Request, allowed: set[str], apply: Any) -> Response:
         return error(str(exc))
 
 
+def _spawned(row: Row) -> Row:
+    """Upstream's reply shape for an action that made a run (retry, spawn)."""
+    return {
+        "taskId": row["task_id"],
+        "runId": row["run_id"],
+        "attempt": row["attempt"],
+        "created": row["created"],
+    }
+
+
 def _retry(conn: Conn, queue: str, body: Row) -> Row:
     spawn_new = body.get("spawnNewTask", False)
     if not isinstance(spawn_new, bool):
@@ -467,12 +477,7 @@ def _retry(conn: Conn, queue: str, body: Row) -> Row:
         max_attempts=actions.optional_int(body.get("maxAttempts"), "maxAttempts"),
         extra_attempts=actions.optional_int(body.get("extraAttempts"), "extraAttempts"),
     )
-    return {
-        "taskId": row["task_id"],
-        "runId": row["run_id"],
-        "attempt": row["attempt"],
-        "created": row["created"],
-    }
+    return _spawned(row)
 
 
 async def retry(request: Request) -> Response:
@@ -512,12 +517,7 @@ def _spawn(conn: Conn, queue: str, body: Row) -> Row:
         headers=headers,
         max_attempts=actions.optional_int(body.get("maxAttempts"), "maxAttempts"),
     )
-    return {
-        "taskId": row["task_id"],
-        "runId": row["run_id"],
-        "attempt": row["attempt"],
-        "created": row["created"],
-    }
+    return _spawned(row)
 
 
 async def spawn(request: Request) -> Response:

@@ -97,6 +97,17 @@ def _link(request: Request, path: str, **params: Any) -> str:
     return f"{root(request)}{path}" + (f"?{query}" if query else "")
 
 
+def _page_links(request: Request, path: str, next_key: Any, paged: bool) -> dict[str, Any]:
+    """Keyset paging: ``next_link`` (this query, next cursor) and ``first_link``
+    (this query from the start; only when the page was reached by a cursor)."""
+    params = {k: v for k, v in request.query_params.items() if k != "cursor"}
+    cursor = store.format_cursor(next_key)
+    return {
+        "next_link": _link(request, path, **params, cursor=cursor) if cursor else None,
+        "first_link": _link(request, path, **params) if paged else None,
+    }
+
+
 # -- pages ----------------------------------------------------------------------------
 
 
@@ -153,8 +164,6 @@ async def tasks(request: Request) -> Response:
         page, names = await habitat.run(store.run_page_across, habitat.queues, f)
     except BadInput as exc:
         return bad_request(request, str(exc))
-    params = {k: v for k, v in request.query_params.items() if k != "cursor"}
-    next_cursor = store.format_cursor(page.next_key)
     return render(
         request,
         "tasks.html",
@@ -162,8 +171,7 @@ async def tasks(request: Request) -> Response:
         filters=f,
         queue_names=names,
         states=store.STATES,
-        next_link=_link(request, "/tasks", **params, cursor=next_cursor) if next_cursor else None,
-        first_link=_link(request, "/tasks", **params) if f.cursor else None,
+        **_page_links(request, "/tasks", page.next_key, bool(f.cursor)),
         windowed=page.windowed,
         window=store.SCAN_WINDOW,
         name_exact=f.task_name is not None and not page.windowed,
@@ -263,8 +271,6 @@ async def events(request: Request) -> Response:
         page, names = await habitat.run(load)
     except BadInput as exc:
         return bad_request(request, str(exc))
-    params = {k: v for k, v in request.query_params.items() if k != "cursor"}
-    next_cursor = store.format_cursor(page.next_key)
     return render(
         request,
         "events.html",
@@ -274,8 +280,7 @@ async def events(request: Request) -> Response:
         event_name=name,
         after=_arg(request, "after"),
         before=_arg(request, "before"),
-        next_link=_link(request, "/events", **params, cursor=next_cursor) if next_cursor else None,
-        first_link=_link(request, "/events", **params) if cursor else None,
+        **_page_links(request, "/events", page.next_key, bool(cursor)),
     )
 
 
