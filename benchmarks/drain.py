@@ -1014,6 +1014,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--flavours", default="ours,upstream", help="ours,upstream (default both)")
     p.add_argument(
+        "--configs",
+        default="sync:8,async:16",
+        help="the one-step drains as mode:concurrency, comma-separated (default sync:8,async:16,"
+        " the issue's reference settings; five-step drains use the same list)",
+    )
+    p.add_argument(
         "--sync-commit",
         choices=("on", "off"),
         default="on",
@@ -1048,9 +1054,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
             args.accounting_tasks if args.accounting_tasks is not None else (300 if quick else 500)
         ),
     )
-    plan.configs = [DrainConfig("sync", 8, 1), DrainConfig("async", 16, 1)]
+    pairs = []
+    for item in args.configs.split(","):
+        mode, _, conc = item.strip().partition(":")
+        if mode not in ("sync", "async") or not conc.isdigit() or int(conc) < 1:
+            raise SystemExit(f"--configs: {item!r} is not mode:concurrency (sync:8, async:16)")
+        pairs.append((mode, int(conc)))
+    plan.configs = [DrainConfig(mode, conc, 1) for mode, conc in pairs]
     if plan.five_step_tasks > 0:
-        plan.configs += [DrainConfig("sync", 8, 5), DrainConfig("async", 16, 5)]
+        plan.configs += [DrainConfig(mode, conc, 5) for mode, conc in pairs]
     return plan
 
 

@@ -181,6 +181,15 @@ QUEUE_CALLS: dict[str, tuple[str, Params]] = {
         (MISSING, MISSING),
     ),
     "extend_claim": ("select absurd.extend_claim(%s, %s, 30)", (MISSING,)),
+    "set_task_checkpoint_states": (
+        "select absurd.set_task_checkpoint_states(%s, array[%s]::uuid[], array['step'],"
+        " array['1']::jsonb[], array[%s]::uuid[])",
+        (MISSING, MISSING),
+    ),
+    "complete_runs": (
+        "select absurd.complete_runs(%s, array[%s]::uuid[], array['1']::jsonb[])",
+        (MISSING,),
+    ),
     "get_task_checkpoint_state": (
         "select * from absurd.get_task_checkpoint_state(%s, %s, 'step')",
         (MISSING,),

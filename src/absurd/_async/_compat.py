@@ -18,24 +18,48 @@ __all__ = [
     "Connection",
     "ConnectionPool",
     "Event",
+    "Future",
     "Handle",
     "Lock",
+    "Queue",
+    "QueueEmpty",
     "RunStepMixin",
     "cancel",
     "install_signal_handlers",
     "is_done",
     "maybe_await",
+    "new_future",
+    "resolve",
     "sleep",
     "spawn",
     "wait_any",
     "wait_cancelled",
     "wait_event",
+    "wait_future",
 ]
 
 Event = asyncio.Event
 Lock = asyncio.Lock
 Handle = asyncio.Task[Any]
 Cancelled = asyncio.CancelledError
+Queue = asyncio.Queue
+QueueEmpty = asyncio.QueueEmpty
+Future = asyncio.Future
+
+
+def new_future() -> asyncio.Future[Any]:
+    """A result for one waiter, set by another task (``resolve``)."""
+    return asyncio.get_running_loop().create_future()
+
+
+def resolve(future: asyncio.Future[Any], value: Any) -> None:
+    """Sets the result unless the waiter gave up (was cancelled)."""
+    if not future.done():
+        future.set_result(value)
+
+
+async def wait_future(future: asyncio.Future[Any]) -> Any:
+    return await future
 
 
 def spawn(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Handle:

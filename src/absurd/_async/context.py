@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from absurd._async import _compat as compat
+from absurd._async.worker import ALONE, APPLIED
 from absurd._core import logic
 from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
 from absurd.errors import InvalidArgument, SerializationError, SuspendTask, TimeoutError
@@ -94,10 +95,15 @@ class AsyncTaskContext(compat.RunStepMixin):
             data = json.dumps(value) if internal else self._app.serializer.dumps(value)
         except SerializationError as exc:
             raise SerializationError(f'step "{checkpoint}": {exc}') from exc
-        await self._app._retrying(
-            "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
-            (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
-        )
+        writes = self._app._writes
+        outcome = ALONE
+        if writes is not None and writes.claim_timeout == self._claim_timeout:
+            outcome = await writes.checkpoint(self.task_id, checkpoint, data, self.run_id)
+        if outcome != APPLIED:
+            await self._app._retrying(
+                "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
+                (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
+            )
         self._checkpoints[checkpoint] = json.loads(data)  # raw JSON, revived on read
 
     # -- time ------------------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import queue
 import signal
 import threading
 import time
@@ -20,23 +21,45 @@ __all__ = [
     "Connection",
     "ConnectionPool",
     "Event",
+    "Future",
     "Handle",
     "Lock",
+    "Queue",
+    "QueueEmpty",
     "RunStepMixin",
     "cancel",
     "install_signal_handlers",
     "is_done",
     "maybe_await",
+    "new_future",
+    "resolve",
     "sleep",
     "spawn",
     "wait_any",
     "wait_cancelled",
     "wait_event",
+    "wait_future",
 ]
 
 Event = threading.Event
 Lock = threading.Lock
 Handle = Future
+Queue = queue.SimpleQueue
+QueueEmpty = queue.Empty
+
+
+def new_future() -> Future[Any]:
+    """A result for one waiter, set by another thread (``resolve``)."""
+    return Future()
+
+
+def resolve(future: Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def wait_future(future: Future[Any]) -> Any:
+    return future.result()
 
 
 class Cancelled(BaseException):

@@ -31,6 +31,7 @@ from absurd._core.types import (
 )
 from absurd._sync import _compat as compat
 from absurd._sync.context import TaskContext, current_context
+from absurd._sync.worker import ALONE, APPLIED, MAYBE, WriteBatcher
 from absurd.errors import (
     AbsurdError,
     InvalidArgument,
@@ -43,11 +44,6 @@ from absurd.errors import (
 
 log = logging.getLogger("absurd")
 F = TypeVar("F", bound=Callable[..., Any])
-
-_CLAIM_COLUMNS = (
-    "run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts, headers,"
-    " wake_event, event_payload"
-)
 
 
 class Absurd:
@@ -80,6 +76,8 @@ class Absurd:
         self._stop_requested = False
         self._pool_size = pool_size
         self._worker: Any = None
+        #: The running worker's group commit (None: every write on its own).
+        self._writes: WriteBatcher | None = None
         if conn_or_url is None or isinstance(conn_or_url, str):
             self._url = conn_or_url or logic.default_url()
         else:
@@ -414,7 +412,7 @@ class Absurd:
         worker_id: str = "worker",
     ) -> list[ClaimedTask]:
         rows = self._rows(
-            f"select {_CLAIM_COLUMNS} from absurd.claim_task(%s, %s, %s, %s)",
+            f"select {logic.CLAIM_COLUMNS} from absurd.claim_task(%s, %s, %s, %s)",
             (self.queue_name, worker_id, claim_timeout, batch_size),
         )
         return rows  # type: ignore[return-value]
@@ -425,7 +423,7 @@ class Absurd:
         """Claims runs together with the checkpoints each may replay (one round trip
         instead of two per task); ``execute_task`` uses them instead of asking again."""
         rows = self._rows(
-            f"select {_CLAIM_COLUMNS}, checkpoints"
+            f"select {logic.CLAIM_COLUMNS}, checkpoints"
             " from absurd.claim_task_with_checkpoints(%s, %s, %s, %s)",
             (self.queue_name, worker_id, claim_timeout, batch_size),
         )
@@ -488,18 +486,8 @@ class Absurd:
             self._pool.close()
             self._pool = None
 
-    def execute_task(
-        self,
-        task: ClaimedTask,
-        claim_timeout: int,
-        refill: Callable[[], int] | None = None,
-        worker_id: str = "worker",
-    ) -> list[ClaimedTask]:
-        """Runs one claimed task to its outcome: completed, failed, suspended or deferred.
-
-        ``refill`` (the worker's): how many runs to claim in the completion's own
-        transaction (``complete_run_and_claim``, one commit instead of two); the runs
-        claimed that way are returned, for the caller to run. Otherwise ``[]``."""
+    def execute_task(self, task: ClaimedTask, claim_timeout: int) -> None:
+        """Runs one claimed task to its outcome: completed, failed, suspended or deferred."""
         run_id, name = task["run_id"], task["task_name"]
         registered = self._registry.get(name)
         extra = {"task_id": str(task["task_id"]), "run_id": str(run_id), "task_name": name}
@@ -513,10 +501,10 @@ class Absurd:
                 " + make_interval(secs => %s))",
                 (self.queue_name, run_id, delay),
             )
-            return []
+            return
         if registered.queue != self.queue_name:
             self._fail(task, AbsurdError("Misconfigured task (queue mismatch)"))
-            return []
+            return
         preloaded = task.get("checkpoints")
         if preloaded is None:  # claimed through claim_tasks(): ask for them
             try:
@@ -526,7 +514,7 @@ class Absurd:
                     (self.queue_name, task["task_id"], run_id),
                 )
             except TaskInterrupt:
-                return []
+                return
             preloaded = {r["checkpoint_name"]: r["state"] for r in rows}
         ctx = TaskContext._create(self, task, claim_timeout, dict(preloaded))
         token = current_context.set(ctx)
@@ -541,51 +529,30 @@ class Absurd:
             data = self._json(result)
         except TaskInterrupt as signal:
             log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
-            return []
+            return
         except compat.Cancelled:
             self._release(run_id)
             raise
         except Exception as exc:
             log.info("task %s failed: %r", name, exc, extra=extra)
             self._fail(task, exc)
-            return []
+            return
         finally:
             current_context.reset(token)
-        qty = refill() if refill is not None else 0
-        claimed: list[ClaimedTask] = []
-        if qty > 0:
-            claimed = self._complete_and_claim(run_id, data, claim_timeout, worker_id, qty, extra)
-        else:
-            self._finish("select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data))
+        self._complete(run_id, data)
         log.debug("task %s completed", name, extra=extra)
-        return claimed
 
-    def _complete_and_claim(
-        self,
-        run_id: Any,
-        data: str,
-        claim_timeout: int,
-        worker_id: str,
-        qty: int,
-        extra: dict[str, Any],
-    ) -> list[ClaimedTask]:
-        """complete_run and a claim of up to qty runs in one transaction. Should the
-        connection fail, the completion alone is retried (``_finish``): if the first
-        attempt did commit and only its reply was lost, the runs it claimed wait for
-        their lease to expire, as after any claim whose reply is lost."""
-        try:
-            rows = self._rows(
-                f"select {_CLAIM_COLUMNS}, checkpoints"
-                " from absurd.complete_run_and_claim(%s, %s, %s, %s, %s, %s)",
-                (self.queue_name, run_id, data, worker_id, claim_timeout, qty),
+    def _complete(self, run_id: Any, data: str) -> None:
+        """complete_run, in the worker's next batch of writes when it has one."""
+        outcome = ALONE
+        if self._writes is not None:
+            outcome = self._writes.complete(run_id, data)
+        if outcome != APPLIED:
+            self._finish(
+                "select absurd.complete_run(%s, %s, %s)",
+                (self.queue_name, run_id, data),
+                maybe_done=outcome == MAYBE,
             )
-        except psycopg.OperationalError as exc:
-            log.warning("completion failed (%s); retrying it alone", exc, extra=extra)
-            self._finish("select absurd.complete_run(%s, %s, %s)", (self.queue_name, run_id, data))
-            return []
-        except TaskInterrupt:
-            return []
-        return rows  # type: ignore[return-value]
 
     def _fail(self, task: ClaimedTask, exc: BaseException) -> None:
         self._finish(
@@ -618,11 +585,12 @@ class Absurd:
                 compat.sleep(delay)
                 delay *= 2
 
-    def _finish(self, query: str, params: tuple[Any, ...]) -> None:
+    def _finish(self, query: str, params: tuple[Any, ...], *, maybe_done: bool = False) -> None:
         """A run's final call (complete, fail, defer, release), retried through
         connection failures. A run cancelled or failed meanwhile is left alone, and
-        so is one that an attempt whose reply was lost already moved on."""
-        lost: list[bool] = []
+        so is one that an attempt whose reply was lost already moved on
+        (``maybe_done``: a batch that carried this call failed that way)."""
+        lost: list[bool] = [True] if maybe_done else []
         try:
             self._retrying(query, params, lost)
         except TaskInterrupt:

@@ -8,11 +8,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
+from absurd._core.logic import CLAIM_COLUMNS
 from absurd._core.types import ClaimedTask
 from absurd._sync import _compat as compat
 from absurd.errors import TaskInterrupt
@@ -36,6 +38,152 @@ def _extra(task: ClaimedTask) -> dict[str, Any]:
         "run_id": str(task["run_id"]),
         "task_name": task["task_name"],
     }
+
+
+#: Outcomes of a batched write (see WriteBatcher).
+APPLIED = "applied"
+#: Not applied: the run was not in the state the write needs; send it alone.
+ALONE = "alone"
+#: The batch failed on its connection, so it may or may not have committed.
+MAYBE = "maybe"
+#: The most writes one batch carries.
+MAX_BATCH = 256
+
+
+class WriteBatcher:
+    """Group commit for the writes of a worker's running tasks.
+
+    A task's checkpoint or completion is queued, and the task waits for its
+    outcome. One flusher sends every queued write as one statement (one
+    round trip, one transaction, one WAL flush): ``set_task_checkpoint_states``
+    and ``complete_runs``, plus, when the batch completes runs, the claim of as
+    many new runs for the slots they free (``claim_task_with_checkpoints``).
+    No timer: while one batch is on its way the next one gathers, so an idle
+    worker's write leaves at once and a busy worker's writes share their
+    commits. A write is durable when its waiter resumes, as with a call of its
+    own.
+
+    A write the batch did not apply (``ALONE``: its run was cancelled, failed or
+    lost meanwhile) goes through the single function, whose error is precise;
+    so does every write of a batch that failed (``MAYBE`` when it failed on its
+    connection and may have committed; the runs it may have claimed are then
+    left to their leases, as after any claim whose reply is lost).
+    """
+
+    def __init__(
+        self,
+        app: Absurd,
+        claim_timeout: int,
+        worker_id: str,
+        refill: Callable[[int], int],
+        adopt: Callable[[list[ClaimedTask]], None],
+    ) -> None:
+        self.app = app
+        self.claim_timeout = claim_timeout
+        self.worker_id = worker_id
+        self._refill = refill
+        self._adopt = adopt
+        self._queue: Any = compat.Queue()
+        self._open = True
+
+    def checkpoint(self, task_id: Any, step: str, data: str, run_id: Any) -> str:
+        """Queues set_task_checkpoint_state (the lease extended by claim_timeout)."""
+        return self._submit(("c", (task_id, step, data, run_id)))
+
+    def complete(self, run_id: Any, data: str) -> str:
+        """Queues complete_run."""
+        return self._submit(("d", (run_id, data)))
+
+    def _submit(self, write: tuple[str, tuple[Any, ...]]) -> str:
+        if not self._open:
+            return ALONE
+        future = compat.new_future()
+        self._queue.put_nowait((write, future))
+        return str(compat.wait_future(future))
+
+    def close(self) -> None:
+        """Ends the flusher after the writes already queued."""
+        self._open = False
+        self._queue.put_nowait(None)
+
+    def run(self) -> None:
+        """The flusher: one batch at a time, until ``close()``."""
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while first is not None and len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except compat.QueueEmpty:
+                    break
+                batch.append(item)
+            writes = [item for item in batch if item is not None]
+            if writes:
+                self._flush(writes)
+            if None in batch:
+                return
+
+    def _flush(self, batch: list[tuple[tuple[str, tuple[Any, ...]], Any]]) -> None:
+        checkpoints = [w for (kind, w), _ in batch if kind == "c"]
+        completions = [w for (kind, w), _ in batch if kind == "d"]
+        qty = self._refill(len(completions)) if completions else 0
+        params: tuple[Any, ...] = (
+            self.app.queue_name,
+            [w[0] for w in checkpoints],
+            [w[1] for w in checkpoints],
+            [w[2] for w in checkpoints],
+            [w[3] for w in checkpoints],
+            self.claim_timeout,
+            self.app.queue_name,
+            [w[0] for w in completions],
+            [w[1] for w in completions],
+        )
+        query = _WRITES
+        if qty > 0:
+            query = _WRITES_AND_CLAIM
+            params += (self.app.queue_name, self.worker_id, self.claim_timeout, qty)
+        outcome: list[str]
+        try:
+            rows = self.app._rows(query, params)
+            flags = {"c": iter(rows[0].pop("c")), "d": iter(rows[0].pop("d"))}
+            outcome = [APPLIED if next(flags[kind]) else ALONE for (kind, _), _ in batch]
+            claimed = [row for row in rows if row.get("run_id") is not None]
+            for row in claimed:
+                row.pop("c", None)
+                row.pop("d", None)
+            if claimed:
+                self._adopt(claimed)  # type: ignore[arg-type]
+        except psycopg.OperationalError as exc:
+            log.debug("a batch of %s writes failed (%s); sending them alone", len(batch), exc)
+            outcome = [MAYBE] * len(batch)
+        except (Exception, TaskInterrupt) as exc:
+            log.warning("a batch of %s writes failed (%r); sending them alone", len(batch), exc)
+            outcome = [ALONE] * len(batch)
+        for (_, future), result in zip(batch, outcome, strict=True):
+            compat.resolve(future, result)
+
+
+_WRITES = (
+    "select absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],"
+    " %s::uuid[], %s) as c, absurd.complete_runs(%s, %s::uuid[], %s::jsonb[]) as d"
+)
+#: The writes first (a materialized CTE), then the claim, which depends on them
+#: (lateral), in the same statement and transaction.
+_WRITES_AND_CLAIM = (
+    f"with w as materialized ({_WRITES})"
+    " select w.c, w.d, k.* from w left join lateral ("
+    f"select {CLAIM_COLUMNS}, checkpoints from absurd.claim_task_with_checkpoints("
+    "%s, %s, %s, %s + 0 * cardinality(w.d))) k on true"
+)
+
+
+class _Slot:
+    """One of a worker's ``concurrency`` slots: the run it is on."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: ClaimedTask) -> None:
+        self.task = task
 
 
 class Worker:
@@ -79,7 +227,8 @@ class Worker:
         self._running = False
         self._stop_requested = False
         self._wake: Any = None
-        self._inflight: dict[Any, ClaimedTask] = {}
+        #: Running slots: handle (asyncio task or thread) -> the run it is on.
+        self._inflight: dict[Any, _Slot] = {}
         # Runs a finishing task claimed in its completion's transaction, for the
         # loop to start (a list: appended from task threads in the sync worker).
         self._handoff: list[ClaimedTask] = []
@@ -101,6 +250,12 @@ class Worker:
             # Opens (and sizes) the client's pool before any concurrent use of it.
             self._prepare_pool()
             listener = compat.spawn(self._listen)
+            writes = WriteBatcher(
+                self.app, self.claim_timeout, self.worker_id, self._refill, self._handoff.extend
+            )
+            # One flusher: with two, batches halve and each write waited as long.
+            flusher = compat.spawn(writes.run)
+            self.app._writes = writes
             log.info(
                 "worker %s started on queue %r (concurrency %s)",
                 self.worker_id,
@@ -118,6 +273,10 @@ class Worker:
             finally:
                 self._running = False
                 self._drain()
+                self.app._writes = None
+                writes.close()
+                compat.wait_any({flusher}, 5.0)
+                self._release_handoff()  # claimed by a batch that ended late
                 compat.cancel(listener)
                 compat.wait_any({listener}, 2.0)
         finally:
@@ -204,7 +363,7 @@ class Worker:
                             task["attempt"],
                             extra=_extra(task),
                         )
-                    self._inflight[compat.spawn(self._execute, task)] = task
+                    self._start(task)
             self._renew_leases()
             if claimed and len(self._inflight) < self.concurrency:
                 continue  # there may be more work: claim again at once
@@ -230,11 +389,30 @@ class Worker:
             timeout = min(timeout, max(renew_in, 0.0))
         return timeout
 
-    def _execute(self, task: ClaimedTask) -> None:
+    def _start(self, task: ClaimedTask) -> None:
+        slot = _Slot(task)
+        self._inflight[compat.spawn(self._execute, slot)] = slot
+
+    def _execute(self, slot: _Slot) -> None:
+        """Runs the slot's run, then the next one that a batch of writes claimed
+        along with a completion (``_handoff``), as long as there is one: the slot
+        goes on in the same asyncio task or thread, without a round through the loop."""
         try:
-            claimed = self.app.execute_task(task, self.claim_timeout, self._refill, self.worker_id)
-            # Handed over before this task's slot counts as free (see _loop).
-            self._handoff.extend(claimed)
+            while True:
+                self._run(slot.task)
+                if not self._running:
+                    break
+                try:
+                    slot.task = self._handoff.pop(0)
+                except IndexError:
+                    break
+        finally:
+            if self._wake is not None:
+                self._wake.set()  # a slot is free
+
+    def _run(self, task: ClaimedTask) -> None:
+        try:
+            self.app.execute_task(task, self.claim_timeout)
         except _CONNECTION_ERRORS as exc:
             # The database went away mid-run (before the handler, or while
             # recording its outcome): hand the run back rather than leave it to
@@ -265,9 +443,6 @@ class Worker:
                 exc,
                 extra=_extra(task),
             )
-        finally:
-            if self._wake is not None:
-                self._wake.set()  # a slot is free
 
     def _reap(self) -> None:
         for handle in [h for h in self._inflight if compat.is_done(h)]:
@@ -277,16 +452,16 @@ class Worker:
         """Starts the runs that finishing tasks claimed for their own slots."""
         while self._handoff:
             task = self._handoff.pop(0)
-            self._inflight[compat.spawn(self._execute, task)] = task
+            self._start(task)
 
-    def _refill(self) -> int:
-        """How many runs a finishing task claims with its completion: one, for its
-        own slot, in a worker of concurrency 1 while it runs. With more slots the
-        loop's claims serve several finished slots at once (about four tasks per
-        claim at concurrency 8), which costs the server less than a claim per task."""
-        if self.concurrency == 1 and self._running and not self._stop_requested:
-            return 1
-        return 0
+    def _refill(self, finishing: int) -> int:
+        """How many runs a batch of writes claims along with ``finishing``
+        completions: one per slot they free (none once stopping). The runs go to
+        ``_handoff`` before those slots count as free, so the loop, which claims
+        for the slots already free, never claims for them too."""
+        if not self._running or self._stop_requested:
+            return 0
+        return min(finishing, self.batch_size)
 
     def _release_handoff(self) -> None:
         """At shutdown: runs claimed by finishing tasks and not started go back."""
@@ -304,7 +479,8 @@ class Worker:
         if now - self._renewed_at < self.claim_timeout / 3:
             return
         self._renewed_at = now
-        for handle, task in list(self._inflight.items()):
+        for handle, slot in list(self._inflight.items()):
+            task = slot.task
             if compat.is_done(handle):
                 continue
             try:
@@ -368,7 +544,7 @@ class Worker:
         for handle in self._inflight:
             compat.cancel(handle)
         compat.wait_cancelled(set(self._inflight), 2.0)
-        for task in self._inflight.values():
+        for task in [slot.task for slot in self._inflight.values()]:
             log.warning(
                 "releasing run %s of %s (task %s) at shutdown",
                 task["run_id"],

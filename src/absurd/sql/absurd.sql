@@ -1183,6 +1183,66 @@ begin
     )
     select task_id from ut$q$
 
+  -- Batched writes of one worker (set_task_checkpoint_states, complete_runs): one
+  -- statement for many runs. Each reports, per input position, whether its item was
+  -- applied; one that was not is for the caller to send alone through the single
+  -- function, which raises its precise error.
+  -- $1 task_ids, $2 steps, $3 states, $4 run_ids, $5 now, $6 extend seconds (0: none).
+  -- The runs are locked first, in run_id order (the lock order), and checked as
+  -- checkpoint.owner + set_task_checkpoint_state check one. Item i applies when its run
+  -- exists, belongs to its task, and neither is cancelled nor the run failed.
+  when 'checkpoint.write_many' then $q$
+    with x as (
+      select * from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[])
+        with ordinality as x(task_id, step, state, run_id, i)
+    ), o as materialized (
+      select r.run_id, r.task_id, r.attempt, r.state, r.claim_expires_at, t.state as task_state
+      from absurd.%2$I r left join absurd.%1$I t on t.task_id = r.task_id
+      where r.run_id = any($4::uuid[])
+      order by r.run_id
+      for no key update of r
+    ), ok as materialized (
+      select x.i, x.task_id, x.step, x.state, x.run_id, o.attempt, o.claim_expires_at,
+             o.state as run_state
+      from x join o on o.run_id = x.run_id and o.task_id = x.task_id
+      where btrim(x.step) <> '' and o.task_state is distinct from 'cancelled'
+        and o.state not in ('cancelled', 'failed')
+    ), ext as (
+      update absurd.%2$I r set claim_expires_at = $5::timestamptz + make_interval(secs => $6::integer)
+      where r.run_id = any(array(select run_id from ok
+                                 where claim_expires_at is not null and run_state = 'running'))
+        and $6::integer > 0 and (r.state = 'running') is true
+    ), ins as (
+      insert into absurd.%3$I as c (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
+      select task_id, step, state, 'committed', run_id, $5 from ok order by i
+      on conflict (task_id, checkpoint_name) do update
+        set state = excluded.state, status = 'committed', owner_run_id = excluded.owner_run_id,
+            updated_at = excluded.updated_at
+        where c.owner_run_id is null or c.owner_run_id = excluded.owner_run_id
+           or coalesce((select o.attempt from absurd.%2$I o where o.run_id = c.owner_run_id), 0)
+              <= (select n.attempt from absurd.%2$I n where n.run_id = excluded.owner_run_id)
+    )
+    select array_agg(ok.i is not null order by x.i) from x left join ok on ok.i = x.i$q$
+
+  -- $1 run_ids, $2 results, $3 now: 'complete' for many runs. Item i applies when its
+  -- run was running.
+  when 'complete.many' then $q$
+    with x as (
+      select * from unnest($1::uuid[], $2::jsonb[]) with ordinality as x(run_id, result, i)
+    ), ur as (
+      update absurd.%2$I r set state = 'completed', completed_at = $3, result = x.result
+      from x where r.run_id = x.run_id and (r.state = 'running') is true
+      returning r.run_id, r.task_id, x.result
+    ), ut as (
+      update absurd.%1$I t set state = 'completed', completed_payload = ur.result,
+        last_attempt_run = ur.run_id, cancel_deadline = null, finished_at = $3
+      from ur where t.task_id = ur.task_id
+      returning ur.run_id
+    ), dw as (
+      delete from absurd.%5$I w where w.run_id = any(array(select run_id from ur))
+    )
+    select array_agg(ut.run_id is not null order by x.i) from x left join ut on ut.run_id = x.run_id$q$
+
   -- $1 run_id, $2 wake_at
   when 'schedule' then $q$
     with ur as (
@@ -1437,8 +1497,9 @@ immutable
 as $$
   select unnest(array['spawn', 'spawn.many', 'spawn.existing', 'claim.next_band', 'claim.band',
     'claim.cancel_head', 'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
-    'run.state', 'complete', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
-    'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write', 'emit.store',
+    'run.state', 'complete', 'complete.many', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
+    'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write',
+    'checkpoint.write_many', 'emit.store',
     'emit.wake', 'checkpoint.replayable', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
     'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
     'cleanup.tasks', 'cleanup.events', 'next_wake']);
@@ -1896,6 +1957,45 @@ begin
 end;
 $$;
 
+-- Batched writes (ours; the SDK's worker sends the writes of its running tasks
+-- this way, so that many share one statement and one commit). Each returns one
+-- boolean per input position: true when the item was applied; false when it was
+-- not, and nothing of it was written: the caller sends that item alone through
+-- the single function (complete_run, set_task_checkpoint_state), whose error is
+-- precise. The other items are written whatever one item's fate.
+-- Checks the queue and that a batch's arrays have one length (AB015); returns it.
+create or replace function absurd._batch_length(p_queue_name text, p_lengths integer[])
+returns integer
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  if (select count(distinct coalesce(n, 0)) from unnest(p_lengths) n) > 1 then
+    perform absurd._raise('AB015', 'The arrays of a batch must have the same length');
+  end if;
+  return coalesce(p_lengths[1], 0);
+end;
+$$;
+
+create or replace function absurd.complete_runs(p_queue_name text, p_run_ids uuid[], p_states jsonb[])
+returns boolean[]
+language plpgsql
+-- Generic plans: PostgreSQL would plan a statement of arrays anew on every call.
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+  v_ok boolean[];
+begin
+  if absurd._batch_length(p_queue_name, array[cardinality(p_run_ids), cardinality(p_states)]) = 0 then
+    return '{}';
+  end if;
+  execute absurd._cached('complete.many', p_queue_name, quote_nullable(p_run_ids),
+    quote_nullable(p_states), quote_nullable(absurd.current_time())) into v_ok;
+  return v_ok;
+end;
+$$;
+
 create or replace function absurd.schedule_run(p_queue_name text, p_run_id uuid, p_wake_at timestamptz)
 returns void
 language plpgsql
@@ -2137,6 +2237,35 @@ begin
     quote_nullable(case when v_run.claim_expires_at is null then 0
                         else greatest(coalesce(p_extend_claim_by, 0), 0) end),
     quote_nullable(v_run.attempt));
+end;
+$$;
+
+-- set_task_checkpoint_state for many steps of different runs (see complete_runs).
+create or replace function absurd.set_task_checkpoint_states(
+  p_queue_name text,
+  p_task_ids uuid[],
+  p_step_names text[],
+  p_states jsonb[],
+  p_owner_runs uuid[],
+  p_extend_claim_by integer default null
+)
+returns boolean[]
+language plpgsql
+-- Generic plans: PostgreSQL would plan a statement of arrays anew on every call.
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+  v_ok boolean[];
+begin
+  if absurd._batch_length(p_queue_name, array[cardinality(p_task_ids),
+      cardinality(p_step_names), cardinality(p_states), cardinality(p_owner_runs)]) = 0 then
+    return '{}';
+  end if;
+  execute absurd._cached('checkpoint.write_many', p_queue_name, quote_nullable(p_task_ids),
+    quote_nullable(p_step_names), quote_nullable(p_states), quote_nullable(p_owner_runs),
+    quote_nullable(absurd.current_time()),
+    quote_nullable(greatest(coalesce(p_extend_claim_by, 0), 0))) into v_ok;
+  return v_ok;
 end;
 $$;
 
