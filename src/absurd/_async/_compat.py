@@ -21,8 +21,6 @@ __all__ = [
     "Future",
     "Handle",
     "Lock",
-    "Queue",
-    "QueueEmpty",
     "RunStepMixin",
     "cancel",
     "install_signal_handlers",
@@ -42,8 +40,6 @@ Event = asyncio.Event
 Lock = asyncio.Lock
 Handle = asyncio.Task[Any]
 Cancelled = asyncio.CancelledError
-Queue = asyncio.Queue
-QueueEmpty = asyncio.QueueEmpty
 Future = asyncio.Future
 
 

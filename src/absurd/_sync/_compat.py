@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import inspect
-import queue
 import signal
 import threading
 import time
@@ -24,8 +23,6 @@ __all__ = [
     "Future",
     "Handle",
     "Lock",
-    "Queue",
-    "QueueEmpty",
     "RunStepMixin",
     "cancel",
     "install_signal_handlers",
@@ -44,8 +41,6 @@ __all__ = [
 Event = threading.Event
 Lock = threading.Lock
 Handle = Future
-Queue = queue.SimpleQueue
-QueueEmpty = queue.Empty
 
 
 def new_future() -> Future[Any]:

@@ -46,22 +46,33 @@ APPLIED = "applied"
 ALONE = "alone"
 #: The batch failed on its connection, so it may or may not have committed.
 MAYBE = "maybe"
+#: Internal: the waiting writer is to send the next batch.
+_LEAD = "lead"
 #: The most writes one batch carries.
 MAX_BATCH = 256
+
+
+class _Write:
+    __slots__ = ("args", "future", "kind")
+
+    def __init__(self, kind: str, args: tuple[Any, ...], future: Any) -> None:
+        self.kind, self.args, self.future = kind, args, future
 
 
 class WriteBatcher:
     """Group commit for the writes of a worker's running tasks.
 
-    A task's checkpoint or completion is queued, and the task waits for its
-    outcome. One flusher sends every queued write as one statement (one
-    round trip, one transaction, one WAL flush): ``set_task_checkpoint_states``
-    and ``complete_runs``, plus, when the batch completes runs, the claim of as
-    many new runs for the slots they free (``claim_task_with_checkpoints``).
-    No timer: while one batch is on its way the next one gathers, so an idle
-    worker's write leaves at once and a busy worker's writes share their
-    commits. A write is durable when its waiter resumes, as with a call of its
-    own.
+    A task's checkpoint or completion joins the pending writes, and the task
+    waits for its outcome. When no batch is on its way, the writer sends every
+    pending write itself, as one statement (one round trip, one transaction,
+    one WAL flush): ``set_task_checkpoint_states`` and ``complete_runs``, plus,
+    when the batch completes runs, the claim of as many new runs for the slots
+    they free (``claim_task_with_checkpoints``). The writes that came meanwhile
+    wait, and the first of them sends the next batch (a leader hand-over, no
+    flusher thread: a task's write costs no thread switch when it goes alone).
+    No timer: an idle worker's write leaves at once, and a busy worker's writes
+    share their commits. A write is durable when its writer resumes, as with a
+    call of its own.
 
     A write the batch did not apply (``ALONE``: its run was cancelled, failed or
     lost meanwhile) goes through the single function, whose error is precise;
@@ -83,49 +94,72 @@ class WriteBatcher:
         self.worker_id = worker_id
         self._refill = refill
         self._adopt = adopt
-        self._queue: Any = compat.Queue()
+        self._lock = compat.Lock()
+        self._pending: list[_Write] = []
+        self._sending = False
         self._open = True
 
     def checkpoint(self, task_id: Any, step: str, data: str, run_id: Any) -> str:
-        """Queues set_task_checkpoint_state (the lease extended by claim_timeout)."""
-        return self._submit(("c", (task_id, step, data, run_id)))
+        """set_task_checkpoint_state (the lease extended by claim_timeout), batched."""
+        return self._submit("c", (task_id, step, data, run_id))
 
     def complete(self, run_id: Any, data: str) -> str:
-        """Queues complete_run."""
-        return self._submit(("d", (run_id, data)))
-
-    def _submit(self, write: tuple[str, tuple[Any, ...]]) -> str:
-        if not self._open:
-            return ALONE
-        future = compat.new_future()
-        self._queue.put_nowait((write, future))
-        return str(compat.wait_future(future))
+        """complete_run, batched."""
+        return self._submit("d", (run_id, data))
 
     def close(self) -> None:
-        """Ends the flusher after the writes already queued."""
+        """Later writes go alone."""
         self._open = False
-        self._queue.put_nowait(None)
 
-    def run(self) -> None:
-        """The flusher: one batch at a time, until ``close()``."""
+    def _submit(self, kind: str, args: tuple[Any, ...]) -> str:
+        if not self._open:
+            return ALONE
+        write = _Write(kind, args, compat.new_future())
+        with self._lock:
+            self._pending.append(write)
+            lead = not self._sending
+            self._sending = True
         while True:
-            first = self._queue.get()
-            batch = [first]
-            while first is not None and len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except compat.QueueEmpty:
-                    break
-                batch.append(item)
-            writes = [item for item in batch if item is not None]
-            if writes:
-                self._flush(writes)
-            if None in batch:
-                return
+            if lead:
+                self._lead(write)
+            outcome = compat.wait_future(write.future)
+            if outcome != _LEAD:
+                return str(outcome)
+            # Handed the sending: nobody else sends meanwhile, nor looks at this write.
+            write.future = compat.new_future()
+            lead = True
 
-    def _flush(self, batch: list[tuple[tuple[str, tuple[Any, ...]], Any]]) -> None:
-        checkpoints = [w for (kind, w), _ in batch if kind == "c"]
-        completions = [w for (kind, w), _ in batch if kind == "d"]
+    def _lead(self, own: _Write) -> None:
+        """Sends the pending writes (``own`` among them), then hands the sending on
+        to the first writer still waiting, if any."""
+        try:
+            while not own.future.done():
+                # Lets the writers that the last batch resumed add their next writes
+                # first (asyncio: one turn of the loop), instead of sending alone.
+                compat.sleep(0)
+                with self._lock:
+                    batch = self._pending[:MAX_BATCH]
+                    del self._pending[:MAX_BATCH]
+                try:
+                    self._flush(batch)
+                finally:
+                    for write in batch:  # an interrupted flush (cancelled task)
+                        compat.resolve(write.future, MAYBE)
+        finally:
+            with self._lock:
+                while self._pending:
+                    after = self._pending[0]
+                    if after.future.done():  # its writer gave up (cancelled)
+                        self._pending.pop(0)
+                        continue
+                    compat.resolve(after.future, _LEAD)
+                    break
+                else:
+                    self._sending = False
+
+    def _flush(self, batch: list[_Write]) -> None:
+        checkpoints = [w.args for w in batch if w.kind == "c"]
+        completions = [w.args for w in batch if w.kind == "d"]
         qty = self._refill(len(completions)) if completions else 0
         params: tuple[Any, ...] = (
             self.app.queue_name,
@@ -146,7 +180,7 @@ class WriteBatcher:
         try:
             rows = self.app._rows(query, params)
             flags = {"c": iter(rows[0].pop("c")), "d": iter(rows[0].pop("d"))}
-            outcome = [APPLIED if next(flags[kind]) else ALONE for (kind, _), _ in batch]
+            outcome = [APPLIED if next(flags[w.kind]) else ALONE for w in batch]
             claimed = [row for row in rows if row.get("run_id") is not None]
             for row in claimed:
                 row.pop("c", None)
@@ -159,8 +193,8 @@ class WriteBatcher:
         except (Exception, TaskInterrupt) as exc:
             log.warning("a batch of %s writes failed (%r); sending them alone", len(batch), exc)
             outcome = [ALONE] * len(batch)
-        for (_, future), result in zip(batch, outcome, strict=True):
-            compat.resolve(future, result)
+        for write, result in zip(batch, outcome, strict=True):
+            compat.resolve(write.future, result)
 
 
 _WRITES = (
@@ -253,8 +287,6 @@ class Worker:
             writes = WriteBatcher(
                 self.app, self.claim_timeout, self.worker_id, self._refill, self._handoff.extend
             )
-            # One flusher: with two, batches halve and each write waited as long.
-            flusher = compat.spawn(writes.run)
             self.app._writes = writes
             log.info(
                 "worker %s started on queue %r (concurrency %s)",
@@ -275,7 +307,6 @@ class Worker:
                 self._drain()
                 self.app._writes = None
                 writes.close()
-                compat.wait_any({flusher}, 5.0)
                 self._release_handoff()  # claimed by a batch that ended late
                 compat.cancel(listener)
                 compat.wait_any({listener}, 2.0)
