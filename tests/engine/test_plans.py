@@ -208,8 +208,8 @@ def test_catalogue_lists_every_statement(conn: psycopg.Connection[Any]) -> None:
 
 
 #: Statements the engine runs as session-level prepared statements (absurd._cached):
-#: after five executions PostgreSQL may keep a generic plan, so that one is checked too
-#: (claim.band: see test_claim_band_keeps_custom_plans).
+#: after five executions PostgreSQL may keep a generic plan (claim_task forces it), so
+#: that one is checked too.
 CACHED = {
     "spawn",
     "claim.next_band",
@@ -236,7 +236,7 @@ def test_cached_statements_are_the_ones_the_engine_caches() -> None:
 @pytest.mark.parametrize(
     ("statement", "mode"),
     [(s, "force_custom_plan") for s in sorted(ARGS)]
-    + [(s, "force_generic_plan") for s in sorted(CACHED - {"claim.band"})],
+    + [(s, "force_generic_plan") for s in sorted(CACHED)],
 )
 def test_statement_is_index_driven(
     statement: str, mode: str, full_queue: tuple[str, dict[str, str]], connect: Connect
@@ -257,18 +257,3 @@ def test_statement_is_index_driven(
     if expected:
         used = {s[2] for s in scans}
         assert expected.format(q=queue) in used, f"{statement} does not use {expected}: {scans}"
-
-
-def test_claim_band_keeps_custom_plans(
-    full_queue: tuple[str, dict[str, str]], connect: Connect
-) -> None:
-    """claim.band's generic plan (qty unknown) hash-joins whole tables; with the default
-    plan_cache_mode PostgreSQL must keep choosing the custom plan after many calls."""
-    queue, _ = full_queue
-    conn = connect()
-    row = conn.execute("select absurd._sql('claim.band', %s)", (queue,)).fetchone()
-    assert row is not None
-    nodes = explain(conn, str(row[0]), ARGS["claim.band"], times=12)
-    per_queue = {f"{p}_{queue}" for p in "trcew"}
-    seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") in per_queue]
-    assert not seq, nodes

@@ -1051,6 +1051,10 @@ begin
 
   -- $1 priority, $2 now, $3 qty, $4 worker, $5 lease end. One range scan of
   -- r_<q>_cli that stops at "now"; rows locked by other claimers are skipped.
+  -- Planned once per session (generic plan, see claim_task): each write finds
+  -- its rows by primary key through "= any(array(select ... from c))", which
+  -- keeps the plan index-driven whatever qty is (with the bare join to c, the
+  -- generic plan hash-joins whole tables; planning anew cost more than the claim).
   -- A candidate whose task is past its cancellation deadline is cancelled on
   -- the spot (column "late"), so overdue tasks at the head of the queue are
   -- visited once, never re-scanned by every claim.
@@ -1072,7 +1076,7 @@ begin
         claim_expires_at = case when c.late then null else $5::timestamptz end,
         started_at = case when c.late then r.started_at else $2 end,
         available_at = case when c.late then r.available_at else $2 end
-      from c where r.run_id = c.run_id
+      from c where r.run_id = c.run_id and r.run_id = any(array(select c.run_id from c))
     ), ut as (
       update absurd.%1$I t set
         state = case when c.late then 'cancelled' else 'running' end,
@@ -1086,13 +1090,15 @@ begin
           when c.late then null
           when t.first_started_at is null then absurd._cancel_deadline(t.cancellation, null, $2)
           else t.cancel_deadline end
-      from c where t.task_id = c.task_id
+      from c where t.task_id = c.task_id and t.task_id = any(array(select c.task_id from c))
       returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
     ), dw as (
       delete from absurd.%5$I w using c
-      where w.run_id = c.run_id and not c.late and w.timeout_at is not null and w.timeout_at <= $2
+      where w.run_id = c.run_id and w.run_id = any(array(select c.run_id from c))
+        and not c.late and w.timeout_at is not null and w.timeout_at <= $2
     ), dl as (
-      delete from absurd.%5$I w using c where w.task_id = c.task_id and c.late
+      delete from absurd.%5$I w using c
+      where w.task_id = c.task_id and w.task_id = any(array(select c.task_id from c)) and c.late
     )
     select c.run_id, c.task_id, c.attempt, ut.task_name, ut.params, ut.retry_strategy,
            ut.max_attempts, ut.headers, c.wake_event, c.event_payload, c.late
@@ -1793,6 +1799,10 @@ returns table (
   event_payload jsonb
 )
 language plpgsql
+-- Generic plans, made once per session: the claim's statements are index-driven
+-- in them (tests/engine/test_plans.py), and planning claim.band anew per call
+-- cost about twice its execution.
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   q text := p_queue_name;
@@ -1817,8 +1827,6 @@ begin
     exit when v_priority is null;
     loop
       v_late := 0;
-      -- A cached plan, like the others; PostgreSQL keeps planning it per call
-      -- (custom plans): with qty unknown, its generic plan costs far more.
       for v_row in execute absurd._cached('claim.band', q, quote_nullable(v_priority),
           quote_nullable(v_now), quote_nullable(v_left), quote_nullable(v_worker),
           quote_nullable(v_expires)) loop
