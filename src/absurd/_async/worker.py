@@ -118,15 +118,23 @@ class WriteBatcher:
             self._pending.append(write)
             lead = not self._sending
             self._sending = True
-        while True:
-            if lead:
-                await self._lead(write)
-            outcome = await compat.wait_future(write.future)
-            if outcome != _LEAD:
-                return str(outcome)
-            # Handed the sending: nobody else sends meanwhile, nor looks at this write.
-            write.future = compat.new_future()
-            lead = True
+        try:
+            while True:
+                if lead:
+                    await self._lead(write)
+                outcome = await compat.wait_future(write.future)
+                if outcome != _LEAD:
+                    return str(outcome)
+                # Handed the sending: nobody else sends meanwhile, nor looks at this write.
+                write.future = compat.new_future()
+                lead = True
+        except BaseException:
+            # Cancelled just as the sending was handed over: hand it on.
+            future = write.future
+            if future.done() and not future.cancelled() and future.result() == _LEAD:
+                async with self._lock:
+                    self._pass_on()
+            raise
 
     async def _lead(self, own: _Write) -> None:
         """Sends the pending writes (``own`` among them), then hands the sending on
@@ -146,15 +154,19 @@ class WriteBatcher:
                         compat.resolve(write.future, MAYBE)
         finally:
             async with self._lock:
-                while self._pending:
-                    after = self._pending[0]
-                    if after.future.done():  # its writer gave up (cancelled)
-                        self._pending.pop(0)
-                        continue
-                    compat.resolve(after.future, _LEAD)
-                    break
-                else:
-                    self._sending = False
+                self._pass_on()
+
+    def _pass_on(self) -> None:
+        """(Under the lock) hands the sending to the first writer still waiting, or
+        ends it when nobody waits."""
+        while self._pending:
+            after = self._pending[0]
+            if after.future.done():  # its writer gave up (cancelled)
+                self._pending.pop(0)
+                continue
+            compat.resolve(after.future, _LEAD)
+            return
+        self._sending = False
 
     async def _flush(self, batch: list[_Write]) -> None:
         checkpoints = [w.args for w in batch if w.kind == "c"]

@@ -1,0 +1,127 @@
+"""The group commit's hand-over of the sending (WriteBatcher), without a database: the
+batch itself (``_flush``) is replaced by one that records the batches and applies every
+write. The SQL side of the batches is tested in tests/engine/test_batch_writes.py and
+tests/worker/test_group_commit.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from absurd._async import _compat as acompat
+from absurd._async.worker import APPLIED
+from absurd._async.worker import WriteBatcher as AsyncWriteBatcher
+from absurd._sync.worker import WriteBatcher as SyncWriteBatcher
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def batcher(cls: Any) -> Any:
+    return cls(None, 60, "w", lambda finishing: 0, lambda claimed: None)
+
+
+def test_async_writes_queue_behind_a_batch_and_share_the_next() -> None:
+    async def main() -> list[list[Any]]:
+        writes = batcher(AsyncWriteBatcher)
+        batches: list[list[Any]] = []
+        release = asyncio.Event()
+
+        async def flush(batch: list[Any]) -> None:
+            batches.append([w.args[0] for w in batch])
+            if len(batches) == 1:
+                await release.wait()
+            for w in batch:
+                acompat.resolve(w.future, APPLIED)
+
+        writes._flush = flush
+        first = asyncio.create_task(writes.complete(0, "0"))
+        await asyncio.sleep(0.01)  # the first batch is on its way
+        rest = [asyncio.create_task(writes.complete(i, str(i))) for i in range(1, 6)]
+        await asyncio.sleep(0.01)
+        release.set()
+        outcomes = await asyncio.gather(first, *rest)
+        assert outcomes == [APPLIED] * 6
+        assert writes._sending is False and writes._pending == []
+        return batches
+
+    assert asyncio.run(main()) == [[0], [1, 2, 3, 4, 5]]
+
+
+def test_async_writer_cancelled_as_it_is_handed_the_sending_hands_it_on() -> None:
+    """Otherwise the writes queued behind it would wait for ever."""
+
+    async def main() -> None:
+        writes = batcher(AsyncWriteBatcher)
+        release = asyncio.Event()
+        flushed: list[list[Any]] = []
+
+        async def flush(batch: list[Any]) -> None:
+            flushed.append([w.args[0] for w in batch])
+            if len(flushed) == 1:
+                await release.wait()
+            for w in batch:
+                acompat.resolve(w.future, APPLIED)
+
+        writes._flush = flush
+        a = asyncio.create_task(writes.complete("a", "1"))
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(writes.complete("b", "1"))
+        c = asyncio.create_task(writes.complete("c", "1"))
+        await asyncio.sleep(0.01)
+        original = writes._pass_on
+
+        def pass_on_then_cancel_b() -> None:
+            original()  # b is handed the sending...
+            b.cancel()  # ...and cancelled before it can run
+
+        writes._pass_on = pass_on_then_cancel_b
+        release.set()
+        assert await a == APPLIED
+        writes._pass_on = original
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        assert await asyncio.wait_for(c, 5) == APPLIED
+        assert flushed[-1] == ["c"]
+        assert writes._sending is False
+
+    asyncio.run(main())
+
+
+def test_sync_writes_from_many_threads_all_complete_in_shared_batches() -> None:
+    writes = batcher(SyncWriteBatcher)
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def flush(batch: list[Any]) -> None:
+        with lock:
+            sizes.append(len(batch))
+        time.sleep(0.005)  # a round trip
+        for w in batch:
+            w.future.set_result(APPLIED)
+
+    writes._flush = flush
+    outcomes: list[str] = []
+
+    def task(i: int) -> None:
+        for k in range(20):
+            outcomes.append(writes.checkpoint(i, f"s{k}", "1", i))
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert outcomes == [APPLIED] * 160
+    assert sum(sizes) == 160
+    assert max(sizes) > 1 and len(sizes) < 160
+    assert writes._sending is False and writes._pending == []
+
+
+def test_writes_after_close_go_alone() -> None:
+    writes = batcher(SyncWriteBatcher)
+    writes.close()
+    assert writes.complete(1, "1") == "alone"
