@@ -24,20 +24,26 @@ def batcher(cls: Any) -> Any:
     return cls(None, 60, "w", lambda finishing: 0, lambda claimed: None)
 
 
+def held_first_flush(batches: list[list[Any]], release: asyncio.Event) -> Any:
+    """An asyncio ``_flush`` that records each batch's first arguments, holds the first
+    batch until ``release`` is set, and applies every write."""
+
+    async def flush(batch: list[Any]) -> None:
+        batches.append([w.args[0] for w in batch])
+        if len(batches) == 1:
+            await release.wait()
+        for w in batch:
+            acompat.resolve(w.future, APPLIED)
+
+    return flush
+
+
 def test_async_writes_queue_behind_a_batch_and_share_the_next() -> None:
     async def main() -> list[list[Any]]:
         writes = batcher(AsyncWriteBatcher)
         batches: list[list[Any]] = []
         release = asyncio.Event()
-
-        async def flush(batch: list[Any]) -> None:
-            batches.append([w.args[0] for w in batch])
-            if len(batches) == 1:
-                await release.wait()
-            for w in batch:
-                acompat.resolve(w.future, APPLIED)
-
-        writes._flush = flush
+        writes._flush = held_first_flush(batches, release)
         first = asyncio.create_task(writes.complete(0, "0"))
         await asyncio.sleep(0.01)  # the first batch is on its way
         rest = [asyncio.create_task(writes.complete(i, str(i))) for i in range(1, 6)]
@@ -58,15 +64,7 @@ def test_async_writer_cancelled_as_it_is_handed_the_sending_hands_it_on() -> Non
         writes = batcher(AsyncWriteBatcher)
         release = asyncio.Event()
         flushed: list[list[Any]] = []
-
-        async def flush(batch: list[Any]) -> None:
-            flushed.append([w.args[0] for w in batch])
-            if len(flushed) == 1:
-                await release.wait()
-            for w in batch:
-                acompat.resolve(w.future, APPLIED)
-
-        writes._flush = flush
+        writes._flush = held_first_flush(flushed, release)
         a = asyncio.create_task(writes.complete("a", "1"))
         await asyncio.sleep(0.01)
         b = asyncio.create_task(writes.complete("b", "1"))
