@@ -123,3 +123,21 @@ def test_writes_after_close_go_alone() -> None:
     writes = batcher(SyncWriteBatcher)
     writes.close()
     assert writes.complete(1, "1") == "alone"
+
+
+def test_a_batch_stops_at_about_a_mebibyte_of_data_but_always_takes_one() -> None:
+    from absurd._async.worker import MAX_BATCH, MAX_BATCH_BYTES, _take, _Write
+
+    big = "x" * (MAX_BATCH_BYTES // 2 + 1)
+    pending = [
+        _Write("c", (1, "s", big, 1), None),
+        _Write("d", (2, big), None),
+        _Write("d", (3, "1"), None),
+    ]
+    assert [w.args[0] for w in _take(pending)] == [1]  # two halves and a bit: too much
+    assert [w.args[0] for w in _take(pending)] == [2, 3]
+    assert pending == []
+    huge = [_Write("d", (4, "x" * (2 * MAX_BATCH_BYTES)), None)]
+    assert len(_take(huge)) == 1 and huge == []
+    many = [_Write("d", (i, "1"), None) for i in range(MAX_BATCH + 5)]
+    assert len(_take(many)) == MAX_BATCH and len(many) == 5

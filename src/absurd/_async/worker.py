@@ -47,8 +47,11 @@ ALONE = "alone"
 MAYBE = "maybe"
 #: Internal: the waiting writer is to send the next batch.
 _LEAD = "lead"
-#: The most writes one batch carries.
+#: The most writes one batch carries, and about the most bytes of step results and
+#: task results (a larger write still goes, alone): the batch's arrays travel as
+#: literals into a prepared statement (absurd._cached), built and parsed whole.
 MAX_BATCH = 256
+MAX_BATCH_BYTES = 1 << 20
 
 
 class _Write:
@@ -56,6 +59,21 @@ class _Write:
 
     def __init__(self, kind: str, args: tuple[Any, ...], future: Any) -> None:
         self.kind, self.args, self.future = kind, args, future
+
+
+def _take(pending: list[_Write]) -> list[_Write]:
+    """Removes and returns the next batch from the head of ``pending`` (at least one
+    write; at most MAX_BATCH writes and, past the first, MAX_BATCH_BYTES of data)."""
+    size = 0
+    count = 0
+    for write in pending[:MAX_BATCH]:
+        size += len(write.args[-2] if write.kind == "c" else write.args[-1])
+        if count and size > MAX_BATCH_BYTES:
+            break
+        count += 1
+    batch = pending[:count]
+    del pending[:count]
+    return batch
 
 
 class WriteBatcher:
@@ -145,8 +163,7 @@ class WriteBatcher:
                 # first (asyncio: one turn of the loop), instead of sending alone.
                 await compat.sleep(0)
                 async with self._lock:
-                    batch = self._pending[:MAX_BATCH]
-                    del self._pending[:MAX_BATCH]
+                    batch = _take(self._pending)
                 try:
                     await self._flush(batch)
                 finally:
