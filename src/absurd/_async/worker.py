@@ -164,6 +164,9 @@ class WriteBatcher:
                 await compat.sleep(0)
                 async with self._lock:
                     batch = _take(self._pending)
+                if not batch:  # never expected: own is pending until sent
+                    compat.resolve(own.future, ALONE)
+                    break
                 try:
                     await self._flush(batch)
                 finally:

@@ -165,6 +165,9 @@ class WriteBatcher:
                 compat.sleep(0)
                 with self._lock:
                     batch = _take(self._pending)
+                if not batch:  # never expected: own is pending until sent
+                    compat.resolve(own.future, ALONE)
+                    break
                 try:
                     self._flush(batch)
                 finally:
