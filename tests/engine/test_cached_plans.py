@@ -1,5 +1,5 @@
 """Hot statements run as session-level prepared statements (absurd._cached), and the
-worker's one-transaction completion and claim (complete_run_and_claim).
+one-transaction completion and claim (complete_run_and_claim).
 
 A prepared statement outlives the transaction and the queue it was made for; these
 tests make sure the engine stays right when the session's prepared statements go

@@ -18,7 +18,6 @@ __all__ = [
     "Connection",
     "ConnectionPool",
     "Event",
-    "Future",
     "Handle",
     "Lock",
     "RunStepMixin",
@@ -40,7 +39,6 @@ Event = asyncio.Event
 Lock = asyncio.Lock
 Handle = asyncio.Task[Any]
 Cancelled = asyncio.CancelledError
-Future = asyncio.Future
 
 
 def new_future() -> asyncio.Future[Any]:

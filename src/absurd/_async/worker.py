@@ -210,12 +210,13 @@ class WriteBatcher:
         outcome: list[str]
         try:
             rows = await self.app._rows(query, params)
-            flags = {"c": iter(rows[0].pop("c")), "d": iter(rows[0].pop("d"))}
+            flags = {"c": iter(rows[0]["c"]), "d": iter(rows[0]["d"])}
             outcome = [APPLIED if next(flags[w.kind]) else ALONE for w in batch]
-            claimed = [row for row in rows if row.get("run_id") is not None]
-            for row in claimed:
-                row.pop("c", None)
-                row.pop("d", None)
+            claimed = [
+                {k: v for k, v in row.items() if k not in flags}
+                for row in rows
+                if row.get("run_id") is not None
+            ]
             if claimed:
                 self._adopt(claimed)  # type: ignore[arg-type]
         except psycopg.OperationalError as exc:

@@ -20,7 +20,6 @@ __all__ = [
     "Connection",
     "ConnectionPool",
     "Event",
-    "Future",
     "Handle",
     "Lock",
     "RunStepMixin",

@@ -101,26 +101,23 @@ async def config(request: Request) -> Response:
 
 
 def _metrics(conn: Conn, habitat: Habitat) -> list[Row]:
-    at = store.now(conn)
-    out = []
-    for q in habitat.queues.get(conn):
-        m = store.queue_metrics(conn, q["queue_name"], at)
-        out.append(
-            {
-                "queueName": q["queue_name"],
-                "queueLength": m["pending"] + m["sleeping"],
-                "queueVisibleLength": m["visible"],
-                "runningCount": m["running"],
-                "failedCount": m["failed"],
-                "completedLastMinute": m["completed_last_minute"],
-                "newestMsgAt": m["newest_task_at"],
-                "oldestMsgAt": m["oldest_pending_at"],
-                "totalMessages": q["tasks_estimate"] or 0,
-                "countCap": store.COUNT_CAP,
-                "scrapeTime": at,
-            }
-        )
-    return out
+    at, queues = store.queues_with_metrics(conn, habitat.queues)
+    return [
+        {
+            "queueName": q["queue_name"],
+            "queueLength": q["pending"] + q["sleeping"],
+            "queueVisibleLength": q["visible"],
+            "runningCount": q["running"],
+            "failedCount": q["failed"],
+            "completedLastMinute": q["completed_last_minute"],
+            "newestMsgAt": q["newest_task_at"],
+            "oldestMsgAt": q["oldest_pending_at"],
+            "totalMessages": q["tasks_estimate"] or 0,
+            "countCap": store.COUNT_CAP,
+            "scrapeTime": at,
+        }
+        for q in queues
+    ]
 
 
 async def metrics(request: Request) -> Response:
@@ -287,26 +284,22 @@ async def task_run(request: Request) -> Response:
 
 
 def _queue_counts(conn: Conn, habitat: Habitat) -> list[Row]:
-    at = store.now(conn)
-    out = []
-    for q in habitat.queues.get(conn):
-        m = store.queue_metrics(conn, q["queue_name"], at)
-        out.append(
-            {
-                "queueName": q["queue_name"],
-                "createdAt": q["created_at"],
-                "storageMode": q["storage_mode"],
-                "pendingCount": m["pending"],
-                "runningCount": m["running"],
-                "sleepingCount": m["sleeping"],
-                "completedCount": m["completed"],
-                "failedCount": m["failed"],
-                "cancelledCount": m["cancelled"],
-                "tasksEstimate": q["tasks_estimate"],
-                "countCap": store.COUNT_CAP,
-            }
-        )
-    return out
+    return [
+        {
+            "queueName": q["queue_name"],
+            "createdAt": q["created_at"],
+            "storageMode": q["storage_mode"],
+            "pendingCount": q["pending"],
+            "runningCount": q["running"],
+            "sleepingCount": q["sleeping"],
+            "completedCount": q["completed"],
+            "failedCount": q["failed"],
+            "cancelledCount": q["cancelled"],
+            "tasksEstimate": q["tasks_estimate"],
+            "countCap": store.COUNT_CAP,
+        }
+        for q in store.queues_with_metrics(conn, habitat.queues)[1]
+    ]
 
 
 async def queue_list(request: Request) -> Response:

@@ -126,6 +126,12 @@ def queue_metrics(conn: Conn, queue: str, at: dt.datetime) -> Row:
     return row
 
 
+def queues_with_metrics(conn: Conn, queues: QueueCache) -> tuple[dt.datetime, list[Row]]:
+    """Every queue's row merged with its metrics, all taken at one instant (returned)."""
+    at = now(conn)
+    return at, [{**q, **queue_metrics(conn, q["queue_name"], at)} for q in queues.get(conn)]
+
+
 def queue_throughput(conn: Conn, queue: str, at: dt.datetime) -> list[Row]:
     return rows(conn, "habitat_queue_throughput", queue, cap=CHART_CAP, now=at)
 

@@ -285,11 +285,7 @@ async def events(request: Request) -> Response:
 
 
 def _queues(conn: Conn, habitat: Habitat) -> list[Row]:
-    at = store.now(conn)
-    out = []
-    for row in habitat.queues.get(conn):
-        out.append({**row, **store.queue_metrics(conn, row["queue_name"], at)})
-    return out
+    return store.queues_with_metrics(conn, habitat.queues)[1]
 
 
 async def queues(request: Request) -> Response:
