@@ -76,7 +76,7 @@ __all__ = [
     "migrate",
     "schema_sql",
 ]
-__version__ = "0.6.0"
+__version__ = "0.6.1"
 
 
 def get_current_context() -> Any:

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 #: The version ``absurd.get_schema_version()`` reports once this package's SQL is applied.
-SCHEMA_VERSION = "0.6.0"
+SCHEMA_VERSION = "0.6.1"
 
 # Serialises concurrent installs (two workers starting at once) on one database.
 _INSTALL_LOCK_KEY = 0x41425355  # "ABSU"

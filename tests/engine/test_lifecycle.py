@@ -611,7 +611,7 @@ def test_cleanup_removes_only_old_finished_tasks(engine: Engine) -> None:
 def test_fake_time_and_version(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("set absurd.fake_now = '2031-02-03T04:05:06Z'")
     row = conn.execute("select absurd.current_time(), absurd.get_schema_version()").fetchone()
-    assert row == (dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc), "0.6.0")
+    assert row == (dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc), "0.6.1")
     uid = conn.execute("select absurd.portable_uuidv7()").fetchone()
     assert uid is not None
     ts = conn.execute("select absurd.uuidv7_timestamp(%s)", (uid[0],)).fetchone()

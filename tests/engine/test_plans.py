@@ -19,7 +19,7 @@ from psycopg import sql
 
 from tests.conftest import Connect
 
-NOW = "now()"
+NOW = "absurd.current_time()"  # the engine clock: tests pin it with absurd.fake_now
 ROWS = 30_000
 
 # Representative arguments per statement ({task}/{run}/{new} are filled in).
@@ -49,11 +49,11 @@ ARGS: dict[str, list[str]] = {
         NOW,
         "array[{new2}]::uuid[]",
         "array[0]",
-        "array[now()]",
+        "array[absurd.current_time()]",
     ],
     "spawn.existing": ["'key-17'"],
     "claim.next_band": ["2147483647"],
-    "claim.band": ["0", NOW, "1", "'w'", "now() + interval '1 minute'"],
+    "claim.band": ["0", NOW, "1", "'w'", "absurd.current_time() + interval '1 minute'"],
     "claim.cancel_head": ["0", NOW, "1000"],
     "sweep.cancellations": [NOW, "1"],
     "sweep.leases": [NOW, "1"],
@@ -90,7 +90,7 @@ ARGS: dict[str, list[str]] = {
     "await.clear_wake": ["{run}"],
     "await.resolve": ["{task}", "'s'", "'1'", "{run}", NOW],
     "await.suspend": ["{task}", "{run}", "'s'", "'e-5'", NOW, NOW],
-    "cleanup.tasks": ["now() - interval '1 day'", "1000", "'q'"],
+    "cleanup.tasks": ["absurd.current_time() - interval '1 day'", "1000", "'q'"],
     "cleanup.events": [NOW, "1000"],
     "next_wake": [],
 }
@@ -125,17 +125,18 @@ FILL = [
     insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
         idempotency_key, priority, cancel_deadline, finished_at, enqueue_at)
       select task_id, 'task', to_jsonb(g), st, 1, run_id, 'key-' || g, (g % 50 = 0)::int,
-        case when g % 100 = 0 then now() + interval '1 hour' end,
-        case when st = 'completed' then now() - interval '2 days' end, now()
+        case when g % 100 = 0 then absurd.current_time() + interval '1 hour' end,
+        case when st = 'completed' then absurd.current_time() - interval '2 days' end,
+        absurd.current_time()
       from ids
     """,
     """
     insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
         claimed_by, priority)
       select run_id, task_id, 1, st,
-        case st when 'sleeping' then now() + interval '1 hour'
-          else now() - interval '1 minute' end,
-        case when st = 'running' then now() + interval '10 minutes' end,
+        case st when 'sleeping' then absurd.current_time() + interval '1 hour'
+          else absurd.current_time() - interval '1 minute' end,
+        case when st = 'running' then absurd.current_time() + interval '10 minutes' end,
         case when st = 'running' then 'w' end, (g % 50 = 0)::int
       from ids
     """,
@@ -145,12 +146,12 @@ FILL = [
     """,
     """
     insert into absurd.{w} (task_id, run_id, step_name, event_name, timeout_at)
-      select task_id, run_id, 's', 'e-' || g, now() + interval '1 hour'
+      select task_id, run_id, 's', 'e-' || g, absurd.current_time() + interval '1 hour'
       from ids where st = 'sleeping'
     """,
     """
     insert into absurd.{e} (event_name, payload, emitted_at)
-      select 'e-' || g, '1', now() - make_interval(secs => g) from ids
+      select 'e-' || g, '1', absurd.current_time() - make_interval(secs => g) from ids
     """,
 ]
 
@@ -177,6 +178,12 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
         c.execute("select absurd.drop_queue(%s)", (queue,))
 
 
+#: The planner settings every function that runs catalogue statements declares
+#: (``set enable_seqscan = off``: key lookups must not turn into scans of a table or
+#: partition that was small when the statement was planned).
+ENGINE_SETTINGS = {"enable_seqscan": "off"}
+
+
 def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
@@ -187,8 +194,11 @@ def explain(
     conn: psycopg.Connection[Any], text: str, args: list[str], times: int = 1
 ) -> list[dict[str, Any]]:
     """The plan of the prepared statement's last of `times` EXPLAIN EXECUTEs (each one
-    counts towards PostgreSQL's choice between custom and generic plans)."""
+    counts towards PostgreSQL's choice between custom and generic plans), planned with
+    the settings the engine's functions declare (ENGINE_SETTINGS)."""
     name = f"p_{uuid.uuid4().hex[:8]}"
+    for setting, value in ENGINE_SETTINGS.items():
+        conn.execute(f"set {setting} = {value}")
     conn.execute(f"prepare {name} as {text}")
     try:
         call = f"execute {name}" + (f"({', '.join(args)})" if args else "")
@@ -257,3 +267,19 @@ def test_statement_is_index_driven(
     if expected:
         used = {s[2] for s in scans}
         assert expected.format(q=queue) in used, f"{statement} does not use {expected}: {scans}"
+
+
+def test_functions_that_run_catalogue_statements_plan_them_as_tested(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Every function whose body runs an absurd._sql/_cached statement declares
+    ENGINE_SETTINGS, so the plans EXPLAINed here are the plans the engine runs."""
+    rows = conn.execute(
+        "select p.proname, coalesce(p.proconfig, '{}') from pg_proc p"
+        " where p.pronamespace = 'absurd'::regnamespace"
+        "   and p.prosrc ~ 'absurd\\._(sql|cached)\\(' and p.proname not in ('_sql', '_cached')"
+    ).fetchall()
+    assert len(rows) >= 20
+    want = {f"{k}={v}" for k, v in ENGINE_SETTINGS.items()}
+    missing = {name: config for name, config in rows if not want <= set(config)}
+    assert not missing, f"functions planning catalogue statements without {want}: {missing}"

@@ -100,7 +100,7 @@ def test_reinstall_is_a_no_op(new_database: Callable[[], str]) -> None:
         assert catalog(c) == before
         row = c.execute("select params from absurd.t_keep").fetchone()
         assert row == ({"x": 1},)
-        assert schema.installed_version(c) == schema.SCHEMA_VERSION == "0.6.0"
+        assert schema.installed_version(c) == schema.SCHEMA_VERSION == "0.6.1"
 
 
 def test_schema_functions_accept_any_row_factory(new_database: Callable[[], str]) -> None:
@@ -189,7 +189,7 @@ def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> No
 
         assert schema.migration_path("0.5.1") == ["0.5.1-0.6.0"]
         assert schema.migrate(c) == ["0.5.1-0.6.0"]
-        assert schema.installed_version(c) == "0.6.0"
+        assert schema.installed_version(c) == "0.6.1"
         assert schema.migrate(c) == []  # already current
         t = c.execute(
             "select task_id, state, finished_at is not null, cancel_deadline - enqueue_at, priority"
@@ -222,6 +222,58 @@ def test_upgrade_from_upstream_keeps_data(new_database: Callable[[], str]) -> No
         assert c.execute(
             "select params from absurd.claim_task('parted', 'w', 60, 5)"
         ).fetchall() == [(3,)]
+
+
+def test_upgrade_from_0_6_0_plans_by_key_and_steps_weeks_in_hours(
+    new_database: Callable[[], str],
+) -> None:
+    """0.6.0 -> 0.6.1 is absurd.sql alone: the functions that run catalogue statements
+    get ``enable_seqscan = off`` back, ensure_partitions steps weeks in hours (a
+    daylight-saving change in the session's time zone no longer skips weeks), and the
+    data stays. 0.6.0 is recreated from the current schema by undoing those changes."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        schema.install(c)
+        c.execute("select absurd.create_queue('kept', 'partitioned')")
+        c.execute("select absurd.spawn_task('kept', 'a', '1')")
+        tuned = [
+            oid
+            for (oid,) in c.execute(
+                "select oid::regprocedure::text from pg_proc"
+                " where pronamespace = 'absurd'::regnamespace"
+                "   and 'enable_seqscan=off' = any(proconfig)"
+            )
+        ]
+        assert len(tuned) >= 20
+        for function in tuned:
+            c.execute(f"alter function {function} reset enable_seqscan")
+        for name in ("_add_week_partition", "ensure_partitions"):
+            (oid, body) = c.execute(
+                "select oid::regprocedure::text, pg_get_functiondef(oid) from pg_proc"
+                " where pronamespace = 'absurd'::regnamespace and proname = %s",
+                (name,),
+            ).fetchone()
+            assert "168 hours" in body, oid
+            c.execute(body.replace("interval '168 hours'", "interval '7 days'"))
+        c.execute(
+            "create or replace function absurd.get_schema_version() returns text"
+            " language sql immutable as $$ select '0.6.0'::text $$"
+        )
+        assert schema.installed_version(c) == "0.6.0"
+
+        assert schema.migration_path("0.6.0") == []
+        assert schema.migrate(c) == []
+        assert schema.installed_version(c) == "0.6.1"
+        assert c.execute(
+            "select count(*) from pg_proc where pronamespace = 'absurd'::regnamespace"
+            " and 'enable_seqscan=off' = any(proconfig)"
+        ).fetchone() == (len(tuned),)
+        assert c.execute(
+            "select count(*) from pg_proc where pronamespace = 'absurd'::regnamespace"
+            " and prosrc like '%interval ''7 days''%'"
+        ).fetchone() == (0,)
+        claimed = c.execute("select params from absurd.claim_task('kept', 'w', 60, 5)")
+        assert claimed.fetchall() == [(1,)]
 
 
 @pytest.mark.parametrize(

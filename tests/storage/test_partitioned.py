@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
 from typing import Any
 
@@ -240,3 +241,95 @@ def test_list_detach_candidates_follows_policy(conn: psycopg.Connection[Any], pq
     with pytest.raises(psycopg.Error) as err:
         conn.execute("select * from absurd.list_detach_candidates('no such queue')")
     assert err.value.sqlstate == "AB005"
+
+
+def floor(conn: psycopg.Connection[Any], at: dt.datetime) -> Any:
+    row = conn.execute("select absurd.uuidv7_floor(%s)", (at,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def utc_weeks(
+    conn: psycopg.Connection[Any], queue: str, prefix: str = "t"
+) -> list[tuple[Any, Any]]:
+    """(lower, upper) bounds of the weekly partitions of one table as UTC instants."""
+    rows = conn.execute(
+        "select absurd.uuidv7_timestamp(lower_id), absurd.uuidv7_timestamp(upper_id)"
+        " from absurd._queue_partitions(%s) where prefix = %s and not is_default"
+        " order by lower_id",
+        (queue, prefix),
+    ).fetchall()
+    utc = dt.timezone.utc
+    return [(lower.astimezone(utc), upper.astimezone(utc)) for lower, upper in rows]
+
+
+# Berlin's clocks go forward at 01:00 UTC on 28 March 2027 and back at 01:00 UTC on
+# 31 October 2027; New York's go back at 06:00 UTC on 7 November 2027.
+@pytest.mark.parametrize(
+    ("zone", "at"),
+    [
+        ("Europe/Berlin", "2027-03-20 12:00:00+00"),
+        ("Europe/Berlin", "2027-10-25 12:00:00+00"),
+        ("America/New_York", "2027-11-01 00:30:00+00"),
+    ],
+)
+def test_weeks_are_utc_weeks_across_a_daylight_saving_change(
+    conn: psycopg.Connection[Any], pqueue: str, zone: str, at: str
+) -> None:
+    """Provisioned from a session in a zone whose clocks change within the window,
+    every week is created, and each runs from Monday 00:00 UTC to the next."""
+    conn.execute("select set_config('timezone', %s, false)", (zone,))
+    conn.execute("select set_config('absurd.fake_now', %s, false)", (at,))
+    conn.execute("select absurd.ensure_partitions(%s)", (pqueue,))
+    for prefix in "trcw":
+        start = dt.datetime.fromisoformat(at) - dt.timedelta(days=7)
+        weeks = [w for w in utc_weeks(conn, pqueue, prefix) if w[0] >= start]
+        assert len(weeks) == 5, weeks  # this week and four ahead (28 days)
+        for lower, upper in weeks:
+            assert lower.weekday() == 0
+            assert lower.time() == dt.time(0)
+            assert upper - lower == dt.timedelta(days=7)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(weeks))
+
+
+def test_provisioning_fits_next_to_a_week_an_hour_off(
+    conn: psycopg.Connection[Any], pqueue: str
+) -> None:
+    """An older release could create a week an hour off the UTC week (it stepped in
+    calendar days in the session's time zone). The next week is then created from
+    where that one ends, instead of failing on the overlap, and no hour is left to
+    the DEFAULT partition."""
+    monday = dt.datetime(2027, 11, 1, tzinfo=dt.timezone.utc)
+    conn.execute("select set_config('absurd.fake_now', %s, false)", (monday.isoformat(),))
+    for prefix in "trcw":
+        parent = f"{prefix}_{pqueue}"
+        for (name,) in conn.execute(
+            "select partition_table from absurd._queue_partitions(%s)"
+            " where prefix = %s and not is_default and lower_id >= absurd.uuidv7_floor(%s)",
+            (pqueue, prefix, monday - dt.timedelta(days=7)),
+        ).fetchall():
+            conn.execute(f'drop table absurd."{name}"')
+        # last week, shifted an hour later, as the older release made it
+        tag = conn.execute(
+            "select absurd.partition_week_tag(%s)", (monday - dt.timedelta(days=7),)
+        ).fetchone()
+        assert tag is not None
+        conn.execute(
+            f'create table absurd."{parent}_{tag[0]}" partition of absurd."{parent}"'
+            f" for values from ('{floor(conn, monday - dt.timedelta(days=7, hours=-1))}')"
+            f" to ('{floor(conn, monday + dt.timedelta(hours=1))}')"
+        )
+    conn.execute("select absurd.ensure_partitions(%s)", (pqueue,))
+    weeks = utc_weeks(conn, pqueue)
+    this_week = [w for w in weeks if w[0] >= monday - dt.timedelta(days=7)]
+    assert this_week[0] == (monday - dt.timedelta(days=7, hours=-1), monday + dt.timedelta(hours=1))
+    assert this_week[1] == (monday + dt.timedelta(hours=1), monday + dt.timedelta(days=7))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(this_week))
+    # a task spawned in the first hour of this week lands in a weekly partition
+    e = Engine(conn, pqueue)
+    e.set_time(monday + dt.timedelta(minutes=30))
+    e.spawn("early")
+    e.set_time(monday + dt.timedelta(hours=1, minutes=30))
+    e.spawn("later")
+    in_default = conn.execute(f'select count(*) from absurd."t_{pqueue}_d"').fetchone()
+    assert in_default == (0,)

@@ -131,7 +131,7 @@ returns text
 language sql
 immutable
 as $$
-  select '0.6.0'::text;
+  select '0.6.1'::text;
 $$;
 
 -- Raise an engine error with its own SQLSTATE (catalogue: docs/errors.md).
@@ -904,6 +904,7 @@ $$;
 create or replace function absurd.set_queue_policy(p_queue_name text, p_policy jsonb)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := absurd.validate_queue_name(p_queue_name);
@@ -985,6 +986,17 @@ $$;
 -- EXPLAIN the very same text to prove each one is index-driven.
 -- Placeholders: %1$I = t_<q> (tasks), %2$I = r_<q> (runs), %3$I = c_<q>
 -- (checkpoints), %4$I = e_<q> (events), %5$I = w_<q> (waits).
+--
+-- Every function that runs these statements is declared "set enable_seqscan =
+-- off": each statement reaches its rows by key, so its plan must not depend on
+-- how big a table or partition was when it was planned. Without it, a week's
+-- partition planned while small (the week has just begun; its first ANALYZE saw
+-- a few hundred rows) is sequentially scanned, and the plans the engine keeps
+-- for the whole session (absurd._cached, generic) go on scanning it while it
+-- grows, until autovacuum analyses it again: measured on PostgreSQL 15, a cached
+-- complete.many took 0.2 ms with the index and 18.7 ms scanning a 200,000-row
+-- waits partition. Where no index serves a statement, PostgreSQL still scans
+-- (the setting only prices scans out), and the plan tests would catch it.
 -- -----------------------------------------------------------------------------
 create or replace function absurd._sql(p_statement text, p_queue_name text)
 returns text
@@ -1530,6 +1542,7 @@ $$;
 create or replace function absurd._run_state_error(p_queue_name text, p_run_id uuid, p_message text)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_state text;
@@ -1588,6 +1601,7 @@ create or replace function absurd.spawn_task(
 )
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -1646,6 +1660,7 @@ $$;
 create or replace function absurd.spawn_tasks(p_queue_name text, p_tasks jsonb)
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean)
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -1735,6 +1750,7 @@ $$;
 create or replace function absurd._cancel_task(p_queue_name text, p_task_id uuid, p_now timestamptz)
 returns boolean
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_state text;
@@ -1756,6 +1772,7 @@ $$;
 create or replace function absurd._sweep(p_queue_name text, p_now timestamptz, p_limit integer)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_task uuid;
@@ -1803,6 +1820,7 @@ language plpgsql
 -- in them (tests/engine/test_plans.py), and planning claim.band anew per call
 -- cost about twice its execution.
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -1863,6 +1881,7 @@ $$;
 create or replace function absurd._run_checkpoints(p_queue_name text, p_task_id uuid, p_attempt integer)
 returns jsonb
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v jsonb;
@@ -1915,6 +1934,7 @@ $$;
 create or replace function absurd.complete_run(p_queue_name text, p_run_id uuid, p_state jsonb default null)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_task uuid;
@@ -1991,6 +2011,7 @@ returns boolean[]
 language plpgsql
 -- Generic plans: PostgreSQL would plan a statement of arrays anew on every call.
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_ok boolean[];
@@ -2007,6 +2028,7 @@ $$;
 create or replace function absurd.schedule_run(p_queue_name text, p_run_id uuid, p_wake_at timestamptz)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_task uuid;
@@ -2033,6 +2055,7 @@ create or replace function absurd._fail_run(
   p_queue_name text, p_run_id uuid, p_reason jsonb, p_retry_at timestamptz, p_now timestamptz)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -2220,6 +2243,7 @@ create or replace function absurd.set_task_checkpoint_state(
 )
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -2261,6 +2285,7 @@ returns boolean[]
 language plpgsql
 -- Generic plans: PostgreSQL would plan a statement of arrays anew on every call.
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_ok boolean[];
@@ -2280,6 +2305,7 @@ $$;
 create or replace function absurd.extend_claim(p_queue_name text, p_run_id uuid, p_extend_by integer)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -2338,6 +2364,7 @@ create or replace function absurd.get_task_checkpoint_states(p_queue_name text, 
 returns table (checkpoint_name text, state jsonb, status text, owner_run_id uuid, updated_at timestamptz)
 language plpgsql
 stable
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -2369,6 +2396,7 @@ create or replace function absurd.await_event(
 )
 returns table (should_suspend boolean, payload jsonb)
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -2442,6 +2470,7 @@ $$;
 create or replace function absurd.emit_event(p_queue_name text, p_event_name text, p_payload jsonb default null)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   q text := p_queue_name;
@@ -2473,6 +2502,7 @@ create or replace function absurd.queue_next_wake(p_queue_name text)
 returns timestamptz
 language plpgsql
 stable
+set enable_seqscan = off
 as $$
 declare
   v_next timestamptz;
@@ -2546,6 +2576,7 @@ create or replace function absurd.await_task_result(
 )
 returns table (should_suspend boolean, payload jsonb)
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_event text;
@@ -2601,6 +2632,7 @@ create or replace function absurd._cleanup(
   p_statement text, p_queue_name text, p_ttl_seconds integer, p_limit integer)
 returns integer
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_deleted integer;
@@ -2800,7 +2832,9 @@ declare
   v_default text := v_parent || '_d';
   v_key text := case when p_prefix in ('t', 'c') then 'task_id' else 'run_id' end;
   v_from uuid := absurd.uuidv7_floor(p_week);
-  v_to uuid := absurd.uuidv7_floor(p_week + interval '7 days');
+  -- 168 hours, not '7 days': a day added to a timestamptz follows the session time
+  -- zone's daylight-saving changes, and would end the week an hour early or late.
+  v_to uuid := absurd.uuidv7_floor(p_week + interval '168 hours');
   v_busy boolean;
 begin
   if to_regclass(format('absurd.%I', v_name)) is not null then
@@ -2826,6 +2860,21 @@ begin
     end if;
     if to_regclass(format('absurd.%I', v_name)) is not null then
       return false;  -- created meanwhile
+    end if;
+    -- Fit between the neighbours: an older release stepped weeks in calendar days,
+    -- so after a daylight-saving change in the session's time zone a neighbour may
+    -- start or end an hour off the UTC week; the new partition starts where the
+    -- previous one ends and ends where the next one starts.
+    v_from := coalesce((select b.upper_id from absurd._queue_partitions(p_queue_name) b
+                        where b.prefix = p_prefix and not b.is_default
+                          and b.lower_id < v_from and b.upper_id > v_from
+                        order by b.upper_id desc limit 1), v_from);
+    v_to := coalesce((select b.lower_id from absurd._queue_partitions(p_queue_name) b
+                      where b.prefix = p_prefix and not b.is_default
+                        and b.lower_id < v_to and b.upper_id > v_to
+                      order by b.lower_id limit 1), v_to);
+    if v_from >= v_to then
+      return false;
     end if;
     -- The DEFAULT partition may already hold rows of that week: they stay
     -- there (moving them would block writers; cleanup removes them in time).
@@ -2880,7 +2929,7 @@ begin
       foreach v_prefix in array array['t', 'r', 'c', 'w'] loop
         perform absurd._add_week_partition(v_prefix, v_queue.queue_name, v_week);
       end loop;
-      v_week := v_week + interval '7 days';
+      v_week := v_week + interval '168 hours';  -- see _add_week_partition
     end loop;
   end loop;
 end;
@@ -3208,6 +3257,7 @@ $$;
 create or replace function absurd.sweep_queue(p_queue_name text, p_limit integer default 1000)
 returns table (cancelled integer, expired integer)
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := absurd.current_time();
