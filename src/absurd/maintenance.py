@@ -33,6 +33,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
+
+from absurd import queries
 
 __all__ = ["MaintenanceReport", "QueueMaintenance", "maintain_once", "run_maintenance"]
 
@@ -85,11 +88,16 @@ def _ident(name: str) -> sql.Composable:
     return sql.SQL("absurd.{}").format(sql.Identifier(name))
 
 
-def _scalar(
-    conn: psycopg.Connection[Any], query: str | sql.Composed, params: tuple[Any, ...] = ()
-) -> Any:
-    row = conn.execute(query, params).fetchone()
-    return None if row is None else row[0]
+def _rows(conn: psycopg.Connection[Any], name: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The named query's rows, as tuples."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(queries.query(name), params).fetchall()
+
+
+def _scalar(conn: psycopg.Connection[Any], name: str, **params: Any) -> Any:
+    """The first column of the named query's first row (None without a row)."""
+    found = _rows(conn, name, **params)
+    return found[0][0] if found else None
 
 
 def _detach(conn: psycopg.Connection[Any], parent: str, partition: str) -> None:
@@ -100,16 +108,14 @@ def _detach(conn: psycopg.Connection[Any], parent: str, partition: str) -> None:
     """
     pending = _scalar(
         conn,
-        "select inhdetachpending from pg_inherits where inhrelid = to_regclass(%s)",
-        (sql.Identifier("absurd", partition).as_string(conn),),
+        "partition_detach_pending",
+        partition=sql.Identifier("absurd", partition).as_string(conn),
     )
     if pending is None:
         return  # not attached (any more)
     how = "finalize" if pending else "concurrently"
     has_default = _scalar(
-        conn,
-        "select to_regclass(%s) is not null",
-        (sql.Identifier("absurd", parent + "_d").as_string(conn),),
+        conn, "partition_has_default", parent=sql.Identifier("absurd", parent).as_string(conn)
     )
     if has_default and not pending:
         how = ""
@@ -121,10 +127,7 @@ def _detach(conn: psycopg.Connection[Any], parent: str, partition: str) -> None:
 
 
 def _retire_weeks(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
-    weeks = conn.execute(
-        "select lower_id, upper_id, partitions, parents from absurd._retirable_weeks(%s)",
-        (queue,),
-    ).fetchall()
+    weeks = _rows(conn, "partition_week_retirable_list", queue=queue)
     for lower, upper, partitions, parents in weeks:
         detached: list[str] = []
         try:
@@ -133,8 +136,11 @@ def _retire_weeks(conn: psycopg.Connection[Any], queue: str, report: QueueMainte
                 detached.append(partition)
             retired = _scalar(
                 conn,
-                "select absurd._retire_week(%s, %s, %s, %s)",
-                (queue, partitions, lower, upper),
+                "partition_week_retire",
+                queue=queue,
+                partitions=partitions,
+                lower=lower,
+                upper=upper,
             )
         except psycopg.Error as exc:
             report.errors.append(f"retiring {partitions}: {exc}")
@@ -142,24 +148,27 @@ def _retire_weeks(conn: psycopg.Connection[Any], queue: str, report: QueueMainte
         if retired:
             report.weeks_retired.append(partitions[0].rsplit("_", 1)[-1])
         elif detached:
-            conn.execute(
-                "select absurd._reattach_week(%s, %s, %s, %s)", (queue, detached, lower, upper)
+            _rows(
+                conn,
+                "partition_week_reattach",
+                queue=queue,
+                partitions=detached,
+                lower=lower,
+                upper=upper,
             )
 
 
 def _drop_empty_partitions(
     conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance
 ) -> None:
-    rows = conn.execute(
-        "select parent_table, partition_table from absurd.list_detach_candidates(%s)", (queue,)
-    ).fetchall()
-    for parent, partition in rows:
+    for _, parent, partition in _rows(conn, "partition_detach_candidate_list", queue=queue):
         try:
             _detach(conn, parent, partition)
-            empty = not _scalar(
-                conn, sql.SQL("select exists (select 1 from {})").format(_ident(partition))
-            )
-            if empty and _scalar(conn, "select absurd.drop_detached_partition(%s)", (partition,)):
+            # A detached partition is no queue table: the catalogue cannot name it.
+            probe = sql.SQL("select not exists (select 1 from {})").format(_ident(partition))
+            with conn.cursor(row_factory=tuple_row) as cur:
+                empty = cur.execute(probe).fetchone() == (True,)
+            if empty and _scalar(conn, "partition_drop_detached", partition=partition):
                 report.partitions_dropped.append(partition)
             elif not empty:
                 report.errors.append(f"{partition} got rows while detaching; left detached")
@@ -169,19 +178,17 @@ def _drop_empty_partitions(
 
 def _maintain_queue(conn: psycopg.Connection[Any], queue: str) -> QueueMaintenance:
     report = QueueMaintenance(queue)
-    policy = conn.execute(
-        "select storage_mode, extract(epoch from cleanup_ttl), cleanup_limit"
-        " from absurd.queues where queue_name = %s",
-        (queue,),
-    ).fetchone()
-    if policy is None:
+    found = _rows(conn, "queue_maintenance_policy", queue=queue)
+    if not found:
         report.errors.append("queue does not exist")
         return report
-    mode, ttl_seconds, limit = policy
+    mode, ttl_seconds, limit, default, lookback, lookahead = found[0]
     ttl = min(int(ttl_seconds), 2**31 - 1)
     steps: list[tuple[str, Any]] = []
     if mode == "partitioned":
-        steps.append(("partitions", _provision))
+        steps.append(
+            ("partitions", lambda c, q, r: _provision(c, q, r, default, (lookback, lookahead)))
+        )
     steps += [("sweep", _sweep)]
     if mode == "partitioned":
         steps.append(("retire", _retire_weeks))
@@ -196,7 +203,13 @@ def _maintain_queue(conn: psycopg.Connection[Any], queue: str) -> QueueMaintenan
     return report
 
 
-def _provision(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
+def _provision(
+    conn: psycopg.Connection[Any],
+    queue: str,
+    report: QueueMaintenance,
+    default: bool,
+    window: tuple[Any, Any],
+) -> None:
     """Creates the default and weekly partitions, each in a transaction of its own.
 
     ``ensure_partitions`` does the same in one transaction, holding an ACCESS
@@ -204,19 +217,13 @@ def _provision(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenan
     the tables in various orders, that can deadlock. One partition per transaction
     never holds one parent while waiting for another.
     """
-    policy = conn.execute(
-        "select default_partition = 'enabled', partition_lookback, partition_lookahead"
-        " from absurd.queues where queue_name = %s",
-        (queue,),
-    ).fetchone()
-    assert policy is not None
-    default, lookback, lookahead = policy
+    lookback, lookahead = window
     for prefix in "trcw":
         if default:
-            before = _scalar(
+            before = not _scalar(
                 conn,
-                "select to_regclass(%s) is null",
-                (sql.Identifier("absurd", f"{prefix}_{queue}_d").as_string(conn),),
+                "relation_exists",
+                relation=sql.Identifier("absurd", f"{prefix}_{queue}_d").as_string(conn),
             )
             conn.execute(
                 sql.SQL("create table if not exists {} partition of {} default").format(
@@ -224,26 +231,16 @@ def _provision(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenan
                 )
             )
             report.partitions_created += int(bool(before))
-    weeks = conn.execute(
-        "select generate_series(absurd.week_bucket_utc(n - %s::interval),"
-        " absurd.week_bucket_utc(n + %s::interval), interval '7 days')"
-        " from absurd.current_time() n",
-        (lookback, lookahead),
-    ).fetchall()
+    weeks = _rows(conn, "partition_week_list", lookback=lookback, lookahead=lookahead)
     for (week,) in weeks:
         for prefix in "trcw":
-            created = _scalar(
-                conn, "select absurd._add_week_partition(%s, %s, %s)", (prefix, queue, week)
-            )
+            created = _scalar(conn, "partition_week_add", prefix=prefix, queue=queue, week=week)
             report.partitions_created += int(bool(created))
 
 
 def _sweep(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
     for _ in range(MAX_SWEEP_BATCHES):
-        row = conn.execute(
-            "select cancelled, expired from absurd.sweep_queue(%s, %s)", (queue, SWEEP_LIMIT)
-        ).fetchone()
-        assert row is not None
+        (row,) = _rows(conn, "queue_sweep", queue=queue, limit=SWEEP_LIMIT)
         report.tasks_cancelled += row[0]
         report.leases_expired += row[1]
         if max(row) < SWEEP_LIMIT:
@@ -253,14 +250,9 @@ def _sweep(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) 
 def _cleanup(
     conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance, ttl: int, limit: int
 ) -> None:
-    for function, attr in (
-        ("cleanup_tasks", "tasks_deleted"),
-        ("cleanup_events", "events_deleted"),
-    ):
+    for name, attr in (("task_cleanup", "tasks_deleted"), ("event_cleanup", "events_deleted")):
         for _ in range(MAX_CLEANUP_BATCHES):
-            deleted = int(
-                _scalar(conn, f"select absurd.{function}(%s, %s, %s)", (queue, ttl, limit))
-            )
+            deleted = int(_scalar(conn, name, queue=queue, ttl=ttl, limit=limit))
             setattr(report, attr, getattr(report, attr) + deleted)
             if deleted < limit:
                 break
@@ -277,21 +269,17 @@ def maintain_once(
     if not conn.autocommit:
         raise ValueError("maintain_once needs an autocommit connection (DETACH CONCURRENTLY)")
     started = time.monotonic()
-    if not _scalar(conn, "select pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)):
+    if not _scalar(conn, "advisory_lock_try", key=LEADER_LOCK_KEY):
         return MaintenanceReport(leader=False, skipped="another maintainer holds the leader lock")
     report = MaintenanceReport(leader=True)
     try:
         conn.execute(sql.SQL("set lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
-        names = (
-            list(queues)
-            if queues is not None
-            else [r[0] for r in conn.execute("select queue_name from absurd.list_queues()")]
-        )
+        names = list(queues) if queues is not None else [r[0] for r in _rows(conn, "queue_list")]
         for name in names:
             report.queues.append(_maintain_queue(conn, name))
     finally:
         conn.execute("reset lock_timeout")
-        conn.execute("select pg_advisory_unlock(%s)", (LEADER_LOCK_KEY,))
+        _rows(conn, "advisory_unlock", key=LEADER_LOCK_KEY)
     report.seconds = time.monotonic() - started
     return report
 

@@ -1,9 +1,11 @@
-"""Named read queries for the CLI and the dashboard, parsed once from ``sql/queries.sql``.
+"""Named queries for the tools, parsed once from ``sql/queries.sql``.
 
-Durable behaviour lives in stored functions (``absurd.sql``). The reads that tools send
-directly (listing, dumping, dashboards) live in one file as ``-- name: noun_verb --``
-blocks, so they can be reviewed, EXPLAINed and tested in one place instead of being
-scattered through modules as f-strings.
+Durable behaviour lives in stored functions (``absurd.sql``). Every statement the CLI,
+Habitat, storage maintenance and the schema installer send (reads, and the calls of
+the engine's functions) lives in one file as ``-- name: noun_verb --`` blocks, so it
+can be reviewed, EXPLAINed and tested in one place instead of being scattered through
+modules as f-strings. DDL built from identifiers (detaching a partition, creating a
+database) and whole SQL files stay with their code.
 
 Per-queue table names are placeholders: ``{t}``, ``{r}``, ``{c}``, ``{e}`` and ``{w}``
 stand for ``absurd.t_<queue>`` and so on. :func:`query` fills them with quoted
@@ -16,7 +18,7 @@ mapping (an empty one if it has no parameters): a ``%`` in a queue name is writt
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 from importlib.resources import files
 
 from psycopg import sql
@@ -26,13 +28,24 @@ _PREFIXES = ("t", "r", "c", "e", "w")
 
 
 def parse(text: str) -> dict[str, str]:
-    """Splits a named-query file into ``{name: sql}``; duplicate names are an error."""
+    """Splits a named-query file into ``{name: sql}``; duplicate names are an error.
+
+    Whole comment lines before and after a block's statement document the file and
+    are not sent: a trailing one (a section heading, notes on the next blocks) would
+    swallow whatever the statement is composed with (``(... ) f`` in a union), and a
+    statement can be shown bound (``list-detach-candidates --show-sql``).
+    """
     parts = _NAME.split(text)
     out: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in out:
             raise ValueError(f"duplicate query name {name!r}")
-        out[name] = body.strip().rstrip(";")
+        lines = body.strip().splitlines()
+        while lines and lines[-1].lstrip().startswith("--"):
+            lines.pop()
+        while lines and lines[0].lstrip().startswith("--"):
+            lines.pop(0)
+        out[name] = "\n".join(lines).strip().rstrip(";")
     return out
 
 
@@ -46,8 +59,14 @@ def names() -> list[str]:
     return sorted(_catalogue())
 
 
+@lru_cache(maxsize=4096)
 def query(name: str, queue: str | None = None) -> sql.Composed:
-    """The named query, with per-queue table placeholders bound to ``queue``'s tables."""
+    """The named query, with per-queue table placeholders bound to ``queue``'s tables.
+
+    Cached per (name, queue), already rendered to one piece of SQL text: composing a
+    long per-queue statement costs tens of microseconds, and a dashboard page sends
+    several per queue.
+    """
     try:
         text = _catalogue()[name]
     except KeyError:
@@ -55,7 +74,8 @@ def query(name: str, queue: str | None = None) -> sql.Composed:
     tables = {}
     if queue is not None:
         tables = {p: sql.SQL(_table(f"{p}_{queue}")) for p in _PREFIXES}
-    return sql.SQL(text).format(**tables)
+    # Every part is plain SQL (identifiers are quoted by _table): no context is needed.
+    return sql.Composed([sql.SQL(sql.SQL(text).format(**tables).as_string(None))])
 
 
 def _table(name: str) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
+from absurd import queries
+
 __all__ = [
     "SCHEMA_VERSION",
     "install",
@@ -37,22 +39,17 @@ def schema_sql() -> str:
     return (resources.files("absurd") / "sql" / "absurd.sql").read_text(encoding="utf-8")
 
 
-def _fetch(conn: psycopg.Connection[Any], query: str) -> list[tuple[Any, ...]]:
-    """Rows as tuples, whatever row factory the caller's connection uses."""
+def _fetch(conn: psycopg.Connection[Any], name: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The named query's rows as tuples, whatever row factory the caller's connection uses."""
     with conn.cursor(row_factory=tuple_row) as cur:
-        return cur.execute(query).fetchall()
+        return cur.execute(queries.query(name), params).fetchall()
 
 
 def installed_version(conn: psycopg.Connection[Any]) -> str | None:
     """The schema version in the database, or ``None`` when no schema is installed."""
-    rows = _fetch(
-        conn,
-        "select case when to_regprocedure('absurd.get_schema_version()') is null"
-        " then null else 1 end",
-    )
-    if not rows or rows[0][0] is None:
+    if not _fetch(conn, "schema_version_probe")[0][0]:
         return None
-    version = _fetch(conn, "select absurd.get_schema_version()")
+    version = _fetch(conn, "schema_version_get")
     return None if not version else str(version[0][0])
 
 
@@ -63,7 +60,7 @@ def install(conn: psycopg.Connection[Any]) -> None:
     which accepts a whole script of statements.
     """
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+        _fetch(conn, "advisory_xact_lock", key=_INSTALL_LOCK_KEY)
         conn.execute(schema_sql().encode())
         _reapply_roles(conn)
 
@@ -101,7 +98,7 @@ def migrate(conn: psycopg.Connection[Any]) -> list[str]:
     """
     files = _migrations()
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+        _fetch(conn, "advisory_xact_lock", key=_INSTALL_LOCK_KEY)
         current = installed_version(conn)
         steps = [] if current is None else migration_path(current)
         for step in steps:
@@ -132,9 +129,9 @@ def install_roles(conn: psycopg.Connection[Any], prefix: str = "") -> tuple[str,
     """
     worker, reader = f"{prefix}absurd_worker", f"{prefix}absurd_reader"
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+        _fetch(conn, "advisory_xact_lock", key=_INSTALL_LOCK_KEY)
         conn.execute(roles_sql().encode())
-        conn.execute("select absurd._install_roles(%s, %s)", (worker, reader))
+        _fetch(conn, "role_pair_install", worker=worker, reader=reader)
     return worker, reader
 
 
@@ -146,19 +143,17 @@ def uninstall_roles(conn: psycopg.Connection[Any], prefix: str = "") -> None:
     database that granted them before they can be dropped.
     """
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
-        conn.execute(
-            "select absurd._uninstall_roles(%s, %s)",
-            (f"{prefix}absurd_worker", f"{prefix}absurd_reader"),
-        )
+        _fetch(conn, "advisory_xact_lock", key=_INSTALL_LOCK_KEY)
+        worker, reader = f"{prefix}absurd_worker", f"{prefix}absurd_reader"
+        _fetch(conn, "role_pair_uninstall", worker=worker, reader=reader)
 
 
 def _reapply_roles(conn: psycopg.Connection[Any]) -> None:
     """Re-running absurd.sql resets SECURITY DEFINER: restore every installed role pair."""
-    if not _fetch(conn, "select to_regclass('absurd.installed_roles') is not null")[0][0]:
+    if not _fetch(conn, "relation_exists", relation="absurd.installed_roles")[0][0]:
         return
-    pairs = _fetch(conn, "select worker_role, reader_role from absurd.installed_roles")
+    pairs = _fetch(conn, "role_pair_list")
     if pairs:
         conn.execute(roles_sql().encode())
         for worker, reader in pairs:
-            conn.execute("select absurd._install_roles(%s, %s)", (worker, reader))
+            _fetch(conn, "role_pair_install", worker=worker, reader=reader)

@@ -1,18 +1,25 @@
-"""Every absurdctl read query is index-driven: EXPLAIN each on a queue of 30,000 tasks.
+"""Every named query outside Habitat's plans: the reads are index-driven, and every
+call of an engine function plans with the parameters its callers pass.
 
-The queue is tests/engine/test_plans.py's ``full_queue`` (tasks in every state, with
-runs, checkpoints, waits and events, analysed).
+The per-queue reads are EXPLAINed on tests/engine/test_plans.py's ``full_queue`` (30,000
+tasks in every state, with runs, checkpoints, waits and events, analysed); the other
+blocks on the session database. tests/habitat/test_plans.py EXPLAINs ``habitat_*``;
+between them, every block of queries.sql is planned (see the last test).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from typing import Any
 
+import psycopg
 import pytest
 
-from absurd import queries
+from absurd import queries, schema
 from tests.conftest import Connect
 from tests.engine.test_plans import full_queue, plan_nodes
+from tests.habitat.test_plans import CASES as HABITAT_CASES
 
 __all__ = ["full_queue"]  # the fixture, imported for pytest
 
@@ -33,17 +40,100 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "task_find": [{"task_id": "{task}"}],
     "run_find": [{"run_id": "{run}"}],
     "task_get": [{"task_id": "{task}"}],
-    "run_list_by_task": [{"task_id": "{task}"}],
-    "checkpoint_list_by_task": [{"task_id": "{task}"}],
-    "wait_list_by_task": [{"task_id": "{task}"}],
+    # dump-task reads everything (limit null), Habitat a page of DETAIL_CAP.
+    "run_list_by_task": [{"task_id": "{task}", "limit": None},
+                         {"task_id": "{task}", "limit": 1000}],
+    "checkpoint_list_by_task": [{"task_id": "{task}", "limit": None},
+                                {"task_id": "{task}", "limit": 1000}],
+    "wait_list_by_task": [{"task_id": "{task}", "limit": None},
+                          {"task_id": "{task}", "limit": 1000}],
     "task_count_finished_before": [{"cutoff": "2000-01-01"}],
     "event_count_before": [{"cutoff": "2000-01-01"}],
 }  # fmt: skip
-GLOBAL = ["queue_get", "queue_list_detail", "partition_has_default"]
+Q = "default"
+WEEK = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+ID = uuid.UUID(int=1)
+#: The blocks without per-queue tables, with the parameters their callers pass (planned
+#: only: EXPLAIN runs no function).
+GLOBAL: dict[str, dict[str, Any]] = {
+    "queue_list": {},
+    "queue_get": {"queue": Q},
+    "queue_list_detail": {},
+    "partition_has_default": {"parent": '"absurd"."t_default"'},
+    "schema_function_list": {},
+    "schema_relation_list": {},
+    "schema_trigger_list": {},
+    "clock_now": {},
+    "database_exists": {"database": "absurd"},
+    "relation_exists": {"relation": '"absurd"."t_default_d"'},
+    "advisory_lock_try": {"key": 0x4142534D},
+    "advisory_unlock": {"key": 0x4142534D},
+    "advisory_xact_lock": {"key": 0x41425355},
+    "schema_version_probe": {},
+    "schema_version_get": {},
+    "schema_statement_name_list": {},
+    "schema_statement_get": {"statement": "task.lock", "queue": Q},
+    "queue_create": {"queue": Q, "storage_mode": None},
+    "queue_drop": {"queue": Q},
+    "queue_policy_get": {"queue": Q},
+    "queue_policy_set": {"queue": Q, "policy": '{"cleanup_limit": 10}'},
+    "queue_maintenance_policy": {"queue": Q},
+    "queue_sweep": {"queue": Q, "limit": 1000},
+    "task_spawn": {"queue": Q, "task_name": "t", "params": "{}", "options": "{}"},
+    "task_retry": {"queue": Q, "task_id": ID, "options": '{"spawn_new": false}'},
+    "task_cancel": {"queue": Q, "task_id": ID},
+    "event_emit": {"queue": Q, "event_name": "e", "payload": "{}"},
+    "task_cleanup": {"queue": Q, "ttl": 86400, "limit": 1000},
+    "event_cleanup": {"queue": Q, "ttl": 86400, "limit": 1000},
+    "cron_enable": {"queue": None, "partition_schedule": "5 * * * *",
+                    "cleanup_schedule": "17 * * * *", "detach_schedule": "29 * * * *"},
+    "cron_disable": {"queue": Q},
+    "partition_detach_candidate_list": {"queue": None},
+    "partition_detach_pending": {"partition": '"absurd"."t_default_2026w02"'},
+    "partition_drop_detached": {"partition": "t_default_2026w02"},
+    "partition_week_list": {"lookback": dt.timedelta(days=1), "lookahead": dt.timedelta(days=28)},
+    "partition_week_add": {"prefix": "t", "queue": Q, "week": WEEK},
+    "partition_week_retirable_list": {"queue": Q},
+    "partition_week_retire": {"queue": Q, "partitions": ["t_default_2026w02"],
+                              "lower": ID, "upper": ID},
+    "partition_week_reattach": {"queue": Q, "partitions": ["t_default_2026w02"],
+                                "lower": ID, "upper": ID},
+}  # fmt: skip
+#: Blocks on roles.sql's objects (planned with roles.sql applied in a rolled-back
+#: transaction; tests/security/test_roles.py runs them).
+ROLES: dict[str, dict[str, Any]] = {
+    "role_pair_list": {},
+    "role_pair_install": {"worker": "w", "reader": "r"},
+    "role_pair_uninstall": {"worker": "w", "reader": "r"},
+}
 
 
-def test_every_cli_query_is_covered() -> None:
-    assert set(CASES) | set(GLOBAL) <= set(queries.names())
+def test_every_named_query_is_planned_by_a_test() -> None:
+    """Each block of queries.sql is EXPLAINed here or in tests/habitat/test_plans.py."""
+    groups = [set(CASES), set(GLOBAL), set(ROLES), set(HABITAT_CASES)]
+    assert sum(len(g) for g in groups) == len(set().union(*groups)), "a name in two groups"
+    assert set().union(*groups) == set(queries.names())
+
+
+def _plan(conn: psycopg.Connection[Any], name: str, values: dict[str, Any]) -> list[Any]:
+    explain = b"explain (format json) " + queries.query(name).as_bytes(conn)
+    row = conn.execute(explain, values).fetchone()
+    assert row is not None
+    return list(plan_nodes(row[0][0]["Plan"]))
+
+
+@pytest.mark.parametrize("name", sorted(GLOBAL))
+def test_global_query_plans(name: str, connect: Connect) -> None:
+    assert _plan(connect(), name, GLOBAL[name])
+
+
+def test_role_queries_plan(connect: Connect) -> None:
+    conn = connect()
+    with conn.transaction():
+        conn.execute(schema.roles_sql().encode())
+        for name, values in ROLES.items():
+            assert _plan(conn, name, values), name
+        raise psycopg.Rollback()  # leaves the database as it was
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,8 @@
 """Every Habitat query is index-driven: EXPLAIN each ``habitat_*`` block on a 30k-task queue.
 
+(The task detail reads Habitat shares with dump-task, ``task_get``, ``run_list_by_task``
+and the others, are EXPLAINed by tests/cli/test_query_plans.py, with Habitat's limit.)
+
 Reuses the engine's plan fixture (tests/engine/test_plans.py: a queue with 30,000 tasks
 in every state, analysed). Values are bound client-side, so these are the custom
 plans PostgreSQL picks for real requests.
@@ -40,7 +43,7 @@ WINDOW = {"scan": store.SCAN_WINDOW}
 
 # Representative parameters per query; several variants where a filter changes the plan.
 CASES: dict[str, list[dict[str, Any]]] = {
-    "habitat_now": [{}],
+    "habitat_ping": [{}],
     "habitat_queue_list": [{}],
     "habitat_queue_metrics": [{}],
     "habitat_queue_throughput": [{"cap": store.CHART_CAP}],
@@ -75,11 +78,6 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"state": "failed", "task_name": "rare", "cap": store.NAME_EXACT_CAP},
     ],
     "habitat_task_names": [{"scan": 5000}],
-    "habitat_task_get": [{"task_id": "{task}"}],
-    "habitat_run_get": [{"run_id": "{run}"}],
-    "habitat_task_runs": [{"task_id": "{task}"}],
-    "habitat_task_checkpoints": [{"task_id": "{task}"}],
-    "habitat_task_waits": [{"task_id": "{task}"}],
     "habitat_event_page": [
         {"after_at": store.MIN_TS, "before_name": "\U0010ffff", "name_like": None},
         {"after_at": store.MIN_TS, "before_name": "e-1", "name_like": "e-1%", **WINDOW},

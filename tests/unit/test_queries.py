@@ -15,6 +15,18 @@ def test_parse_splits_blocks_and_rejects_duplicates() -> None:
         queries.parse("-- name: a --\nselect 1\n-- name: a --\nselect 2\n")
 
 
+def test_parse_leaves_out_comment_lines_around_a_statement() -> None:
+    """A section heading after a block must not end up in it (it would comment out what
+    the statement is composed with); notes before a statement are for the reader."""
+    text = "-- name: a_get --\n-- why\nselect 1 -- one\nfrom x\n\n-- next section\n"
+    assert queries.parse(text) == {"a_get": "select 1 -- one\nfrom x"}
+
+
+def test_query_is_cached_per_name_and_queue() -> None:
+    assert queries.query("task_get", "q1") is queries.query("task_get", "q1")
+    assert queries.query("task_get", "q1") is not queries.query("task_get", "q2")
+
+
 def test_query_quotes_hostile_queue_names(
     conn: psycopg.Connection[tuple[object, ...]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

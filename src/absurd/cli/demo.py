@@ -27,7 +27,7 @@ import psycopg
 from psycopg.rows import dict_row
 from rich.table import Table
 
-from absurd import schema
+from absurd import queries, schema
 from absurd.cli import _demo_app as demo_app
 from absurd.cli._output import CliError, cell, console, verbose_option
 
@@ -47,8 +47,9 @@ class Demo:
     def say(self, text: str) -> None:
         self.out.print(f"[dim]{time.monotonic() - self.start:5.1f}s[/dim]  {text}")
 
-    def rows(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        return self.conn.execute(query, args).fetchall()
+    def rows(self, name: str, **args: Any) -> list[dict[str, Any]]:
+        """The named query's rows (on the demo queue's tables)."""
+        return self.conn.execute(queries.query(name, demo_app.QUEUE), args).fetchall()
 
     def start_worker(self, name: str, slow: bool) -> subprocess.Popen[bytes]:
         env = {**os.environ, "ABSURD_DATABASE_URL": self.dsn}
@@ -92,37 +93,43 @@ class Demo:
             time.sleep(0.05)
 
     def effects(self) -> list[dict[str, Any]]:
-        return self.rows(
-            "select step, pid from demo_effects where task_id = %s order by id", self.task_id
-        )
+        # The demo application's own table (see _demo_app), not the engine's: its SQL
+        # stays with the demo.
+        query = "select step, pid from demo_effects where task_id = %s order by id"
+        return self.conn.execute(query, (self.task_id,)).fetchall()
 
     def runs(self) -> list[dict[str, Any]]:
-        return self.rows(
-            f"select attempt, state, claimed_by, failure_reason->>'name' as failure,"
-            f" failure_reason->>'message' as message from absurd.r_{demo_app.QUEUE}"
-            " where task_id = %s order by attempt",
-            self.task_id,
-        )
+        """The task's runs, with the failure's name and message taken apart."""
+        found = self.rows("run_list_by_task", task_id=self.task_id, limit=None)
+        for run in found:
+            reason = run["failure_reason"] if isinstance(run["failure_reason"], dict) else {}
+            run["failure"], run["message"] = reason.get("name"), reason.get("message")
+        return found
 
     def task(self) -> dict[str, Any]:
-        return self.rows(
-            f"select state, completed_payload from absurd.t_{demo_app.QUEUE} where task_id = %s",
-            self.task_id,
-        )[0]
+        return self.rows("task_get", task_id=self.task_id)[0]
 
     def run(self) -> list[str]:
         """The story; returns the problems found (empty when everything checks out)."""
         schema.install(self.conn)
-        self.conn.execute("select absurd.create_queue(%s)", (demo_app.QUEUE,))
+        self.conn.execute(
+            queries.query("queue_create"), {"queue": demo_app.QUEUE, "storage_mode": None}
+        )
         self.conn.execute(demo_app.EFFECTS_DDL)
         self.say(f"schema {schema.SCHEMA_VERSION} installed on an embedded PostgreSQL")
-        row = self.rows(
-            "select task_id from absurd.spawn_task(%s, 'process-order', %s, %s)",
-            demo_app.QUEUE,
-            json.dumps({"order": ORDER}),
-            json.dumps({"max_attempts": 5, "retry_strategy": {"kind": "fixed", "base_seconds": 0}}),
-        )
-        self.task_id = row[0]["task_id"]
+        spawned = self.conn.execute(
+            queries.query("task_spawn"),
+            {
+                "queue": demo_app.QUEUE,
+                "task_name": "process-order",
+                "params": json.dumps({"order": ORDER}),
+                "options": json.dumps(
+                    {"max_attempts": 5, "retry_strategy": {"kind": "fixed", "base_seconds": 0}}
+                ),
+            },
+        ).fetchone()
+        assert spawned is not None
+        self.task_id = spawned["task_id"]
         self.say(
             f"spawned [bold]process-order[/bold] {ORDER}: reserve-stock -> charge-card ->"
             " pack-parcel -> sleep 1 s -> wait for 'shipped' -> send-receipt"
@@ -149,20 +156,19 @@ class Demo:
         self.say(f"worker-2 started (pid {second.pid}); worker-1's lease expires in 2 s")
         self.wait_for(
             "the task to wait for its event",
-            lambda: (
-                self.rows(
-                    f"select 1 from absurd.w_{demo_app.QUEUE} where task_id = %s", self.task_id
-                )
-                != []
-            ),
+            lambda: self.rows("wait_list_by_task", task_id=self.task_id, limit=1) != [],
         )
         self.say(
             "worker-2 took over (attempt 3): replayed the finished steps, packed the "
             "parcel, slept 1 s, and now waits for 'shipped'"
         )
         self.conn.execute(
-            "select absurd.emit_event(%s, %s, %s)",
-            (demo_app.QUEUE, f"shipped:{ORDER}", json.dumps({"carrier": "DHL"})),
+            queries.query("event_emit"),
+            {
+                "queue": demo_app.QUEUE,
+                "event_name": f"shipped:{ORDER}",
+                "payload": json.dumps({"carrier": "DHL"}),
+            },
         )
         self.say(f"emitted event shipped:{ORDER}")
         self.wait_for("the task to complete", lambda: self.task()["state"] == "completed")

@@ -11,7 +11,7 @@ import click
 import psycopg
 from psycopg import sql
 
-from absurd import schema
+from absurd import queries, schema
 from absurd.cli._output import CliError, console, verbose_option
 
 DATABASE = "absurd"
@@ -39,7 +39,7 @@ def start(data_dir: Path | None) -> Any:
 def prepare_database(server: Any) -> tuple[str, list[str], str | None]:
     """Create the ``absurd`` database if needed and install or migrate the schema."""
     with psycopg.connect(server.dsn, autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s", (DATABASE,))
+        exists = conn.execute(queries.query("database_exists"), {"database": DATABASE})
         if exists.fetchone() is None:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE)))
     dsn = str(server.dsn_for(DATABASE))

@@ -29,10 +29,7 @@ def create_queue(db: Target, queue: str, storage_mode: str | None) -> None:
     """Create QUEUE (idempotent)."""
     check_queue_name(queue)
     with db.connect() as conn:
-        if storage_mode is None:
-            conn.execute("select absurd.create_queue(%s)", (queue,))
-        else:
-            conn.execute("select absurd.create_queue(%s, %s)", (queue, storage_mode))
+        conn.execute(queries.query("queue_create"), {"queue": queue, "storage_mode": storage_mode})
     click.echo(f"created queue {queue}" + (f" ({storage_mode})" if storage_mode else ""))
 
 
@@ -56,8 +53,10 @@ def queue_policy(db: Target, queue: str, as_json: bool, **flags: Any) -> None:
     with db.connect() as conn:
         require_queue(conn, queue)
         if policy:
-            conn.execute("select absurd.set_queue_policy(%s, %s)", (queue, json.dumps(policy)))
-        row = conn.execute("select * from absurd.get_queue_policy(%s)", (queue,)).fetchone()
+            conn.execute(
+                queries.query("queue_policy_set"), {"queue": queue, "policy": json.dumps(policy)}
+            )
+        row = conn.execute(queries.query("queue_policy_get"), {"queue": queue}).fetchone()
     if row is None:
         raise CliError(f"queue {queue!r} does not exist")
     if as_json:
@@ -80,7 +79,7 @@ def drop_queue(db: Target, queue: str, yes: bool) -> None:
             answer = click.prompt(f"Drop queue {queue!r} and all its data? Type 'yes'")
             if answer.strip().lower() != "yes":
                 raise CliError("not dropped")
-        conn.execute("select absurd.drop_queue(%s)", (queue,))
+        conn.execute(queries.query("queue_drop"), {"queue": queue})
     click.echo(f"dropped queue {queue}")
 
 

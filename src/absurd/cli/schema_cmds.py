@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -173,7 +174,8 @@ def problems(conn: Conn) -> tuple[str | None, list[str]]:
     }
     statements = []  # an older schema has no catalogue (its absence is reported above)
     if "_sql_names" in functions and "_sql" in functions:
-        statements = [r["name"] for r in conn.execute("select absurd._sql_names() as name")]
+        names = conn.execute(queries.query("schema_statement_name_list"))
+        statements = [r["name"] for r in names]
     for queue in [r["queue_name"] for r in conn.execute(queries.query("queue_list"))]:
         for prefix in _PER_QUEUE_TABLES:
             if f"{prefix}_{queue}" not in relations:
@@ -192,7 +194,8 @@ def _statement_problems(conn: Conn, queue: str, statements: list[str]) -> list[s
     """Each catalogue statement must still plan against the queue's tables."""
     out = []
     for name in statements:
-        row = conn.execute("select absurd._sql(%s, %s) as text", (name, queue)).fetchone()
+        args = {"statement": name, "queue": queue}
+        row = conn.execute(queries.query("schema_statement_get"), args).fetchone()
         text = row["text"] if row else None
         if not text:
             out.append(f"queue {queue!r}: statement {name} is empty")
@@ -251,11 +254,9 @@ def cleanup(
 
 
 def _count(conn: Conn, queue: str, ttl: int) -> dict[str, Any]:
-    row = conn.execute(
-        "select absurd.current_time() - make_interval(secs => %s) as cutoff", (ttl,)
-    ).fetchone()
+    row = conn.execute(queries.query("clock_now")).fetchone()
     assert row is not None
-    args = {"cutoff": row["cutoff"]}
+    args = {"cutoff": row["now"] - dt.timedelta(seconds=ttl)}
     tasks = conn.execute(queries.query("task_count_finished_before", queue), args).fetchone()
     events = conn.execute(queries.query("event_count_before", queue), args).fetchone()
     return {"tasks": tasks["n"] if tasks else 0, "events": events["n"] if events else 0}
@@ -266,12 +267,9 @@ def _delete(conn: Conn, queue: str, ttl: int, limit: int) -> dict[str, Any]:
     with progress() as bar:
         job = bar.add_task(f"cleaning up {queue}")
         while True:
-            tasks = conn.execute(
-                "select absurd.cleanup_tasks(%s, %s, %s) as n", (queue, ttl, limit)
-            ).fetchone()
-            events = conn.execute(
-                "select absurd.cleanup_events(%s, %s, %s) as n", (queue, ttl, limit)
-            ).fetchone()
+            args = {"queue": queue, "ttl": ttl, "limit": limit}
+            tasks = conn.execute(queries.query("task_cleanup"), args).fetchone()
+            events = conn.execute(queries.query("event_cleanup"), args).fetchone()
             n_tasks = tasks["n"] if tasks else 0
             n_events = events["n"] if events else 0
             totals["tasks"] += n_tasks

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from psycopg import sql
+from psycopg import ClientCursor, sql
 
 from absurd import queries
 from absurd.cli._conn import Conn, Target, require_queue, with_db
@@ -42,13 +42,14 @@ def cron(
     with db.connect() as conn:
         if queue is not None:
             require_queue(conn, queue)
-        if enable:
-            rows = conn.execute(
-                "select * from absurd.enable_cron(%s, %s, %s, %s)",
-                (queue, partition_schedule, cleanup_schedule, detach_schedule),
-            ).fetchall()
-        else:
-            rows = conn.execute("select * from absurd.disable_cron(%s)", (queue,)).fetchall()
+        args = {
+            "queue": queue,
+            "partition_schedule": partition_schedule,
+            "cleanup_schedule": cleanup_schedule,
+            "detach_schedule": detach_schedule,
+        }
+        name = "cron_enable" if enable else "cron_disable"
+        rows = conn.execute(queries.query(name), args).fetchall()
     show(rows, ["job_name", "job_id"], as_json, empty="(no jobs)")
 
 
@@ -70,10 +71,14 @@ def _table(name: str) -> sql.Composable:
 def _candidates(conn: Conn, queue: str | None) -> list[dict[str, Any]]:
     if queue is not None:
         require_queue(conn, queue)
-    return conn.execute("select * from absurd.list_detach_candidates(%s)", (queue,)).fetchall()
+    return conn.execute(
+        queries.query("partition_detach_candidate_list"), {"queue": queue}
+    ).fetchall()
 
 
-def _statements(conn: Conn, row: dict[str, Any]) -> tuple[sql.Composed, sql.Composed]:
+def _statements(conn: Conn, row: dict[str, Any]) -> tuple[sql.Composed, str]:
+    """The DETACH statement, and the drop as SQL text with its argument bound (what
+    --show-sql prints; detach-candidate runs the same named query)."""
     parent = _bare(row["parent_table"])
     has_default = conn.execute(
         queries.query("partition_has_default"),
@@ -83,9 +88,10 @@ def _statements(conn: Conn, row: dict[str, Any]) -> tuple[sql.Composed, sql.Comp
     detach = sql.SQL("alter table {} detach partition {}{}").format(
         _table(parent), _table(row["partition_table"]), concurrently
     )
-    drop = sql.SQL("select absurd.drop_detached_partition({})").format(
-        sql.Literal(_bare(row["partition_table"]))
-    )
+    with ClientCursor(conn) as cur:
+        drop = cur.mogrify(
+            queries.query("partition_drop_detached"), {"partition": _bare(row["partition_table"])}
+        )
     return detach, drop
 
 
@@ -102,7 +108,7 @@ def list_detach_candidates(db: Target, queue: str | None, show_sql: bool, as_jso
             for row in rows:
                 detach, drop = _statements(conn, row)
                 click.echo(f"{detach.as_string(conn)};")
-                click.echo(f"{drop.as_string(conn)};")
+                click.echo(f"{drop};")
             return
     show(rows, ["queue_name", "parent_table", "partition_table"], as_json, empty="(none)")
 
@@ -121,11 +127,12 @@ def detach_candidate(db: Target, partition_table: str, queue: str | None, drop: 
             raise CliError(f"{wanted} is not a detach candidate (see: list-detach-candidates)")
         if len({m["queue_name"] for m in matches}) > 1:
             raise CliError(f"{wanted} is a candidate in several queues; pass -q QUEUE")
-        detach_sql, drop_sql = _statements(conn, matches[0])
+        detach_sql, _ = _statements(conn, matches[0])
         conn.execute(detach_sql)
         click.echo(f"detached {wanted}")
         if drop:
-            row = conn.execute(drop_sql).fetchone()
+            args = {"partition": wanted}
+            row = conn.execute(queries.query("partition_drop_detached"), args).fetchone()
             dropped = bool(row and next(iter(row.values())))
             click.echo(f"dropped {wanted}" if dropped else f"{wanted} was not dropped")
 

@@ -150,8 +150,13 @@ def spawn_task(
     with db.connect() as conn:
         require_queue(conn, queue)
         row = conn.execute(
-            "select * from absurd.spawn_task(%s, %s, %s, %s)",
-            (queue, task_name, json.dumps(params), json.dumps(options)),
+            queries.query("task_spawn"),
+            {
+                "queue": queue,
+                "task_name": task_name,
+                "params": json.dumps(params),
+                "options": json.dumps(options),
+            },
         ).fetchone()
     assert row is not None
     result = {"queue": queue, **row}
@@ -191,7 +196,8 @@ def retry_task(
     with db.connect() as conn:
         found, _ = locate(conn, task_id=tid, queue=queue)
         row = conn.execute(
-            "select * from absurd.retry_task(%s, %s, %s)", (found, tid, json.dumps(options))
+            queries.query("task_retry"),
+            {"queue": found, "task_id": tid, "options": json.dumps(options)},
         ).fetchone()
     assert row is not None
     if as_json:
@@ -214,7 +220,7 @@ def cancel_task(db: Target, task_id: str, queue: str | None) -> None:
     tid = parse_uuid(task_id, "task id")
     with db.connect() as conn:
         found, _ = locate(conn, task_id=tid, queue=queue)
-        conn.execute("select absurd.cancel_task(%s, %s)", (found, tid))
+        conn.execute(queries.query("task_cancel"), {"queue": found, "task_id": tid})
         row = conn.execute(queries.query("task_get", found), {"task_id": tid}).fetchone()
     state = row["state"] if row else "gone"
     click.echo(f"task {tid} on {found} is {state}")
@@ -242,7 +248,10 @@ def emit_event(
     body = build(payload, params_flags, "-P/--param", "--payload")
     with db.connect() as conn:
         require_queue(conn, queue)
-        conn.execute("select absurd.emit_event(%s, %s, %s)", (queue, event_name, json.dumps(body)))
+        conn.execute(
+            queries.query("event_emit"),
+            {"queue": queue, "event_name": event_name, "payload": json.dumps(body)},
+        )
     click.echo(f"emitted {event_name} on {queue}")
 
 
@@ -307,7 +316,8 @@ def list_tasks(
 
 def dump(conn: Conn, queue: str, task_id: uuid.UUID) -> dict[str, Any]:
     """Everything about one task: the task row, its runs, waits and checkpoints."""
-    args = {"task_id": task_id}
+    # limit null: a dump is complete (Habitat caps the same reads per page).
+    args = {"task_id": task_id, "limit": None}
     task = conn.execute(queries.query("task_get", queue), args).fetchone()
     if task is None:
         raise CliError(f"task {task_id} vanished from queue {queue!r}")

@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from absurd import queries
 from absurd.habitat.store import BadInput, Conn, Row, one
 
 #: SQLSTATE classes whose messages are the caller's fault: the engine's AB codes,
@@ -75,10 +76,12 @@ def optional_int(value: Any, what: str, minimum: int = 1) -> int | None:
     return number
 
 
-def _call(conn: Conn, statement: str, params: tuple[Any, ...]) -> Row | None:
+def _call(conn: Conn, name: str, **params: Any) -> Row:
+    """Runs the named call (one row) in a transaction of its own."""
     with _engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(statement, params)
-        return cur.fetchone() if cur.description else None
+        row = cur.execute(queries.query(name), params).fetchone()
+        assert row is not None
+        return row
 
 
 def retry(
@@ -102,17 +105,11 @@ def retry(
             raise BadInput("maxAttempts applies to spawnNewTask retries only")
         if extra_attempts is not None:
             options["max_attempts"] = _attempts(conn, queue, task_id) + extra_attempts
-    row = _call(
-        conn,
-        "select task_id, run_id, attempt, created from absurd.retry_task(%s, %s, %s)",
-        (queue, task_id, Jsonb(options)),
-    )
-    assert row is not None
-    return row
+    return _call(conn, "task_retry", queue=queue, task_id=task_id, options=Jsonb(options))
 
 
 def _attempts(conn: Conn, queue: str, task_id: uuid.UUID) -> int:
-    task = one(conn, "habitat_task_get", queue, task_id=task_id)
+    task = one(conn, "task_get", queue, task_id=task_id)
     if task is None:
         raise BadInput(f'Task "{task_id}" not found in queue "{queue}"')
     attempts: int = task["attempts"]
@@ -121,12 +118,12 @@ def _attempts(conn: Conn, queue: str, task_id: uuid.UUID) -> int:
 
 def cancel(conn: Conn, queue: str, task_id: uuid.UUID) -> None:
     """Cancels a task in any non-terminal state (absurd.cancel_task)."""
-    _call(conn, "select absurd.cancel_task(%s, %s)", (queue, task_id))
+    _call(conn, "task_cancel", queue=queue, task_id=task_id)
 
 
 def emit(conn: Conn, queue: str, event_name: str, payload: Any) -> None:
     """Emits an event (first write wins; absurd.emit_event)."""
-    _call(conn, "select absurd.emit_event(%s, %s, %s)", (queue, event_name, Jsonb(payload)))
+    _call(conn, "event_emit", queue=queue, event_name=event_name, payload=Jsonb(payload))
 
 
 def spawn(
@@ -144,10 +141,11 @@ def spawn(
         options["headers"] = headers
     if max_attempts is not None:
         options["max_attempts"] = max_attempts
-    row = _call(
+    return _call(
         conn,
-        "select task_id, run_id, attempt, created from absurd.spawn_task(%s, %s, %s, %s)",
-        (queue, task_name, Jsonb(params), Jsonb(options)),
+        "task_spawn",
+        queue=queue,
+        task_name=task_name,
+        params=Jsonb(params),
+        options=Jsonb(options),
     )
-    assert row is not None
-    return row

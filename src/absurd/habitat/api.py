@@ -80,7 +80,7 @@ def _summary(run: Row) -> Row:
 async def healthz(request: Request) -> Response:
     habitat = habitat_of(request)
     try:
-        await habitat.run_within(3.0, lambda conn: conn.execute("select 1").fetchone())
+        await habitat.run_within(3.0, lambda conn: store.one(conn, "habitat_ping"))
     except Exception as exc:  # any failure to reach the database is "not healthy"
         return Response(f"unhealthy: {type(exc).__name__}", status_code=503)
     return Response("ok", media_type="text/plain")
@@ -161,8 +161,8 @@ async def tasks(request: Request) -> Response:
                 if found is None:
                     return [], None, names, []
                 q, task_id = found
-                runs = store.rows(conn, "habitat_task_runs", q, task_id=task_id)
-                task = store.one(conn, "habitat_task_get", q, task_id=task_id)
+                runs = store.task_runs(conn, q, task_id)
+                task = store.one(conn, "task_get", q, task_id=task_id)
                 assert task is not None
                 items = [
                     {

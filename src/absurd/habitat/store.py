@@ -1,4 +1,5 @@
-"""Habitat's reads: every query is a named block of ``sql/queries.sql`` (``habitat_*``).
+"""Habitat's reads: every query is a named block of ``sql/queries.sql`` (``habitat_*``,
+and the task detail reads it shares with ``absurdctl dump-task``).
 
 Functions here take an open connection and return plain dicts, so the HTML views and
 the JSON API share them. Counts are bounded (``COUNT_CAP``) and lists are keyset
@@ -33,6 +34,8 @@ SCAN_WINDOW = 10_000
 NAME_EXACT_CAP = 10_000
 #: Per-minute cap of the throughput chart.
 CHART_CAP = 2_000
+#: Runs, checkpoints and waits shown for one task (the oldest first).
+DETAIL_CAP = 1_000
 STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
 
 MIN_UUID = uuid.UUID(int=0)
@@ -57,7 +60,7 @@ def one(conn: Conn, name: str, queue: str | None = None, **params: Any) -> Row |
 
 
 def now(conn: Conn) -> dt.datetime:
-    row = one(conn, "habitat_now")
+    row = one(conn, "clock_now")
     assert row is not None
     value: dt.datetime = row["now"]
     return value
@@ -337,23 +340,29 @@ def find_task(
 ) -> tuple[str, uuid.UUID] | None:
     """(queue, task_id) of a task given its id or one of its run ids (PK probes)."""
     for q in queue_names:
-        if task_id is not None and one(conn, "habitat_task_get", q, task_id=task_id):
+        if task_id is not None and one(conn, "task_find", q, task_id=task_id):
             return q, task_id
         if run_id is not None:
-            run = one(conn, "habitat_run_get", q, run_id=run_id)
+            run = one(conn, "run_find", q, run_id=run_id)
             if run:
                 return q, run["task_id"]
     return None
 
 
+def task_runs(conn: Conn, queue: str, task_id: uuid.UUID) -> list[Row]:
+    """The task's runs, by attempt (at most DETAIL_CAP)."""
+    return rows(conn, "run_list_by_task", queue, task_id=task_id, limit=DETAIL_CAP)
+
+
 def task_detail(conn: Conn, queue: str, task_id: uuid.UUID) -> Row | None:
-    task = one(conn, "habitat_task_get", queue, task_id=task_id)
+    """The task row with its runs, checkpoints and waits: the reads of dump-task."""
+    task = one(conn, "task_get", queue, task_id=task_id)
     if task is None:
         return None
     task["queue_name"] = queue
-    task["runs"] = rows(conn, "habitat_task_runs", queue, task_id=task_id)
-    task["checkpoints"] = rows(conn, "habitat_task_checkpoints", queue, task_id=task_id)
-    task["waits"] = rows(conn, "habitat_task_waits", queue, task_id=task_id)
+    task["runs"] = task_runs(conn, queue, task_id)
+    for name, key in (("checkpoint_list_by_task", "checkpoints"), ("wait_list_by_task", "waits")):
+        task[key] = rows(conn, name, queue, task_id=task_id, limit=DETAIL_CAP)
     return task
 
 

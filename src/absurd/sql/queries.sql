@@ -1,7 +1,9 @@
--- Named read queries for absurdctl and Habitat (loaded by absurd/queries.py).
+-- Named queries for absurdctl, Habitat, storage maintenance and the schema installer
+-- (loaded by absurd/queries.py): their reads, and their calls of the engine's functions.
 -- Each block starts with "-- name: noun_verb --". Per-queue tables are written
 -- {t} {r} {c} {e} {w}; values are bind parameters, %(name)s.
--- Every query is bounded (LIMIT or a key lookup) and index-driven.
+-- Every read is bounded (LIMIT or a key lookup) and index-driven. Each block is
+-- EXPLAINed by tests/cli/test_query_plans.py or tests/habitat/test_plans.py.
 
 -- name: queue_list --
 select queue_name, created_at from absurd.queues order by queue_name
@@ -58,12 +60,17 @@ order by t.task_id desc
 limit %(limit)s
 
 -- name: task_find --
--- Is this task id in this queue? (a primary-key probe; dump-task unions one per queue)
+-- Is this task id in this queue? (a primary-key probe; dump-task unions one per queue,
+-- Habitat probes queue after queue)
 select task_id from {t} where task_id = %(task_id)s::uuid
 
 -- name: run_find --
 -- The task of a run id in this queue (a primary-key probe, unioned per queue).
 select task_id from {r} where run_id = %(run_id)s::uuid
+
+-- The four reads of one task, shared by dump-task and Habitat's task page. `limit`
+-- caps the rows of a task with very many runs, steps or waits (Habitat passes its page
+-- cap; dump-task passes null, i.e. everything: a dump is complete).
 
 -- name: task_get --
 select task_id, task_name, state, attempts, max_attempts, params, headers, retry_strategy,
@@ -72,23 +79,29 @@ select task_id, task_name, state, attempts, max_attempts, params, headers, retry
 from {t} where task_id = %(task_id)s::uuid
 
 -- name: run_list_by_task --
-select run_id, attempt, state, claimed_by, claim_expires_at, available_at, wake_event,
+select run_id, task_id, attempt, state, claimed_by, claim_expires_at, available_at, wake_event,
   event_payload, started_at, completed_at, failed_at, result, failure_reason, created_at
 from {r} where task_id = %(task_id)s::uuid
 order by attempt, run_id
+limit %(limit)s
 
 -- name: checkpoint_list_by_task --
 select checkpoint_name, state, status, owner_run_id, updated_at
 from {c} where task_id = %(task_id)s::uuid
 order by updated_at, checkpoint_name
+limit %(limit)s
 
 -- name: wait_list_by_task --
--- A task's event waits, with the event's payload once it has been emitted.
+-- A task's event waits, with the event's payload and emission time once it has been
+-- emitted. Awaiting an event that was not emitted yet leaves a placeholder row in
+-- {e} (payload null, emitted_at 'epoch'): the join skips it, so both columns are
+-- null until the event really is emitted.
 select w.run_id, w.step_name, w.event_name, w.timeout_at, w.created_at,
-  e.payload as event_payload, case when e.payload is not null then e.emitted_at end as emitted_at
-from {w} w left join {e} e on e.event_name = w.event_name
+  e.payload as event_payload, e.emitted_at
+from {w} w left join {e} e on e.event_name = w.event_name and e.payload is not null
 where w.task_id = %(task_id)s::uuid
-order by w.created_at
+order by w.created_at, w.step_name
+limit %(limit)s
 
 -- name: task_count_finished_before --
 -- cleanup --dry-run: finished tasks older than the cut-off (index t_<q>_fai).
@@ -120,14 +133,152 @@ where c.relnamespace = to_regnamespace('absurd')
 select c.relname as table_name, tg.tgname as name
 from pg_trigger tg join pg_class c on c.oid = tg.tgrelid
 where c.relnamespace = to_regnamespace('absurd') and not tg.tgisinternal
+
+-- ---------------------------------------------------------------------------
+-- The tools' calls of the engine's functions (absurdctl, Habitat's actions, storage
+-- maintenance, the schema installer) and the small reads around them. One block
+-- per call, whoever sends it: JSON arguments are cast here, so callers may pass
+-- text or Jsonb.
+-- ---------------------------------------------------------------------------
+
+-- name: clock_now --
+-- The database's clock (absurd.fake_now moves it in tests).
+select absurd.current_time() as now
+
+-- name: database_exists --
+-- absurdctl dev: whether the server has this database yet.
+select 1 as found from pg_database where datname = %(database)s
+
+-- name: relation_exists --
+-- Whether a table exists; `relation` is a qualified, quoted name ("absurd"."t_q_d").
+select to_regclass(%(relation)s::text) is not null as found
+
+-- name: advisory_lock_try --
+select pg_try_advisory_lock(%(key)s::bigint) as locked
+
+-- name: advisory_unlock --
+select pg_advisory_unlock(%(key)s::bigint) as unlocked
+
+-- name: advisory_xact_lock --
+select pg_advisory_xact_lock(%(key)s::bigint)
+
+-- name: schema_version_probe --
+-- Whether a schema is installed: asked first, as a call of a missing function fails.
+select to_regprocedure('absurd.get_schema_version()') is not null as installed
+
+-- name: schema_version_get --
+select absurd.get_schema_version() as version
+
+-- name: schema_statement_name_list --
+-- validate: the names of the engine's catalogue of per-queue statements.
+select absurd._sql_names() as name
+
+-- name: schema_statement_get --
+select absurd._sql(%(statement)s, %(queue)s) as text
+
+-- name: role_pair_list --
+-- The least-privilege role pairs installed (table absurd.installed_roles, roles.sql).
+select worker_role, reader_role from absurd.installed_roles
+
+-- name: role_pair_install --
+select absurd._install_roles(%(worker)s, %(reader)s)
+
+-- name: role_pair_uninstall --
+select absurd._uninstall_roles(%(worker)s, %(reader)s)
+
+-- name: queue_create --
+-- A null storage_mode creates an unpartitioned queue, as create_queue(name) does.
+select absurd.create_queue(%(queue)s::text, coalesce(%(storage_mode)s::text, 'unpartitioned'))
+
+-- name: queue_drop --
+select absurd.drop_queue(%(queue)s)
+
+-- name: queue_policy_get --
+select queue_name, storage_mode, default_partition, partition_lookahead, partition_lookback,
+  cleanup_ttl, cleanup_limit, detach_mode, detach_min_age
+from absurd.get_queue_policy(%(queue)s)
+
+-- name: queue_policy_set --
+select absurd.set_queue_policy(%(queue)s, %(policy)s::jsonb)
+
+-- name: queue_maintenance_policy --
+-- The policy storage maintenance follows (the TTL in seconds, as cleanup_* take it).
+select storage_mode, extract(epoch from cleanup_ttl) as cleanup_ttl_seconds, cleanup_limit,
+  default_partition = 'enabled' as default_partition, partition_lookback, partition_lookahead
+from absurd.queues where queue_name = %(queue)s
+
+-- name: queue_sweep --
+select cancelled, expired from absurd.sweep_queue(%(queue)s, %(limit)s)
+
+-- name: task_spawn --
+select task_id, run_id, attempt, created
+from absurd.spawn_task(%(queue)s, %(task_name)s, %(params)s::jsonb, %(options)s::jsonb)
+
+-- name: task_retry --
+select task_id, run_id, attempt, created
+from absurd.retry_task(%(queue)s, %(task_id)s::uuid, %(options)s::jsonb)
+
+-- name: task_cancel --
+select absurd.cancel_task(%(queue)s, %(task_id)s::uuid)
+
+-- name: event_emit --
+select absurd.emit_event(%(queue)s, %(event_name)s, %(payload)s::jsonb)
+
+-- name: task_cleanup --
+-- One batch: up to `limit` finished tasks older than `ttl` seconds (cleanup, maintenance).
+select absurd.cleanup_tasks(%(queue)s, %(ttl)s, %(limit)s) as n
+
+-- name: event_cleanup --
+-- One batch: up to `limit` events older than `ttl` seconds that no run waits for.
+select absurd.cleanup_events(%(queue)s, %(ttl)s, %(limit)s) as n
+
+-- name: cron_enable --
+select job_name, job_id from absurd.enable_cron(%(queue)s, %(partition_schedule)s,
+  %(cleanup_schedule)s, %(detach_schedule)s)
+
+-- name: cron_disable --
+select job_name, job_id from absurd.disable_cron(%(queue)s)
+
+-- name: partition_detach_candidate_list --
+-- Empty, old partitions (all queues when `queue` is null).
+select queue_name, parent_table, partition_table
+from absurd.list_detach_candidates(%(queue)s)
+
+-- name: partition_detach_pending --
+-- No row: not attached; false: attached; true: half-way through DETACH CONCURRENTLY.
+select inhdetachpending as pending from pg_inherits where inhrelid = to_regclass(%(partition)s::text)
+
+-- name: partition_drop_detached --
+-- Kept bare: `list-detach-candidates --show-sql` prints it, bound, for people to run.
+select absurd.drop_detached_partition(%(partition)s)
+
+-- name: partition_week_list --
+-- The weeks (UTC Monday buckets) from `lookback` before now to `lookahead` after.
+select generate_series(absurd.week_bucket_utc(n - %(lookback)s::interval),
+  absurd.week_bucket_utc(n + %(lookahead)s::interval), interval '7 days') as week
+from absurd.current_time() n
+
+-- name: partition_week_add --
+select absurd._add_week_partition(%(prefix)s, %(queue)s, %(week)s) as created
+
+-- name: partition_week_retirable_list --
+select lower_id, upper_id, partitions, parents from absurd._retirable_weeks(%(queue)s)
+
+-- name: partition_week_retire --
+select absurd._retire_week(%(queue)s, %(partitions)s, %(lower)s, %(upper)s) as retired
+
+-- name: partition_week_reattach --
+select absurd._reattach_week(%(queue)s, %(partitions)s, %(lower)s, %(upper)s)
+
 -- habitat ---------------------------------------------------------------------
 -- The dashboard's reads (src/absurd/habitat/store.py). Counts are bounded
 -- (count over a LIMITed subquery, shown as "N+" at the cap); lists are keyset
 -- pages; filters that no index serves (task name, params, event name prefix)
 -- look at a bounded window of the newest rows and say where they stopped.
 
--- name: habitat_now --
-select absurd.current_time() as now
+-- name: habitat_ping --
+-- The health check (/healthz): can a pooled connection still run a statement?
+select 1 as ok
 
 -- name: habitat_queue_list --
 select q.queue_name, q.created_at, q.storage_mode, q.default_partition, q.partition_lookahead,
@@ -294,41 +445,6 @@ select distinct task_name from (
 ) t
 order by task_name
 limit 200
-
--- name: habitat_task_get --
-select task_id, task_name, params, headers, retry_strategy, max_attempts, cancellation,
-       enqueue_at, first_started_at, state, attempts, last_attempt_run, completed_payload,
-       cancelled_at, idempotency_key, priority, finished_at
-from {t}
-where task_id = %(task_id)s
-
--- name: habitat_run_get --
-select run_id, task_id from {r} where run_id = %(run_id)s
-
--- name: habitat_task_runs --
-select run_id, task_id, attempt, state, claimed_by, claim_expires_at, available_at,
-       wake_event, event_payload, started_at, completed_at, failed_at, result,
-       failure_reason, created_at, priority
-from {r}
-where task_id = %(task_id)s
-order by attempt, run_id
-limit 1000
-
--- name: habitat_task_checkpoints --
-select checkpoint_name, state, status, owner_run_id, updated_at
-from {c}
-where task_id = %(task_id)s
-order by updated_at, checkpoint_name
-limit 1000
-
--- name: habitat_task_waits --
-select w.run_id, w.step_name, w.event_name, w.timeout_at, w.created_at,
-       e.payload as event_payload, e.emitted_at
-from {w} w
-left join {e} e on e.event_name = w.event_name and e.payload is not null
-where w.task_id = %(task_id)s
-order by w.created_at, w.step_name
-limit 1000
 
 -- name: habitat_event_page --
 select event_name, payload, emitted_at from (
