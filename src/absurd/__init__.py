@@ -5,11 +5,10 @@ A drop-in for ``absurd_sdk`` 0.5.1: change the import to ``from absurd import ..
 
 from __future__ import annotations
 
-from typing import Any
-
 from absurd._async.client import AsyncAbsurd
-from absurd._async.context import AsyncTaskContext, current_context
+from absurd._async.context import AsyncTaskContext
 from absurd._async.worker import AsyncWorker
+from absurd._context import get_current_context
 from absurd._core.serde import JSONSerializer, Serializer
 from absurd._core.types import (
     AbsurdHooks,
@@ -33,10 +32,24 @@ from absurd.errors import (
     AbsurdError,
     CancelledTask,
     FailedTask,
+    InvalidArgument,
+    InvalidQueueName,
+    InvalidQueuePolicy,
+    InvalidRetryStrategy,
+    QueueConflict,
+    QueueError,
+    QueueNotFound,
+    RunNotFound,
+    RunStateConflict,
+    RunTaskMismatch,
     SerializationError,
     SuspendTask,
     TaskInterrupt,
+    TaskNotFinished,
+    TaskNotFound,
+    TaskStateConflict,
     TimeoutError,
+    UnsupportedStorageMode,
 )
 from absurd.schema import SCHEMA_VERSION, install, installed_version, migrate, schema_sql
 
@@ -53,11 +66,21 @@ __all__ = [
     "ClaimedTask",
     "CreateQueueOptions",
     "FailedTask",
+    "InvalidArgument",
+    "InvalidQueueName",
+    "InvalidQueuePolicy",
+    "InvalidRetryStrategy",
     "JSONSerializer",
+    "QueueConflict",
+    "QueueError",
+    "QueueNotFound",
     "QueuePolicy",
     "QueuePolicyOptions",
     "RetryStrategy",
     "RetryTaskResult",
+    "RunNotFound",
+    "RunStateConflict",
+    "RunTaskMismatch",
     "SerializationError",
     "Serializer",
     "SpawnOptions",
@@ -66,9 +89,13 @@ __all__ = [
     "SuspendTask",
     "TaskContext",
     "TaskInterrupt",
+    "TaskNotFinished",
+    "TaskNotFound",
     "TaskResultSnapshot",
     "TaskResultState",
+    "TaskStateConflict",
     "TimeoutError",
+    "UnsupportedStorageMode",
     "Worker",
     "get_current_context",
     "install",
@@ -77,10 +104,3 @@ __all__ = [
     "schema_sql",
 ]
 __version__ = "0.6.1"
-
-
-def get_current_context() -> Any:
-    """The TaskContext (or AsyncTaskContext) of the task running here, else None."""
-    from absurd._sync.context import current_context as sync_current
-
-    return current_context.get() or sync_current.get()

@@ -29,11 +29,14 @@ Control-flow signals are ``BaseException`` subclasses, so a handler's
      └── FailedTask        AB002: this run already failed (its lease expired)
 
 Database errors are translated at one boundary, by SQLSTATE: :func:`translate`.
+Each class names the codes it stands for (``sqlstate``, then ``more_sqlstates``),
+and the lookup is built from the classes.
 """
 
 from __future__ import annotations
 
 import builtins
+from typing import ClassVar
 
 import psycopg
 
@@ -66,7 +69,10 @@ __all__ = [
 class AbsurdError(Exception):
     """An Absurd operation failed."""
 
-    sqlstate: str | None = None
+    #: The SQLSTATE the engine raises for this error (None: raised by the SDK only).
+    sqlstate: ClassVar[str | None] = None
+    #: Further SQLSTATEs that :func:`translate` turns into this class.
+    more_sqlstates: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -140,6 +146,10 @@ class InvalidArgument(AbsurdError, ValueError):
     """An argument is missing or invalid."""
 
     sqlstate = "AB015"
+    # AB014: a required value is missing. 22P02, 54000: PostgreSQL refusing a caller's
+    # value (a malformed UUID or JSON text, a name too large for its index), bad input
+    # like AB015 (docs/errors.md).
+    more_sqlstates = ("AB014", "22P02", "54000")
 
 
 class InvalidRetryStrategy(InvalidArgument):
@@ -163,6 +173,9 @@ class TaskNotFinished(AbsurdError):
 class TaskInterrupt(BaseException):
     """Stops a task handler; never caught by ``except Exception``."""
 
+    sqlstate: ClassVar[str | None] = None
+    more_sqlstates: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
 
@@ -183,27 +196,24 @@ class FailedTask(TaskInterrupt):
     sqlstate = "AB002"
 
 
-_BY_SQLSTATE: dict[str, type[AbsurdError] | type[TaskInterrupt]] = {
-    "AB001": CancelledTask,
-    "AB002": FailedTask,
-    "AB003": InvalidRetryStrategy,
-    "AB004": InvalidQueueName,
-    "AB005": QueueNotFound,
-    "AB006": QueueConflict,
-    "AB007": UnsupportedStorageMode,
-    "AB008": InvalidQueuePolicy,
-    "AB009": TaskNotFound,
-    "AB010": TaskStateConflict,
-    "AB011": RunNotFound,
-    "AB012": RunStateConflict,
-    "AB013": RunTaskMismatch,
-    "AB014": InvalidArgument,
-    "AB015": InvalidArgument,
-    # PostgreSQL refusing a caller's value: a malformed UUID or JSON text, a name
-    # too large for its index. Bad input, like AB015 (docs/errors.md).
-    "22P02": InvalidArgument,
-    "54000": InvalidArgument,
-}
+def _by_sqlstate() -> dict[str, type[AbsurdError] | type[TaskInterrupt]]:
+    """SQLSTATE -> class, from the codes each class declares itself (not inherited:
+    a subclass without codes of its own leaves its parent's to the parent)."""
+    table: dict[str, type[AbsurdError] | type[TaskInterrupt]] = {}
+    todo: list[type[AbsurdError] | type[TaskInterrupt]] = [AbsurdError, TaskInterrupt]
+    while todo:
+        cls = todo.pop()
+        own = vars(cls)
+        codes = [own["sqlstate"]] if own.get("sqlstate") else []
+        for code in codes + list(own.get("more_sqlstates", ())):
+            if code in table:
+                raise RuntimeError(f"SQLSTATE {code}: {table[code].__name__} and {cls.__name__}")
+            table[code] = cls
+        todo += cls.__subclasses__()
+    return table
+
+
+_BY_SQLSTATE = _by_sqlstate()
 
 
 def translate(exc: psycopg.Error) -> BaseException:

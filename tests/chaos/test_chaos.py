@@ -39,7 +39,7 @@ from tests.worker.conftest import query
 from tests.worker.test_process import Proc
 from tests.worker.test_reconnect import RestartableServer, restartable  # noqa: F401
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SCRIPT = Path(__file__).with_name("chaos_worker.py")
 CLAIM_TIMEOUT = 3

@@ -18,6 +18,8 @@ from tests.chaos.invariants import EFFECTS_DDL, EFFECTS_TABLE, check
 from tests.conftest import Connect
 from tests.engine._engine import Engine
 
+pytestmark = pytest.mark.slow
+
 
 def log(
     conn: psycopg.Connection[Any], queue: str, task: Any, run: Any, step: str, kind: str

@@ -274,6 +274,7 @@ def test_connection_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "dbname=other" in Target(database="postgresql://a@b/other").dsn()
 
 
+@pytest.mark.slow
 def test_real_entry_point_errors(dsn: str, new_database: Callable[[], str]) -> None:
     missing_db = dsn.replace("dbname=", "dbname=nope_") if "dbname=" in dsn else None
     if missing_db is None:
@@ -290,6 +291,7 @@ def test_real_entry_point_errors(dsn: str, new_database: Callable[[], str]) -> N
     assert module.code == 0 and "absurdctl" in module.stdout
 
 
+@pytest.mark.slow
 def test_python_dash_m(dsn: str, connect: Connect) -> None:
     import subprocess
     import sys

@@ -91,6 +91,7 @@ def test_missing_queue_and_bad_interval(cli: Cli, queue: str) -> None:
                    "does not exist")  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_loop_runs_rounds_until_signalled(
     dsn: str, conn: psycopg.Connection[Any], pqueue: str, signum: int

@@ -20,7 +20,7 @@ import pytest
 from absurd import schema
 from tests.cli.conftest import SCRIPT, Cli, absurdctl, one_line_error
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 ROOT = Path(__file__).parents[2]
 
 
@@ -203,7 +203,6 @@ def test_dev_serves_a_database_until_sigterm(tmp_path: Path) -> None:
             again.wait()
 
 
-@pytest.mark.slow
 def test_demo() -> None:
     started = time.monotonic()
     result = absurdctl("demo", timeout=90)

@@ -105,7 +105,7 @@ class Harness:
             # SET takes no bind parameters; set_config is the parameterisable form.
             target.execute("select set_config('absurd.fake_now', %s, false)", (when.isoformat(),))
 
-    # --- direct table reads (columns per spec §1.4) ---------------------------------------
+    # --- direct table reads (upstream 0.5.1's columns) ---------------------------------------
 
     def _table(self, prefix: str) -> str:
         return f'absurd."{prefix}_{self.queue}"'

@@ -14,7 +14,7 @@ import absurd_sdk
 import psycopg
 import pytest
 
-pytestmark = pytest.mark.compat
+pytestmark = [pytest.mark.compat, pytest.mark.slow]
 
 NO_DELAY: absurd_sdk.RetryStrategy = {"kind": "fixed", "base_seconds": 0}
 

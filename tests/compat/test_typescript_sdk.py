@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-pytestmark = pytest.mark.compat
+pytestmark = [pytest.mark.compat, pytest.mark.slow]
 
 NODE_DIR = Path(__file__).parent / "node"
 STAMP = NODE_DIR / "node_modules" / ".compat-install-stamp"

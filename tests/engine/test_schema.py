@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from absurd import schema
 
-# Spec §1.6: every public function of upstream 0.5.1.
+# Every public function of upstream 0.5.1.
 PUBLIC_FUNCTIONS = [
     "current_time",
     "retry_delay_seconds",

@@ -17,6 +17,8 @@ import pytest
 from tests.habitat.conftest import BASIC, TOKEN
 from tests.habitat.data import CHROMIUM, CHROMIUM_ARGS, Server, failed_task, task_state
 
+pytestmark = pytest.mark.slow
+
 if not os.path.exists(CHROMIUM):
     pytest.skip(
         f"{CHROMIUM} is missing (scripts/install-system installs it)", allow_module_level=True

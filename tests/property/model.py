@@ -1,4 +1,4 @@
-"""A plain-Python model of the task/run state machine (interface spec §1.5).
+"""A plain-Python model of the task/run state machine (upstream 0.5.1's SQL interface).
 
 Each method applies one SQL call to the model and returns the SQLSTATE the
 engine should raise (``None``: the call succeeds). A run is known by its key

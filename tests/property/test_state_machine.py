@@ -36,7 +36,7 @@ from psycopg.rows import dict_row
 
 from tests.property.model import Model
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 EVENTS = ["e1", "e2", "e3"]

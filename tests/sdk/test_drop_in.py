@@ -53,7 +53,7 @@ def observe(dsn: str, queue: str) -> list[Any]:
                         for r in runs
                     ],
                     # a sleep's checkpoint holds a time: compare its name only
-                    # ours also checkpoints an event timeout (on purpose: upstream #96)
+                    # ours also checkpoints an event timeout (upstream's replays wait anew)
                     "checkpoints": {
                         c["checkpoint_name"]: checkpoint(c)
                         for c in cps

@@ -6,7 +6,9 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import inspect
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -35,6 +37,27 @@ def test_error_tree() -> None:
     assert issubclass(absurd.SerializationError, absurd.AbsurdError)
     for signal in (absurd.SuspendTask, absurd.CancelledTask, absurd.FailedTask):
         assert issubclass(signal, BaseException) and not issubclass(signal, Exception)
+
+
+def test_the_error_catalogue_and_the_classes_name_the_same_codes() -> None:
+    """Each code of docs/errors.md's class AB table translates to a class, each class's
+    code is in that table, and the other codes the SDK translates are documented."""
+    doc = (Path(__file__).parents[2] / "docs" / "errors.md").read_text(encoding="utf-8")
+    start = doc.index("## Class AB")
+    table = doc[start : doc.index("\n## ", start)]
+    documented = set(re.findall(r"^\| `(AB\d{3})` \|", table, re.M))
+    translated = set(errors._BY_SQLSTATE)
+    assert len(documented) >= 15
+    assert sorted(documented ^ {c for c in translated if c.startswith("AB")}) == []
+    for code in sorted(translated - documented):
+        assert f"`{code}`" in doc, f"{code} is translated but not in docs/errors.md"
+    declared = [
+        code
+        for cls in errors._BY_SQLSTATE.values()
+        for code in [cls.sqlstate, *cls.more_sqlstates]
+        if code is not None
+    ]
+    assert set(declared) == translated
 
 
 def test_translate_keeps_foreign_errors_and_chains_ours(conn: Any, queue: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 from typing import Any
 
 import absurd_sdk
@@ -38,8 +39,31 @@ def test_every_absurd_sdk_name_exists_in_absurd() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", absurd.__version__)
 
 
-def test_errors_of_absurd_are_importable_from_the_package() -> None:
-    for name in ("AbsurdError", "SerializationError", "TimeoutError", "TaskInterrupt"):
+def test_every_public_name_of_the_package_is_in_all() -> None:
+    """The converse of the test above: nothing public reaches ``absurd`` by accident
+    (a helper imported for a signature, a stray alias). Submodules and the
+    ``from __future__`` import do not count."""
+    public = {
+        name
+        for name, value in vars(absurd).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and type(value).__module__ != "__future__"
+    }
+    assert sorted(public - set(absurd.__all__)) == []
+
+
+def test_the_whole_error_tree_is_importable_from_the_package() -> None:
+    """Every exception class of ``absurd.errors`` (``translate`` is a tool, not an error)."""
+    tree = {
+        name
+        for name in errors.__all__
+        if isinstance(getattr(errors, name), type)
+        and issubclass(getattr(errors, name), BaseException)
+    }
+    assert tree == set(errors.__all__) - {"translate"}
+    assert sorted(tree - set(absurd.__all__)) == []
+    for name in tree:
         assert getattr(absurd, name) is getattr(errors, name)
 
 

@@ -22,7 +22,7 @@ from absurd import Absurd
 from tests.worker.conftest import Db, Flavour, query, wait_for
 from tests.worker.worker_process import EFFECTS_DDL
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 SCRIPT = Path(__file__).with_name("worker_process.py")
 
 

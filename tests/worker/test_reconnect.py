@@ -29,7 +29,7 @@ from absurd import Absurd, schema
 from tests.conftest import dsn_with_db
 from tests.worker.conftest import Db, Flavour, pause, query, wait_for
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 TASKS = 120
 CONCURRENCY = 4

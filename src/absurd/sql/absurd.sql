@@ -7,6 +7,8 @@
 --
 -- MAP
 --   absurd.queues                 one row per queue: storage mode and policy
+--   absurd.task_watchers          which waiting queue/event a task's result goes to
+--                                 when it finishes (await_task_result)
 --   per queue <q> (5 tables, created by ensure_queue_tables):
 --     t_<q>  tasks        one row per task (state, params, result, retry policy)
 --     r_<q>  runs         one row per attempt of a task (lease, wake-up time)
@@ -15,16 +17,23 @@
 --     w_<q>  waits        which run waits for which event, until when
 --     i_<q>  idempotency keys (partitioned queues only; see "Storage")
 --
+--   Public functions, by group (tests/engine/test_sql_map.py checks that this
+--   list names every public function, and only those):
 --   Utilities      current_time, get_schema_version, validate_queue_name,
 --                  portable_uuidv7, uuidv7_timestamp, uuidv7_floor,
 --                  week_bucket_utc, partition_week_tag, retry_delay_seconds,
 --                  queue_channel, queue_next_wake
 --   Queues         ensure_queue_tables, create_queue, drop_queue, list_queues,
 --                  get_queue_policy, set_queue_policy
---   Task lifecycle spawn_task, spawn_tasks, claim_task, complete_run, schedule_run, fail_run,
---                  retry_task, cancel_task, get_task_result
---   Steps, events  set_task_checkpoint_state, get_task_checkpoint_state(s),
---                  extend_claim, await_event, emit_event
+--   Task lifecycle spawn_task, spawn_tasks, claim_task,
+--                  claim_task_with_checkpoints, complete_run,
+--                  complete_run_and_claim, schedule_run, fail_run, retry_task,
+--                  cancel_task, get_task_result
+--   Steps, waits   set_task_checkpoint_state, get_task_checkpoint_state,
+--                  get_task_checkpoint_states, extend_claim, await_event,
+--                  emit_event, await_task_result
+--   Batches        set_task_checkpoint_states, complete_runs (the worker's group
+--                  commit: many writes in one statement)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -2697,7 +2706,7 @@ end;
 $$;
 
 -- =============================================================================
--- Storage: partitioned queues, partition maintenance, pg_cron (issue 7)
+-- Storage: partitioned queues, partition maintenance, pg_cron
 --
 -- A partitioned queue range-partitions t_<q> and c_<q> by task_id and r_<q>
 -- and w_<q> by run_id, one partition per ISO week (UTC) of the UUIDv7 time:
