@@ -1,4 +1,4 @@
-"""Named read queries for the CLI and the dashboard, parsed once from ``sql/queries.sql``.
+"""Named queries for the CLI, the dashboard and the SDK, parsed once from ``sql/queries.sql``.
 
 Durable behaviour lives in stored functions (``absurd.sql``). The reads that tools send
 directly (listing, dumping, dashboards) live in one file as ``-- name: noun_verb --``
@@ -46,12 +46,18 @@ def names() -> list[str]:
     return sorted(_catalogue())
 
 
-def query(name: str, queue: str | None = None) -> sql.Composed:
-    """The named query, with per-queue table placeholders bound to ``queue``'s tables."""
+def statement(name: str) -> str:
+    """The named statement's text as it is: for the SDK's statements, which have no
+    per-queue tables and go out as plain strings (no ``sql.Composed`` to render per call)."""
     try:
-        text = _catalogue()[name]
+        return _catalogue()[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
+
+
+def query(name: str, queue: str | None = None) -> sql.Composed:
+    """The named query, with per-queue table placeholders bound to ``queue``'s tables."""
+    text = statement(name)
     tables = {}
     if queue is not None:
         tables = {p: sql.SQL(_table(f"{p}_{queue}")) for p in _PREFIXES}
