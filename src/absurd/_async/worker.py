@@ -49,7 +49,7 @@ class _Slot:
 class AsyncWorker:
     """Claims and runs tasks of one queue with up to ``concurrency`` at a time.
 
-    - Wakes on the engine's NOTIFY (channel ``absurd.queue_channel(queue)``);
+    - Wakes on the engine's NOTIFY (on the queue's ``queue_channel``);
       otherwise it sleeps until the queue's next due time (sleeps, delayed
       starts, retries), or ``poll_interval`` at most, as a fallback.
     - A finished task's slot is refilled at once: there is no batch barrier.
