@@ -1,4 +1,5 @@
-"""Named queries for the tools, parsed once from ``sql/queries.sql``.
+"""Named queries for the CLI, the dashboard, maintenance and the SDK, parsed once from
+``sql/queries.sql``.
 
 Durable behaviour lives in stored functions (``absurd.sql``). Every statement the CLI,
 Habitat, storage maintenance and the schema installer send (reads, and the calls of
@@ -59,6 +60,15 @@ def names() -> list[str]:
     return sorted(_catalogue())
 
 
+def statement(name: str) -> str:
+    """The named statement's text as it is: for the SDK's statements, which have no
+    per-queue tables and go out as plain strings (no ``sql.Composed`` to render per call)."""
+    try:
+        return _catalogue()[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
+
+
 @lru_cache(maxsize=4096)
 def query(name: str, queue: str | None = None) -> sql.Composed:
     """The named query, with per-queue table placeholders bound to ``queue``'s tables.
@@ -67,10 +77,7 @@ def query(name: str, queue: str | None = None) -> sql.Composed:
     long per-queue statement costs tens of microseconds, and a dashboard page sends
     several per queue.
     """
-    try:
-        text = _catalogue()[name]
-    except KeyError:
-        raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
+    text = statement(name)
     tables = {}
     if queue is not None:
         tables = {p: sql.SQL(_table(f"{p}_{queue}")) for p in _PREFIXES}

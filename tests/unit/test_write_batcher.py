@@ -13,23 +13,26 @@ from typing import Any
 import pytest
 
 from absurd._async import _compat as acompat
-from absurd._async.worker import APPLIED
-from absurd._async.worker import WriteBatcher as AsyncWriteBatcher
-from absurd._sync.worker import WriteBatcher as SyncWriteBatcher
+from absurd._async.writes import CheckpointWrite, CompletionWrite, Outcome
+from absurd._async.writes import WriteBatcher as AsyncWriteBatcher
+from absurd._sync import writes as sync_writes
+from absurd._sync.writes import WriteBatcher as SyncWriteBatcher
+
+APPLIED = Outcome.APPLIED
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def batcher(cls: Any) -> Any:
-    return cls(None, 60, "w", lambda finishing: 0, lambda claimed: None)
+    return cls(None, "q", 60, "w", lambda finishing: 0, lambda claimed: None)
 
 
 def held_first_flush(batches: list[list[Any]], release: asyncio.Event) -> Any:
-    """An asyncio ``_flush`` that records each batch's first arguments, holds the first
+    """An asyncio ``_flush`` that records each batch's run ids, holds the first
     batch until ``release`` is set, and applies every write."""
 
     async def flush(batch: list[Any]) -> None:
-        batches.append([w.args[0] for w in batch])
+        batches.append([w.write.run_id for w in batch])
         if len(batches) == 1:
             await release.wait()
         for w in batch:
@@ -44,9 +47,9 @@ def test_async_writes_queue_behind_a_batch_and_share_the_next() -> None:
         batches: list[list[Any]] = []
         release = asyncio.Event()
         writes._flush = held_first_flush(batches, release)
-        first = asyncio.create_task(writes.complete(0, "0"))
+        first = asyncio.create_task(writes.submit(CompletionWrite(0, "0")))
         await asyncio.sleep(0.01)  # the first batch is on its way
-        rest = [asyncio.create_task(writes.complete(i, str(i))) for i in range(1, 6)]
+        rest = [asyncio.create_task(writes.submit(CompletionWrite(i, str(i)))) for i in range(1, 6)]
         await asyncio.sleep(0.01)
         release.set()
         outcomes = await asyncio.gather(first, *rest)
@@ -65,10 +68,10 @@ def test_async_writer_cancelled_as_it_is_handed_the_sending_hands_it_on() -> Non
         release = asyncio.Event()
         flushed: list[list[Any]] = []
         writes._flush = held_first_flush(flushed, release)
-        a = asyncio.create_task(writes.complete("a", "1"))
+        a = asyncio.create_task(writes.submit(CompletionWrite("a", "1")))
         await asyncio.sleep(0.01)
-        b = asyncio.create_task(writes.complete("b", "1"))
-        c = asyncio.create_task(writes.complete("c", "1"))
+        b = asyncio.create_task(writes.submit(CompletionWrite("b", "1")))
+        c = asyncio.create_task(writes.submit(CompletionWrite("c", "1")))
         await asyncio.sleep(0.01)
         original = writes._pass_on
 
@@ -99,21 +102,21 @@ def test_sync_writes_from_many_threads_all_complete_in_shared_batches() -> None:
             sizes.append(len(batch))
         time.sleep(0.005)  # a round trip
         for w in batch:
-            w.future.set_result(APPLIED)
+            w.future.set_result(sync_writes.Outcome.APPLIED)
 
     writes._flush = flush
-    outcomes: list[str] = []
+    outcomes: list[Any] = []
 
     def task(i: int) -> None:
         for k in range(20):
-            outcomes.append(writes.checkpoint(i, f"s{k}", "1", i))
+            outcomes.append(writes.submit(sync_writes.CheckpointWrite(i, f"s{k}", "1", i)))
 
     threads = [threading.Thread(target=task, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(20)
-    assert outcomes == [APPLIED] * 160
+    assert outcomes == [sync_writes.Outcome.APPLIED] * 160
     assert sum(sizes) == 160
     assert max(sizes) > 1 and len(sizes) < 160
     assert writes._sending is False and writes._pending == []
@@ -122,22 +125,22 @@ def test_sync_writes_from_many_threads_all_complete_in_shared_batches() -> None:
 def test_writes_after_close_go_alone() -> None:
     writes = batcher(SyncWriteBatcher)
     writes.close()
-    assert writes.complete(1, "1") == "alone"
+    assert writes.submit(sync_writes.CompletionWrite(1, "1")) is sync_writes.Outcome.ALONE
 
 
 def test_a_batch_stops_at_about_a_mebibyte_of_data_but_always_takes_one() -> None:
-    from absurd._async.worker import MAX_BATCH, MAX_BATCH_BYTES, _take, _Write
+    from absurd._async.writes import MAX_BATCH, MAX_BATCH_BYTES, _Pending, _take
 
     big = "x" * (MAX_BATCH_BYTES // 2 + 1)
     pending = [
-        _Write("c", (1, "s", big, 1), None),
-        _Write("d", (2, big), None),
-        _Write("d", (3, "1"), None),
+        _Pending(CheckpointWrite(1, "s", big, 1), None),
+        _Pending(CompletionWrite(2, big), None),
+        _Pending(CompletionWrite(3, "1"), None),
     ]
-    assert [w.args[0] for w in _take(pending)] == [1]  # two halves and a bit: too much
-    assert [w.args[0] for w in _take(pending)] == [2, 3]
+    assert [w.write.run_id for w in _take(pending)] == [1]  # two halves and a bit: too much
+    assert [w.write.run_id for w in _take(pending)] == [2, 3]
     assert pending == []
-    huge = [_Write("d", (4, "x" * (2 * MAX_BATCH_BYTES)), None)]
+    huge = [_Pending(CompletionWrite(4, "x" * (2 * MAX_BATCH_BYTES)), None)]
     assert len(_take(huge)) == 1 and huge == []
-    many = [_Write("d", (i, "1"), None) for i in range(MAX_BATCH + 5)]
+    many = [_Pending(CompletionWrite(i, "1"), None) for i in range(MAX_BATCH + 5)]
     assert len(_take(many)) == MAX_BATCH and len(many) == 5

@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 
 from absurd import Absurd
-from absurd._async import worker as async_worker
-from absurd._sync import worker as sync_worker
+from absurd._async import writes as async_writes
+from absurd._core import statements
+from absurd._sync import writes as sync_writes
 from tests.worker.conftest import Db, Flavour, pause, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def batcher_module(flavour: Flavour) -> Any:
-    return async_worker if flavour.is_async else sync_worker
+    return async_writes if flavour.is_async else sync_writes
 
 
 def test_writes_of_concurrent_tasks_share_a_batch(
@@ -107,9 +108,8 @@ def test_a_failing_batch_falls_back_to_single_writes(
 ) -> None:
     """Every batch statement fails (a schema without the batch functions, say): each
     write goes alone, and every task still completes once, its step run once."""
-    module = batcher_module(flavour)
-    monkeypatch.setattr(module, "_WRITES", "select absurd.no_such_function()")
-    monkeypatch.setattr(module, "_WRITES_AND_CLAIM", "select absurd.no_such_function()")
+    monkeypatch.setattr(statements, "WRITE_BATCH", "select absurd.no_such_function()")
+    monkeypatch.setattr(statements, "WRITE_BATCH_AND_CLAIM", "select absurd.no_such_function()")
     app = flavour.app(app_dsn, queue)
     runs: dict[int, int] = {}
 

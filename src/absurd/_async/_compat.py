@@ -26,6 +26,7 @@ __all__ = [
     "is_done",
     "maybe_await",
     "new_future",
+    "other_flavour",
     "resolve",
     "sleep",
     "spawn",
@@ -131,3 +132,10 @@ class RunStepMixin:
 
 
 AwaitableT = Awaitable[Any]
+
+
+def other_flavour() -> Any:
+    """The client class of the other flavour, for ``make_sync``."""
+    from absurd._sync.client import Absurd
+
+    return Absurd

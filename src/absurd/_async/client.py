@@ -1,22 +1,20 @@
-"""AsyncAbsurd: the client (admin, spawn, results) and task execution."""
+"""AsyncAbsurd: the client (registered tasks, queues, spawn, results, workers)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-import psycopg
-from psycopg.conninfo import make_conninfo
-from psycopg.rows import dict_row
-
 from absurd._async import _compat as compat
-from absurd._async.context import AsyncTaskContext, current_context
-from absurd._async.worker import ALONE, APPLIED, MAYBE, WriteBatcher
+from absurd._async.db import Database
+from absurd._async.runner import Runner
+from absurd._async.worker import AsyncWorker
+from absurd._async.writes import Writes
 from absurd._core import logic
+from absurd._core import statements as q
 from absurd._core.serde import JSONSerializer, Serializer
 from absurd._core.types import (
     AbsurdHooks,
@@ -32,13 +30,9 @@ from absurd._core.types import (
     TaskResultSnapshot,
 )
 from absurd.errors import (
-    AbsurdError,
     InvalidArgument,
-    RunStateConflict,
-    TaskInterrupt,
     TaskNotFound,
     TimeoutError,
-    translate,
 )
 
 log = logging.getLogger("absurd")
@@ -68,74 +62,51 @@ class AsyncAbsurd:
         self.hooks: AbsurdHooks = hooks or {}
         self.serializer: Serializer = serializer or JSONSerializer()
         self._registry: dict[str, logic.RegisteredTask] = {}
-        self._conn: compat.Connection | None = None
-        self._url: str | None = None
-        self._pool: compat.ConnectionPool | None = None
-        self._pool_lock = compat.Lock()
         self._stop_requested = False
-        self._pool_size = pool_size
-        self._worker: Any = None
-        #: The running worker's group commit (None: every write on its own).
-        self._writes: WriteBatcher | None = None
+        self._worker: AsyncWorker | None = None
         if conn_or_url is None or isinstance(conn_or_url, str):
-            self._url = conn_or_url or logic.default_url()
+            #: The client's database layer (the SDK's internals, not the drop-in API).
+            self.db = Database(None, conn_or_url or logic.default_url(), pool_size)
         else:
-            self._conn = conn_or_url
+            self.db = Database(conn_or_url, None, pool_size)
 
-    # -- database access -------------------------------------------------------
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[compat.Connection]:
-        if self._conn is not None:
-            yield self._conn
-            return
-        if self._pool is None:
-            async with self._pool_lock:  # concurrent first calls must not open two pools
-                if self._pool is None:
-                    pool = compat.ConnectionPool(
-                        self._url or "",
-                        min_size=1,
-                        max_size=self._pool_size,
-                        kwargs={"autocommit": True},
-                        open=False,
-                        name="absurd",
-                    )
-                    await pool.open()
-                    self._pool = pool
-        async with self._pool.connection() as conn:
-            yield conn
+    # absurdctl (absurd.cli) reads these three: the database's, under their old names.
+    @property
+    def _url(self) -> str | None:
+        return self.db.url
 
-    async def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Runs one statement; engine errors come back as Absurd errors."""
-        try:
-            async with self._connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(query, params)
-                return await cur.fetchall() if cur.description else []
-        except psycopg.Error as exc:
-            err = translate(exc)
-            if err is exc:
-                raise
-            raise err from exc
+    @property
+    def _pool_size(self) -> int:
+        return self.db.pool_size
 
     def _listen_dsn(self) -> str:
-        """Where the worker opens its LISTEN connection (outside the pool)."""
-        if self._url is not None:
-            return self._url
-        assert self._conn is not None
-        info = self._conn.info
-        if info.password and "password=" not in info.dsn:
-            return make_conninfo(info.dsn, password=info.password)
-        return info.dsn
+        return self.db.listen_dsn()
 
-    async def _one(self, query: str, params: tuple[Any, ...] = ()) -> dict[str, Any]:
-        rows = await self._rows(query, params)
-        return rows[0]
+    @property
+    def _pool(self) -> compat.ConnectionPool | None:
+        """The pool, once open (None with a connection of the caller's)."""
+        return self.db.pool
 
     def _json(self, value: Any) -> str:
         return self.serializer.dumps(value)
 
     def _queue(self, queue_name: str | None) -> str:
         return self.queue_name if queue_name is None else logic.validate_queue_name(queue_name)
+
+    @property
+    def runner(self) -> Runner:
+        """Runs this client's tasks of its queue, with its settings as they are now
+        (a new one each time), each write alone; a worker's goes through its group
+        commit (``Runner.with_batcher``)."""
+        return Runner(
+            db=self.db,
+            writes=Writes(self.db, self.queue_name),
+            registry=self._registry,
+            serializer=self.serializer,
+            hooks=self.hooks,
+            spawn=self.spawn,
+            emit_event=self.emit_event,
+        )
 
     # -- registration ----------------------------------------------------------
     def register_task(
@@ -186,10 +157,7 @@ class AsyncAbsurd:
                 "detach_min_age": detach_min_age,
             }
         )
-        if storage_mode == "unpartitioned":
-            await self._rows("select absurd.create_queue(%s)", (queue,))
-        else:
-            await self._rows("select absurd.create_queue(%s, %s)", (queue, storage_mode))
+        await self.db.rows(q.QUEUE_CREATE, {"queue": queue, "storage_mode": storage_mode})
         await self._set_policy(queue, body)
 
     async def set_queue_policy(
@@ -218,23 +186,17 @@ class AsyncAbsurd:
 
     async def _set_policy(self, queue: str, body: dict[str, Any]) -> None:
         if body:
-            await self._rows(
-                "select absurd.set_queue_policy(%s, %s::jsonb)", (queue, json.dumps(body))
-            )
+            await self.db.rows(q.QUEUE_POLICY_SET, {"queue": queue, "policy": json.dumps(body)})
 
     async def get_queue_policy(self, queue_name: str | None = None) -> QueuePolicy | None:
-        rows = await self._rows(
-            "select queue_name, storage_mode, partition_lookahead, partition_lookback, cleanup_ttl,"
-            " cleanup_limit, detach_mode, detach_min_age from absurd.get_queue_policy(%s)",
-            (self._queue(queue_name),),
-        )
+        rows = await self.db.rows(q.QUEUE_POLICY_GET, (self._queue(queue_name),))
         return rows[0] if rows else None  # type: ignore[return-value]
 
     async def drop_queue(self, queue_name: str | None = None) -> None:
-        await self._rows("select absurd.drop_queue(%s)", (self._queue(queue_name),))
+        await self.db.rows(q.QUEUE_DROP, {"queue": self._queue(queue_name)})
 
     async def list_queues(self) -> list[str]:
-        return [r["queue_name"] for r in await self._rows("select * from absurd.list_queues()")]
+        return [r["queue_name"] for r in await self.db.rows(q.QUEUE_LIST_NAMES)]
 
     # -- spawning and results --------------------------------------------------
     async def spawn(
@@ -265,9 +227,14 @@ class AsyncAbsurd:
             "available_at": available_at,
         }
         queue_name, body = await self._spawn_body(task_name, params, given)
-        row = await self._one(
-            "select task_id, run_id, attempt, created from absurd.spawn_task(%s, %s, %s, %s)",
-            (queue_name, task_name, self._json(params), json.dumps(body)),
+        row = await self.db.one(
+            q.TASK_SPAWN,
+            {
+                "queue": queue_name,
+                "task_name": task_name,
+                "params": self._json(params),
+                "options": json.dumps(body),
+            },
         )
         return _spawn_result(row)
 
@@ -317,10 +284,7 @@ class AsyncAbsurd:
             )
         if queue_name is None:
             return []
-        rows = await self._rows(
-            "select task_id, run_id, attempt, created from absurd.spawn_tasks(%s, %s)",
-            (queue_name, "[" + ", ".join(items) + "]"),
-        )
+        rows = await self.db.rows(q.TASK_SPAWN_MANY, (queue_name, "[" + ", ".join(items) + "]"))
         return [_spawn_result(row) for row in rows]
 
     async def _spawn_body(
@@ -342,10 +306,7 @@ class AsyncAbsurd:
     async def fetch_task_result(
         self, task_id: Any, queue_name: str | None = None
     ) -> TaskResultSnapshot | None:
-        rows = await self._rows(
-            "select state, result, failure_reason from absurd.get_task_result(%s, %s)",
-            (self._queue(queue_name), str(task_id)),
-        )
+        rows = await self.db.rows(q.TASK_RESULT_GET, (self._queue(queue_name), str(task_id)))
         if not rows:
             return None
         r = rows[0]
@@ -373,9 +334,13 @@ class AsyncAbsurd:
     ) -> None:
         if not event_name:
             raise InvalidArgument("event_name must be provided")
-        await self._rows(
-            "select absurd.emit_event(%s, %s, %s)",
-            (self._queue(queue_name), event_name, self._json(payload)),
+        await self.db.rows(
+            q.EVENT_EMIT,
+            {
+                "queue": self._queue(queue_name),
+                "event_name": event_name,
+                "payload": self._json(payload),
+            },
         )
 
     async def retry_task(
@@ -391,21 +356,14 @@ class AsyncAbsurd:
             body["max_attempts"] = max_attempts
         if spawn_new:
             body["spawn_new"] = True
-        row = await self._one(
-            "select task_id, run_id, attempt, created from absurd.retry_task(%s, %s, %s)",
-            (self._queue(queue_name), str(task_id), json.dumps(body)),
+        row = await self.db.one(
+            q.TASK_RETRY,
+            {"queue": self._queue(queue_name), "task_id": str(task_id), "options": json.dumps(body)},
         )
-        return {
-            "task_id": row["task_id"],
-            "run_id": row["run_id"],
-            "attempt": row["attempt"],
-            "created": row["created"],
-        }
+        return _spawn_result(row)
 
     async def cancel_task(self, task_id: Any, queue_name: str | None = None) -> None:
-        await self._rows(
-            "select absurd.cancel_task(%s, %s)", (self._queue(queue_name), str(task_id))
-        )
+        await self.db.rows(q.TASK_CANCEL, {"queue": self._queue(queue_name), "task_id": str(task_id)})
 
     # -- claiming and running --------------------------------------------------
     async def claim_tasks(
@@ -414,21 +372,8 @@ class AsyncAbsurd:
         claim_timeout: int = logic.DEFAULT_CLAIM_TIMEOUT,
         worker_id: str = "worker",
     ) -> list[ClaimedTask]:
-        rows = await self._rows(
-            f"select {logic.CLAIM_COLUMNS} from absurd.claim_task(%s, %s, %s, %s)",
-            (self.queue_name, worker_id, claim_timeout, batch_size),
-        )
-        return rows  # type: ignore[return-value]
-
-    async def _claim_for_execution(
-        self, batch_size: int, claim_timeout: int, worker_id: str
-    ) -> list[ClaimedTask]:
-        """Claims runs together with the checkpoints each may replay (one round trip
-        instead of two per task); ``execute_task`` uses them instead of asking again."""
-        rows = await self._rows(
-            f"select {logic.CLAIM_COLUMNS}, checkpoints"
-            " from absurd.claim_task_with_checkpoints(%s, %s, %s, %s)",
-            (self.queue_name, worker_id, claim_timeout, batch_size),
+        rows = await self.db.rows(
+            q.RUN_CLAIM, (self.queue_name, worker_id, claim_timeout, batch_size)
         )
         return rows  # type: ignore[return-value]
 
@@ -439,9 +384,10 @@ class AsyncAbsurd:
         batch_size: int = 1,
     ) -> int:
         """Claims a batch and runs it to the end, one task after the other."""
-        tasks = await self._claim_for_execution(batch_size, claim_timeout, worker_id)
+        runner = self.runner
+        tasks = await runner.claim(batch_size, claim_timeout, worker_id)
         for task in tasks:
-            await self.execute_task(task, claim_timeout)
+            await runner.execute(task, claim_timeout)
         return len(tasks)
 
     async def start_worker(
@@ -456,8 +402,6 @@ class AsyncAbsurd:
         handle_signals: bool = True,
     ) -> None:
         """Runs a worker until ``stop_worker()`` or SIGTERM/SIGINT (see ``AsyncWorker``)."""
-        from absurd._async.worker import AsyncWorker
-
         if self._stop_requested:  # stop_worker() came first (e.g. from another thread)
             self._stop_requested = False
             return
@@ -485,124 +429,11 @@ class AsyncAbsurd:
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.stop()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self.db.close()
 
     async def execute_task(self, task: ClaimedTask, claim_timeout: int) -> None:
         """Runs one claimed task to its outcome: completed, failed, suspended or deferred."""
-        run_id, name = task["run_id"], task["task_name"]
-        registered = self._registry.get(name)
-        extra = {"task_id": str(task["task_id"]), "run_id": str(run_id), "task_name": name}
-        if registered is None:
-            delay = logic.unknown_task_delay(run_id)
-            log.warning(
-                "unknown task %r: deferring run %s by %ss", name, run_id, delay, extra=extra
-            )
-            await self._finish(
-                "select absurd.schedule_run(%s, %s, absurd.current_time()"
-                " + make_interval(secs => %s))",
-                (self.queue_name, run_id, delay),
-            )
-            return
-        if registered.queue != self.queue_name:
-            await self._fail(task, AbsurdError("Misconfigured task (queue mismatch)"))
-            return
-        preloaded = task.get("checkpoints")
-        if preloaded is None:  # claimed through claim_tasks(): ask for them
-            try:
-                rows = await self._rows(
-                    "select checkpoint_name, state"
-                    " from absurd.get_task_checkpoint_states(%s, %s, %s)",
-                    (self.queue_name, task["task_id"], run_id),
-                )
-            except TaskInterrupt:
-                return
-            preloaded = {r["checkpoint_name"]: r["state"] for r in rows}
-        ctx = AsyncTaskContext._create(self, task, claim_timeout, dict(preloaded))
-        token = current_context.set(ctx)
-        try:
-            params = self.serializer.revive(task["params"])
-
-            async def execute() -> Any:
-                return await compat.maybe_await(registered.handler(params, ctx))
-
-            wrap = self.hooks.get("wrap_task_execution")
-            result = await (compat.maybe_await(wrap(ctx, execute)) if wrap else execute())
-            data = self._json(result)
-        except TaskInterrupt as signal:
-            log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
-            return
-        except compat.Cancelled:
-            await self._release(run_id)
-            raise
-        except Exception as exc:
-            log.info("task %s failed: %r", name, exc, extra=extra)
-            await self._fail(task, exc)
-            return
-        finally:
-            current_context.reset(token)
-        await self._complete(run_id, data)
-        log.debug("task %s completed", name, extra=extra)
-
-    async def _complete(self, run_id: Any, data: str) -> None:
-        """complete_run, in the worker's next batch of writes when it has one."""
-        outcome = ALONE
-        if self._writes is not None:
-            outcome = await self._writes.complete(run_id, data)
-        if outcome != APPLIED:
-            await self._finish(
-                "select absurd.complete_run(%s, %s, %s)",
-                (self.queue_name, run_id, data),
-                maybe_done=outcome == MAYBE,
-            )
-
-    async def _fail(self, task: ClaimedTask, exc: BaseException) -> None:
-        await self._finish(
-            "select absurd.fail_run(%s, %s, %s, null)",
-            (self.queue_name, task["run_id"], json.dumps(logic.failure_reason(exc), default=str)),
-        )
-
-    async def _release(self, run_id: Any) -> None:
-        """Hands a run back at once (shutdown): claimable now, same attempt."""
-        with suppress(RunStateConflict):
-            await self._finish(
-                "select absurd.schedule_run(%s, %s, absurd.current_time())",
-                (self.queue_name, run_id),
-            )
-
-    async def _retrying(
-        self, query: str, params: tuple[Any, ...], lost: list[bool] | None = None
-    ) -> list[dict[str, Any]]:
-        """An idempotent write, retried through connection failures for about 5 s.
-        ``lost`` gets True appended when an attempt was lost (its reply, at least)."""
-        delay = 0.1
-        while True:
-            try:
-                return await self._rows(query, params)
-            except psycopg.OperationalError:
-                if delay > 3.2:
-                    raise
-                if lost is not None:
-                    lost.append(True)
-                await compat.sleep(delay)
-                delay *= 2
-
-    async def _finish(
-        self, query: str, params: tuple[Any, ...], *, maybe_done: bool = False
-    ) -> None:
-        """A run's final call (complete, fail, defer, release), retried through
-        connection failures. A run cancelled or failed meanwhile is left alone, and
-        so is one that an attempt whose reply was lost already moved on
-        (``maybe_done``: a batch that carried this call failed that way)."""
-        lost: list[bool] = [True] if maybe_done else []
-        try:
-            await self._retrying(query, params, lost)
-        except TaskInterrupt:
-            return
-        except RunStateConflict:
-            if not lost:
-                raise
+        await self.runner.execute(task, claim_timeout)
 
     def make_sync(self) -> Any:
         """The other flavour of this client on the same database, with the same queue,
@@ -610,31 +441,19 @@ class AsyncAbsurd:
         ``Absurd``, ``Absurd.make_async()`` an ``AsyncAbsurd`` (scripts/gen-sync renames
         the method). A client built on a connection reconnects from its DSN, as
         upstream does (psycopg leaves the password out of it)."""
-        other = _other_flavour()(
-            self._listen_dsn(),
+        other = compat.other_flavour()(
+            self.db.listen_dsn(),
             self.queue_name,
             self.default_max_attempts,
             self.hooks,
             serializer=self.serializer,
-            pool_size=self._pool_size,
+            pool_size=self.db.pool_size,
         )
-        other._registry = dict(self._registry)
+        for task in self._registry.values():
+            other.register_task(
+                task.name, task.queue, task.default_max_attempts, task.default_cancellation
+            )(task.handler)
         return other
-
-
-def _other_flavour() -> Any:
-    """The client class of the other flavour (found by module name: unasync rewrites
-    class names, not these strings)."""
-    import importlib
-
-    here, there = "._async.", "._sync."
-    if here not in __name__:
-        here, there = there, here
-    return importlib.import_module(__name__.replace(here, there)).CLIENT_CLASS
-
-
-#: This module's client class, for ``make_sync``/``make_async`` of the other flavour.
-CLIENT_CLASS = AsyncAbsurd
 
 
 def _spawn_result(row: dict[str, Any]) -> SpawnResult:

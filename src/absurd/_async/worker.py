@@ -7,14 +7,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from absurd._async import _compat as compat
-from absurd._core.logic import CLAIM_COLUMNS
+from absurd._async.db import CONNECTION_ERRORS
+from absurd._async.runner import Runner
+from absurd._async.writes import WriteBatcher
+from absurd._core import statements as q
 from absurd._core.types import ClaimedTask
 from absurd.errors import TaskInterrupt
 
@@ -22,10 +24,6 @@ if TYPE_CHECKING:
     from absurd._async.client import AsyncAbsurd
 
 log = logging.getLogger("absurd.worker")
-
-#: Connection-level failures: the server restarted, a backend was killed, the
-#: network dropped, or the pool timed out waiting for a connection.
-_CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 #: The most connections a worker adds to its pool for its slots (see _prepare_pool).
 POOL_CAP = 17
 
@@ -37,210 +35,6 @@ def _extra(task: ClaimedTask) -> dict[str, Any]:
         "run_id": str(task["run_id"]),
         "task_name": task["task_name"],
     }
-
-
-#: Outcomes of a batched write (see WriteBatcher).
-APPLIED = "applied"
-#: Not applied: the run was not in the state the write needs; send it alone.
-ALONE = "alone"
-#: The batch failed on its connection, so it may or may not have committed.
-MAYBE = "maybe"
-#: Internal: the waiting writer is to send the next batch.
-_LEAD = "lead"
-#: The most writes one batch carries, and about the most bytes of step results and
-#: task results (a larger write still goes, alone): the batch's arrays travel as
-#: literals into a prepared statement (absurd._cached), built and parsed whole.
-MAX_BATCH = 256
-MAX_BATCH_BYTES = 1 << 20
-
-
-class _Write:
-    __slots__ = ("args", "future", "kind")
-
-    def __init__(self, kind: str, args: tuple[Any, ...], future: Any) -> None:
-        self.kind, self.args, self.future = kind, args, future
-
-
-def _take(pending: list[_Write]) -> list[_Write]:
-    """Removes and returns the next batch from the head of ``pending`` (at least one
-    write; at most MAX_BATCH writes and, past the first, MAX_BATCH_BYTES of data)."""
-    size = 0
-    count = 0
-    for write in pending[:MAX_BATCH]:
-        size += len(write.args[-2] if write.kind == "c" else write.args[-1])
-        if count and size > MAX_BATCH_BYTES:
-            break
-        count += 1
-    batch = pending[:count]
-    del pending[:count]
-    return batch
-
-
-class WriteBatcher:
-    """Group commit for the writes of a worker's running tasks.
-
-    A task's checkpoint or completion joins the pending writes, and the task
-    waits for its outcome. When no batch is on its way, the writer sends every
-    pending write itself, as one statement (one round trip, one transaction,
-    one WAL flush): ``set_task_checkpoint_states`` and ``complete_runs``, plus,
-    when the batch completes runs, the claim of as many new runs for the slots
-    they free (``claim_task_with_checkpoints``). The writes that came meanwhile
-    wait, and the first of them sends the next batch (a leader hand-over, no
-    flusher thread: a task's write costs no thread switch when it goes alone).
-    No timer: an idle worker's write leaves at once, and a busy worker's writes
-    share their commits. A write is durable when its writer resumes, as with a
-    call of its own.
-
-    A write the batch did not apply (``ALONE``: its run was cancelled, failed or
-    lost meanwhile) goes through the single function, whose error is precise;
-    so does every write of a batch that failed (``MAYBE`` when it failed on its
-    connection and may have committed; the runs it may have claimed are then
-    left to their leases, as after any claim whose reply is lost).
-    """
-
-    def __init__(
-        self,
-        app: AsyncAbsurd,
-        claim_timeout: int,
-        worker_id: str,
-        refill: Callable[[int], int],
-        adopt: Callable[[list[ClaimedTask]], None],
-    ) -> None:
-        self.app = app
-        self.claim_timeout = claim_timeout
-        self.worker_id = worker_id
-        self._refill = refill
-        self._adopt = adopt
-        self._lock = compat.Lock()
-        self._pending: list[_Write] = []
-        self._sending = False
-        self._open = True
-
-    async def checkpoint(self, task_id: Any, step: str, data: str, run_id: Any) -> str:
-        """set_task_checkpoint_state (the lease extended by claim_timeout), batched."""
-        return await self._submit("c", (task_id, step, data, run_id))
-
-    async def complete(self, run_id: Any, data: str) -> str:
-        """complete_run, batched."""
-        return await self._submit("d", (run_id, data))
-
-    def close(self) -> None:
-        """Later writes go alone."""
-        self._open = False
-
-    async def _submit(self, kind: str, args: tuple[Any, ...]) -> str:
-        if not self._open:
-            return ALONE
-        write = _Write(kind, args, compat.new_future())
-        async with self._lock:
-            self._pending.append(write)
-            lead = not self._sending
-            self._sending = True
-        try:
-            while True:
-                if lead:
-                    await self._lead(write)
-                outcome = await compat.wait_future(write.future)
-                if outcome != _LEAD:
-                    return str(outcome)
-                # Handed the sending: nobody else sends meanwhile, nor looks at this write.
-                write.future = compat.new_future()
-                lead = True
-        except BaseException:
-            # Cancelled just as the sending was handed over: hand it on.
-            future = write.future
-            if future.done() and not future.cancelled() and future.result() == _LEAD:
-                async with self._lock:
-                    self._pass_on()
-            raise
-
-    async def _lead(self, own: _Write) -> None:
-        """Sends the pending writes (``own`` among them), then hands the sending on
-        to the first writer still waiting, if any."""
-        try:
-            while not own.future.done():
-                # Lets the writers that the last batch resumed add their next writes
-                # first (asyncio: one turn of the loop), instead of sending alone.
-                await compat.sleep(0)
-                async with self._lock:
-                    batch = _take(self._pending)
-                if not batch:  # never expected: own is pending until sent
-                    compat.resolve(own.future, ALONE)
-                    break
-                try:
-                    await self._flush(batch)
-                finally:
-                    for write in batch:  # an interrupted flush (cancelled task)
-                        compat.resolve(write.future, MAYBE)
-        finally:
-            async with self._lock:
-                self._pass_on()
-
-    def _pass_on(self) -> None:
-        """(Under the lock) hands the sending to the first writer still waiting, or
-        ends it when nobody waits."""
-        while self._pending:
-            after = self._pending[0]
-            if after.future.done():  # its writer gave up (cancelled)
-                self._pending.pop(0)
-                continue
-            compat.resolve(after.future, _LEAD)
-            return
-        self._sending = False
-
-    async def _flush(self, batch: list[_Write]) -> None:
-        checkpoints = [w.args for w in batch if w.kind == "c"]
-        completions = [w.args for w in batch if w.kind == "d"]
-        qty = self._refill(len(completions)) if completions else 0
-        params: tuple[Any, ...] = (
-            self.app.queue_name,
-            [w[0] for w in checkpoints],
-            [w[1] for w in checkpoints],
-            [w[2] for w in checkpoints],
-            [w[3] for w in checkpoints],
-            self.claim_timeout,
-            self.app.queue_name,
-            [w[0] for w in completions],
-            [w[1] for w in completions],
-        )
-        query = _WRITES
-        if qty > 0:
-            query = _WRITES_AND_CLAIM
-            params += (self.app.queue_name, self.worker_id, self.claim_timeout, qty)
-        outcome: list[str]
-        try:
-            rows = await self.app._rows(query, params)
-            flags = {"c": iter(rows[0]["c"]), "d": iter(rows[0]["d"])}
-            outcome = [APPLIED if next(flags[w.kind]) else ALONE for w in batch]
-            claimed = [
-                {k: v for k, v in row.items() if k not in flags}
-                for row in rows
-                if row.get("run_id") is not None
-            ]
-            if claimed:
-                self._adopt(claimed)  # type: ignore[arg-type]
-        except psycopg.OperationalError as exc:
-            log.debug("a batch of %s writes failed (%s); sending them alone", len(batch), exc)
-            outcome = [MAYBE] * len(batch)
-        except (Exception, TaskInterrupt) as exc:
-            log.warning("a batch of %s writes failed (%r); sending them alone", len(batch), exc)
-            outcome = [ALONE] * len(batch)
-        for write, result in zip(batch, outcome, strict=True):
-            compat.resolve(write.future, result)
-
-
-_WRITES = (
-    "select absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],"
-    " %s::uuid[], %s) as c, absurd.complete_runs(%s, %s::uuid[], %s::jsonb[]) as d"
-)
-#: The writes first (a materialized CTE), then the claim, which depends on them
-#: (lateral), in the same statement and transaction.
-_WRITES_AND_CLAIM = (
-    f"with w as materialized ({_WRITES})"
-    " select w.c, w.d, k.* from w left join lateral ("
-    f"select {CLAIM_COLUMNS}, checkpoints from absurd.claim_task_with_checkpoints("
-    "%s, %s, %s, %s + 0 * cardinality(w.d))) k on true"
-)
 
 
 class _Slot:
@@ -255,7 +49,7 @@ class _Slot:
 class AsyncWorker:
     """Claims and runs tasks of one queue with up to ``concurrency`` at a time.
 
-    - Wakes on the engine's NOTIFY (channel ``absurd.queue_channel(queue)``);
+    - Wakes on the engine's NOTIFY (on the queue's ``queue_channel``);
       otherwise it sleeps until the queue's next due time (sleeps, delayed
       starts, retries), or ``poll_interval`` at most, as a fallback.
     - A finished task's slot is refilled at once: there is no batch barrier.
@@ -284,6 +78,8 @@ class AsyncWorker:
         shutdown_grace: float,
     ) -> None:
         self.app = app
+        self.db = app.db
+        self.queue = app.queue_name
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.claim_timeout = claim_timeout
         self.concurrency = max(1, concurrency)
@@ -317,17 +113,23 @@ class AsyncWorker:
             await self._prepare_pool()
             listener = compat.spawn(self._listen)
             writes = WriteBatcher(
-                self.app, self.claim_timeout, self.worker_id, self._refill, self._handoff.extend
+                self.db,
+                self.queue,
+                self.claim_timeout,
+                self.worker_id,
+                self._refill,
+                self._handoff.extend,
             )
-            self.app._writes = writes
+            # The client's tasks, their writes through this worker's group commit.
+            runner = self.app.runner.with_batcher(writes)
             log.info(
                 "worker %s started on queue %r (concurrency %s)",
                 self.worker_id,
-                self.app.queue_name,
+                self.queue,
                 self.concurrency,
             )
             try:
-                await self._loop()
+                await self._loop(runner)
                 log.info(
                     "worker %s stopping (%s task(s) running, grace %ss)",
                     self.worker_id,
@@ -336,10 +138,9 @@ class AsyncWorker:
                 )
             finally:
                 self._running = False
-                await self._drain()
-                self.app._writes = None
+                await self._drain(runner)
                 writes.close()
-                await self._release_handoff()  # claimed by a batch that ended late
+                await self._release_handoff(runner)  # claimed by a batch that ended late
                 compat.cancel(listener)
                 await compat.wait_any({listener}, 2.0)
         finally:
@@ -355,50 +156,44 @@ class AsyncWorker:
         connection per statement only, so more connections than that buy nothing
         but backends competing for the server's CPUs: at concurrency 128 on 2
         cores, 129 connections drained 35-45% fewer tasks per second than 9-17."""
-        if self.app._conn is not None:
+        if self.db.conn is not None:
             return
         try:
-            await self.app._rows("select 1")
-        except _CONNECTION_ERRORS as exc:
+            await self.db.rows(q.DB_PING)
+        except CONNECTION_ERRORS as exc:
             log.warning("database unreachable at start (%s); will retry", exc)
-        pool = self.app._pool
-        want = max(self.app._pool_size, min(self.concurrency + 1, POOL_CAP))
-        if pool is not None and pool.max_size < want:
-            await pool.resize(pool.min_size, want)
+        await self.db.grow_pool(max(self.db.pool_size, min(self.concurrency + 1, POOL_CAP)))
 
     async def _check_pool(self) -> None:
         """Drops the pool's dead idle connections (after a restart or a kill), so
         that tasks and claims do not find them one by one."""
-        pool = self.app._pool
-        if pool is None:
-            return
         try:
-            await pool.check()
+            await self.db.check_pool()
         except Exception as exc:  # best effort: dead connections also go when used
             log.debug("pool check failed: %r", exc)
 
     def _claim_retry_delay(self, failures: int) -> float:
         """After a restart or a kill, the pool may hand out one dead connection
         after another: retry at once while that may be the cause, then back off."""
-        pool = self.app._pool
+        pool = self.db.pool
         quick = (pool.max_size if pool is not None else 1) + 1
         if failures <= quick:
             return 0.01
         return float(min(0.05 * 2 ** (failures - quick - 1), 1.0))
 
-    async def _loop(self) -> None:
+    async def _loop(self, runner: Runner) -> None:
         failures = 0
         while self._running:
             # Cleared before claiming: a notification that arrives while we claim
             # makes the wait below return at once instead of being lost.
             self._wake.clear()
             self._reap()
-            self._adopt()
+            self._adopt(runner)
             free = self.concurrency - len(self._inflight) - len(self._handoff)
             claimed: list[ClaimedTask] = []
             if free > 0:
                 try:
-                    claimed = await self.app._claim_for_execution(
+                    claimed = await runner.claim(
                         min(self.batch_size, free), self.claim_timeout, self.worker_id
                     )
                     if failures:
@@ -406,7 +201,7 @@ class AsyncWorker:
                             "worker %s claims again (after %s failures)", self.worker_id, failures
                         )
                     failures = 0
-                except _CONNECTION_ERRORS as exc:
+                except CONNECTION_ERRORS as exc:
                     failures += 1
                     delay = self._claim_retry_delay(failures)
                     log.log(
@@ -426,7 +221,7 @@ class AsyncWorker:
                             task["attempt"],
                             extra=_extra(task),
                         )
-                    self._start(task)
+                    self._start(runner, task)
             await self._renew_leases()
             if claimed and len(self._inflight) < self.concurrency:
                 continue  # there may be more work: claim again at once
@@ -438,11 +233,7 @@ class AsyncWorker:
         timeout = self.poll_interval
         if queue_looked_empty:
             try:
-                row = await self.app._one(
-                    "select extract(epoch from absurd.queue_next_wake(%s) - absurd.current_time())"
-                    " as wait",
-                    (self.app.queue_name,),
-                )
+                row = await self.db.one(q.QUEUE_NEXT_WAKE, (self.queue,))
                 if row["wait"] is not None:
                     timeout = min(timeout, max(float(row["wait"]), 0.0))
             except psycopg.Error:
@@ -452,17 +243,17 @@ class AsyncWorker:
             timeout = min(timeout, max(renew_in, 0.0))
         return timeout
 
-    def _start(self, task: ClaimedTask) -> None:
+    def _start(self, runner: Runner, task: ClaimedTask) -> None:
         slot = _Slot(task)
-        self._inflight[compat.spawn(self._execute, slot)] = slot
+        self._inflight[compat.spawn(self._execute, runner, slot)] = slot
 
-    async def _execute(self, slot: _Slot) -> None:
+    async def _execute(self, runner: Runner, slot: _Slot) -> None:
         """Runs the slot's run, then the next one that a batch of writes claimed
         along with a completion (``_handoff``), as long as there is one: the slot
         goes on in the same asyncio task or thread, without a round through the loop."""
         try:
             while True:
-                await self._run(slot.task)
+                await self._run(runner, slot.task)
                 if not self._running:
                     break
                 try:
@@ -473,10 +264,10 @@ class AsyncWorker:
             if self._wake is not None:
                 self._wake.set()  # a slot is free
 
-    async def _run(self, task: ClaimedTask) -> None:
+    async def _run(self, runner: Runner, task: ClaimedTask) -> None:
         try:
-            await self.app.execute_task(task, self.claim_timeout)
-        except _CONNECTION_ERRORS as exc:
+            await runner.execute(task, self.claim_timeout)
+        except CONNECTION_ERRORS as exc:
             # The database went away mid-run (before the handler, or while
             # recording its outcome): hand the run back rather than leave it to
             # its lease, which only a later claim would notice.
@@ -489,7 +280,7 @@ class AsyncWorker:
                 extra=_extra(task),
             )
             try:
-                await self.app._release(task["run_id"])
+                await runner.writes.release(task["run_id"])
             except (Exception, TaskInterrupt) as again:
                 log.warning(
                     "could not hand back run %s (%r); its lease will expire",
@@ -511,11 +302,11 @@ class AsyncWorker:
         for handle in [h for h in self._inflight if compat.is_done(h)]:
             del self._inflight[handle]
 
-    def _adopt(self) -> None:
+    def _adopt(self, runner: Runner) -> None:
         """Starts the runs that finishing tasks claimed for their own slots."""
         while self._handoff:
             task = self._handoff.pop(0)
-            self._start(task)
+            self._start(runner, task)
 
     def _refill(self, finishing: int) -> int:
         """How many runs a batch of writes claims along with ``finishing``
@@ -526,12 +317,12 @@ class AsyncWorker:
             return 0
         return min(finishing, self.batch_size)
 
-    async def _release_handoff(self) -> None:
+    async def _release_handoff(self, runner: Runner) -> None:
         """At shutdown: runs claimed by finishing tasks and not started go back."""
         while self._handoff:
             task = self._handoff.pop(0)
             try:
-                await self.app._release(task["run_id"])
+                await runner.writes.release(task["run_id"])
             except (Exception, TaskInterrupt) as exc:  # its lease expires instead
                 log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
 
@@ -547,9 +338,8 @@ class AsyncWorker:
             if compat.is_done(handle):
                 continue
             try:
-                await self.app._rows(
-                    "select absurd.extend_claim(%s, %s, %s)",
-                    (self.app.queue_name, task["run_id"], self.claim_timeout),
+                await self.db.rows(
+                    q.RUN_EXTEND_CLAIM, (self.queue, task["run_id"], self.claim_timeout)
                 )
             except (Exception, TaskInterrupt) as exc:
                 # Suspended, finished, cancelled: the task learns at its next call.
@@ -565,11 +355,9 @@ class AsyncWorker:
         while self._running:
             try:
                 if listen is None:
-                    row = await self.app._one(
-                        "select absurd.queue_channel(%s) as c", (self.app.queue_name,)
-                    )
-                    listen = sql.SQL("listen {}").format(sql.Identifier(row["c"]))
-                conn = await compat.Connection.connect(self.app._listen_dsn(), autocommit=True)
+                    row = await self.db.one(q.QUEUE_CHANNEL, (self.queue,))
+                    listen = sql.SQL("listen {}").format(sql.Identifier(row["channel"]))
+                conn = await compat.Connection.connect(self.db.listen_dsn(), autocommit=True)
                 try:
                     await conn.execute(listen)
                     backoff, failures = 0.05, 0
@@ -590,16 +378,16 @@ class AsyncWorker:
                 await compat.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
-    async def _drain(self) -> None:
+    async def _drain(self, runner: Runner) -> None:
         """Waits for running tasks up to the grace period, then hands the rest back."""
         deadline = time.monotonic() + self.shutdown_grace
         while True:
             self._reap()
-            await self._release_handoff()
+            await self._release_handoff(runner)
             if not self._inflight or time.monotonic() >= deadline:
                 break
             await compat.wait_any(set(self._inflight), deadline - time.monotonic())
-        await self._release_handoff()
+        await self._release_handoff(runner)
         if not self._inflight:
             return
         # asyncio: a cancelled task releases its own run; threads cannot be
@@ -616,7 +404,7 @@ class AsyncWorker:
                 extra=_extra(task),
             )
             try:
-                await self.app._release(task["run_id"])
+                await runner.writes.release(task["run_id"])
             except (Exception, TaskInterrupt) as exc:  # its lease expires instead
                 log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
         self._inflight.clear()

@@ -24,12 +24,6 @@ DEFAULT_CLAIM_TIMEOUT = 120
 #: Stored as an event-wait step's checkpoint when the wait timed out, so that a
 #: replay raises the same TimeoutError instead of waiting again.
 EVENT_TIMEOUT_MARKER = {"$absurd": "event-timeout"}
-#: The columns of claim_task (and claim_task_with_checkpoints, plus "checkpoints")
-#: that the SDK reads.
-CLAIM_COLUMNS = (
-    "run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts, headers,"
-    " wake_event, event_payload"
-)
 #: The queue policy keys the SDK's set_queue_policy accepts.
 POLICY_KEYS = (
     "partition_lookahead",

@@ -28,6 +28,7 @@ __all__ = [
     "is_done",
     "maybe_await",
     "new_future",
+    "other_flavour",
     "resolve",
     "sleep",
     "spawn",
@@ -144,3 +145,10 @@ class RunStepMixin:
             return self.step(name or fn.__name__, fn)
 
         return decorate
+
+
+def other_flavour() -> Any:
+    """The client class of the other flavour, for ``make_async``."""
+    from absurd._async.client import AsyncAbsurd
+
+    return AsyncAbsurd

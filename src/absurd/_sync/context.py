@@ -8,23 +8,50 @@ import datetime as dt
 import json
 import math
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from absurd._core import logic
+from absurd._core import statements as q
+from absurd._core.serde import Serializer
 from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
 from absurd._sync import _compat as compat
-from absurd._sync.worker import ALONE, APPLIED
+from absurd._sync.db import Database
+from absurd._sync.writes import CheckpointWrite, Writes
 from absurd.errors import InvalidArgument, SerializationError, SuspendTask, TimeoutError
-
-if TYPE_CHECKING:
-    from absurd._sync.client import Absurd
 
 #: The context of the task running in this thread or asyncio task.
 current_context: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "absurd_context", default=None
 )
 _CREATE = object()
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a task's context works with: its claimed run, where it reads and writes,
+    and the client's calls it may make (not the client itself)."""
+
+    queue: str
+    task: ClaimedTask
+    claim_timeout: int
+    db: Database
+    writes: Writes
+    serializer: Serializer
+    #: The client's registered tasks (where a child task goes).
+    registry: Mapping[str, logic.RegisteredTask]
+    #: The client's ``spawn`` (its hooks and defaults apply to children too).
+    spawn: Callable[..., Any]
+    #: The client's ``emit_event``.
+    emit_event: Callable[..., Any]
+
+
+def new_context(run: Run, checkpoints: dict[str, Any]) -> TaskContext:
+    """The context of a claimed run (``checkpoints``: the ones it may replay, raw JSON)."""
+    ctx = TaskContext(_CREATE)
+    ctx._start(run, checkpoints)
+    return ctx
 
 
 class TaskContext(compat.RunStepMixin):
@@ -34,28 +61,21 @@ class TaskContext(compat.RunStepMixin):
         if _token is not _CREATE:
             raise TypeError("TaskContext is created by the worker; it cannot be built directly")
 
-    @classmethod
-    def _create(
-        cls, app: Absurd, task: ClaimedTask, claim_timeout: int, checkpoints: dict[str, Any]
-    ) -> TaskContext:
-        ctx = cls(_CREATE)
-        ctx._app = app
-        ctx._task = task
-        ctx._queue = app.queue_name
-        ctx._claim_timeout = claim_timeout
-        ctx._checkpoints = checkpoints
-        ctx._names = logic.StepNames()
-        ctx._wake_consumed = False
-        ctx.task_id = task["task_id"]
-        ctx.run_id = task["run_id"]
-        ctx.attempt = task["attempt"]
-        ctx.task_name = task["task_name"]
-        return ctx
+    def _start(self, run: Run, checkpoints: dict[str, Any]) -> None:
+        self._run = run
+        self._task = run.task
+        self._queue = run.queue
+        self._checkpoints = checkpoints
+        self._names = logic.StepNames()
+        self._wake_consumed = False
+        self.task_id = run.task["task_id"]
+        self.run_id = run.task["run_id"]
+        self.attempt = run.task["attempt"]
+        self.task_name = run.task["task_name"]
 
-    _app: Absurd
+    _run: Run
     _task: ClaimedTask
     _queue: str
-    _claim_timeout: int
     _checkpoints: dict[str, Any]
     _names: logic.StepNames
     _wake_consumed: bool
@@ -79,7 +99,7 @@ class TaskContext(compat.RunStepMixin):
     def begin_step(self, name: str) -> StepHandle:
         checkpoint = self._names.next(name)
         if checkpoint in self._checkpoints:
-            value = self._app.serializer.revive(self._checkpoints[checkpoint])
+            value = self._run.serializer.revive(self._checkpoints[checkpoint])
             return StepHandle(name=name, checkpoint_name=checkpoint, done=True, state=value)
         return StepHandle(name=name, checkpoint_name=checkpoint, done=False)
 
@@ -93,18 +113,12 @@ class TaskContext(compat.RunStepMixin):
         """Stores a checkpoint. ``internal``: the SDK's own bookkeeping (sleep targets,
         timeouts, spawned ids), always plain JSON whatever the client's serializer."""
         try:
-            data = json.dumps(value) if internal else self._app.serializer.dumps(value)
+            data = json.dumps(value) if internal else self._run.serializer.dumps(value)
         except SerializationError as exc:
             raise SerializationError(f'step "{checkpoint}": {exc}') from exc
-        writes = self._app._writes
-        outcome = ALONE
-        if writes is not None and writes.claim_timeout == self._claim_timeout:
-            outcome = writes.checkpoint(self.task_id, checkpoint, data, self.run_id)
-        if outcome != APPLIED:
-            self._app._retrying(
-                "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)",
-                (self._queue, self.task_id, checkpoint, data, self.run_id, self._claim_timeout),
-            )
+        self._run.writes.checkpoint(
+            CheckpointWrite(self.task_id, checkpoint, data, self.run_id), self._run.claim_timeout
+        )
         self._checkpoints[checkpoint] = json.loads(data)  # raw JSON, revived on read
 
     # -- time ------------------------------------------------------------------
@@ -124,16 +138,14 @@ class TaskContext(compat.RunStepMixin):
 
     def _sleep(self, step_name: str, target: Callable[[dt.datetime], dt.datetime]) -> None:
         checkpoint = self._names.next(step_name)
-        now = (self._app._one("select absurd.current_time() as now"))["now"]
+        now = (self._run.db.one(q.CLOCK_NOW))["now"]
         if checkpoint in self._checkpoints:
             wake_at = dt.datetime.fromisoformat(self._checkpoints[checkpoint])
         else:
             wake_at = target(now)
             self._save(checkpoint, wake_at.isoformat(), internal=True)
         if wake_at > now:
-            self._app._rows(
-                "select absurd.schedule_run(%s, %s, %s)", (self._queue, self.run_id, wake_at)
-            )
+            self._run.db.rows(q.RUN_SCHEDULE, (self._queue, self.run_id, wake_at))
             raise SuspendTask()
 
     # -- waiting ---------------------------------------------------------------
@@ -150,9 +162,9 @@ class TaskContext(compat.RunStepMixin):
         return self._wait(
             checkpoint,
             event_name,
-            "select should_suspend, payload from absurd.await_event(%s, %s, %s, %s, %s, %s)",
+            q.EVENT_AWAIT,
             (self._queue, self.task_id, self.run_id, checkpoint, event_name, _seconds(timeout)),
-            lambda payload: self._app.serializer.revive(payload),
+            self._run.serializer.revive,
             f'Timed out waiting for event "{event_name}"',
         )
 
@@ -171,8 +183,7 @@ class TaskContext(compat.RunStepMixin):
         return self._wait(  # type: ignore[no-any-return]
             checkpoint,
             f"$taskResult:{task_id}",
-            "select should_suspend, payload from absurd.await_task_result("
-            "%s, %s, %s, %s, %s, %s::uuid[], %s)",
+            q.TASK_RESULT_AWAIT,
             (
                 self._queue,
                 self.task_id,
@@ -200,8 +211,7 @@ class TaskContext(compat.RunStepMixin):
         data = self._wait(
             checkpoint,
             f"$anyTask:{self.task_id}:{checkpoint}",
-            "select should_suspend, payload from absurd.await_task_result("
-            "%s, %s, %s, %s, %s, %s::uuid[], %s)",
+            q.TASK_RESULT_AWAIT,
             (
                 self._queue,
                 self.task_id,
@@ -236,9 +246,9 @@ class TaskContext(compat.RunStepMixin):
                 "created": stored["created"],
             }
         options.setdefault("idempotency_key", f"{self.task_id}:{checkpoint}")
-        if "queue" not in options and task_name not in self._app._registry:
+        if "queue" not in options and task_name not in self._run.registry:
             options["queue"] = self._queue
-        result = self._app.spawn(task_name, params, **options)
+        result: SpawnResult = self._run.spawn(task_name, params, **options)
         self._save(
             checkpoint,
             {**result, "task_id": str(result["task_id"]), "run_id": str(result["run_id"])},
@@ -250,7 +260,7 @@ class TaskContext(compat.RunStepMixin):
         self, task_name: str, params_list: list[Any], queue_name: str | None = None, **options: Any
     ) -> list[TaskResultSnapshot]:
         """Fan-out/fan-in: spawns one child per params, then waits for all of them."""
-        registered = self._app._registry.get(task_name)
+        registered = self._run.registry.get(task_name)
         if queue_name is not None:
             options["queue"] = queue_name
         else:  # where spawn() puts them: the registered queue, else this one
@@ -281,7 +291,7 @@ class TaskContext(compat.RunStepMixin):
         )
         if timed_out:
             self._wake_consumed = True
-        row = self._app._one(query, params)
+        row = self._run.db.one(query, params)
         if row["should_suspend"]:
             raise SuspendTask()
         if timed_out and row["payload"] is None:
@@ -293,18 +303,17 @@ class TaskContext(compat.RunStepMixin):
     def _snapshot(self, data: Any) -> TaskResultSnapshot:
         snap = logic.snapshot_from_json(data)
         return TaskResultSnapshot(
-            state=snap.state, result=self._app.serializer.revive(snap.result), failure=snap.failure
+            state=snap.state, result=self._run.serializer.revive(snap.result), failure=snap.failure
         )
 
     # -- other -----------------------------------------------------------------
     def emit_event(self, event_name: str, payload: Any = None) -> None:
-        self._app.emit_event(event_name, payload, self._queue)
+        self._run.emit_event(event_name, payload, self._queue)
 
     def heartbeat(self, seconds: int | None = None) -> None:
         """Renews this run's lease (the worker also does it for long steps)."""
-        self._app._rows(
-            "select absurd.extend_claim(%s, %s, %s)",
-            (self._queue, self.run_id, seconds or self._claim_timeout),
+        self._run.db.rows(
+            q.RUN_EXTEND_CLAIM, (self._queue, self.run_id, seconds or self._run.claim_timeout)
         )
 
 

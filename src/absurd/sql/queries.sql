@@ -475,3 +475,101 @@ from (
 ) r
 cross join lateral (select task_name from {t} t where t.task_id = r.task_id limit 1) t
 order by r.claim_expires_at, r.run_id
+
+-- ---------------------------------------------------------------------------
+-- SDK (src/absurd/_async, and _sync generated from it): every statement the
+-- client, the worker and a task's context send. Read once at import into the
+-- constants of absurd/_core/statements.py (the name in capitals). Plain text
+-- with positional parameters and no per-queue tables: they call stored
+-- functions, and the hot path sends them as they are. The SDK also sends the
+-- tools' blocks above that do the same thing (task_spawn, task_retry,
+-- task_cancel, event_emit, queue_create, queue_drop, queue_policy_set,
+-- clock_now), with named parameters.
+-- ---------------------------------------------------------------------------
+
+-- name: db_ping --
+select 1
+
+-- name: queue_list_names --
+select queue_name from absurd.list_queues()
+
+-- name: queue_policy_get_compat --
+-- The SDK's QueuePolicy, upstream's shape (no default_partition).
+select queue_name, storage_mode, partition_lookahead, partition_lookback, cleanup_ttl,
+       cleanup_limit, detach_mode, detach_min_age
+from absurd.get_queue_policy(%s)
+
+-- name: queue_channel --
+select absurd.queue_channel(%s) as channel
+
+-- name: queue_next_wake --
+-- Seconds until the queue's next due run (null: nothing is due).
+select extract(epoch from absurd.queue_next_wake(%s) - absurd.current_time()) as wait
+
+-- name: task_spawn_many --
+select task_id, run_id, attempt, created from absurd.spawn_tasks(%s, %s)
+
+-- name: task_result_get --
+select state, result, failure_reason from absurd.get_task_result(%s, %s)
+
+-- name: task_result_await --
+select should_suspend, payload
+from absurd.await_task_result(%s, %s, %s, %s, %s, %s::uuid[], %s)
+
+-- name: event_await --
+select should_suspend, payload from absurd.await_event(%s, %s, %s, %s, %s, %s)
+
+-- name: run_claim --
+select run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts, headers,
+       wake_event, event_payload
+from absurd.claim_task(%s, %s, %s, %s)
+
+-- name: run_claim_with_checkpoints --
+-- A claim together with the checkpoints each run may replay (one round trip).
+select run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts, headers,
+       wake_event, event_payload, checkpoints
+from absurd.claim_task_with_checkpoints(%s, %s, %s, %s)
+
+-- name: run_extend_claim --
+select absurd.extend_claim(%s, %s, %s)
+
+-- name: run_complete --
+select absurd.complete_run(%s, %s, %s)
+
+-- name: run_fail --
+select absurd.fail_run(%s, %s, %s, null)
+
+-- name: run_schedule --
+select absurd.schedule_run(%s, %s, %s)
+
+-- name: run_schedule_after --
+-- Deferred by some seconds of database time (0: handed back, claimable at once).
+select absurd.schedule_run(%s, %s, absurd.current_time() + make_interval(secs => %s))
+
+-- name: checkpoint_list_for_run --
+select checkpoint_name, state from absurd.get_task_checkpoint_states(%s, %s, %s)
+
+-- name: checkpoint_set --
+select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)
+
+-- name: write_batch --
+-- The worker's group commit: checkpoints (the lease extended) and completions in one
+-- statement; one applied flag per write, in order.
+select absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],
+         %s::uuid[], %s) as checkpointed,
+       absurd.complete_runs(%s, %s::uuid[], %s::jsonb[]) as completed
+
+-- name: write_batch_and_claim --
+-- The writes first (a materialized CTE), then the claim of runs for the slots the
+-- completions free, which depends on them (lateral), in the same transaction.
+with w as materialized (
+  select absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],
+           %s::uuid[], %s) as checkpointed,
+         absurd.complete_runs(%s, %s::uuid[], %s::jsonb[]) as completed
+)
+select w.checkpointed, w.completed, k.*
+from w left join lateral (
+  select run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts, headers,
+         wake_event, event_payload, checkpoints
+  from absurd.claim_task_with_checkpoints(%s, %s, %s, %s + 0 * cardinality(w.completed))
+) k on true

@@ -1,0 +1,46 @@
+"""Every statement the SDK sends, by name: the ``SDK`` section of ``sql/queries.sql``,
+read once at import (a constant per block, its name in capitals).
+
+Plain strings, so a call costs no more than an inline literal did. Most take
+positional parameters; the few shared with the tools' blocks take named ones. Both flavours (``absurd._async`` and the generated ``absurd._sync``) read
+them from here, at call time (``statements.RUN_COMPLETE``), so a test can swap one.
+"""
+
+from __future__ import annotations
+
+from absurd.queries import statement
+
+DB_PING = statement("db_ping")
+CLOCK_NOW = statement("clock_now")
+
+QUEUE_CREATE = statement("queue_create")
+QUEUE_DROP = statement("queue_drop")
+QUEUE_LIST_NAMES = statement("queue_list_names")
+QUEUE_POLICY_GET = statement("queue_policy_get_compat")
+QUEUE_POLICY_SET = statement("queue_policy_set")
+QUEUE_CHANNEL = statement("queue_channel")
+QUEUE_NEXT_WAKE = statement("queue_next_wake")
+
+TASK_SPAWN = statement("task_spawn")
+TASK_SPAWN_MANY = statement("task_spawn_many")
+TASK_RETRY = statement("task_retry")
+TASK_CANCEL = statement("task_cancel")
+TASK_RESULT_GET = statement("task_result_get")
+TASK_RESULT_AWAIT = statement("task_result_await")
+
+EVENT_EMIT = statement("event_emit")
+EVENT_AWAIT = statement("event_await")
+
+RUN_CLAIM = statement("run_claim")
+RUN_CLAIM_WITH_CHECKPOINTS = statement("run_claim_with_checkpoints")
+RUN_EXTEND_CLAIM = statement("run_extend_claim")
+RUN_COMPLETE = statement("run_complete")
+RUN_FAIL = statement("run_fail")
+RUN_SCHEDULE = statement("run_schedule")
+RUN_SCHEDULE_AFTER = statement("run_schedule_after")
+
+CHECKPOINT_LIST_FOR_RUN = statement("checkpoint_list_for_run")
+CHECKPOINT_SET = statement("checkpoint_set")
+
+WRITE_BATCH = statement("write_batch")
+WRITE_BATCH_AND_CLAIM = statement("write_batch_and_claim")

@@ -1,0 +1,114 @@
+# Generated from src/absurd/_async/runner.py by scripts/gen-sync: edit that file instead.
+"""Runs claimed tasks: a run's handler, with its context, to its outcome (completed,
+failed, suspended or deferred), recorded through the writes it was given."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from absurd._core import logic
+from absurd._core import statements as q
+from absurd._core.serde import Serializer
+from absurd._core.types import AbsurdHooks, ClaimedTask
+from absurd._sync import _compat as compat
+from absurd._sync.context import Run, current_context, new_context
+from absurd._sync.db import Database
+from absurd._sync.writes import CompletionWrite, WriteBatcher, Writes
+from absurd.errors import AbsurdError, TaskInterrupt
+
+log = logging.getLogger("absurd")
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Claims and runs the tasks of one queue (``writes.queue``), with a client's
+    registered tasks, serializer and hooks; ``spawn`` and ``emit_event`` are the
+    client's, for the tasks' contexts."""
+
+    db: Database
+    writes: Writes
+    registry: Mapping[str, logic.RegisteredTask]
+    serializer: Serializer
+    hooks: AbsurdHooks
+    spawn: Callable[..., Any]
+    emit_event: Callable[..., Any]
+
+    @property
+    def queue(self) -> str:
+        return self.writes.queue
+
+    def with_batcher(self, batcher: WriteBatcher) -> Runner:
+        """The same runner, its writes through a worker's group commit."""
+        return replace(self, writes=Writes(self.db, self.queue, batcher))
+
+    def claim(self, batch_size: int, claim_timeout: int, worker_id: str) -> list[ClaimedTask]:
+        """Claims runs together with the checkpoints each may replay (one round trip
+        instead of two per task); ``execute`` uses them instead of asking again."""
+        rows = self.db.rows(
+            q.RUN_CLAIM_WITH_CHECKPOINTS, (self.queue, worker_id, claim_timeout, batch_size)
+        )
+        return rows  # type: ignore[return-value]
+
+    def execute(self, task: ClaimedTask, claim_timeout: int) -> None:
+        """Runs one claimed task to its outcome: completed, failed, suspended or deferred."""
+        run_id, name = task["run_id"], task["task_name"]
+        registered = self.registry.get(name)
+        extra = {"task_id": str(task["task_id"]), "run_id": str(run_id), "task_name": name}
+        if registered is None:
+            delay = logic.unknown_task_delay(run_id)
+            log.warning(
+                "unknown task %r: deferring run %s by %ss", name, run_id, delay, extra=extra
+            )
+            self.writes.defer(run_id, delay)
+            return
+        if registered.queue != self.queue:
+            self.writes.fail(run_id, AbsurdError("Misconfigured task (queue mismatch)"))
+            return
+        preloaded = task.get("checkpoints")
+        if preloaded is None:  # claimed through claim_tasks(): ask for them
+            try:
+                rows = self.db.rows(
+                    q.CHECKPOINT_LIST_FOR_RUN, (self.queue, task["task_id"], run_id)
+                )
+            except TaskInterrupt:
+                return
+            preloaded = {r["checkpoint_name"]: r["state"] for r in rows}
+        run = Run(
+            queue=self.queue,
+            task=task,
+            claim_timeout=claim_timeout,
+            db=self.db,
+            writes=self.writes,
+            serializer=self.serializer,
+            registry=self.registry,
+            spawn=self.spawn,
+            emit_event=self.emit_event,
+        )
+        ctx = new_context(run, dict(preloaded))
+        token = current_context.set(ctx)
+        try:
+            params = self.serializer.revive(task["params"])
+
+            def execute() -> Any:
+                return compat.maybe_await(registered.handler(params, ctx))
+
+            wrap = self.hooks.get("wrap_task_execution")
+            result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
+            data = self.serializer.dumps(result)
+        except TaskInterrupt as signal:
+            log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
+            return
+        except compat.Cancelled:
+            self.writes.release(run_id)
+            raise
+        except Exception as exc:
+            log.info("task %s failed: %r", name, exc, extra=extra)
+            self.writes.fail(run_id, exc)
+            return
+        finally:
+            current_context.reset(token)
+        self.writes.complete(CompletionWrite(run_id, data))
+        log.debug("task %s completed", name, extra=extra)
