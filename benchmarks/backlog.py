@@ -20,32 +20,40 @@ import argparse
 import datetime as dt
 import gc
 import json
-import math
-import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+if not __package__:  # run as a file (python benchmarks/backlog.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.errors import Diagnostic
 from psycopg.types.json import Jsonb
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS_DIR = HERE / "results"
+from benchmarks.harness import REPO
+from benchmarks.harness.machine import describe
+from benchmarks.harness.report import fmt_ratio, log, render_table, save_results
+from benchmarks.harness.server import (
+    Server,
+    drop_database,
+    fresh_database,
+    install_schema,
+    start_local_cluster,
+    start_server,
+)
+from benchmarks.harness.stats import percentile, ratio
+
 OUR_SQL = REPO / "src" / "absurd" / "sql" / "absurd.sql"
+
 
 QUEUE = "bench"
 WORKER = "w"
@@ -255,10 +263,6 @@ DERIVED_TASK_COLUMNS: dict[str, dict[str, str]] = {
 # -- small helpers --------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
 def fmt_size(n: int) -> str:
     return f"{n:,}"
 
@@ -273,139 +277,12 @@ def fmt_ms(value: float | None) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None or denominator <= 0:
-        return None
-    return numerator / denominator
-
-
 def scalar(conn: psycopg.Connection[Any], query: str | sql.Composed) -> Any:
     """The first column of the first row of a query."""
     row = conn.execute(query).fetchone()
     if row is None:
         raise RuntimeError(f"no row from {query!r}")
     return row[0]
-
-
-def with_db(dsn: str, dbname: str) -> str:
-    return make_conninfo(dsn, dbname=dbname)
-
-
-# -- servers ----------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    """A PostgreSQL server the benchmark may create databases on."""
-
-    dsn: str
-    kind: str  # "embedded", "dsn" or "local" (pg_config --bindir, for --explain)
-    stop: Callable[[], None] = lambda: None
-
-    def dsn_for(self, dbname: str) -> str:
-        return with_db(self.dsn, dbname)
-
-
-def start_embedded_server() -> Server:
-    from absurd.embedded import start_embedded
-
-    pg = start_embedded()
-    return Server(dsn=pg.dsn, kind="embedded", stop=pg.stop)
-
-
-def start_local_cluster() -> Server:
-    """A throw-away cluster from the system's PostgreSQL binaries (``pg_config --bindir``).
-
-    Used only by ``--explain`` when the benchmark server cannot load ``auto_explain``
-    (the embedded PostgreSQL 18 wheel ships without contrib modules).
-    """
-    pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        raise RuntimeError("pg_config not found: cannot start a local cluster for --explain")
-    bindir = Path(
-        subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    root = Path(tempfile.mkdtemp(prefix="absurd-explain-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-k {root} -c listen_addresses='' -c fsync=off -c shared_buffers=256MB"
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(root / "server.log"),
-            "-o",
-            options,
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-    def stop() -> None:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
-
-    dsn = make_conninfo(host=str(root), port=5432, user="postgres", dbname="postgres")
-    return Server(dsn=dsn, kind="local", stop=stop)
-
-
-# -- schemas ------------------------------------------------------------------------------
-
-
-def upstream_sql() -> str:
-    import absurdctl  # type: ignore[import-untyped]
-
-    return str(absurdctl.BUNDLED_SCHEMA_SQL)
-
-
-def install_schema(conn: psycopg.Connection[Any], schema: str) -> None:
-    if schema == "upstream":
-        conn.execute(upstream_sql().encode())  # simple protocol: many statements at once
-    else:
-        from absurd.schema import install
-
-        install(conn)
 
 
 # -- preparing a database ---------------------------------------------------------------
@@ -487,12 +364,7 @@ def prepare_database(
 ) -> tuple[str, dict[str, Any]]:
     """Fresh database with a filled queue; returns its DSN and facts about the fill."""
     dbname = f"absurd_bench_{schema}_{size}"
-    with psycopg.connect(server.dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
-        )
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    dsn = server.dsn_for(dbname)
+    dsn = fresh_database(server, dbname)
     mix = Mix.for_backlog(size, slack)
     info: dict[str, Any] = {"database": dbname, "mix": mix.__dict__}
     started = time.perf_counter()
@@ -923,70 +795,6 @@ def render_plans(explains: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-# -- reporting --------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "psycopg": psycopg.__version__,
-        # Other work on the machine skews the figures; compare with the core count.
-        "loadavg_at_start": os.getloadavg(),
-    }
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.splitlines()
-            if line.startswith("model name")
-        ]
-        info["cpu_model"] = models[0] if models else None
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        info["mem_total"] = next(
-            (m.split(":", 1)[1].strip() for m in meminfo if m.startswith("MemTotal")), None
-        )
-    except OSError:
-        pass
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
-    return info
-
-
-SERVER_SETTINGS = (
-    "shared_buffers",
-    "work_mem",
-    "effective_cache_size",
-    "jit",
-    "autovacuum",
-    "max_wal_size",
-    "fsync",
-    "random_page_cost",
-)
-
-
-def server_info(server: Server) -> dict[str, Any]:
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        out: dict[str, Any] = {
-            "kind": server.kind,
-            "version": scalar(conn, "select version()"),
-            "server_version_num": int(scalar(conn, "show server_version_num")),
-            "settings": {
-                name: scalar(conn, sql.SQL("show {}").format(sql.Identifier(name)))
-                for name in SERVER_SETTINGS
-            },
-        }
-    return out
-
-
 def measured_sizes(results: dict[str, Any]) -> list[int]:
     return sorted(int(s) for s, r in results.items() if "ops" in r)
 
@@ -995,25 +803,6 @@ def op_stat(results: dict[str, Any], size: int, op: str, key: str) -> float | No
     entry = results.get(str(size), {}).get("ops", {}).get(op, {})
     value = entry.get(key)
     return None if value is None else float(value)
-
-
-def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            h.ljust(w) if i == 0 else h.rjust(w)
-            for i, (h, w) in enumerate(zip(header, widths, strict=True))
-        )
-    ]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
 
 
 def scaling_ratios(results: dict[str, Any], key: str) -> dict[str, float | None]:
@@ -1149,13 +938,6 @@ def prepare_target(server: Server, schema: str, size: int, plan: Plan, opts: Fil
     return Target(schema=schema, size=size, dsn=dsn, fill=fill)
 
 
-def drop_database(server: Server, dbname: str) -> None:
-    with psycopg.connect(server.dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
-        )
-
-
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -1253,15 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         all_results["ours"] = {str(s): {"skipped": "schema file missing"} for s in sizes}
         schemas.remove("ours")
 
-    server = start_embedded_server() if args.dsn is None else Server(dsn=args.dsn, kind="dsn")
+    server = start_server(args.dsn)
     try:
-        srv = server_info(server)
-        mach = machine_info()
-        log(f"server: {srv['version']}")
-        log(
-            f"machine: {mach['cores']} cores, {mach.get('cpu_model')}, {mach.get('mem_total')},"
-            f" load average {mach['loadavg_at_start'][0]:.2f}"
-        )
+        srv, mach = describe(server)
         log(
             f"plan: sizes {', '.join(map(fmt_size, sizes))}; {plan.warmup} warm-up +"
             f" {plan.iterations} timed + {plan.probes} probe rounds per size,"
@@ -1326,18 +1102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in lines:
         log(line)
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = args.out or RESULTS_DIR / f"backlog-{started_at:%Y%m%d-%H%M%S}.json"
-    document = {
-        "benchmark": "backlog",
-        "started_at": started_at.isoformat(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "argv": sys.argv,
+    fields = {
         "plan": plan.__dict__,
         "synchronous_commit": "on" if args.sync_commit else "off",
         "fill_options": opts.__dict__,
-        "machine": mach | {"loadavg_at_end": os.getloadavg()},
-        "server": srv,
         "results": all_results,
         "scaling_median": {s: scaling_ratios(r, "median_ms") for s, r in all_results.items()},
         "scaling_blocks": {s: scaling_ratios(r, "blocks_median") for s, r in all_results.items()},
@@ -1346,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checks": lines,
         "exit_status": status,
     }
-    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    out = save_results("backlog", started_at, args.out, mach, srv, fields)
     log(f"\nresults: {out}")
     if explains:
         plans_out = out.with_name(out.stem.replace("backlog-", "explain-") + ".txt")
