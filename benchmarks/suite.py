@@ -46,7 +46,7 @@ if not __package__:  # run as a file (python benchmarks/suite.py): the package's
 import psycopg
 from psycopg import sql
 
-from benchmarks import report_suite
+from benchmarks import suite_report
 from benchmarks.ceiling import ceiling_scenario
 from benchmarks.drain import DrainConfig, prepare_database, run_drain, run_pickup
 from benchmarks.harness import REPO, RESULTS_DIR
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.setdefault("seconds", {})[name] = round(time.time() - t0, 1)
     finally:
         server.stop()
-    status, verdicts = report_suite.report(results, plan.concurrencies, TARGETS)
+    status, verdicts = suite_report.report(results, plan.concurrencies, TARGETS)
     if DBOS_DRAIN_POLL_S and "dbos" in plan.peers:
         print(
             f"(DBOS drains use polling_interval_sec={DBOS_DRAIN_POLL_S}; its pickup uses its"

@@ -115,3 +115,29 @@ def test_cpu_readings_of_this_process() -> None:
     assert (peak_rss_mb(os.getpid()) or 0) > 0
     busy, total = machine_cpu() or (0.0, 0.0)
     assert 0 < busy <= total
+
+
+def test_suite_report_renders_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.suite import TARGETS
+    from benchmarks.suite_report import report
+
+    drain = {"tasks_per_s": 1000.0, "worker_rss_peak_mb": 40.0}
+    results = {
+        "spawn": {"n": 10, "ours": {"single_per_s": 1.0, "batch_per_s": 2.0}, "upstream": {}},
+        "drain": {
+            "1step_c8": {"steps": 1, "concurrency": 8, "ours": drain, "upstream": drain},
+        },
+        "pickup": {"ours": {"p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0}},
+        "event": {"ours": {"p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0}},
+        "claim": {"ours": {"1000": 0.5, "100000": 0.6}},
+        "ceiling": {"1step_c8": {"commits_per_task": 2, "tasks_per_s": 2000.0, "ours_share": 0.5}},
+        "recovery": {"ours": {"rate_before": 900.0, "restart_s": 0.5, "recovered_s": 1.0}},
+    }
+    status, verdicts = report(results, (8,), TARGETS)
+    out = capsys.readouterr().out
+    for title in ("1. spawn", "2. drain", "3. idle pickup", "4. emit", "5. claim", "6. worker"):
+        assert title in out
+    assert "8. the ceiling" in out and "7. recovery" in out
+    assert status == 1  # ours is only 1x upstream in the drain
+    assert verdicts[0].startswith("FAIL drain >= 5x upstream")
+    assert all(v.startswith("PASS") for v in verdicts[1:])
