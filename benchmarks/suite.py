@@ -392,6 +392,68 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def suite_databases(server: Server, peers: Sequence[str]) -> dict[str, str]:
+    """One fresh database per system (and the ceiling's), by name; the DSN of each."""
+    dsns = {
+        "ours": prepare_database(server, "ours", True),
+        "upstream": prepare_database(server, "upstream", True),
+        "ceiling": fresh_database(server, "absurd_suite_ceiling"),
+    }
+    if "dbos" in peers:
+        dsns["dbos"] = fresh_database(server, "absurd_suite_dbos")
+    if "procrastinate" in peers:
+        dsns["procrastinate"] = fresh_database(server, "absurd_suite_procrastinate")
+        run_peer("procrastinate", {"scenario": "schema", "dsn": dsns["procrastinate"]})
+    return dsns
+
+
+def run_scenarios(
+    server: Server,
+    dsns: dict[str, str],
+    plan: Plan,
+    results: dict[str, Any],
+    errors: dict[str, str],
+) -> None:
+    """Every scenario the plan wants, in order; a failed one is logged and the rest run."""
+    offsets = {k: clock_offset(v) for k, v in dsns.items() if k in ("ours", "upstream")}
+    scenarios: list[tuple[str, Callable[[], Any]]] = [
+        ("spawn", lambda: spawn_scenario(dsns, plan)),
+        ("drain", lambda: drain_scenario(dsns, plan, offsets)),
+        ("pickup", lambda: latency_scenario(dsns, plan, "pickup")),
+        ("event", lambda: latency_scenario(dsns, plan, "event")),
+        ("ceiling", lambda: ceiling_scenario(dsns, plan.concurrencies, plan.drain_n)),
+        ("claim", lambda: claim_scenario(server, plan)),
+        # Last: a restart leaves the embedded server's handle stale.
+        (
+            "recovery",
+            # Ours drains several times faster: four times the tasks, so that
+            # work is left after the restart to measure the recovery on.
+            lambda: {
+                f: recovery_one(
+                    server,
+                    dsns[f],
+                    f,
+                    plan.recovery_n * (4 if f == "ours" else 1),
+                    15.0 if f == "ours" else 10.0,
+                )
+                for f in ("ours", "upstream")
+            },
+        ),
+    ]
+    for name, fn in scenarios:
+        if not plan.wants(name):
+            continue
+        t0 = time.time()
+        log(f"== {name}")
+        try:
+            results[name] = fn()
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{name} FAILED: {errors[name]}")
+            traceback.print_exc()
+        results.setdefault("seconds", {})[name] = round(time.time() - t0, 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
@@ -414,54 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: dict[str, str] = {}
     try:
         log(f"server {server.dsn}")
-        dsns = {
-            "ours": prepare_database(server, "ours", True),
-            "upstream": prepare_database(server, "upstream", True),
-            "ceiling": fresh_database(server, "absurd_suite_ceiling"),
-        }
-        if "dbos" in plan.peers:
-            dsns["dbos"] = fresh_database(server, "absurd_suite_dbos")
-        if "procrastinate" in plan.peers:
-            dsns["procrastinate"] = fresh_database(server, "absurd_suite_procrastinate")
-            run_peer("procrastinate", {"scenario": "schema", "dsn": dsns["procrastinate"]})
-        offsets = {k: clock_offset(v) for k, v in dsns.items() if k in ("ours", "upstream")}
-
-        scenarios: list[tuple[str, Callable[[], Any]]] = [
-            ("spawn", lambda: spawn_scenario(dsns, plan)),
-            ("drain", lambda: drain_scenario(dsns, plan, offsets)),
-            ("pickup", lambda: latency_scenario(dsns, plan, "pickup")),
-            ("event", lambda: latency_scenario(dsns, plan, "event")),
-            ("ceiling", lambda: ceiling_scenario(dsns, plan.concurrencies, plan.drain_n)),
-            ("claim", lambda: claim_scenario(server, plan)),
-            # Last: a restart leaves the embedded server's handle stale.
-            (
-                "recovery",
-                # Ours drains several times faster: four times the tasks, so that
-                # work is left after the restart to measure the recovery on.
-                lambda: {
-                    f: recovery_one(
-                        server,
-                        dsns[f],
-                        f,
-                        plan.recovery_n * (4 if f == "ours" else 1),
-                        15.0 if f == "ours" else 10.0,
-                    )
-                    for f in ("ours", "upstream")
-                },
-            ),
-        ]
-        for name, fn in scenarios:
-            if not plan.wants(name):
-                continue
-            t0 = time.time()
-            log(f"== {name}")
-            try:
-                results[name] = fn()
-            except Exception as exc:
-                errors[name] = f"{type(exc).__name__}: {exc}"
-                log(f"{name} FAILED: {errors[name]}")
-                traceback.print_exc()
-            results.setdefault("seconds", {})[name] = round(time.time() - t0, 1)
+        dsns = suite_databases(server, plan.peers)
+        run_scenarios(server, dsns, plan, results, errors)
     finally:
         server.stop()
     status, verdicts = suite_report.report(results, plan.concurrencies, TARGETS)
