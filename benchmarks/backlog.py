@@ -20,15 +20,10 @@ import argparse
 import datetime as dt
 import gc
 import json
-import math
-import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,20 +31,46 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+if not __package__:  # run as a file (python benchmarks/backlog.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.errors import Diagnostic
 from psycopg.types.json import Jsonb
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS_DIR = HERE / "results"
+from benchmarks.backlog_fill import (
+    CLAIM_TIMEOUT,
+    Q_AWAIT,
+    Q_CHECKPOINT,
+    Q_CLAIM,
+    Q_COMPLETE,
+    Q_EMIT,
+    Q_FAIL,
+    Q_SPAWN,
+    QUEUE,
+    SPAWN_OPTIONS,
+    TABLES,
+    WORKER,
+    FillOptions,
+    prepare_database,
+    scalar,
+    state_counts,
+)
+from benchmarks.harness import REPO
+from benchmarks.harness.machine import describe
+from benchmarks.harness.report import fmt_ratio, log, render_table, save_results
+from benchmarks.harness.server import (
+    Server,
+    drop_database,
+    start_local_cluster,
+    start_server,
+)
+from benchmarks.harness.stats import percentile, ratio
+
 OUR_SQL = REPO / "src" / "absurd" / "sql" / "absurd.sql"
 
-QUEUE = "bench"
-WORKER = "w"
-CLAIM_TIMEOUT = 60
+
 TARGET_RATIO = 2.0
 #: Upstream sorts every eligible run per claim (~1.5 s a claim at 1,000,000): skipped there
 #: unless --full.
@@ -67,196 +88,7 @@ OPS: tuple[tuple[str, str], ...] = (
     ("emit_nowaiter", "emit_event (no waiter)"),
 )
 
-SPAWN_OPTIONS: dict[str, Any] = {
-    "max_attempts": 5,
-    "retry_strategy": {"kind": "exponential", "base_seconds": 30, "factor": 2},
-}
-RETRY_STRATEGY = Jsonb(SPAWN_OPTIONS["retry_strategy"])
-
-# The calls, written as the official SDKs write them (spec §2.1).
-Q_SPAWN = "select task_id, run_id, attempt from absurd.spawn_task(%s, %s, %s, %s)"
-Q_CLAIM = (
-    "select run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts,"
-    " headers, wake_event, event_payload from absurd.claim_task(%s, %s, %s, %s)"
-)
-Q_CHECKPOINT = "select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)"
-Q_COMPLETE = "select absurd.complete_run(%s, %s, %s)"
-Q_FAIL = "select absurd.fail_run(%s, %s, %s, %s)"
-Q_AWAIT = "select should_suspend, payload from absurd.await_event(%s, %s, %s, %s, %s, %s)"
-Q_EMIT = "select absurd.emit_event(%s, %s, %s)"
-
-# A UUIDv7 whose timestamp is the row's own time ({ts}), random bits from
-# gen_random_uuid() (works on PostgreSQL 13+, not only on 18 with uuidv7()).
-# Hex layout: 12 digits of epoch ms, version digit 7, then digits 14..32 of a v4 UUID
-# (which keep its RFC 4122 variant digit at position 17).
-_V7_AT = (
-    "(lpad(to_hex(floor(extract(epoch from {ts}) * 1000)::bigint), 12, '0')"
-    " || '7' || substr(replace(gen_random_uuid()::text, '-', ''), 14))::uuid"
-)
-
-
-def v7_at(ts: str) -> str:
-    """SQL expression: a fresh UUIDv7 for the timestamp expression ``ts``."""
-    return _V7_AT.format(ts=ts)
-
-
-TASK_NAME = "(array['send-email', 'resize-image', 'charge-card', 'sync-crm'])[1 + mod(i, 4)]"
-PARAMS = (
-    "jsonb_build_object('order_id', i, 'customer', 'cust-' || mod(i, 9973),"
-    " 'amount_cents', mod(i::bigint * 7919, 100000), 'tags', jsonb_build_array('bench', 'backlog'))"
-)
-
-# -- fill statements ---------------------------------------------------------------------
-# {t} {r} {c} {w} {e} are the queue's tables; {extra_cols} / {extra_vals} add the derived
-# task columns the installed schema has (see DERIVED_TASK_COLUMNS).
-
-FILL_PENDING = f"""
-with g as materialized (
-  select i, ts, {v7_at("ts")} as task_id, {v7_at("ts")} as run_id,
-         case when %(cancel_every)s > 0 and mod(i, %(cancel_every)s) = 0
-              then %(cancellation)s::jsonb end as cancellation
-    from (select i,
-                 now() - interval '6 hours'
-                   + (interval '6 hours' - interval '1 minute') * ((i - 1)::float8 / %(n)s)
-                   as ts
-            from generate_series(1, %(n)s) as i) s
-), tasks as (
-  insert into {{t}} (task_id, task_name, params, retry_strategy, max_attempts, cancellation,
-                    enqueue_at, state, attempts, last_attempt_run {{extra_cols}})
-  select task_id, {TASK_NAME}, {PARAMS}, %(retry)s, 5, cancellation,
-         ts, 'pending', 1, run_id {{extra_vals}}
-    from g
-)
-insert into {{r}} (run_id, task_id, attempt, state, available_at, created_at)
-select run_id, task_id, 1, 'pending', ts, ts from g
-"""
-
-# Sleeping runs, all due in the future: even i sleep on a timer, odd i wait for an event
-# (with a w_ row; every fourth of those without a timeout, i.e. available_at = infinity).
-FILL_SLEEPING = f"""
-with g as materialized (
-  select i, ts, {v7_at("ts")} as task_id, {v7_at("ts")} as run_id,
-         case when mod(i, 2) = 1 then 'order-paid-' || i end as event_name,
-         case when mod(i, 8) = 1 then 'infinity'::timestamptz
-              else now() + interval '1 hour' + interval '23 hours' * random() end as wake_at
-    from (select i, now() - interval '1 day' + interval '17 hours' * random() as ts
-            from generate_series(1, %(n)s) as i) s
-), tasks as (
-  insert into {{t}} (task_id, task_name, params, retry_strategy, max_attempts, enqueue_at,
-                    first_started_at, state, attempts, last_attempt_run {{extra_cols}})
-  select task_id, {TASK_NAME}, {PARAMS}, %(retry)s, 5, ts, ts + interval '1 minute',
-         'sleeping', 1, run_id {{extra_vals}}
-    from g
-), waits as (
-  insert into {{w}} (task_id, run_id, step_name, event_name, timeout_at, created_at)
-  select task_id, run_id, 'wait-payment', event_name,
-         case when wake_at = 'infinity' then null else wake_at end,
-         ts + interval '1 minute'
-    from g where event_name is not null
-), checkpoints as (
-  insert into {{c}} (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
-  select task_id, 'prepare', jsonb_build_object('n', i), 'committed', run_id,
-         ts + interval '1 minute'
-    from g
-)
-insert into {{r}} (run_id, task_id, attempt, state, available_at, wake_event, started_at,
-                  created_at)
-select run_id, task_id, 1, 'sleeping', wake_at, event_name, ts + interval '1 minute', ts
-  from g
-"""
-
-# In-flight work: runs some worker holds, lease ending in about an hour (never during a run).
-FILL_RUNNING = f"""
-with g as materialized (
-  select i, ts, {v7_at("ts")} as task_id, {v7_at("ts")} as run_id
-    from (select i, now() - interval '15 minutes' + interval '10 minutes' * random() as ts
-            from generate_series(1, %(n)s) as i) s
-), tasks as (
-  insert into {{t}} (task_id, task_name, params, retry_strategy, max_attempts, enqueue_at,
-                    first_started_at, state, attempts, last_attempt_run {{extra_cols}})
-  select task_id, {TASK_NAME}, {PARAMS}, %(retry)s, 5, ts, ts + interval '1 minute',
-         'running', 1, run_id {{extra_vals}}
-    from g
-)
-insert into {{r}} (run_id, task_id, attempt, state, claimed_by, claim_expires_at, available_at,
-                  started_at, created_at)
-select run_id, task_id, 1, 'running', 'worker-' || mod(i, 64),
-       now() + interval '1 hour' + interval '30 minutes' * random(),
-       ts + interval '1 minute', ts + interval '1 minute', ts
-  from g
-"""
-
-FILL_COMPLETED = f"""
-with g as materialized (
-  select i, ts, {v7_at("ts")} as task_id, {v7_at("ts")} as run_id
-    from (select i, now() - interval '3 days' + interval '2 days' * random() as ts
-            from generate_series(1, %(n)s) as i) s
-), tasks as (
-  insert into {{t}} (task_id, task_name, params, retry_strategy, max_attempts, enqueue_at,
-                    first_started_at, state, attempts, last_attempt_run, completed_payload
-                    {{extra_cols}})
-  select task_id, {TASK_NAME}, {PARAMS}, %(retry)s, 5, ts, ts + interval '1 second',
-         'completed', 1, run_id, jsonb_build_object('ok', true, 'n', i) {{extra_vals}}
-    from g
-), checkpoints as (
-  insert into {{c}} (task_id, checkpoint_name, state, status, owner_run_id, updated_at)
-  select task_id, 'step-1', jsonb_build_object('n', i), 'committed', run_id,
-         ts + interval '1500 milliseconds'
-    from g
-)
-insert into {{r}} (run_id, task_id, attempt, state, claimed_by, available_at, started_at,
-                  completed_at, result, created_at)
-select run_id, task_id, 1, 'completed', 'worker-' || mod(i, 16), ts + interval '1 second',
-       ts + interval '1 second', ts + interval '2 seconds', jsonb_build_object('ok', true), ts
-  from g
-"""
-
-FILL_FAILED = f"""
-with g as materialized (
-  select i, ts, {v7_at("ts")} as task_id, {v7_at("ts")} as run_id
-    from (select i, now() - interval '3 days' + interval '2 days' * random() as ts
-            from generate_series(1, %(n)s) as i) s
-), tasks as (
-  insert into {{t}} (task_id, task_name, params, retry_strategy, max_attempts, enqueue_at,
-                    first_started_at, state, attempts, last_attempt_run {{extra_cols}})
-  select task_id, {TASK_NAME}, {PARAMS}, %(retry)s, 1, ts, ts + interval '1 second',
-         'failed', 1, run_id {{extra_vals}}
-    from g
-)
-insert into {{r}} (run_id, task_id, attempt, state, claimed_by, available_at, started_at,
-                  failed_at, failure_reason, created_at)
-select run_id, task_id, 1, 'failed', 'worker-' || mod(i, 16), ts + interval '1 second',
-       ts + interval '1 second', ts + interval '3 seconds',
-       jsonb_build_object('name', 'ValueError', 'message', 'bench failure ' || i), ts
-  from g
-"""
-
-FILL_EVENTS = """
-insert into {e} (event_name, payload, emitted_at)
-select 'old-event-' || i, jsonb_build_object('n', i), now() - interval '2 days' * random()
-  from generate_series(1, %(n)s) as i
-"""
-
-#: Columns some schema keeps on t_<q> besides upstream's (ours: when a cancellation policy
-#: fires, when the task finished), with their value per fill kind. Upstream has none of
-#: them; a column the installed t_<q> lacks is left out. A fill that forgets one is caught
-#: by check_claim_order (or shows up as a wrong cost), so keep this in step with the schema.
-DERIVED_TASK_COLUMNS: dict[str, dict[str, str]] = {
-    "cancel_deadline": {
-        "pending": "ts + make_interval(secs => (cancellation ->> 'max_delay')::float8)",
-    },
-    "finished_at": {
-        "completed": "ts + interval '2 seconds'",
-        "failed": "ts + interval '3 seconds'",
-    },
-}
-
-
 # -- small helpers --------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 def fmt_size(n: int) -> str:
@@ -271,296 +103,6 @@ def fmt_ms(value: float | None) -> str:
     if value >= 10:
         return f"{value:.1f}"
     return f"{value:.3f}" if value < 1 else f"{value:.2f}"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None or denominator <= 0:
-        return None
-    return numerator / denominator
-
-
-def scalar(conn: psycopg.Connection[Any], query: str | sql.Composed) -> Any:
-    """The first column of the first row of a query."""
-    row = conn.execute(query).fetchone()
-    if row is None:
-        raise RuntimeError(f"no row from {query!r}")
-    return row[0]
-
-
-def with_db(dsn: str, dbname: str) -> str:
-    return make_conninfo(dsn, dbname=dbname)
-
-
-# -- servers ----------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    """A PostgreSQL server the benchmark may create databases on."""
-
-    dsn: str
-    kind: str  # "embedded", "dsn" or "local" (pg_config --bindir, for --explain)
-    stop: Callable[[], None] = lambda: None
-
-    def dsn_for(self, dbname: str) -> str:
-        return with_db(self.dsn, dbname)
-
-
-def start_embedded_server() -> Server:
-    from absurd.embedded import start_embedded
-
-    pg = start_embedded()
-    return Server(dsn=pg.dsn, kind="embedded", stop=pg.stop)
-
-
-def start_local_cluster() -> Server:
-    """A throw-away cluster from the system's PostgreSQL binaries (``pg_config --bindir``).
-
-    Used only by ``--explain`` when the benchmark server cannot load ``auto_explain``
-    (the embedded PostgreSQL 18 wheel ships without contrib modules).
-    """
-    pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        raise RuntimeError("pg_config not found: cannot start a local cluster for --explain")
-    bindir = Path(
-        subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    root = Path(tempfile.mkdtemp(prefix="absurd-explain-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-k {root} -c listen_addresses='' -c fsync=off -c shared_buffers=256MB"
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(root / "server.log"),
-            "-o",
-            options,
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-    def stop() -> None:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
-
-    dsn = make_conninfo(host=str(root), port=5432, user="postgres", dbname="postgres")
-    return Server(dsn=dsn, kind="local", stop=stop)
-
-
-# -- schemas ------------------------------------------------------------------------------
-
-
-def upstream_sql() -> str:
-    import absurdctl  # type: ignore[import-untyped]
-
-    return str(absurdctl.BUNDLED_SCHEMA_SQL)
-
-
-def install_schema(conn: psycopg.Connection[Any], schema: str) -> None:
-    if schema == "upstream":
-        conn.execute(upstream_sql().encode())  # simple protocol: many statements at once
-    else:
-        from absurd.schema import install
-
-        install(conn)
-
-
-# -- preparing a database ---------------------------------------------------------------
-
-
-@dataclass
-class FillOptions:
-    """Knobs of the fill besides its size."""
-
-    #: Every Nth pending task carries a cancellation policy (0: none).
-    cancel_every: int = 10
-    #: Its max_delay in seconds. The default (7 days) never fires during a run; below the
-    #: backlog's age (6 hours) the oldest tasks are overdue for cancellation when claims start.
-    cancel_max_delay: int = 604_800
-
-
-@dataclass
-class Mix:
-    """How many rows of each kind a backlog of ``pending`` gets."""
-
-    pending: int
-    running: int
-    sleeping: int
-    completed: int
-    failed: int
-    events: int
-
-    @classmethod
-    def for_backlog(cls, n: int, slack: int) -> Mix:
-        return cls(
-            pending=n + slack,
-            running=n // 100,
-            sleeping=n // 10,
-            completed=n // 4,
-            failed=n // 50,
-            events=n // 10,
-        )
-
-
-def table(prefix: str) -> sql.Identifier:
-    return sql.Identifier("absurd", f"{prefix}_{QUEUE}")
-
-
-TABLES = {name: table(name) for name in ("t", "r", "c", "w", "e")}
-
-
-def fill_statement(template: str, kind: str, task_columns: set[str]) -> sql.Composed:
-    cols: list[sql.Composable] = []
-    vals: list[sql.Composable] = []
-    for column, values in DERIVED_TASK_COLUMNS.items():
-        if column in task_columns and kind in values:
-            cols.append(sql.Identifier(column))
-            vals.append(sql.SQL(values[kind]))
-    return sql.SQL(template).format(
-        **TABLES,
-        extra_cols=sql.SQL("").join(sql.SQL(", ") + c for c in cols),
-        extra_vals=sql.SQL("").join(sql.SQL(", ") + v for v in vals),
-    )
-
-
-def task_columns(conn: psycopg.Connection[Any]) -> set[str]:
-    rows = conn.execute(
-        "select attname from pg_attribute where attrelid = %s::regclass"
-        " and attnum > 0 and not attisdropped",
-        (f"absurd.t_{QUEUE}",),
-    ).fetchall()
-    return {str(r[0]) for r in rows}
-
-
-def state_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    rows = conn.execute(
-        sql.SQL("select state, count(*) from {} group by state order by state").format(TABLES["r"])
-    ).fetchall()
-    return {str(state): int(count) for state, count in rows}
-
-
-def prepare_database(
-    server: Server, schema: str, size: int, slack: int, opts: FillOptions
-) -> tuple[str, dict[str, Any]]:
-    """Fresh database with a filled queue; returns its DSN and facts about the fill."""
-    dbname = f"absurd_bench_{schema}_{size}"
-    with psycopg.connect(server.dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
-        )
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    dsn = server.dsn_for(dbname)
-    mix = Mix.for_backlog(size, slack)
-    info: dict[str, Any] = {"database": dbname, "mix": mix.__dict__}
-    started = time.perf_counter()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        install_schema(conn, schema)
-        info["schema_version"] = scalar(conn, "select absurd.get_schema_version()")
-        conn.execute("select absurd.create_queue(%s)", (QUEUE,))
-        conn.execute("set synchronous_commit = off")
-        conn.execute("set maintenance_work_mem = '256MB'")
-        conn.execute("set work_mem = '64MB'")
-        params: dict[str, Any] = {
-            "retry": RETRY_STRATEGY,
-            "cancel_every": opts.cancel_every,
-            "cancellation": Jsonb({"max_delay": opts.cancel_max_delay, "max_duration": 86400}),
-        }
-        columns = task_columns(conn)
-        info["derived_columns"] = sorted(set(DERIVED_TASK_COLUMNS) & columns)
-        with conn.transaction():
-            for kind, template, n in (
-                ("completed", FILL_COMPLETED, mix.completed),
-                ("failed", FILL_FAILED, mix.failed),
-                ("running", FILL_RUNNING, mix.running),
-                ("sleeping", FILL_SLEEPING, mix.sleeping),
-                ("pending", FILL_PENDING, mix.pending),
-                ("events", FILL_EVENTS, mix.events),
-            ):
-                if n > 0:
-                    conn.execute(fill_statement(template, kind, columns), {**params, "n": n})
-        info["insert_seconds"] = round(time.perf_counter() - started, 2)
-        conn.execute("vacuum (analyze)")
-        conn.execute("checkpoint")
-        info["prepare_seconds"] = round(time.perf_counter() - started, 2)
-        info["run_states"] = state_counts(conn)
-        info["table_mb"] = {
-            str(name): round(int(nbytes) / 2**20, 1)
-            for name, nbytes in conn.execute(
-                "select c.relname, pg_total_relation_size(c.oid) from pg_class c"
-                " join pg_namespace n on n.oid = c.relnamespace"
-                " where n.nspname = 'absurd' and c.relkind in ('r', 'p')"
-                " and c.relname like %s order by c.relname",
-                (f"%\\_{QUEUE}",),
-            ).fetchall()
-        }
-        info["claim_check"] = check_claim_order(conn)
-    return dsn, info
-
-
-def check_claim_order(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """In a rolled-back transaction: does claim return the oldest due pending run?
-
-    Catches a fill that bypasses bookkeeping the engine keeps besides t_/r_ (claim would
-    then return nothing or a wrong run).
-    """
-    expected = conn.execute(
-        sql.SQL(
-            "select run_id from {} where state in ('pending', 'sleeping')"
-            " and available_at <= now() order by available_at, run_id limit 1"
-        ).format(TABLES["r"])
-    ).fetchone()
-    with conn.transaction(force_rollback=True):
-        got = conn.execute(Q_CLAIM, (QUEUE, WORKER, CLAIM_TIMEOUT, 1)).fetchone()
-    expected_run = str(expected[0]) if expected else None
-    claimed_run = str(got[0]) if got else None
-    return {
-        "expected_run": expected_run,
-        "claimed_run": claimed_run,
-        "ok": claimed_run is not None and claimed_run == expected_run,
-    }
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -923,70 +465,6 @@ def render_plans(explains: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-# -- reporting --------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "psycopg": psycopg.__version__,
-        # Other work on the machine skews the figures; compare with the core count.
-        "loadavg_at_start": os.getloadavg(),
-    }
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.splitlines()
-            if line.startswith("model name")
-        ]
-        info["cpu_model"] = models[0] if models else None
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        info["mem_total"] = next(
-            (m.split(":", 1)[1].strip() for m in meminfo if m.startswith("MemTotal")), None
-        )
-    except OSError:
-        pass
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
-    return info
-
-
-SERVER_SETTINGS = (
-    "shared_buffers",
-    "work_mem",
-    "effective_cache_size",
-    "jit",
-    "autovacuum",
-    "max_wal_size",
-    "fsync",
-    "random_page_cost",
-)
-
-
-def server_info(server: Server) -> dict[str, Any]:
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        out: dict[str, Any] = {
-            "kind": server.kind,
-            "version": scalar(conn, "select version()"),
-            "server_version_num": int(scalar(conn, "show server_version_num")),
-            "settings": {
-                name: scalar(conn, sql.SQL("show {}").format(sql.Identifier(name)))
-                for name in SERVER_SETTINGS
-            },
-        }
-    return out
-
-
 def measured_sizes(results: dict[str, Any]) -> list[int]:
     return sorted(int(s) for s, r in results.items() if "ops" in r)
 
@@ -995,25 +473,6 @@ def op_stat(results: dict[str, Any], size: int, op: str, key: str) -> float | No
     entry = results.get(str(size), {}).get("ops", {}).get(op, {})
     value = entry.get(key)
     return None if value is None else float(value)
-
-
-def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            h.ljust(w) if i == 0 else h.rjust(w)
-            for i, (h, w) in enumerate(zip(header, widths, strict=True))
-        )
-    ]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
 
 
 def scaling_ratios(results: dict[str, Any], key: str) -> dict[str, float | None]:
@@ -1026,40 +485,46 @@ def scaling_ratios(results: dict[str, Any], key: str) -> dict[str, float | None]
     }
 
 
+def op_rows(
+    results: dict[str, Any],
+    sizes: Sequence[int],
+    cell: Callable[[int, str], str],
+    scaling_key: str | None,
+) -> list[list[str]]:
+    """A row per operation: its cell at each size, then (``scaling_key``) the ratio of the
+    largest size to the smallest."""
+    scaling = scaling_ratios(results, scaling_key) if scaling_key else {}
+    rows = []
+    for op, label in OPS:
+        row = [label, *(cell(size, op) for size in sizes)]
+        if scaling_key:
+            row.append(fmt_ratio(scaling.get(op)))
+        rows.append(row)
+    return rows
+
+
 def print_schema_tables(schema: str, results: dict[str, Any]) -> None:
     sizes = measured_sizes(results)
     if not sizes:
         return
     ratio_head = f"{fmt_size(sizes[-1])}/{fmt_size(sizes[0])}" if len(sizes) > 1 else ""
-    latency = scaling_ratios(results, "median_ms")
-    rows = []
-    for op, label in OPS:
-        row = [label]
-        for size in sizes:
-            med = op_stat(results, size, op, "median_ms")
-            p95 = op_stat(results, size, op, "p95_ms")
-            row.append(f"{fmt_ms(med)} ({fmt_ms(p95)})")
-        if ratio_head:
-            row.append(fmt_ratio(latency.get(op)))
-        rows.append(row)
+
+    def latency(size: int, op: str) -> str:
+        med = op_stat(results, size, op, "median_ms")
+        p95 = op_stat(results, size, op, "p95_ms")
+        return f"{fmt_ms(med)} ({fmt_ms(p95)})"
+
+    def blocks(size: int, op: str) -> str:
+        value = op_stat(results, size, op, "blocks_median")
+        temp = op_stat(results, size, op, "temp_blocks_max")
+        cell = "-" if value is None else f"{value:.0f}"
+        return cell + (f" +{temp:.0f} temp" if temp else "")
+
     header = ["op", *[fmt_size(s) for s in sizes]] + ([ratio_head] if ratio_head else [])
+    rows = op_rows(results, sizes, latency, "median_ms" if ratio_head else None)
     log(f"\n{schema}: milliseconds per call, median (p95), by pending backlog")
     log(render_table(header, rows))
-
-    blocks = scaling_ratios(results, "blocks_median")
-    rows = []
-    for op, label in OPS:
-        row = [label]
-        for size in sizes:
-            value = op_stat(results, size, op, "blocks_median")
-            temp = op_stat(results, size, op, "temp_blocks_max")
-            cell = "-" if value is None else f"{value:.0f}"
-            if temp:
-                cell += f" +{temp:.0f} temp"
-            row.append(cell)
-        if ratio_head:
-            row.append(fmt_ratio(blocks.get(op)))
-        rows.append(row)
+    rows = op_rows(results, sizes, blocks, "blocks_median" if ratio_head else None)
     log(f"\n{schema}: shared buffers touched per call (median of EXPLAIN ANALYZE probes)")
     log(render_table(header, rows))
     notes = [f"  {fmt_size(int(s))}: {r['skipped']}" for s, r in results.items() if "skipped" in r]
@@ -1149,13 +614,6 @@ def prepare_target(server: Server, schema: str, size: int, plan: Plan, opts: Fil
     return Target(schema=schema, size=size, dsn=dsn, fill=fill)
 
 
-def drop_database(server: Server, dbname: str) -> None:
-    with psycopg.connect(server.dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
-        )
-
-
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -1229,18 +687,93 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def sizes_of(args: argparse.Namespace) -> list[int]:
     if args.sizes:
-        sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
-    else:
-        sizes = [1000, 100_000] if args.quick else [1000, 100_000, 1_000_000]
-    plan = Plan(
+        return sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
+    return [1000, 100_000] if args.quick else [1000, 100_000, 1_000_000]
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    return Plan(
         warmup=5 if args.quick else 10,
         iterations=args.iterations or (40 if args.quick else 200),
         probes=3 if args.quick else 5,
         budget_s=args.budget or (15.0 if args.quick else 120.0),
     )
+
+
+def prepare_targets(
+    server: Server,
+    schemas: Sequence[str],
+    sizes: Sequence[int],
+    args: argparse.Namespace,
+    plan: Plan,
+    opts: FillOptions,
+    all_results: dict[str, dict[str, Any]],
+) -> list[Target]:
+    """A filled database per schema and size; what is skipped or fails goes to all_results."""
+    targets: list[Target] = []
+    for schema in schemas:
+        for size in sizes:
+            if size not in measured_for(schema, sizes, args.full):
+                reason = (
+                    "skipped: upstream claim sorts the whole backlog (seconds per call"
+                    " at this size); use --full to measure it"
+                )
+                log(f"{schema} @ {fmt_size(size)}: {reason}")
+                all_results[schema][str(size)] = {"skipped": reason}
+                continue
+            try:
+                targets.append(prepare_target(server, schema, size, plan, opts))
+            except (psycopg.Error, RuntimeError) as exc:
+                log(f"  ERROR: {type(exc).__name__}: {exc}")
+                all_results[schema][str(size)] = {"error": f"{type(exc).__name__}: {exc}"}
+    return targets
+
+
+def measure_targets(targets: Sequence[Target], plan: Plan, sync_commit: bool) -> None:
+    """Measures every target; on an error each target's result is that error."""
+    log(f"measuring {len(targets)} databases, interleaved in blocks of {plan.block} rounds ...")
+    try:
+        measure(targets, plan, sync_commit)
+    except (psycopg.Error, RuntimeError) as exc:
+        log(f"ERROR while measuring: {type(exc).__name__}: {exc}")
+        for t in targets:
+            t.result = {"error": f"{type(exc).__name__}: {exc}"}
+            if t.conn is not None:
+                t.conn.close()
+
+
+def explain_targets(
+    server: Server, targets: Sequence[Target], sizes: Sequence[int], full: bool, opts: FillOptions
+) -> dict[str, Any]:
+    """The plans of every schema's largest measured backlog (--explain)."""
+    explains: dict[str, Any] = {}
+    for t in targets:
+        if t.size == largest_measured(t.schema, sizes, full):
+            try:
+                explains[t.schema] = explain(server, t.schema, t.size, t.dsn, opts)
+            except (psycopg.Error, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                log(f"  explain failed: {type(exc).__name__}: {exc}")
+    return explains
+
+
+def print_claim_plans(explains: dict[str, Any]) -> None:
+    for schema, ex in explains.items():
+        log(
+            f"\n{schema}: plans of claim_task at {fmt_size(ex['size'])} pending"
+            f" (auto_explain, PostgreSQL {ex['server_version']}; statements that touch"
+            " no table are left out here, not in the file)"
+        )
+        for text in first_call(ex["plans"]["claim"], "claim_task"):
+            if touches_tables(text):
+                log(text)
+                log("")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes, plan = sizes_of(args), plan_of(args)
     opts = FillOptions(cancel_every=args.cancel_every, cancel_max_delay=args.cancel_max_delay)
     schemas = ["ours", "upstream"] if args.schema == "both" else [args.schema]
     wanted_ours = "ours" in schemas
@@ -1253,54 +786,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         all_results["ours"] = {str(s): {"skipped": "schema file missing"} for s in sizes}
         schemas.remove("ours")
 
-    server = start_embedded_server() if args.dsn is None else Server(dsn=args.dsn, kind="dsn")
+    server = start_server(args.dsn)
     try:
-        srv = server_info(server)
-        mach = machine_info()
-        log(f"server: {srv['version']}")
-        log(
-            f"machine: {mach['cores']} cores, {mach.get('cpu_model')}, {mach.get('mem_total')},"
-            f" load average {mach['loadavg_at_start'][0]:.2f}"
-        )
+        srv, mach = describe(server)
         log(
             f"plan: sizes {', '.join(map(fmt_size, sizes))}; {plan.warmup} warm-up +"
             f" {plan.iterations} timed + {plan.probes} probe rounds per size,"
             f" budget {plan.budget_s:.0f}s; synchronous_commit"
             f" {'on' if args.sync_commit else 'off'}"
         )
-        targets: list[Target] = []
-        for schema in schemas:
-            for size in sizes:
-                if size not in measured_for(schema, sizes, args.full):
-                    reason = (
-                        "skipped: upstream claim sorts the whole backlog (seconds per call"
-                        " at this size); use --full to measure it"
-                    )
-                    log(f"{schema} @ {fmt_size(size)}: {reason}")
-                    all_results[schema][str(size)] = {"skipped": reason}
-                    continue
-                try:
-                    targets.append(prepare_target(server, schema, size, plan, opts))
-                except (psycopg.Error, RuntimeError) as exc:
-                    log(f"  ERROR: {type(exc).__name__}: {exc}")
-                    all_results[schema][str(size)] = {"error": f"{type(exc).__name__}: {exc}"}
-        log(f"measuring {len(targets)} databases, interleaved in blocks of {plan.block} rounds ...")
-        try:
-            measure(targets, plan, args.sync_commit)
-        except (psycopg.Error, RuntimeError) as exc:
-            log(f"ERROR while measuring: {type(exc).__name__}: {exc}")
-            for t in targets:
-                t.result = {"error": f"{type(exc).__name__}: {exc}"}
-                if t.conn is not None:
-                    t.conn.close()
+        targets = prepare_targets(server, schemas, sizes, args, plan, opts, all_results)
+        measure_targets(targets, plan, args.sync_commit)
         for t in targets:
             all_results[t.schema][str(t.size)] = t.result
-        for t in targets:
-            if args.explain and t.size == largest_measured(t.schema, sizes, args.full):
-                try:
-                    explains[t.schema] = explain(server, t.schema, t.size, t.dsn, opts)
-                except (psycopg.Error, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                    log(f"  explain failed: {type(exc).__name__}: {exc}")
+        if args.explain:
+            explains = explain_targets(server, targets, sizes, args.full, opts)
         if not args.keep:
             for t in targets:
                 drop_database(server, t.fill["database"])
@@ -1310,34 +810,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for schema, results in all_results.items():
         print_schema_tables(schema, results)
     comparison = compare(all_results) if len(all_results) == 2 else {}
-    for schema, ex in explains.items():
-        log(
-            f"\n{schema}: plans of claim_task at {fmt_size(ex['size'])} pending"
-            f" (auto_explain, PostgreSQL {ex['server_version']}; statements that touch"
-            " no table are left out here, not in the file)"
-        )
-        for text in first_call(ex["plans"]["claim"], "claim_task"):
-            if touches_tables(text):
-                log(text)
-                log("")
-
+    print_claim_plans(explains)
     status, lines = evaluate(all_results, wanted_ours)
     log("")
     for line in lines:
         log(line)
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = args.out or RESULTS_DIR / f"backlog-{started_at:%Y%m%d-%H%M%S}.json"
-    document = {
-        "benchmark": "backlog",
-        "started_at": started_at.isoformat(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "argv": sys.argv,
+    fields = {
         "plan": plan.__dict__,
         "synchronous_commit": "on" if args.sync_commit else "off",
         "fill_options": opts.__dict__,
-        "machine": mach | {"loadavg_at_end": os.getloadavg()},
-        "server": srv,
         "results": all_results,
         "scaling_median": {s: scaling_ratios(r, "median_ms") for s, r in all_results.items()},
         "scaling_blocks": {s: scaling_ratios(r, "blocks_median") for s, r in all_results.items()},
@@ -1346,7 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checks": lines,
         "exit_status": status,
     }
-    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    out = save_results("backlog", started_at, args.out, mach, srv, fields)
     log(f"\nresults: {out}")
     if explains:
         plans_out = out.with_name(out.stem.replace("backlog-", "explain-") + ".txt")

@@ -1,10 +1,12 @@
 """absurdctl at scale: list-tasks and dump-task on a queue of 1,000,000 tasks.
 
-    .venv/bin/python benchmarks/cli_scale.py [--tasks N] [--repeat R]
+    .venv/bin/python benchmarks/cli_scale.py [--tasks N] [--repeat R] [--dsn DSN]
+    .venv/bin/python -m benchmarks.cli_scale --tasks 100000   # the same, as a module
 
-Starts an embedded PostgreSQL, installs the schema, fills one queue with N tasks
-(set-based: generate_series straight into the queue's tables; a run per task, a
-checkpoint and a wait for some), analyses, and times the commands in-process (the
+Starts an embedded PostgreSQL (or uses the server of ``--dsn``), creates a scratch
+database, installs the schema, fills one queue with N tasks (set-based: generate_series
+straight into the queue's tables; a run per task, a checkpoint and a wait for some),
+analyses, and times the commands in-process (the
 same code path as the console script, minus interpreter start-up) as the median of
 R runs. Also prints the CLI's start-up cost once, as a subprocess.
 """
@@ -18,13 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file (python benchmarks/cli_scale.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import psycopg
 from click.testing import CliRunner
 from psycopg import sql
 
 from absurd import schema
 from absurd.cli import app
-from absurd.embedded import start_embedded
+from benchmarks.harness.server import drop_database, fresh_database, start_server
 
 QUEUE = "bench"
 
@@ -78,10 +83,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dsn", help="maintenance DSN of a server (default: embedded PG 18)")
     args = parser.parse_args()
-    server = start_embedded()
+    server = start_server(args.dsn)
     try:
-        dsn = server.dsn
+        dsn = fresh_database(server, "absurd_cli_scale")
         with psycopg.connect(dsn, autocommit=True) as c:
             schema.install(c)
             c.execute("select absurd.create_queue(%s)", (QUEUE,))
@@ -143,7 +149,10 @@ def main() -> int:
             f"{(time.perf_counter() - start) * 1000:8.1f}"
         )
     finally:
-        server.stop()
+        try:
+            drop_database(server, "absurd_cli_scale")
+        finally:
+            server.stop()
     return 0
 
 

@@ -10,6 +10,7 @@ prints the median and worst of several requests. Target: every page's median <= 
     python benchmarks/habitat_scale.py                 # 1,000,000 tasks, embedded PG 18
     python benchmarks/habitat_scale.py --tasks 100000 --rounds 5
     python benchmarks/habitat_scale.py --dsn postgresql://user@host/postgres
+    python -m benchmarks.habitat_scale --tasks 100000   # the same, as a module
 
 Exit status: 0 when every page meets the target, 1 otherwise.
 """
@@ -25,13 +26,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file (python benchmarks/habitat_scale.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
-
-from absurd import schema  # noqa: E402
+from absurd import schema
+from benchmarks.harness.server import drop_database, fresh_database, start_server
 
 QUEUE = "bench"
 TARGET_MS = 200.0
@@ -198,29 +199,19 @@ def main() -> int:
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
-    embedded = None
-    server = args.dsn
-    if server is None:
-        from absurd.embedded import start_embedded
-
-        embedded = start_embedded()
-        server = embedded.dsn
+    server = start_server(args.dsn)
     dbname = f"habitat_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as c:
-        c.execute(f'create database "{dbname}"')
-    params = conninfo_to_dict(server)
-    params["dbname"] = dbname
-    dsn = make_conninfo(**params)  # type: ignore[arg-type]
     try:
+        dsn = fresh_database(server, dbname)
         print(f"filling queue {QUEUE!r} with {args.tasks:,} tasks", flush=True)
         ids = fill(dsn, args.tasks)
         print(f"server time per page ({args.rounds} requests each, TestClient in-process)")
         results = measure(dsn, ids, args.rounds)
     finally:
-        with psycopg.connect(server, autocommit=True) as c:
-            c.execute(f'drop database if exists "{dbname}" with (force)')
-        if embedded is not None:
-            embedded.stop()
+        try:
+            drop_database(server, dbname)
+        finally:
+            server.stop()
     slow = [r for r in results if r["median_ms"] > TARGET_MS]
     if args.out:
         Path(args.out).write_text(json.dumps({"tasks": args.tasks, "pages": results}, indent=2))

@@ -17,6 +17,7 @@ embedded PostgreSQL 18.
 
     python benchmarks/retention.py                 # 1,000,000 tasks (several minutes)
     python benchmarks/retention.py --tasks 100000
+    python -m benchmarks.retention --tasks 100000  # the same, as a module
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a file (python benchmarks/retention.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from absurd import schema
 from absurd.maintenance import maintain_once
+from benchmarks.harness.server import Server, drop_database, fresh_database, start_server
 
 NOW = dt.datetime(2031, 6, 4, 12, tzinfo=dt.timezone.utc)
 CREATED = NOW - dt.timedelta(days=60)  # a Monday-to-Monday week, 60 days back
@@ -93,13 +99,9 @@ def measure(conn: psycopg.Connection[Any], queue: str) -> dict[str, Any]:
     }
 
 
-def run(server_dsn: str, n: int, batch: int) -> dict[str, Any]:
+def run(server: Server, n: int, batch: int) -> dict[str, Any]:
     db = f"absurd_retention_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as c:
-        c.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
-    params = conninfo_to_dict(server_dsn)
-    params["dbname"] = db
-    dsn = make_conninfo(**params)  # type: ignore[arg-type]
+    dsn = fresh_database(server, db)
     results: dict[str, Any] = {"tasks": n, "batch": batch}
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -124,8 +126,7 @@ def run(server_dsn: str, n: int, batch: int) -> dict[str, Any]:
                 )
             results["server"] = conn.execute("select version()").fetchone()[0]  # type: ignore[index]
     finally:
-        with psycopg.connect(server_dsn, autocommit=True) as c:
-            c.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(db)))
+        drop_database(server, db)
     return results
 
 
@@ -135,14 +136,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="cleanup_limit (rows mode)")
     parser.add_argument("--dsn", help="maintenance database of the server to use")
     args = parser.parse_args()
-    if args.dsn:
-        print(json.dumps(run(args.dsn, args.tasks, args.batch), indent=2))
-        return
-    from absurd.embedded import start_embedded
-
-    server = start_embedded()
+    server = start_server(args.dsn)
     try:
-        print(json.dumps(run(server.dsn, args.tasks, args.batch), indent=2))
+        print(json.dumps(run(server, args.tasks, args.batch), indent=2))
     finally:
         server.stop()
 

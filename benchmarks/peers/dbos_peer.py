@@ -15,12 +15,16 @@ import logging
 import os
 import random
 import resource
-import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from dbos import DBOS, DBOSClient, DBOSConfig
+
+# The harness's statistics (standard library only) from the repository, not an install.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness.stats import latency_summary
 
 CMD: dict[str, Any] = json.loads(sys.argv[1])
 STEPS = int(CMD.get("steps", 1))
@@ -129,7 +133,7 @@ def pickup() -> dict[str, Any]:
         if k >= int(CMD["warmup"]):
             lat.append((started - committed) * 1000)
     DBOS.destroy(workflow_completion_timeout_sec=0)
-    return summary(lat)
+    return latency_summary(lat)
 
 
 def event() -> dict[str, Any]:
@@ -145,21 +149,7 @@ def event() -> dict[str, Any]:
         if k >= int(CMD["warmup"]):
             lat.append((resumed - sent) * 1000)
     DBOS.destroy(workflow_completion_timeout_sec=0)
-    return summary(lat)
-
-
-def summary(lat: list[float]) -> dict[str, Any]:
-    lat_sorted = sorted(lat)
-
-    def pct(p: float) -> float:
-        return lat_sorted[min(len(lat_sorted) - 1, round(p * (len(lat_sorted) - 1)))]
-
-    return {
-        "samples": len(lat),
-        "p50_ms": round(statistics.median(lat), 2),
-        "p99_ms": round(pct(0.99), 2),
-        "max_ms": round(max(lat), 2),
-    }
+    return latency_summary(lat)
 
 
 def main() -> None:
