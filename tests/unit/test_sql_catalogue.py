@@ -17,9 +17,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 #: Where the SQL is allowed: the catalogue itself and its loader.
 CATALOGUE = {SRC / "absurd" / "queries.py"}
-#: The SDK's statements move into the catalogue on their own branch; until that lands
-#: its two directories are not checked. Remove this exclusion when the SDK has moved.
-PENDING_SDK_DIRS = (SRC / "absurd" / "_async", SRC / "absurd" / "_sync")
 
 #: ``absurd.name(`` or ``absurd."name"(`` (prose such as "absurd.sql (the file)" is not).
 CALL = re.compile(r'\babsurd\s*\.\s*(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)\(', re.IGNORECASE)
@@ -61,11 +58,11 @@ def _texts(tree: ast.Module) -> Iterator[tuple[int, str]]:
             yield node.lineno, node.value
 
 
-def offences(root: Path, exclude: tuple[Path, ...] = PENDING_SDK_DIRS) -> list[str]:
+def offences(root: Path) -> list[str]:
     """``path:line: text`` of every string under ``root`` that calls an absurd function."""
     out = []
     for path in sorted(root.rglob("*.py")):
-        if path in CATALOGUE or any(path.is_relative_to(d) for d in exclude):
+        if path in CATALOGUE:
             continue
         tree = ast.parse(path.read_text("utf-8"), str(path))
         for line, text in _texts(tree):
@@ -90,10 +87,5 @@ def test_the_check_sees_literals_fstrings_and_composed_sql(tmp_path: Path) -> No
         'e = "absurd." + "x"\n',
         "utf-8",
     )
-    found = offences(tmp_path, exclude=())
+    found = offences(tmp_path)
     assert sorted(f.split(":")[1] for f in found) == ["2", "3", "4"], found
-
-
-def test_pending_sdk_dirs_are_exactly_the_sdk() -> None:
-    assert all(d.is_dir() for d in PENDING_SDK_DIRS)
-    assert {d.name for d in PENDING_SDK_DIRS} == {"_async", "_sync"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -70,17 +71,27 @@ class AsyncAbsurd:
         else:
             self.db = Database(conn_or_url, None, pool_size)
 
-    # absurdctl (absurd.cli) reads these three: the database's, under their old names.
-    @property
-    def _url(self) -> str | None:
-        return self.db.url
-
-    @property
-    def _pool_size(self) -> int:
-        return self.db.pool_size
-
-    def _listen_dsn(self) -> str:
-        return self.db.listen_dsn()
+    def for_queue(self, queue_name: str) -> AsyncAbsurd:
+        """A client like this one (same database, settings and tasks) working on
+        ``queue_name``: the tasks registered for this client's queue run there, the
+        others keep their queues. A worker runs its client's queue, so a process that
+        serves several queues runs one client per queue (``absurdctl worker -q``)."""
+        queue = logic.validate_queue_name(queue_name)
+        if queue == self.queue_name:
+            return self
+        clone = type(self)(
+            self.db.listen_dsn(),
+            queue,
+            self.default_max_attempts,
+            self.hooks,
+            serializer=self.serializer,
+            pool_size=self.db.pool_size,
+        )
+        clone._registry = {
+            name: dataclasses.replace(task, queue=queue) if task.queue == self.queue_name else task
+            for name, task in self._registry.items()
+        }
+        return clone
 
     @property
     def _pool(self) -> compat.ConnectionPool | None:
@@ -189,7 +200,7 @@ class AsyncAbsurd:
             await self.db.rows(q.QUEUE_POLICY_SET, {"queue": queue, "policy": json.dumps(body)})
 
     async def get_queue_policy(self, queue_name: str | None = None) -> QueuePolicy | None:
-        rows = await self.db.rows(q.QUEUE_POLICY_GET, (self._queue(queue_name),))
+        rows = await self.db.rows(q.QUEUE_POLICY_GET_COMPAT, (self._queue(queue_name),))
         return rows[0] if rows else None  # type: ignore[return-value]
 
     async def drop_queue(self, queue_name: str | None = None) -> None:
@@ -358,12 +369,18 @@ class AsyncAbsurd:
             body["spawn_new"] = True
         row = await self.db.one(
             q.TASK_RETRY,
-            {"queue": self._queue(queue_name), "task_id": str(task_id), "options": json.dumps(body)},
+            {
+                "queue": self._queue(queue_name),
+                "task_id": str(task_id),
+                "options": json.dumps(body),
+            },
         )
         return _spawn_result(row)
 
     async def cancel_task(self, task_id: Any, queue_name: str | None = None) -> None:
-        await self.db.rows(q.TASK_CANCEL, {"queue": self._queue(queue_name), "task_id": str(task_id)})
+        await self.db.rows(
+            q.TASK_CANCEL, {"queue": self._queue(queue_name), "task_id": str(task_id)}
+        )
 
     # -- claiming and running --------------------------------------------------
     async def claim_tasks(

@@ -1,9 +1,11 @@
 """Every statement the SDK sends, by name: the ``SDK`` section of ``sql/queries.sql``,
-read once at import (a constant per block, its name in capitals).
+and the tools' blocks that do the same thing, read once at import (a constant per
+block, its name in capitals).
 
 Plain strings, so a call costs no more than an inline literal did. Most take
-positional parameters; the few shared with the tools' blocks take named ones. Both flavours (``absurd._async`` and the generated ``absurd._sync``) read
-them from here, at call time (``statements.RUN_COMPLETE``), so a test can swap one.
+positional parameters; the blocks shared with the tools take named ones. Both
+flavours (``absurd._async`` and the generated ``absurd._sync``) read them from here,
+at call time (``statements.RUN_COMPLETE``), so a test can swap one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ CLOCK_NOW = statement("clock_now")
 QUEUE_CREATE = statement("queue_create")
 QUEUE_DROP = statement("queue_drop")
 QUEUE_LIST_NAMES = statement("queue_list_names")
-QUEUE_POLICY_GET = statement("queue_policy_get_compat")
+QUEUE_POLICY_GET_COMPAT = statement("queue_policy_get_compat")
 QUEUE_POLICY_SET = statement("queue_policy_set")
 QUEUE_CHANNEL = statement("queue_channel")
 QUEUE_NEXT_WAKE = statement("queue_next_wake")

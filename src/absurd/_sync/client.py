@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -71,17 +72,27 @@ class Absurd:
         else:
             self.db = Database(conn_or_url, None, pool_size)
 
-    # absurdctl (absurd.cli) reads these three: the database's, under their old names.
-    @property
-    def _url(self) -> str | None:
-        return self.db.url
-
-    @property
-    def _pool_size(self) -> int:
-        return self.db.pool_size
-
-    def _listen_dsn(self) -> str:
-        return self.db.listen_dsn()
+    def for_queue(self, queue_name: str) -> Absurd:
+        """A client like this one (same database, settings and tasks) working on
+        ``queue_name``: the tasks registered for this client's queue run there, the
+        others keep their queues. A worker runs its client's queue, so a process that
+        serves several queues runs one client per queue (``absurdctl worker -q``)."""
+        queue = logic.validate_queue_name(queue_name)
+        if queue == self.queue_name:
+            return self
+        clone = type(self)(
+            self.db.listen_dsn(),
+            queue,
+            self.default_max_attempts,
+            self.hooks,
+            serializer=self.serializer,
+            pool_size=self.db.pool_size,
+        )
+        clone._registry = {
+            name: dataclasses.replace(task, queue=queue) if task.queue == self.queue_name else task
+            for name, task in self._registry.items()
+        }
+        return clone
 
     @property
     def _pool(self) -> compat.ConnectionPool | None:
@@ -190,7 +201,7 @@ class Absurd:
             self.db.rows(q.QUEUE_POLICY_SET, {"queue": queue, "policy": json.dumps(body)})
 
     def get_queue_policy(self, queue_name: str | None = None) -> QueuePolicy | None:
-        rows = self.db.rows(q.QUEUE_POLICY_GET, (self._queue(queue_name),))
+        rows = self.db.rows(q.QUEUE_POLICY_GET_COMPAT, (self._queue(queue_name),))
         return rows[0] if rows else None  # type: ignore[return-value]
 
     def drop_queue(self, queue_name: str | None = None) -> None:

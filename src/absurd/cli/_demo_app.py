@@ -32,7 +32,7 @@ app = Absurd(queue_name=QUEUE)  # the database comes from ABSURD_DATABASE_URL
 
 def record(task_id: object, step: str) -> str:
     """The step's side effect: one row per completed execution."""
-    with psycopg.connect(app._url or "", autocommit=True) as conn:
+    with psycopg.connect(app.db.url or "", autocommit=True) as conn:
         conn.execute(
             "insert into demo_effects (task_id, step, pid) values (%s, %s, %s)",
             (task_id, step, os.getpid()),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
 import logging
 import os
@@ -40,26 +39,8 @@ def load_app(spec: str) -> Absurd | AsyncAbsurd:
 
 
 def for_queue(app: Any, queue: str) -> Any:
-    """A client like ``app`` (same database, settings, tasks) working on ``queue``.
-
-    Workers run the tasks of their client's queue, so each queue gets its own client.
-    """
-    if queue == app.queue_name:
-        return app
-    clone = type(app)(
-        app._listen_dsn(),
-        queue,
-        app.default_max_attempts,
-        app.hooks,
-        serializer=app.serializer,
-        pool_size=app._pool_size,
-    )
-    # Tasks registered for the app's own queue run on this one; others keep theirs.
-    clone._registry = {
-        name: dataclasses.replace(task, queue=queue) if task.queue == app.queue_name else task
-        for name, task in app._registry.items()
-    }
-    return clone
+    """A client like ``app`` (same database, settings, tasks) working on ``queue``."""
+    return app.for_queue(queue)
 
 
 def _run_sync(apps: list[Absurd], options: dict[str, Any]) -> None:
