@@ -20,6 +20,7 @@ from absurd import queries, schema
 from tests.conftest import Connect
 from tests.engine.test_plans import full_queue, plan_nodes
 from tests.habitat.test_plans import CASES as HABITAT_CASES
+from tests.unit.test_statements import sdk_names
 
 __all__ = ["full_queue"]  # the fixture, imported for pytest
 
@@ -109,8 +110,10 @@ ROLES: dict[str, dict[str, Any]] = {
 
 
 def test_every_named_query_is_planned_by_a_test() -> None:
-    """Each block of queries.sql is EXPLAINed here or in tests/habitat/test_plans.py."""
-    groups = [set(CASES), set(GLOBAL), set(ROLES), set(HABITAT_CASES)]
+    """Each block of queries.sql is EXPLAINed here or in tests/habitat/test_plans.py,
+    but for the SDK's section: calls of stored functions, whose statements the engine's
+    plan tests cover, sent by the SDK's own tests (tests/unit/test_statements.py)."""
+    groups = [set(CASES), set(GLOBAL), set(ROLES), set(HABITAT_CASES), set(sdk_names())]
     assert sum(len(g) for g in groups) == len(set().union(*groups)), "a name in two groups"
     assert set().union(*groups) == set(queries.names())
 

@@ -103,9 +103,11 @@ def test_queue_policy_usage_errors_and_missing_queue(cli: Cli, pqueue: str) -> N
 
 
 @pytest.fixture
-def later(monkeypatch: pytest.MonkeyPatch) -> dt.datetime:
+def later(monkeypatch: pytest.MonkeyPatch, conn: psycopg.Connection[Any]) -> dt.datetime:
     """Moves the CLI's clock (absurd.fake_now, through PGOPTIONS) 60 days forward."""
-    when = dt.datetime.now(dt.UTC) + dt.timedelta(days=60)
+    row = conn.execute("select absurd.current_time() + interval '60 days'").fetchone()
+    assert row is not None
+    when: dt.datetime = row[0]
     monkeypatch.setenv("PGOPTIONS", f"-c absurd.fake_now={when.isoformat()}")
     return when
 
@@ -165,7 +167,7 @@ def test_detach_candidate_drop(
 
 def test_cleanup_removes_old_finished_keeps_live(cli: Cli, engine: Engine) -> None:
     e = engine
-    e.set_time(dt.datetime.now(dt.UTC) - dt.timedelta(days=40))
+    e.set_time(e.now() - dt.timedelta(days=40))  # the engine's clock, not this machine's
     done = [e.spawn("done") for _ in range(3)]
     for _ in done:
         e.complete(e.claim_one()["run_id"], {"ok": True})

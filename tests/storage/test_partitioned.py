@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from absurd.maintenance import maintain_once
 from tests.engine._engine import Engine
 from tests.storage.conftest import partitions, week_tags
 
@@ -232,8 +233,8 @@ def test_list_detach_candidates_follows_policy(conn: psycopg.Connection[Any], pq
         (pqueue, '{"detach_mode": "empty", "detach_min_age": "0"}'),
     )
     conn.execute(
-        "select set_config('absurd.fake_now', %s, false)",
-        ((dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=60)).isoformat(),),
+        "select set_config('absurd.fake_now', (absurd.current_time() + interval '60 days')::text,"
+        " false)"
     )
     rows = conn.execute("select * from absurd.list_detach_candidates(%s)", (pqueue,)).fetchall()
     assert rows and all(r[0] == pqueue and r[2].startswith(r[1] + "_") for r in rows)
@@ -273,17 +274,26 @@ def utc_weeks(
         ("America/New_York", "2027-11-01 00:30:00+00"),
     ],
 )
+@pytest.mark.parametrize("provision", ["ensure_partitions", "maintain_once"])
 def test_weeks_are_utc_weeks_across_a_daylight_saving_change(
-    conn: psycopg.Connection[Any], pqueue: str, zone: str, at: str
+    conn: psycopg.Connection[Any], pqueue: str, zone: str, at: str, provision: str
 ) -> None:
-    """Provisioned from a session in a zone whose clocks change within the window,
-    every week is created, and each runs from Monday 00:00 UTC to the next."""
+    """Provisioned from a session in a zone whose clocks change within the window, by
+    the engine or by storage maintenance, every week is created, and each runs from
+    Monday 00:00 UTC to the next."""
     conn.execute("select set_config('timezone', %s, false)", (zone,))
     conn.execute("select set_config('absurd.fake_now', %s, false)", (at,))
-    conn.execute("select absurd.ensure_partitions(%s)", (pqueue,))
+    for table in partitions(conn, pqueue):
+        if not table.endswith("_d"):
+            conn.execute(f'drop table absurd."{table}"')
+    if provision == "ensure_partitions":
+        conn.execute("select absurd.ensure_partitions(%s)", (pqueue,))
+    else:
+        assert maintain_once(conn, queues=[pqueue]).queues[0].errors == []
     for prefix in "trcw":
         start = dt.datetime.fromisoformat(at) - dt.timedelta(days=7)
-        weeks = [w for w in utc_weeks(conn, pqueue, prefix) if w[0] >= start]
+        end = dt.datetime.fromisoformat(at) + dt.timedelta(days=28)
+        weeks = [w for w in utc_weeks(conn, pqueue, prefix) if start <= w[0] <= end]
         assert len(weeks) == 5, weeks  # this week and four ahead (28 days)
         for lower, upper in weeks:
             assert lower.weekday() == 0

@@ -101,12 +101,15 @@ create table if not exists absurd.task_watchers (
 -- Utilities
 -- -----------------------------------------------------------------------------
 
--- Now, or the fake time in the session setting absurd.fake_now (tests, demos).
--- Fake time (absurd.fake_now) is for tests and tools run by the schema's owner
--- or a superuser. A restricted role (absurd_worker, docs/security.md) must not
--- move the engine's clock: it could make other workers' leases look expired.
-create or replace function absurd._fake_time(p_value text)
-returns timestamptz
+-- Now; or the fake time of the session setting absurd.fake_now (a frozen instant:
+-- tests, demos); or, with absurd.fake_offset (an interval), a clock that runs on from
+-- now + offset (the test suite's simulated dates: ALTER DATABASE ... SET gives it to
+-- every session, pooled and worker ones included). absurd.fake_now wins when both
+-- are set. Fake time is for tests and tools run by the schema's owner or a
+-- superuser. A restricted role (absurd_worker, docs/security.md) must not move the
+-- engine's clock: it could make other workers' leases look expired.
+create or replace function absurd._fake_clock_allowed(p_setting text)
+returns void
 language plpgsql
 stable
 as $$
@@ -115,10 +118,31 @@ begin
      and not pg_has_role(session_user,
                          (select nspowner from pg_namespace where nspname = 'absurd'), 'USAGE') then
     raise exception using errcode = '42501',
-      message = format('absurd.fake_now is honoured only for superusers and the absurd schema''s owner, not for role "%s"', session_user),
-      hint = 'Unset absurd.fake_now: fake time is for tests.';
+      message = format('%s is honoured only for superusers and the absurd schema''s owner, not for role "%s"', p_setting, session_user),
+      hint = format('Unset %s: fake time is for tests.', p_setting);
   end if;
+end;
+$$;
+
+create or replace function absurd._fake_time(p_value text)
+returns timestamptz
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._fake_clock_allowed('absurd.fake_now');
   return p_value::timestamptz;
+end;
+$$;
+
+create or replace function absurd._fake_offset(p_value text)
+returns interval
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._fake_clock_allowed('absurd.fake_offset');
+  return p_value::interval;
 end;
 $$;
 
@@ -128,9 +152,12 @@ language sql
 volatile
 as $$
   -- One expression, no FROM: PostgreSQL inlines it (a subquery made each call ~5x dearer).
-  select case when nullif(btrim(current_setting('absurd.fake_now', true)), '') is null
-    then clock_timestamp()
-    else absurd._fake_time(btrim(current_setting('absurd.fake_now', true))) end;
+  select case
+    when nullif(btrim(current_setting('absurd.fake_now', true)), '') is not null
+      then absurd._fake_time(btrim(current_setting('absurd.fake_now', true)))
+    when nullif(btrim(current_setting('absurd.fake_offset', true)), '') is not null
+      then clock_timestamp() + absurd._fake_offset(btrim(current_setting('absurd.fake_offset', true)))
+    else clock_timestamp() end;
 $$;
 
 alter table absurd.queues alter column created_at set default absurd.current_time();
@@ -232,7 +259,8 @@ as $$
     'hex')::uuid;
 $$;
 
--- portable_uuidv7: PostgreSQL 18's native uuidv7() when there is no fake time,
+-- portable_uuidv7: PostgreSQL 18's native uuidv7() when there is no fake time
+-- (absurd.fake_now or absurd.fake_offset),
 -- else a v7 UUID built from absurd.current_time().
 do $$
 begin
@@ -242,6 +270,7 @@ begin
       returns uuid language sql volatile as $b$
         select case
           when nullif(btrim(current_setting('absurd.fake_now', true)), '') is null
+               and nullif(btrim(current_setting('absurd.fake_offset', true)), '') is null
             then pg_catalog.uuidv7()
           else absurd._uuidv7_at(absurd.current_time()) end;
       $b$;

@@ -253,9 +253,10 @@ select inhdetachpending as pending from pg_inherits where inhrelid = to_regclass
 select absurd.drop_detached_partition(%(partition)s)
 
 -- name: partition_week_list --
--- The weeks (UTC Monday buckets) from `lookback` before now to `lookahead` after.
+-- The weeks (UTC Monday buckets) from `lookback` before now to `lookahead` after,
+-- stepped in hours: '7 days' would follow the session time zone's daylight saving.
 select generate_series(absurd.week_bucket_utc(n - %(lookback)s::interval),
-  absurd.week_bucket_utc(n + %(lookahead)s::interval), interval '7 days') as week
+  absurd.week_bucket_utc(n + %(lookahead)s::interval), interval '168 hours') as week
 from absurd.current_time() n
 
 -- name: partition_week_add --
