@@ -155,8 +155,8 @@ def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
         for cls in CLASSES
     }
     assert extras == {
-        "Absurd": ["execute_task", "spawn_many"],
-        "AsyncAbsurd": ["execute_task", "spawn_many"],
+        "Absurd": ["execute_task", "for_queue", "spawn_many"],
+        "AsyncAbsurd": ["execute_task", "for_queue", "spawn_many"],
         "TaskContext": ["await_all", "await_first", "map", "spawn"],
         "AsyncTaskContext": ["await_all", "await_first", "map", "spawn"],
     }
