@@ -1621,12 +1621,13 @@ begin
       end if;
       if v_k = 2 then v_lo := v_i; else v_hi := v_i; end if;
     end loop;
+    -- "*" and "a/s" run to the field's end (Saturday, 6, for day-of-week);
+    -- a lone "a" is just a
     if v_m[1] is not null then
       v_lo := p_min;
-      v_hi := p_max;
+      v_hi := p_min + v_size - 1;
     elsif v_m[3] is null then
-      -- "a/s" runs from a to the field's end; a lone "a" is just a
-      v_hi := case when v_m[4] is null then v_lo else p_max end;
+      v_hi := case when v_m[4] is null then v_lo else p_min + v_size - 1 end;
     elsif v_lo > v_hi then
       perform absurd._raise('AB017', format('Invalid cron expression "%s": %s field "%s": range %s-%s runs backwards',
         left(p_expr, 100), p_field, left(p_text, 100), v_lo, v_hi));
