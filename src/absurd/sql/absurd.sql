@@ -1594,6 +1594,9 @@ declare
   -- a step may be as long as the field (day-of-week has 7 days, though 7 = 0)
   v_size integer := least(p_max - p_min + 1, case when p_names[1] = 'SUN' then 7 end);
 begin
+  if p_text = '*' then
+    return array(select generate_series(p_min, p_min + v_size - 1));
+  end if;
   foreach v_item in array string_to_array(p_text, ',') loop
     v_m := regexp_match(v_item,
       '^(?:(\*)|([A-Za-z0-9]{1,3})(?:-([A-Za-z0-9]{1,3}))?)(?:/([0-9]{1,3}))?$');
@@ -1639,6 +1642,9 @@ begin
     end if;
     v_vals := v_vals || array(select generate_series(v_lo, v_hi, v_step));
   end loop;
+  if strpos(p_text, ',') = 0 then
+    return v_vals;  -- one item: already sorted and distinct
+  end if;
   return array(select distinct v from unnest(v_vals) v order by v);
 end;
 $$;
