@@ -33,6 +33,7 @@ from absurd.errors import (
     CancelledTask,
     FailedTask,
     InvalidArgument,
+    InvalidCronExpression,
     InvalidQueueName,
     InvalidQueuePolicy,
     InvalidRetryStrategy,
@@ -49,6 +50,7 @@ from absurd.errors import (
     TaskNotFound,
     TaskStateConflict,
     TimeoutError,
+    UnknownTimeZone,
     UnsupportedStorageMode,
 )
 from absurd.schema import SCHEMA_VERSION, install, installed_version, migrate, schema_sql
@@ -67,6 +69,7 @@ __all__ = [
     "CreateQueueOptions",
     "FailedTask",
     "InvalidArgument",
+    "InvalidCronExpression",
     "InvalidQueueName",
     "InvalidQueuePolicy",
     "InvalidRetryStrategy",
@@ -95,6 +98,7 @@ __all__ = [
     "TaskResultState",
     "TaskStateConflict",
     "TimeoutError",
+    "UnknownTimeZone",
     "UnsupportedStorageMode",
     "Worker",
     "get_current_context",

@@ -15,7 +15,9 @@ Errors (catch them with ``except AbsurdError`` or ``except Exception``)::
      ├── RunStateConflict             AB012
      ├── RunTaskMismatch              AB013
      ├── InvalidArgument              AB003, AB014, AB015, 22P02, 54000 (also a ValueError)
-     │    └── InvalidRetryStrategy    AB003
+     │    ├── InvalidRetryStrategy    AB003
+     │    ├── InvalidCronExpression   AB017
+     │    └── UnknownTimeZone         AB018
      ├── SerializationError           a value that cannot be stored as JSON
      ├── TimeoutError                 a wait timed out (also the builtin TimeoutError)
      └── TaskNotFinished              a task result was asked for too early
@@ -45,6 +47,7 @@ __all__ = [
     "CancelledTask",
     "FailedTask",
     "InvalidArgument",
+    "InvalidCronExpression",
     "InvalidQueueName",
     "InvalidQueuePolicy",
     "InvalidRetryStrategy",
@@ -61,6 +64,7 @@ __all__ = [
     "TaskNotFound",
     "TaskStateConflict",
     "TimeoutError",
+    "UnknownTimeZone",
     "UnsupportedStorageMode",
     "translate",
 ]
@@ -156,6 +160,18 @@ class InvalidRetryStrategy(InvalidArgument):
     """The retry strategy is invalid."""
 
     sqlstate = "AB003"
+
+
+class InvalidCronExpression(InvalidArgument):
+    """The cron expression is invalid."""
+
+    sqlstate = "AB017"
+
+
+class UnknownTimeZone(InvalidArgument):
+    """The time zone is not in PostgreSQL's time-zone database (pg_timezone_names)."""
+
+    sqlstate = "AB018"
 
 
 class SerializationError(AbsurdError, TypeError):

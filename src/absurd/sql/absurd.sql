@@ -1562,6 +1562,385 @@ as $$
 $$;
 
 -- -----------------------------------------------------------------------------
+-- Cron: expressions evaluated in an IANA time zone (internal; see docs/engine.md)
+--
+-- Fields: [second] minute hour day-of-month month day-of-week. A field is a list
+-- of items: *, n, a-b, */s, a-b/s, a/s (a to the field's end); JAN-DEC and
+-- SUN-SAT by name; day-of-week 7 is Sunday. Day-of-month and day-of-week
+-- restrict with OR when both are restricted (neither covers its whole range).
+-- Matching runs on local wall-clock time; the DST policy maps it to instants:
+-- a repeated local time fires once, at its first occurrence; a local time in a
+-- gap fires at the first instant after the gap (all of a gap's times fire once).
+-- -----------------------------------------------------------------------------
+
+-- The sorted distinct values of one cron field, or AB017 naming the field.
+create or replace function absurd._cron_field(
+  p_expr text, p_field text, p_text text, p_min integer, p_max integer, p_names text[]
+)
+returns integer[]
+language plpgsql
+immutable
+as $$
+declare
+  v_item text;
+  v_m text[];
+  v_lo integer;
+  v_hi integer;
+  v_step integer;
+  v_vals integer[] := '{}';
+  v_bound text;
+  v_i integer;
+  v_k integer;
+  -- a step may be as long as the field (day-of-week has 7 days, though 7 = 0)
+  v_size integer := least(p_max - p_min + 1, case when p_names[1] = 'SUN' then 7 end);
+begin
+  if p_text = '*' then
+    return array(select generate_series(p_min, p_min + v_size - 1));
+  end if;
+  foreach v_item in array string_to_array(p_text, ',') loop
+    v_m := regexp_match(v_item,
+      '^(?:(\*)|([A-Za-z0-9]{1,3})(?:-([A-Za-z0-9]{1,3}))?)(?:/([0-9]{1,3}))?$');
+    if v_m is null then
+      perform absurd._raise('AB017', format('Invalid cron expression "%s": %s field "%s": %s',
+        left(p_expr, 100), p_field, left(p_text, 100),
+        case when v_item = '' then 'empty list item'
+             else format('"%s" is not a value, range or step', left(v_item, 40)) end));
+    end if;
+    for v_k in 2..3 loop
+      v_bound := v_m[v_k];
+      continue when v_bound is null;
+      if v_bound ~ '^[0-9]+$' then
+        v_i := v_bound::integer;
+      elsif p_names is not null and upper(v_bound) = any(p_names) then
+        v_i := array_position(p_names, upper(v_bound)) - 1 + p_min;
+      else
+        perform absurd._raise('AB017', format('Invalid cron expression "%s": %s field "%s": "%s" is not a %s',
+          left(p_expr, 100), p_field, left(p_text, 100), v_bound,
+          case when p_names is null then 'number' else 'number or name' end));
+      end if;
+      if v_i < p_min or v_i > p_max then
+        perform absurd._raise('AB017', format('Invalid cron expression "%s": %s field "%s": %s is out of range %s-%s',
+          left(p_expr, 100), p_field, left(p_text, 100), v_i, p_min, p_max));
+      end if;
+      if v_k = 2 then v_lo := v_i; else v_hi := v_i; end if;
+    end loop;
+    -- "*" and "a/s" run to the field's end (Saturday, 6, for day-of-week);
+    -- a lone "a" is just a
+    if v_m[1] is not null then
+      v_lo := p_min;
+      v_hi := p_min + v_size - 1;
+    elsif v_m[3] is null then
+      v_hi := case when v_m[4] is null then v_lo else p_min + v_size - 1 end;
+    elsif v_lo > v_hi then
+      perform absurd._raise('AB017', format('Invalid cron expression "%s": %s field "%s": range %s-%s runs backwards',
+        left(p_expr, 100), p_field, left(p_text, 100), v_lo, v_hi));
+    end if;
+    v_step := coalesce(v_m[4]::integer, 1);
+    if v_step < 1 or v_step > v_size then
+      perform absurd._raise('AB017', format('Invalid cron expression "%s": %s field "%s": step %s is not between 1 and %s',
+        left(p_expr, 100), p_field, left(p_text, 100), v_step, v_size));
+    end if;
+    v_vals := v_vals || array(select generate_series(v_lo, v_hi, v_step));
+  end loop;
+  if strpos(p_text, ',') = 0 then
+    return v_vals;  -- one item: already sorted and distinct
+  end if;
+  return array(select distinct v from unnest(v_vals) v order by v);
+end;
+$$;
+
+-- A cron expression as value sets (sorted arrays), or AB017.
+create or replace function absurd._cron_spec(
+  p_expr text,
+  out seconds integer[], out minutes integer[], out hours integer[],
+  out days integer[], out months integer[], out weekdays integer[],
+  out days_restricted boolean, out weekdays_restricted boolean
+)
+language plpgsql
+immutable
+as $$
+declare
+  v_text text;
+  v_fields text[];
+begin
+  if p_expr is null or length(p_expr) > 1000 then
+    perform absurd._raise('AB017', format('Invalid cron expression "%s": %s', left(p_expr, 100),
+      case when p_expr is null then 'it must be provided' else 'longer than 1000 characters' end));
+  end if;
+  v_text := lower(btrim(p_expr, E' \t\r\n'));
+  if left(v_text, 1) = '@' then
+    v_text := case v_text
+      when '@yearly' then '0 0 1 1 *' when '@annually' then '0 0 1 1 *'
+      when '@monthly' then '0 0 1 * *' when '@weekly' then '0 0 * * 0'
+      when '@daily' then '0 0 * * *' when '@midnight' then '0 0 * * *'
+      when '@hourly' then '0 * * * *' end;
+    if v_text is null then
+      perform absurd._raise('AB017', format('Invalid cron expression "%s": unknown macro (use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly)',
+        left(p_expr, 100)));
+    end if;
+  end if;
+  v_fields := case when v_text = '' then '{}'::text[] else regexp_split_to_array(v_text, E'[ \t\r\n]+') end;
+  if cardinality(v_fields) = 5 then
+    v_fields := '0'::text || v_fields;
+  elsif cardinality(v_fields) <> 6 then
+    perform absurd._raise('AB017', format('Invalid cron expression "%s": expected 5 fields (minute hour day-of-month month day-of-week) or 6 (a leading second), got %s',
+      left(p_expr, 100), cardinality(v_fields)));
+  end if;
+  seconds := absurd._cron_field(p_expr, 'second', v_fields[1], 0, 59, null);
+  minutes := absurd._cron_field(p_expr, 'minute', v_fields[2], 0, 59, null);
+  hours := absurd._cron_field(p_expr, 'hour', v_fields[3], 0, 23, null);
+  days := absurd._cron_field(p_expr, 'day-of-month', v_fields[4], 1, 31, null);
+  months := absurd._cron_field(p_expr, 'month', v_fields[5], 1, 12,
+    '{JAN,FEB,MAR,APR,MAY,JUN,JUL,AUG,SEP,OCT,NOV,DEC}');
+  weekdays := absurd._cron_field(p_expr, 'day-of-week', v_fields[6], 0, 7,
+    '{SUN,MON,TUE,WED,THU,FRI,SAT}');
+  if 7 = any(weekdays) then
+    weekdays := array(select distinct v % 7 from unnest(weekdays) v order by 1);
+  end if;
+  days_restricted := cardinality(days) < 31;
+  weekdays_restricted := cardinality(weekdays) < 7;
+end;
+$$;
+
+-- The normalised form of a cron expression (jsonb), or AB017: the allowed values
+-- of each field, and whether day-of-month / day-of-week restrict the day.
+create or replace function absurd._cron_parse(p_expr text)
+returns jsonb
+language sql
+immutable
+as $$
+  select jsonb_build_object('second', to_jsonb(s.seconds), 'minute', to_jsonb(s.minutes),
+    'hour', to_jsonb(s.hours), 'dom', to_jsonb(s.days), 'month', to_jsonb(s.months),
+    'dow', to_jsonb(s.weekdays), 'dom_restricted', s.days_restricted,
+    'dow_restricted', s.weekdays_restricted)
+  from absurd._cron_spec(p_expr) s;
+$$;
+
+-- p_timezone if it names a zone of pg_timezone_names, else AB018. That view reads
+-- the whole zone database (tens of ms), so names found are remembered for the
+-- session in the setting absurd.cron_zones.
+create or replace function absurd._cron_zone(p_timezone text)
+returns text
+language plpgsql
+stable
+as $$
+declare
+  v_known text := coalesce(current_setting('absurd.cron_zones', true), '');
+begin
+  if p_timezone = 'UTC' or position('|' || p_timezone || '|' in v_known) > 0 then
+    return p_timezone;
+  end if;
+  if p_timezone is null or p_timezone !~ '^[A-Za-z0-9_+./-]{1,64}$'
+     or not exists (select 1 from pg_timezone_names where name = p_timezone) then
+    perform absurd._raise('AB018', format('Unknown time zone "%s"', left(absurd._show(p_timezone), 100)),
+      'Use an IANA zone name from pg_timezone_names, such as Europe/Berlin or UTC.');
+  end if;
+  if length(v_known) > 2000 then
+    v_known := '';
+  end if;
+  perform set_config('absurd.cron_zones', coalesce(nullif(v_known, ''), '|') || p_timezone || '|', false);
+  return p_timezone;
+end;
+$$;
+
+-- The first instant in (p_lo, p_hi] whose UTC offset in p_zone is p_hi's: the
+-- zone's transition between them (binary search to the second).
+create or replace function absurd._cron_transition(p_zone text, p_lo timestamptz, p_hi timestamptz)
+returns timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v_off interval := (p_hi at time zone p_zone) - (p_hi at time zone 'UTC');
+  v_mid timestamptz;
+begin
+  while p_hi - p_lo > interval '1 second' loop
+    v_mid := p_lo + date_trunc('second', (p_hi - p_lo) / 2);
+    if (v_mid at time zone p_zone) - (v_mid at time zone 'UTC') = v_off then
+      p_hi := v_mid;
+    else
+      p_lo := v_mid;
+    end if;
+  end loop;
+  return p_hi;
+end;
+$$;
+
+-- The instant at which local wall-clock time p_local in p_zone fires (the DST
+-- policy): its first occurrence when it occurs twice; the end of the gap (the
+-- first valid instant after it) when it does not occur.
+create or replace function absurd._cron_instant(p_local timestamp, p_zone text)
+returns timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v_u timestamptz := p_local at time zone 'UTC';
+  v_before interval := ((v_u - interval '1 day') at time zone p_zone) - (p_local - interval '1 day');
+  v_after interval := ((v_u + interval '1 day') at time zone p_zone) - (p_local + interval '1 day');
+  v_a timestamptz := v_u - v_before;
+  v_b timestamptz := v_u - v_after;
+  v_a_ok boolean;
+  v_b_ok boolean;
+begin
+  v_a_ok := (v_a at time zone p_zone) = p_local;
+  if v_before = v_after and v_a_ok then
+    return v_a;
+  end if;
+  v_b_ok := (v_b at time zone p_zone) = p_local;
+  if v_a_ok and v_b_ok then
+    return least(v_a, v_b);
+  elsif v_a_ok then
+    return v_a;
+  elsif v_b_ok then
+    return v_b;
+  end if;
+  return absurd._cron_transition(p_zone, least(v_a, v_b), greatest(v_a, v_b));
+end;
+$$;
+
+-- The first fire instant of cron expression p_expr strictly after p_after, in
+-- the local wall-clock time of IANA zone p_timezone, under the DST policy above
+-- (AB017: invalid expression, AB018: unknown zone). Jumps field by field (month,
+-- day, hour, minute, second) and looks at most 8 calendar years ahead (29
+-- February across a skipped leap year): NULL when nothing fires in that span,
+-- e.g. "0 0 30 2 *". NULL when p_after is NULL or infinite.
+create or replace function absurd._cron_next(p_expr text, p_after timestamptz, p_timezone text default 'UTC')
+returns timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v_zone text := absurd._cron_zone(p_timezone);
+  s record;
+  v_l timestamp;
+  v_limit integer;
+  v_n integer;
+  v_w integer;
+  v_d integer;
+  v_dow integer;
+  v_day_ok boolean;
+  v_at timestamptz;
+  v_u timestamptz;
+  v_off interval;
+begin
+  select * into s from absurd._cron_spec(p_expr);
+  if p_after is null or not isfinite(p_after) then
+    return null;
+  end if;
+  -- fires fall on whole seconds: start at the next whole second after p_after
+  v_l := (date_trunc('second', p_after) + interval '1 second') at time zone v_zone;
+  v_limit := extract(year from v_l)::integer + 8;
+  for v_try in 1..10 loop
+    -- the first local time >= v_l that matches every field
+    loop
+      if extract(year from v_l) > v_limit then
+        return null;
+      end if;
+      v_n := extract(month from v_l)::integer;
+      if not v_n = any(s.months) then
+        v_n := s.months[width_bucket(v_n, s.months) + 1];
+        if v_n is null then
+          v_l := make_timestamp(extract(year from v_l)::integer + 1, s.months[1], 1, 0, 0, 0);
+        else
+          v_l := make_timestamp(extract(year from v_l)::integer, v_n, 1, 0, 0, 0);
+        end if;
+        continue;
+      end if;
+      v_d := extract(day from v_l)::integer;
+      v_dow := extract(dow from v_l)::integer;
+      v_day_ok := case
+        when s.days_restricted and s.weekdays_restricted
+          then v_d = any(s.days) or v_dow = any(s.weekdays)
+        when s.days_restricted then v_d = any(s.days)
+        when s.weekdays_restricted then v_dow = any(s.weekdays)
+        else true end;
+      if not v_day_ok then
+        -- the next day that matches either restricting field (least() skips NULLs)
+        v_n := null;
+        if s.days_restricted then
+          v_n := s.days[width_bucket(v_d, s.days) + 1];
+        end if;
+        if s.weekdays_restricted then
+          foreach v_w in array s.weekdays loop
+            v_n := least(v_n, v_d + 1 + (v_w - v_dow + 6) % 7);
+          end loop;
+        end if;
+        if v_n is null
+           or v_n > extract(day from date_trunc('month', v_l) + interval '1 month - 1 day') then
+          v_l := date_trunc('month', v_l) + interval '1 month';
+        else
+          v_l := date_trunc('day', v_l) + (v_n - v_d) * interval '1 day';
+        end if;
+        continue;
+      end if;
+      v_n := extract(hour from v_l)::integer;
+      if not v_n = any(s.hours) then
+        v_n := s.hours[width_bucket(v_n, s.hours) + 1];
+        v_l := date_trunc('day', v_l)
+          + coalesce(v_n * interval '1 hour', interval '1 day');
+        continue;
+      end if;
+      v_n := extract(minute from v_l)::integer;
+      if not v_n = any(s.minutes) then
+        v_n := s.minutes[width_bucket(v_n, s.minutes) + 1];
+        v_l := date_trunc('hour', v_l)
+          + coalesce(v_n * interval '1 minute', interval '1 hour');
+        continue;
+      end if;
+      v_n := floor(extract(second from v_l))::integer;
+      if not v_n = any(s.seconds) then
+        v_n := s.seconds[width_bucket(v_n, s.seconds) + 1];
+        v_l := date_trunc('minute', v_l)
+          + coalesce(v_n * interval '1 second', interval '1 minute');
+        continue;
+      end if;
+      exit;
+    end loop;
+    v_at := absurd._cron_instant(v_l, v_zone);
+    if v_at > p_after then
+      return v_at;
+    end if;
+    -- v_l occurs twice and p_after lies in its second occurrence: its first one
+    -- has passed, and so has every local time until the repeated span ends
+    -- (the transition, in the offset before it)
+    v_u := v_l at time zone 'UTC';
+    v_off := ((v_u - interval '1 day') at time zone v_zone) - (v_l - interval '1 day');
+    v_at := absurd._cron_transition(v_zone, v_at, v_u - ((v_u + interval '1 day') at time zone v_zone
+      - (v_l + interval '1 day')));
+    v_l := greatest(v_l + interval '1 second', (v_at at time zone 'UTC') + v_off);
+  end loop;
+  return null;
+end;
+$$;
+
+-- The fire instants of p_expr in (p_from, p_to], at most p_limit of them, in
+-- order (for backfill and catch-up).
+create or replace function absurd._cron_between(
+  p_expr text, p_from timestamptz, p_to timestamptz, p_timezone text default 'UTC',
+  p_limit integer default 1000
+)
+returns setof timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v_at timestamptz := p_from;
+begin
+  perform absurd._cron_spec(p_expr);
+  perform absurd._cron_zone(p_timezone);
+  if p_limit is null or p_limit < 1 then
+    perform absurd._raise('AB015', 'limit must be at least 1');
+  end if;
+  for v_i in 1..p_limit loop
+    v_at := absurd._cron_next(p_expr, v_at, p_timezone);
+    exit when v_at is null or v_at > p_to;
+    return next v_at;
+  end loop;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
 -- Task lifecycle
 -- -----------------------------------------------------------------------------
 
