@@ -17,7 +17,11 @@ Errors (catch them with ``except AbsurdError`` or ``except Exception``)::
      ├── InvalidArgument              AB003, AB014, AB015, 22P02, 54000 (also a ValueError)
      │    ├── InvalidRetryStrategy    AB003
      │    ├── InvalidCronExpression   AB017
-     │    └── UnknownTimeZone         AB018
+     │    ├── UnknownTimeZone         AB018
+     │    ├── InvalidScheduleOption   AB019
+     │    └── BackfillTooLarge        AB022
+     ├── ScheduleConflict             AB020
+     ├── ScheduleNotFound             AB021
      ├── SerializationError           a value that cannot be stored as JSON
      ├── TimeoutError                 a wait timed out (also the builtin TimeoutError)
      └── TaskNotFinished              a task result was asked for too early
@@ -44,6 +48,7 @@ import psycopg
 
 __all__ = [
     "AbsurdError",
+    "BackfillTooLarge",
     "CancelledTask",
     "FailedTask",
     "InvalidArgument",
@@ -51,12 +56,15 @@ __all__ = [
     "InvalidQueueName",
     "InvalidQueuePolicy",
     "InvalidRetryStrategy",
+    "InvalidScheduleOption",
     "QueueConflict",
     "QueueError",
     "QueueNotFound",
     "RunNotFound",
     "RunStateConflict",
     "RunTaskMismatch",
+    "ScheduleConflict",
+    "ScheduleNotFound",
     "SerializationError",
     "SuspendTask",
     "TaskInterrupt",
@@ -172,6 +180,30 @@ class UnknownTimeZone(InvalidArgument):
     """The time zone is not in PostgreSQL's time-zone database (pg_timezone_names)."""
 
     sqlstate = "AB018"
+
+
+class InvalidScheduleOption(InvalidArgument):
+    """A schedule option, name or change is invalid."""
+
+    sqlstate = "AB019"
+
+
+class BackfillTooLarge(InvalidArgument):
+    """The backfill range covers more than 1000 ticks."""
+
+    sqlstate = "AB022"
+
+
+class ScheduleConflict(AbsurdError):
+    """A schedule of that name exists with another definition."""
+
+    sqlstate = "AB020"
+
+
+class ScheduleNotFound(AbsurdError):
+    """The schedule does not exist in the queue."""
+
+    sqlstate = "AB021"
 
 
 class SerializationError(AbsurdError, TypeError):

@@ -52,6 +52,7 @@ ARGS: dict[str, list[str]] = {
         "array[absurd.current_time()]",
     ],
     "spawn.existing": ["'key-17'"],
+    "schedule.due": ["'nobody'"],
     "claim.next_band": ["2147483647"],
     "claim.band": ["0", NOW, "1", "'w'", "absurd.current_time() + interval '1 minute'"],
     "claim.cancel_head": ["0", NOW, "1000"],
@@ -97,6 +98,7 @@ ARGS: dict[str, list[str]] = {
 
 # Statements whose whole point is one index.
 EXPECTED_INDEX = {
+    "schedule.due": "schedules_due",
     "claim.next_band": "r_{q}_cli",
     "claim.band": "r_{q}_cli",
     "claim.cancel_head": "r_{q}_cli",
@@ -222,6 +224,7 @@ def test_catalogue_lists_every_statement(conn: psycopg.Connection[Any]) -> None:
 #: that one is checked too.
 CACHED = {
     "spawn",
+    "schedule.due",
     "claim.next_band",
     "claim.band",
     "sweep.cancellations",

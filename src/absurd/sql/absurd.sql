@@ -16,6 +16,9 @@
 --     e_<q>  events       first-write-wins event payloads, keyed by name
 --     w_<q>  waits        which run waits for which event, until when
 --     i_<q>  idempotency keys (partitioned queues only; see "Storage")
+--   absurd.schedules              one row per schedule of a queue (cron, options,
+--                                 next fire time, pause state; see "Schedules")
+--   absurd.schedule_fires         the fire log: each tick's outcome
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
@@ -34,6 +37,10 @@
 --                  emit_event, await_task_result
 --   Batches        set_task_checkpoint_states, complete_runs (the worker's group
 --                  commit: many writes in one statement)
+--   Schedules      create_schedule, update_schedule, pause_schedule,
+--                  resume_schedule, delete_schedule, trigger_schedule,
+--                  backfill_schedule, list_schedules, list_schedule_fires,
+--                  fire_schedules (claim_task fires due schedules itself)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -877,6 +884,10 @@ begin
   end loop;
   delete from absurd.task_watchers
   where queue_name = p_queue_name or watcher_queue = p_queue_name;
+  if to_regclass('absurd.schedules') is not null then
+    delete from absurd.schedule_fires where queue_name = p_queue_name;
+    delete from absurd.schedules where queue_name = p_queue_name;
+  end if;
   delete from absurd.queues where queue_name = p_queue_name;
 end;
 $$;
@@ -1477,6 +1488,11 @@ begin
     )
     select count(*) from d$q$
 
+  -- $1 queue name: the earliest due_at of the queue's unpaused schedules, one
+  -- probe of schedules_due (claim_task fires schedules only when it is past).
+  when 'schedule.due' then $q$
+    select min(due_at) from absurd.schedules where queue_name = $1 and not paused$q$
+
   -- (no parameters) four index probes: due runs (r_<q>_sai), expiring leases
   -- (r_<q>_cei) and cancellation deadlines (t_<q>_cdi), all handled by claim.
   when 'next_wake' then $q$
@@ -1558,7 +1574,7 @@ as $$
     'checkpoint.write_many', 'emit.store',
     'emit.wake', 'checkpoint.replayable', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
     'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
-    'cleanup.tasks', 'cleanup.events', 'next_wake']);
+    'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -2251,10 +2267,22 @@ declare
   v_row record;
   v_late integer;
   v_rounds integer := 0;
+  v_due timestamptz;
 begin
   perform absurd._require_queue(q);
   if v_timeout > 0 then
     v_expires := v_now + make_interval(secs => v_timeout);
+  end if;
+  -- Schedules fire from claims (no scheduler process): one index probe, and
+  -- fire_schedules only when a schedule of the queue is due. A schedule that
+  -- cannot fire must not stop the queue's claims: its error becomes a WARNING.
+  execute absurd._cached('schedule.due', q, quote_nullable(q)) into v_due;
+  if v_due <= v_now then
+    begin
+      perform absurd.fire_schedules(q, 100);
+    exception when others then
+      raise warning 'absurd: firing the schedules of queue "%" failed: % (%)', q, sqlerrm, sqlstate;
+    end;
   end if;
   perform absurd._sweep(q, v_now, v_left);
   loop
@@ -2923,10 +2951,12 @@ set enable_seqscan = off
 as $$
 declare
   v_next timestamptz;
+  v_due timestamptz;
 begin
   perform absurd._require_queue(p_queue_name);
   execute absurd._sql('next_wake', p_queue_name) into v_next;
-  return v_next;
+  execute absurd._sql('schedule.due', p_queue_name) into v_due using p_queue_name;
+  return least(v_next, v_due);
 end;
 $$;
 
@@ -3071,11 +3101,19 @@ $$;
 -- Deletes up to p_limit finished tasks (oldest first) that finished more than
 -- p_ttl_seconds ago, with their runs, checkpoints and waits. Live tasks are
 -- never touched. Returns the number of tasks deleted.
+-- Also deletes up to p_limit rows of the queue's schedule fire log older than
+-- the TTL (absurd.schedule_fires), so every retention path covers them.
 create or replace function absurd.cleanup_tasks(p_queue_name text, p_ttl_seconds integer, p_limit integer default 1000)
 returns integer
-language sql
+language plpgsql
 as $$
-  select absurd._cleanup('cleanup.tasks', p_queue_name, p_ttl_seconds, p_limit);
+declare
+  v_deleted integer := absurd._cleanup('cleanup.tasks', p_queue_name, p_ttl_seconds, p_limit);
+begin
+  perform absurd._cleanup_schedule_fires(p_queue_name,
+    absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000));
+  return v_deleted;
+end;
 $$;
 
 -- Deletes up to p_limit events emitted more than p_ttl_seconds ago (including
@@ -3110,6 +3148,830 @@ begin
     events_deleted := absurd.cleanup_events(v_queue.queue_name, v_ttl, v_queue.cleanup_limit);
     return next;
   end loop;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Schedules: cron-driven tasks of a queue, fired by the engine itself
+--
+-- absurd.schedules holds one row per (queue, schedule): its normalized
+-- definition (jsonb, compared by create_schedule and patched by
+-- update_schedule), a version bumped on every change, the pause state and the
+-- firing state: next_tick (the next cron tick), next_fire_at (that tick plus
+-- its jitter) and due_at (when fire_schedules must look at the row: next_fire_at,
+-- or about a second from now while a buffered tick waits). Partial index
+-- schedules_due (queue_name, due_at) where not paused: claim_task probes it once
+-- per call (catalogue "schedule.due") and fires only when something is due.
+--
+-- Exactly once per tick: fire_schedules locks due rows FOR UPDATE SKIP LOCKED,
+-- spawns and advances next_tick in the same transaction, and spawns with the
+-- idempotency key 'schedule:<name>:<tick UTC ISO>' (backfill uses the same keys).
+-- Every outcome is logged to absurd.schedule_fires (cleaned with the queue's
+-- cleanup_ttl by cleanup_tasks). See docs/engine.md, "Schedules".
+-- -----------------------------------------------------------------------------
+
+create table if not exists absurd.schedules (
+  queue_name text not null,
+  schedule_name text not null,
+  definition jsonb not null,
+  version integer not null default 1,
+  paused boolean not null default false,
+  note text,
+  paused_at timestamptz,
+  next_tick timestamptz,
+  next_fire_at timestamptz,
+  due_at timestamptz,
+  buffered_tick timestamptz,
+  last_tick timestamptz,
+  last_fire_at timestamptz,
+  last_task_id uuid,
+  created_at timestamptz not null default absurd.current_time(),
+  updated_at timestamptz not null default absurd.current_time(),
+  primary key (queue_name, schedule_name)
+);
+
+create index if not exists schedules_due on absurd.schedules (queue_name, due_at)
+  where not paused;
+
+create table if not exists absurd.schedule_fires (
+  fire_id bigint generated always as identity primary key,
+  queue_name text not null,
+  schedule_name text not null,
+  tick timestamptz not null,
+  through timestamptz,
+  ticks integer not null default 1,
+  outcome text not null check (outcome in ('spawned', 'skipped_overlap', 'skipped_catchup',
+    'skipped_paused', 'buffered', 'triggered', 'backfilled')),
+  task_id uuid,
+  version integer not null,
+  fired_at timestamptz not null
+);
+
+create index if not exists schedule_fires_by_schedule
+  on absurd.schedule_fires (queue_name, schedule_name, fire_id);
+create index if not exists schedule_fires_by_time on absurd.schedule_fires (queue_name, fired_at);
+
+-- An instant as UTC ISO 8601 text: 2026-03-29T01:00:00Z (fractions only when present).
+create or replace function absurd._iso_utc(p_ts timestamptz)
+returns text
+language sql
+immutable
+as $$
+  select replace(to_char(p_ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '.000000Z', 'Z');
+$$;
+
+create or replace function absurd._schedule_name(p_schedule_name text)
+returns text
+language plpgsql
+immutable
+as $$
+begin
+  perform absurd._require_text(p_schedule_name, 'schedule_name');
+  if octet_length(p_schedule_name) > 200 then
+    perform absurd._raise('AB019', format('Schedule name "%s..." is too long (max 200 bytes)',
+      left(p_schedule_name, 50)));
+  end if;
+  return p_schedule_name;
+end;
+$$;
+
+-- A non-negative interval option (seconds, or interval text) of at most 100 years.
+create or replace function absurd._schedule_interval(p_options jsonb, p_key text)
+returns interval
+language plpgsql
+stable
+as $$
+declare
+  v interval;
+  v_type text := jsonb_typeof(p_options -> p_key);
+begin
+  if v_type is null or v_type = 'null' then
+    return null;
+  end if;
+  begin
+    v := case v_type
+           when 'number' then make_interval(secs => (p_options ->> p_key)::double precision)
+           when 'string' then (p_options ->> p_key)::interval end;
+  exception when others then
+    v := null;
+  end;
+  if v is null or v < interval '0' or v > interval '100 years' then
+    perform absurd._raise('AB019', format(
+      '%s must be a non-negative interval (seconds or interval text, at most 100 years), got %s',
+      p_key, left((p_options -> p_key)::text, 100)));
+  end if;
+  return v;
+end;
+$$;
+
+-- One of a fixed set of words (case-insensitive), or the default when absent.
+create or replace function absurd._schedule_word(
+  p_options jsonb, p_key text, p_allowed text[], p_default text)
+returns text
+language plpgsql
+immutable
+as $$
+declare
+  v_type text := jsonb_typeof(p_options -> p_key);
+  v text;
+begin
+  if v_type is null or v_type = 'null' then
+    return p_default;
+  end if;
+  v := lower(btrim(p_options ->> p_key));
+  if v_type <> 'string' or not (v = any (p_allowed)) then
+    perform absurd._raise('AB019', format('%s must be one of %s, got %s',
+      p_key, array_to_string(p_allowed, ', '), left((p_options -> p_key)::text, 100)));
+  end if;
+  return v;
+end;
+$$;
+
+-- Checks a schedule's task, cron and options (AB014, AB015, AB017, AB018, AB019)
+-- and returns its normalized definition: every option with its default filled
+-- in, intervals in seconds, instants in UTC ISO, so that equal definitions are
+-- equal jsonb. The definition is itself valid options (plus task_name, cron).
+create or replace function absurd._schedule_definition(p_task_name text, p_cron text, p_options jsonb)
+returns jsonb
+language plpgsql
+stable
+as $$
+declare
+  o jsonb := coalesce(nullif(p_options, 'null'::jsonb), '{}'::jsonb);
+  v_key text;
+  v_tz text;
+  v_spawn record;
+  v_start timestamptz;
+  v_end timestamptz;
+  v_window interval;
+  v_jitter interval;
+begin
+  if jsonb_typeof(o) <> 'object' then
+    perform absurd._raise('AB019', 'Schedule options must be a JSON object');
+  end if;
+  for v_key in select jsonb_object_keys(o) loop
+    if v_key not in ('timezone', 'params', 'max_attempts', 'retry_strategy', 'headers',
+                     'priority', 'cancellation', 'overlap', 'catchup', 'catchup_window',
+                     'jitter', 'start_at', 'end_at', 'paused') then
+      perform absurd._raise('AB019', format('Unsupported schedule option "%s"', left(v_key, 100)),
+        'Options: timezone, params, max_attempts, retry_strategy, headers, priority, cancellation, overlap, catchup, catchup_window, jitter, start_at, end_at, paused.');
+    end if;
+  end loop;
+  perform absurd._require_text(p_task_name, 'task_name');
+  perform absurd._cron_parse(p_cron);
+  if jsonb_typeof(o -> 'timezone') not in ('string', 'null') then
+    perform absurd._raise('AB019', format('timezone must be a string, got %s',
+      left((o -> 'timezone')::text, 100)));
+  end if;
+  v_tz := absurd._cron_zone(coalesce(nullif(o ->> 'timezone', ''), 'UTC'));
+  if jsonb_typeof(o -> 'headers') not in ('object', 'null') then
+    perform absurd._raise('AB019', 'headers must be a JSON object');
+  end if;
+  perform absurd._opt_bool(o, 'paused');
+  v_spawn := absurd._spawn_options(jsonb_build_object(
+    'max_attempts', o -> 'max_attempts', 'retry_strategy', o -> 'retry_strategy',
+    'priority', o -> 'priority', 'cancellation', o -> 'cancellation'), absurd.current_time());
+  v_start := absurd._opt_timestamp(o, 'start_at');
+  v_end := absurd._opt_timestamp(o, 'end_at');
+  if v_start >= v_end then
+    perform absurd._raise('AB019', 'end_at must be after start_at');
+  end if;
+  v_window := absurd._schedule_interval(o, 'catchup_window');
+  v_jitter := absurd._schedule_interval(o, 'jitter');
+  return absurd._strip_top_nulls(jsonb_build_object(
+    'task_name', p_task_name,
+    'cron', p_cron,
+    'timezone', v_tz,
+    'params', o -> 'params',
+    'max_attempts', v_spawn.max_attempts,
+    'retry_strategy', v_spawn.retry_strategy,
+    'headers', nullif(o -> 'headers', 'null'::jsonb),
+    'priority', v_spawn.priority,
+    'cancellation', v_spawn.cancellation,
+    'overlap', absurd._schedule_word(o, 'overlap',
+      array['skip', 'buffer_one', 'allow_all', 'cancel_other'], 'skip'),
+    'catchup', absurd._schedule_word(o, 'catchup', array['latest', 'all', 'none'], 'latest'),
+    'catchup_window', extract(epoch from v_window),
+    'jitter', coalesce(extract(epoch from v_jitter), 0),
+    'start_at', absurd._iso_utc(v_start),
+    'end_at', absurd._iso_utc(v_end)));
+end;
+$$;
+
+-- The first tick of a definition after p_after, within start_at/end_at (NULL: none).
+create or replace function absurd._schedule_next(p_def jsonb, p_after timestamptz)
+returns timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v_start timestamptz := (p_def ->> 'start_at')::timestamptz;
+  v_after timestamptz := p_after;
+  v timestamptz;
+begin
+  if v_start is not null and v_start - interval '1 second' > v_after then
+    v_after := v_start - interval '1 second';
+  end if;
+  v := absurd._cron_next(p_def ->> 'cron', v_after, p_def ->> 'timezone');
+  if v is not null and v < v_start then
+    v := absurd._cron_next(p_def ->> 'cron', v, p_def ->> 'timezone');
+  end if;
+  if v > (p_def ->> 'end_at')::timestamptz then
+    return null;
+  end if;
+  return v;
+end;
+$$;
+
+-- The latest tick in [p_from, p_upto] (p_from is a tick), or NULL. Looks back
+-- in growing windows from p_upto, so it never walks a long run of missed ticks.
+create or replace function absurd._schedule_last_tick(p_def jsonb, p_from timestamptz, p_upto timestamptz)
+returns timestamptz
+language plpgsql
+stable
+as $$
+declare
+  v_span interval;
+  v_lo timestamptz;
+  v timestamptz;
+  v_n timestamptz;
+  v_upto timestamptz := least(p_upto, coalesce((p_def ->> 'end_at')::timestamptz, p_upto));
+begin
+  if p_from is null or p_from > v_upto then
+    return null;
+  end if;
+  foreach v_span in array array[interval '1 second', interval '1 minute', interval '1 hour',
+      interval '1 day', interval '32 days', interval '367 days', interval '10 years',
+      interval '1000 years'] loop
+    v_lo := v_upto - v_span;
+    if v_lo < p_from then
+      v := p_from;  -- a known tick: no need to search for it
+    else
+      v := absurd._cron_next(p_def ->> 'cron', v_lo, p_def ->> 'timezone');
+    end if;
+    if v is not null and v <= v_upto then
+      loop
+        v_n := absurd._cron_next(p_def ->> 'cron', v, p_def ->> 'timezone');
+        exit when v_n is null or v_n > v_upto;
+        v := v_n;
+      end loop;
+      return v;
+    end if;
+    exit when v_lo < p_from;
+  end loop;
+  return null;
+end;
+$$;
+
+-- The tick's jitter: a fraction of the schedule's jitter derived from a hash of
+-- (queue, schedule, tick), so every firer computes the same instant; always
+-- before the next tick.
+create or replace function absurd._schedule_jitter(
+  p_queue_name text, p_schedule_name text, p_def jsonb, p_tick timestamptz)
+returns interval
+language plpgsql
+stable
+as $$
+declare
+  v_max double precision := coalesce((p_def ->> 'jitter')::double precision, 0);
+  v_off interval;
+  v_next timestamptz;
+begin
+  if v_max <= 0 or p_tick is null then
+    return interval '0';
+  end if;
+  v_off := make_interval(secs => v_max * ((hashtextextended(
+    p_queue_name || chr(31) || p_schedule_name || chr(31) || absurd._iso_utc(p_tick), 0)
+    & 140737488355327)::double precision / 140737488355328.0));
+  v_next := absurd._cron_next(p_def ->> 'cron', p_tick, p_def ->> 'timezone');
+  if v_next is not null and p_tick + v_off >= v_next then
+    v_off := greatest(v_next - p_tick - interval '1 millisecond', interval '0');
+  end if;
+  return date_trunc('milliseconds', v_off);
+end;
+$$;
+
+create or replace function absurd._schedule_log(
+  p_queue_name text, p_schedule_name text, p_tick timestamptz, p_outcome text,
+  p_task_id uuid, p_version integer, p_now timestamptz,
+  p_ticks integer default 1, p_through timestamptz default null)
+returns void
+language sql
+as $$
+  insert into absurd.schedule_fires (queue_name, schedule_name, tick, through, ticks, outcome,
+    task_id, version, fired_at)
+  values (p_queue_name, p_schedule_name, p_tick, p_through, p_ticks, p_outcome, p_task_id,
+    p_version, p_now);
+$$;
+
+-- Logs the ticks in [p_from, p_before) as one row (count capped at 1000).
+create or replace function absurd._schedule_skip(
+  p_queue_name text, p_schedule_name text, p_def jsonb, p_version integer,
+  p_from timestamptz, p_before timestamptz, p_outcome text, p_now timestamptz)
+returns void
+language plpgsql
+as $$
+declare
+  v_count integer;
+  v_through timestamptz;
+begin
+  if p_from is null or p_from >= p_before then
+    return;
+  end if;
+  select count(*), max(t) into v_count, v_through
+  from absurd._cron_between(p_def ->> 'cron', p_from, p_before - interval '1 microsecond',
+                            p_def ->> 'timezone', 999) t
+  where t <= coalesce((p_def ->> 'end_at')::timestamptz, t);
+  perform absurd._schedule_log(p_queue_name, p_schedule_name, p_from, p_outcome, null,
+    p_version, p_now, v_count + 1, v_through);
+end;
+$$;
+
+-- Spawns the task of one tick. Keyed spawns use 'schedule:<name>:<tick>' so a
+-- tick spawns at most once whoever fires it; the tick is in the task's headers
+-- as scheduled_for (UTC ISO), with the schedule's name as schedule.
+create or replace function absurd._schedule_spawn(
+  p_queue_name text, p_schedule_name text, p_def jsonb, p_tick timestamptz, p_keyed boolean)
+returns table (task_id uuid, created boolean)
+language plpgsql
+as $$
+declare
+  v_iso text := absurd._iso_utc(p_tick);
+begin
+  return query
+    select s.task_id, s.created
+    from absurd.spawn_task(p_queue_name, p_def ->> 'task_name', p_def -> 'params',
+      absurd._strip_top_nulls(jsonb_build_object(
+        'max_attempts', p_def -> 'max_attempts', 'retry_strategy', p_def -> 'retry_strategy',
+        'priority', p_def -> 'priority', 'cancellation', p_def -> 'cancellation',
+        'headers', coalesce(p_def -> 'headers', '{}'::jsonb)
+          || jsonb_build_object('scheduled_for', v_iso, 'schedule', p_schedule_name),
+        'idempotency_key', case when p_keyed then 'schedule:' || p_schedule_name || ':' || v_iso end))) s;
+end;
+$$;
+
+-- Whether a task is still live (not completed, failed or cancelled, and not gone).
+create or replace function absurd._schedule_task_live(p_queue_name text, p_task_id uuid)
+returns boolean
+language plpgsql
+stable
+as $$
+declare
+  v_state text;
+begin
+  if p_task_id is null then
+    return false;
+  end if;
+  select r.state into v_state from absurd.get_task_result(p_queue_name, p_task_id) r;
+  return coalesce(v_state not in ('completed', 'failed', 'cancelled'), false);
+end;
+$$;
+
+-- Stores the next tick and the instants derived from it (row locked by the caller).
+create or replace function absurd._schedule_set_next(
+  p_queue_name text, p_schedule_name text, p_next timestamptz, p_now timestamptz)
+returns timestamptz
+language plpgsql
+as $$
+declare
+  s absurd.schedules%rowtype;
+  v_fire timestamptz;
+begin
+  select * into s from absurd.schedules where queue_name = p_queue_name and schedule_name = p_schedule_name;
+  v_fire := p_next + absurd._schedule_jitter(p_queue_name, p_schedule_name, s.definition, p_next);
+  update absurd.schedules set next_tick = p_next, next_fire_at = v_fire,
+    due_at = case when buffered_tick is not null
+                  then least(v_fire, p_now + interval '1 second') else v_fire end,
+    updated_at = p_now
+  where queue_name = p_queue_name and schedule_name = p_schedule_name;
+  return v_fire;
+end;
+$$;
+
+-- Fires one due tick under the overlap policy, checked against the previous
+-- tick's task. Returns 1 when a task was spawned.
+create or replace function absurd._schedule_fire_tick(
+  p_queue_name text, p_schedule_name text, p_tick timestamptz, p_now timestamptz)
+returns integer
+language plpgsql
+as $$
+declare
+  s absurd.schedules%rowtype;
+  v record;
+begin
+  select * into s from absurd.schedules where queue_name = p_queue_name and schedule_name = p_schedule_name;
+  if absurd._schedule_task_live(p_queue_name, s.last_task_id) then
+    case s.definition ->> 'overlap'
+      when 'skip' then
+        perform absurd._schedule_log(p_queue_name, p_schedule_name, p_tick, 'skipped_overlap',
+          null, s.version, p_now);
+        return 0;
+      when 'buffer_one' then
+        if s.buffered_tick is null then
+          update absurd.schedules set buffered_tick = p_tick
+          where queue_name = p_queue_name and schedule_name = p_schedule_name;
+          perform absurd._schedule_log(p_queue_name, p_schedule_name, p_tick, 'buffered',
+            null, s.version, p_now);
+        else
+          perform absurd._schedule_log(p_queue_name, p_schedule_name, p_tick, 'skipped_overlap',
+            null, s.version, p_now);
+        end if;
+        return 0;
+      when 'cancel_other' then
+        perform absurd._cancel_task(p_queue_name, s.last_task_id, p_now);
+      else
+        null;  -- allow_all
+    end case;
+  end if;
+  select * into v from absurd._schedule_spawn(p_queue_name, p_schedule_name, s.definition, p_tick, true);
+  update absurd.schedules set last_task_id = v.task_id, last_tick = p_tick, last_fire_at = p_now
+  where queue_name = p_queue_name and schedule_name = p_schedule_name;
+  if not v.created then
+    return 0;  -- the tick's task exists already (a backfill spawned it)
+  end if;
+  perform absurd._schedule_log(p_queue_name, p_schedule_name, p_tick, 'spawned', v.task_id,
+    s.version, p_now);
+  return 1;
+end;
+$$;
+
+-- Fires what is due of one schedule (its row locked by the caller): a buffered
+-- tick whose predecessor finished, then the due ticks under the catch-up
+-- policy. Spawns at most p_budget tasks. Returns how many it spawned.
+create or replace function absurd._schedule_process(
+  p_queue_name text, p_schedule_name text, p_now timestamptz, p_budget integer)
+returns integer
+language plpgsql
+as $$
+declare
+  s absurd.schedules%rowtype;
+  d jsonb;
+  v_spawned integer := 0;
+  v_steps integer := 0;
+  v_tick timestamptz;
+  v_last timestamptz;
+  v_hold timestamptz;
+  v_cutoff timestamptz;
+begin
+  select * into s from absurd.schedules where queue_name = p_queue_name and schedule_name = p_schedule_name;
+  d := s.definition;
+  if s.buffered_tick is not null and not absurd._schedule_task_live(p_queue_name, s.last_task_id) then
+    update absurd.schedules set buffered_tick = null
+    where queue_name = p_queue_name and schedule_name = p_schedule_name;
+    v_spawned := absurd._schedule_fire_tick(p_queue_name, p_schedule_name, s.buffered_tick, p_now);
+  end if;
+  v_tick := s.next_tick;
+  if v_tick is not null and s.next_fire_at <= p_now and v_spawned < p_budget then
+    if d ->> 'catchup' = 'all' then
+      if d ? 'catchup_window' then
+        v_cutoff := p_now - make_interval(secs => (d ->> 'catchup_window')::double precision);
+        if v_tick < v_cutoff then
+          v_last := v_tick;
+          v_tick := absurd._schedule_next(d, v_cutoff - interval '1 second');
+          if v_tick < v_cutoff then
+            v_tick := absurd._schedule_next(d, v_tick);
+          end if;
+          perform absurd._schedule_skip(p_queue_name, p_schedule_name, d, s.version, v_last,
+            coalesce(v_tick, 'infinity'), 'skipped_catchup', p_now);
+        end if;
+      end if;
+      while v_tick is not null and v_tick <= p_now and v_spawned < p_budget and v_steps < p_budget loop
+        exit when v_tick + absurd._schedule_jitter(p_queue_name, p_schedule_name, d, v_tick) > p_now;
+        v_spawned := v_spawned + absurd._schedule_fire_tick(p_queue_name, p_schedule_name, v_tick, p_now);
+        v_steps := v_steps + 1;
+        v_tick := absurd._schedule_next(d, v_tick);
+      end loop;
+    else
+      v_last := absurd._schedule_last_tick(d, v_tick, p_now);
+      if v_last + absurd._schedule_jitter(p_queue_name, p_schedule_name, d, v_last) > p_now then
+        -- The latest tick is not due yet (its jitter): it stays next.
+        v_hold := v_last;
+        v_last := absurd._schedule_last_tick(d, v_tick, v_last - interval '1 second');
+      end if;
+      if v_last is not null then
+        if d ->> 'catchup' = 'latest'
+           or p_now <= v_last + absurd._schedule_jitter(p_queue_name, p_schedule_name, d, v_last)
+                       + interval '60 seconds' then
+          perform absurd._schedule_skip(p_queue_name, p_schedule_name, d, s.version, v_tick,
+            v_last, 'skipped_catchup', p_now);
+          v_spawned := v_spawned + absurd._schedule_fire_tick(p_queue_name, p_schedule_name, v_last, p_now);
+        else
+          perform absurd._schedule_skip(p_queue_name, p_schedule_name, d, s.version, v_tick,
+            v_last + interval '1 microsecond', 'skipped_catchup', p_now);
+        end if;
+      end if;
+      v_tick := coalesce(v_hold, absurd._schedule_next(d, coalesce(v_last, v_tick)));
+    end if;
+  end if;
+  perform absurd._schedule_set_next(p_queue_name, p_schedule_name, v_tick, p_now);
+  return v_spawned;
+end;
+$$;
+
+-- Spawns the due ticks of the queue's unpaused schedules (at most p_limit
+-- tasks). Rows another firer holds are skipped, so any number of callers
+-- (claims, absurdctl, pg_cron) may run it at once. Returns how many it spawned.
+create or replace function absurd.fire_schedules(p_queue_name text, p_limit integer default 100)
+returns integer
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  v_name text;
+  v_spawned integer := 0;
+begin
+  perform absurd._require_queue(p_queue_name);
+  if p_limit is null or p_limit < 1 then
+    perform absurd._raise('AB015', 'limit must be at least 1');
+  end if;
+  for v_name in
+    select s.schedule_name from absurd.schedules s
+    where s.queue_name = p_queue_name and not s.paused and s.due_at <= v_now
+    order by s.due_at
+    limit p_limit
+    for update skip locked
+  loop
+    v_spawned := v_spawned + absurd._schedule_process(p_queue_name, v_name, v_now, p_limit - v_spawned);
+    exit when v_spawned >= p_limit;
+  end loop;
+  return v_spawned;
+end;
+$$;
+
+-- Creates a schedule; the same definition again is a no-op, another definition
+-- under the name is AB020. Options: docs/engine.md, "Schedules".
+create or replace function absurd.create_schedule(
+  p_queue_name text, p_schedule_name text, p_task_name text, p_cron text,
+  p_options jsonb default '{}')
+returns table (schedule_name text, next_fire_at timestamptz)
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  v_def jsonb;
+  v_paused boolean;
+  v_old absurd.schedules%rowtype;
+begin
+  perform absurd._require_queue(p_queue_name);
+  perform absurd._schedule_name(p_schedule_name);
+  v_def := absurd._schedule_definition(p_task_name, p_cron, p_options);
+  v_paused := coalesce(absurd._opt_bool(p_options, 'paused'), false);
+  insert into absurd.schedules as s (queue_name, schedule_name, definition, paused, paused_at,
+    created_at, updated_at)
+  values (p_queue_name, p_schedule_name, v_def, v_paused, case when v_paused then v_now end,
+    v_now, v_now)
+  on conflict on constraint schedules_pkey do nothing;
+  if not found then
+    select * into v_old from absurd.schedules s
+    where s.queue_name = p_queue_name and s.schedule_name = p_schedule_name;
+    if v_old.definition is distinct from v_def then
+      perform absurd._raise('AB020', format(
+        'Schedule "%s" already exists in queue "%s" with another definition',
+        p_schedule_name, p_queue_name), 'Use update_schedule to change it.');
+    end if;
+    return query select p_schedule_name, v_old.next_fire_at;
+    return;
+  end if;
+  return query select p_schedule_name, absurd._schedule_set_next(p_queue_name, p_schedule_name,
+    absurd._schedule_next(v_def, v_now), v_now);
+end;
+$$;
+
+-- Locks a schedule's row, or AB021.
+create or replace function absurd._schedule_lock(p_queue_name text, p_schedule_name text)
+returns absurd.schedules
+language plpgsql
+as $$
+declare
+  s absurd.schedules%rowtype;
+begin
+  perform absurd._require_queue(p_queue_name);
+  select * into s from absurd.schedules
+  where queue_name = p_queue_name and schedule_name = p_schedule_name for update;
+  if not found then
+    perform absurd._raise('AB021', format('Schedule "%s" not found in queue "%s"',
+      left(absurd._show(p_schedule_name), 200), p_queue_name));
+  end if;
+  return s;
+end;
+$$;
+
+-- Changes the given fields only (a JSON null resets a field to its default).
+-- A change bumps the version and recomputes the next fire time from now.
+create or replace function absurd.update_schedule(
+  p_queue_name text, p_schedule_name text, p_changes jsonb)
+returns table (schedule_name text, next_fire_at timestamptz, version integer)
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  s absurd.schedules%rowtype := absurd._schedule_lock(p_queue_name, p_schedule_name);
+  v_changes jsonb := coalesce(nullif(p_changes, 'null'::jsonb), '{}'::jsonb);
+  v_merged jsonb;
+  v_def jsonb;
+begin
+  if jsonb_typeof(v_changes) <> 'object' then
+    perform absurd._raise('AB019', 'Schedule changes must be a JSON object');
+  end if;
+  if v_changes ? 'paused' then
+    perform absurd._raise('AB019', 'Use pause_schedule or resume_schedule to change "paused"');
+  end if;
+  if jsonb_typeof(v_changes -> 'task_name') not in ('string', 'null')
+     or jsonb_typeof(v_changes -> 'cron') not in ('string', 'null') then
+    perform absurd._raise('AB019', 'task_name and cron must be strings');
+  end if;
+  v_merged := absurd._strip_top_nulls(s.definition || v_changes);
+  v_def := absurd._schedule_definition(v_merged ->> 'task_name', v_merged ->> 'cron',
+    v_merged - 'task_name' - 'cron');
+  if v_def <> s.definition then
+    update absurd.schedules x set definition = v_def, version = x.version + 1
+    where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
+    perform absurd._schedule_set_next(p_queue_name, p_schedule_name,
+      absurd._schedule_next(v_def, v_now), v_now);
+  end if;
+  return query select x.schedule_name, x.next_fire_at, x.version from absurd.schedules x
+    where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
+end;
+$$;
+
+-- Pauses a schedule (with an optional note). A buffered tick is dropped and
+-- logged as skipped_paused.
+create or replace function absurd.pause_schedule(
+  p_queue_name text, p_schedule_name text, p_note text default null)
+returns void
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  s absurd.schedules%rowtype := absurd._schedule_lock(p_queue_name, p_schedule_name);
+begin
+  if s.buffered_tick is not null then
+    perform absurd._schedule_log(p_queue_name, p_schedule_name, s.buffered_tick,
+      'skipped_paused', null, s.version, v_now);
+  end if;
+  update absurd.schedules x set paused = true, note = p_note,
+    paused_at = coalesce(x.paused_at, v_now), buffered_tick = null, updated_at = v_now
+  where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
+end;
+$$;
+
+-- Resumes a schedule: the ticks that fell while it was paused are logged as
+-- skipped_paused (one row) and none fires; the next fire time counts from now.
+create or replace function absurd.resume_schedule(p_queue_name text, p_schedule_name text)
+returns timestamptz
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  s absurd.schedules%rowtype := absurd._schedule_lock(p_queue_name, p_schedule_name);
+begin
+  if not s.paused then
+    return s.next_fire_at;
+  end if;
+  if s.next_tick <= v_now then
+    perform absurd._schedule_skip(p_queue_name, p_schedule_name, s.definition, s.version,
+      s.next_tick, v_now + interval '1 microsecond', 'skipped_paused', v_now);
+  end if;
+  update absurd.schedules x set paused = false, note = null, paused_at = null
+  where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
+  return absurd._schedule_set_next(p_queue_name, p_schedule_name,
+    absurd._schedule_next(s.definition, v_now), v_now);
+end;
+$$;
+
+-- Deletes a schedule and its fire log; its tasks stay. False when it did not exist.
+create or replace function absurd.delete_schedule(p_queue_name text, p_schedule_name text)
+returns boolean
+language plpgsql
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  delete from absurd.schedule_fires
+  where queue_name = p_queue_name and schedule_name = p_schedule_name;
+  delete from absurd.schedules
+  where queue_name = p_queue_name and schedule_name = p_schedule_name;
+  return found;
+end;
+$$;
+
+-- Fires the schedule once now, paused or not, overlap policy aside; the task's
+-- scheduled_for is now. Returns the task id.
+create or replace function absurd.trigger_schedule(p_queue_name text, p_schedule_name text)
+returns uuid
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  s absurd.schedules%rowtype := absurd._schedule_lock(p_queue_name, p_schedule_name);
+  v record;
+begin
+  select * into v from absurd._schedule_spawn(p_queue_name, p_schedule_name, s.definition, v_now, false);
+  update absurd.schedules x set last_task_id = v.task_id, last_fire_at = v_now
+  where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
+  perform absurd._schedule_log(p_queue_name, p_schedule_name, v_now, 'triggered', v.task_id,
+    s.version, v_now);
+  return v.task_id;
+end;
+$$;
+
+-- Spawns one task per tick in [p_from, p_to] (at most 1000 ticks, else AB022),
+-- with the same idempotency keys as regular fires: a tick already spawned (by
+-- a fire or an earlier backfill) is not spawned again. Ignores pause, overlap
+-- and start_at/end_at. Returns how many tasks it spawned.
+create or replace function absurd.backfill_schedule(
+  p_queue_name text, p_schedule_name text, p_from timestamptz, p_to timestamptz)
+returns integer
+language plpgsql
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  s absurd.schedules%rowtype := absurd._schedule_lock(p_queue_name, p_schedule_name);
+  v_ticks timestamptz[];
+  v_tick timestamptz;
+  v record;
+  v_spawned integer := 0;
+begin
+  if p_from is null or p_to is null or not isfinite(p_from) or not isfinite(p_to) or p_from > p_to then
+    perform absurd._raise('AB015', 'Backfill needs finite from <= to');
+  end if;
+  v_ticks := array(
+    select t from absurd._cron_between(s.definition ->> 'cron', p_from - interval '1 second', p_to,
+                                       s.definition ->> 'timezone', 1002) t
+    where t >= p_from order by t);
+  if cardinality(v_ticks) > 1000 then
+    perform absurd._raise('AB022', format(
+      'Backfill of schedule "%s" covers more than 1000 ticks', p_schedule_name),
+      'Backfill a shorter range at a time.');
+  end if;
+  foreach v_tick in array v_ticks loop
+    select * into v from absurd._schedule_spawn(p_queue_name, p_schedule_name, s.definition, v_tick, true);
+    if v.created then
+      v_spawned := v_spawned + 1;
+      perform absurd._schedule_log(p_queue_name, p_schedule_name, v_tick, 'backfilled',
+        v.task_id, s.version, v_now);
+    end if;
+  end loop;
+  return v_spawned;
+end;
+$$;
+
+create or replace function absurd.list_schedules(p_queue_name text)
+returns table (
+  schedule_name text, task_name text, cron text, timezone text, definition jsonb,
+  paused boolean, note text, next_fire_at timestamptz, last_fire_at timestamptz,
+  last_task_id uuid, buffered_tick timestamptz, version integer,
+  created_at timestamptz, updated_at timestamptz)
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  return query
+    select s.schedule_name, s.definition ->> 'task_name', s.definition ->> 'cron',
+      s.definition ->> 'timezone', s.definition, s.paused, s.note, s.next_fire_at,
+      s.last_fire_at, s.last_task_id, s.buffered_tick, s.version, s.created_at, s.updated_at
+    from absurd.schedules s where s.queue_name = p_queue_name
+    order by s.schedule_name;
+end;
+$$;
+
+-- The latest p_limit rows of a schedule's fire log, newest first. A row stands
+-- for `ticks` ticks from `tick` through `through` (summaries of skipped ticks).
+create or replace function absurd.list_schedule_fires(
+  p_queue_name text, p_schedule_name text, p_limit integer default 100)
+returns table (
+  fire_id bigint, tick timestamptz, through timestamptz, ticks integer, outcome text,
+  task_id uuid, version integer, fired_at timestamptz)
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  return query
+    select f.fire_id, f.tick, f.through, f.ticks, f.outcome, f.task_id, f.version, f.fired_at
+    from absurd.schedule_fires f
+    where f.queue_name = p_queue_name and f.schedule_name = p_schedule_name
+    order by f.fire_id desc
+    limit greatest(coalesce(p_limit, 100), 1);
+end;
+$$;
+
+-- Deletes up to p_limit fire-log rows of the queue written before p_before.
+create or replace function absurd._cleanup_schedule_fires(
+  p_queue_name text, p_before timestamptz, p_limit integer)
+returns integer
+language plpgsql
+as $$
+declare
+  v_deleted integer;
+begin
+  delete from absurd.schedule_fires where fire_id = any (array(
+    select f.fire_id from absurd.schedule_fires f
+    where f.queue_name = p_queue_name and f.fired_at < p_before
+    order by f.fired_at limit p_limit));
+  get diagnostics v_deleted = row_count;
+  return v_deleted;
 end;
 $$;
 
