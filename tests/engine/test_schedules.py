@@ -425,30 +425,33 @@ def new_queue(conn: Conn) -> Any:
         conn.execute("select absurd.drop_queue(%s)", (name,))
 
 
-def test_claim_cost_is_flat_in_the_number_of_schedules(connect: Connect, queue: str) -> None:
-    """10,000 schedules (none due) cost one index probe per claim: a loose bound here;
-    the measured numbers are in docs/engine.md."""
+def test_claim_cost_is_flat_in_the_number_of_schedules(
+    connect: Connect, queue: str, new_queue: Callable[[], str]
+) -> None:
+    """A queue with 10,000 schedules (none due) claims as fast as one without: one
+    index probe per claim. Interleaved rounds, best of each; a loose bound here (the
+    machine may be shared), the measured numbers are in docs/engine.md."""
     c = connect()
     at(c, T0)
-
-    def per_claim() -> float:
-        for _ in range(50):
-            c.execute("select absurd.claim_task(%s, 'w')", (queue,))
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(300):
-                c.execute("select absurd.claim_task(%s, 'w')", (queue,))
-            best = min(best, (time.perf_counter() - start) / 300)
-        return best
-
-    empty = per_claim()
+    crowded = new_queue()
     c.execute(
         "insert into absurd.schedules (queue_name, schedule_name, definition, next_tick,"
         " next_fire_at, due_at) select %s, 's' || g, '{}', %s, %s, %s"
         " from generate_series(1, 10000) g",
-        (queue, *[T0 + dt.timedelta(days=1)] * 3),
+        (crowded, *[T0 + dt.timedelta(days=1)] * 3),
     )
     c.execute("analyze absurd.schedules")
-    full = per_claim()
+
+    def round_of(q: str) -> float:
+        start = time.perf_counter()
+        for _ in range(200):
+            c.execute("select absurd.claim_task(%s, 'w')", (q,))
+        return (time.perf_counter() - start) / 200
+
+    best = {queue: float("inf"), crowded: float("inf")}
+    for _ in range(8):
+        for q in (queue, crowded):
+            best[q] = min(best[q], round_of(q))
+    empty, full = best[queue], best[crowded]
+    print(f"claim: {empty * 1e6:.1f} us with 0 schedules, {full * 1e6:.1f} us with 10,000")
     assert full < empty * 1.5 + 50e-6, (empty, full)

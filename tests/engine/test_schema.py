@@ -282,3 +282,30 @@ def test_upgrade_from_0_6_0_plans_by_key_and_steps_weeks_in_hours(
 def test_valid_queue_names(conn: psycopg.Connection[Any], name: str) -> None:
     row = conn.execute("select absurd.validate_queue_name(%s)", (name,)).fetchone()
     assert row == (name,)
+
+
+def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> None:
+    """0.6.0 had no schedules: absurd.sql alone adds the tables, the index and the
+    functions, and claims keep working. 0.6.0 is recreated by dropping them."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        schema.install(c)
+        c.execute("select absurd.create_queue('kept')")
+        c.execute("select absurd.spawn_task('kept', 'a', '1')")
+        for (function,) in c.execute(
+            "select oid::regprocedure::text from pg_proc"
+            " where pronamespace = 'absurd'::regnamespace"
+            "   and (proname like '%schedule%' or proname = '_iso_utc')"
+        ).fetchall():
+            c.execute(f"drop function {function}")
+        c.execute("drop table absurd.schedule_fires, absurd.schedules")
+        c.execute(
+            "create or replace function absurd.get_schema_version() returns text"
+            " language sql immutable as $$ select '0.6.0'::text $$"
+        )
+        assert schema.migrate(c) == []
+        assert schema.installed_version(c) == "0.6.1"
+        c.execute("select absurd.create_schedule('kept', 's', 'b', '* * * * *')")
+        assert c.execute("select count(*) from absurd.list_schedules('kept')").fetchone() == (1,)
+        claimed = c.execute("select params from absurd.claim_task('kept', 'w', 60, 5)")
+        assert claimed.fetchall() == [(1,)]
