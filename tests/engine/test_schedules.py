@@ -455,3 +455,48 @@ def test_claim_cost_is_flat_in_the_number_of_schedules(
     empty, full = best[queue], best[crowded]
     print(f"claim: {empty * 1e6:.1f} us with 0 schedules, {full * 1e6:.1f} us with 10,000")
     assert full < empty * 1.5 + 50e-6, (empty, full)
+
+
+def test_due_probe_is_one_index_probe_among_many_schedules(
+    c: Conn, queue: str, new_queue: Callable[[], str]
+) -> None:
+    """The claim's probe (catalogue "schedule.due") reads schedules_due, even with the
+    planner free to scan (enable_seqscan on) and 20,000 schedules in two queues."""
+    other = new_queue()
+    for q in (queue, other):
+        c.execute(
+            "insert into absurd.schedules (queue_name, schedule_name, definition, next_tick,"
+            " next_fire_at, due_at, paused) select %s, 's' || g, '{}', %s, %s, %s, g %% 10 = 0"
+            " from generate_series(1, 10000) g",
+            (q, *[T0 + dt.timedelta(days=1)] * 3),
+        )
+    c.execute("analyze absurd.schedules")
+    (text,) = c.execute("select absurd._sql('schedule.due', %s)", (queue,)).fetchone()  # type: ignore[misc]
+    c.execute("set plan_cache_mode = force_generic_plan")
+    c.execute(f"prepare due_probe as {text}")
+    (plan,) = c.execute(f"explain (format json) execute due_probe('{queue}')").fetchone()  # type: ignore[misc]
+    c.execute("deallocate due_probe")
+    c.execute("reset plan_cache_mode")
+
+    def nodes(p: dict[str, Any]) -> list[dict[str, Any]]:
+        return [p, *(n for child in p.get("Plans", []) for n in nodes(child))]
+
+    scans = [(n["Node Type"], n.get("Index Name")) for n in nodes(plan[0]["Plan"])]
+    assert ("Seq Scan", None) not in scans, scans
+    assert any(name == "schedules_due" for _, name in scans), scans
+    row = c.execute("select absurd._sql('schedule.due', 'x') is not null").fetchone()
+    assert row == (True,)
+
+
+def test_claims_probe_is_the_catalogue_statement(c: Conn) -> None:
+    """claim_task runs "schedule.due" as static SQL (its plan kept by PL/pgSQL): the
+    same text as the catalogue's, whose plans tests/engine/test_plans.py checks."""
+    (text,) = c.execute("select absurd._sql('schedule.due', 'x')").fetchone()  # type: ignore[misc]
+    (body,) = c.execute(  # type: ignore[misc]
+        "select prosrc from pg_proc"
+        " where oid = 'absurd.claim_task(text,text,integer,integer)'::regprocedure"
+    ).fetchone()
+    probe = " ".join(text.split()).replace(
+        "select min(due_at) from", "select min(due_at) into v_due from"
+    )
+    assert probe.replace("$1", "q") + ";" in " ".join(body.split())

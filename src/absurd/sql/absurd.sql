@@ -2276,7 +2276,11 @@ begin
   -- Schedules fire from claims (no scheduler process): one index probe, and
   -- fire_schedules only when a schedule of the queue is due. A schedule that
   -- cannot fire must not stop the queue's claims: its error becomes a WARNING.
-  execute absurd._cached('schedule.due', q, quote_nullable(q)) into v_due;
+  -- The probe is the catalogue's "schedule.due" (EXPLAIN-tested, generic plan as
+  -- here) written as static SQL: it names no per-queue table, so PL/pgSQL can keep
+  -- its plan for the session; through absurd._cached it cost about 15 us per claim
+  -- instead of 5 (tests/engine/test_schedules.py checks the two texts agree).
+  select min(due_at) into v_due from absurd.schedules where queue_name = q and not paused;
   if v_due <= v_now then
     begin
       perform absurd.fire_schedules(q, 100);
