@@ -500,3 +500,35 @@ def test_claims_probe_is_the_catalogue_statement(c: Conn) -> None:
         "select min(due_at) from", "select min(due_at) into v_due from"
     )
     assert probe.replace("$1", "q") + ";" in " ".join(body.split())
+
+
+def test_fire_log_records_task_and_version(c: Conn, queue: str) -> None:
+    create(c, queue, "s", "* * * * *", '{"overlap": "allow_all"}')
+    at(c, T0 + dt.timedelta(minutes=1))
+    fire(c, queue)
+    c.execute("select absurd.update_schedule(%s, 's', '{\"params\": [2]}')", (queue,))
+    at(c, T0 + dt.timedelta(minutes=2))
+    fire(c, queue)
+    log = c.execute(
+        "select outcome, tick, version, task_id is not null, fired_at"
+        " from absurd.list_schedule_fires(%s, 's') order by fire_id",
+        (queue,),
+    ).fetchall()
+    minute = dt.timedelta(minutes=1)
+    assert log == [
+        ("spawned", dt.datetime(2030, 1, 7, 10, 1, tzinfo=dt.timezone.utc), 1, True, T0 + minute),
+        (
+            "spawned",
+            dt.datetime(2030, 1, 7, 10, 2, tzinfo=dt.timezone.utc),
+            2,
+            True,
+            T0 + 2 * minute,
+        ),
+    ]
+    assert c.execute(f'select params from absurd."t_{queue}" order by enqueue_at').fetchall() == [
+        (None,),
+        ([2],),
+    ]
+    with pytest.raises(psycopg.Error) as info:
+        c.execute("select absurd.fire_schedules(%s, 0)", (queue,))
+    assert info.value.sqlstate == "AB015"

@@ -269,3 +269,22 @@ def test_worker_cannot_plant_a_prepared_statement_for_the_engine(roles: Roles) -
         after = c.execute("select count(*) from absurd.t_jobs").fetchone()
     assert before is not None and after is not None
     assert after[0] == before[0] + 1  # the real spawn ran; nothing was deleted
+
+
+def test_worker_fires_schedules_and_reader_lists_them(roles: Roles) -> None:
+    """Schedules under least privilege: the worker creates and fires them (claims fire
+    them too), the reader lists them and their fire log and cannot fire."""
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
+        c.execute("select absurd.create_schedule('jobs', 'roles-s', 'tick', '0 0 1 1 *')")
+        c.execute("select absurd.trigger_schedule('jobs', 'roles-s')")
+        assert c.execute("select absurd.fire_schedules('jobs')").fetchone() == (0,)
+        c.execute("select * from absurd.claim_task('jobs', 'w', 60, 1)")
+    with psycopg.connect(roles.reader_dsn, autocommit=True) as c:
+        rows = c.execute("select schedule_name from absurd.list_schedules('jobs')").fetchall()
+        assert ("roles-s",) in rows
+        fired = c.execute("select outcome from absurd.list_schedule_fires('jobs', 'roles-s')")
+        assert fired.fetchall() == [("triggered",)]
+    denied(roles.reader_dsn, "select absurd.fire_schedules('jobs')")
+    denied(roles.reader_dsn, "select absurd.create_schedule('jobs', 'r', 't', '* * * * *')")
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
+        assert c.execute("select absurd.delete_schedule('jobs', 'roles-s')").fetchone() == (True,)
