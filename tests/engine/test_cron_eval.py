@@ -513,6 +513,16 @@ def test_every_second_in_a_gap_fires_once_at_its_end(conn: Conn) -> None:
     assert got == (4, z("2027-03-28 00:59:59"), z("2027-03-28 01:00:02"))
 
 
+@pytest.mark.parametrize(
+    "after", ["2030-03-31 00:59:59", "2030-03-31 00:59:59.5", "2030-03-31 00:59"]
+)
+def test_a_tick_in_a_gap_fires_when_asked_just_before_the_gap(conn: Conn, after: str) -> None:
+    # Berlin skips 02:00-03:00 local at 01:00Z: 02:30 fires at 01:00Z (03:00 CEST), also
+    # when asked from the last second before the gap (a schedule created, resumed or
+    # backfilled from there)
+    assert cron_next(conn, "30 2 * * *", z(after), "Europe/Berlin") == z("2030-03-31 01:00")
+
+
 def test_between_is_bounded_by_its_limit(conn: Conn) -> None:
     rows = conn.execute(
         "select absurd._cron_between('* * * * * *', '2027-01-01T00:00Z', 'infinity', 'UTC', 5)"

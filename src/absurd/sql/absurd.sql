@@ -1844,8 +1844,10 @@ begin
   if p_after is null or not isfinite(p_after) then
     return null;
   end if;
-  -- fires fall on whole seconds: start at the next whole second after p_after
-  v_l := (date_trunc('second', p_after) + interval '1 second') at time zone v_zone;
+  -- fires fall on whole seconds: start at the next whole second after p_after, in
+  -- local time (converting p_after + 1 s instead would jump over a gap that starts
+  -- at that second, and miss the tick the gap moves to its end)
+  v_l := date_trunc('second', p_after at time zone v_zone) + interval '1 second';
   v_limit := extract(year from v_l)::integer + 8;
   for v_try in 1..10 loop
     -- the first local time >= v_l that matches every field
