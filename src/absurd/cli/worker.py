@@ -38,11 +38,6 @@ def load_app(spec: str) -> Absurd | AsyncAbsurd:
     return obj
 
 
-def for_queue(app: Any, queue: str) -> Any:
-    """A client like ``app`` (same database, settings, tasks) working on ``queue``."""
-    return app.for_queue(queue)
-
-
 def _run_sync(apps: list[Absurd], options: dict[str, Any]) -> None:
     if len(apps) == 1:
         try:
@@ -177,7 +172,7 @@ def worker(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     app = load_app(app_spec)
-    apps = [for_queue(app, q) for q in dict.fromkeys(queues or (app.queue_name,))]
+    names = dict.fromkeys(queues or (app.queue_name,))
     options: dict[str, Any] = {
         "worker_id": worker_id,
         "claim_timeout": claim_timeout,
@@ -187,9 +182,9 @@ def worker(
         "shutdown_grace": shutdown_grace,
     }
     if isinstance(app, AsyncAbsurd):
-        asyncio.run(_run_async(apps, options))
+        asyncio.run(_run_async([app.for_queue(q) for q in names], options))
     else:
-        _run_sync(apps, options)
+        _run_sync([app.for_queue(q) for q in names], options)
 
 
 COMMANDS = [worker]

@@ -3533,18 +3533,16 @@ begin
 end;
 $$;
 
--- Stores the next tick and the instants derived from it (row locked by the caller).
+-- Stores the next tick of definition p_def and the instants derived from it
+-- (row locked by the caller).
 create or replace function absurd._schedule_set_next(
-  p_queue_name text, p_schedule_name text, p_next timestamptz, p_now timestamptz)
+  p_queue_name text, p_schedule_name text, p_def jsonb, p_next timestamptz, p_now timestamptz)
 returns timestamptz
 language plpgsql
 as $$
 declare
-  s absurd.schedules%rowtype;
-  v_fire timestamptz;
+  v_fire timestamptz := p_next + absurd._schedule_jitter(p_queue_name, p_schedule_name, p_def, p_next);
 begin
-  select * into s from absurd.schedules where queue_name = p_queue_name and schedule_name = p_schedule_name;
-  v_fire := p_next + absurd._schedule_jitter(p_queue_name, p_schedule_name, s.definition, p_next);
   update absurd.schedules set next_tick = p_next, next_fire_at = v_fire,
     due_at = case when buffered_tick is not null
                   then least(v_fire, p_now + interval '1 second') else v_fire end,
@@ -3669,7 +3667,7 @@ begin
       v_tick := coalesce(v_hold, absurd._schedule_next(d, coalesce(v_last, v_tick)));
     end if;
   end if;
-  perform absurd._schedule_set_next(p_queue_name, p_schedule_name, v_tick, p_now);
+  perform absurd._schedule_set_next(p_queue_name, p_schedule_name, d, v_tick, p_now);
   return v_spawned;
 end;
 $$;
@@ -3740,7 +3738,7 @@ begin
     return;
   end if;
   return query select p_schedule_name, absurd._schedule_set_next(p_queue_name, p_schedule_name,
-    absurd._schedule_next(v_def, v_now), v_now);
+    v_def, absurd._schedule_next(v_def, v_now), v_now);
 end;
 $$;
 
@@ -3793,7 +3791,7 @@ begin
   if v_def <> s.definition then
     update absurd.schedules x set definition = v_def, version = x.version + 1
     where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
-    perform absurd._schedule_set_next(p_queue_name, p_schedule_name,
+    perform absurd._schedule_set_next(p_queue_name, p_schedule_name, v_def,
       absurd._schedule_next(v_def, v_now), v_now);
   end if;
   return query select x.schedule_name, x.next_fire_at, x.version from absurd.schedules x
@@ -3841,7 +3839,7 @@ begin
   end if;
   update absurd.schedules x set paused = false, note = null, paused_at = null
   where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
-  return absurd._schedule_set_next(p_queue_name, p_schedule_name,
+  return absurd._schedule_set_next(p_queue_name, p_schedule_name, s.definition,
     absurd._schedule_next(s.definition, v_now), v_now);
 end;
 $$;
