@@ -50,6 +50,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
                           {"task_id": "{task}", "limit": 1000}],
     "task_count_finished_before": [{"cutoff": "2000-01-01"}],
     "event_count_before": [{"cutoff": "2000-01-01"}],
+    "schedule_fire_list": [{"queue": "{queue}", "name": "s", "limit": 20}],
 }  # fmt: skip
 Q = "default"
 WEEK = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
@@ -84,6 +85,17 @@ GLOBAL: dict[str, dict[str, Any]] = {
     "task_retry": {"queue": Q, "task_id": ID, "options": '{"spawn_new": false}'},
     "task_cancel": {"queue": Q, "task_id": ID},
     "event_emit": {"queue": Q, "event_name": "e", "payload": "{}"},
+    "schedule_create": {"queue": Q, "name": "s", "task_name": "t", "cron": "* * * * *",
+                        "options": "{}"},
+    "schedule_update": {"queue": Q, "name": "s", "changes": "{}"},
+    "schedule_pause": {"queue": Q, "name": "s", "note": None},
+    "schedule_resume": {"queue": Q, "name": "s"},
+    "schedule_delete": {"queue": Q, "name": "s"},
+    "schedule_trigger": {"queue": Q, "name": "s"},
+    "schedule_backfill": {"queue": Q, "name": "s", "start": WEEK, "end": WEEK},
+    "schedule_fire": {"queue": Q, "limit": 100},
+    "schedule_list": {"queue": Q},
+    "schedule_preview": {"queue": Q, "name": "s", "count": 5},
     "task_cleanup": {"queue": Q, "ttl": 86400, "limit": 1000},
     "event_cleanup": {"queue": Q, "ttl": 86400, "limit": 1000},
     "cron_enable": {"queue": None, "partition_schedule": "5 * * * *",
@@ -146,6 +158,7 @@ def test_cli_query_is_index_driven(
     name: str, case: int, full_queue: tuple[str, dict[str, str]], connect: Connect
 ) -> None:
     queue, ids = full_queue
+    ids = {**ids, "queue": queue}
     values = {k: ids[v[1:-1]].strip("'") if isinstance(v, str) and v.startswith("{") else v
               for k, v in CASES[name][case].items()}  # fmt: skip
     conn = connect()

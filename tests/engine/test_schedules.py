@@ -532,3 +532,31 @@ def test_fire_log_records_task_and_version(c: Conn, queue: str) -> None:
     with pytest.raises(psycopg.Error) as info:
         c.execute("select absurd.fire_schedules(%s, 0)", (queue,))
     assert info.value.sqlstate == "AB015"
+
+
+def test_preview_lists_the_next_ticks_with_jitter_and_end(c: Conn, queue: str) -> None:
+    from absurd import InvalidScheduleOption, ScheduleNotFound, errors
+
+    create(c, queue, "p", "0 * * * *", '{"jitter": 60, "end_at": "2030-01-07T14:00:00Z"}')
+    rows = c.execute("select tick, fire_at from absurd.preview_schedule(%s, 'p')", (queue,))
+    got = rows.fetchall()
+    hour = dt.timedelta(hours=1)
+    first = dt.datetime(2030, 1, 7, 11, tzinfo=dt.timezone.utc)
+    assert [t for t, _ in got] == [first, first + hour, first + 2 * hour, first + 3 * hour]
+    assert all(t <= f < t + dt.timedelta(seconds=60) for t, f in got)
+    (next_fire,) = c.execute(
+        "select next_fire_at from absurd.list_schedules(%s)", (queue,)
+    ).fetchone() or (None,)
+    assert got[0][1] == next_fire
+    c.execute("select absurd.pause_schedule(%s, 'p')", (queue,))
+    at(c, T0 + 2 * hour)
+    paused = c.execute("select tick from absurd.preview_schedule(%s, 'p', 2)", (queue,))
+    assert [t for (t,) in paused.fetchall()] == [first + 2 * hour, first + 3 * hour]
+    for sql, err in [
+        ("select * from absurd.preview_schedule(%s, 'nope')", ScheduleNotFound),
+        ("select * from absurd.preview_schedule(%s, 'p', 0)", InvalidScheduleOption),
+        ("select * from absurd.preview_schedule(%s, 'p', 101)", InvalidScheduleOption),
+    ]:
+        with pytest.raises(psycopg.Error) as info:
+            c.execute(sql, (queue,))
+        assert isinstance(errors.translate(info.value), err)

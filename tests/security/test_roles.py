@@ -284,6 +284,8 @@ def test_worker_fires_schedules_and_reader_lists_them(roles: Roles) -> None:
         assert ("roles-s",) in rows
         fired = c.execute("select outcome from absurd.list_schedule_fires('jobs', 'roles-s')")
         assert fired.fetchall() == [("triggered",)]
+        preview = c.execute("select count(*) from absurd.preview_schedule('jobs', 'roles-s')")
+        assert preview.fetchone() == (5,)
     denied(roles.reader_dsn, "select absurd.fire_schedules('jobs')")
     denied(roles.reader_dsn, "select absurd.create_schedule('jobs', 'r', 't', '* * * * *')")
     with psycopg.connect(roles.worker_dsn, autocommit=True) as c:

@@ -40,6 +40,7 @@
 --   Schedules      create_schedule, update_schedule, pause_schedule,
 --                  resume_schedule, delete_schedule, trigger_schedule,
 --                  backfill_schedule, list_schedules, list_schedule_fires,
+--                  preview_schedule,
 --                  fire_schedules (claim_task fires due schedules itself)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
@@ -3937,6 +3938,43 @@ begin
       s.last_fire_at, s.last_task_id, s.buffered_tick, s.version, s.created_at, s.updated_at
     from absurd.schedules s where s.queue_name = p_queue_name
     order by s.schedule_name;
+end;
+$$;
+
+-- The schedule's next p_count ticks (at most 100) and the instants they fire at
+-- (jitter applied), from its pending tick on; a paused schedule shows the ticks
+-- it would fire after a resume now. Fewer rows when end_at comes first.
+create or replace function absurd.preview_schedule(
+  p_queue_name text, p_schedule_name text, p_count integer default 5)
+returns table (tick timestamptz, fire_at timestamptz)
+language plpgsql
+stable
+as $$
+declare
+  v_now timestamptz := absurd.current_time();
+  s absurd.schedules%rowtype;
+  v_tick timestamptz;
+  v_n integer := 0;
+begin
+  perform absurd._require_queue(p_queue_name);
+  select * into s from absurd.schedules x
+  where x.queue_name = p_queue_name and x.schedule_name = p_schedule_name;
+  if not found then
+    perform absurd._raise('AB021', format('Schedule "%s" not found in queue "%s"',
+      left(absurd._show(p_schedule_name), 200), p_queue_name));
+  end if;
+  if p_count is null or p_count < 1 or p_count > 100 then
+    perform absurd._raise('AB019', 'preview_schedule counts 1 to 100 ticks');
+  end if;
+  v_tick := case when s.paused or s.next_tick is null
+                 then absurd._schedule_next(s.definition, v_now) else s.next_tick end;
+  while v_tick is not null and v_n < p_count loop
+    tick := v_tick;
+    fire_at := v_tick + absurd._schedule_jitter(p_queue_name, p_schedule_name, s.definition, v_tick);
+    return next;
+    v_n := v_n + 1;
+    v_tick := absurd._schedule_next(s.definition, v_tick);
+  end loop;
 end;
 $$;
 

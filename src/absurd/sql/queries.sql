@@ -224,6 +224,51 @@ select absurd.cancel_task(%(queue)s, %(task_id)s::uuid)
 -- name: event_emit --
 select absurd.emit_event(%(queue)s, %(event_name)s, %(payload)s::jsonb)
 
+-- Schedules (absurd.create_schedule ... fire_schedules): shared by the SDK, absurdctl
+-- and Habitat. `options` and `changes` are JSON objects (docs/engine.md, "Schedules").
+-- name: schedule_create --
+select schedule_name, next_fire_at
+from absurd.create_schedule(%(queue)s, %(name)s, %(task_name)s, %(cron)s, %(options)s::jsonb)
+
+-- name: schedule_update --
+select schedule_name, next_fire_at, version
+from absurd.update_schedule(%(queue)s, %(name)s, %(changes)s::jsonb)
+
+-- name: schedule_pause --
+select absurd.pause_schedule(%(queue)s, %(name)s, %(note)s)
+
+-- name: schedule_resume --
+select absurd.resume_schedule(%(queue)s, %(name)s) as next_fire_at
+
+-- name: schedule_delete --
+select absurd.delete_schedule(%(queue)s, %(name)s) as deleted
+
+-- name: schedule_trigger --
+select absurd.trigger_schedule(%(queue)s, %(name)s) as task_id
+
+-- name: schedule_backfill --
+select absurd.backfill_schedule(%(queue)s, %(name)s, %(start)s::timestamptz,
+  %(end)s::timestamptz) as spawned
+
+-- name: schedule_fire --
+select absurd.fire_schedules(%(queue)s, %(limit)s) as spawned
+
+-- name: schedule_list --
+select schedule_name, task_name, cron, timezone, definition, paused, note, next_fire_at,
+  last_fire_at, last_task_id, buffered_tick, version, created_at, updated_at
+from absurd.list_schedules(%(queue)s)
+
+-- name: schedule_preview --
+select tick, fire_at from absurd.preview_schedule(%(queue)s, %(name)s, %(count)s)
+
+-- name: schedule_fire_list --
+-- The latest fires of a schedule, newest first, with the state of each fire's task
+-- (a primary-key probe of {t} per row; null once the task is cleaned up).
+select f.fire_id, f.tick, f.through, f.ticks, f.outcome, f.task_id, f.version, f.fired_at,
+  (select t.state from {t} t where t.task_id = f.task_id) as task_state
+from absurd.list_schedule_fires(%(queue)s, %(name)s, %(limit)s) f
+order by f.fire_id desc
+
 -- name: task_cleanup --
 -- One batch: up to `limit` finished tasks older than `ttl` seconds (cleanup, maintenance).
 select absurd.cleanup_tasks(%(queue)s, %(ttl)s, %(limit)s) as n

@@ -62,7 +62,8 @@ as $$
                     'partition_week_tag', 'retry_delay_seconds', 'queue_channel',
                     'queue_next_wake', 'list_queues', 'get_queue_policy',
                     'get_task_result', 'get_task_checkpoint_state',
-                    'get_task_checkpoint_states', 'list_schedules', 'list_schedule_fires')
+                    'get_task_checkpoint_states', 'list_schedules', 'list_schedule_fires',
+                    'preview_schedule')
 $$;
 
 create or replace function absurd._install_roles(p_worker name, p_reader name)
