@@ -3615,6 +3615,7 @@ declare
   v_steps integer := 0;
   v_tick timestamptz;
   v_last timestamptz;
+  v_next timestamptz;
   v_hold timestamptz;
   v_cutoff timestamptz;
 begin
@@ -3647,11 +3648,19 @@ begin
         v_tick := absurd._schedule_next(d, v_tick);
       end loop;
     else
-      v_last := absurd._schedule_last_tick(d, v_tick, p_now);
-      if v_last + absurd._schedule_jitter(p_queue_name, p_schedule_name, d, v_last) > p_now then
-        -- The latest tick is not due yet (its jitter): it stays next.
-        v_hold := v_last;
-        v_last := absurd._schedule_last_tick(d, v_tick, v_last - interval '1 second');
+      -- The usual case: the pending tick is the only one due (it is due, as its
+      -- fire time has come), and the tick after it is the next one: one cron step.
+      v_next := absurd._schedule_next(d, v_tick);
+      if v_next is null or v_next > p_now then
+        v_last := v_tick;
+      else
+        v_next := null;
+        v_last := absurd._schedule_last_tick(d, v_tick, p_now);
+        if v_last + absurd._schedule_jitter(p_queue_name, p_schedule_name, d, v_last) > p_now then
+          -- The latest tick is not due yet (its jitter): it stays next.
+          v_hold := v_last;
+          v_last := absurd._schedule_last_tick(d, v_tick, v_last - interval '1 second');
+        end if;
       end if;
       if v_last is not null then
         if d ->> 'catchup' = 'latest'
@@ -3665,7 +3674,7 @@ begin
             v_last + interval '1 microsecond', 'skipped_catchup', p_now);
         end if;
       end if;
-      v_tick := coalesce(v_hold, absurd._schedule_next(d, coalesce(v_last, v_tick)));
+      v_tick := coalesce(v_hold, v_next, absurd._schedule_next(d, coalesce(v_last, v_tick)));
     end if;
   end if;
   perform absurd._schedule_set_next(p_queue_name, p_schedule_name, d, v_tick, p_now);
