@@ -20,7 +20,7 @@ import pytest
 from psycopg import ClientCursor, sql
 
 from absurd import queries
-from absurd.habitat import store
+from absurd.habitat import state, store
 from tests.conftest import Connect
 from tests.engine.test_plans import full_queue, plan_nodes
 
@@ -104,6 +104,7 @@ def test_habitat_query_is_index_driven(
 ) -> None:
     queue, ids = full_queue
     conn: psycopg.Connection[Any] = connect()
+    state._configure(conn)  # the settings of Habitat's pooled sessions
     params = {**BASE, **CASES[name][case]}
     for key, value in params.items():
         if isinstance(value, str) and value in ("{task}", "{run}"):
