@@ -20,6 +20,7 @@ import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 #: Set by ``-v/--verbose`` (on the group or on any command): show tracebacks.
 VERBOSE = False
@@ -129,8 +130,8 @@ def print_table(
     cols = list(columns)
     for col in cols:
         table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(cell(row.get(col)) for col in cols))
+    for row in rows:  # Text: a value such as "[red]" is shown, not read as markup
+        table.add_row(*(Text(cell(row.get(col))) for col in cols))
     out.print(table)
 
 
