@@ -9,10 +9,12 @@ import json
 import uuid
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 
+from absurd.cli.schedules import when
 from tests.cli.conftest import Cli, one_line_error
 
 Conn = psycopg.Connection[Any]
@@ -152,8 +154,12 @@ def test_create_takes_every_option(cli: Cli, queue: str, conn: Conn, at: Clock) 
             json.dumps({k: v for k, v in definition.items() if k not in ("task_name", "cron")}),
         )
     )
-    assert again.stdout.startswith(f"schedule all on {queue}: next fire 2030-01-07 12:00:00")
-    assert "America/New_York" in again.stdout
+    fire = utc(created["next_fire_at"])  # the jitter depends on the queue's name
+    assert again.stdout == (
+        f"schedule all on {queue}: next fire {when(fire)}"
+        f" ({when(fire, ZoneInfo('America/New_York'))} America/New_York)\n"
+    )
+    assert when(fire, ZoneInfo("America/New_York")).startswith("2030-01-07 07:00:0")
     ok(
         cli(
             "schedules",
@@ -393,3 +399,15 @@ def test_names_the_engine_refuses(cli: Cli, queue: str, at: Clock) -> None:
         result = cli("schedules", "create", name, "-q", queue, "--task", "t", "--cron", "@daily")
         one_line_error(result, fragment)
     assert cli("schedules", "list", "-q", queue, "--json").json() == []
+
+
+def test_help_for_agents_lists_the_schedules(cli: Cli) -> None:
+    assert "schedules show NAME" in cli("agent-help").stdout
+    from absurd.cli.skill import skill_text
+
+    assert "absurdctl schedules show NAME" in skill_text() and "skipped_overlap" in skill_text()
+    helped = ok(cli("schedules", "--help")).stdout
+    for command in ("list", "show", "create", "update", "pause", "resume", "trigger",
+                    "backfill", "delete"):  # fmt: skip
+        assert f"  {command} " in helped
+        assert ok(cli("schedules", command, "--help")).stdout.startswith("Usage:")
