@@ -371,7 +371,8 @@ def test_hostile_names(cli: Cli, queue: str, conn: Conn, at: Clock, name: str) -
     assert shown["schedule"]["definition"]["params"] == {name: name}
     assert len(shown["next"]) == 5
     human = ok(cli("schedules", "show", name, "-q", queue)).stdout
-    assert (name if name.isprintable() else repr(name)) in human
+    label = name if name.isprintable() else repr(name)
+    assert human.startswith(f"schedule {label}\n")  # a name is never read as markup
     if name.isprintable():
         assert name in cli("schedules", "list", "-q", queue).stdout
     ok(cli("schedules", "pause", name, "-q", queue, "--note", name))
@@ -415,3 +416,22 @@ def test_help_for_agents_lists_the_schedules(cli: Cli) -> None:
                     "backfill", "delete"):  # fmt: skip
         assert f"  {command} " in helped
         assert ok(cli("schedules", command, "--help")).stdout.startswith("Usage:")
+
+
+@pytest.mark.parametrize("prefix", ['q"; drop table x; --', "[b]q%s%(x)s[/b] €"])
+def test_hostile_queue_names(cli: Cli, conn: Conn, at: Clock, prefix: str) -> None:
+    queue = f"{prefix}{uuid.uuid4().hex[:6]}"
+    ok(cli("create-queue", queue))
+    try:
+        assert ok(cli("schedules", "list", "-q", queue)).stdout == (
+            f"(no schedules in queue {queue})\n"
+        )
+        ok(cli("schedules", "create", "s", "-q", queue, "--task", "t", "--cron", "@hourly"))
+        task = ok(cli("schedules", "trigger", "s", "-q", queue, "--json")).json()["task_id"]
+        shown = ok(cli("schedules", "show", "s", "-q", queue, "--json")).json()
+        assert shown["queue"] == queue and shown["fires"][0]["task_id"] == task
+        assert shown["fires"][0]["task_state"] == "pending"  # read from the queue's table
+        assert f"  queue      {queue}\n" in ok(cli("schedules", "show", "s", "-q", queue)).stdout
+        ok(cli("schedules", "delete", "s", "-q", queue, "--yes"))
+    finally:
+        ok(cli("drop-queue", queue, "--yes"))

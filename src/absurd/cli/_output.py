@@ -19,6 +19,7 @@ from typing import IO, Any
 import click
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -122,10 +123,14 @@ def print_table(
     """Rows as a table with the given columns, or ``empty`` when there are none."""
     out = console()
     if not rows:
-        out.print(empty)
+        out.print(empty, markup=False)
         return
     table = Table(
-        title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False
+        title=escape(title) if title else None,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        show_edge=False,
     )
     cols = list(columns)
     for col in cols:
@@ -139,7 +144,7 @@ def print_fields(row: dict[str, Any], *, title: str | None = None) -> None:
     """One record as aligned ``key  value`` lines (fields without a value are left out)."""
     out = console()
     if title:
-        out.print(f"[bold]{title}[/bold]")
+        out.print(f"[bold]{escape(title)}[/bold]")
     row = {k: v for k, v in row.items() if v is not None}
     width = max((len(k) for k in row), default=0)
     for key, value in row.items():

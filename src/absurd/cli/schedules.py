@@ -142,8 +142,8 @@ def schedule_options(flags: dict[str, Any]) -> dict[str, Any]:
             options[key] = _interval(flags[key], "--" + key.replace("_", "-"))
     for key in ("start_at", "end_at"):
         if flags.get(key) is not None:
-            when = parse_timestamp(flags[key], "--" + key.replace("_", "-"))
-            options[key] = when.isoformat()
+            instant = parse_timestamp(flags[key], "--" + key.replace("_", "-"))
+            options[key] = instant.isoformat()
     return options
 
 
