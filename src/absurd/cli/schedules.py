@@ -283,7 +283,14 @@ def _report(as_json: bool, queue: str, name: str, row: dict[str, Any], text: str
 queue_option = click.option("-q", "--queue", default="default", show_default=True)
 
 
-@click.group("schedules", context_settings={"help_option_names": ["--help"]})
+class _InOrder(click.Group):
+    """Lists its commands in the order they were added (reads first, then actions)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group("schedules", cls=_InOrder, context_settings={"help_option_names": ["--help"]})
 def schedules() -> None:
     """Cron schedules: a task spawned on every tick, fired by the engine itself."""
 
