@@ -29,6 +29,8 @@ DB_COMMANDS = {
     "detach-candidate", "spawn-task", "retry-task", "emit-event", "list-tasks",
     "cancel-task", "dump-task", "maintain",
 }  # fmt: skip
+#: Groups whose subcommands are database commands (``schedules list``).
+DB_GROUPS = {"schedules"}
 
 
 @dataclass
@@ -52,11 +54,15 @@ def run_inprocess(args: list[str], stdin: str | None = None) -> Result:
 
 @pytest.fixture
 def cli(dsn: str) -> Cli:
-    """cli("list-tasks", "-q", q): the command with ``-d <session database>`` added."""
+    """cli("list-tasks", "-q", q): the command with ``-d <session database>`` added
+    (also to a subcommand of a group in DB_GROUPS: ``cli("schedules", "list")``)."""
 
     def run(*args: str, db: str | None = None, stdin: str | None = None) -> Result:
         argv = list(args)
-        if argv and argv[0] in DB_COMMANDS:
+        if argv and (
+            argv[0] in DB_COMMANDS
+            or (argv[0] in DB_GROUPS and len(argv) > 1 and not argv[1].startswith("-"))
+        ):
             argv += ["-d", db or dsn]
         return run_inprocess(argv, stdin)
 

@@ -13,7 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from absurd import schema
 from absurd.cli._conn import Target
-from tests.cli.conftest import DB_COMMANDS, Cli, absurdctl, one_line_error
+from tests.cli.conftest import DB_COMMANDS, DB_GROUPS, Cli, absurdctl, one_line_error
 from tests.conftest import Connect
 
 HOSTILE = ['q"; drop table x; --', "q €ünï", "q%s%(x)s", "q'quote"]
@@ -26,7 +26,8 @@ def fresh_queue() -> str:
 def test_every_upstream_command_is_there(cli: Cli) -> None:
     result = cli("--help")
     assert result.code == 0
-    for name in [*DB_COMMANDS, "install-skill", "demo", "dev", "worker", "habitat", "agent-help"]:
+    ours = ["install-skill", "demo", "dev", "worker", "habitat", "agent-help", *DB_GROUPS]
+    for name in [*DB_COMMANDS, *ours]:
         assert f"  {name} " in result.stdout, name
         assert cli(name, "--help").code == 0
 

@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "absurd.cli.storage",
     "absurd.cli.maintain",
     "absurd.cli.tasks",
+    "absurd.cli.schedules",
     "absurd.cli.skill",
     "absurd.cli.demo",
     "absurd.cli.dev",

@@ -19,7 +19,9 @@ from typing import IO, Any
 import click
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 #: Set by ``-v/--verbose`` (on the group or on any command): show tracebacks.
 VERBOSE = False
@@ -121,16 +123,20 @@ def print_table(
     """Rows as a table with the given columns, or ``empty`` when there are none."""
     out = console()
     if not rows:
-        out.print(empty)
+        out.print(empty, markup=False)
         return
     table = Table(
-        title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False
+        title=escape(title) if title else None,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        show_edge=False,
     )
     cols = list(columns)
     for col in cols:
         table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(cell(row.get(col)) for col in cols))
+    for row in rows:  # Text: a value such as "[red]" is shown, not read as markup
+        table.add_row(*(Text(cell(row.get(col))) for col in cols))
     out.print(table)
 
 
@@ -138,7 +144,7 @@ def print_fields(row: dict[str, Any], *, title: str | None = None) -> None:
     """One record as aligned ``key  value`` lines (fields without a value are left out)."""
     out = console()
     if title:
-        out.print(f"[bold]{title}[/bold]")
+        out.print(f"[bold]{escape(title)}[/bold]")
     row = {k: v for k, v in row.items() if v is not None}
     width = max((len(k) for k in row), default=0)
     for key, value in row.items():

@@ -1,11 +1,18 @@
-"""Building JSON objects from ``-P key=value`` / ``-P key:=json`` flags (dotted keys nest)."""
+"""Building JSON objects from ``-P key=value`` / ``-P key:=json`` flags (dotted keys nest),
+and the spawn flags ``spawn-task`` and ``schedules create|update`` share."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
 
 from absurd.cli._output import CliError
+
+F = TypeVar("F", bound=Callable[..., Any])
+RETRY_KINDS = ("none", "fixed", "exponential")
 
 
 def parse_json(text: str, what: str) -> Any:
@@ -59,3 +66,78 @@ def build(
     for flag in flags:
         assign(result, flag, option)
     return result
+
+
+_SPAWN_FLAGS = [
+    click.option(
+        "-P",
+        "--param",
+        "params_flags",
+        multiple=True,
+        metavar="K=V|K:=JSON",
+        help="A parameter (dotted keys nest); repeatable.",
+    ),
+    click.option(
+        "--params", "params_json", metavar="JSON", help="Base parameters (a JSON object)."
+    ),
+    click.option(
+        "-H",
+        "--header",
+        "header_flags",
+        multiple=True,
+        metavar="K=V|K:=JSON",
+        help="A header; repeatable.",
+    ),
+    click.option("--max-attempts", type=click.IntRange(min=1)),
+    click.option("--retry-kind", type=click.Choice(RETRY_KINDS)),
+    click.option("--retry-base", type=float, metavar="SECS"),
+    click.option("--retry-factor", type=float, metavar="F"),
+    click.option("--retry-max", type=float, metavar="SECS"),
+    click.option(
+        "--max-duration", type=float, metavar="SECS", help="Cancel after running this long."
+    ),
+    click.option("--max-delay", type=float, metavar="SECS", help="Cancel if not started by then."),
+    click.option("--priority", type=int, default=None, help="Higher runs first (default 0)."),
+]
+_SPAWN_KEYS = (
+    "params_flags", "params_json", "header_flags", "max_attempts", "retry_kind", "retry_base",
+    "retry_factor", "retry_max", "max_duration", "max_delay", "priority",
+)  # fmt: skip
+
+
+def spawn_flags(f: F) -> F:
+    """Adds the spawn flags (params, headers, attempts, retry, cancellation, priority);
+    the command receives them as keyword arguments, read by :func:`spawn_options`."""
+    for option in reversed(_SPAWN_FLAGS):
+        f = option(f)
+    return f
+
+
+def spawn_options(flags: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(params, options) from the spawn flags in ``flags`` (which it removes from it).
+
+    ``params`` is None when no ``-P``/``--params`` was given; ``options`` holds only
+    what was given (``spawn_task``'s option keys)."""
+    f = {key: flags.pop(key) for key in _SPAWN_KEYS}
+    params = None
+    if f["params_json"] is not None or f["params_flags"]:
+        params = build(f["params_json"], f["params_flags"], "-P/--param", "--params")
+    options: dict[str, Any] = {}
+    if f["header_flags"]:
+        options["headers"] = build(None, f["header_flags"], "-H/--header", "")
+    if f["max_attempts"] is not None:
+        options["max_attempts"] = f["max_attempts"]
+    retry = {
+        key: f[flag]
+        for key, flag in (("base_seconds", "retry_base"), ("factor", "retry_factor"),
+                          ("max_seconds", "retry_max"))
+        if f[flag] is not None
+    }  # fmt: skip
+    if retry or f["retry_kind"] is not None:
+        options["retry_strategy"] = {"kind": f["retry_kind"] or "exponential", **retry}
+    cancellation = {k: f[k] for k in ("max_duration", "max_delay") if f[k] is not None}
+    if cancellation:
+        options["cancellation"] = cancellation
+    if f["priority"] is not None:
+        options["priority"] = f["priority"]
+    return params, options

@@ -27,6 +27,10 @@ Act:
   absurdctl emit-event NAME -q Q --payload '{"ok": true}'   wakes waiting runs
   absurdctl retry-task ID [--max-attempts N | --spawn-new]
   absurdctl cancel-task ID
+Schedules (cron):
+  absurdctl schedules list -q Q --json     next/last fire, last task, paused
+  absurdctl schedules show NAME -q Q       next 5 fires, fire log with task states
+  absurdctl schedules trigger|pause|resume NAME -q Q
 Run:
   absurdctl dev                            local PostgreSQL, prints the DSN
   absurdctl worker pkg.module:app -c 4     run the app's tasks

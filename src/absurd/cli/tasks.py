@@ -17,10 +17,9 @@ from psycopg import sql
 from absurd import queries
 from absurd.cli._conn import Conn, Target, check_queue_name, queue_names, require_queue, with_db
 from absurd.cli._output import CliError, cell, console, json_option, print_fields, print_json, show
-from absurd.cli._params import build
+from absurd.cli._params import build, spawn_flags, spawn_options
 
 STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
-RETRY_KINDS = ("none", "fixed", "exponential")
 
 
 def parse_uuid(value: str, what: str) -> uuid.UUID:
@@ -66,42 +65,11 @@ def locate(
 # -- spawn-task ------------------------------------------------------------------
 
 
-def _retry_strategy(
-    kind: str | None, base: float | None, factor: float | None, maximum: float | None
-) -> dict[str, Any] | None:
-    if kind is None and base is None and factor is None and maximum is None:
-        return None
-    strategy: dict[str, Any] = {"kind": kind or "exponential"}
-    for key, value in (("base_seconds", base), ("factor", factor), ("max_seconds", maximum)):
-        if value is not None:
-            strategy[key] = value
-    return strategy
-
-
 @click.command("spawn-task")
 @click.argument("task_name")
 @click.option("-q", "--queue", default="default", show_default=True)
-@click.option(
-    "-P",
-    "--param",
-    "params_flags",
-    multiple=True,
-    metavar="K=V|K:=JSON",
-    help="A parameter (dotted keys nest); repeatable.",
-)
-@click.option("--params", "params_json", metavar="JSON", help="Base parameters (a JSON object).")
-@click.option(
-    "-H", "--header", "headers", multiple=True, metavar="K=V|K:=JSON", help="A header; repeatable."
-)
-@click.option("--max-attempts", type=click.IntRange(min=1))
-@click.option("--retry-kind", type=click.Choice(RETRY_KINDS))
-@click.option("--retry-base", type=float, metavar="SECS")
-@click.option("--retry-factor", type=float, metavar="F")
-@click.option("--retry-max", type=float, metavar="SECS")
-@click.option("--max-duration", type=float, metavar="SECS", help="Cancel after running this long.")
-@click.option("--max-delay", type=float, metavar="SECS", help="Cancel if not started by then.")
+@spawn_flags
 @click.option("--idempotency-key", default=None, help="Spawn at most once per key.")
-@click.option("--priority", type=int, default=None, help="Higher runs first (default 0).")
 @click.option("--delay", type=float, default=None, metavar="SECS", help="Start no sooner.")
 @json_option
 @with_db
@@ -109,42 +77,15 @@ def spawn_task(
     db: Target,
     task_name: str,
     queue: str,
-    params_flags: tuple[str, ...],
-    params_json: str | None,
-    headers: tuple[str, ...],
-    max_attempts: int | None,
-    retry_kind: str | None,
-    retry_base: float | None,
-    retry_factor: float | None,
-    retry_max: float | None,
-    max_duration: float | None,
-    max_delay: float | None,
     idempotency_key: str | None,
-    priority: int | None,
     delay: float | None,
     as_json: bool,
+    **flags: Any,
 ) -> None:
     """Spawn a task TASK_NAME on a queue."""
     check_queue_name(queue)
-    params = build(params_json, params_flags, "-P/--param", "--params")
-    options: dict[str, Any] = {}
-    if headers:
-        options["headers"] = build(None, headers, "-H/--header", "")
-    if max_attempts is not None:
-        options["max_attempts"] = max_attempts
-    strategy = _retry_strategy(retry_kind, retry_base, retry_factor, retry_max)
-    if strategy is not None:
-        options["retry_strategy"] = strategy
-    cancellation = {
-        k: v for k, v in (("max_duration", max_duration), ("max_delay", max_delay)) if v is not None
-    }
-    if cancellation:
-        options["cancellation"] = cancellation
-    for key, value in (
-        ("idempotency_key", idempotency_key),
-        ("priority", priority),
-        ("delay", delay),
-    ):
+    params, options = spawn_options(flags)
+    for key, value in (("idempotency_key", idempotency_key), ("delay", delay)):
         if value is not None:
             options[key] = value
     with db.connect() as conn:
@@ -154,7 +95,7 @@ def spawn_task(
             {
                 "queue": queue,
                 "task_name": task_name,
-                "params": json.dumps(params),
+                "params": json.dumps(params or {}),
                 "options": json.dumps(options),
             },
         ).fetchone()
