@@ -30,13 +30,15 @@ def hq(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, dict[str, str]]]:
 
 @pytest.fixture
 def make_client(dsn: str) -> Iterator[Callable[..., TestClient]]:
-    """Factory: a TestClient on a fresh app (``token=``, ``basic_auth=``, ``base_path=``)."""
+    """Factory: a TestClient on a fresh app (``token=``, ``basic_auth=``, ``base_path=``;
+    ``dsn=`` another DSN, e.g. one with a pinned engine clock)."""
     clients: list[TestClient] = []
 
     def make(**kwargs: Any) -> TestClient:
         kwargs.setdefault("token", None)
         kwargs.setdefault("basic_auth", None)
-        client = TestClient(create_app(dsn, **kwargs), follow_redirects=False)
+        app = create_app(kwargs.pop("dsn", dsn), **kwargs)
+        client = TestClient(app, follow_redirects=False)
         client.__enter__()
         clients.append(client)
         return client
