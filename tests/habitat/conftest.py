@@ -13,7 +13,7 @@ pytest.importorskip("starlette", reason="Habitat needs the 'habitat' extra")
 from starlette.testclient import TestClient
 
 from absurd.habitat import create_app
-from tests.habitat.data import new_queue, populate
+from tests.habitat.data import at, new_queue, populate, populate_schedules
 
 TOKEN = "t0ken-for-tests"
 BASIC = "admin:pa55word"
@@ -25,6 +25,16 @@ def hq(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, dict[str, str]]]:
     queue = new_queue(conn)
     ids = populate(conn, queue)
     yield queue, ids
+    conn.execute("select absurd.drop_queue(%s)", (queue,))
+
+
+@pytest.fixture
+def sq(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A queue with schedules and fires (data.populate_schedules): (queue, names)."""
+    queue = new_queue(conn, "sch")
+    names = populate_schedules(conn, queue)
+    yield queue, names
+    at(conn, None)
     conn.execute("select absurd.drop_queue(%s)", (queue,))
 
 

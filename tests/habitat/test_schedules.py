@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -23,25 +23,13 @@ from tests.habitat.data import (
     HOSTILE_NAME,
     LONG_NAME,
     SLASHED_NAME,
-    at,
     new_queue,
     pinned_dsn,
-    populate_schedules,
 )
 from tests.habitat.test_app import BEARER, csrf_of, login
 
 Conn = psycopg.Connection[Any]
 SQ = tuple[str, dict[str, str]]
-
-
-@pytest.fixture
-def sq(conn: Conn) -> Iterator[SQ]:
-    """A queue with schedules (tests.habitat.data.populate_schedules)."""
-    queue = new_queue(conn, "sch")
-    names = populate_schedules(conn, queue)
-    yield queue, names
-    at(conn, None)
-    conn.execute("select absurd.drop_queue(%s)", (queue,))
 
 
 @pytest.fixture
