@@ -382,7 +382,7 @@ async def schedule_detail(request: Request) -> Response:
         return bad_request(request, str(exc))
     if schedule is None:
         return bad_request(request, f"Schedule {name!r} not found in queue {queue!r}", 404)
-    return render(request, "schedule.html", s=schedule, now=at)
+    return render(request, "schedule.html", s=schedule, now=at, fire_cap=store.FIRE_CAP)
 
 
 # -- login ----------------------------------------------------------------------------
