@@ -320,3 +320,27 @@ def test_json_action_errors(srw: TestClient, sq: SQ, conn: Conn) -> None:
     assert coded.json()["code"] == "AB021"
     assert schedule_row(conn, queue, "every-minute")[0] is False
     assert outcomes(conn, queue, "every-minute") == ["spawned", "skipped_overlap"]
+
+
+def test_schedule_links_follow_the_base_path(
+    make_client: Callable[..., TestClient], dsn: str, sq: SQ
+) -> None:
+    queue, _ = sq
+    client = make_client(dsn=pinned_dsn(dsn), base_path="/ops/habitat")
+    listed = client.get(f"/ops/habitat/schedules?queue={quote(queue)}").text
+    link = "/ops/habitat" + page_of(queue, SLASHED_NAME)
+    assert f'href="{html.escape(link)}"' in listed
+    page = client.get(link)
+    assert page.status_code == 200 and str(escape(SLASHED_NAME)) in page.text
+    assert 'action="/ops/habitat/actions/pause"' not in page.text  # read-only
+    api = client.get(f"/ops/habitat/api{page_of(queue, SLASHED_NAME)}").json()
+    assert api["scheduleName"] == SLASHED_NAME
+
+
+def test_a_hand_typed_slash_belongs_to_the_name(sro: TestClient, sq: SQ, conn: Conn) -> None:
+    queue, _ = sq
+    conn.execute("select absurd.create_schedule(%s, 'a/b', 't', '@daily')", (queue,))
+    assert sro.get(f"/schedules/{queue}/a/b").status_code == 200
+    assert sro.get(f"/api/schedules/{queue}/a/b").json()["scheduleName"] == "a/b"
+    assert sro.get(f"/schedules/{queue}/a%2Fb").status_code == 200
+    assert sro.get(f"/schedules/{queue}/%FF").status_code == 400  # not UTF-8

@@ -336,12 +336,19 @@ def schedule_path(queue: str, name: str) -> str:
 
 
 def schedule_key(request: Request) -> tuple[str, str]:
-    """(queue, schedule name) of /schedules/{queue}/{name} and /api/schedules/...: read
-    from the raw path, so an encoded slash in either part stays inside that part."""
+    """(queue, schedule name) of /schedules/{queue}/{name} (and /api/schedules/...).
+
+    Read from the raw path: the first segment after the route's prefix is the queue,
+    the rest the name, each percent-decoded once, so an encoded slash stays inside its
+    part and a slash typed by hand belongs to the name.
+    """
     raw = request.scope.get("raw_path")
-    if isinstance(raw, bytes) and raw.count(b"/") >= 2:
-        queue, name = raw.decode("latin-1").rsplit("/", 2)[1:]
-        return unquote(queue, errors="strict"), unquote(name, errors="strict")
+    if isinstance(raw, bytes):
+        text = raw.decode("latin-1")
+        at = text.find("/schedules/", len(root(request)))
+        rest = text[at + len("/schedules/") :].split("/", 1) if at >= 0 else []
+        if len(rest) == 2:
+            return unquote(rest[0], errors="strict"), unquote(rest[1], errors="strict")
     return request.path_params["queue"], request.path_params["name"]
 
 
