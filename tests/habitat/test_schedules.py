@@ -133,6 +133,7 @@ def test_unknown_schedules_and_queues_are_404s_or_400s(sro: TestClient, sq: SQ) 
     queue, _ = sq
     missing = sro.get(page_of(queue, "nope<script>"))
     assert missing.status_code == 404 and "&#39;nope&lt;script&gt;&#39; not found" in missing.text
+    assert '<code class="code">AB021</code>' in missing.text
     assert sro.get(page_of("no_such_queue", "x")).status_code == 400
     assert sro.get("/schedules?queue=no_such_queue").status_code == 400
     assert sro.get("/schedules?cursor=not-json").status_code == 400

@@ -388,7 +388,8 @@ async def schedule_detail(request: Request) -> Response:
     except (BadInput, UnicodeDecodeError) as exc:
         return bad_request(request, str(exc))
     if schedule is None:
-        return bad_request(request, f"Schedule {name!r} not found in queue {queue!r}", 404)
+        message = f"Schedule {name!r} not found in queue {queue!r}"
+        return bad_request(request, message, 404, code="AB021")
     return render(request, "schedule.html", s=schedule, now=at, fire_cap=store.FIRE_CAP)
 
 
