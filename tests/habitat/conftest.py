@@ -13,7 +13,7 @@ pytest.importorskip("starlette", reason="Habitat needs the 'habitat' extra")
 from starlette.testclient import TestClient
 
 from absurd.habitat import create_app
-from tests.habitat.data import new_queue, populate
+from tests.habitat.data import at, new_queue, populate, populate_schedules
 
 TOKEN = "t0ken-for-tests"
 BASIC = "admin:pa55word"
@@ -29,14 +29,26 @@ def hq(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.fixture
+def sq(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A queue with schedules and fires (data.populate_schedules): (queue, names)."""
+    queue = new_queue(conn, "sch")
+    names = populate_schedules(conn, queue)
+    yield queue, names
+    at(conn, None)
+    conn.execute("select absurd.drop_queue(%s)", (queue,))
+
+
+@pytest.fixture
 def make_client(dsn: str) -> Iterator[Callable[..., TestClient]]:
-    """Factory: a TestClient on a fresh app (``token=``, ``basic_auth=``, ``base_path=``)."""
+    """Factory: a TestClient on a fresh app (``token=``, ``basic_auth=``, ``base_path=``;
+    ``dsn=`` another DSN, e.g. one with a pinned engine clock)."""
     clients: list[TestClient] = []
 
     def make(**kwargs: Any) -> TestClient:
         kwargs.setdefault("token", None)
         kwargs.setdefault("basic_auth", None)
-        client = TestClient(create_app(dsn, **kwargs), follow_redirects=False)
+        app = create_app(kwargs.pop("dsn", dsn), **kwargs)
+        client = TestClient(app, follow_redirects=False)
         client.__enter__()
         clients.append(client)
         return client

@@ -5,6 +5,7 @@ Everything goes through the engine's stored functions, as a worker would drive i
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -87,6 +88,60 @@ def populate(conn: psycopg.Connection[Any], queue: str) -> dict[str, str]:
         (queue, Jsonb({"id": 1, **HOSTILE_PAYLOAD})),
     )
     return ids
+
+
+#: The engine clock of the schedule fixtures (a fixed Monday, never today) and the
+#: instant Habitat is pinned to when it shows them (``pinned_dsn``).
+SCHEDULE_T0 = dt.datetime(2030, 1, 7, 10, 0, 30, tzinfo=dt.timezone.utc)
+SCHEDULE_VIEW = SCHEDULE_T0 + dt.timedelta(minutes=2)
+#: Schedule names a page must show escaped and reach through an encoded URL.
+SLASHED_NAME = "reports/daily ?#%2F 100%"
+LONG_NAME = "long-" + "ü" * 97  # 199 bytes: the engine allows 200
+
+
+def at(conn: psycopg.Connection[Any], when: dt.datetime | None) -> None:
+    """Pins this session's engine clock (``None`` unpins it)."""
+    value = when.isoformat() if when else ""
+    conn.execute("select set_config('absurd.fake_now', %s, false)", (value,))
+
+
+def pinned_dsn(dsn: str, when: dt.datetime = SCHEDULE_VIEW) -> str:
+    """``dsn`` whose sessions all run on the engine clock pinned to ``when``."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dsn, options=f"-c absurd.fake_now={when.isoformat()}")
+
+
+def populate_schedules(conn: psycopg.Connection[Any], queue: str) -> dict[str, str]:
+    """Schedules in ``queue`` with a spawned and a skipped fire; leaves the session's
+    clock at SCHEDULE_VIEW. Returns the names by role and the spawned task id."""
+    at(conn, SCHEDULE_T0)
+    names = {"minutely": "every-minute", "nightly": "nightly", "paused": "paused-one"}
+    for name, cron, options in [
+        ("every-minute", "* * * * *", {}),
+        ("nightly", "0 3 * * *", {"timezone": "Europe/Paris", "params": {"report": "daily"}}),
+        ("paused-one", "0 * * * *", {}),
+        (HOSTILE_NAME, "*/15 * * * *", {"params": HOSTILE_PAYLOAD}),
+        (SLASHED_NAME, "0 0 1 * *", {}),
+        (LONG_NAME, "@daily", {}),
+    ]:
+        conn.execute(
+            "select absurd.create_schedule(%s, %s, 'report', %s, %s)",
+            (queue, name, cron, Jsonb(options)),
+        )
+    conn.execute(
+        "select absurd.pause_schedule(%s, 'paused-one', %s)", (queue, "<b>maintenance</b> ✓")
+    )
+    at(conn, SCHEDULE_T0 + dt.timedelta(minutes=1))  # 10:01:30: the 10:01 tick spawns
+    conn.execute("select absurd.fire_schedules(%s)", (queue,))
+    at(conn, SCHEDULE_VIEW)  # 10:02:30: its task is still pending, the 10:02 tick is skipped
+    conn.execute("select absurd.fire_schedules(%s)", (queue,))
+    row = conn.execute(
+        "select last_task_id from absurd.list_schedules(%s) where schedule_name = 'every-minute'",
+        (queue,),
+    ).fetchone()
+    assert row is not None and row[0] is not None
+    return {**names, "task": str(row[0])}
 
 
 def new_queue(conn: psycopg.Connection[Any], prefix: str = "hab") -> str:

@@ -98,6 +98,7 @@ def demo(conn: psycopg.Connection[Any]) -> str:
                 (run, Jsonb({"imported": 3600})),
             )
     conn.execute("select set_config('absurd.fake_now', '', false)")
+    demo_schedules(conn, now)
     populate(conn, "default")
     for i in range(3):
         conn.execute(
@@ -116,6 +117,34 @@ def demo(conn: psycopg.Connection[Any]) -> str:
         )
     conn.execute("analyze")
     return str(task)
+
+
+def demo_schedules(conn: psycopg.Connection[Any], now: dt.datetime) -> None:
+    """Schedules with a fire log: spawned (completed) fires, a skipped overlap, a pause."""
+    start = now.replace(second=0, microsecond=0) - dt.timedelta(minutes=21)
+    _at(conn, start)
+    for queue, name, task, cron, options in [
+        ("default", "sync-accounts", "sync_account", "*/5 * * * *", {"params": {"full": False}}),
+        ("default", "nightly-report", "build_report", "0 2 * * *", {"timezone": "Europe/Berlin"}),
+        ("default", "cleanup-sessions", "cleanup", "@hourly", {"jitter": 30}),
+        ("emails", "weekday-digest", "send_email", "0 8 * * 1-5", {"timezone": "America/New_York"}),
+    ]:
+        conn.execute(
+            "select absurd.create_schedule(%s, %s, %s, %s, %s)",
+            (queue, name, task, cron, Jsonb(options)),
+        )
+    conn.execute(
+        "select absurd.pause_schedule('default', 'cleanup-sessions', 'until the migration is done')"
+    )
+    for minute in range(1, 22):
+        _at(conn, start + dt.timedelta(minutes=minute, seconds=2))
+        conn.execute("select absurd.fire_schedules('default')")
+        if minute not in (10, 11, 12, 13, 14, 15):  # one run overlaps the next tick
+            for (run,) in conn.execute(
+                "select run_id from absurd.claim_task('default', 'default-worker-1', 60, 10)"
+            ).fetchall():
+                conn.execute("select absurd.complete_run('default', %s, '{}')", (run,))
+    conn.execute("select set_config('absurd.fake_now', '', false)")
 
 
 def shoot(dsn: str, out: Path) -> None:
@@ -142,6 +171,8 @@ def shoot(dsn: str, out: Path) -> None:
             ("events", "/events"),
             ("queues", "/queues"),
             ("workers", "/workers"),
+            ("schedules", "/schedules"),
+            ("schedule-detail", "/schedules/default/sync-accounts"),
         ]
         for name, path in shots:
             page.goto(path)

@@ -15,7 +15,17 @@ import psycopg
 import pytest
 
 from tests.habitat.conftest import BASIC, TOKEN
-from tests.habitat.data import CHROMIUM, CHROMIUM_ARGS, Server, failed_task, task_state
+from tests.habitat.data import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    HOSTILE_NAME,
+    SCHEDULE_VIEW,
+    Server,
+    at,
+    failed_task,
+    pinned_dsn,
+    task_state,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +74,15 @@ def ro_page(browser: Any, dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator
 @pytest.fixture
 def rw_page(browser: Any, dsn: str) -> Iterator[Page]:
     app = create_app(dsn, token=TOKEN, basic_auth=BASIC)
+    with Server(app) as server:
+        yield from _page(browser, server.url)
+    app.state.habitat.close()
+
+
+@pytest.fixture
+def pinned_page(browser: Any, dsn: str) -> Iterator[Page]:
+    """rw_page on an engine clock pinned to data.SCHEDULE_VIEW (exact fire times)."""
+    app = create_app(pinned_dsn(dsn), token=TOKEN, basic_auth=BASIC)
     with Server(app) as server:
         yield from _page(browser, server.url)
     app.state.habitat.close()
@@ -217,3 +236,76 @@ def test_basic_auth_login_and_bad_input(
     assert row == (0,)
     page.click("text=Log out")
     assert page.locator("text=Log in").count() == 1
+
+
+def test_schedules_pause_resume_and_trigger(
+    pinned_page: Page, sq: Q, conn: psycopg.Connection[Any]
+) -> None:
+    page, (queue, ids) = pinned_page, sq
+    confirm = "Fire this schedule once now?"
+    dialogs: list[str] = []
+
+    def on_dialog(d: Any) -> None:
+        dialogs.append(d.message)
+        d.accept() if d.message == confirm else d.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto("/")
+    page.click("nav >> text=Schedules")
+    page.select_option("#schedule-filters select[name=queue]", queue)
+    page.click("#schedule-filters button[type=submit]")
+    page.wait_for_url(re.compile(r"queue="))
+    assert HOSTILE_NAME in page.locator("#schedules").inner_text()
+    assert (
+        "<b>maintenance</b> ✓" in page.locator("#schedules tr", has_text="paused-one").inner_text()
+    )
+    row = page.locator("#schedules tr", has_text="every-minute")
+    assert "2030-01-07 10:03:00" in row.inner_text()  # the next fire, on the pinned clock
+    assert "skipped overlap" in row.inner_text()
+    page.click(f"#schedules >> text={HOSTILE_NAME}")
+    assert page.locator("h1").inner_text() == HOSTILE_NAME
+    page.go_back()
+    page.click("#schedules >> text=every-minute")
+    page.wait_for_url(re.compile(r"/schedules/.+/every-minute"))
+    assert page.locator("#schedule-preview tbody tr").count() == 5
+    assert "Log in to use actions." in page.locator("#schedule-actions").inner_text()
+    page.click("#schedule-actions >> text=Log in")
+    page.fill("input[name=token]", TOKEN)
+    page.click("form button[type=submit]")
+    page.wait_for_url(re.compile(r"/every-minute"))
+
+    page.fill("#pause-form input[name=note]", "deploy <b>freeze</b>")
+    page.click("#pause-form button[type=submit]")
+    assert "Schedule paused." in page.locator(".flash").inner_text()
+    assert "deploy <b>freeze</b>" in page.locator("#paused").inner_text()
+    paused = conn.execute(
+        "select paused, note from absurd.list_schedules(%s) where schedule_name = 'every-minute'",
+        (queue,),
+    ).fetchone()
+    assert paused == (True, "deploy <b>freeze</b>")
+
+    page.click("#resume-form button[type=submit]")
+    assert "Schedule resumed." in page.locator(".flash").inner_text()
+    assert page.locator("#paused").inner_text() == "no"
+
+    page.click("#trigger-form button[type=submit]")
+    assert "Schedule triggered" in page.locator(".flash").inner_text()
+    fires = page.locator("#schedule-fires tbody tr")
+    assert fires.count() == 3 and "triggered" in fires.first.inner_text()
+    (task,) = conn.execute(
+        "select last_task_id from absurd.list_schedules(%s) where schedule_name = 'every-minute'",
+        (queue,),
+    ).fetchone() or (None,)
+    assert task is not None and str(task) != ids["task"]
+
+    # a tick fired by the engine (a worker, maintenance) shows up without a reload
+    at(conn, SCHEDULE_VIEW.replace(minute=3))
+    conn.execute("select absurd.fire_schedules(%s)", (queue,))
+    page.locator("#schedule-fires tbody tr").nth(3).wait_for(timeout=20_000)
+    assert "skipped overlap" in fires.first.inner_text()
+
+    fires.nth(1).locator("a").click()  # the triggered fire's task
+    page.wait_for_url(re.compile(str(task)))
+    assert task_state(conn, queue, str(task)) == "pending"
+    assert dialogs == [confirm], "a hostile value ran as script"
+    assert page.problems == [], page.problems

@@ -84,7 +84,15 @@ CASES: dict[str, list[dict[str, Any]]] = {
     ],
     "habitat_event_get": [{"event_name": "e-5"}],
     "habitat_worker_claims": [{"limit": 500}],
+    # "{queue}" is the plan fixture's queue (these read the shared schedule tables too).
+    "habitat_schedule_page": [
+        {"queue": "{queue}", "after": "", "limit": store.SCHEDULE_PAGE + 1},
+        {"queue": "{queue}", "after": "s-5", "limit": store.SCHEDULE_PAGE + 1},
+    ],
+    "habitat_schedule_get": [{"queue": "{queue}", "name": "s-5"}],
 }
+#: The shared schedule tables, and the indexes that must serve them.
+SCHEDULE_INDEXES = {"schedules": "schedules_pkey", "schedule_fires": "schedule_fires_by_schedule"}
 
 
 def habitat_queries() -> Iterator[tuple[str, int]]:
@@ -109,6 +117,8 @@ def test_habitat_query_is_index_driven(
     for key, value in params.items():
         if isinstance(value, str) and value in ("{task}", "{run}"):
             params[key] = uuid.UUID(ids[value.strip("{}")].strip("'"))
+        elif value == "{queue}":
+            params[key] = queue
     with ClientCursor(conn) as cur:
         text = cur.mogrify(queries.query(name, queue), params)
         row = cur.execute(sql.SQL("explain (format json) ") + sql.SQL(text)).fetchone()  # type: ignore[arg-type]
@@ -122,3 +132,6 @@ def test_habitat_query_is_index_driven(
         params["task_name"] != "task"  # every task's name: any bounded ordered scan will do
     ):
         assert (f"t_{queue}", f"t_{queue}_tni") in [s[1:] for s in scans], scans
+    for table, index in SCHEDULE_INDEXES.items():
+        touched = [s for s in scans if s[1] == table]
+        assert all(s[2] == index for s in touched), f"{name}[{case}] reads {table}: {scans}"

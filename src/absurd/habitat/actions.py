@@ -33,7 +33,7 @@ def _engine_errors() -> Iterator[None]:
         state = exc.sqlstate or ""
         if state[:2] in _CALLER_CLASSES:
             message = exc.diag.message_primary or str(exc)
-            raise BadInput(message) from None
+            raise BadInput(message, state) from None
         raise
 
 
@@ -76,7 +76,7 @@ def optional_int(value: Any, what: str, minimum: int = 1) -> int | None:
     return number
 
 
-def _call(conn: Conn, name: str, **params: Any) -> Row:
+def _call(conn: Conn, name: str, /, **params: Any) -> Row:
     """Runs the named call (one row) in a transaction of its own."""
     with _engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(queries.query(name), params).fetchone()
@@ -149,3 +149,18 @@ def spawn(
         params=Jsonb(params),
         options=Jsonb(options),
     )
+
+
+def pause_schedule(conn: Conn, queue: str, name: str, note: str | None) -> None:
+    """Pauses a schedule, with an optional note (absurd.pause_schedule)."""
+    _call(conn, "schedule_pause", queue=queue, name=name, note=note)
+
+
+def resume_schedule(conn: Conn, queue: str, name: str) -> Row:
+    """Resumes a schedule; the row holds its next fire time (absurd.resume_schedule)."""
+    return _call(conn, "schedule_resume", queue=queue, name=name)
+
+
+def trigger_schedule(conn: Conn, queue: str, name: str) -> Row:
+    """Fires a schedule once now; the row holds the task id (absurd.trigger_schedule)."""
+    return _call(conn, "schedule_trigger", queue=queue, name=name)

@@ -20,7 +20,7 @@ from absurd.habitat import actions, store
 from absurd.habitat.auth import CSRF_COOKIE, SESSION_COOKIE
 from absurd.habitat.state import Habitat, habitat_of
 from absurd.habitat.store import BadInput, Conn, Row
-from absurd.habitat.views import int_arg, root
+from absurd.habitat.views import int_arg, root, schedule_key
 
 #: Deepest row upstream-style ``page`` numbers reach (``page * perPage``).
 PAGE_DEPTH = 10_000
@@ -39,8 +39,18 @@ class ApiResponse(JSONResponse):
         return json.dumps(content, default=_json_default, ensure_ascii=False).encode("utf-8")
 
 
-def error(message: str, status: int = 400) -> Response:
-    return ApiResponse({"error": message}, status_code=status)
+#: The engine's code for an unknown schedule: a 404, not a 400.
+NOT_FOUND_CODES = ("AB021",)
+
+
+def error(message: str, status: int = 400, code: str | None = None) -> Response:
+    """``{"error": message}``, with the engine's AB ``code`` when the engine refused."""
+    body = {"error": message} if code is None else {"error": message, "code": code}
+    return ApiResponse(body, status_code=status)
+
+
+def bad_input(exc: BadInput) -> Response:
+    return error(str(exc), 404 if exc.code in NOT_FOUND_CODES else 400, exc.code)
 
 
 def _arg(request: Request, *names: str) -> str | None:
@@ -395,6 +405,94 @@ async def workers(request: Request) -> Response:
     return ApiResponse(await habitat.run(load))
 
 
+def _schedule_json(s: Row) -> Row:
+    return {
+        "queueName": s["queue_name"],
+        "scheduleName": s["schedule_name"],
+        "taskName": s["task_name"],
+        "cron": s["cron"],
+        "timezone": s["timezone"],
+        "definition": s["definition"],
+        "paused": s["paused"],
+        "note": s["note"],
+        "pausedAt": s["paused_at"],
+        "nextFireAt": s["next_fire_at"],
+        "lastFireAt": s["last_fire_at"],
+        "lastTaskId": s["last_task_id"],
+        "lastTaskState": s["last_task_state"],
+        "lastOutcome": s["last_outcome"],
+        "lastOutcomeAt": s["last_fired_at"],
+        "bufferedTick": s["buffered_tick"],
+        "version": s["version"],
+        "createdAt": s["created_at"],
+        "updatedAt": s["updated_at"],
+    }
+
+
+async def schedules(request: Request) -> Response:
+    """Schedules of every queue (or ``queue``), by queue then name; ``limit`` (50, at
+    most 200) and ``cursor`` (the ``nextCursor`` of the previous page)."""
+    habitat = habitat_of(request)
+    try:
+        limit = int_arg(request, "limit", store.SCHEDULE_PAGE)
+        if not 1 <= limit <= 200:
+            raise BadInput("limit must be between 1 and 200")
+        found, key = await habitat.run(
+            store.schedule_page,
+            habitat.queues,
+            _arg(request, "queue"),
+            _arg(request, "cursor"),
+            limit,
+        )
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
+    return ApiResponse(
+        {
+            "items": [_schedule_json(s) for s in found],
+            "nextCursor": store.format_schedule_cursor(key),
+        }
+    )
+
+
+async def schedule(request: Request) -> Response:
+    """One schedule, its next fire times (``preview``) and latest fires (``fires``)."""
+    habitat = habitat_of(request)
+    try:
+        queue, name = schedule_key(request)
+
+        def load(conn: Conn) -> Row | None:
+            habitat.queues.require(conn, queue)
+            return store.schedule_detail(conn, queue, name)
+
+        found = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
+    except UnicodeDecodeError as exc:
+        return error(f"the path is not UTF-8: {exc}")
+    if found is None:
+        return error(f"Schedule {name!r} not found in queue {queue!r}", 404, "AB021")
+    return ApiResponse(
+        {
+            **_schedule_json(found),
+            "preview": [{"tick": p["tick"], "fireAt": p["fire_at"]} for p in found["preview"]],
+            "fires": [
+                {
+                    "fireId": f["fire_id"],
+                    "tick": f["tick"],
+                    "through": f["through"],
+                    "ticks": f["ticks"],
+                    "outcome": f["outcome"],
+                    "taskId": f["task_id"],
+                    "taskState": f["task_state"],
+                    "version": f["version"],
+                    "firedAt": f["fired_at"],
+                }
+                for f in found["fires"]
+            ],
+        }
+    )
+
+
 # -- writes -----------------------------------------------------------------------------
 
 
@@ -445,7 +543,7 @@ async def _write(request: Request, allowed: set[str], apply: Any) -> Response:
 
         return ApiResponse(await habitat.run(run))
     except BadInput as exc:
-        return error(str(exc))
+        return bad_input(exc)
 
 
 def _spawned(row: Row) -> Row:
@@ -516,3 +614,38 @@ def _spawn(conn: Conn, queue: str, body: Row) -> Row:
 async def spawn(request: Request) -> Response:
     fields = {"queueName", "taskName", "params", "headers", "maxAttempts"}
     return await _write(request, fields, _spawn)
+
+
+def _schedule_name(body: Row) -> str:
+    return actions.require_text(body.get("scheduleName"), "scheduleName")
+
+
+def _pause(conn: Conn, queue: str, body: Row) -> Row:
+    name, note = _schedule_name(body), body.get("note")
+    if note is not None and not isinstance(note, str):
+        raise BadInput("note must be a string")
+    actions.pause_schedule(conn, queue, name, note)
+    return {"scheduleName": name, "paused": True}
+
+
+async def pause(request: Request) -> Response:
+    return await _write(request, {"queueName", "scheduleName", "note"}, _pause)
+
+
+def _resume(conn: Conn, queue: str, body: Row) -> Row:
+    name = _schedule_name(body)
+    row = actions.resume_schedule(conn, queue, name)
+    return {"scheduleName": name, "paused": False, "nextFireAt": row["next_fire_at"]}
+
+
+async def resume(request: Request) -> Response:
+    return await _write(request, {"queueName", "scheduleName"}, _resume)
+
+
+def _trigger(conn: Conn, queue: str, body: Row) -> Row:
+    name = _schedule_name(body)
+    return {"scheduleName": name, "taskId": actions.trigger_schedule(conn, queue, name)["task_id"]}
+
+
+async def trigger(request: Request) -> Response:
+    return await _write(request, {"queueName", "scheduleName"}, _trigger)

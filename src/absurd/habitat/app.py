@@ -58,6 +58,8 @@ def routes() -> list[BaseRoute]:
         Route("/events", views.events, name="events"),
         Route("/queues", views.queues, name="queues"),
         Route("/workers", views.workers, name="workers"),
+        Route("/schedules", views.schedules, name="schedules"),
+        Route("/schedules/{queue}/{name:path}", views.schedule_detail, name="schedule"),
         Route("/login", views.login_form, methods=["GET"]),
         Route("/login", views.login, methods=["POST"]),
         Route("/logout", views.logout, methods=["POST"]),
@@ -76,6 +78,11 @@ def routes() -> list[BaseRoute]:
         Route("/api/events", api.events),
         Route("/api/events/emit", api.emit, methods=["POST"]),
         Route("/api/workers", api.workers),
+        Route("/api/schedules", api.schedules),
+        Route("/api/schedules/pause", api.pause, methods=["POST"]),
+        Route("/api/schedules/resume", api.resume, methods=["POST"]),
+        Route("/api/schedules/trigger", api.trigger, methods=["POST"]),
+        Route("/api/schedules/{queue}/{name:path}", api.schedule),
         Mount("/_static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

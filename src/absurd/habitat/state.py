@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import psycopg
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -159,7 +160,13 @@ def _interval(value: dt.timedelta | None) -> str:
     return f"{seconds} s"
 
 
+def _pathpart(value: Any) -> str:
+    """One URL path segment: everything percent-encoded, slashes included."""
+    return quote(str(value), safe="")
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
+    "pathpart": _pathpart,
     "interval": _interval,
     "count": _count,
     "when": _when,

@@ -11,6 +11,7 @@ A task-name filter goes through the name index (exact) unless the name is common
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -45,16 +46,21 @@ MAX_TS = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)
 
 
 class BadInput(ValueError):
-    """A request parameter that cannot be used (the message says which and why)."""
+    """A request parameter that cannot be used (the message says which and why);
+    ``code`` is the engine's SQLSTATE (an AB code) when the engine refused it."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def rows(conn: Conn, name: str, queue: str | None = None, **params: Any) -> list[Row]:
+def rows(conn: Conn, name: str, queue: str | None = None, /, **params: Any) -> list[Row]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(queries.query(name, queue), params)
         return cur.fetchall()
 
 
-def one(conn: Conn, name: str, queue: str | None = None, **params: Any) -> Row | None:
+def one(conn: Conn, name: str, queue: str | None = None, /, **params: Any) -> Row | None:
     found = rows(conn, name, queue, **params)
     return found[0] if found else None
 
@@ -159,8 +165,6 @@ class RunFilter:
         if not 1 <= self.limit <= 200:
             raise BadInput("perPage must be between 1 and 200")
         if self.params is not None:
-            import json
-
             try:
                 value = json.loads(self.params)
             except ValueError as exc:
@@ -411,3 +415,71 @@ def event_page(
 
 def worker_claims(conn: Conn, queue: str, limit: int = 500) -> list[Row]:
     return rows(conn, "habitat_worker_claims", queue, limit=limit)
+
+
+# -- schedules --------------------------------------------------------------------
+
+#: Schedules per page of the Schedules list (one keyset read per queue it reaches).
+SCHEDULE_PAGE = 50
+#: Fire-log rows shown for one schedule (newest first) and next fire times previewed.
+FIRE_CAP = 50
+PREVIEW_COUNT = 5
+
+
+def format_schedule_cursor(key: tuple[str, str] | None) -> str | None:
+    """A cursor for the Schedules list: the last (queue, schedule name) shown, as JSON."""
+    return None if key is None else json.dumps(list(key), ensure_ascii=False)
+
+
+def parse_schedule_cursor(cursor: str | None) -> tuple[str, str] | None:
+    if not cursor:
+        return None
+    try:
+        value = json.loads(cursor)
+    except ValueError:
+        value = None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise BadInput(f"cursor is malformed: {cursor!r}")
+    return value[0], value[1]
+
+
+def schedule_page(
+    conn: Conn,
+    queues: QueueCache,
+    queue: str | None,
+    cursor: str | None,
+    limit: int = SCHEDULE_PAGE,
+) -> tuple[list[Row], tuple[str, str] | None]:
+    """One page of schedules in ``queue`` or in every queue (by queue, then name), and
+    the key to continue after (or None at the end). Each queue is one keyset read."""
+    wanted = [queues.require(conn, queue)] if queue else queues.names(conn)
+    key = parse_schedule_cursor(cursor)
+    if key is not None:
+        start = key[0]
+        wanted = (
+            wanted[wanted.index(start) :] if start in wanted else [q for q in wanted if q > start]
+        )
+    out: list[Row] = []
+    for q in wanted:
+        after = key[1] if key is not None and q == key[0] else ""
+        found = rows(conn, "habitat_schedule_page", q, queue=q, after=after, limit=limit + 1)
+        for row in found:
+            row["queue_name"] = q
+        out.extend(found)
+        if len(out) > limit:
+            out = out[:limit]
+            return out, (out[-1]["queue_name"], out[-1]["schedule_name"])
+    return out, None
+
+
+def schedule_detail(conn: Conn, queue: str, name: str) -> Row | None:
+    """One schedule with its next fire times and its latest fires (with task states)."""
+    found = one(conn, "habitat_schedule_get", queue, queue=queue, name=name)
+    if found is None:
+        return None
+    found["queue_name"] = queue
+    found["preview"] = rows(
+        conn, "schedule_preview", queue, queue=queue, name=name, count=PREVIEW_COUNT
+    )
+    found["fires"] = rows(conn, "schedule_fire_list", queue, queue=queue, name=name, limit=FIRE_CAP)
+    return found

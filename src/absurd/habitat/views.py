@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -28,7 +28,12 @@ MESSAGES = {
     "retried-new": "Retried as a new task.",
     "emitted": "Event emitted.",
     "spawned": "Task spawned.",
+    "paused": "Schedule paused.",
+    "resumed": "Schedule resumed.",
+    "triggered": "Schedule triggered: its task was spawned.",
 }
+#: The schedule actions and the flash message each leaves.
+SCHEDULE_ACTIONS = {"pause": "paused", "resume": "resumed", "trigger": "triggered"}
 
 
 def root(request: Request) -> str:
@@ -73,8 +78,11 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
     return response
 
 
-def bad_request(request: Request, message: str, status: int = 400) -> HTMLResponse:
-    return render(request, "error.html", status=status, error=message)
+def bad_request(
+    request: Request, message: str, status: int = 400, code: str | None = None
+) -> HTMLResponse:
+    """The error page; ``code`` is the engine's AB code when the engine refused."""
+    return render(request, "error.html", status=status, error=message, code=code)
 
 
 def _arg(request: Request, name: str) -> str | None:
@@ -97,11 +105,10 @@ def _link(request: Request, path: str, **params: Any) -> str:
     return f"{root(request)}{path}" + (f"?{query}" if query else "")
 
 
-def _page_links(request: Request, path: str, next_key: Any, paged: bool) -> dict[str, Any]:
+def _page_links(request: Request, path: str, cursor: str | None, paged: bool) -> dict[str, Any]:
     """Keyset paging: ``next_link`` (this query, next cursor) and ``first_link``
     (this query from the start; only when the page was reached by a cursor)."""
     params = {k: v for k, v in request.query_params.items() if k != "cursor"}
-    cursor = store.format_cursor(next_key)
     return {
         "next_link": _link(request, path, **params, cursor=cursor) if cursor else None,
         "first_link": _link(request, path, **params) if paged else None,
@@ -171,7 +178,7 @@ async def tasks(request: Request) -> Response:
         filters=f,
         queue_names=names,
         states=store.STATES,
-        **_page_links(request, "/tasks", page.next_key, bool(f.cursor)),
+        **_page_links(request, "/tasks", store.format_cursor(page.next_key), bool(f.cursor)),
         windowed=page.windowed,
         window=store.SCAN_WINDOW,
         name_exact=f.task_name is not None and not page.windowed,
@@ -280,7 +287,7 @@ async def events(request: Request) -> Response:
         event_name=name,
         after=_arg(request, "after"),
         before=_arg(request, "before"),
-        **_page_links(request, "/events", page.next_key, bool(cursor)),
+        **_page_links(request, "/events", store.format_cursor(page.next_key), bool(cursor)),
     )
 
 
@@ -318,6 +325,72 @@ async def workers(request: Request) -> Response:
     habitat = habitat_of(request)
     at, grouped = await habitat.run(_workers, habitat)
     return render(request, "workers.html", workers=grouped, now=at, cap=WORKER_CLAIMS)
+
+
+# -- schedules --------------------------------------------------------------------
+
+
+def schedule_path(queue: str, name: str) -> str:
+    """The schedule's page: both parts percent-encoded, slashes included."""
+    return f"/schedules/{quote(queue, safe='')}/{quote(name, safe='')}"
+
+
+def schedule_key(request: Request) -> tuple[str, str]:
+    """(queue, schedule name) of /schedules/{queue}/{name} (and /api/schedules/...).
+
+    Read from the raw path: the first segment after the route's prefix is the queue,
+    the rest the name, each percent-decoded once, so an encoded slash stays inside its
+    part and a slash typed by hand belongs to the name.
+    """
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes):
+        text = raw.decode("latin-1")
+        at = text.find("/schedules/", len(root(request)))
+        rest = text[at + len("/schedules/") :].split("/", 1) if at >= 0 else []
+        if len(rest) == 2:
+            return unquote(rest[0], errors="strict"), unquote(rest[1], errors="strict")
+    return request.path_params["queue"], request.path_params["name"]
+
+
+async def schedules(request: Request) -> Response:
+    habitat = habitat_of(request)
+    queue = _arg(request, "queue")
+    cursor = _arg(request, "cursor")
+    try:
+
+        def load(conn: Conn) -> tuple[list[Row], tuple[str, str] | None, list[str]]:
+            found, key = store.schedule_page(conn, habitat.queues, queue, cursor)
+            return found, key, habitat.queues.names(conn)
+
+        found, key, names = await habitat.run(load)
+    except BadInput as exc:
+        return bad_request(request, str(exc))
+    return render(
+        request,
+        "schedules.html",
+        schedules=found,
+        queue=queue,
+        queue_names=names,
+        **_page_links(request, "/schedules", store.format_schedule_cursor(key), bool(cursor)),
+    )
+
+
+async def schedule_detail(request: Request) -> Response:
+    habitat = habitat_of(request)
+    try:
+        queue, name = schedule_key(request)
+
+        def load(conn: Conn) -> tuple[Row | None, dt.datetime]:
+            habitat.queues.require(conn, queue)
+            return store.schedule_detail(conn, queue, name), store.now(conn)
+
+        schedule, at = await habitat.run(load)
+    except (BadInput, UnicodeDecodeError) as exc:
+        return bad_request(request, str(exc))
+    if schedule is None:
+        message = f"Schedule {name!r} not found in queue {queue!r}"
+        return bad_request(request, message, 404, code="AB021")
+    return render(request, "schedule.html", s=schedule, now=at, fire_cap=store.FIRE_CAP)
 
 
 # -- login ----------------------------------------------------------------------------
@@ -397,12 +470,14 @@ async def action(request: Request) -> Response:
         return bad_request(request, "Log in to change anything.", 401)
     name = request.path_params["name"]
     try:
-        if name not in ("retry", "cancel", "emit", "spawn"):
+        if name not in ("retry", "cancel", "emit", "spawn", *SCHEDULE_ACTIONS):
             raise BadInput(f"unknown action {name!r}")
         queue = _field(form, "queue")
 
         def apply(conn: Conn) -> tuple[str, dict[str, Any]]:
             q = habitat.queues.require(conn, queue)
+            if name in SCHEDULE_ACTIONS:
+                return _schedule_action(conn, name, q, form)
             if name in ("retry", "cancel"):
                 task_id = actions.require_uuid(_field(form, "task_id"), "task id")
                 if name == "cancel":
@@ -439,5 +514,19 @@ async def action(request: Request) -> Response:
 
         path, params = await habitat.run(apply)
     except BadInput as exc:
-        return bad_request(request, str(exc))
+        return bad_request(request, str(exc), code=exc.code)
     return RedirectResponse(_link(request, path, **params), 303)
+
+
+def _schedule_action(
+    conn: Conn, name: str, queue: str, form: FormData
+) -> tuple[str, dict[str, Any]]:
+    """pause (with an optional note), resume or trigger; back to the schedule's page."""
+    schedule = actions.require_text(_field(form, "schedule"), "schedule name")
+    if name == "pause":
+        actions.pause_schedule(conn, queue, schedule, _field(form, "note"))
+    elif name == "resume":
+        actions.resume_schedule(conn, queue, schedule)
+    else:
+        actions.trigger_schedule(conn, queue, schedule)
+    return schedule_path(queue, schedule), {"msg": SCHEDULE_ACTIONS[name]}

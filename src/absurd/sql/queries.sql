@@ -522,6 +522,44 @@ from (
 cross join lateral (select task_name from {t} t where t.task_id = r.task_id limit 1) t
 order by r.claim_expires_at, r.run_id
 
+-- name: habitat_schedule_page --
+-- A queue's schedules by name after `after` (keyset on the primary key), each with
+-- its latest fire-log row (a backward probe of schedule_fires_by_schedule) and the
+-- state of its last task (a primary-key probe of {t}; null once cleaned up).
+select s.schedule_name, s.definition ->> 'task_name' as task_name,
+  s.definition ->> 'cron' as cron, s.definition ->> 'timezone' as timezone, s.definition,
+  s.paused, s.note, s.paused_at, s.next_fire_at, s.last_fire_at, s.last_task_id,
+  s.buffered_tick, s.version, s.created_at, s.updated_at,
+  f.outcome as last_outcome, f.fired_at as last_fired_at,
+  (select t.state from {t} t where t.task_id = s.last_task_id) as last_task_state
+from absurd.schedules s
+left join lateral (
+  select x.outcome, x.fired_at from absurd.schedule_fires x
+  where x.queue_name = s.queue_name and x.schedule_name = s.schedule_name
+  order by x.fire_id desc
+  limit 1
+) f on true
+where s.queue_name = %(queue)s and s.schedule_name > %(after)s
+order by s.schedule_name
+limit %(limit)s
+
+-- name: habitat_schedule_get --
+-- One schedule (a primary-key probe), with the same columns as habitat_schedule_page.
+select s.schedule_name, s.definition ->> 'task_name' as task_name,
+  s.definition ->> 'cron' as cron, s.definition ->> 'timezone' as timezone, s.definition,
+  s.paused, s.note, s.paused_at, s.next_fire_at, s.last_fire_at, s.last_task_id,
+  s.buffered_tick, s.version, s.created_at, s.updated_at,
+  f.outcome as last_outcome, f.fired_at as last_fired_at,
+  (select t.state from {t} t where t.task_id = s.last_task_id) as last_task_state
+from absurd.schedules s
+left join lateral (
+  select x.outcome, x.fired_at from absurd.schedule_fires x
+  where x.queue_name = s.queue_name and x.schedule_name = s.schedule_name
+  order by x.fire_id desc
+  limit 1
+) f on true
+where s.queue_name = %(queue)s and s.schedule_name = %(name)s
+
 -- ---------------------------------------------------------------------------
 -- SDK (src/absurd/_async, and _sync generated from it): every statement the
 -- client, the worker and a task's context send. Read once at import into the
