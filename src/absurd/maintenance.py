@@ -50,6 +50,9 @@ MAX_CLEANUP_BATCHES = 100
 #: Sweep batches per queue per round (each of up to SWEEP_LIMIT leases/cancellations).
 MAX_SWEEP_BATCHES = 10
 SWEEP_LIMIT = 1000
+#: fire_schedules batches per queue per round (each of up to FIRE_LIMIT tasks).
+MAX_FIRE_BATCHES = 100
+FIRE_LIMIT = 1000
 
 
 @dataclass
@@ -60,6 +63,7 @@ class QueueMaintenance:
     partitions_created: int = 0
     leases_expired: int = 0
     tasks_cancelled: int = 0
+    schedules_fired: int = 0
     weeks_retired: list[str] = field(default_factory=list)
     tasks_deleted: int = 0
     events_deleted: int = 0
@@ -189,7 +193,7 @@ def _maintain_queue(conn: psycopg.Connection[Any], queue: str) -> QueueMaintenan
         steps.append(
             ("partitions", lambda c, q, r: _provision(c, q, r, default, (lookback, lookahead)))
         )
-    steps += [("sweep", _sweep)]
+    steps += [("sweep", _sweep), ("schedules", _fire_schedules)]
     if mode == "partitioned":
         steps.append(("retire", _retire_weeks))
     steps.append(("cleanup", lambda c, q, r: _cleanup(c, q, r, ttl, limit)))
@@ -244,6 +248,16 @@ def _sweep(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) 
         report.tasks_cancelled += row[0]
         report.leases_expired += row[1]
         if max(row) < SWEEP_LIMIT:
+            return
+
+
+def _fire_schedules(conn: psycopg.Connection[Any], queue: str, report: QueueMaintenance) -> None:
+    """Spawns the queue's due schedule ticks (claims fire them too; this covers a queue
+    no worker polls, so its ticks are spawned, or logged as skipped, on time)."""
+    for _ in range(MAX_FIRE_BATCHES):
+        fired = int(_scalar(conn, "schedule_fire", queue=queue, limit=FIRE_LIMIT))
+        report.schedules_fired += fired
+        if fired < FIRE_LIMIT:
             return
 
 

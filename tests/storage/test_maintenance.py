@@ -138,6 +138,23 @@ def test_sweeps_queues_no_worker_polls(engine: Engine, connect: Connect) -> None
     assert e.runs(leased["task_id"])[0]["failure_reason"]["name"] == "$ClaimTimeout"
 
 
+def test_fires_due_schedules_of_queues_no_worker_polls(engine: Engine, connect: Connect) -> None:
+    e = engine
+    e.set_time(T0)
+    e.conn.execute("select absurd.create_schedule(%s, 'hourly', 'report', '0 * * * *')", (e.queue,))
+    maint = connect()
+    set_now(maint, T0 + dt.timedelta(minutes=30))
+    assert maintain_once(maint, queues=[e.queue]).queues[0].schedules_fired == 0
+    set_now(maint, T0 + dt.timedelta(hours=1, seconds=1))
+    report = maintain_once(maint, queues=[e.queue]).queues[0]
+    assert (report.schedules_fired, report.errors) == (1, [])
+    assert maintain_once(maint, queues=[e.queue]).queues[0].schedules_fired == 0  # once
+    fired = e.conn.execute(
+        "select outcome, tick from absurd.list_schedule_fires(%s, 'hourly')", (e.queue,)
+    ).fetchall()
+    assert fired == [("spawned", T0 + dt.timedelta(hours=1))]
+
+
 def test_one_leader_at_a_time(conn: psycopg.Connection[Any], connect: Connect, queue: str) -> None:
     holder = connect()
     holder.execute("select pg_advisory_lock(%s)", (LEADER_LOCK_KEY,))

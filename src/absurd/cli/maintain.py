@@ -24,6 +24,7 @@ _COLUMNS = [
     "partitions_created",
     "leases_expired",
     "tasks_cancelled",
+    "schedules_fired",
     "weeks_retired",
     "tasks_deleted",
     "events_deleted",
