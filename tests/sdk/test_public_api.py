@@ -144,6 +144,21 @@ def test_data_types_have_upstream_fields() -> None:
     assert set(absurd.SpawnResult.__annotations__) == {"task_id", "run_id", "attempt", "created"}
 
 
+SCHEDULE_METHODS = [
+    "backfill_schedule",
+    "create_schedule",
+    "delete_schedule",
+    "list_schedule_fires",
+    "list_schedules",
+    "pause_schedule",
+    "preview_schedule",
+    "resume_schedule",
+    "sync_schedules",
+    "trigger_schedule",
+    "update_schedule",
+]
+
+
 def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
     assert hasattr(absurd.Absurd, "make_async") and not hasattr(absurd.Absurd, "make_sync")
     assert hasattr(absurd.AsyncAbsurd, "make_sync") and not hasattr(
@@ -155,8 +170,8 @@ def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
         for cls in CLASSES
     }
     assert extras == {
-        "Absurd": ["execute_task", "for_queue", "spawn_many"],
-        "AsyncAbsurd": ["execute_task", "for_queue", "spawn_many"],
+        "Absurd": sorted(["execute_task", "for_queue", "spawn_many", *SCHEDULE_METHODS]),
+        "AsyncAbsurd": sorted(["execute_task", "for_queue", "spawn_many", *SCHEDULE_METHODS]),
         "TaskContext": ["await_all", "await_first", "map", "spawn"],
         "AsyncTaskContext": ["await_all", "await_first", "map", "spawn"],
     }
