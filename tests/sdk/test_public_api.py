@@ -68,9 +68,13 @@ def test_the_whole_error_tree_is_importable_from_the_package() -> None:
 
 
 def public_methods(cls: type) -> dict[str, Any]:
+    """The public methods of ``cls``, with the client's schedule methods (a base of
+    its own, ``absurd._async.schedules.ScheduleMethods`` and its sync twin)."""
     return {
         name: member
-        for name, member in vars(cls).items()
+        for klass in reversed(cls.__mro__)
+        if klass is cls or klass.__module__.endswith(".schedules")
+        for name, member in vars(klass).items()
         if not name.startswith("_") and callable(member)
     }
 
