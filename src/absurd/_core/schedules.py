@@ -120,7 +120,15 @@ def declared(
         if timezone is not None:
             raise InvalidScheduleOption("timezone= is given without a schedule")
         return ()
-    items = [schedule] if isinstance(schedule, (str, Schedule)) else list(schedule)
+    if isinstance(schedule, (str, Schedule)):
+        items: list[Any] = [schedule]
+    elif isinstance(schedule, (list, tuple)):
+        items = list(schedule)
+    else:
+        raise InvalidScheduleOption(
+            f"schedule must be a cron string, an absurd.Schedule or a list of them,"
+            f" got {schedule!r:.100}"
+        )
     out: list[Schedule] = []
     for item in items:
         if isinstance(item, str):

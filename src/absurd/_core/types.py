@@ -231,7 +231,10 @@ class ScheduleTick:
 
 @dataclass(frozen=True)
 class SyncedSchedule:
-    """What ``sync_schedules`` did with one code-declared schedule."""
+    """What ``sync_schedules`` did with one code-declared schedule: ``created``,
+    ``updated`` (the stored definition differed from the code's when the sync read
+    it; a sync running at the same moment may have applied the same change) or
+    ``unchanged``."""
 
     queue_name: str
     name: str
