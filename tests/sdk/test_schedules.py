@@ -460,3 +460,16 @@ async def test_worker_start_syncs_and_an_idle_worker_wakes_for_the_tick(api: Api
         await until(lambda: bool(seen), timeout=15)
     assert seen == [dt.datetime(2030, 1, 7, 10, 1, tzinfo=UTC)]
     assert json.loads(json.dumps(sorted(await names(app)))) == ["minutely"]
+
+
+async def test_a_bad_declaration_stops_the_worker_at_start(api: Api) -> None:
+    """A cron the engine refuses is a bug in the code: the worker does not start."""
+    app = await pinned(api)
+
+    @app.register_task("broken", schedule="61 * * * *")
+    async def broken(params: Any, ctx: Any) -> None:
+        return None
+
+    with pytest.raises(absurd.InvalidCronExpression):
+        await app.start_worker(handle_signals=False, poll_interval=0.01)
+    assert await app.list_schedules() == []

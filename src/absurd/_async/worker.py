@@ -171,9 +171,7 @@ class AsyncWorker:
         """Creates or updates the schedules the client's tasks declare, before the
         first claim. A bad definition stops the worker (the error says which); an
         unreachable database does not: the sync is retried in the background (the
-        handle returned) until it succeeds."""
-        if not self.app._declared_schedules():
-            return None
+        handle returned) until it succeeds. Without declared schedules it sends nothing."""
         try:
             await self.app.sync_schedules()
             return None
