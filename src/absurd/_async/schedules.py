@@ -240,9 +240,9 @@ class ScheduleMethods:
     ) -> int:
         """Spawns one task per tick in [start, end] (at most 1000 ticks, else
         BackfillTooLarge) that has not been spawned yet; returns how many."""
-        bounds = [sched.option_value("start_at", start), sched.option_value("end_at", end)]
-        if None in bounds:
+        if start is None or end is None:
             raise InvalidScheduleOption("backfill_schedule needs a start and an end")
+        bounds = [sched.instant(start, "start"), sched.instant(end, "end")]
         row = await self.db.one(
             q.SCHEDULE_BACKFILL,
             {

@@ -78,7 +78,7 @@ def _interval(value: Any, what: str) -> Any:
     raise InvalidScheduleOption(f"{what} must be seconds or a timedelta, got {value!r:.100}")
 
 
-def _instant(value: Any, what: str) -> Any:
+def instant(value: Any, what: str) -> Any:
     """A timezone-aware datetime as ISO text, or ISO text as it is."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
@@ -96,7 +96,7 @@ def option_value(key: str, value: Any) -> Any:
     if key in ("catchup_window", "jitter"):
         return _interval(value, key)
     if key in ("start_at", "end_at"):
-        return _instant(value, key)
+        return instant(value, key)
     if key in ("timezone", "overlap", "catchup"):
         return text(value, key)
     if key in ("max_attempts", "priority") and isinstance(value, bool):
