@@ -366,8 +366,11 @@ async def test_concurrent_syncs_neither_fail_nor_duplicate(api: Api) -> None:
     """Two clients start at once with the same declarations, then with a changed
     one: no error, one row per schedule, one version bump."""
 
+    kept: list[Any] = []  # the Api keys own connections by id(app): keep each app alive
+
     async def both(crons: list[str]) -> list[list[absurd.SyncedSchedule]]:
         apps = [await pinned(api), await pinned(api)]
+        kept.extend(apps)
         for app in apps:
             for i, cron in enumerate(crons):
 
