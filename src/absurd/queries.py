@@ -77,7 +77,12 @@ def query(name: str, queue: str | None = None) -> sql.Composed:
     long per-queue statement costs tens of microseconds, and a dashboard page sends
     several per queue.
     """
-    text = statement(name)
+    return render(statement(name), queue)
+
+
+def render(text: str, queue: str | None) -> sql.Composed:
+    """A statement's text with its per-queue table placeholders bound to ``queue``'s
+    tables (the SDK renders its one per-queue block, ``schedule_fire_list``, so)."""
     tables = {}
     if queue is not None:
         tables = {p: sql.SQL(_table(f"{p}_{queue}")) for p in _PREFIXES}

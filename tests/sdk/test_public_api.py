@@ -68,9 +68,13 @@ def test_the_whole_error_tree_is_importable_from_the_package() -> None:
 
 
 def public_methods(cls: type) -> dict[str, Any]:
+    """The public methods of ``cls``, with the client's schedule methods (a base of
+    its own, ``absurd._async.schedules.ScheduleMethods`` and its sync twin)."""
     return {
         name: member
-        for name, member in vars(cls).items()
+        for klass in reversed(cls.__mro__)
+        if klass is cls or klass.__module__.endswith(".schedules")
+        for name, member in vars(klass).items()
         if not name.startswith("_") and callable(member)
     }
 
@@ -144,6 +148,21 @@ def test_data_types_have_upstream_fields() -> None:
     assert set(absurd.SpawnResult.__annotations__) == {"task_id", "run_id", "attempt", "created"}
 
 
+SCHEDULE_METHODS = [
+    "backfill_schedule",
+    "create_schedule",
+    "delete_schedule",
+    "list_schedule_fires",
+    "list_schedules",
+    "pause_schedule",
+    "preview_schedule",
+    "resume_schedule",
+    "sync_schedules",
+    "trigger_schedule",
+    "update_schedule",
+]
+
+
 def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
     assert hasattr(absurd.Absurd, "make_async") and not hasattr(absurd.Absurd, "make_sync")
     assert hasattr(absurd.AsyncAbsurd, "make_sync") and not hasattr(
@@ -155,8 +174,8 @@ def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
         for cls in CLASSES
     }
     assert extras == {
-        "Absurd": ["execute_task", "for_queue", "spawn_many"],
-        "AsyncAbsurd": ["execute_task", "for_queue", "spawn_many"],
+        "Absurd": sorted(["execute_task", "for_queue", "spawn_many", *SCHEDULE_METHODS]),
+        "AsyncAbsurd": sorted(["execute_task", "for_queue", "spawn_many", *SCHEDULE_METHODS]),
         "TaskContext": ["await_all", "await_first", "map", "spawn"],
         "AsyncTaskContext": ["await_all", "await_first", "map", "spawn"],
     }

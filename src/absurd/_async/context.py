@@ -14,7 +14,7 @@ from typing import Any
 from absurd._async import _compat as compat
 from absurd._async.db import Database
 from absurd._async.writes import CheckpointWrite, Writes
-from absurd._core import logic
+from absurd._core import logic, schedules
 from absurd._core import statements as q
 from absurd._core.serde import Serializer
 from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
@@ -86,6 +86,13 @@ class AsyncTaskContext(compat.RunStepMixin):
     @property
     def headers(self) -> dict[str, Any]:
         return dict(self._task.get("headers") or {})
+
+    @property
+    def scheduled_for(self) -> dt.datetime | None:
+        """The tick a schedule fired this task for (UTC; the cron instant, before any
+        jitter; the trigger's time for ``trigger_schedule``), or None when no
+        schedule spawned it. From the ``scheduled_for`` header."""
+        return schedules.scheduled_for(self._task.get("headers"))
 
     # -- steps -----------------------------------------------------------------
     async def step(self, name: str, fn: Callable[[], Any]) -> Any:

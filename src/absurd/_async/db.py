@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
@@ -55,7 +56,7 @@ class Database:
         async with self.pool.connection() as conn:
             yield conn
 
-    async def rows(self, query: str, params: Params = ()) -> list[dict[str, Any]]:
+    async def rows(self, query: str | sql.Composed, params: Params = ()) -> list[dict[str, Any]]:
         """Runs one statement; engine errors come back as Absurd errors."""
         try:
             async with self.connection() as conn:
@@ -68,7 +69,7 @@ class Database:
                 raise
             raise err from exc
 
-    async def one(self, query: str, params: Params = ()) -> dict[str, Any]:
+    async def one(self, query: str | sql.Composed, params: Params = ()) -> dict[str, Any]:
         rows = await self.rows(query, params)
         return rows[0]
 

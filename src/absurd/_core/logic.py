@@ -13,6 +13,7 @@ from absurd._core.types import (
     TERMINAL_STATES,
     CancellationPolicy,
     RetryStrategy,
+    Schedule,
     SpawnOptions,
     TaskResultSnapshot,
 )
@@ -84,6 +85,8 @@ class RegisteredTask:
     handler: Callable[..., Any]
     default_max_attempts: int | None = None
     default_cancellation: CancellationPolicy | None = None
+    #: The schedules declared with the task (``register_task(..., schedule=...)``).
+    schedules: tuple[Schedule, ...] = ()
 
 
 def spawn_options_json(

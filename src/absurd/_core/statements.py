@@ -44,5 +44,17 @@ RUN_SCHEDULE_AFTER = statement("run_schedule_after")
 CHECKPOINT_LIST_FOR_RUN = statement("checkpoint_list_for_run")
 CHECKPOINT_SET = statement("checkpoint_set")
 
+SCHEDULE_CREATE = statement("schedule_create")
+SCHEDULE_UPDATE = statement("schedule_update")
+SCHEDULE_PAUSE = statement("schedule_pause")
+SCHEDULE_RESUME = statement("schedule_resume")
+SCHEDULE_DELETE = statement("schedule_delete")
+SCHEDULE_TRIGGER = statement("schedule_trigger")
+SCHEDULE_BACKFILL = statement("schedule_backfill")
+SCHEDULE_LIST = statement("schedule_list")
+SCHEDULE_PREVIEW = statement("schedule_preview")
+#: Per-queue (``{t}``): run through ``absurd.queries.query(name, queue)``.
+SCHEDULE_FIRE_LIST = statement("schedule_fire_list")
+
 WRITE_BATCH = statement("write_batch")
 WRITE_BATCH_AND_CLAIM = statement("write_batch_and_claim")

@@ -129,3 +129,113 @@ class AbsurdHooks(TypedDict, total=False):
 
     before_spawn: Callable[[str, Any, SpawnOptions], SpawnOptions | Awaitable[SpawnOptions]]
     wrap_task_execution: Callable[[Any, Callable[[], Any]], Any]
+
+
+# -- schedules -----------------------------------------------------------------
+OverlapPolicy = Literal["skip", "buffer_one", "allow_all", "cancel_other"]
+CatchupPolicy = Literal["latest", "all", "none"]
+ScheduleFireOutcome = Literal[
+    "spawned", "skipped_overlap", "skipped_catchup", "skipped_paused", "buffered", "triggered",
+    "backfilled",
+]  # fmt: skip
+ScheduleSyncOutcome = Literal["created", "updated", "unchanged"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule declared next to its task: ``register_task(..., schedule=Schedule(...))``.
+
+    ``name`` defaults to the task's name. Intervals (``catchup_window``, ``jitter``)
+    are seconds or a ``timedelta``; instants are timezone-aware datetimes (or ISO
+    text). None leaves an option at its default (docs/schedules.md has the table).
+    ``paused`` applies when the schedule is created; pause and resume are an
+    operator's afterwards, and syncing never undoes them.
+    """
+
+    cron: str
+    name: str | None = None
+    timezone: str | None = None
+    params: JsonValue = None
+    max_attempts: int | None = None
+    retry_strategy: RetryStrategy | None = None
+    headers: dict[str, JsonValue] | None = None
+    priority: int | None = None
+    cancellation: CancellationPolicy | None = None
+    overlap: OverlapPolicy | None = None
+    catchup: CatchupPolicy | None = None
+    catchup_window: float | dt.timedelta | str | None = None
+    jitter: float | dt.timedelta | str | None = None
+    start_at: dt.datetime | str | None = None
+    end_at: dt.datetime | str | None = None
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule as stored (``list_schedules``): its definition with every default
+    filled in, its state and its latest fire."""
+
+    name: str
+    task_name: str
+    cron: str
+    timezone: str
+    params: JsonValue
+    max_attempts: int | None
+    retry_strategy: RetryStrategy | None
+    headers: dict[str, JsonValue] | None
+    priority: int | None
+    cancellation: CancellationPolicy | None
+    overlap: OverlapPolicy
+    catchup: CatchupPolicy
+    catchup_window: dt.timedelta | None
+    jitter: dt.timedelta
+    start_at: dt.datetime | None
+    end_at: dt.datetime | None
+    paused: bool
+    note: str | None
+    next_fire_at: dt.datetime | None
+    last_fire_at: dt.datetime | None
+    last_task_id: uuid.UUID | None
+    buffered_tick: dt.datetime | None
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    #: The normalized definition as the engine stores it (JSON).
+    definition: dict[str, JsonValue]
+
+
+@dataclass(frozen=True)
+class ScheduleFire:
+    """A row of a schedule's fire log: one tick, or ``ticks`` ticks from ``tick``
+    through ``through`` (a summary of skipped ones); ``task_state`` is the state of
+    the task it spawned (None when none, or once the task is cleaned up)."""
+
+    fire_id: int
+    tick: dt.datetime
+    through: dt.datetime | None
+    ticks: int
+    outcome: ScheduleFireOutcome
+    task_id: uuid.UUID | None
+    version: int
+    fired_at: dt.datetime
+    task_state: TaskResultState | None
+
+
+@dataclass(frozen=True)
+class ScheduleTick:
+    """A coming tick (``preview_schedule``) and the instant it fires at (jitter applied)."""
+
+    tick: dt.datetime
+    fire_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class SyncedSchedule:
+    """What ``sync_schedules`` did with one code-declared schedule: ``created``,
+    ``updated`` (the stored definition differed from the code's when the sync read
+    it; a sync running at the same moment may have applied the same change) or
+    ``unchanged``."""
+
+    queue_name: str
+    name: str
+    outcome: ScheduleSyncOutcome

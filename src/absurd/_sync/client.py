@@ -7,10 +7,11 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from absurd._core import logic
+from absurd._core import schedules as sched
 from absurd._core import statements as q
 from absurd._core.serde import JSONSerializer, Serializer
 from absurd._core.types import (
@@ -22,6 +23,7 @@ from absurd._core.types import (
     QueueStorageMode,
     RetryStrategy,
     RetryTaskResult,
+    Schedule,
     SpawnOptions,
     SpawnResult,
     TaskResultSnapshot,
@@ -29,6 +31,7 @@ from absurd._core.types import (
 from absurd._sync import _compat as compat
 from absurd._sync.db import Database
 from absurd._sync.runner import Runner
+from absurd._sync.schedules import ScheduleMethods
 from absurd._sync.worker import Worker
 from absurd._sync.writes import Writes
 from absurd.errors import (
@@ -41,8 +44,9 @@ log = logging.getLogger("absurd")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Absurd:
-    """A client for one default queue: registers tasks, spawns them, runs workers.
+class Absurd(ScheduleMethods):
+    """A client for one default queue: registers tasks, spawns them, runs workers
+    and manages schedules (``create_schedule`` and the rest: ``ScheduleMethods``).
 
     ``conn_or_url``: a URL (the client owns a connection pool), an open
     ``AsyncConnection`` (used as is, in the caller's transaction), or None for
@@ -127,10 +131,20 @@ class Absurd:
         queue: str | None = None,
         default_max_attempts: int | None = None,
         default_cancellation: CancellationPolicy | None = None,
+        *,
+        schedule: str | Schedule | Sequence[str | Schedule] | None = None,
+        timezone: str | None = None,
     ) -> Callable[[F], F]:
-        """Decorator: ``handler(params, ctx)`` runs task ``name``."""
+        """Decorator: ``handler(params, ctx)`` runs task ``name``.
+
+        ``schedule``: a cron expression, an ``absurd.Schedule`` (cron and options),
+        or several; ``timezone`` is the time zone of those that name none (UTC by
+        default). A schedule is named after the task unless it says otherwise.
+        Workers create or update the declared schedules when they start (see
+        ``sync_schedules``); they never delete one."""
         if not name:
             raise InvalidArgument("task name must be provided")
+        schedules = sched.declared(name, schedule, timezone)
 
         def decorate(handler: F) -> F:
             self._registry[name] = logic.RegisteredTask(
@@ -139,6 +153,7 @@ class Absurd:
                 handler=handler,
                 default_max_attempts=default_max_attempts,
                 default_cancellation=default_cancellation,
+                schedules=schedules,
             )
             return handler
 
@@ -465,7 +480,11 @@ class Absurd:
         )
         for task in self._registry.values():
             other.register_task(
-                task.name, task.queue, task.default_max_attempts, task.default_cancellation
+                task.name,
+                task.queue,
+                task.default_max_attempts,
+                task.default_cancellation,
+                schedule=list(task.schedules),
             )(task.handler)
         return other
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from absurd._core import logic
+from absurd._core import logic, schedules
 from absurd._core import statements as q
 from absurd._core.serde import Serializer
 from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
@@ -87,6 +87,13 @@ class TaskContext(compat.RunStepMixin):
     @property
     def headers(self) -> dict[str, Any]:
         return dict(self._task.get("headers") or {})
+
+    @property
+    def scheduled_for(self) -> dt.datetime | None:
+        """The tick a schedule fired this task for (UTC; the cron instant, before any
+        jitter; the trigger's time for ``trigger_schedule``), or None when no
+        schedule spawned it. From the ``scheduled_for`` header."""
+        return schedules.scheduled_for(self._task.get("headers"))
 
     # -- steps -----------------------------------------------------------------
     def step(self, name: str, fn: Callable[[], Any]) -> Any:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
@@ -56,7 +57,7 @@ class Database:
         with self.pool.connection() as conn:
             yield conn
 
-    def rows(self, query: str, params: Params = ()) -> list[dict[str, Any]]:
+    def rows(self, query: str | sql.Composed, params: Params = ()) -> list[dict[str, Any]]:
         """Runs one statement; engine errors come back as Absurd errors."""
         try:
             with self.connection() as conn:
@@ -69,7 +70,7 @@ class Database:
                 raise
             raise err from exc
 
-    def one(self, query: str, params: Params = ()) -> dict[str, Any]:
+    def one(self, query: str | sql.Composed, params: Params = ()) -> dict[str, Any]:
         rows = self.rows(query, params)
         return rows[0]
 

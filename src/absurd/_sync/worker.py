@@ -112,6 +112,7 @@ class Worker:
         try:
             # Opens (and sizes) the client's pool before any concurrent use of it.
             self._prepare_pool()
+            schedules = self._sync_schedules()
             listener = compat.spawn(self._listen)
             writes = WriteBatcher(
                 self.db,
@@ -144,6 +145,8 @@ class Worker:
                 self._release_handoff(runner)  # claimed by a batch that ended late
                 compat.cancel(listener)
                 compat.wait_any({listener}, 2.0)
+                if schedules is not None:
+                    compat.cancel(schedules)
         finally:
             self._running = False
             if restore is not None:
@@ -164,6 +167,32 @@ class Worker:
         except CONNECTION_ERRORS as exc:
             log.warning("database unreachable at start (%s); will retry", exc)
         self.db.grow_pool(max(self.db.pool_size, min(self.concurrency + 1, POOL_CAP)))
+
+    def _sync_schedules(self) -> Any:
+        """Creates or updates the schedules the client's tasks declare, before the
+        first claim. A bad definition stops the worker (the error says which); an
+        unreachable database does not: the sync is retried in the background (the
+        handle returned) until it succeeds. Without declared schedules it sends nothing."""
+        try:
+            self.app.sync_schedules()
+            return None
+        except CONNECTION_ERRORS as exc:
+            log.warning("schedules not synced (%s); will retry", exc)
+        return compat.spawn(self._sync_schedules_later)
+
+    def _sync_schedules_later(self) -> None:
+        delay = 0.5
+        while self._running:
+            compat.sleep(delay)
+            try:
+                self.app.sync_schedules()
+                log.info("worker %s synced its schedules", self.worker_id)
+                return
+            except CONNECTION_ERRORS:
+                delay = min(delay * 2, 30.0)
+            except Exception as exc:  # a bad definition: the worker keeps working
+                log.error("schedules not synced: %r", exc)
+                return
 
     def _check_pool(self) -> None:
         """Drops the pool's dead idle connections (after a restart or a kill), so
