@@ -185,13 +185,20 @@ def test_await_suspends_and_the_settlement_wakes_it(pinned: Engine, connect: Con
     assert await_promise(pinned, woken, pid) == {"should_suspend": False, "payload": settlement}
 
 
+def suspend_until(engine: Engine, expires: float, timeout: int, wake: int) -> tuple[Any, Row]:
+    """A run awaits a promise expiring in `expires` s with a `timeout`; it sleeps until
+    T0 + `wake` s. Returns the promise id and the run claimed then."""
+    engine.spawn("t")
+    run = engine.claim_one()
+    pid = create(engine, timeout_seconds=expires)["promise_id"]
+    assert await_promise(engine, run, pid, timeout=timeout)["should_suspend"] is True
+    assert engine.run(run["run_id"])["available_at"] == T0 + dt.timedelta(seconds=wake)
+    engine.set_time(T0 + dt.timedelta(seconds=wake))
+    return pid, run
+
+
 def test_await_timeout_is_reported_once(pinned: Engine) -> None:
-    pinned.spawn("t")
-    run = pinned.claim_one()
-    pid = create(pinned, timeout_seconds=3600)["promise_id"]
-    assert await_promise(pinned, run, pid, timeout=10)["should_suspend"] is True
-    assert pinned.run(run["run_id"])["available_at"] == T0 + dt.timedelta(seconds=10)
-    pinned.set_time(T0 + dt.timedelta(seconds=11))
+    pid, _ = suspend_until(pinned, 3600, 10, 10)
     woken = pinned.claim_one()
     assert woken["wake_event"] == f"$promise:{pid}" and woken["event_payload"] is None
     assert await_promise(pinned, woken, pid, timeout=10) == {
@@ -202,12 +209,7 @@ def test_await_timeout_is_reported_once(pinned: Engine) -> None:
 
 
 def test_expiry_wakes_the_awaiter_and_refuses_settlement(pinned: Engine) -> None:
-    pinned.spawn("t")
-    run = pinned.claim_one()
-    pid = create(pinned, timeout_seconds=30.5)["promise_id"]
-    assert await_promise(pinned, run, pid, timeout=3600)["should_suspend"] is True
-    assert pinned.run(run["run_id"])["available_at"] == T0 + dt.timedelta(seconds=31)
-    pinned.set_time(T0 + dt.timedelta(seconds=31))
+    pid, _ = suspend_until(pinned, 30.5, 3600, 31)
     assert get(pinned, pid)["state"] == "expired"
     with pytest.raises(psycopg.Error) as excinfo:
         resolve(pinned, pid, 1)

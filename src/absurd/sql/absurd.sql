@@ -3372,12 +3372,9 @@ declare
   v_timeout integer := p_timeout;
   v_rows integer;
 begin
+  -- await_event checks the step name, the timeout, the run and the task.
   perform absurd._require_queue(q);
-  perform absurd._require_text(p_step_name, 'step_name');
   perform absurd._require_promise_id(p_promise_id);
-  if p_timeout < 0 then
-    perform absurd._raise('AB015', 'timeout must be non-negative');
-  end if;
   execute absurd._sql('checkpoint.get', q) into v_checkpoint using p_task_id, p_step_name;
   get diagnostics v_rows = row_count;
   if v_rows > 0 then
