@@ -151,6 +151,35 @@ def test_concurrent_settlers_apply_exactly_once(engine: Engine, connect: Connect
     assert row["payload"] == {"by": applied[0]}
 
 
+def test_a_settlement_racing_an_await_is_never_lost(engine: Engine, connect: Connect) -> None:
+    """The await holds the promise's row until it commits; the settler queues behind it
+    and then wakes the run the await put to sleep."""
+    engine.spawn("t")
+    run = engine.claim_one()
+    pid = create(engine)["promise_id"]
+    awaiter = connect()
+    done = threading.Event()
+    with awaiter.transaction():
+        row = awaiter.execute(
+            "select should_suspend from absurd.await_promise(%s, %s, %s, 'p', %s)",
+            (engine.queue, run["task_id"], run["run_id"], pid),
+        ).fetchone()
+        assert row == (True,)
+
+        def settle_now() -> None:
+            resolve(Engine(connect(), engine.queue), pid, "won")
+            done.set()
+
+        settler = threading.Thread(target=settle_now)
+        settler.start()
+        assert not done.wait(0.3)  # queued on the promise's row
+    settler.join(10)
+    assert done.is_set()
+    woken = engine.claim_one()
+    assert woken["run_id"] == run["run_id"]
+    assert woken["event_payload"] == {"state": "resolved", "payload": "won"}
+
+
 def test_settled_before_await_returns_at_once(pinned: Engine) -> None:
     pinned.spawn("t")
     run = pinned.claim_one()
