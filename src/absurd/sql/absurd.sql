@@ -72,7 +72,8 @@
 --     (catalogue in docs/errors.md); upstream's message texts are kept.
 --   * the file is re-runnable and upgrades an upstream 0.5.x schema in place.
 --
--- LOCK ORDER (deadlock freedom): event row -> run rows (by run_id) -> task row.
+-- LOCK ORDER (deadlock freedom): (promise row ->) event row -> run rows (by run_id)
+-- -> task row.
 -- Claims never wait: they take run and task rows with SKIP LOCKED.
 -- =============================================================================
 
