@@ -3185,6 +3185,21 @@ begin
 end;
 $$;
 
+-- AB030 unless the lookup of promise p_promise_id in the queue found its row.
+create or replace function absurd._require_promise_row(
+  p_found uuid, p_queue_name text, p_promise_id uuid)
+returns void
+language plpgsql
+immutable
+as $$
+begin
+  if p_found is null then
+    perform absurd._raise('AB030', format(
+      'Promise "%s" not found in queue "%s"', p_promise_id, p_queue_name));
+  end if;
+end;
+$$;
+
 -- A text option of a promise: absent or a string of 1..p_max characters (AB033).
 create or replace function absurd._promise_text(p_value jsonb, p_what text, p_max integer)
 returns text
@@ -3311,9 +3326,7 @@ begin
     perform absurd._raise('AB033', 'delivery_key must be a string of 1 to 512 characters');
   end if;
   execute absurd._sql('promise.lock', q) into v_row using p_promise_id, q;
-  if v_row.promise_id is null then
-    perform absurd._raise('AB030', format('Promise "%s" not found in queue "%s"', p_promise_id, q));
-  end if;
+  perform absurd._require_promise_row(v_row.promise_id, q, p_promise_id);
   if v_row.state in ('resolved', 'rejected') then
     v_repeat := (p_delivery_key is not null and v_row.delivery_key = p_delivery_key)
       or (v_row.state = p_state and v_row.payload = v_payload);
@@ -3384,9 +3397,7 @@ begin
   end if;
 
   execute absurd._sql('promise.lock', q) into v_row using p_promise_id, q;
-  if v_row.promise_id is null then
-    perform absurd._raise('AB030', format('Promise "%s" not found in queue "%s"', p_promise_id, q));
-  end if;
+  perform absurd._require_promise_row(v_row.promise_id, q, p_promise_id);
   if v_row.task_id is null then
     execute absurd._sql('promise.own', q) using p_promise_id, p_task_id;
   end if;
@@ -3436,10 +3447,7 @@ begin
   perform absurd._require_queue(p_queue_name);
   perform absurd._require_promise_id(p_promise_id);
   execute absurd._sql('promise.get', p_queue_name) into v_row using p_promise_id, p_queue_name;
-  if v_row.promise_id is null then
-    perform absurd._raise('AB030', format(
-      'Promise "%s" not found in queue "%s"', p_promise_id, p_queue_name));
-  end if;
+  perform absurd._require_promise_row(v_row.promise_id, p_queue_name, p_promise_id);
   if v_row.state = 'pending' and v_row.expires_at <= absurd.current_time() then
     v_row.state := 'expired';
   end if;
