@@ -19,9 +19,13 @@ Errors (catch them with ``except AbsurdError`` or ``except Exception``)::
      │    ├── InvalidCronExpression   AB017
      │    ├── UnknownTimeZone         AB018
      │    ├── InvalidScheduleOption   AB019
-     │    └── BackfillTooLarge        AB022
+     │    ├── BackfillTooLarge        AB022
+     │    └── InvalidPromiseOption    AB033
      ├── ScheduleConflict             AB020
      ├── ScheduleNotFound             AB021
+     ├── PromiseNotFound              AB030
+     ├── PromiseExpired               AB031
+     ├── PromiseRejected              AB032: an awaited promise was rejected (its .error)
      ├── SerializationError           a value that cannot be stored as JSON
      ├── TimeoutError                 a wait timed out (also the builtin TimeoutError)
      └── TaskNotFinished              a task result was asked for too early
@@ -53,10 +57,14 @@ __all__ = [
     "FailedTask",
     "InvalidArgument",
     "InvalidCronExpression",
+    "InvalidPromiseOption",
     "InvalidQueueName",
     "InvalidQueuePolicy",
     "InvalidRetryStrategy",
     "InvalidScheduleOption",
+    "PromiseExpired",
+    "PromiseNotFound",
+    "PromiseRejected",
     "QueueConflict",
     "QueueError",
     "QueueNotFound",
@@ -192,6 +200,39 @@ class BackfillTooLarge(InvalidArgument):
     """The backfill range covers more than 1000 ticks."""
 
     sqlstate = "AB022"
+
+
+class InvalidPromiseOption(InvalidArgument):
+    """A promise option or delivery key is invalid; nothing was created."""
+
+    sqlstate = "AB033"
+
+
+class PromiseNotFound(AbsurdError):
+    """No promise with that id in the queue."""
+
+    sqlstate = "AB030"
+
+
+class PromiseExpired(AbsurdError):
+    """The promise expired before it was settled: it can no longer be settled, and
+    awaiting it raises this error."""
+
+    sqlstate = "AB031"
+
+
+class PromiseRejected(AbsurdError):
+    """An awaited promise was rejected. ``error`` holds the rejection's payload,
+    ``promise_id`` the promise."""
+
+    sqlstate = "AB032"
+
+    def __init__(
+        self, message: str | None = None, *, error: object = None, promise_id: object = None
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.promise_id = promise_id
 
 
 class ScheduleConflict(AbsurdError):

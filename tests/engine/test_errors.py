@@ -207,6 +207,14 @@ QUEUE_CALLS: dict[str, tuple[str, Params]] = {
     "cleanup_tasks": ("select absurd.cleanup_tasks(%s, 0)", ()),
     "cleanup_events": ("select absurd.cleanup_events(%s, 0)", ()),
     "cleanup_all_queues": ("select * from absurd.cleanup_all_queues(%s)", ()),
+    "create_promise": ("select * from absurd.create_promise(%s)", ()),
+    "resolve_promise": ("select * from absurd.resolve_promise(%s, %s, '1')", (MISSING,)),
+    "reject_promise": ("select * from absurd.reject_promise(%s, %s, '1', 'd')", (MISSING,)),
+    "await_promise": (
+        "select * from absurd.await_promise(%s, %s, %s, 'step', %s)",
+        (MISSING, MISSING, MISSING),
+    ),
+    "get_promise": ("select * from absurd.get_promise(%s, %s)", (MISSING,)),
 }
 CREATES_QUEUE = {"validate_queue_name", "ensure_queue_tables", "create_queue/1", "create_queue/2"}
 

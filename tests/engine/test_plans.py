@@ -94,6 +94,13 @@ ARGS: dict[str, list[str]] = {
     "cleanup.tasks": ["absurd.current_time() - interval '1 day'", "1000", "'q'"],
     "cleanup.events": [NOW, "1000"],
     "next_wake": [],
+    "promise.lock": ["{promise}", "{queue}"],
+    "promise.get": ["{promise}", "{queue}"],
+    "promise.create": ["{new}", "{queue}", "{task}", "'[]'", "'key-5'", NOW, NOW],
+    "promise.by_key": ["{queue}", "'key-5'"],
+    "promise.settle": ["{promise}", "'resolved'", "'1'", "'d'", "'me'", NOW],
+    "promise.own": ["{promise}", "{task}"],
+    "cleanup.promises": [NOW, "1000", "{queue}"],
 }
 
 # Statements whose whole point is one index.
@@ -109,6 +116,9 @@ EXPECTED_INDEX = {
     "emit.wake": "w_{q}_eni",
     "next_wake": "r_{q}_sai",
     "cancel.lock_runs": "r_{q}_ti",
+    "promise.lock": "promises_pkey",
+    "promise.by_key": "promises_ik",
+    "cleanup.promises": "promises_oi",
 }
 
 
@@ -155,19 +165,41 @@ FILL = [
     insert into absurd.{e} (event_name, payload, emitted_at)
       select 'e-' || g, '1', absurd.current_time() - make_interval(secs => g) from ids
     """,
+    # Promises of this queue: half owned by a task, half ownerless and settled.
+    """
+    insert into absurd.promises (promise_id, queue_name, task_id, state, idempotency_key,
+        expires_at, settled_at)
+      select gen_random_uuid(), {q}, case when g % 2 = 0 then task_id end,
+        case when g % 2 = 0 then 'pending' else 'resolved' end, 'key-' || g,
+        absurd.current_time() + interval '1 hour',
+        case when g % 2 = 1 then absurd.current_time() - make_interval(secs => g) end
+      from ids
+    """,
 ]
 
 
 def fill_queue(c: psycopg.Connection[Any], queue: str, ids: str = IDS_NOW) -> dict[str, str]:
     """Fills a queue with ROWS tasks in every state and analyses it; returns sample ids."""
     t, r, cp, e, w = (sql.Identifier(f"{p}_{queue}") for p in "trcew")
+    q = sql.Literal(queue)
     for statement in [ids, *FILL]:
-        c.execute(sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w))
-    for table in (t, r, cp, e, w):
+        c.execute(
+            sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w, q=q)
+        )
+    for table in (t, r, cp, e, w, sql.Identifier("promises")):
         c.execute(sql.SQL("analyze absurd.{}").format(table))
     row = c.execute("select task_id, run_id from ids where st = 'running' limit 1").fetchone()
     assert row is not None
-    return {"task": f"'{row[0]}'", "run": f"'{row[1]}'"}
+    promise = c.execute(
+        "select promise_id from absurd.promises where queue_name = %s limit 1", (queue,)
+    ).fetchone()
+    assert promise is not None
+    return {
+        "task": f"'{row[0]}'",
+        "run": f"'{row[1]}'",
+        "promise": f"'{promise[0]}'",
+        "queue": f"'{queue}'",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +293,7 @@ def test_statement_is_index_driven(
     values = {**ids, "new": f"'{uuid.uuid4()}'", "new2": f"'{uuid.uuid4()}'"}
     args = [a.format(**values) for a in ARGS[statement]]
     nodes = explain(conn, str(row[0]), args)
-    per_queue = {f"{p}_{queue}" for p in "trcew"}
+    per_queue = {f"{p}_{queue}" for p in "trcew"} | {"promises"}
     scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
     seq = [s for s in scans if s[0] == "Seq Scan" and s[1] in per_queue]
     assert not seq, f"{statement} scans a whole table: {scans}"

@@ -285,8 +285,9 @@ def test_valid_queue_names(conn: psycopg.Connection[Any], name: str) -> None:
 
 
 def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> None:
-    """0.6.0 had no schedules: absurd.sql alone adds the tables, the index and the
-    functions, and claims keep working. 0.6.0 is recreated by dropping them."""
+    """0.6.0 had no schedules and no promises: absurd.sql alone adds the tables, the
+    indexes and the functions, and claims keep working. 0.6.0 is recreated by dropping
+    them."""
     url = new_database()
     with psycopg.connect(url, autocommit=True) as c:
         schema.install(c)
@@ -295,10 +296,11 @@ def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> N
         for (function,) in c.execute(
             "select oid::regprocedure::text from pg_proc"
             " where pronamespace = 'absurd'::regnamespace"
-            "   and (proname like '%schedule%' or proname = '_iso_utc')"
+            "   and (proname like '%schedule%' or proname like '%promise%'"
+            "        or proname = '_iso_utc')"
         ).fetchall():
             c.execute(f"drop function {function}")
-        c.execute("drop table absurd.schedule_fires, absurd.schedules")
+        c.execute("drop table absurd.schedule_fires, absurd.schedules, absurd.promises")
         c.execute(
             "create or replace function absurd.get_schema_version() returns text"
             " language sql immutable as $$ select '0.6.0'::text $$"
@@ -309,3 +311,12 @@ def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> N
         assert c.execute("select count(*) from absurd.list_schedules('kept')").fetchone() == (1,)
         claimed = c.execute("select params from absurd.claim_task('kept', 'w', 60, 5)")
         assert claimed.fetchall() == [(1,)]
+        row = c.execute("select promise_id from absurd.create_promise('kept')").fetchone()
+        assert row is not None
+        applied = c.execute("select applied from absurd.resolve_promise('kept', %s, '1')", row)
+        assert applied.fetchone() == (True,)
+        indexes = c.execute(
+            "select array_agg(indexname::text order by indexname) from pg_indexes"
+            " where schemaname = 'absurd' and tablename = 'promises'"
+        ).fetchone()
+        assert indexes == (["promises_ik", "promises_oi", "promises_pkey", "promises_ti"],)

@@ -148,6 +148,7 @@ def test_data_types_have_upstream_fields() -> None:
     assert set(absurd.SpawnResult.__annotations__) == {"task_id", "run_id", "attempt", "created"}
 
 
+PROMISE_METHODS = ["create_promise", "get_promise", "reject_promise", "resolve_promise"]
 SCHEDULE_METHODS = [
     "backfill_schedule",
     "create_schedule",
@@ -174,9 +175,12 @@ def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
         for cls in CLASSES
     }
     assert extras == {
-        "Absurd": sorted(["execute_task", "for_queue", "spawn_many", *SCHEDULE_METHODS]),
-        "AsyncAbsurd": sorted(["execute_task", "for_queue", "spawn_many", *SCHEDULE_METHODS]),
-        "TaskContext": ["await_all", "await_first", "map", "spawn"],
-        "AsyncTaskContext": ["await_all", "await_first", "map", "spawn"],
-    }
+        "Absurd": sorted(["execute_task", "for_queue", "spawn_many", *PROMISE_METHODS,
+                          *SCHEDULE_METHODS]),
+        "AsyncAbsurd": sorted(["execute_task", "for_queue", "spawn_many", *PROMISE_METHODS,
+                               *SCHEDULE_METHODS]),
+        "TaskContext": ["await_all", "await_first", "await_promise", "map", "promise", "spawn"],
+        "AsyncTaskContext": ["await_all", "await_first", "await_promise", "map", "promise",
+                             "spawn"],
+    }  # fmt: skip
     assert callable(absurd.AsyncTaskContext.run_step)  # raises TypeError: sync only

@@ -290,3 +290,38 @@ def test_worker_fires_schedules_and_reader_lists_them(roles: Roles) -> None:
     denied(roles.reader_dsn, "select absurd.create_schedule('jobs', 'r', 't', '* * * * *')")
     with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
         assert c.execute("select absurd.delete_schedule('jobs', 'roles-s')").fetchone() == (True,)
+
+
+def test_worker_creates_awaits_and_settles_promises_and_reader_reads_them(roles: Roles) -> None:
+    """Promises under least privilege: the worker creates, awaits and settles them,
+    the reader reads one and can neither settle nor create, nor touch the table."""
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
+        c.execute("select absurd.spawn_task('jobs', 'approve', '{}')")
+        run = c.execute("select task_id, run_id from absurd.claim_task('jobs', 'w', 60, 1)")
+        task_id, run_id = run.fetchone() or (None, None)
+        row = c.execute(
+            "select promise_id from absurd.create_promise('jobs', %s)",
+            (f'{{"task_id": "{task_id}", "timeout_seconds": 600}}',),
+        ).fetchone()
+        assert row is not None
+        promise_id = row[0]
+        waited = c.execute(
+            "select should_suspend from absurd.await_promise('jobs', %s, %s, 'p', %s)",
+            (task_id, run_id, promise_id),
+        )
+        assert waited.fetchone() == (True,)
+        settled = c.execute(
+            "select applied from absurd.resolve_promise('jobs', %s, '\"yes\"', 'd-1')",
+            (promise_id,),
+        )
+        assert settled.fetchone() == (True,)
+    with psycopg.connect(roles.reader_dsn, autocommit=True) as c:
+        got = c.execute(
+            "select state, payload, settled_by from absurd.get_promise('jobs', %s)", (promise_id,)
+        ).fetchone()
+        assert got is not None and got[:2] == ("resolved", "yes")
+    denied(roles.reader_dsn, "select absurd.resolve_promise('jobs', %s, '1')", (promise_id,))
+    denied(roles.reader_dsn, "select absurd.reject_promise('jobs', %s, '1')", (promise_id,))
+    denied(roles.reader_dsn, "select absurd.create_promise('jobs')")
+    denied(roles.worker_dsn, "select * from absurd.promises")
+    denied(roles.worker_dsn, "update absurd.promises set state = 'pending'")

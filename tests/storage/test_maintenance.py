@@ -107,7 +107,16 @@ def test_retired_week_uses_detach_not_row_deletes(
     for _ in range(20):
         e.spawn("x", idempotency_key=str(_))
     for run in e.claim(qty=20):
+        # Each task owns a settled promise: the week takes them with it.
+        e.one(
+            "select absurd.create_promise(%s, %s)",
+            (e.queue, json.dumps({"task_id": str(run["task_id"])})),
+        )
         e.complete(run["run_id"])
+    e.conn.execute(
+        "update absurd.promises set state = 'resolved', settled_at = %s where queue_name = %s",
+        (T0, e.queue),
+    )
     failed = e.spawn("retried-later", max_attempts=2)
     e.fail(e.claim_one()["run_id"], retry_at=T0 + dt.timedelta(days=9))
     set_now(maint, T0 + dt.timedelta(days=9))
@@ -121,6 +130,8 @@ def test_retired_week_uses_detach_not_row_deletes(
     assert report.tasks_deleted == 0  # the week went as a whole
     assert e.result(failed["task_id"]) is None and e.runs(failed["task_id"]) == []
     assert e.count("i") == 0 and e.count("t") == 0
+    left = e.one("select count(*) as n from absurd.promises where queue_name = %s", (e.queue,))
+    assert left["n"] == 0
 
 
 def test_sweeps_queues_no_worker_polls(engine: Engine, connect: Connect) -> None:

@@ -15,7 +15,7 @@ from absurd._async.runner import Runner
 from absurd._async.schedules import ScheduleMethods
 from absurd._async.worker import AsyncWorker
 from absurd._async.writes import Writes
-from absurd._core import logic
+from absurd._core import logic, promises
 from absurd._core import schedules as sched
 from absurd._core import statements as q
 from absurd._core.serde import JSONSerializer, Serializer
@@ -23,6 +23,8 @@ from absurd._core.types import (
     AbsurdHooks,
     CancellationPolicy,
     ClaimedTask,
+    PromiseHandle,
+    PromiseInfo,
     QueueDetachMode,
     QueuePolicy,
     QueueStorageMode,
@@ -368,6 +370,76 @@ class AsyncAbsurd(ScheduleMethods):
                 "payload": self._json(payload),
             },
         )
+
+    # -- promises --------------------------------------------------------------
+    async def create_promise(
+        self,
+        timeout: float | None = None,
+        *,
+        idempotency_key: str | None = None,
+        tags: list[str] | None = None,
+        queue_name: str | None = None,
+    ) -> PromiseHandle:
+        """Creates a promise outside a task (a task creates its own with ``ctx.promise``).
+
+        ``timeout``: seconds until it expires (None: never); ``idempotency_key``: the
+        queue's promise with that key is returned instead of a new one. It belongs to
+        the first task that awaits it and is deleted with that task.
+        """
+        options = promises.options_json(timeout=timeout, idempotency_key=idempotency_key, tags=tags)
+        row = await self.db.one(q.PROMISE_CREATE, (self._queue(queue_name), options))
+        return promises.handle(row)
+
+    async def resolve_promise(
+        self,
+        promise: PromiseHandle | Any,
+        payload: Any = None,
+        *,
+        delivery_key: str | None = None,
+        queue_name: str | None = None,
+    ) -> bool:
+        """Resolves a promise with ``payload``; wakes the tasks awaiting it.
+
+        The first settlement wins. True when this settlement is the promise's: the
+        first, or a repeat (the same ``delivery_key``, or the same payload). False when
+        the promise was already settled otherwise (nothing changes). PromiseExpired past
+        its expiry, PromiseNotFound for an unknown id.
+        """
+        return await self._settle(q.PROMISE_RESOLVE, promise, payload, delivery_key, queue_name)
+
+    async def reject_promise(
+        self,
+        promise: PromiseHandle | Any,
+        error: Any = None,
+        *,
+        delivery_key: str | None = None,
+        queue_name: str | None = None,
+    ) -> bool:
+        """Rejects a promise with ``error`` (any JSON value; a ``message`` key becomes the
+        message of the PromiseRejected the awaiting task gets). Like ``resolve_promise``."""
+        return await self._settle(q.PROMISE_REJECT, promise, error, delivery_key, queue_name)
+
+    async def _settle(
+        self,
+        query: str,
+        promise: PromiseHandle | Any,
+        payload: Any,
+        delivery_key: str | None,
+        queue_name: str | None,
+    ) -> bool:
+        pid = promises.promise_id(promise)
+        row = await self.db.one(
+            query, (self._queue(queue_name), str(pid), self._json(payload), delivery_key)
+        )
+        return bool(row["applied"])
+
+    async def get_promise(
+        self, promise: PromiseHandle | Any, queue_name: str | None = None
+    ) -> PromiseInfo:
+        """A promise's state and settlement; PromiseNotFound for an unknown id."""
+        pid = promises.promise_id(promise)
+        row = await self.db.one(q.PROMISE_GET, (self._queue(queue_name), str(pid)))
+        return promises.info(row, self.serializer.revive)
 
     async def retry_task(
         self,

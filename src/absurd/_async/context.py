@@ -14,10 +14,16 @@ from typing import Any
 from absurd._async import _compat as compat
 from absurd._async.db import Database
 from absurd._async.writes import CheckpointWrite, Writes
-from absurd._core import logic, schedules
+from absurd._core import logic, promises, schedules
 from absurd._core import statements as q
 from absurd._core.serde import Serializer
-from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
+from absurd._core.types import (
+    ClaimedTask,
+    PromiseHandle,
+    SpawnResult,
+    StepHandle,
+    TaskResultSnapshot,
+)
 from absurd.errors import InvalidArgument, SerializationError, SuspendTask, TimeoutError
 
 #: The context of the task running in this thread or asyncio task.
@@ -44,6 +50,8 @@ class Run:
     spawn: Callable[..., Any]
     #: The client's ``emit_event``.
     emit_event: Callable[..., Any]
+    #: Makes a promise's capability URL (the client's ingress configuration).
+    promise_url: promises.UrlMaker = promises.no_url
 
 
 def new_context(run: Run, checkpoints: dict[str, Any]) -> AsyncTaskContext:
@@ -312,6 +320,63 @@ class AsyncTaskContext(compat.RunStepMixin):
         return TaskResultSnapshot(
             state=snap.state, result=self._run.serializer.revive(snap.result), failure=snap.failure
         )
+
+    # -- promises --------------------------------------------------------------
+    async def promise(
+        self,
+        name: str,
+        timeout: float | None = None,
+        *,
+        tags: list[str] | None = None,
+        step_name: str | None = None,
+    ) -> PromiseHandle:
+        """Creates a durable promise that the outside world settles (``resolve_promise``
+        or ``reject_promise`` with its ``id``), once, however often this handler replays.
+
+        ``timeout``: seconds until it expires (None: never). The promise belongs to this
+        task: retention deletes it with the task.
+        """
+        if not name:
+            raise InvalidArgument("name must be provided")
+        checkpoint = self._names.next(step_name or f"$promise:{name}")
+        if checkpoint in self._checkpoints:
+            return promises.handle(self._checkpoints[checkpoint], self._run.promise_url)
+        options = promises.options_json(
+            timeout=timeout,
+            tags=tags,
+            # A lost checkpoint (a crash right after creating) finds the same promise.
+            idempotency_key=f"{self.task_id}:{checkpoint}",
+            task_id=self.task_id,
+        )
+        row = await self._run.db.one(q.PROMISE_CREATE, (self._queue, options))
+        created = promises.handle(row, self._run.promise_url)
+        await self._save(checkpoint, promises.checkpoint(created), internal=True)
+        return created
+
+    async def await_promise(
+        self,
+        promise: PromiseHandle | uuid.UUID | str,
+        timeout: float | None = None,
+        step_name: str | None = None,
+    ) -> Any:
+        """Waits for a promise of this queue and returns the value it was resolved with.
+
+        The run suspends and frees its worker slot until the promise is settled. A
+        rejection raises PromiseRejected (its ``error`` is the rejection's payload), an
+        expiry PromiseExpired, and ``timeout`` seconds without either TimeoutError.
+        Each is checkpointed, so a replay returns or raises the same at once.
+        """
+        pid = promises.promise_id(promise)
+        checkpoint = self._names.next(step_name or f"$awaitPromise:{pid}")
+        settlement = await self._wait(
+            checkpoint,
+            f"$promise:{pid}",
+            q.PROMISE_AWAIT,
+            (self._queue, self.task_id, self.run_id, checkpoint, str(pid), _seconds(timeout)),
+            lambda data: data,
+            f'Timed out waiting for promise "{pid}"',
+        )
+        return promises.settlement_value(pid, settlement, self._run.serializer.revive)
 
     # -- other -----------------------------------------------------------------
     async def emit_event(self, event_name: str, payload: Any = None) -> None:

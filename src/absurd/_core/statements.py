@@ -58,3 +58,9 @@ SCHEDULE_FIRE_LIST = statement("schedule_fire_list")
 
 WRITE_BATCH = statement("write_batch")
 WRITE_BATCH_AND_CLAIM = statement("write_batch_and_claim")
+
+PROMISE_CREATE = statement("promise_create")
+PROMISE_RESOLVE = statement("promise_resolve")
+PROMISE_REJECT = statement("promise_reject")
+PROMISE_GET = statement("promise_get")
+PROMISE_AWAIT = statement("promise_await")

@@ -113,6 +113,39 @@ class TaskResultSnapshot:
     failure: JsonValue = None
 
 
+PromiseState = Literal["pending", "resolved", "rejected", "expired"]
+
+
+@dataclass(frozen=True)
+class PromiseHandle:
+    """A durable promise created by ``ctx.promise`` or ``create_promise``: its ``id``
+    (what a resolver needs), its expiry, and ``url``, a capability URL that settles it
+    when the client has one configured (else None)."""
+
+    id: uuid.UUID
+    expires_at: dt.datetime | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class PromiseInfo:
+    """A promise as ``get_promise`` reads it. ``payload`` is the value it was
+    resolved with, or the error it was rejected with (None while pending)."""
+
+    id: uuid.UUID
+    queue: str
+    state: PromiseState
+    payload: JsonValue
+    task_id: uuid.UUID | None
+    tags: list[str]
+    idempotency_key: str | None
+    delivery_key: str | None
+    settled_by: str | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    settled_at: dt.datetime | None
+
+
 @dataclass(frozen=True)
 class StepHandle:
     """A step begun with ``begin_step``: ``done`` when a checkpoint already exists."""

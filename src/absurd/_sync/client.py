@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from absurd._core import logic
+from absurd._core import logic, promises
 from absurd._core import schedules as sched
 from absurd._core import statements as q
 from absurd._core.serde import JSONSerializer, Serializer
@@ -18,6 +18,8 @@ from absurd._core.types import (
     AbsurdHooks,
     CancellationPolicy,
     ClaimedTask,
+    PromiseHandle,
+    PromiseInfo,
     QueueDetachMode,
     QueuePolicy,
     QueueStorageMode,
@@ -369,6 +371,76 @@ class Absurd(ScheduleMethods):
                 "payload": self._json(payload),
             },
         )
+
+    # -- promises --------------------------------------------------------------
+    def create_promise(
+        self,
+        timeout: float | None = None,
+        *,
+        idempotency_key: str | None = None,
+        tags: list[str] | None = None,
+        queue_name: str | None = None,
+    ) -> PromiseHandle:
+        """Creates a promise outside a task (a task creates its own with ``ctx.promise``).
+
+        ``timeout``: seconds until it expires (None: never); ``idempotency_key``: the
+        queue's promise with that key is returned instead of a new one. It belongs to
+        the first task that awaits it and is deleted with that task.
+        """
+        options = promises.options_json(timeout=timeout, idempotency_key=idempotency_key, tags=tags)
+        row = self.db.one(q.PROMISE_CREATE, (self._queue(queue_name), options))
+        return promises.handle(row)
+
+    def resolve_promise(
+        self,
+        promise: PromiseHandle | Any,
+        payload: Any = None,
+        *,
+        delivery_key: str | None = None,
+        queue_name: str | None = None,
+    ) -> bool:
+        """Resolves a promise with ``payload``; wakes the tasks awaiting it.
+
+        The first settlement wins. True when this settlement is the promise's: the
+        first, or a repeat (the same ``delivery_key``, or the same payload). False when
+        the promise was already settled otherwise (nothing changes). PromiseExpired past
+        its expiry, PromiseNotFound for an unknown id.
+        """
+        return self._settle(q.PROMISE_RESOLVE, promise, payload, delivery_key, queue_name)
+
+    def reject_promise(
+        self,
+        promise: PromiseHandle | Any,
+        error: Any = None,
+        *,
+        delivery_key: str | None = None,
+        queue_name: str | None = None,
+    ) -> bool:
+        """Rejects a promise with ``error`` (any JSON value; a ``message`` key becomes the
+        message of the PromiseRejected the awaiting task gets). Like ``resolve_promise``."""
+        return self._settle(q.PROMISE_REJECT, promise, error, delivery_key, queue_name)
+
+    def _settle(
+        self,
+        query: str,
+        promise: PromiseHandle | Any,
+        payload: Any,
+        delivery_key: str | None,
+        queue_name: str | None,
+    ) -> bool:
+        pid = promises.promise_id(promise)
+        row = self.db.one(
+            query, (self._queue(queue_name), str(pid), self._json(payload), delivery_key)
+        )
+        return bool(row["applied"])
+
+    def get_promise(
+        self, promise: PromiseHandle | Any, queue_name: str | None = None
+    ) -> PromiseInfo:
+        """A promise's state and settlement; PromiseNotFound for an unknown id."""
+        pid = promises.promise_id(promise)
+        row = self.db.one(q.PROMISE_GET, (self._queue(queue_name), str(pid)))
+        return promises.info(row, self.serializer.revive)
 
     def retry_task(
         self,

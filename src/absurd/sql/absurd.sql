@@ -19,6 +19,8 @@
 --   absurd.schedules              one row per schedule of a queue (cron, options,
 --                                 next fire time, pause state; see "Schedules")
 --   absurd.schedule_fires         the fire log: each tick's outcome
+--   absurd.promises               durable promises of every queue: settled once
+--                                 from outside, awaited by tasks (see "Promises")
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
@@ -42,6 +44,8 @@
 --                  backfill_schedule, list_schedules, list_schedule_fires,
 --                  preview_schedule,
 --                  fire_schedules (claim_task fires due schedules itself)
+--   Promises       create_promise, resolve_promise, reject_promise,
+--                  await_promise, get_promise
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -68,7 +72,8 @@
 --     (catalogue in docs/errors.md); upstream's message texts are kept.
 --   * the file is re-runnable and upgrades an upstream 0.5.x schema in place.
 --
--- LOCK ORDER (deadlock freedom): event row -> run rows (by run_id) -> task row.
+-- LOCK ORDER (deadlock freedom): (promise row ->) event row -> run rows (by run_id)
+-- -> task row.
 -- Claims never wait: they take run and task rows with SKIP LOCKED.
 -- =============================================================================
 
@@ -885,6 +890,9 @@ begin
   end loop;
   delete from absurd.task_watchers
   where queue_name = p_queue_name or watcher_queue = p_queue_name;
+  if to_regclass('absurd.promises') is not null then
+    delete from absurd.promises where queue_name = p_queue_name;
+  end if;
   if to_regclass('absurd.schedules') is not null then
     delete from absurd.schedule_fires where queue_name = p_queue_name;
     delete from absurd.schedules where queue_name = p_queue_name;
@@ -1455,8 +1463,53 @@ begin
     )
     update absurd.%1$I set state = 'sleeping' where task_id = $1$q$
 
+  -- Promises live in one table for every queue (absurd.promises), reached by
+  -- primary key (promise_id, then the queue is checked) or by (queue, key).
+  -- $1 promise_id, $2 queue name
+  when 'promise.lock' then $q$
+    select promise_id, task_id, state, payload, delivery_key, expires_at, settled_at
+    from absurd.promises where promise_id = $1 and queue_name = $2 for update$q$
+  when 'promise.get' then $q$
+    select promise_id, queue_name, task_id, state, payload, tags, idempotency_key,
+           delivery_key, settled_by, created_at, expires_at, settled_at
+    from absurd.promises where promise_id = $1 and queue_name = $2$q$
+  -- $1 promise_id, $2 queue name, $3 owner task_id, $4 tags, $5 idempotency key,
+  -- $6 now, $7 expires_at. A key the queue already used creates nothing.
+  when 'promise.create' then $q$
+    insert into absurd.promises (promise_id, queue_name, task_id, tags, idempotency_key,
+      created_at, expires_at)
+    values ($1, $2, $3, $4, $5, $6, $7)
+    on conflict (queue_name, idempotency_key) where idempotency_key is not null do nothing
+    returning promise_id, expires_at$q$
+  -- $1 queue name, $2 idempotency key (promises_ik)
+  when 'promise.by_key' then $q$
+    select promise_id, expires_at from absurd.promises
+    where queue_name = $1 and idempotency_key = $2$q$
+  -- $1 promise_id, $2 state, $3 payload, $4 delivery key, $5 settled_by, $6 settled_at
+  when 'promise.settle' then $q$
+    update absurd.promises set state = $2, payload = $3, delivery_key = $4, settled_by = $5,
+      settled_at = $6
+    where promise_id = $1$q$
+  -- $1 promise_id, $2 task_id: the first task to await an ownerless promise owns it.
+  when 'promise.own' then $q$
+    update absurd.promises set task_id = $2 where promise_id = $1 and task_id is null$q$
+  -- $1 settled or expired before, $2 limit, $3 queue name (promises_oi): promises
+  -- no task owns. Owned ones go with their task (cleanup.tasks).
+  when 'cleanup.promises' then $q$
+    with d as (
+      delete from absurd.promises where promise_id = any (array(
+        select p.promise_id from absurd.promises p
+        where p.queue_name = $3 and p.task_id is null
+          and coalesce(p.settled_at, p.expires_at) < $1
+        order by coalesce(p.settled_at, p.expires_at) limit $2
+        for update of p skip locked))
+      returning 1
+    )
+    select count(*) from d$q$
+
   -- $1 finished before, $2 limit, $3 queue name (t_<q>_fai). A task whose
-  -- result another task still awaits (absurd.task_watchers) is kept.
+  -- result another task still awaits (absurd.task_watchers) is kept. Its
+  -- promises (absurd.promises, promises_ti) go with it.
   when 'cleanup.tasks' then $q$
     with v as (
       select array(
@@ -1472,6 +1525,9 @@ begin
       delete from absurd.%5$I where task_id = any ((select ids from v)::uuid[])
     ), dr as (
       delete from absurd.%2$I where task_id = any ((select ids from v)::uuid[])
+    ), dp as (
+      delete from absurd.promises where queue_name = $3
+        and task_id = any ((select ids from v)::uuid[])
     ), dt as (
       delete from absurd.%1$I where task_id = any ((select ids from v)::uuid[]) returning 1
     )
@@ -1575,7 +1631,9 @@ as $$
     'checkpoint.write_many', 'emit.store',
     'emit.wake', 'checkpoint.replayable', 'checkpoint.get', 'await.sentinel', 'await.lock_event', 'await.lock_run',
     'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
-    'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due']);
+    'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due', 'promise.lock',
+    'promise.get', 'promise.create', 'promise.by_key', 'promise.settle', 'promise.own',
+    'cleanup.promises']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -3077,6 +3135,329 @@ end;
 $$;
 
 -- -----------------------------------------------------------------------------
+-- Promises: a value the outside world settles once, which tasks await
+--
+-- One table for every queue (a promise id is random, not time-ordered, so it
+-- cannot share a partitioned queue's weekly ranges; one table needs no
+-- per-queue DDL). A promise is created pending, with an optional expiry, and
+-- settled once: resolved (a value) or rejected (an error). The settlement is
+-- also emitted as the event "$promise:<id>" of its queue, so awaiting reuses
+-- await_event: a run suspends without a slot and emit_event wakes it (NOTIFY).
+-- An expired promise is settled as "expired" by the first await that sees it.
+-- A promise belongs to the task that created it (option task_id) or first
+-- awaited it, and is deleted with that task; an ownerless one is deleted by
+-- cleanup_tasks once settled or expired longer than the TTL ago.
+-- LOCK ORDER: promise row -> event row -> run rows -> task row.
+-- -----------------------------------------------------------------------------
+
+create table if not exists absurd.promises (
+  promise_id uuid primary key,
+  queue_name text not null,
+  task_id uuid,
+  state text not null default 'pending'
+    check (state in ('pending', 'resolved', 'rejected', 'expired')),
+  payload jsonb,
+  tags jsonb not null default '[]',
+  idempotency_key text,
+  delivery_key text,
+  settled_by text,
+  created_at timestamptz not null default absurd.current_time(),
+  expires_at timestamptz,
+  settled_at timestamptz
+);
+create unique index if not exists promises_ik on absurd.promises (queue_name, idempotency_key)
+  where idempotency_key is not null;
+create index if not exists promises_ti on absurd.promises (queue_name, task_id)
+  where task_id is not null;
+create index if not exists promises_oi on absurd.promises
+  (queue_name, (coalesce(settled_at, expires_at))) where task_id is null;
+
+-- A promise id argument, or AB014.
+create or replace function absurd._require_promise_id(p_promise_id uuid)
+returns void
+language plpgsql
+immutable
+as $$
+begin
+  if p_promise_id is null then
+    perform absurd._raise('AB014', 'promise_id must be provided');
+  end if;
+end;
+$$;
+
+-- AB030 unless the lookup of promise p_promise_id in the queue found its row.
+create or replace function absurd._require_promise_row(
+  p_found uuid, p_queue_name text, p_promise_id uuid)
+returns void
+language plpgsql
+immutable
+as $$
+begin
+  if p_found is null then
+    perform absurd._raise('AB030', format(
+      'Promise "%s" not found in queue "%s"', p_promise_id, p_queue_name));
+  end if;
+end;
+$$;
+
+-- A text option of a promise: absent or a string of 1..p_max characters (AB033).
+create or replace function absurd._promise_text(p_value jsonb, p_what text, p_max integer)
+returns text
+language plpgsql
+immutable
+as $$
+begin
+  if p_value is null or jsonb_typeof(p_value) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(p_value) <> 'string' or length(p_value #>> '{}') not between 1 and p_max then
+    perform absurd._raise('AB033', format('%s must be a string of 1 to %s characters, got %s',
+      p_what, p_max, left(p_value::text, 100)));
+  end if;
+  return p_value #>> '{}';
+end;
+$$;
+
+-- The event that carries a promise's settlement to its awaiting runs.
+create or replace function absurd._promise_event(p_promise_id uuid)
+returns text
+language sql
+immutable
+as $$
+  select '$promise:' || p_promise_id::text;
+$$;
+
+-- Creates a promise. Options: timeout_seconds (it expires then; absent: never),
+-- idempotency_key (the queue's promise with that key is returned instead of a
+-- new one), tags (an array of at most 20 strings) and task_id (the owning task
+-- of the queue: the promise is deleted with it). Invalid options: AB033,
+-- nothing created. The id is random (gen_random_uuid): it is a capability.
+create or replace function absurd.create_promise(p_queue_name text, p_options jsonb default '{}')
+returns table (promise_id uuid, expires_at timestamptz)
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_options jsonb := coalesce(p_options, '{}'::jsonb);
+  v_now timestamptz := absurd.current_time();
+  v_key text;
+  v_tags jsonb;
+  v_timeout jsonb;
+  v_task uuid;
+  v_expires timestamptz;
+  v_bad text;
+  v_state text;
+  v_row record;
+begin
+  perform absurd._require_queue(q);
+  if jsonb_typeof(v_options) <> 'object' then
+    perform absurd._raise('AB033', 'Promise options must be a JSON object');
+  end if;
+  select k into v_bad from jsonb_object_keys(v_options) k
+  where k not in ('timeout_seconds', 'idempotency_key', 'tags', 'task_id') limit 1;
+  if v_bad is not null then
+    perform absurd._raise('AB033', format('Unsupported promise option "%s"', left(v_bad, 100)),
+      'Options are timeout_seconds, idempotency_key, tags and task_id.');
+  end if;
+  v_key := absurd._promise_text(v_options -> 'idempotency_key', 'idempotency_key', 512);
+  v_timeout := v_options -> 'timeout_seconds';
+  if v_timeout is not null and jsonb_typeof(v_timeout) <> 'null' then
+    if jsonb_typeof(v_timeout) <> 'number' or (v_timeout #>> '{}')::numeric <= 0
+       or (v_timeout #>> '{}')::numeric > 3153600000 then
+      perform absurd._raise('AB033', format(
+        'timeout_seconds must be a positive number of seconds (at most 100 years), got %s',
+        left(v_timeout::text, 100)));
+    end if;
+    v_expires := v_now + make_interval(secs => (v_timeout #>> '{}')::double precision);
+  end if;
+  v_tags := coalesce(nullif(v_options -> 'tags', 'null'::jsonb), '[]'::jsonb);
+  if jsonb_typeof(v_tags) <> 'array' or jsonb_array_length(v_tags) > 20
+     or exists (select 1 from jsonb_array_elements(v_tags) t
+                where jsonb_typeof(t) <> 'string' or length(t #>> '{}') not between 1 and 200) then
+    perform absurd._raise('AB033', format(
+      'tags must be an array of at most 20 strings of 1 to 200 characters, got %s',
+      left(v_tags::text, 100)));
+  end if;
+  if v_options ? 'task_id' and jsonb_typeof(v_options -> 'task_id') <> 'null' then
+    begin
+      v_task := absurd._promise_text(v_options -> 'task_id', 'task_id', 36)::uuid;
+    exception when invalid_text_representation then
+      perform absurd._raise('AB033', format('task_id must be a UUID, got %s',
+        left((v_options -> 'task_id')::text, 100)));
+    end;
+    execute absurd._sql('task.lock', q) into v_state using v_task;
+    if v_state is null then
+      perform absurd._raise('AB009', format('Task "%s" not found in queue "%s"', v_task, q));
+    end if;
+  end if;
+
+  execute absurd._sql('promise.create', q) into v_row
+    using gen_random_uuid(), q, v_task, v_tags, v_key, v_now, v_expires;
+  if v_row.promise_id is null then
+    execute absurd._sql('promise.by_key', q) into v_row using q, v_key;
+  end if;
+  return query select v_row.promise_id, v_row.expires_at;
+end;
+$$;
+
+-- Settles a promise (resolve_promise, reject_promise). The first settlement
+-- wins: it is stored, emitted to the awaiting runs, and reported applied. A
+-- later call with the same delivery key, or the same outcome and payload, is a
+-- repeat: applied, duplicate, nothing changes. Any other later call changes
+-- nothing and is reported not applied. Settling a promise past its expiry:
+-- AB031; an unknown promise (or one of another queue): AB030.
+create or replace function absurd._settle_promise(
+  p_queue_name text, p_promise_id uuid, p_state text, p_payload jsonb, p_delivery_key text)
+returns table (applied boolean, duplicate boolean, state text, settled_at timestamptz)
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_payload jsonb := coalesce(p_payload, 'null'::jsonb);
+  v_row record;
+  v_repeat boolean;
+begin
+  perform absurd._require_queue(q);
+  perform absurd._require_promise_id(p_promise_id);
+  if p_delivery_key is not null and length(p_delivery_key) not between 1 and 512 then
+    perform absurd._raise('AB033', 'delivery_key must be a string of 1 to 512 characters');
+  end if;
+  execute absurd._sql('promise.lock', q) into v_row using p_promise_id, q;
+  perform absurd._require_promise_row(v_row.promise_id, q, p_promise_id);
+  if v_row.state in ('resolved', 'rejected') then
+    v_repeat := (p_delivery_key is not null and v_row.delivery_key = p_delivery_key)
+      or (v_row.state = p_state and v_row.payload = v_payload);
+    return query select v_repeat, v_repeat, v_row.state, v_row.settled_at;
+    return;
+  end if;
+  if v_row.state = 'expired' or v_row.expires_at <= v_now then
+    perform absurd._raise('AB031', format('Promise "%s" expired at %s', p_promise_id,
+      absurd._iso_utc(v_row.expires_at)), 'A promise cannot be settled after its expiry.');
+  end if;
+  execute absurd._sql('promise.settle', q)
+    using p_promise_id, p_state, v_payload, p_delivery_key, session_user::text, v_now;
+  perform absurd.emit_event(q, absurd._promise_event(p_promise_id),
+    jsonb_build_object('state', p_state, 'payload', v_payload));
+  return query select true, false, p_state, v_now;
+end;
+$$;
+
+create or replace function absurd.resolve_promise(
+  p_queue_name text, p_promise_id uuid, p_payload jsonb, p_delivery_key text default null)
+returns table (applied boolean, duplicate boolean, state text, settled_at timestamptz)
+language sql
+as $$
+  select * from absurd._settle_promise(p_queue_name, p_promise_id, 'resolved', p_payload, p_delivery_key);
+$$;
+
+create or replace function absurd.reject_promise(
+  p_queue_name text, p_promise_id uuid, p_error jsonb, p_delivery_key text default null)
+returns table (applied boolean, duplicate boolean, state text, settled_at timestamptz)
+language sql
+as $$
+  select * from absurd._settle_promise(p_queue_name, p_promise_id, 'rejected', p_error, p_delivery_key);
+$$;
+
+-- Waits for a promise, like await_event: returns (false, settlement) once it is
+-- settled, with the settlement {"state": "resolved" | "rejected" | "expired",
+-- "payload": value or error} checkpointed under p_step_name; else suspends the
+-- run (true, null) until it is settled, it expires, or p_timeout seconds pass
+-- (then (false, null) once, as await_event reports a timeout).
+create or replace function absurd.await_promise(
+  p_queue_name text,
+  p_task_id uuid,
+  p_run_id uuid,
+  p_step_name text,
+  p_promise_id uuid,
+  p_timeout integer default null
+)
+returns table (should_suspend boolean, payload jsonb)
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  v_checkpoint jsonb;
+  v_row record;
+  v_timeout integer := p_timeout;
+  v_rows integer;
+begin
+  -- await_event checks the step name, the timeout, the run and the task.
+  perform absurd._require_queue(q);
+  perform absurd._require_promise_id(p_promise_id);
+  execute absurd._sql('checkpoint.get', q) into v_checkpoint using p_task_id, p_step_name;
+  get diagnostics v_rows = row_count;
+  if v_rows > 0 then
+    return query select false, v_checkpoint;
+    return;
+  end if;
+
+  execute absurd._sql('promise.lock', q) into v_row using p_promise_id, q;
+  perform absurd._require_promise_row(v_row.promise_id, q, p_promise_id);
+  if v_row.task_id is null then
+    execute absurd._sql('promise.own', q) using p_promise_id, p_task_id;
+  end if;
+  if v_row.state = 'pending' and v_row.expires_at <= v_now then
+    v_row.state := 'expired';
+    execute absurd._sql('promise.settle', q)
+      using p_promise_id, 'expired', null::jsonb, null::text, null::text, v_row.expires_at;
+  end if;
+  if v_row.state <> 'pending' then
+    -- Emitted when settled; again here in case event retention removed it.
+    perform absurd.emit_event(q, absurd._promise_event(p_promise_id),
+      jsonb_build_object('state', v_row.state, 'payload', v_row.payload));
+  elsif v_row.expires_at is not null then
+    -- Wake at the expiry at the latest (whole seconds, rounded up).
+    v_timeout := least(coalesce(p_timeout, 2147483647),
+      ceil(extract(epoch from v_row.expires_at - v_now))::bigint)::integer;
+  end if;
+  return query select * from absurd.await_event(
+    q, p_task_id, p_run_id, p_step_name, absurd._promise_event(p_promise_id), v_timeout);
+end;
+$$;
+
+-- A promise of the queue, or AB030. A pending promise past its expiry reads
+-- as "expired".
+create or replace function absurd.get_promise(p_queue_name text, p_promise_id uuid)
+returns table (
+  promise_id uuid,
+  queue_name text,
+  task_id uuid,
+  state text,
+  payload jsonb,
+  tags jsonb,
+  idempotency_key text,
+  delivery_key text,
+  settled_by text,
+  created_at timestamptz,
+  expires_at timestamptz,
+  settled_at timestamptz
+)
+language plpgsql
+stable
+set enable_seqscan = off
+as $$
+declare
+  v_row record;
+begin
+  perform absurd._require_queue(p_queue_name);
+  perform absurd._require_promise_id(p_promise_id);
+  execute absurd._sql('promise.get', p_queue_name) into v_row using p_promise_id, p_queue_name;
+  perform absurd._require_promise_row(v_row.promise_id, p_queue_name, p_promise_id);
+  if v_row.state = 'pending' and v_row.expires_at <= absurd.current_time() then
+    v_row.state := 'expired';
+  end if;
+  return query select v_row.promise_id, v_row.queue_name, v_row.task_id, v_row.state,
+    v_row.payload, v_row.tags, v_row.idempotency_key, v_row.delivery_key, v_row.settled_by,
+    v_row.created_at, v_row.expires_at, v_row.settled_at;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
 -- Cleanup
 -- -----------------------------------------------------------------------------
 
@@ -3106,9 +3487,11 @@ end;
 $$;
 
 -- Deletes up to p_limit finished tasks (oldest first) that finished more than
--- p_ttl_seconds ago, with their runs, checkpoints and waits. Live tasks are
--- never touched. Returns the number of tasks deleted.
--- Also deletes up to p_limit rows of the queue's schedule fire log older than
+-- p_ttl_seconds ago, with their runs, checkpoints, waits and promises. Live
+-- tasks are never touched. Returns the number of tasks deleted.
+-- Also deletes up to p_limit promises no task owns that were settled (or
+-- expired) more than p_ttl_seconds ago, and up to p_limit rows of the queue's
+-- schedule fire log older than
 -- the TTL (absurd.schedule_fires), so every retention path covers them.
 create or replace function absurd.cleanup_tasks(p_queue_name text, p_ttl_seconds integer, p_limit integer default 1000)
 returns integer
@@ -3117,6 +3500,7 @@ as $$
 declare
   v_deleted integer := absurd._cleanup('cleanup.tasks', p_queue_name, p_ttl_seconds, p_limit);
 begin
+  perform absurd._cleanup('cleanup.promises', p_queue_name, p_ttl_seconds, p_limit);
   perform absurd._cleanup_schedule_fires(p_queue_name,
     absurd.current_time() - make_interval(secs => p_ttl_seconds), coalesce(p_limit, 1000));
   return v_deleted;
@@ -4725,6 +5109,9 @@ begin
       execute format('delete from absurd.%I where task_id >= $1 and task_id < $2',
                      'i_' || p_queue_name) using p_lower, p_upper;
     end if;
+    -- The week's tasks take their promises with them (promises_ti).
+    delete from absurd.promises
+    where queue_name = p_queue_name and task_id >= p_lower and task_id < p_upper;
   end if;
   foreach v_part in array p_partitions loop
     execute format('drop table absurd.%I', v_part);

@@ -657,3 +657,22 @@ from w left join lateral (
          wake_event, event_payload, checkpoints
   from absurd.claim_task_with_checkpoints(%s, %s, %s, %s + 0 * cardinality(w.completed))
 ) k on true
+
+-- Promises (docs/engine.md, "Promises"): created in a step of a task or by the
+-- client, settled from outside, awaited by tasks.
+-- name: promise_create --
+select promise_id, expires_at from absurd.create_promise(%s, %s::jsonb)
+
+-- name: promise_resolve --
+select applied, duplicate from absurd.resolve_promise(%s, %s::uuid, %s::jsonb, %s)
+
+-- name: promise_reject --
+select applied, duplicate from absurd.reject_promise(%s, %s::uuid, %s::jsonb, %s)
+
+-- name: promise_get --
+select promise_id, queue_name, task_id, state, payload, tags, idempotency_key, delivery_key,
+       settled_by, created_at, expires_at, settled_at
+from absurd.get_promise(%s, %s::uuid)
+
+-- name: promise_await --
+select should_suspend, payload from absurd.await_promise(%s, %s, %s, %s, %s::uuid, %s)
