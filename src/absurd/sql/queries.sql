@@ -523,6 +523,38 @@ cross join lateral (select task_name from {t} t where t.task_id = r.task_id limi
 order by r.claim_expires_at, r.run_id
 
 -- ---------------------------------------------------------------------------
+-- absurd.testing (the pytest plugin): the test clock of a test's database (the row
+-- absurd.current_time() reads when the database's absurd.test_clock is on). Each is
+-- EXPLAINed by tests/cli/test_query_plans.py.
+-- ---------------------------------------------------------------------------
+
+-- name: test_clock_reset --
+-- The clock of a new test database: the real time, no offset.
+insert into absurd.test_clock (id, frozen_at, offset_by) values (true, null, interval '0')
+on conflict (id) do update set frozen_at = null, offset_by = interval '0'
+
+-- name: test_clock_freeze --
+-- Stops the clock at `at` (null: where it stands).
+update absurd.test_clock set frozen_at = coalesce(%(at)s::timestamptz, absurd.current_time())
+where id
+returning frozen_at as now
+
+-- name: test_clock_advance --
+-- Moves the clock on by `by`; a frozen clock stays frozen.
+update absurd.test_clock
+set frozen_at = frozen_at + %(by)s::interval,
+    offset_by = case when frozen_at is null then offset_by + %(by)s::interval else offset_by end
+where id
+returning coalesce(frozen_at, clock_timestamp() + offset_by) as now
+
+-- name: test_clock_resume --
+-- Lets a frozen clock run on from where it stands.
+update absurd.test_clock
+set offset_by = coalesce(frozen_at - clock_timestamp(), offset_by), frozen_at = null
+where id
+returning clock_timestamp() + offset_by as now
+
+-- ---------------------------------------------------------------------------
 -- SDK (src/absurd/_async, and _sync generated from it): every statement the
 -- client, the worker and a task's context send. Read once at import into the
 -- constants of absurd/_core/statements.py (the name in capitals). Plain text
