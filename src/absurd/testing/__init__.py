@@ -114,21 +114,31 @@ def active_clock(clock: Clock | None = None) -> Clock:
 
 @overload
 def run_until_idle(
-    app: AsyncAbsurd, *, clock: Clock | None = ..., max_runs: int = ..., max_jumps: int = ...
-) -> Awaitable[list[Ran]]: ...
+    app: AsyncAbsurd, *, clock: Clock | None = ..., max_advance: dt.timedelta | None = ...,
+    max_runs: int = ..., max_jumps: int = ...,
+) -> Awaitable[list[Ran]]: ...  # fmt: skip
 @overload
 def run_until_idle(
-    app: Absurd, *, clock: Clock | None = ..., max_runs: int = ..., max_jumps: int = ...
-) -> list[Ran]: ...
+    app: Absurd, *, clock: Clock | None = ..., max_advance: dt.timedelta | None = ...,
+    max_runs: int = ..., max_jumps: int = ...,
+) -> list[Ran]: ...  # fmt: skip
 def run_until_idle(
-    app: App, *, clock: Clock | None = None, max_runs: int = 1000, max_jumps: int = 100
+    app: App,
+    *,
+    clock: Clock | None = None,
+    max_advance: dt.timedelta | None = None,
+    max_runs: int = 1000,
+    max_jumps: int = 100,
 ) -> list[Ran] | Awaitable[list[Ran]]:
     """Runs the client's queue inline (claim, execute, in this thread or event loop)
     until nothing is claimable or due. When only timed work is left (sleeps, retries,
     event timeouts, schedules, expired leases) the clock jumps to the next due time.
-    Returns the runs, in order. Raises NotIdle after ``max_jumps`` jumps or
-    ``max_runs`` runs (a task that waits for ever, or spawns for ever)."""
-    bounds = async_inline.Bounds(max_runs=max_runs, max_jumps=max_jumps)
+    ``max_advance``: the most the clock may move in this call; work due later is
+    left waiting (to emit an approval before its wait times out). Returns the runs,
+    in order. Raises NotIdle after ``max_jumps`` jumps or ``max_runs`` runs (a task
+    that waits for ever, or spawns for ever)."""
+    advance = None if max_advance is None else max_advance.total_seconds()
+    bounds = async_inline.Bounds(max_runs=max_runs, max_jumps=max_jumps, max_advance=advance)
     jump = active_clock(clock).advance
     if isinstance(app, AsyncAbsurd):
         return async_inline.run_until_idle(app, jump, bounds)
