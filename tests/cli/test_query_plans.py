@@ -67,6 +67,7 @@ GLOBAL: dict[str, dict[str, Any]] = {
     "schema_trigger_list": {},
     "clock_now": {},
     "test_clock_reset": {},
+    "test_database_fingerprint": {},
     "test_clock_freeze": {"at": WEEK},
     "test_clock_advance": {"by": dt.timedelta(days=7)},
     "test_clock_resume": {},

@@ -533,6 +533,31 @@ order by r.claim_expires_at, r.run_id
 insert into absurd.test_clock (id, frozen_at, offset_by) values (true, null, interval '0')
 on conflict (id) do update set frozen_at = null, offset_by = interval '0'
 
+-- name: test_database_fingerprint --
+-- What a used test database must share with its template to be handed to the next
+-- test (else it is dropped and a fresh clone made): its relations (with their grants),
+-- functions (body, security, settings, grants), schemas and database settings. Rows
+-- are compared apart (absurd.testing._databases). Sent with parameters ({}): %% is %.
+select md5(concat_ws('|',
+  (select string_agg(format('%%s.%%s:%%s:%%s', n.nspname, c.relname, c.relkind, c.relacl), ','
+                     order by n.nspname, c.relname)
+   from pg_class c join pg_namespace n on n.oid = c.relnamespace
+   where n.nspname not in ('pg_catalog', 'information_schema')
+     and n.nspname not like 'pg\_toast%%' and n.nspname not like 'pg\_temp%%'),
+  (select string_agg(format('%%s.%%s(%%s):%%s:%%s:%%s:%%s', n.nspname, p.proname,
+                            pg_get_function_identity_arguments(p.oid), md5(p.prosrc),
+                            p.prosecdef, p.proconfig, p.proacl), ','
+                     order by n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+   where n.nspname not in ('pg_catalog', 'information_schema')),
+  (select string_agg(format('%%s:%%s', nspname, nspacl), ',' order by nspname)
+   from pg_namespace
+   where nspname not like 'pg\_toast%%' and nspname not like 'pg\_temp%%'),
+  (select string_agg(array_to_string(s.setconfig, ','), ';' order by s.setrole)
+   from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
+   where d.datname = current_database())
+)) as fingerprint
+
 -- name: test_clock_freeze --
 -- Stops the clock at `at` (null: where it stands).
 update absurd.test_clock set frozen_at = coalesce(%(at)s::timestamptz, absurd.current_time())

@@ -1,0 +1,67 @@
+"""The plugin's databases: a used one goes to the next test only when it is back to
+the state of a fresh clone; anything else gets it dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from absurd.testing._databases import DatabasePool
+
+
+@pytest.fixture
+def pool(absurd_server_dsn: str) -> Iterator[DatabasePool]:
+    made = DatabasePool(absurd_server_dsn, ahead=1)
+    yield made
+    made.close()
+
+
+def fresh(dsn: str) -> tuple[object, ...] | None:
+    with psycopg.connect(dsn) as c:
+        return c.execute(
+            "select (select count(*) from absurd.queues), (select count(*) from absurd.schedules),"
+            " (select frozen_at is null and offset_by = '0' from absurd.test_clock),"
+            " current_setting('absurd.test_clock'), to_regclass('public.mine') is null"
+        ).fetchone()
+
+
+CLEAN = (0, 0, True, "on", True)
+
+
+def take_back(pool: DatabasePool, dirty: str) -> str:
+    dsn = pool.take()
+    assert fresh(dsn) == CLEAN
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(dirty)
+    pool.give_back(dsn)
+    return dsn
+
+
+@pytest.mark.parametrize(
+    ("dirty", "recycled"),
+    [
+        ("select absurd.create_queue('q'); select absurd.spawn_task('q', 't', '{}');"
+         " select absurd.create_schedule('q', 's', 't', '* * * * *', '{}');"
+         " update absurd.test_clock set frozen_at = '2030-01-01Z'", True),
+        ("create table public.mine (x int)", False),
+        ("create or replace function absurd.current_time() returns timestamptz language sql"
+         " as $$ select '2099-01-01Z'::timestamptz $$", False),
+        ("do $$ begin execute format('alter database %I set absurd.test_clock = off',"
+         " current_database()); end $$", False),
+    ],
+)  # fmt: skip
+def test_a_used_database_is_recycled_only_when_clean(
+    pool: DatabasePool, dirty: str, recycled: bool
+) -> None:
+    seen = {take_back(pool, dirty) for _ in range(3)}
+    for _ in range(4):  # every later test gets a clean one
+        dsn = pool.take()
+        seen.add(dsn)
+        assert fresh(dsn) == CLEAN
+        pool.give_back(dsn)
+    if recycled:
+        assert pool.recycled >= 3 and pool.dropped == 0
+    else:
+        assert pool.dropped >= 3
