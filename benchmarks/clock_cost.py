@@ -19,7 +19,8 @@ returns timestamptz language sql volatile as $$
     when nullif(btrim(current_setting('absurd.fake_now', true)), '') is not null
       then absurd._fake_time(btrim(current_setting('absurd.fake_now', true)))
     when nullif(btrim(current_setting('absurd.fake_offset', true)), '') is not null
-      then clock_timestamp() + absurd._fake_offset(btrim(current_setting('absurd.fake_offset', true)))
+      then clock_timestamp()
+           + absurd._fake_offset(btrim(current_setting('absurd.fake_offset', true)))
     else clock_timestamp() end;
 $$"""
 

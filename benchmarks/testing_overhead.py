@@ -36,7 +36,10 @@ def main() -> None:
              "--durations=0", "--durations-min=0", str(path)],
             capture_output=True, text=True, cwd=tmp, env=os.environ.copy(), timeout=600,
         )  # fmt: skip
-    rows = re.findall(r"([\d.]+)s (setup|teardown|call)\s+test_overhead.py::test_own_database\[(\d+)\]", proc.stdout)
+    rows = re.findall(
+        r"([\d.]+)s (setup|teardown|call)\s+test_overhead.py::test_own_database\[(\d+)\]",
+        proc.stdout,
+    )
     if not rows:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
         raise SystemExit(1)
@@ -50,8 +53,11 @@ def main() -> None:
     )
     median = fixture[len(fixture) // 2]
     mean = sum(fixture) / len(fixture)
-    print(f"{len(fixture)} tests of {work * 1000:.0f} ms work: fixture setup+teardown per test: median {median * 1000:.1f} ms,"
-          f" mean {mean * 1000:.1f} ms, max {fixture[-1] * 1000:.1f} ms")  # fmt: skip
+    print(
+        f"{len(fixture)} tests of {work * 1000:.0f} ms work: fixture setup+teardown per test:"
+        f" median {median * 1000:.1f} ms, mean {mean * 1000:.1f} ms,"
+        f" max {fixture[-1] * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

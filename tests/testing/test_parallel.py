@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-USER_TESTS = '''
+USER_TESTS = """
 import os, time
 from pathlib import Path
 from absurd import Absurd
@@ -42,7 +42,7 @@ def test_one(absurd_dsn, absurd_clock):
 
 def test_two(absurd_dsn, absurd_clock):
     both("two", absurd_dsn, absurd_clock)
-'''
+"""
 
 
 def test_two_tests_with_one_queue_name_do_not_see_each_other(

@@ -118,7 +118,9 @@ def test_a_workflow_that_waits_for_ever_ends_the_test_with_a_clear_message(app: 
     def fails(params: Any, ctx: Any) -> None:
         raise RuntimeError("down")
 
-    app.spawn("retry-for-ever", max_attempts=1000, retry_strategy={"kind": "fixed", "base_seconds": 60})
+    app.spawn(
+        "retry-for-ever", max_attempts=1000, retry_strategy={"kind": "fixed", "base_seconds": 60}
+    )
     with pytest.raises(NotIdle, match=r"still not idle after 3 clock jumps.*raise max_jumps"):
         run_until_idle(app, max_jumps=3)
 
@@ -135,7 +137,11 @@ def test_retries_jump_the_clock_and_every_run_is_returned(app: Absurd) -> None:
 
     app.spawn("flaky", retry_strategy={"kind": "exponential", "base_seconds": 3600})
     ran = run_until_idle(app)
-    assert [(r.attempt, r.state) for r in ran] == [(1, "sleeping"), (2, "sleeping"), (3, "completed")]
+    assert [(r.attempt, r.state) for r in ran] == [
+        (1, "sleeping"),
+        (2, "sleeping"),
+        (3, "completed"),
+    ]
     assert attempts == [1, 2, 3]
 
 
@@ -152,9 +158,8 @@ def test_mock_step_returns_or_raises_and_counts(app: Absurd) -> None:
         app.spawn("pay", max_attempts=1)
         last = run_until_idle(app)[-1]
     assert last.state == "failed" and "card declined" in str(last.failure)
-    with pytest.raises(Exception, match="one of returns= or raises="):
-        with mock_step("charge"):
-            pass
+    with pytest.raises(Exception, match="one of returns= or raises="), mock_step("charge"):
+        pass
 
 
 def test_resolve_promise_says_there_are_no_promises_yet() -> None:
@@ -242,7 +247,11 @@ def test_crash_at_every_step_finds_steps_named_from_outside_state(
         ctx.step("first", lambda: 1)
         return int(ctx.step(f"second-{n}", lambda: 2))
 
-    with pytest.raises(CrashTestFailed, match=r"crash after 'first': the run after the crash asked for steps \['first', 'second-\d+'\]"):
+    with pytest.raises(
+        CrashTestFailed,
+        match=r"crash after 'first': the run after the crash asked for steps"
+        r" \['first', 'second-\d+'\]",
+    ):
         crash_at_every_step(app, "names", {}, recorder=absurd_recorder)
 
 
@@ -261,7 +270,11 @@ async def test_async_clients_get_awaitables(
     async def agent(params: Any, ctx: Any) -> list[str]:
         out = []
         for turn in range(3):
-            out.append(await ctx.step(f"think-{turn}", lambda t=turn: absurd_recorder.record(f"t{t}") or f"t{t}"))
+            out.append(
+                await ctx.step(
+                    f"think-{turn}", lambda t=turn: absurd_recorder.record(f"t{t}") or f"t{t}"
+                )
+            )
             await ctx.sleep_for(f"rest-{turn}", 3600)
         approved = await ctx.await_event("go")
         return [*out, approved]

@@ -10,7 +10,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from absurd._core import logic
+
 __all__ = [
+    "Bounds",
     "CheckRun",
     "NotIdle",
     "Ran",
@@ -18,6 +21,18 @@ __all__ = [
     "StepTrace",
     "current_trace",
 ]
+
+
+@dataclass
+class Bounds:
+    """How far run_until_idle goes before it gives up with NotIdle."""
+
+    max_runs: int = 1000
+    max_jumps: int = 100
+    #: The most seconds the clock may move on in one call (None: no limit); timed
+    #: work due later is left for the test (an approval that comes before a timeout).
+    max_advance: float | None = None
+    claim_timeout: int = logic.DEFAULT_CLAIM_TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,15 @@ from typing import Any
 
 from absurd._core import logic
 from absurd._core import statements as q
-from absurd._core.inline import CheckRun, NotIdle, Ran, SimulatedCrash, StepTrace, current_trace
+from absurd._core.inline import (
+    Bounds,
+    CheckRun,
+    NotIdle,
+    Ran,
+    SimulatedCrash,
+    StepTrace,
+    current_trace,
+)
 from absurd._core.types import AbsurdHooks, StepHandle
 from absurd._sync import _compat as compat
 from absurd._sync.client import Absurd
@@ -22,18 +30,6 @@ from absurd._sync.writes import CheckpointWrite, Writes
 #: Moves the test clock on by some seconds (absurd.testing.Clock.advance).
 Jump = Callable[[float], Any]
 WORKER_ID = "absurd.testing"
-
-
-@dataclasses.dataclass
-class Bounds:
-    """How far run_until_idle goes before it gives up with NotIdle."""
-
-    max_runs: int = 1000
-    max_jumps: int = 100
-    #: The most seconds the clock may move on in one call (None: no limit); timed
-    #: work due later is left for the test (an approval that comes before a timeout).
-    max_advance: float | None = None
-    claim_timeout: int = logic.DEFAULT_CLAIM_TIMEOUT
 
 
 class _CrashingWrites(Writes):

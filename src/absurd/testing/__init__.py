@@ -25,7 +25,7 @@ from absurd import queries
 from absurd._async import inline as async_inline
 from absurd._async.client import AsyncAbsurd
 from absurd._async.context import AsyncTaskContext
-from absurd._core.inline import CheckRun, NotIdle, Ran, current_trace
+from absurd._core.inline import Bounds, CheckRun, NotIdle, Ran, current_trace
 from absurd._sync import inline as sync_inline
 from absurd._sync.client import Absurd
 from absurd._sync.context import TaskContext
@@ -46,6 +46,7 @@ __all__ = [
     "resolve_promise",
     "run_until_idle",
     "task_history",
+    "using_clock",
 ]
 
 App = Absurd | AsyncAbsurd
@@ -99,7 +100,18 @@ class Clock:
 _active: list[Clock] = []
 
 
+@contextlib.contextmanager
+def using_clock(clock: Clock) -> Iterator[Clock]:
+    """Within the block, ``clock`` is the one the helpers use when given none."""
+    _active.append(clock)
+    try:
+        yield clock
+    finally:
+        _active.remove(clock)
+
+
 def active_clock(clock: Clock | None = None) -> Clock:
+    """``clock``, else the running test's (the absurd_dsn fixture's)."""
     if clock is not None:
         return clock
     if not _active:
@@ -138,7 +150,7 @@ def run_until_idle(
     in order. Raises NotIdle after ``max_jumps`` jumps or ``max_runs`` runs (a task
     that waits for ever, or spawns for ever)."""
     advance = None if max_advance is None else max_advance.total_seconds()
-    bounds = async_inline.Bounds(max_runs=max_runs, max_jumps=max_jumps, max_advance=advance)
+    bounds = Bounds(max_runs=max_runs, max_jumps=max_jumps, max_advance=advance)
     jump = active_clock(clock).advance
     if isinstance(app, AsyncAbsurd):
         return async_inline.run_until_idle(app, jump, bounds)
@@ -224,7 +236,7 @@ def _install_step_mocks() -> None:
         return sync_step(self, name, mock.body if mock is not None else fn)
 
     for fn in (astep, step):
-        fn._absurd_mockable = True  # type: ignore[attr-defined]
+        setattr(fn, "_absurd_mockable", True)  # noqa: B010 (a flag on a function)
         fn.__doc__ = sync_step.__doc__
     AsyncTaskContext.step = astep  # type: ignore[method-assign]
     TaskContext.step = step  # type: ignore[method-assign]
@@ -326,7 +338,9 @@ def _problems(ref: CheckRun, case: CheckRun, ref_fx: list[Effect], fx: list[Effe
     return out
 
 
-def _report(ref: CheckRun, cases: list[tuple[CheckRun, list[Effect]]], ref_fx: list[Effect]) -> CrashReport:
+def _report(
+    ref: CheckRun, cases: list[tuple[CheckRun, list[Effect]]], ref_fx: list[Effect]
+) -> CrashReport:
     problems = [p for case, fx in cases for p in _problems(ref, case, ref_fx, fx)]
     if problems:
         raise CrashTestFailed(
@@ -362,7 +376,7 @@ def crash_at_every_step(
     crash changed the task's outcome, the steps it asked for, a step's result (the
     value it returned when it ran against its replay), or the count of a side effect
     of ``recorder``."""
-    bounds = async_inline.Bounds(max_jumps=max_jumps)
+    bounds = Bounds(max_jumps=max_jumps)
     jump = active_clock(clock).advance
     rec = recorder or Recorder()
     if isinstance(app, AsyncAbsurd):
@@ -381,7 +395,7 @@ def crash_at_every_step(
 async def _crash_async(
     app: AsyncAbsurd,
     jump: Callable[[float], Any],
-    bounds: async_inline.Bounds,
+    bounds: Bounds,
     task_name: str,
     params: Any,
     rec: Recorder,
@@ -430,7 +444,11 @@ def task_history(
     ``queue``: where it is (found by probing every queue when not given)."""
     url = dsn or active_clock().dsn
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as c:
-        names = [queue] if queue else [r["queue_name"] for r in c.execute(queries.statement("queue_list"))]
+        names = (
+            [queue]
+            if queue
+            else [r["queue_name"] for r in c.execute(queries.statement("queue_list"))]
+        )
         args = {"task_id": str(task_id), "limit": None}
         for name in names:
             task = c.execute(queries.query("task_get", name), args).fetchone()
@@ -440,7 +458,9 @@ def task_history(
                 queue=name,
                 task=task,
                 runs=c.execute(queries.query("run_list_by_task", name), args).fetchall(),
-                checkpoints=c.execute(queries.query("checkpoint_list_by_task", name), args).fetchall(),
+                checkpoints=c.execute(
+                    queries.query("checkpoint_list_by_task", name), args
+                ).fetchall(),
                 waits=c.execute(queries.query("wait_list_by_task", name), args).fetchall(),
             )
     raise LookupError(f"task {task_id} is in none of the queues {names}")

@@ -50,11 +50,10 @@ def absurd_dsn(absurd_databases: DatabasePool) -> Iterator[str]:
     test clock on (running with the real time until ``absurd_clock.freeze``)."""
     dsn = absurd_databases.take()
     clock = testing.Clock(dsn)
-    testing._active.append(clock)
     try:
-        yield dsn
+        with testing.using_clock(clock):
+            yield dsn
     finally:
-        testing._active.remove(clock)
         clock.close()
         absurd_databases.give_back(dsn)
 
