@@ -19,7 +19,9 @@ T0 = dt.datetime(2030, 1, 7, 9, 0, tzinfo=dt.timezone.utc)
 
 
 def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -35,14 +37,21 @@ def test_the_order_retries_waits_for_packing_and_ships_once(
     app = orders.build_app(absurd_dsn)
     app.create_queue()
     try:
-        task = app.spawn("fulfil-order", orders.ORDER, retry_strategy={"kind": "fixed", "base_seconds": 30})
+        task = app.spawn(
+            "fulfil-order", orders.ORDER, retry_strategy={"kind": "fixed", "base_seconds": 30}
+        )
         waiting = run_until_idle(app, max_advance=dt.timedelta(seconds=59))
         assert [r.state for r in waiting] == ["sleeping", "sleeping"]  # retry, then the wait
         emit(app, f"packed:{orders.ORDER['id']}", {"carrier": "DHL", "parcels": 1})
         done = run_until_idle(app)
         assert done[-1].state == "completed"
         assert done[-1].result == {"reservation": "r-7", "charge": "ch_42", "tracking": "TRK123"}
-        assert dict(orders.effects) == {"reserve-stock": 1, "charge-card": 1, "ship": 1, "send-receipt": 1}
+        assert dict(orders.effects) == {
+            "reserve-stock": 1,
+            "charge-card": 1,
+            "ship": 1,
+            "send-receipt": 1,
+        }
         history = task_history(task["task_id"])
         assert [r["state"] for r in history.runs] == ["failed", "completed"]
         assert "charge-card: the payment gateway timed out" in capsys.readouterr().out

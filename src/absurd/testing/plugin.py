@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from absurd import testing
-from absurd.testing._databases import DatabasePool
+if TYPE_CHECKING:  # imported by the fixtures: a pytest run that uses none pays nothing
+    from absurd.testing import Clock, Recorder
+    from absurd.testing._databases import DatabasePool
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +39,8 @@ def absurd_server_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def absurd_databases(absurd_server_dsn: str) -> Iterator[DatabasePool]:
     """The session's template database and its clones (one per test)."""
+    from absurd.testing._databases import DatabasePool
+
     pool = DatabasePool(absurd_server_dsn)
     try:
         yield pool
@@ -48,6 +52,8 @@ def absurd_databases(absurd_server_dsn: str) -> Iterator[DatabasePool]:
 def absurd_dsn(absurd_databases: DatabasePool) -> Iterator[str]:
     """The DSN of this test's own database: the schema installed, no queue yet, the
     test clock on (running with the real time until ``absurd_clock.freeze``)."""
+    from absurd import testing
+
     dsn = absurd_databases.take()
     clock = testing.Clock(dsn)
     try:
@@ -59,13 +65,17 @@ def absurd_dsn(absurd_databases: DatabasePool) -> Iterator[str]:
 
 
 @pytest.fixture
-def absurd_clock(absurd_dsn: str) -> testing.Clock:
+def absurd_clock(absurd_dsn: str) -> Clock:
     """The engine's clock of this test's database: ``freeze(at)``, ``advance(by)``,
     ``now()``, ``resume()``; every session on the database sees it."""
+    from absurd import testing
+
     return testing.active_clock()
 
 
 @pytest.fixture
-def absurd_recorder() -> testing.Recorder:
+def absurd_recorder() -> Recorder:
     """Counts side effects (``record(key)``) for ``crash_at_every_step``."""
+    from absurd import testing
+
     return testing.Recorder()
