@@ -52,7 +52,8 @@ def _digest(c: Conn, table: str) -> str:
 class DatabasePool:
     """Makes the databases of a test session on the server of ``server_dsn``: a
     template with the schema and the test clock's row, then clones of it
-    (``CREATE DATABASE ... TEMPLATE``) with ``absurd.test_clock`` on. A background
+    (``CREATE DATABASE ... TEMPLATE``) with ``absurd.test_clock`` on (set on the
+    database, or in the DSN for a role that may not set it there). A background
     thread keeps ``ahead`` databases ready. A used one is recycled when it can be
     proven equal to a fresh clone: its sessions ended, its queues dropped, the tables
     that a fresh clone has empty emptied, its sequences restarted, the test clock
@@ -77,6 +78,9 @@ class DatabasePool:
         self._empty: list[str] = []
         self._sequences: list[str] = []
         self._contents: dict[str, str] = {}
+        #: Whether absurd.test_clock goes in the DSN's options (a role that may not set
+        #: it on the database) rather than on the database.
+        self._in_dsn = False
         #: How many used databases were recycled, and dropped instead.
         self.recycled = 0
         self.dropped = 0
@@ -88,7 +92,7 @@ class DatabasePool:
                 c.execute(queries.statement("test_clock_reset"))
             with psycopg.connect(server_dsn, autocommit=True) as c:
                 first = self._create(c)
-            with psycopg.connect(dsn_with_db(server_dsn, first), autocommit=True) as c:
+            with psycopg.connect(self.dsn_for(first), autocommit=True) as c:
                 self._learn(c)
         except BaseException:
             self._drop_all([self.template, *self._names()])
@@ -121,7 +125,17 @@ class DatabasePool:
             self._wanted -= 1
             name = self._ready.popleft()
             self._cond.notify_all()
-        return dsn_with_db(self.server_dsn, name)
+        return self.dsn_for(name)
+
+    def dsn_for(self, name: str) -> str:
+        """The DSN of a test database: with ``-c absurd.test_clock=on`` in its options
+        when the setting could not be put on the database."""
+        dsn = dsn_with_db(self.server_dsn, name)
+        if not self._in_dsn:
+            return dsn
+        params = conninfo_to_dict(dsn)
+        params["options"] = f"{params.get('options') or ''} -c absurd.test_clock=on".strip()
+        return make_conninfo(**params)  # type: ignore[arg-type]
 
     def give_back(self, dsn: str) -> None:
         """Hands the test's database back, to be recycled or dropped (in the background)."""
@@ -166,7 +180,13 @@ class DatabasePool:
         c.execute(
             sql.SQL("create database {} template {}").format(ident, sql.Identifier(self.template))
         )
-        c.execute(sql.SQL("alter database {} set absurd.test_clock = 'on'").format(ident))
+        if not self._in_dsn:
+            try:
+                c.execute(sql.SQL("alter database {} set absurd.test_clock = 'on'").format(ident))
+            except psycopg.errors.InsufficientPrivilege:
+                # Only a superuser, or a role granted SET on the parameter, may set a
+                # custom parameter on a database: the test's DSN carries it instead.
+                self._in_dsn = True
         return name
 
     def _recycle(self, admin: Conn, name: str) -> bool:
@@ -176,7 +196,7 @@ class DatabasePool:
             (name,),
         )
         try:
-            with psycopg.connect(dsn_with_db(self.server_dsn, name), autocommit=True) as c:
+            with psycopg.connect(self.dsn_for(name), autocommit=True) as c:
                 prepared = c.execute(
                     "select count(*) from pg_prepared_xacts where database = current_database()"
                 ).fetchone()
