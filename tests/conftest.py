@@ -99,6 +99,12 @@ def server_dsn() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def absurd_server_dsn(server_dsn: str) -> str:
+    """The absurd.testing plugin's server: the suite's own (one embedded server)."""
+    return server_dsn
+
+
 def dsn_with_db(dsn: str, dbname: str) -> str:
     params = conninfo_to_dict(dsn)
     params["dbname"] = dbname

@@ -1,4 +1,7 @@
-"""The examples are part of the product: each one runs to success as a subprocess."""
+"""The examples are part of the product: each one runs to success as a subprocess.
+
+Their workflows are also tested in-process with absurd.testing, the clock skipped
+and a crash after every step: tests/testing/test_examples_inline.py."""
 
 from __future__ import annotations
 

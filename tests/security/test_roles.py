@@ -325,3 +325,34 @@ def test_worker_creates_awaits_and_settles_promises_and_reader_reads_them(roles:
     denied(roles.reader_dsn, "select absurd.create_promise('jobs')")
     denied(roles.worker_dsn, "select * from absurd.promises")
     denied(roles.worker_dsn, "update absurd.promises set state = 'pending'")
+
+
+@pytest.mark.parametrize("who", ["worker", "reader"])
+def test_restricted_roles_cannot_move_the_test_clock(roles: Roles, who: str) -> None:
+    """The test clock (absurd.testing) is one row that every session of a database with
+    absurd.test_clock on reads: the owner moves it, a restricted role follows it but can
+    neither write the row nor, in a database without one, shift its own clock."""
+    dsn = roles.worker_dsn if who == "worker" else roles.reader_dsn
+    for statement in (
+        "insert into absurd.test_clock (frozen_at) values ('2099-01-01T00:00:00Z')",
+        "update absurd.test_clock set frozen_at = '2099-01-01T00:00:00Z'",
+        "delete from absurd.test_clock",
+    ):
+        denied(dsn, statement)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("set absurd.test_clock = 'on'")  # no row: the real clock
+        real = c.execute("select absurd.current_time()").fetchone()
+        assert real is not None and abs(time.time() - real[0].timestamp()) < 60
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        c.execute("insert into absurd.test_clock (frozen_at) values ('2099-01-01T00:00:00Z')")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("set absurd.test_clock = 'on'")
+            moved = c.execute("select absurd.current_time()").fetchone()
+            assert moved is not None and moved[0].year == 2099
+            c.execute("set absurd.test_clock = 'off'")
+            real = c.execute("select absurd.current_time()").fetchone()
+            assert real is not None and abs(time.time() - real[0].timestamp()) < 60
+    finally:
+        with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+            c.execute("delete from absurd.test_clock")

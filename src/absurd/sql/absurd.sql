@@ -159,15 +159,39 @@ begin
 end;
 $$;
 
+-- The test clock (absurd.testing, the pytest plugin): one row read by every session
+-- of a database whose setting absurd.test_clock is 'on' (ALTER DATABASE ... SET, so
+-- pooled and worker sessions see each move at once, unlike a session setting). Only
+-- the schema's owner and superusers can write the row (absurd_worker has no table
+-- privilege, absurd_reader SELECT only), so a restricted role cannot move the clock;
+-- without a row (any production database) the setting changes nothing.
+create table if not exists absurd.test_clock (
+  id boolean primary key default true check (id),
+  frozen_at timestamptz,
+  offset_by interval not null default '0'
+);
+
+create or replace function absurd._test_clock_now()
+returns timestamptz
+language sql
+volatile
+as $$
+  select coalesce(
+    (select coalesce(frozen_at, clock_timestamp() + offset_by) from absurd.test_clock where id),
+    clock_timestamp());
+$$;
+
 create or replace function absurd.current_time()
 returns timestamptz
 language sql
 volatile
 as $$
-  -- One expression, no FROM: PostgreSQL inlines it (a subquery made each call ~5x dearer).
+  -- One expression, no FROM: PostgreSQL inlines it (a subquery made each call ~5x dearer;
+  -- the test clock's lookup is in a function called only when its setting is on).
   select case
     when nullif(btrim(current_setting('absurd.fake_now', true)), '') is not null
       then absurd._fake_time(btrim(current_setting('absurd.fake_now', true)))
+    when current_setting('absurd.test_clock', true) = 'on' then absurd._test_clock_now()
     when nullif(btrim(current_setting('absurd.fake_offset', true)), '') is not null
       then clock_timestamp() + absurd._fake_offset(btrim(current_setting('absurd.fake_offset', true)))
     else clock_timestamp() end;
@@ -273,7 +297,7 @@ as $$
 $$;
 
 -- portable_uuidv7: PostgreSQL 18's native uuidv7() when there is no fake time
--- (absurd.fake_now or absurd.fake_offset),
+-- (absurd.fake_now, absurd.fake_offset or the test clock),
 -- else a v7 UUID built from absurd.current_time().
 do $$
 begin
@@ -284,6 +308,7 @@ begin
         select case
           when nullif(btrim(current_setting('absurd.fake_now', true)), '') is null
                and nullif(btrim(current_setting('absurd.fake_offset', true)), '') is null
+               and current_setting('absurd.test_clock', true) is distinct from 'on'
             then pg_catalog.uuidv7()
           else absurd._uuidv7_at(absurd.current_time()) end;
       $b$;

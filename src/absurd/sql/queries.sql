@@ -561,6 +561,63 @@ left join lateral (
 where s.queue_name = %(queue)s and s.schedule_name = %(name)s
 
 -- ---------------------------------------------------------------------------
+-- absurd.testing (the pytest plugin): the test clock of a test's database (the row
+-- absurd.current_time() reads when the database's absurd.test_clock is on). Each is
+-- EXPLAINed by tests/cli/test_query_plans.py.
+-- ---------------------------------------------------------------------------
+
+-- name: test_clock_reset --
+-- The clock of a new test database: the real time, no offset.
+insert into absurd.test_clock (id, frozen_at, offset_by) values (true, null, interval '0')
+on conflict (id) do update set frozen_at = null, offset_by = interval '0'
+
+-- name: test_database_fingerprint --
+-- What a used test database must share with its template to be handed to the next
+-- test (else it is dropped and a fresh clone made): its relations (with their grants),
+-- functions (body, security, settings, grants), schemas and database settings. Rows
+-- are compared apart (absurd.testing._databases). Sent with parameters ({}): %% is %.
+select md5(concat_ws('|',
+  (select string_agg(format('%%s.%%s:%%s:%%s', n.nspname, c.relname, c.relkind, c.relacl), ','
+                     order by n.nspname, c.relname)
+   from pg_class c join pg_namespace n on n.oid = c.relnamespace
+   where n.nspname not in ('pg_catalog', 'information_schema')
+     and n.nspname not like 'pg\_toast%%' and n.nspname not like 'pg\_temp%%'),
+  (select string_agg(format('%%s.%%s(%%s):%%s:%%s:%%s:%%s', n.nspname, p.proname,
+                            pg_get_function_identity_arguments(p.oid), md5(p.prosrc),
+                            p.prosecdef, p.proconfig, p.proacl), ','
+                     order by n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+   where n.nspname not in ('pg_catalog', 'information_schema')),
+  (select string_agg(format('%%s:%%s', nspname, nspacl), ',' order by nspname)
+   from pg_namespace
+   where nspname not like 'pg\_toast%%' and nspname not like 'pg\_temp%%'),
+  (select string_agg(array_to_string(s.setconfig, ','), ';' order by s.setrole)
+   from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
+   where d.datname = current_database())
+)) as fingerprint
+
+-- name: test_clock_freeze --
+-- Stops the clock at `at` (null: where it stands).
+update absurd.test_clock set frozen_at = coalesce(%(at)s::timestamptz, absurd.current_time())
+where id
+returning frozen_at as now
+
+-- name: test_clock_advance --
+-- Moves the clock on by `by`; a frozen clock stays frozen.
+update absurd.test_clock
+set frozen_at = frozen_at + %(by)s::interval,
+    offset_by = case when frozen_at is null then offset_by + %(by)s::interval else offset_by end
+where id
+returning coalesce(frozen_at, clock_timestamp() + offset_by) as now
+
+-- name: test_clock_resume --
+-- Lets a frozen clock run on from where it stands.
+update absurd.test_clock
+set offset_by = coalesce(frozen_at - clock_timestamp(), offset_by), frozen_at = null
+where id
+returning clock_timestamp() + offset_by as now
+
+-- ---------------------------------------------------------------------------
 -- SDK (src/absurd/_async, and _sync generated from it): every statement the
 -- client, the worker and a task's context send. Read once at import into the
 -- constants of absurd/_core/statements.py (the name in capitals). Plain text
