@@ -40,9 +40,7 @@ def install(stop_soon: Callable[[], None]) -> Callable[[], None]:
         before = signal.getsignal(sig)
         chained = before if _chains(before) else None
 
-        def handler(
-            signum: int, frame: FrameType | None, chained: Any = chained
-        ) -> None:
+        def handler(signum: int, frame: FrameType | None, chained: Any = chained) -> None:
             stop_soon()
             if chained is not None:
                 chained(signum, frame)

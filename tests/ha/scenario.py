@@ -142,7 +142,10 @@ class Spawner:
         while True:
             try:
                 result = self.app.spawn(
-                    "steps", {"steps": self.steps}, queue=self.queue, idempotency_key=key,
+                    "steps",
+                    {"steps": self.steps},
+                    queue=self.queue,
+                    idempotency_key=key,
                     max_attempts=50,
                 )
                 self.ids.append(str(result["task_id"]))
@@ -155,8 +158,13 @@ class Spawner:
                 time.sleep(0.05)
 
     def backlog(self, count: int) -> None:
-        for _ in range(count):
-            self.spawn()
+        """``count`` tasks at once (one statement: the worker finds a queue, not a
+        trickle), before the failover."""
+        results = self.app.spawn_many(
+            "steps", [{"steps": self.steps}] * count, queue=self.queue, max_attempts=50
+        )
+        self.ids.extend(str(r["task_id"]) for r in results)
+        self.acked_at.extend([time.time()] * len(results))
 
     def start(self, rate: float) -> None:
         def loop() -> None:
@@ -245,9 +253,10 @@ def failover_round(
         if spawned_after:
             result.spawner_reconnect = min(spawned_after) - promoted
         finished = sorted(t for t, kind, _, _ in lines if kind == "done")
-        window = 2.0
-        pre = [t for t in finished if killed - window <= t < killed]
-        result.pre_rate = len(pre) / window
+        # The completions/s of the last 2 s before the kill (or since the first).
+        begin = max(killed - 2.0, finished[0] if finished else killed - 2.0)
+        pre = [t for t in finished if begin <= t < killed]
+        result.pre_rate = len(pre) / max(killed - begin, 0.5)
         target = 0.8 * result.pre_rate
         for i, t in enumerate(finished):
             if t <= promoted:
