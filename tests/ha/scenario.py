@@ -36,6 +36,11 @@ class Round:
     lost: int = 0
     #: Steps whose checkpoint was acknowledged and whose function ran again.
     reruns: int = 0
+    #: Step functions run again whose checkpoint was never acknowledged (allowed:
+    #: in flight at the failover).
+    repeats: int = 0
+    #: Promotion to the completion of the last task that was running at the kill.
+    inflight_done: float | None = None
     #: Promotion to the worker's first acknowledged step or completion.
     worker_reconnect: float | None = None
     #: Promotion to the spawner's first acknowledged spawn.
@@ -51,8 +56,10 @@ class Round:
 
         return (
             f"spawned {self.spawned} completed {self.completed} lost {self.lost} "
-            f"re-run acknowledged steps {self.reruns} | worker back {s(self.worker_reconnect)} "
-            f"spawner back {s(self.spawner_reconnect)} 80% throughput {s(self.to_80)} "
+            f"re-run acknowledged steps {self.reruns} (unacknowledged {self.repeats}) | "
+            f"tasks running at the kill done {s(self.inflight_done)} | "
+            f"worker back {s(self.worker_reconnect)} spawner back {s(self.spawner_reconnect)} "
+            f"80% throughput {s(self.to_80)} "
             f"(pre-failover {self.pre_rate:.0f} tasks/s)"
         )
 
@@ -246,6 +253,8 @@ def failover_round(
         result.lost = result.spawned - result.completed
         lines = journal_lines(worker.journal)[start_lines:]
         result.reruns = reruns(lines)
+        execs = [(task, step) for _, kind, task, step in lines if kind == "exec"]
+        result.repeats = len(execs) - len(set(execs)) - result.reruns
         after = [t for t, kind, _, _ in lines if t > promoted and kind in ("ack", "done")]
         if after:
             result.worker_reconnect = min(after) - promoted
@@ -253,6 +262,11 @@ def failover_round(
         if spawned_after:
             result.spawner_reconnect = min(spawned_after) - promoted
         finished = sorted(t for t, kind, _, _ in lines if kind == "done")
+        started = {task for t, kind, task, _ in lines if kind == "exec" and t < killed}
+        ended = {task: t for t, kind, task, _ in lines if kind == "done"}
+        running = [ended.get(task) for task in started if ended.get(task, promoted) >= killed]
+        if running and None not in running:
+            result.inflight_done = max(t for t in running if t is not None) - promoted
         # The completions/s of the last 2 s before the kill (or since the first).
         begin = max(killed - 2.0, finished[0] if finished else killed - 2.0)
         pre = [t for t in finished if begin <= t < killed]
