@@ -39,8 +39,6 @@ class Round:
     #: Step functions run again whose checkpoint was never acknowledged (allowed:
     #: in flight at the failover).
     repeats: int = 0
-    #: Promotion to the completion of the last task that was running at the kill.
-    inflight_done: float | None = None
     #: Promotion to the worker's first acknowledged step or completion.
     worker_reconnect: float | None = None
     #: Promotion to the spawner's first acknowledged spawn.
@@ -56,9 +54,7 @@ class Round:
 
         return (
             f"spawned {self.spawned} completed {self.completed} lost {self.lost} "
-            f"re-run acknowledged steps {self.reruns} (unacknowledged {self.repeats}) | "
-            f"tasks running at the kill done {s(self.inflight_done)} | "
-            f"worker back {s(self.worker_reconnect)} spawner back {s(self.spawner_reconnect)} "
+            f"re-run acknowledged steps {self.reruns} (unacknowledged {self.repeats}) | worker back {s(self.worker_reconnect)} spawner back {s(self.spawner_reconnect)} "
             f"80% throughput {s(self.to_80)} "
             f"(pre-failover {self.pre_rate:.0f} tasks/s)"
         )
@@ -262,11 +258,6 @@ def failover_round(
         if spawned_after:
             result.spawner_reconnect = min(spawned_after) - promoted
         finished = sorted(t for t, kind, _, _ in lines if kind == "done")
-        started = {task for t, kind, task, _ in lines if kind == "exec" and t < killed}
-        ended = {task: t for t, kind, task, _ in lines if kind == "done"}
-        running = [ended.get(task) for task in started if ended.get(task, promoted) >= killed]
-        if running and None not in running:
-            result.inflight_done = max(t for t in running if t is not None) - promoted
         # The completions/s of the last 2 s before the kill (or since the first).
         begin = max(killed - 2.0, finished[0] if finished else killed - 2.0)
         pre = [t for t in finished if begin <= t < killed]
