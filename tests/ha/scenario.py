@@ -54,7 +54,8 @@ class Round:
 
         return (
             f"spawned {self.spawned} completed {self.completed} lost {self.lost} "
-            f"re-run acknowledged steps {self.reruns} (unacknowledged {self.repeats}) | worker back {s(self.worker_reconnect)} spawner back {s(self.spawner_reconnect)} "
+            f"re-run acknowledged steps {self.reruns} (unacknowledged {self.repeats}) | "
+            f"worker back {s(self.worker_reconnect)} spawner back {s(self.spawner_reconnect)} "
             f"80% throughput {s(self.to_80)} "
             f"(pre-failover {self.pre_rate:.0f} tasks/s)"
         )
