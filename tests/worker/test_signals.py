@@ -4,6 +4,7 @@ runs; once the worker has stopped, the application's handler is back."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from types import FrameType
 import pytest
 
 from absurd import _signals
+from absurd._async import _compat
 from tests.worker.conftest import Db, Flavour, wait_for
 
 SCRIPT = Path(__file__).with_name("signal_host.py")
@@ -90,5 +92,39 @@ def test_restore_keeps_a_handler_installed_meanwhile() -> None:
         signal.signal(signal.SIGTERM, later)
         restore()
         assert signal.getsignal(signal.SIGTERM) is later
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_async_app_handler_from_the_loop_still_runs() -> None:
+    """An asyncio application's ``loop.add_signal_handler`` handler runs along with
+    the async worker's stop, and is still the loop's after restore()."""
+    calls: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: calls.append("app"))
+        try:
+            restore = _compat.install_signal_handlers(lambda: calls.append("stop"))
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                if len(calls) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert sorted(calls) == ["app", "stop"]
+            restore()
+            calls.clear()
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                if calls:
+                    break
+                await asyncio.sleep(0.01)
+            assert calls == ["app"]
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        asyncio.run(main())
     finally:
         signal.signal(signal.SIGTERM, old)
