@@ -22,7 +22,8 @@ def _chains(handler: Any) -> bool:
     if not callable(handler) or handler is signal.default_int_handler:
         return False
     runner = getattr(asyncio, "Runner", None)  # Python 3.11+
-    return not (runner is not None and isinstance(getattr(handler, "__self__", None), runner))
+    method = getattr(handler, "func", handler)  # asyncio.run installs a functools.partial
+    return not (runner is not None and isinstance(getattr(method, "__self__", None), runner))
 
 
 def install(stop_soon: Callable[[], None]) -> Callable[[], None]:

@@ -128,3 +128,24 @@ def test_async_app_handler_from_the_loop_still_runs() -> None:
         asyncio.run(main())
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_asyncio_run_sigint_handler_is_not_chained() -> None:
+    """Under ``asyncio.run``, SIGINT stops the async worker gracefully: asyncio's
+    own handler (which would cancel the main task) is not chained, and is back
+    after restore()."""
+    calls: list[str] = []
+
+    async def main() -> None:
+        before = signal.getsignal(signal.SIGINT)
+        restore = _compat.install_signal_handlers(lambda: calls.append("stop"))
+        os.kill(os.getpid(), signal.SIGINT)  # cancelled here if asyncio's handler ran
+        for _ in range(100):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        restore()
+        assert signal.getsignal(signal.SIGINT) is before
+
+    asyncio.run(main())
+    assert calls == ["stop"]
