@@ -39,6 +39,9 @@ class Round:
     #: Step functions run again whose checkpoint was never acknowledged (allowed:
     #: in flight at the failover).
     repeats: int = 0
+    #: Tasks that needed a second attempt (a lease that expired: a run claimed by
+    #: a batch whose reply was lost is left to its lease).
+    retried: int = 0
     #: Promotion to the worker's first acknowledged step or completion.
     worker_reconnect: float | None = None
     #: Promotion to the spawner's first acknowledged spawn.
@@ -54,7 +57,8 @@ class Round:
 
         return (
             f"spawned {self.spawned} completed {self.completed} lost {self.lost} "
-            f"re-run acknowledged steps {self.reruns} (unacknowledged {self.repeats}) | "
+            f"re-run acknowledged steps {self.reruns} (unacknowledged {self.repeats}) "
+            f"retried {self.retried} | "
             f"worker back {s(self.worker_reconnect)} spawner back {s(self.spawner_reconnect)} "
             f"80% throughput {s(self.to_80)} "
             f"(pre-failover {self.pre_rate:.0f} tasks/s)"
@@ -116,13 +120,14 @@ def reruns(lines: list[tuple[float, str, str, str]]) -> int:
     return count
 
 
-def completed_ids(dsn: str, queue: str, ids: list[str]) -> set[str]:
+def completed_ids(dsn: str, queue: str, ids: list[str], *, retried: bool = False) -> set[str]:
+    """The tasks among ``ids`` that completed (``retried``: in more than one attempt)."""
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
         cur = c.cursor(row_factory=dict_row)
         cur.execute(
             f'select task_id::text as id from absurd."t_{queue}"'
-            " where state = 'completed' and task_id = any(%s::uuid[])",
-            (ids,),
+            " where state = 'completed' and task_id = any(%s::uuid[]) and attempts > %s",
+            (ids, 1 if retried else 0),
         )
         return {r["id"] for r in cur.fetchall()}
 
@@ -248,6 +253,7 @@ def failover_round(
         wait_until(all_done, max(deadline - (time.time() - promoted), 1.0))
         result.completed = len(completed_ids(pair.dsn, queue, ids))
         result.lost = result.spawned - result.completed
+        result.retried = len(completed_ids(pair.dsn, queue, ids, retried=True))
         lines = journal_lines(worker.journal)[start_lines:]
         result.reruns = reruns(lines)
         execs = [(task, step) for _, kind, task, step in lines if kind == "exec"]

@@ -8,7 +8,10 @@ manager's decision time), the standby is promoted. Then:
   the promotion;
 - no task is lost: every task spawned (acknowledged) completes;
 - no step whose checkpoint was acknowledged runs again (synchronous replication:
-  what the primary acknowledged is on the standby).
+  what the primary acknowledged is on the standby);
+- leases taken before the failover run out normally on the new primary: a run
+  claimed by a batch whose reply was lost (the worker never learnt of it) is
+  retried once its lease (30 s here) expires, within the deadline.
 
 The figures (time to reconnect, to 80% of the throughput before the failover)
 are printed; ``scripts/failover-soak`` runs many rounds.
