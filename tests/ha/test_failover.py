@@ -10,7 +10,7 @@ manager's decision time), the standby is promoted. Then:
 - no step whose checkpoint was acknowledged runs again (synchronous replication:
   what the primary acknowledged is on the standby);
 - leases taken before the failover run out normally on the new primary: a run
-  claimed by a batch whose reply was lost (the worker never learnt of it) is
+  claimed by a statement whose reply was lost (the worker never learnt of it) is
   retried once its lease (30 s here) expires, within the deadline.
 
 The figures (time to reconnect, to 80% of the throughput before the failover)
