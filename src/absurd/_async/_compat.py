@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from psycopg import AsyncConnection as Connection
 from psycopg_pool import AsyncConnectionPool as ConnectionPool
+
+from absurd import _signals
 
 __all__ = [
     "Cancelled",
@@ -107,21 +108,15 @@ async def maybe_await(value: Any) -> Any:
 
 
 def install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
-    """SIGTERM and SIGINT call stop(); returns a function that restores the old handlers."""
+    """SIGTERM and SIGINT call stop() (in the loop), then the application's own
+    handler if it had one; returns a function that puts the old handlers back."""
     loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
 
-    def restore() -> None:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    def stop_soon() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(stop)
 
-    return restore
+    return _signals.install(stop_soon)
 
 
 class RunStepMixin:

@@ -4,13 +4,14 @@ connection), statements with engine errors translated, and idempotent retries.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+from psycopg_pool import PoolClosed
 
 from absurd._async import _compat as compat
 from absurd.errors import translate
@@ -21,6 +22,38 @@ Params = tuple[Any, ...] | Mapping[str, Any]
 #: Connection-level failures: the server restarted, a backend was killed, the
 #: network dropped, or the pool timed out waiting for a connection.
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+#: How long the pool keeps retrying a connection on its own, backing off (psycopg_pool's
+#: default is 5 minutes, its delays doubling from 1 s). Then it gives up and, when
+#: someone waits for a connection, ``Database._reconnect`` starts it again at once:
+#: a server back after a restart or a failover is found within about a second, not
+#: after the next doubled delay (up to minutes).
+RECONNECT_TIMEOUT = 1.0
+
+#: Connection options the client sets unless the URL sets them (libpq names):
+#: - connect_timeout: per host, so a multi-host URL moves on from a host that does
+#:   not answer (a server gone from the network: no refusal, no reply) in 5 s, not
+#:   psycopg's default of 130 s;
+#: - keepalives: a connection to a server gone that way fails in about 25 s (10 s
+#:   idle, then 3 probes 5 s apart) instead of waiting for TCP's retransmission
+#:   timeout (about 15 minutes on Linux).
+CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def connect_options(url: str) -> dict[str, Any]:
+    """The CONNECT_DEFAULTS that ``url`` does not set."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:  # a bad URL fails when used, with its own error
+        return {}
+    return {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
 
 
 class Database:
@@ -43,18 +76,34 @@ class Database:
         if self.pool is None:
             async with self._pool_lock:  # concurrent first calls must not open two pools
                 if self.pool is None:
+                    url = self.url or ""
                     pool = compat.ConnectionPool(
-                        self.url or "",
+                        url,
                         min_size=1,
                         max_size=self.pool_size,
-                        kwargs={"autocommit": True},
+                        kwargs={"autocommit": True, **connect_options(url)},
                         open=False,
                         name="absurd",
+                        reconnect_timeout=RECONNECT_TIMEOUT,
+                        reconnect_failed=self._reconnect,
                     )
                     await pool.open()
                     self.pool = pool
         async with self.pool.connection() as conn:
             yield conn
+
+    async def _reconnect(self, pool: compat.ConnectionPool) -> None:
+        """The pool gave up on a connection (RECONNECT_TIMEOUT): when someone waits
+        for one, try again at once (a failed attempt costs a refusal or
+        ``connect_timeout``); else the next request does."""
+        if pool.get_stats().get("requests_waiting", 0) > 0:
+            with suppress(PoolClosed):
+                await pool.check()
+
+    async def connect(self) -> compat.Connection:
+        """A connection of its own, outside the pool (a worker's LISTEN)."""
+        url = self.listen_dsn()
+        return await compat.Connection.connect(url, autocommit=True, **connect_options(url))
 
     async def rows(self, query: str | sql.Composed, params: Params = ()) -> list[dict[str, Any]]:
         """Runs one statement; engine errors come back as Absurd errors."""

@@ -386,9 +386,11 @@ class AsyncWorker:
                 if listen is None:
                     row = await self.db.one(q.QUEUE_CHANNEL, (self.queue,))
                     listen = sql.SQL("listen {}").format(sql.Identifier(row["channel"]))
-                conn = await compat.Connection.connect(self.db.listen_dsn(), autocommit=True)
+                conn = await self.db.connect()
                 try:
                     await conn.execute(listen)
+                    if failures:  # the server is back: the pool's waiters need not wait
+                        await self._check_pool()
                     backoff, failures = 0.05, 0
                     self._wake.set()  # notifications may have been missed meanwhile
                     while self._running:

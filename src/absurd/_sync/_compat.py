@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import inspect
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +13,8 @@ from typing import Any
 
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
+
+from absurd import _signals
 
 __all__ = [
     "Cancelled",
@@ -116,18 +117,14 @@ def maybe_await(value: Any) -> Any:
 
 
 def install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
-    """SIGTERM and SIGINT call stop() (main thread only); returns a restore function."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop()) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    """SIGTERM and SIGINT call stop() (main thread only; from a thread of its own,
+    as a signal handler must not take the locks the main thread may hold), then
+    the application's own handler if it had one; returns a restore function."""
 
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def stop_soon() -> None:
+        threading.Thread(target=stop, name="absurd-stop", daemon=True).start()
 
-    return restore
+    return _signals.install(stop_soon)
 
 
 class RunStepMixin:

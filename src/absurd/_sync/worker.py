@@ -385,9 +385,11 @@ class Worker:
                 if listen is None:
                     row = self.db.one(q.QUEUE_CHANNEL, (self.queue,))
                     listen = sql.SQL("listen {}").format(sql.Identifier(row["channel"]))
-                conn = compat.Connection.connect(self.db.listen_dsn(), autocommit=True)
+                conn = self.db.connect()
                 try:
                     conn.execute(listen)
+                    if failures:  # the server is back: the pool's waiters need not wait
+                        self._check_pool()
                     backoff, failures = 0.05, 0
                     self._wake.set()  # notifications may have been missed meanwhile
                     while self._running:
