@@ -21,9 +21,18 @@ import click
 
 from absurd import queries
 from absurd.cli._conn import Conn, Target, check_queue_name, require_queue, with_db
-from absurd.cli._output import CliError, dumps, json_option, print_fields, print_json, print_table
+from absurd.cli._output import (
+    CliError,
+    InOrder,
+    dumps,
+    json_option,
+    print_fields,
+    print_json,
+    print_table,
+    utc_times,
+)
 from absurd.cli._params import parse_json
-from absurd.cli.schedules import _InOrder, _utc, queue_option, when
+from absurd.cli.schedules import queue_option, when
 
 STATES = ("pending", "resolved", "rejected", "expired")
 LIST_COLUMNS = ["promise_id", "state", "task_id", "created_at", "expires_at", "settled_at",
@@ -69,7 +78,7 @@ def _get(conn: Conn, queue: str, promise_id: uuid.UUID) -> dict[str, Any]:
 # -- commands -------------------------------------------------------------------
 
 
-@click.group("promises", cls=_InOrder, context_settings={"help_option_names": ["--help"]})
+@click.group("promises", cls=InOrder, context_settings={"help_option_names": ["--help"]})
 def promises() -> None:
     """Durable promises: values settled once from outside, awaited by tasks."""
 
@@ -92,7 +101,7 @@ def list_(
     args = {"queue": queue, "state": state, "task_id": task, "limit": limit}
     with db.connect() as conn:
         require_queue(conn, queue)
-        rows = [_utc(r) for r in conn.execute(queries.query("promise_list", queue), args)]
+        rows = [utc_times(r) for r in conn.execute(queries.query("promise_list", queue), args)]
     if as_json:
         print_json([{"queue": queue, **r} for r in rows])
         return
@@ -120,7 +129,7 @@ def show(db: Target, promise_id: str, queue: str, as_json: bool) -> None:
     pid = _id(promise_id)
     with db.connect() as conn:
         require_queue(conn, queue)
-        row = _utc(_get(conn, queue, pid))
+        row = utc_times(_get(conn, queue, pid))
     if as_json:
         print_json(row)
         return
@@ -178,7 +187,7 @@ def _settle(
     if as_json:
         print_json({"queue": queue, "promise_id": pid, "outcome": outcome, "applied": applied,
                     "duplicate": duplicate, "state": row["state"],
-                    "settled_at": _utc(row)["settled_at"]})  # fmt: skip
+                    "settled_at": utc_times(row)["settled_at"]})  # fmt: skip
     else:
         verb = "rejected" if reject else "resolved"
         if outcome == "applied":
@@ -188,7 +197,7 @@ def _settle(
         else:
             text = (
                 f"promise {pid} on {queue}: not applied, already {row['state']}"
-                f" at {when(_utc(row)['settled_at'])}"
+                f" at {when(utc_times(row)['settled_at'])}"
             )
         click.echo(text)
     code = {"applied": APPLIED, "duplicate": DUPLICATE}.get(outcome, NOT_APPLIED)
