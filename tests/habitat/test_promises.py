@@ -51,10 +51,10 @@ class Fixture:
         claimed = conn.execute(
             "select run_id, task_id::text from absurd.claim_task(%s, 'w', 3600, 2)", (self.queue,)
         ).fetchall()
-        run = next(r for r, t in claimed if t == self.task)
+        self.run = str(next(r for r, t in claimed if t == self.task))
         conn.execute(
             "select absurd.await_promise(%s, %s, %s, 'wait-other', %s)",
-            (self.queue, self.task, run, self.awaited),
+            (self.queue, self.task, self.run, self.awaited),
         )
         at(conn, VIEW)
 
@@ -196,6 +196,10 @@ def test_json_api(srw: TestClient, pq: Fixture, conn: Conn) -> None:
     assert data["settledAt"] == "2030-01-07T09:53:30+00:00" and data["queueName"] == pq.queue
     expired = srw.get(f"/api/promises/{quote(pq.queue)}/{pq.expired}").json()
     assert expired["state"] == "expired" and expired["expiresAt"] == "2030-01-07T09:55:30+00:00"
+    detail = srw.get(f"/api/tasks/{pq.run}").json()
+    listed = [(p["promiseId"], p["state"]) for p in detail["promises"]]
+    assert listed == [(pq.awaited, "pending"), (pq.expired, "expired"),
+                      (pq.resolved, "resolved"), (pq.pending, "pending")]  # fmt: skip
     missing = srw.get(f"/api/promises/{quote(pq.queue)}/{uuid.uuid4()}")
     assert missing.status_code == 404 and missing.json()["code"] == "AB030"
     assert srw.get(f"/api/promises/{quote(pq.queue)}/not-a-uuid").status_code == 400

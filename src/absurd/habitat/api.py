@@ -267,6 +267,7 @@ def _detail_json(task: Row, run: Row) -> Row:
             if c["owner_run_id"] == run["run_id"]
         ],
         "waits": wait_list,
+        "promises": [promise_json(p) for p in task["promises"]],
     }
 
 
