@@ -176,8 +176,10 @@ def test_hostile_payloads_and_keys_round_trip(
     assert shown["payload"] == {"note": text} and shown["delivery_key"] == text
     listed = ok(cli("promises", "list", "-q", queue, "--json")).json()
     assert listed[0]["payload"] == {"note": text}
-    assert ok(cli("promises", "list", "-q", queue)).code == 0
-    assert ok(cli("promises", "show", pid, "-q", queue)).code == 0
+    shown_text = ok(cli("promises", "show", pid, "-q", queue)).stdout
+    assert json.dumps(text, ensure_ascii=False)[1:-1] in shown_text or text in shown_text
+    if "[red]" in text:  # rich markup is printed, not interpreted
+        assert "[red]markup[/red]" in ok(cli("promises", "list", "-q", queue)).stdout
     assert conn.execute("select to_regclass('absurd.promises')").fetchone() == ("absurd.promises",)
 
 
