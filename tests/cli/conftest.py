@@ -8,6 +8,7 @@ signals).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -30,7 +32,7 @@ DB_COMMANDS = {
     "cancel-task", "dump-task", "maintain",
 }  # fmt: skip
 #: Groups whose subcommands are database commands (``schedules list``).
-DB_GROUPS = {"schedules"}
+DB_GROUPS = {"schedules", "promises"}
 
 
 @dataclass
@@ -89,3 +91,20 @@ def one_line_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+#: The instant the ``at`` fixture starts the engine clock at: a Monday, fixed, never today.
+T0 = dt.datetime(2030, 1, 7, 10, 0, 30, tzinfo=dt.timezone.utc)
+Clock = Callable[[dt.datetime], None]
+
+
+@pytest.fixture
+def at(monkeypatch: pytest.MonkeyPatch, conn: psycopg.Connection[Any]) -> Clock:
+    """Pins the engine clock (starts at T0) for the CLI's connections and ``conn``."""
+
+    def move(when: dt.datetime) -> None:
+        monkeypatch.setenv("PGOPTIONS", f"-c absurd.fake_now={when.isoformat()}")
+        conn.execute("select set_config('absurd.fake_now', %s, false)", (when.isoformat(),))
+
+    move(T0)
+    return move

@@ -51,6 +51,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "task_count_finished_before": [{"cutoff": "2000-01-01"}],
     "event_count_before": [{"cutoff": "2000-01-01"}],
     "schedule_fire_list": [{"queue": "{queue}", "name": "s", "limit": 20}],
+    "promise_show": [{"queue": "{queue}", "promise_id": "{promise}"}],
 }  # fmt: skip
 Q = "default"
 WEEK = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
@@ -130,7 +131,8 @@ def test_every_named_query_is_planned_by_a_test() -> None:
     """Each block of queries.sql is EXPLAINed here or in tests/habitat/test_plans.py,
     but for the SDK's section: calls of stored functions, whose statements the engine's
     plan tests cover, sent by the SDK's own tests (tests/unit/test_statements.py)."""
-    groups = [set(CASES), set(GLOBAL), set(ROLES), set(HABITAT_CASES), set(sdk_names())]
+    groups = [set(CASES), set(GLOBAL), set(ROLES), set(HABITAT_CASES), set(sdk_names()),
+              set(PROMISE_LISTS)]  # fmt: skip
     assert sum(len(g) for g in groups) == len(set().union(*groups)), "a name in two groups"
     assert set().union(*groups) == set(queries.names())
 
@@ -180,3 +182,53 @@ def test_cli_query_is_index_driven(
         assert (f"t_{queue}", f"t_{queue}_tni") in [s[1:] for s in scans], scans
     if name in ("task_list", "task_find", "task_get"):
         assert any(s[1] == f"t_{queue}" and s[2] == f"t_{queue}_pkey" for s in scans), scans
+
+
+#: absurdctl promises list and Habitat's task page: (values, the indexes of
+#: absurd.promises that must serve them; "{task}" is the plan fixture's task).
+PROMISE_LISTS: dict[str, list[tuple[dict[str, Any], set[str]]]] = {
+    "promise_list": [
+        ({"state": None, "task_id": None, "limit": 50}, {"promises_qc"}),
+        ({"state": "pending", "task_id": None, "limit": 50}, {"promises_qc"}),
+        ({"state": None, "task_id": "{task}", "limit": 1000}, {"promises_ti", "promises_pkey"}),
+        ({"state": "expired", "task_id": "{task}", "limit": 50}, {"promises_ti", "promises_pkey"}),
+    ],
+}
+
+
+def test_promise_lists_are_index_driven(
+    full_queue: tuple[str, dict[str, str]], connect: Connect
+) -> None:
+    """On 40,000 promises of four queues (analysed, in a transaction rolled back), the
+    newest of a queue come from a backward walk of promises_qc, a task's from
+    promises_ti and the primary key (the promises its runs await): never a scan and
+    sort of the whole table."""
+    queue, ids = full_queue
+    task = ids["task"].strip("'")
+    conn = connect()
+    with conn.transaction():
+        conn.execute(
+            "insert into absurd.promises (promise_id, queue_name, task_id, state, created_at)"
+            " select gen_random_uuid(), case when i %% 4 = 0 then %s else 'p' || (i %% 4) end,"
+            " case when i %% 3 = 0 then gen_random_uuid() end,"
+            " (array['pending', 'resolved', 'rejected'])[i %% 3 + 1],"
+            " timestamptz '2030-01-07' + i * interval '1 second'"
+            " from generate_series(1, 40000) i",
+            (queue,),
+        )
+        conn.execute("analyze absurd.promises")
+        for name, cases in PROMISE_LISTS.items():
+            for values, indexes in cases:
+                bound = {**values, "queue": queue}
+                if bound["task_id"] == "{task}":
+                    bound["task_id"] = task
+                explain = b"explain (format json) " + queries.query(name, queue).as_bytes(conn)
+                row = conn.execute(explain, bound).fetchone()
+                assert row is not None
+                nodes = list(plan_nodes(row[0][0]["Plan"]))
+                scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name"))
+                         for n in nodes]  # fmt: skip
+                assert not [s for s in scans if s[0] == "Seq Scan"], (name, scans)
+                assert indexes <= {s[2] for s in scans}, (name, scans)
+                assert nodes[0]["Node Type"] == "Limit", (name, scans)
+        raise psycopg.Rollback()

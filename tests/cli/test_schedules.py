@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,11 +14,10 @@ import psycopg
 import pytest
 
 from absurd.cli.schedules import when
-from tests.cli.conftest import Cli, one_line_error
+from tests.cli.conftest import T0, Cli, Clock, one_line_error
 
 Conn = psycopg.Connection[Any]
 UTC = dt.timezone.utc
-T0 = dt.datetime(2030, 1, 7, 10, 0, 30, tzinfo=UTC)  # a Monday; fixed, never today
 #: 09:00 in Berlin (08:00 UTC in winter) on weekdays.
 WEEKDAYS = "0 9 * * 1-5"
 HOSTILE = [
@@ -31,20 +29,6 @@ HOSTILE = [
     "n%s%(x)s{}",
     "é" * 100,  # 200 bytes of UTF-8: the longest a name may be
 ]
-
-Clock = Callable[[dt.datetime], None]
-
-
-@pytest.fixture
-def at(monkeypatch: pytest.MonkeyPatch, conn: Conn) -> Clock:
-    """Pins the engine clock (starts at T0) for the CLI's connections and ``conn``."""
-
-    def move(when: dt.datetime) -> None:
-        monkeypatch.setenv("PGOPTIONS", f"-c absurd.fake_now={when.isoformat()}")
-        conn.execute("select set_config('absurd.fake_now', %s, false)", (when.isoformat(),))
-
-    move(T0)
-    return move
 
 
 def utc(text: str) -> dt.datetime:

@@ -13,7 +13,7 @@ pytest.importorskip("starlette", reason="Habitat needs the 'habitat' extra")
 from starlette.testclient import TestClient
 
 from absurd.habitat import create_app
-from tests.habitat.data import at, new_queue, populate, populate_schedules
+from tests.habitat.data import at, new_queue, pinned_dsn, populate, populate_schedules
 
 TOKEN = "t0ken-for-tests"
 BASIC = "admin:pa55word"
@@ -69,3 +69,19 @@ def ro(make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch) 
 @pytest.fixture
 def rw(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client(token=TOKEN, basic_auth=BASIC)
+
+
+@pytest.fixture
+def sro(
+    make_client: Callable[..., TestClient], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> TestClient:
+    """A read-only Habitat whose engine clock is pinned to SCHEDULE_VIEW."""
+    monkeypatch.delenv("ABSURD_HABITAT_TOKEN", raising=False)
+    monkeypatch.delenv("ABSURD_HABITAT_BASIC_AUTH", raising=False)
+    return make_client(dsn=pinned_dsn(dsn))
+
+
+@pytest.fixture
+def srw(make_client: Callable[..., TestClient], dsn: str) -> TestClient:
+    """A writable Habitat (TOKEN) whose engine clock is pinned to SCHEDULE_VIEW."""
+    return make_client(dsn=pinned_dsn(dsn), token=TOKEN)

@@ -19,6 +19,7 @@ from tests.habitat.data import (
     CHROMIUM,
     CHROMIUM_ARGS,
     HOSTILE_NAME,
+    HOSTILE_PAYLOAD,
     SCHEDULE_VIEW,
     Server,
     at,
@@ -36,6 +37,7 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 
 from absurd.habitat import create_app  # noqa: E402
+from tests.habitat.test_promises import Fixture  # noqa: E402
 
 Q = tuple[str, dict[str, str]]
 Page = Any
@@ -309,3 +311,34 @@ def test_schedules_pause_resume_and_trigger(
     assert task_state(conn, queue, str(task)) == "pending"
     assert dialogs == [confirm], "a hostile value ran as script"
     assert page.problems == [], page.problems
+
+
+def test_resolve_a_pending_promise_from_the_task_page(
+    pinned_page: Page, conn: psycopg.Connection[Any]
+) -> None:
+    page, pq = pinned_page, Fixture(conn)
+    dialogs = no_dialogs(page)
+    try:
+        page.goto(pq.page())
+        table = page.locator("#promises")
+        assert table.locator(f"#promise-{pq.pending}").get_attribute("data-state") == "pending"
+        # The hostile payload of the resolved one shows as text, never as markup.
+        assert HOSTILE_PAYLOAD["img"] in table.locator(f"#promise-{pq.resolved}").inner_text()
+        page.click("#task-actions >> text=Log in")
+        page.fill("input[name=token]", TOKEN)
+        page.click("form button[type=submit]")
+        page.wait_for_url(re.compile(pq.task))
+        form = page.locator(f"#resolve-{pq.pending}")
+        form.locator("textarea[name=payload]").fill('{"approved": true, "by": "<b>ops</b>"}')
+        form.locator("button[type=submit]").click()
+        assert "Promise resolved." in page.locator(".flash").inner_text()
+        row = page.locator(f"#promise-{pq.pending}")
+        assert row.get_attribute("data-state") == "resolved"
+        assert '"by": "<b>ops</b>"' in row.inner_text()
+        assert page.locator(f"#resolve-{pq.pending}").count() == 0  # settled: no more forms
+        assert pq.state(conn, pq.pending) == ("resolved", {"approved": True, "by": "<b>ops</b>"})
+        assert dialogs == [], "a hostile value ran as script"
+        assert page.problems == [], page.problems
+    finally:
+        at(conn, None)
+        conn.execute("select absurd.drop_queue(%s)", (pq.queue,))

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-import pytest
 from markupsafe import escape
 from starlette.testclient import TestClient
 
@@ -30,20 +29,6 @@ from tests.habitat.test_app import BEARER, csrf_of, login
 
 Conn = psycopg.Connection[Any]
 SQ = tuple[str, dict[str, str]]
-
-
-@pytest.fixture
-def sro(
-    make_client: Callable[..., TestClient], dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> TestClient:
-    monkeypatch.delenv("ABSURD_HABITAT_TOKEN", raising=False)
-    monkeypatch.delenv("ABSURD_HABITAT_BASIC_AUTH", raising=False)
-    return make_client(dsn=pinned_dsn(dsn))
-
-
-@pytest.fixture
-def srw(make_client: Callable[..., TestClient], dsn: str) -> TestClient:
-    return make_client(dsn=pinned_dsn(dsn), token=TOKEN)
 
 
 def page_of(queue: str, name: str) -> str:

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "absurd.cli.maintain",
     "absurd.cli.tasks",
     "absurd.cli.schedules",
+    "absurd.cli.promises",
     "absurd.cli.skill",
     "absurd.cli.demo",
     "absurd.cli.dev",

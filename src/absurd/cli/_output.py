@@ -159,3 +159,18 @@ def show(
         print_json(list(rows))
     else:
         print_table(rows, columns, **kwargs)
+
+
+def utc_times(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its timestamps in UTC (JSON output does not depend on the session)."""
+    return {
+        k: v.astimezone(dt.timezone.utc) if isinstance(v, dt.datetime) else v
+        for k, v in row.items()
+    }
+
+
+class InOrder(click.Group):
+    """Lists its commands in the order they were added (reads first, then actions)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)

@@ -24,12 +24,14 @@ from absurd import queries
 from absurd.cli._conn import Conn, Target, check_queue_name, require_queue, with_db
 from absurd.cli._output import (
     CliError,
+    InOrder,
     console,
     interval,
     json_option,
     print_fields,
     print_json,
     print_table,
+    utc_times,
 )
 from absurd.cli._params import build, spawn_flags, spawn_options
 
@@ -182,14 +184,6 @@ def _next_text(value: dt.datetime | None, timezone: str | None = None) -> str:
     return f"{when(value)}{local}"
 
 
-def _utc(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with its timestamps in UTC (JSON output does not depend on the session)."""
-    return {
-        k: v.astimezone(dt.timezone.utc) if isinstance(v, dt.datetime) else v
-        for k, v in row.items()
-    }
-
-
 def _require(conn: Conn, queue: str, name: str) -> None:
     """The engine's typed AB021 when the schedule does not exist (preview_schedule is a
     key lookup that raises it)."""
@@ -273,7 +267,7 @@ def _call(db: Target, queue: str, block: str, args: dict[str, Any]) -> dict[str,
 def _report(as_json: bool, queue: str, name: str, row: dict[str, Any], text: str) -> None:
     """A command's result: JSON (queue, schedule_name and the row), or ``text``."""
     if as_json:
-        print_json({"queue": queue, "schedule_name": name, **_utc(row)})
+        print_json({"queue": queue, "schedule_name": name, **utc_times(row)})
     else:
         click.echo(text)
 
@@ -283,14 +277,7 @@ def _report(as_json: bool, queue: str, name: str, row: dict[str, Any], text: str
 queue_option = click.option("-q", "--queue", default="default", show_default=True)
 
 
-class _InOrder(click.Group):
-    """Lists its commands in the order they were added (reads first, then actions)."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
-
-
-@click.group("schedules", cls=_InOrder, context_settings={"help_option_names": ["--help"]})
+@click.group("schedules", cls=InOrder, context_settings={"help_option_names": ["--help"]})
 def schedules() -> None:
     """Cron schedules: a task spawned on every tick, fired by the engine itself."""
 
@@ -303,7 +290,8 @@ def list_(db: Target, queue: str, as_json: bool) -> None:
     """List the queue's schedules with their next and last fires."""
     with db.connect() as conn:
         require_queue(conn, queue)
-        rows = [_utc(r) for r in conn.execute(queries.query("schedule_list"), {"queue": queue})]
+        found = conn.execute(queries.query("schedule_list"), {"queue": queue})
+        rows = [utc_times(r) for r in found]
     if as_json:
         print_json([{"queue": queue, **r} for r in rows])
         return
@@ -348,9 +336,9 @@ def show(db: Target, name: str, queue: str, count: int, limit: int, as_json: boo
             fires = conn.execute(queries.query("schedule_fire_list", queue), args).fetchall()
     data = {
         "queue": queue,
-        "schedule": _utc(row),
-        "next": [_utc(n) for n in upcoming],
-        "fires": [_utc(f) for f in fires],
+        "schedule": utc_times(row),
+        "next": [utc_times(n) for n in upcoming],
+        "fires": [utc_times(f) for f in fires],
     }
     if as_json:
         print_json(data)

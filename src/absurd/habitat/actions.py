@@ -164,3 +164,36 @@ def resume_schedule(conn: Conn, queue: str, name: str) -> Row:
 def trigger_schedule(conn: Conn, queue: str, name: str) -> Row:
     """Fires a schedule once now; the row holds the task id (absurd.trigger_schedule)."""
     return _call(conn, "schedule_trigger", queue=queue, name=name)
+
+
+#: A settlement's outcome, from the engine's (applied, duplicate).
+OUTCOMES = {(True, False): "applied", (True, True): "duplicate", (False, False): "not applied"}
+
+
+def settle_promise(
+    conn: Conn,
+    queue: str,
+    promise_id: uuid.UUID,
+    payload: Any,
+    *,
+    reject: bool,
+    delivery_key: str | None = None,
+) -> Row:
+    """Resolves (or rejects) a promise: the first settlement wins (absurd.resolve_promise,
+    absurd.reject_promise). The row: ``outcome`` (applied, duplicate or not applied) and
+    the promise as it now stands (``promise_show``)."""
+    if delivery_key is not None and not 1 <= len(delivery_key) <= 512:
+        raise BadInput("deliveryKey must be a string of 1 to 512 characters")
+    block = "promise_reject" if reject else "promise_resolve"
+    with _engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        settled = cur.execute(
+            queries.statement(block), (queue, promise_id, Jsonb(payload), delivery_key)
+        ).fetchone()
+        assert settled is not None
+        cur.execute(
+            queries.query("promise_show", queue), {"queue": queue, "promise_id": promise_id}
+        )
+        row = cur.fetchone()
+        assert row is not None
+    row["outcome"] = OUTCOMES[(bool(settled["applied"]), bool(settled["duplicate"]))]
+    return row

@@ -39,8 +39,8 @@ class ApiResponse(JSONResponse):
         return json.dumps(content, default=_json_default, ensure_ascii=False).encode("utf-8")
 
 
-#: The engine's code for an unknown schedule: a 404, not a 400.
-NOT_FOUND_CODES = ("AB021",)
+#: The engine's codes for an unknown schedule or promise: a 404, not a 400.
+NOT_FOUND_CODES = ("AB021", store.PROMISE_NOT_FOUND)
 
 
 def error(message: str, status: int = 400, code: str | None = None) -> Response:
@@ -267,6 +267,7 @@ def _detail_json(task: Row, run: Row) -> Row:
             if c["owner_run_id"] == run["run_id"]
         ],
         "waits": wait_list,
+        "promises": [promise_json(p) for p in task["promises"]],
     }
 
 
@@ -649,3 +650,80 @@ def _trigger(conn: Conn, queue: str, body: Row) -> Row:
 
 async def trigger(request: Request) -> Response:
     return await _write(request, {"queueName", "scheduleName"}, _trigger)
+
+
+# -- promises ---------------------------------------------------------------------------
+
+
+def promise_json(p: Row) -> Row:
+    """A promise as the API and the task page's JSON show it."""
+    return {
+        "promiseId": p["promise_id"],
+        "taskId": p["task_id"],
+        "state": p["state"],
+        "payload": p["payload"],
+        "tags": p["tags"],
+        "deliveryKey": p["delivery_key"],
+        "settledBy": p["settled_by"],
+        "createdAt": p["created_at"],
+        "expiresAt": p["expires_at"],
+        "settledAt": p["settled_at"],
+    }
+
+
+async def promise(request: Request) -> Response:
+    """GET /api/promises/{queue}/{promise_id}: one promise, with its owning task's state."""
+    habitat = habitat_of(request)
+    queue = request.path_params["queue"]
+    try:
+        promise_id = actions.require_uuid(request.path_params["promise_id"], "promise id")
+
+        def load(conn: Conn) -> Row | None:
+            habitat.queues.require(conn, queue)
+            return store.promise_detail(conn, queue, promise_id)
+
+        found = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
+    if found is None:
+        message = f"Promise {promise_id} not found in queue {queue!r}"
+        return error(message, 404, store.PROMISE_NOT_FOUND)
+    return ApiResponse(
+        {
+            "queueName": queue,
+            **promise_json(found),
+            "idempotencyKey": found["idempotency_key"],
+            "taskName": found["task_name"],
+            "taskState": found["task_state"],
+        }
+    )
+
+
+def _settle(reject: bool) -> Any:
+    field = "error" if reject else "payload"
+
+    def apply(conn: Conn, queue: str, body: Row) -> Row:
+        promise_id = actions.require_uuid(body.get("promiseId"), "promiseId")
+        if field not in body:
+            raise BadInput(f"{field} is required (any JSON value)")
+        key = body.get("deliveryKey")
+        if key is not None and not isinstance(key, str):
+            raise BadInput("deliveryKey must be a string")
+        row = actions.settle_promise(
+            conn, queue, promise_id, body[field], reject=reject, delivery_key=key
+        )
+        return {"outcome": row["outcome"], **promise_json(row)}
+
+    return apply
+
+
+async def resolve(request: Request) -> Response:
+    """POST /api/promises/resolve {queueName, promiseId, payload, deliveryKey?}."""
+    allowed = {"queueName", "promiseId", "payload", "deliveryKey"}
+    return await _write(request, allowed, _settle(reject=False))
+
+
+async def reject(request: Request) -> Response:
+    """POST /api/promises/reject {queueName, promiseId, error, deliveryKey?}."""
+    allowed = {"queueName", "promiseId", "error", "deliveryKey"}
+    return await _write(request, allowed, _settle(reject=True))

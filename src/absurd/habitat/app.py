@@ -83,6 +83,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/schedules/resume", api.resume, methods=["POST"]),
         Route("/api/schedules/trigger", api.trigger, methods=["POST"]),
         Route("/api/schedules/{queue}/{name:path}", api.schedule),
+        Route("/api/promises/resolve", api.resolve, methods=["POST"]),
+        Route("/api/promises/reject", api.reject, methods=["POST"]),
+        Route("/api/promises/{queue:path}/{promise_id}", api.promise),
         Mount("/_static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

@@ -132,6 +132,12 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False, default=str)
 
 
+def _preview(value: Any, width: int = 60) -> str:
+    """A JSON value on one line, cut to ``width`` characters (escaped by the template)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _short(value: Any) -> str:
     text = str(value)
     return "…" + text[-8:] if len(text) == 36 else text
@@ -171,6 +177,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "count": _count,
     "when": _when,
     "pretty": _pretty,
+    "preview": _preview,
     "short": _short,
     "duration": _duration,
 }

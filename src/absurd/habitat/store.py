@@ -367,7 +367,26 @@ def task_detail(conn: Conn, queue: str, task_id: uuid.UUID) -> Row | None:
     task["runs"] = task_runs(conn, queue, task_id)
     for name, key in (("checkpoint_list_by_task", "checkpoints"), ("wait_list_by_task", "waits")):
         task[key] = rows(conn, name, queue, task_id=task_id, limit=DETAIL_CAP)
+    task["promises"] = rows(
+        conn, "promise_list", queue, queue=queue, task_id=task_id, state=None, limit=DETAIL_CAP
+    )
     return task
+
+
+#: The engine's code for an unknown promise.
+PROMISE_NOT_FOUND = "AB030"
+
+
+def promise_detail(conn: Conn, queue: str, promise_id: uuid.UUID) -> Row | None:
+    """One promise with its owning task's name and state; None when the queue has no
+    such promise."""
+    try:
+        with conn.transaction():
+            return one(conn, "promise_show", queue, queue=queue, promise_id=promise_id)
+    except psycopg.Error as exc:
+        if exc.sqlstate == PROMISE_NOT_FOUND:
+            return None
+        raise
 
 
 # -- events and workers ---------------------------------------------------------

@@ -31,9 +31,15 @@ MESSAGES = {
     "paused": "Schedule paused.",
     "resumed": "Schedule resumed.",
     "triggered": "Schedule triggered: its task was spawned.",
+    "resolved": "Promise resolved.",
+    "rejected": "Promise rejected.",
+    "promise-duplicate": "The promise was already settled so: nothing changed.",
+    "promise-not-applied": "Not applied: the promise was already settled otherwise.",
 }
 #: The schedule actions and the flash message each leaves.
 SCHEDULE_ACTIONS = {"pause": "paused", "resume": "resumed", "trigger": "triggered"}
+#: The promise actions and the flash message each leaves when it applies.
+PROMISE_ACTIONS = {"resolve": "resolved", "reject": "rejected"}
 
 
 def root(request: Request) -> str:
@@ -459,7 +465,8 @@ def _field(form: FormData, name: str) -> str | None:
 
 
 async def action(request: Request) -> Response:
-    """POST /actions/{name}: retry, cancel, emit, spawn (CSRF-checked, credential needed)."""
+    """POST /actions/{name}: retry, cancel, emit, spawn, the schedule and promise actions
+    (CSRF-checked, credential needed)."""
     habitat = habitat_of(request)
     form = await request.form()
     if not habitat.auth.writable:
@@ -470,7 +477,7 @@ async def action(request: Request) -> Response:
         return bad_request(request, "Log in to change anything.", 401)
     name = request.path_params["name"]
     try:
-        if name not in ("retry", "cancel", "emit", "spawn", *SCHEDULE_ACTIONS):
+        if name not in ("retry", "cancel", "emit", "spawn", *SCHEDULE_ACTIONS, *PROMISE_ACTIONS):
             raise BadInput(f"unknown action {name!r}")
         queue = _field(form, "queue")
 
@@ -478,6 +485,8 @@ async def action(request: Request) -> Response:
             q = habitat.queues.require(conn, queue)
             if name in SCHEDULE_ACTIONS:
                 return _schedule_action(conn, name, q, form)
+            if name in PROMISE_ACTIONS:
+                return _promise_action(conn, name, q, form)
             if name in ("retry", "cancel"):
                 task_id = actions.require_uuid(_field(form, "task_id"), "task id")
                 if name == "cancel":
@@ -530,3 +539,22 @@ def _schedule_action(
     else:
         actions.trigger_schedule(conn, queue, schedule)
     return schedule_path(queue, schedule), {"msg": SCHEDULE_ACTIONS[name]}
+
+
+def _promise_action(
+    conn: Conn, name: str, queue: str, form: FormData
+) -> tuple[str, dict[str, Any]]:
+    """resolve (a JSON value) or reject (a JSON error); back to the task's page."""
+    task_id = actions.require_uuid(_field(form, "task_id"), "task id")
+    promise_id = actions.require_uuid(_field(form, "promise_id"), "promise id")
+    what = "error" if name == "reject" else "payload"
+    text = _field(form, "payload")
+    if text is None:
+        raise BadInput(f"a JSON {what} is required")
+    payload = actions.parse_json(text, what)
+    row = actions.settle_promise(conn, queue, promise_id, payload, reject=name == "reject")
+    code = {"applied": PROMISE_ACTIONS[name], "duplicate": "promise-duplicate"}
+    return f"/tasks/{task_id}", {
+        "queue": queue,
+        "msg": code.get(row["outcome"], "promise-not-applied"),
+    }

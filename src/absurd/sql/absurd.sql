@@ -3196,6 +3196,8 @@ create index if not exists promises_ti on absurd.promises (queue_name, task_id)
   where task_id is not null;
 create index if not exists promises_oi on absurd.promises
   (queue_name, (coalesce(settled_at, expires_at))) where task_id is null;
+-- A queue's promises newest first (absurdctl promises list, bounded by a limit).
+create index if not exists promises_qc on absurd.promises (queue_name, created_at, promise_id);
 
 -- A promise id argument, or AB014.
 create or replace function absurd._require_promise_id(p_promise_id uuid)

@@ -269,6 +269,42 @@ select f.fire_id, f.tick, f.through, f.ticks, f.outcome, f.task_id, f.version, f
 from absurd.list_schedule_fires(%(queue)s, %(name)s, %(limit)s) f
 order by f.fire_id desc
 
+-- Promises (docs/engine.md, "Promises") for absurdctl; resolve and reject are the
+-- SDK's promise_resolve and promise_reject blocks. The state is read as get_promise
+-- reads it: a pending promise past its expiry is "expired".
+-- name: promise_list --
+-- A queue's promises, newest first, at most `limit`: a backward walk of promises_qc.
+-- With `task_id`, that task's: those it owns (promises_ti) and those its runs wait
+-- for (its {w} rows of an event "$promise:<id>", each a primary-key probe). `state`
+-- (null: any) filters them. The null tests fold away: the statement is planned for
+-- its values (absurdctl and Habitat send it unprepared).
+select p.promise_id, p.task_id, s.state, p.payload, p.tags, p.idempotency_key,
+  p.delivery_key, p.settled_by, p.created_at, p.expires_at, p.settled_at
+from absurd.promises p
+cross join lateral (
+  select case when p.state = 'pending' and p.expires_at <= absurd.current_time()
+    then 'expired' else p.state end as state
+) s
+where p.queue_name = %(queue)s
+  and (%(task_id)s::uuid is null or p.task_id = %(task_id)s::uuid
+    or p.promise_id = any (array(
+      select case when w.event_name ~ '^[$]promise:[0-9a-f]{{8}}(-[0-9a-f]{{4}}){{3}}-[0-9a-f]{{12}}$'
+        then substr(w.event_name, 10)::uuid end
+      from {w} w where w.task_id = %(task_id)s::uuid)))
+  and (%(state)s::text is null or s.state = %(state)s::text)
+order by p.created_at desc, p.promise_id desc
+limit %(limit)s
+
+-- name: promise_show --
+-- One promise (get_promise: AB030 when unknown) with its owning task's name and state
+-- (primary-key probes of {t}; null when it has no owner or the task is gone).
+select p.promise_id, p.queue_name, p.task_id,
+  (select t.task_name from {t} t where t.task_id = p.task_id) as task_name,
+  (select t.state from {t} t where t.task_id = p.task_id) as task_state,
+  p.state, p.payload, p.tags, p.idempotency_key, p.delivery_key, p.settled_by, p.created_at,
+  p.expires_at, p.settled_at
+from absurd.get_promise(%(queue)s, %(promise_id)s::uuid) p
+
 -- name: task_cleanup --
 -- One batch: up to `limit` finished tasks older than `ttl` seconds (cleanup, maintenance).
 select absurd.cleanup_tasks(%(queue)s, %(ttl)s, %(limit)s) as n
