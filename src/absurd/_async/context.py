@@ -17,6 +17,7 @@ from absurd._async.writes import CheckpointWrite, Writes
 from absurd._core import logic
 from absurd._core import statements as q
 from absurd._core.serde import Serializer
+from absurd._core.telemetry import NO_TRACING, NoTracing
 from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
 from absurd.errors import InvalidArgument, SerializationError, SuspendTask, TimeoutError
 
@@ -44,6 +45,8 @@ class Run:
     spawn: Callable[..., Any]
     #: The client's ``emit_event``.
     emit_event: Callable[..., Any]
+    #: The client's tracing (spans of steps, events of waits).
+    tracing: NoTracing = NO_TRACING
 
 
 def new_context(run: Run, checkpoints: dict[str, Any]) -> AsyncTaskContext:
@@ -93,12 +96,17 @@ class AsyncTaskContext(compat.RunStepMixin):
         handle = await self.begin_step(name)
         if handle.done:
             return handle.state
-        return await self.complete_step(handle, await compat.maybe_await(fn()))
+        with self._run.tracing.step(name, handle.checkpoint_name):
+            return await self.complete_step(handle, await compat.maybe_await(fn()))
 
     async def begin_step(self, name: str) -> StepHandle:
         checkpoint = self._names.next(name)
         if checkpoint in self._checkpoints:
             value = self._run.serializer.revive(self._checkpoints[checkpoint])
+            self._run.tracing.event(
+                "absurd.step.replayed",
+                {"absurd.step_name": name, "absurd.checkpoint_name": checkpoint},
+            )
             return StepHandle(name=name, checkpoint_name=checkpoint, done=True, state=value)
         return StepHandle(name=name, checkpoint_name=checkpoint, done=False)
 
@@ -143,7 +151,16 @@ class AsyncTaskContext(compat.RunStepMixin):
         else:
             wake_at = target(now)
             await self._save(checkpoint, wake_at.isoformat(), internal=True)
-        if wake_at > now:
+        suspend = wake_at > now
+        self._run.tracing.event(
+            "absurd.sleep",
+            {
+                "absurd.step_name": step_name,
+                "absurd.wake_at": wake_at.isoformat(),
+                "absurd.suspended": suspend,
+            },
+        )
+        if suspend:
             await self._run.db.rows(q.RUN_SCHEDULE, (self._queue, self.run_id, wake_at))
             raise SuspendTask()
 
@@ -165,6 +182,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             (self._queue, self.task_id, self.run_id, checkpoint, event_name, _seconds(timeout)),
             self._run.serializer.revive,
             f'Timed out waiting for event "{event_name}"',
+            ("absurd.await_event", {"absurd.event_name": event_name, "absurd.timeout": timeout}),
         )
 
     async def await_task_result(
@@ -194,6 +212,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             ),
             self._snapshot,
             f'Timed out waiting for task "{task_id}"',
+            _awaited_tasks([task_id], queue_name or self._queue, timeout),
         )
 
     async def await_first(
@@ -222,6 +241,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             ),
             lambda payload: payload,
             "Timed out waiting for the first of several tasks",
+            _awaited_tasks(task_ids, queue_name or self._queue, timeout),
         )
         return uuid.UUID(str(data["task_id"])), self._snapshot(data)
 
@@ -278,10 +298,18 @@ class AsyncTaskContext(compat.RunStepMixin):
         params: tuple[Any, ...],
         convert: Callable[[Any], Any],
         timeout_message: str,
+        traced: tuple[str, dict[str, Any]],
     ) -> Any:
+        trace_event, attributes = traced
+        attributes["absurd.step_name"] = checkpoint
         if checkpoint in self._checkpoints:
             value = self._checkpoints[checkpoint]
-            if value == logic.EVENT_TIMEOUT_MARKER:
+            timed_out = value == logic.EVENT_TIMEOUT_MARKER
+            self._run.tracing.event(
+                trace_event,
+                {**attributes, "absurd.wait.outcome": "timeout" if timed_out else "replayed"},
+            )
+            if timed_out:
                 raise TimeoutError(timeout_message)
             return convert(value)
         timed_out = (
@@ -293,10 +321,13 @@ class AsyncTaskContext(compat.RunStepMixin):
             self._wake_consumed = True
         row = await self._run.db.one(query, params)
         if row["should_suspend"]:
+            self._run.tracing.event(trace_event, {**attributes, "absurd.wait.outcome": "suspended"})
             raise SuspendTask()
         if timed_out and row["payload"] is None:
+            self._run.tracing.event(trace_event, {**attributes, "absurd.wait.outcome": "timeout"})
             await self._save(checkpoint, logic.EVENT_TIMEOUT_MARKER, internal=True)
             raise TimeoutError(timeout_message)
+        self._run.tracing.event(trace_event, {**attributes, "absurd.wait.outcome": "resolved"})
         self._checkpoints[checkpoint] = row["payload"]
         return convert(row["payload"])
 
@@ -315,6 +346,20 @@ class AsyncTaskContext(compat.RunStepMixin):
         await self._run.db.rows(
             q.RUN_EXTEND_CLAIM, (self._queue, self.run_id, seconds or self._run.claim_timeout)
         )
+
+
+def _awaited_tasks(
+    task_ids: list[Any], queue: str, timeout: float | None
+) -> tuple[str, dict[str, Any]]:
+    """The trace event of a wait for tasks: which ones, on which queue."""
+    return (
+        "absurd.await_task",
+        {
+            "absurd.awaited_task_ids": [str(t) for t in task_ids],
+            "absurd.awaited_queue": queue,
+            "absurd.timeout": timeout,
+        },
+    )
 
 
 def _seconds(timeout: float | None) -> int | None:

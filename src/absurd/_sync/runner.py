@@ -12,6 +12,7 @@ from typing import Any
 from absurd._core import logic
 from absurd._core import statements as q
 from absurd._core.serde import Serializer
+from absurd._core.telemetry import NO_TRACING, NoTracing
 from absurd._core.types import AbsurdHooks, ClaimedTask
 from absurd._sync import _compat as compat
 from absurd._sync.context import Run, current_context, new_context
@@ -35,6 +36,8 @@ class Runner:
     hooks: AbsurdHooks
     spawn: Callable[..., Any]
     emit_event: Callable[..., Any]
+    #: The client's tracing (no-op without OpenTelemetry or with tracing=False).
+    tracing: NoTracing = NO_TRACING
 
     @property
     def queue(self) -> str:
@@ -86,29 +89,36 @@ class Runner:
             registry=self.registry,
             spawn=self.spawn,
             emit_event=self.emit_event,
+            tracing=self.tracing,
         )
         ctx = new_context(run, dict(preloaded))
-        token = current_context.set(ctx)
-        try:
-            params = self.serializer.revive(task["params"])
+        resumed = bool(preloaded) or task.get("wake_event") is not None
+        with self.tracing.run_segment(self.queue, task, resumed) as segment:
+            token = current_context.set(ctx)
+            try:
+                params = self.serializer.revive(task["params"])
 
-            def execute() -> Any:
-                return compat.maybe_await(registered.handler(params, ctx))
+                def execute() -> Any:
+                    return compat.maybe_await(registered.handler(params, ctx))
 
-            wrap = self.hooks.get("wrap_task_execution")
-            result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
-            data = self.serializer.dumps(result)
-        except TaskInterrupt as signal:
-            log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
-            return
-        except compat.Cancelled:
-            self.writes.release(run_id)
-            raise
-        except Exception as exc:
-            log.info("task %s failed: %r", name, exc, extra=extra)
-            self.writes.fail(run_id, exc)
-            return
-        finally:
-            current_context.reset(token)
-        self.writes.complete(CompletionWrite(run_id, data))
+                wrap = self.hooks.get("wrap_task_execution")
+                result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
+                data = self.serializer.dumps(result)
+            except TaskInterrupt as signal:
+                segment.interrupted(signal)
+                log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
+                return
+            except compat.Cancelled:
+                segment.outcome("released")
+                self.writes.release(run_id)
+                raise
+            except Exception as exc:
+                segment.outcome("failed", exc)
+                log.info("task %s failed: %r", name, exc, extra=extra)
+                self.writes.fail(run_id, exc)
+                return
+            finally:
+                current_context.reset(token)
+            self.writes.complete(CompletionWrite(run_id, data))
+            segment.outcome("completed")
         log.debug("task %s completed", name, extra=extra)
