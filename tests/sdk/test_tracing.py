@@ -7,61 +7,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from tests.otel_support import RECORDING, spans_fixture  # noqa: F401 (the spans fixture)
 from tests.sdk.conftest import NO_DELAY, T0, Api
-
-_EXPORTER = InMemorySpanExporter()
-_RECORDING = [False]
-
-
-class _Switch(trace.Tracer):
-    """The SDK's tracer while a test records, else the API's no-op one: the global
-    provider is set once per process, and other tests must see no tracing at all."""
-
-    def __init__(self, real: trace.Tracer) -> None:
-        self.real = real
-
-    def _now(self) -> trace.Tracer:
-        return self.real if _RECORDING[0] else trace.NoOpTracer()
-
-    def start_span(self, *args: Any, **kwargs: Any) -> Any:
-        return self._now().start_span(*args, **kwargs)
-
-    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
-        return self._now().start_as_current_span(*args, **kwargs)
-
-
-class _Provider(trace.TracerProvider):
-    def __init__(self) -> None:
-        self.sdk = TracerProvider()
-        self.sdk.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-
-    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
-        return _Switch(self.sdk.get_tracer(*args, **kwargs))
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """The OpenTelemetry SDK recording into an emptied in-memory exporter."""
-    if not isinstance(trace.get_tracer_provider(), _Provider):
-        trace.set_tracer_provider(_Provider())
-    assert isinstance(trace.get_tracer_provider(), _Provider)
-    _EXPORTER.clear()
-    _RECORDING[0] = True
-    try:
-        yield _EXPORTER
-    finally:
-        _RECORDING[0] = False
-        _EXPORTER.clear()
 
 
 def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
@@ -354,7 +308,7 @@ async def test_without_a_configured_sdk_spawns_and_runs_are_unchanged(
     api: Api, spans: InMemorySpanExporter
 ) -> None:
     # The API's no-op provider (what an application that configures nothing has).
-    _RECORDING[0] = False
+    RECORDING[0] = False
     app = await api.client()
 
     @app.register_task("plain")
