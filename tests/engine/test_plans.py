@@ -94,6 +94,7 @@ ARGS: dict[str, list[str]] = {
     "cleanup.tasks": ["absurd.current_time() - interval '1 day'", "1000", "'q'"],
     "cleanup.events": [NOW, "1000"],
     "next_wake": [],
+    "gauges": [NOW, "absurd.current_time() - interval '5 minutes'", "100000"],
 }
 
 # Statements whose whole point is one index.
@@ -108,6 +109,7 @@ EXPECTED_INDEX = {
     "cleanup.events": "e_{q}_eai",
     "emit.wake": "w_{q}_eni",
     "next_wake": "r_{q}_sai",
+    "gauges": "r_{q}_sai",
     "cancel.lock_runs": "r_{q}_ti",
 }
 
