@@ -57,3 +57,36 @@ def spans_fixture() -> Iterator[InMemorySpanExporter]:
     finally:
         RECORDING[0] = False
         _EXPORTER.clear()
+
+
+_METRIC_READER: Any = None
+
+
+def metric_reader() -> Any:
+    """The OpenTelemetry SDK's in-memory metric reader behind the global meter
+    provider (set once per process; instruments of any test record into it)."""
+    global _METRIC_READER
+    if _METRIC_READER is None:
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        _METRIC_READER = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_METRIC_READER]))
+    return _METRIC_READER
+
+
+def metric_points(name: str, **attributes: Any) -> list[Any]:
+    """The data points of OpenTelemetry metric ``name`` whose attributes include these."""
+    data = metric_reader().get_metrics_data()
+    found = []
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    found += [
+                        p
+                        for p in metric.data.data_points
+                        if all(p.attributes.get(k) == v for k, v in attributes.items())
+                    ]
+    return found

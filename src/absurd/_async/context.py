@@ -6,6 +6,7 @@ import contextvars
 import datetime as dt
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from absurd._async.db import Database
 from absurd._async.writes import CheckpointWrite, Writes
 from absurd._core import logic
 from absurd._core import statements as q
+from absurd._core.metrics import NO_METRICS, NoMetrics
 from absurd._core.serde import Serializer
 from absurd._core.telemetry import NO_TRACING, NoTracing
 from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
@@ -47,6 +49,8 @@ class Run:
     emit_event: Callable[..., Any]
     #: The client's tracing (spans of steps, events of waits).
     tracing: NoTracing = NO_TRACING
+    #: The worker's metrics (step durations).
+    metrics: NoMetrics = NO_METRICS
 
 
 def new_context(run: Run, checkpoints: dict[str, Any]) -> AsyncTaskContext:
@@ -96,8 +100,11 @@ class AsyncTaskContext(compat.RunStepMixin):
         handle = await self.begin_step(name)
         if handle.done:
             return handle.state
+        started = time.perf_counter()
         with self._run.tracing.step(name, handle.checkpoint_name):
-            return await self.complete_step(handle, await compat.maybe_await(fn()))
+            value = await self.complete_step(handle, await compat.maybe_await(fn()))
+        self._run.metrics.step(self._queue, self.task_name, time.perf_counter() - started)
+        return value
 
     async def begin_step(self, name: str) -> StepHandle:
         checkpoint = self._names.next(name)

@@ -75,13 +75,14 @@ class Segment:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
-    def interrupted(self, signal: BaseException) -> None:
-        if isinstance(signal, SuspendTask):
-            self.outcome("suspended")
-        elif isinstance(signal, CancelledTask):
-            self.outcome("cancelled")
-        else:  # FailedTask: the lease expired, a newer attempt may run
-            self.outcome("lost")
+
+def interrupt_outcome(signal: BaseException) -> str:
+    """The outcome of a run stopped by a TaskInterrupt."""
+    if isinstance(signal, SuspendTask):
+        return "suspended"
+    if isinstance(signal, CancelledTask):
+        return "cancelled"
+    return "lost"  # FailedTask: the lease expired, a newer attempt may run
 
 
 _NO_SEGMENT = Segment()

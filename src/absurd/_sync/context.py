@@ -7,6 +7,7 @@ import contextvars
 import datetime as dt
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from absurd._core import logic
 from absurd._core import statements as q
+from absurd._core.metrics import NO_METRICS, NoMetrics
 from absurd._core.serde import Serializer
 from absurd._core.telemetry import NO_TRACING, NoTracing
 from absurd._core.types import ClaimedTask, SpawnResult, StepHandle, TaskResultSnapshot
@@ -48,6 +50,8 @@ class Run:
     emit_event: Callable[..., Any]
     #: The client's tracing (spans of steps, events of waits).
     tracing: NoTracing = NO_TRACING
+    #: The worker's metrics (step durations).
+    metrics: NoMetrics = NO_METRICS
 
 
 def new_context(run: Run, checkpoints: dict[str, Any]) -> TaskContext:
@@ -97,8 +101,11 @@ class TaskContext(compat.RunStepMixin):
         handle = self.begin_step(name)
         if handle.done:
             return handle.state
+        started = time.perf_counter()
         with self._run.tracing.step(name, handle.checkpoint_name):
-            return self.complete_step(handle, compat.maybe_await(fn()))
+            value = self.complete_step(handle, compat.maybe_await(fn()))
+        self._run.metrics.step(self._queue, self.task_name, time.perf_counter() - started)
+        return value
 
     def begin_step(self, name: str) -> StepHandle:
         checkpoint = self._names.next(name)
