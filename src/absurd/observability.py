@@ -44,7 +44,7 @@ def task_fields() -> dict[str, Any]:
         fields = {
             "task_id": str(ctx.task_id),
             "run_id": str(ctx.run_id),
-            "queue": ctx._queue,
+            "queue": ctx.queue_name,
             "task_name": ctx.task_name,
             "attempt": ctx.attempt,
         }

@@ -78,6 +78,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         self.run_id = run.task["run_id"]
         self.attempt = run.task["attempt"]
         self.task_name = run.task["task_name"]
+        self.queue_name = run.queue
 
     _run: Run
     _task: ClaimedTask
@@ -89,6 +90,8 @@ class AsyncTaskContext(compat.RunStepMixin):
     run_id: uuid.UUID
     attempt: int
     task_name: str
+    #: The queue of the running task (ours).
+    queue_name: str
 
     @property
     def headers(self) -> dict[str, Any]:
