@@ -27,8 +27,9 @@ class NoMetrics:
 
     enabled = False
 
-    def claimed(self, queue: str, count: int, seconds: float) -> None:
-        """A claim round trip: how many runs it claimed and how long it took."""
+    def claimed(self, queue: str, count: int, seconds: float | None) -> None:
+        """Runs claimed: by a claim round trip (``seconds``: its time), or along
+        with a group commit's completions (``seconds`` None)."""
 
     def run_finished(self, queue: str, task_name: str, outcome: str, seconds: float) -> None:
         """A run segment ended: completed, failed, suspended, cancelled, released, lost."""
@@ -162,14 +163,16 @@ class Metrics(NoMetrics):
         self._otel = otel
         self._prom = prometheus
 
-    def claimed(self, queue: str, count: int, seconds: float) -> None:
+    def claimed(self, queue: str, count: int, seconds: float | None) -> None:
         if self._otel is not None:
             attributes = {"absurd.queue": queue}
-            self._otel.claim_duration.record(seconds, attributes)
+            if seconds is not None:
+                self._otel.claim_duration.record(seconds, attributes)
             if count:
                 self._otel.claimed.add(count, attributes)
         if self._prom is not None:
-            self._prom.claim_duration.labels(queue).observe(seconds)
+            if seconds is not None:
+                self._prom.claim_duration.labels(queue).observe(seconds)
             if count:
                 self._prom.claimed.labels(queue).inc(count)
 

@@ -125,7 +125,7 @@ class Worker:
                 self.claim_timeout,
                 self.worker_id,
                 self._refill,
-                self._handoff.extend,
+                self._claimed_with_writes,
                 self.metrics,
             )
             # The client's tasks, their writes through this worker's group commit.
@@ -320,6 +320,11 @@ class Worker:
         while self._handoff:
             task = self._handoff.pop(0)
             self._start(runner, task)
+
+    def _claimed_with_writes(self, tasks: list[ClaimedTask]) -> None:
+        """Runs a batch of writes claimed for the slots its completions free."""
+        self.metrics.claimed(self.queue, len(tasks), None)
+        self._handoff.extend(tasks)
 
     def _refill(self, finishing: int) -> int:
         """How many runs a batch of writes claims along with ``finishing``
