@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.otel_support import RECORDING, spans_fixture  # noqa: F401 (the spans fixture)
-from tests.sdk.conftest import NO_DELAY, T0, Api
+from tests.sdk.conftest import NO_DELAY, T0, Api, until
 
 
 def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
@@ -320,3 +320,31 @@ async def test_without_a_configured_sdk_spawns_and_runs_are_unchanged(
     assert api.task(task_id)["state"] == "completed"
     assert api.task(task_id)["headers"] == {"mine": 1}
     assert spans.get_finished_spans() == ()
+
+
+async def test_a_running_worker_traces_its_runs_in_the_spawners_trace(
+    api: Api, spans: InMemorySpanExporter
+) -> None:
+    # A real worker (threads on the sync client, asyncio tasks on the async one).
+    app = await api.client()
+
+    @app.register_task("child")
+    async def child(params: Any, ctx: Any) -> Any:
+        return await ctx.step("double", lambda: params * 2)
+
+    @app.register_task("parent")
+    async def parent(params: Any, ctx: Any) -> Any:
+        spawned = await ctx.spawn("child", 21)
+        return (await ctx.await_task_result(spawned["task_id"])).result
+
+    with trace.get_tracer("test").start_as_current_span("request") as request:
+        task_id = (await app.spawn("parent"))["task_id"]
+    async with api.worker(app, concurrency=2):
+        await until(lambda: api.task(task_id)["state"] == "completed")
+    trace_id = request.get_span_context().trace_id
+    first = min(named(spans, "absurd.run parent"), key=lambda s: s.start_time or 0)
+    assert ids(first)[0] == trace_id
+    child_run = one(spans, "absurd.run child")
+    assert ids(child_run)[0] == trace_id
+    assert parent_of(one(spans, "absurd.step double")) == ids(child_run)[1]
+    assert parent_of(child_run) == ids(one(spans, "absurd.spawn child"))[1]
