@@ -43,7 +43,6 @@ ATTR_ATTEMPT = "absurd.attempt"
 ATTR_STEP_NAME = "absurd.step_name"
 ATTR_OUTCOME = "absurd.outcome"
 ATTR_RESUMED = "absurd.resumed"
-ATTR_WORKER_ID = "absurd.worker_id"
 
 
 def _messaging(queue: str, operation: str, kind: str) -> dict[str, Any]:
@@ -101,9 +100,7 @@ class NoTracing:
         pass
 
     @contextlib.contextmanager
-    def run_segment(
-        self, queue: str, task: Mapping[str, Any], resumed: bool, worker_id: str | None = None
-    ) -> Iterator[Segment]:
+    def run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Iterator[Segment]:
         yield _NO_SEGMENT
 
     @contextlib.contextmanager
@@ -166,9 +163,7 @@ class Tracing(NoTracing):
             span.set_attribute("absurd.created", bool(results[0]["created"]))
 
     @contextlib.contextmanager
-    def run_segment(
-        self, queue: str, task: Mapping[str, Any], resumed: bool, worker_id: str | None = None
-    ) -> Iterator[Segment]:
+    def run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Iterator[Segment]:
         """The consumer span of one run segment, current while the handler runs."""
         headers = task.get("headers")
         producer = None
@@ -196,8 +191,6 @@ class Tracing(NoTracing):
                 ATTR_RESUMED: resumed,
             }
         )
-        if worker_id is not None:
-            attributes[ATTR_WORKER_ID] = worker_id
         span = self.tracer.start_span(
             f"absurd.run {name}",
             context=parent,
