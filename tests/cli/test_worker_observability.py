@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cli.conftest import Cli
+from tests.cli.conftest import Cli, one_line_error
 from tests.cli.test_processes import start, wait_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -71,3 +71,12 @@ def test_worker_serves_metrics_and_logs_json(cli: Cli, dsn: str, attr: str) -> N
     assert (echo["task_name"], echo["attempt"]) == ("echo", 1)
     assert echo["run_id"]
     assert any(r["message"].startswith("worker ") for r in lines)
+
+
+def test_a_taken_metrics_port_is_a_one_line_error(cli: Cli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("worker", "tests.cli.worker_app:app", "--metrics-port", str(port))
+    one_line_error(result, "cannot serve metrics on 127.0.0.1:")
