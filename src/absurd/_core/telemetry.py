@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Generic, TypeVar
 
 from absurd.errors import CancelledTask, SuspendTask
 
@@ -32,6 +33,8 @@ try:
     from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 except ImportError:  # pragma: no cover - the otel extra is not installed
     trace = None  # type: ignore[assignment]
+
+T = TypeVar("T")
 
 #: The attributes of the span model (documented in docs/observability.md).
 SYSTEM = "absurd"
@@ -87,25 +90,46 @@ def interrupt_outcome(signal: BaseException) -> str:
 _NO_SEGMENT = Segment()
 
 
+class _Null(Generic[T]):
+    """A context manager that does nothing and gives ``value`` (cheaper than a
+    generator-based one: the hooks run for every spawn, run and step)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __enter__(self) -> T:
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL: _Null[Any] = _Null(None)
+_NULL_SEGMENT = _Null(_NO_SEGMENT)
+
+
 class NoTracing:
     """Tracing off: every hook does nothing (and costs a method call)."""
 
     enabled = False
 
-    @contextlib.contextmanager
-    def spawning(self, task_name: str, queue: str, bodies: list[dict[str, Any]]) -> Iterator[Any]:
-        yield None
+    def spawning(
+        self, task_name: str, queue: str, bodies: list[dict[str, Any]]
+    ) -> AbstractContextManager[Any]:
+        return _NULL
 
     def spawned(self, span: Any, results: Sequence[Any]) -> None:
         pass
 
-    @contextlib.contextmanager
-    def run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Iterator[Segment]:
-        yield _NO_SEGMENT
+    def run_segment(
+        self, queue: str, task: Mapping[str, Any], resumed: bool
+    ) -> AbstractContextManager[Segment]:
+        return _NULL_SEGMENT
 
-    @contextlib.contextmanager
-    def step(self, name: str, checkpoint: str) -> Iterator[None]:
-        yield
+    def step(self, name: str, checkpoint: str) -> AbstractContextManager[None]:
+        return _NULL
 
     def event(self, name: str, attributes: dict[str, Any]) -> None:
         pass
@@ -124,11 +148,25 @@ class Tracing(NoTracing):
 
         self.tracer = trace.get_tracer("absurd", __version__)
 
-    @contextlib.contextmanager
-    def spawning(self, task_name: str, queue: str, bodies: list[dict[str, Any]]) -> Iterator[Any]:
+    @staticmethod
+    def _configured() -> bool:
+        """Whether the application has set a tracer provider (else the API's no-op
+        one: every hook is skipped, as without the package). Checked per call, since
+        the provider may be set after the client was made."""
+        return not isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        )
+
+    def spawning(
+        self, task_name: str, queue: str, bodies: list[dict[str, Any]]
+    ) -> AbstractContextManager[Any]:
         """The producer span of a spawn (of ``len(bodies)`` tasks), its context
         injected into each task's headers. Headers that already carry a
         ``traceparent`` give the parent when no span is current."""
+        return self._spawning(task_name, queue, bodies) if self._configured() else _NULL
+
+    @contextlib.contextmanager
+    def _spawning(self, task_name: str, queue: str, bodies: list[dict[str, Any]]) -> Iterator[Any]:
         parent = None
         given = bodies[0].get("headers") if bodies else None
         if (
@@ -162,9 +200,16 @@ class Tracing(NoTracing):
             span.set_attribute(ATTR_RUN_ID, str(results[0]["run_id"]))
             span.set_attribute("absurd.created", bool(results[0]["created"]))
 
-    @contextlib.contextmanager
-    def run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Iterator[Segment]:
+    def run_segment(
+        self, queue: str, task: Mapping[str, Any], resumed: bool
+    ) -> AbstractContextManager[Segment]:
         """The consumer span of one run segment, current while the handler runs."""
+        if self._configured():
+            return self._run_segment(queue, task, resumed)
+        return _NULL_SEGMENT
+
+    @contextlib.contextmanager
+    def _run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Iterator[Segment]:
         headers = task.get("headers")
         producer = None
         if isinstance(headers, dict) and "traceparent" in headers:
@@ -207,9 +252,12 @@ class Tracing(NoTracing):
             otel_context.detach(token)
             span.end()
 
-    @contextlib.contextmanager
-    def step(self, name: str, checkpoint: str) -> Iterator[None]:
+    def step(self, name: str, checkpoint: str) -> AbstractContextManager[None]:
         """The span of a step that executes (its handler's exceptions recorded)."""
+        return self._step(name, checkpoint) if self._configured() else _NULL
+
+    @contextlib.contextmanager
+    def _step(self, name: str, checkpoint: str) -> Iterator[None]:
         with self.tracer.start_as_current_span(
             f"absurd.step {name}",
             attributes={ATTR_STEP_NAME: name, "absurd.checkpoint_name": checkpoint},
