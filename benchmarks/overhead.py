@@ -17,6 +17,11 @@ configuration. Needs a quiet machine: the drain runs refuse to start on a busy o
 
     python benchmarks/overhead.py                  # 2000 tasks x 3 repeats
     python benchmarks/overhead.py --tasks 1000 --repeats 1 --configs async:16
+    python benchmarks/overhead.py --hooks          # the hooks' cost per task, no database
+
+``--hooks`` times the instrumentation alone, in this process (one run segment, one
+step and the worker metrics of one task): off, with the API but no SDK, and with the
+SDK recording as above.
 
 Exit status: 0 when every configuration meets the target, 1 otherwise.
 """
@@ -55,6 +60,49 @@ def drain(dsn: str, config: DrainConfig, n: int, queue: str, offset: float, on: 
     return float(result["tasks_per_s"])
 
 
+def hooks(n: int = 20_000) -> None:
+    """Microseconds per task of the tracing and metrics hooks (no database)."""
+    import time
+    import uuid
+
+    from absurd._core import metrics, telemetry
+
+    task = {"task_id": uuid.uuid4(), "run_id": uuid.uuid4(), "attempt": 1,
+            "task_name": "job", "headers": None}  # fmt: skip
+
+    def per_task(tracing: telemetry.NoTracing, meter: metrics.NoMetrics) -> float:
+        def one() -> None:
+            with tracing.run_segment("q", task, False) as segment:
+                with tracing.step("s", "s"):
+                    pass
+                meter.step("q", "job", 0.001)
+                segment.outcome("completed")
+            meter.claimed("q", 1, 0.001)
+            meter.queue_wait("q", "job", 0.01)
+            meter.run_finished("q", "job", "completed", 0.002)
+
+        for _ in range(n // 10):
+            one()
+        started = time.perf_counter()
+        for _ in range(n):
+            one()
+        return (time.perf_counter() - started) / n * 1e6
+
+    rows: list[tuple[str, float]] = [
+        ("off (tracing=False, no metrics)", per_task(telemetry.NO_TRACING, metrics.NO_METRICS)),
+        (
+            "API installed, no SDK configured",
+            per_task(telemetry.tracing(), metrics.worker_metrics()),
+        ),
+    ]
+    from benchmarks.harness.workers import install_observability
+
+    install_observability()
+    sdk = per_task(telemetry.tracing(), metrics.worker_metrics())
+    rows.append(("SDK recording (as the drains' on)", sdk))
+    print(render_table(["instrumentation", "us per task"], [[r[0], f"{r[1]:.1f}"] for r in rows]))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=2000)
@@ -62,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="sync:8,async:16", help="mode:concurrency, ...")
     p.add_argument("--dsn", help="maintenance DSN of a server (default: embedded PG 18)")
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
+    p.add_argument("--hooks", action="store_true", help="time the hooks alone (no database)")
     args = p.parse_args(argv)
+    if args.hooks:
+        hooks()
+        return 0
     configs = []
     for item in args.configs.split(","):
         mode, _, conc = item.partition(":")
@@ -88,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, verdicts, out = [], [], []
     for label, by in rates.items():
-        off, on = statistics.median(by["off"]), statistics.median(by["on"])
-        ratio = on / off if off else 0.0
-        rows.append([label, f"{off:.1f}", f"{on:.1f}", f"{ratio:.1%}"])
+        rate_off, rate_on = statistics.median(by["off"]), statistics.median(by["on"])
+        ratio = rate_on / rate_off if rate_off else 0.0
+        rows.append([label, f"{rate_off:.1f}", f"{rate_on:.1f}", f"{ratio:.1%}"])
         verdicts.append(ratio >= TARGET)
         out.append({"config": label, "off": by["off"], "on": by["on"], "ratio": round(ratio, 4)})
     print(render_table(["drain", "off tasks/s", "on tasks/s", "on / off"], rows))
