@@ -22,7 +22,6 @@ import json
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ if not __package__:  # run as a file (python benchmarks/habitat_scale.py): the p
 import psycopg
 
 from absurd import schema
-from benchmarks.harness.server import drop_database, fresh_database, start_server
+from benchmarks.harness.server import scratch_database
 
 QUEUE = "bench"
 TARGET_MS = 200.0
@@ -199,19 +198,11 @@ def main() -> int:
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
-    server = start_server(args.dsn)
-    dbname = f"habitat_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        dsn = fresh_database(server, dbname)
+    with scratch_database(args.dsn, "habitat_bench") as dsn:
         print(f"filling queue {QUEUE!r} with {args.tasks:,} tasks", flush=True)
         ids = fill(dsn, args.tasks)
         print(f"server time per page ({args.rounds} requests each, TestClient in-process)")
         results = measure(dsn, ids, args.rounds)
-    finally:
-        try:
-            drop_database(server, dbname)
-        finally:
-            server.stop()
     slow = [r for r in results if r["median_ms"] > TARGET_MS]
     if args.out:
         Path(args.out).write_text(json.dumps({"tasks": args.tasks, "pages": results}, indent=2))

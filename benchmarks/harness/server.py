@@ -8,11 +8,13 @@ which needs contrib's ``auto_explain``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,21 @@ def fresh_database(server: Server, dbname: str, **settings: str) -> str:
                 )
             )
     return server.dsn_for(dbname)
+
+
+@contextlib.contextmanager
+def scratch_database(dsn: str | None, prefix: str) -> Iterator[str]:
+    """A fresh database named ``<prefix>_<random>`` on the server at ``dsn`` (else an
+    embedded one), dropped afterwards (and the embedded server stopped); yields its DSN."""
+    server = start_server(dsn)
+    dbname = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    try:
+        yield fresh_database(server, dbname)
+    finally:
+        try:
+            drop_database(server, dbname)
+        finally:
+            server.stop()
 
 
 def upstream_sql() -> str:

@@ -215,14 +215,61 @@ async def _async_worker(
     return report
 
 
+#: Set to 1 in a benchmark's environment, its worker processes (ours) run with tracing
+#: and worker metrics on (``install_observability``; benchmarks/overhead.py).
+OBSERVABILITY_ENV = "ABSURD_BENCH_OBSERVABILITY"
+
+
+def install_observability() -> None:
+    """The OpenTelemetry SDK as an application would configure it, exporting nowhere:
+    spans through a BatchSpanProcessor to an exporter that drops them, metrics through
+    a reader that collects every 10 s into an exporter that drops them; and the worker
+    metrics recorded into prometheus_client's registry too (not served)."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from absurd.observability import enable_prometheus
+
+    class DropSpans(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    class DropMetrics(MetricExporter):
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kw: Any) -> Any:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
+            pass
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DropSpans()))
+    trace.set_tracer_provider(provider)
+    reader = PeriodicExportingMetricReader(DropMetrics(), export_interval_millis=10_000)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    enable_prometheus()
+
+
 def worker_main(spec: dict[str, Any], pipe: Pipe) -> None:
     """Entry point of the worker process (``multiprocessing``, spawn start method).
-    With ``ABSURD_BENCH_WORKER_LOG`` set (the suite does), its stderr goes to that file."""
+    With ``ABSURD_BENCH_WORKER_LOG`` set (the suite does), its stderr goes to that file;
+    with ``ABSURD_BENCH_OBSERVABILITY=1``, it traces and records metrics."""
     log_path = os.environ.get("ABSURD_BENCH_WORKER_LOG")
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)
         os.close(fd)
+    if os.environ.get(OBSERVABILITY_ENV) == "1" and spec["flavour"] == "ours":
+        install_observability()
     trace = Trace(events=spec.get("trace") == "events") if spec.get("trace") else None
     if trace is not None:
         trace.install()

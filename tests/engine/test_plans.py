@@ -101,6 +101,7 @@ ARGS: dict[str, list[str]] = {
     "promise.settle": ["{promise}", "'resolved'", "'1'", "'d'", "'me'", NOW],
     "promise.own": ["{promise}", "{task}"],
     "cleanup.promises": [NOW, "1000", "{queue}"],
+    "gauges": [NOW, "absurd.current_time() - interval '5 minutes'", "100000"],
 }
 
 # Statements whose whole point is one index.
@@ -115,6 +116,7 @@ EXPECTED_INDEX = {
     "cleanup.events": "e_{q}_eai",
     "emit.wake": "w_{q}_eni",
     "next_wake": "r_{q}_sai",
+    "gauges": "r_{q}_sai",
     "cancel.lock_runs": "r_{q}_ti",
     "promise.lock": "promises_pkey",
     "promise.by_key": "promises_ik",

@@ -52,6 +52,7 @@ def test_map_parser_reads_the_groups() -> None:
     names = map_functions(schema.schema_sql())
     assert names[:2] == ["current_time", "get_schema_version"]
     assert "sweep_queue" in names and "cleanup_all_queues" in names
+    assert "queue_gauges" in names
 
 
 def test_map_lists_each_public_function_of_the_file_once() -> None:

@@ -20,7 +20,7 @@ import pytest
 from psycopg import ClientCursor, sql
 
 from absurd import queries
-from absurd.habitat import state, store
+from absurd.habitat import prometheus, state, store
 from tests.conftest import Connect
 from tests.engine.test_plans import full_queue, plan_nodes
 
@@ -46,6 +46,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "habitat_ping": [{}],
     "habitat_queue_list": [{}],
     "habitat_queue_metrics": [{}],
+    "habitat_queue_gauges": [{"window": 300, "cap": prometheus.GAUGE_CAP}],
     "habitat_queue_throughput": [{"cap": store.CHART_CAP}],
     "habitat_run_page": [
         {},

@@ -19,6 +19,7 @@ from absurd._core import logic, promises
 from absurd._core import schedules as sched
 from absurd._core import statements as q
 from absurd._core.serde import JSONSerializer, Serializer
+from absurd._core.telemetry import tracing as new_tracing
 from absurd._core.types import (
     AbsurdHooks,
     CancellationPolicy,
@@ -52,6 +53,9 @@ class AsyncAbsurd(ScheduleMethods):
     ``conn_or_url``: a URL (the client owns a connection pool), an open
     ``AsyncConnection`` (used as is, in the caller's transaction), or None for
     ``ABSURD_DATABASE_URL``, then ``PGDATABASE``, then upstream's default.
+
+    ``tracing``: traces through the OpenTelemetry API when it is installed
+    (``absurd[otel]``; docs/observability.md); False turns them off.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class AsyncAbsurd(ScheduleMethods):
         *,
         serializer: Serializer | None = None,
         pool_size: int = 10,
+        tracing: bool = True,
     ) -> None:
         self.queue_name = logic.validate_queue_name(queue_name)
         self.default_max_attempts = default_max_attempts
@@ -71,6 +76,7 @@ class AsyncAbsurd(ScheduleMethods):
         self._registry: dict[str, logic.RegisteredTask] = {}
         self._stop_requested = False
         self._worker: AsyncWorker | None = None
+        self._tracing = new_tracing(tracing)
         if conn_or_url is None or isinstance(conn_or_url, str):
             #: The client's database layer (the SDK's internals, not the drop-in API).
             self.db = Database(None, conn_or_url or logic.default_url(), pool_size)
@@ -92,6 +98,7 @@ class AsyncAbsurd(ScheduleMethods):
             self.hooks,
             serializer=self.serializer,
             pool_size=self.db.pool_size,
+            tracing=self._tracing.enabled,
         )
         clone._registry = {
             name: dataclasses.replace(task, queue=queue) if task.queue == self.queue_name else task
@@ -123,6 +130,7 @@ class AsyncAbsurd(ScheduleMethods):
             hooks=self.hooks,
             spawn=self.spawn,
             emit_event=self.emit_event,
+            tracing=self._tracing,
         )
 
     # -- registration ----------------------------------------------------------
@@ -255,16 +263,19 @@ class AsyncAbsurd(ScheduleMethods):
             "available_at": available_at,
         }
         queue_name, body = await self._spawn_body(task_name, params, given)
-        row = await self.db.one(
-            q.TASK_SPAWN,
-            {
-                "queue": queue_name,
-                "task_name": task_name,
-                "params": self._json(params),
-                "options": json.dumps(body),
-            },
-        )
-        return _spawn_result(row)
+        with self._tracing.spawning(task_name, queue_name, [body]) as span:
+            row = await self.db.one(
+                q.TASK_SPAWN,
+                {
+                    "queue": queue_name,
+                    "task_name": task_name,
+                    "params": self._json(params),
+                    "options": json.dumps(body),
+                },
+            )
+            result = _spawn_result(row)
+            self._tracing.spawned(span, [result])
+        return result
 
     async def spawn_many(
         self,
@@ -296,7 +307,7 @@ class AsyncAbsurd(ScheduleMethods):
             "delay": delay,
             "available_at": available_at,
         }
-        items: list[str] = []
+        items: list[tuple[str, dict[str, Any]]] = []
         queue_name: str | None = None
         name_json = json.dumps(task_name)
         for params in params_list:
@@ -306,14 +317,18 @@ class AsyncAbsurd(ScheduleMethods):
                     f'spawn_many puts every task on one queue: "{queue_name}" and "{task_queue}"'
                 )
             queue_name = task_queue
-            items.append(
-                f'{{"task_name": {name_json}, "params": {self._json(params)},'
-                f' "options": {json.dumps(body)}}}'
-            )
+            items.append((self._json(params), body))
         if queue_name is None:
             return []
-        rows = await self.db.rows(q.TASK_SPAWN_MANY, (queue_name, "[" + ", ".join(items) + "]"))
-        return [_spawn_result(row) for row in rows]
+        with self._tracing.spawning(task_name, queue_name, [body for _, body in items]) as span:
+            tasks = ", ".join(
+                f'{{"task_name": {name_json}, "params": {params}, "options": {json.dumps(body)}}}'
+                for params, body in items
+            )
+            rows = await self.db.rows(q.TASK_SPAWN_MANY, (queue_name, f"[{tasks}]"))
+            results = [_spawn_result(row) for row in rows]
+            self._tracing.spawned(span, results)
+        return results
 
     async def _spawn_body(
         self, task_name: str, params: Any, given: dict[str, Any]
@@ -552,6 +567,7 @@ class AsyncAbsurd(ScheduleMethods):
             self.hooks,
             serializer=self.serializer,
             pool_size=self.db.pool_size,
+            tracing=self._tracing.enabled,
         )
         for task in self._registry.values():
             other.register_task(

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -17,6 +18,7 @@ from absurd._async.db import CONNECTION_ERRORS
 from absurd._async.runner import Runner
 from absurd._async.writes import WriteBatcher
 from absurd._core import statements as q
+from absurd._core.metrics import worker_metrics
 from absurd._core.types import ClaimedTask
 from absurd.errors import TaskInterrupt
 
@@ -28,12 +30,14 @@ log = logging.getLogger("absurd.worker")
 POOL_CAP = 17
 
 
-def _extra(task: ClaimedTask) -> dict[str, Any]:
+def _extra(task: ClaimedTask, queue: str) -> dict[str, Any]:
     """``extra=`` for log records about one run (filters and formatters can use it)."""
     return {
         "task_id": str(task["task_id"]),
         "run_id": str(task["run_id"]),
+        "queue": queue,
         "task_name": task["task_name"],
+        "attempt": task["attempt"],
     }
 
 
@@ -63,7 +67,7 @@ class AsyncWorker:
       threads cannot be, so the sync worker's handler threads (daemons) keep
       running until the process exits, as it does after SIGTERM.
     - Logs go to the ``absurd.worker`` logger; records about a run carry
-      ``task_id``, ``run_id`` and ``task_name`` attributes.
+      ``task_id``, ``run_id``, ``queue``, ``task_name`` and ``attempt`` attributes.
     """
 
     def __init__(
@@ -95,6 +99,8 @@ class AsyncWorker:
         # loop to start (a list: appended from task threads in the sync worker).
         self._handoff: list[ClaimedTask] = []
         self._renewed_at = 0.0
+        #: Worker metrics (docs/observability.md): OpenTelemetry and/or Prometheus.
+        self.metrics = worker_metrics()
 
     def stop(self) -> None:
         """Stops claiming; running tasks get ``shutdown_grace`` seconds to finish."""
@@ -119,10 +125,11 @@ class AsyncWorker:
                 self.claim_timeout,
                 self.worker_id,
                 self._refill,
-                self._handoff.extend,
+                self._claimed_with_writes,
+                self.metrics,
             )
             # The client's tasks, their writes through this worker's group commit.
-            runner = self.app.runner.with_batcher(writes)
+            runner = replace(self.app.runner.with_batcher(writes), metrics=self.metrics)
             log.info(
                 "worker %s started on queue %r (concurrency %s)",
                 self.worker_id,
@@ -222,15 +229,19 @@ class AsyncWorker:
             claimed: list[ClaimedTask] = []
             if free > 0:
                 try:
+                    started = time.perf_counter()
                     claimed = await runner.claim(
                         min(self.batch_size, free), self.claim_timeout, self.worker_id
                     )
+                    self.metrics.claimed(self.queue, len(claimed), time.perf_counter() - started)
                     if failures:
                         log.info(
                             "worker %s claims again (after %s failures)", self.worker_id, failures
                         )
+                        self.metrics.reconnected(self.queue, "claim")
                     failures = 0
                 except CONNECTION_ERRORS as exc:
+                    self.metrics.connection_error(self.queue, "claim")
                     failures += 1
                     delay = self._claim_retry_delay(failures)
                     log.log(
@@ -248,7 +259,7 @@ class AsyncWorker:
                             "claimed %s (attempt %s)",
                             task["task_name"],
                             task["attempt"],
-                            extra=_extra(task),
+                            extra=_extra(task, self.queue),
                         )
                     self._start(runner, task)
             await self._renew_leases()
@@ -297,6 +308,7 @@ class AsyncWorker:
         try:
             await runner.execute(task, self.claim_timeout)
         except CONNECTION_ERRORS as exc:
+            self.metrics.connection_error(self.queue, "run")
             # The database went away mid-run (before the handler, or while
             # recording its outcome): hand the run back rather than leave it to
             # its lease, which only a later claim would notice.
@@ -306,7 +318,7 @@ class AsyncWorker:
                 task["task_name"],
                 task["task_id"],
                 exc,
-                extra=_extra(task),
+                extra=_extra(task, self.queue),
             )
             try:
                 await runner.writes.release(task["run_id"])
@@ -315,7 +327,7 @@ class AsyncWorker:
                     "could not hand back run %s (%r); its lease will expire",
                     task["run_id"],
                     again,
-                    extra=_extra(task),
+                    extra=_extra(task, self.queue),
                 )
         except (Exception, TaskInterrupt) as exc:  # never lose the worker to one task
             log.exception(
@@ -324,7 +336,7 @@ class AsyncWorker:
                 task["task_id"],
                 task["run_id"],
                 exc,
-                extra=_extra(task),
+                extra=_extra(task, self.queue),
             )
 
     def _reap(self) -> None:
@@ -336,6 +348,11 @@ class AsyncWorker:
         while self._handoff:
             task = self._handoff.pop(0)
             self._start(runner, task)
+
+    def _claimed_with_writes(self, tasks: list[ClaimedTask]) -> None:
+        """Runs a batch of writes claimed for the slots its completions free."""
+        self.metrics.claimed(self.queue, len(tasks), None)
+        self._handoff.extend(tasks)
 
     def _refill(self, finishing: int) -> int:
         """How many runs a batch of writes claims along with ``finishing``
@@ -353,7 +370,12 @@ class AsyncWorker:
             try:
                 await runner.writes.release(task["run_id"])
             except (Exception, TaskInterrupt) as exc:  # its lease expires instead
-                log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
+                log.error(
+                    "could not release run %s: %r",
+                    task["run_id"],
+                    exc,
+                    extra=_extra(task, self.queue),
+                )
 
     async def _renew_leases(self) -> None:
         if not self._inflight or self.claim_timeout <= 0:
@@ -373,7 +395,10 @@ class AsyncWorker:
             except (Exception, TaskInterrupt) as exc:
                 # Suspended, finished, cancelled: the task learns at its next call.
                 log.debug(
-                    "lease of run %s not renewed: %r", task["run_id"], exc, extra=_extra(task)
+                    "lease of run %s not renewed: %r",
+                    task["run_id"],
+                    exc,
+                    extra=_extra(task, self.queue),
                 )
 
     async def _listen(self) -> None:
@@ -390,6 +415,7 @@ class AsyncWorker:
                 try:
                     await conn.execute(listen)
                     if failures:  # the server is back: the pool's waiters need not wait
+                        self.metrics.reconnected(self.queue, "listen")
                         await self._check_pool()
                     backoff, failures = 0.05, 0
                     self._wake.set()  # notifications may have been missed meanwhile
@@ -402,6 +428,7 @@ class AsyncWorker:
                 if not self._running:
                     return
                 log.warning("listener lost its connection (%s); reconnecting", exc)
+                self.metrics.connection_error(self.queue, "listen")
                 failures += 1
                 if failures == 1:  # the pool's idle connections probably died too
                     await self._check_pool()
@@ -432,10 +459,15 @@ class AsyncWorker:
                 task["run_id"],
                 task["task_name"],
                 task["task_id"],
-                extra=_extra(task),
+                extra=_extra(task, self.queue),
             )
             try:
                 await runner.writes.release(task["run_id"])
             except (Exception, TaskInterrupt) as exc:  # its lease expires instead
-                log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
+                log.error(
+                    "could not release run %s: %r",
+                    task["run_id"],
+                    exc,
+                    extra=_extra(task, self.queue),
+                )
         self._inflight.clear()

@@ -19,6 +19,7 @@ from absurd._async import _compat as compat
 from absurd._async.db import Database
 from absurd._core import logic
 from absurd._core import statements as q
+from absurd._core.metrics import NO_METRICS, NoMetrics
 from absurd._core.types import ClaimedTask
 from absurd.errors import RunStateConflict, TaskInterrupt
 
@@ -118,8 +119,10 @@ class WriteBatcher:
         worker_id: str,
         refill: Callable[[int], int],
         adopt: Callable[[list[ClaimedTask]], None],
+        metrics: NoMetrics = NO_METRICS,
     ) -> None:
         self.db = db
+        self.metrics = metrics
         self.queue = queue
         self.claim_timeout = claim_timeout
         self.worker_id = worker_id
@@ -174,6 +177,7 @@ class WriteBatcher:
                 if not batch:  # never expected: own is pending until sent
                     compat.resolve(own.future, Outcome.ALONE)
                     break
+                self.metrics.write_batch(self.queue, len(batch))
                 try:
                     await self._flush(batch)
                 finally:

@@ -7,6 +7,7 @@ import contextvars
 import datetime as dt
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from typing import Any
 
 from absurd._core import logic, promises, schedules
 from absurd._core import statements as q
+from absurd._core.metrics import NO_METRICS, NoMetrics
 from absurd._core.serde import Serializer
+from absurd._core.telemetry import NO_TRACING, NoTracing
 from absurd._core.types import (
     ClaimedTask,
     PromiseHandle,
@@ -53,6 +56,10 @@ class Run:
     emit_event: Callable[..., Any]
     #: Makes a promise's capability URL (the client's ingress configuration).
     promise_url: promises.UrlMaker = promises.no_url
+    #: The client's tracing (spans of steps, events of waits).
+    tracing: NoTracing = NO_TRACING
+    #: The worker's metrics (step durations).
+    metrics: NoMetrics = NO_METRICS
 
 
 def new_context(run: Run, checkpoints: dict[str, Any]) -> TaskContext:
@@ -80,6 +87,7 @@ class TaskContext(compat.RunStepMixin):
         self.run_id = run.task["run_id"]
         self.attempt = run.task["attempt"]
         self.task_name = run.task["task_name"]
+        self.queue_name = run.queue
 
     _run: Run
     _task: ClaimedTask
@@ -91,6 +99,8 @@ class TaskContext(compat.RunStepMixin):
     run_id: uuid.UUID
     attempt: int
     task_name: str
+    #: The queue of the running task (ours).
+    queue_name: str
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -109,12 +119,20 @@ class TaskContext(compat.RunStepMixin):
         handle = self.begin_step(name)
         if handle.done:
             return handle.state
-        return self.complete_step(handle, compat.maybe_await(fn()))
+        started = time.perf_counter()
+        with self._run.tracing.step(name, handle.checkpoint_name):
+            value = self.complete_step(handle, compat.maybe_await(fn()))
+        self._run.metrics.step(self._queue, self.task_name, time.perf_counter() - started)
+        return value
 
     def begin_step(self, name: str) -> StepHandle:
         checkpoint = self._names.next(name)
         if checkpoint in self._checkpoints:
             value = self._run.serializer.revive(self._checkpoints[checkpoint])
+            self._run.tracing.event(
+                "absurd.step.replayed",
+                {"absurd.step_name": name, "absurd.checkpoint_name": checkpoint},
+            )
             return StepHandle(name=name, checkpoint_name=checkpoint, done=True, state=value)
         return StepHandle(name=name, checkpoint_name=checkpoint, done=False)
 
@@ -159,7 +177,16 @@ class TaskContext(compat.RunStepMixin):
         else:
             wake_at = target(now)
             self._save(checkpoint, wake_at.isoformat(), internal=True)
-        if wake_at > now:
+        suspend = wake_at > now
+        self._run.tracing.event(
+            "absurd.sleep",
+            {
+                "absurd.step_name": step_name,
+                "absurd.wake_at": wake_at.isoformat(),
+                "absurd.suspended": suspend,
+            },
+        )
+        if suspend:
             self._run.db.rows(q.RUN_SCHEDULE, (self._queue, self.run_id, wake_at))
             raise SuspendTask()
 
@@ -181,6 +208,7 @@ class TaskContext(compat.RunStepMixin):
             (self._queue, self.task_id, self.run_id, checkpoint, event_name, _seconds(timeout)),
             self._run.serializer.revive,
             f'Timed out waiting for event "{event_name}"',
+            ("absurd.await_event", {"absurd.event_name": event_name, "absurd.timeout": timeout}),
         )
 
     def await_task_result(
@@ -210,6 +238,7 @@ class TaskContext(compat.RunStepMixin):
             ),
             self._snapshot,
             f'Timed out waiting for task "{task_id}"',
+            _awaited_tasks([task_id], queue_name or self._queue, timeout),
         )
 
     def await_first(
@@ -238,6 +267,7 @@ class TaskContext(compat.RunStepMixin):
             ),
             lambda payload: payload,
             "Timed out waiting for the first of several tasks",
+            _awaited_tasks(task_ids, queue_name or self._queue, timeout),
         )
         return uuid.UUID(str(data["task_id"])), self._snapshot(data)
 
@@ -293,10 +323,18 @@ class TaskContext(compat.RunStepMixin):
         params: tuple[Any, ...],
         convert: Callable[[Any], Any],
         timeout_message: str,
+        traced: tuple[str, dict[str, Any]],
     ) -> Any:
+        trace_event, attributes = traced
+        attributes["absurd.step_name"] = checkpoint
         if checkpoint in self._checkpoints:
             value = self._checkpoints[checkpoint]
-            if value == logic.EVENT_TIMEOUT_MARKER:
+            timed_out = value == logic.EVENT_TIMEOUT_MARKER
+            self._run.tracing.event(
+                trace_event,
+                {**attributes, "absurd.wait.outcome": "timeout" if timed_out else "replayed"},
+            )
+            if timed_out:
                 raise TimeoutError(timeout_message)
             return convert(value)
         timed_out = (
@@ -308,10 +346,13 @@ class TaskContext(compat.RunStepMixin):
             self._wake_consumed = True
         row = self._run.db.one(query, params)
         if row["should_suspend"]:
+            self._run.tracing.event(trace_event, {**attributes, "absurd.wait.outcome": "suspended"})
             raise SuspendTask()
         if timed_out and row["payload"] is None:
+            self._run.tracing.event(trace_event, {**attributes, "absurd.wait.outcome": "timeout"})
             self._save(checkpoint, logic.EVENT_TIMEOUT_MARKER, internal=True)
             raise TimeoutError(timeout_message)
+        self._run.tracing.event(trace_event, {**attributes, "absurd.wait.outcome": "resolved"})
         self._checkpoints[checkpoint] = row["payload"]
         return convert(row["payload"])
 
@@ -387,6 +428,20 @@ class TaskContext(compat.RunStepMixin):
         self._run.db.rows(
             q.RUN_EXTEND_CLAIM, (self._queue, self.run_id, seconds or self._run.claim_timeout)
         )
+
+
+def _awaited_tasks(
+    task_ids: list[Any], queue: str, timeout: float | None
+) -> tuple[str, dict[str, Any]]:
+    """The trace event of a wait for tasks: which ones, on which queue."""
+    return (
+        "absurd.await_task",
+        {
+            "absurd.awaited_task_ids": [str(t) for t in task_ids],
+            "absurd.awaited_queue": queue,
+            "absurd.timeout": timeout,
+        },
+    )
 
 
 def _seconds(timeout: float | None) -> int | None:

@@ -5,13 +5,16 @@ failed, suspended or deferred), recorded through the writes it was given."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from absurd._core import logic
 from absurd._core import statements as q
+from absurd._core.metrics import NO_METRICS, NoMetrics, run_age
 from absurd._core.serde import Serializer
+from absurd._core.telemetry import NO_TRACING, NoTracing, interrupt_outcome
 from absurd._core.types import AbsurdHooks, ClaimedTask
 from absurd._sync import _compat as compat
 from absurd._sync.context import Run, current_context, new_context
@@ -35,6 +38,10 @@ class Runner:
     hooks: AbsurdHooks
     spawn: Callable[..., Any]
     emit_event: Callable[..., Any]
+    #: The client's tracing (no-op without OpenTelemetry or with tracing=False).
+    tracing: NoTracing = NO_TRACING
+    #: The worker's metrics (none outside a worker).
+    metrics: NoMetrics = NO_METRICS
 
     @property
     def queue(self) -> str:
@@ -56,7 +63,13 @@ class Runner:
         """Runs one claimed task to its outcome: completed, failed, suspended or deferred."""
         run_id, name = task["run_id"], task["task_name"]
         registered = self.registry.get(name)
-        extra = {"task_id": str(task["task_id"]), "run_id": str(run_id), "task_name": name}
+        extra = {
+            "task_id": str(task["task_id"]),
+            "run_id": str(run_id),
+            "queue": self.queue,
+            "task_name": name,
+            "attempt": task["attempt"],
+        }
         if registered is None:
             delay = logic.unknown_task_delay(run_id)
             log.warning(
@@ -86,29 +99,51 @@ class Runner:
             registry=self.registry,
             spawn=self.spawn,
             emit_event=self.emit_event,
+            tracing=self.tracing,
+            metrics=self.metrics,
         )
         ctx = new_context(run, dict(preloaded))
-        token = current_context.set(ctx)
+        resumed = bool(preloaded) or task.get("wake_event") is not None
+        metrics = self.metrics
+        if metrics.enabled and not resumed:
+            age = run_age(run_id, time.time())
+            if age is not None:
+                metrics.queue_wait(self.queue, name, age)
+        started = time.perf_counter()
+        outcome = "interrupted"  # an error of the SDK's own (a lost connection)
         try:
-            params = self.serializer.revive(task["params"])
+            with self.tracing.run_segment(self.queue, task, resumed) as segment:
+                token = current_context.set(ctx)
+                try:
+                    params = self.serializer.revive(task["params"])
 
-            def execute() -> Any:
-                return compat.maybe_await(registered.handler(params, ctx))
+                    def execute() -> Any:
+                        return compat.maybe_await(registered.handler(params, ctx))
 
-            wrap = self.hooks.get("wrap_task_execution")
-            result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
-            data = self.serializer.dumps(result)
-        except TaskInterrupt as signal:
-            log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
-            return
-        except compat.Cancelled:
-            self.writes.release(run_id)
-            raise
-        except Exception as exc:
-            log.info("task %s failed: %r", name, exc, extra=extra)
-            self.writes.fail(run_id, exc)
-            return
+                    wrap = self.hooks.get("wrap_task_execution")
+                    result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
+                    data = self.serializer.dumps(result)
+                except TaskInterrupt as signal:
+                    outcome = interrupt_outcome(signal)
+                    segment.outcome(outcome)
+                    log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
+                    return
+                except compat.Cancelled:
+                    outcome = "released"
+                    segment.outcome(outcome)
+                    self.writes.release(run_id)
+                    raise
+                except Exception as exc:
+                    outcome = "failed"
+                    segment.outcome(outcome, exc)
+                    log.info("task %s failed: %r", name, exc, extra=extra)
+                    self.writes.fail(run_id, exc)
+                    return
+                finally:
+                    current_context.reset(token)
+                self.writes.complete(CompletionWrite(run_id, data))
+                outcome = "completed"
+                segment.outcome(outcome)
         finally:
-            current_context.reset(token)
-        self.writes.complete(CompletionWrite(run_id, data))
+            metrics.run_finished(self.queue, name, outcome, time.perf_counter() - started)
         log.debug("task %s completed", name, extra=extra)

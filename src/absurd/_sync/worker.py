@@ -8,12 +8,14 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from absurd._core import statements as q
+from absurd._core.metrics import worker_metrics
 from absurd._core.types import ClaimedTask
 from absurd._sync import _compat as compat
 from absurd._sync.db import CONNECTION_ERRORS
@@ -29,12 +31,14 @@ log = logging.getLogger("absurd.worker")
 POOL_CAP = 17
 
 
-def _extra(task: ClaimedTask) -> dict[str, Any]:
+def _extra(task: ClaimedTask, queue: str) -> dict[str, Any]:
     """``extra=`` for log records about one run (filters and formatters can use it)."""
     return {
         "task_id": str(task["task_id"]),
         "run_id": str(task["run_id"]),
+        "queue": queue,
         "task_name": task["task_name"],
+        "attempt": task["attempt"],
     }
 
 
@@ -64,7 +68,7 @@ class Worker:
       threads cannot be, so the sync worker's handler threads (daemons) keep
       running until the process exits, as it does after SIGTERM.
     - Logs go to the ``absurd.worker`` logger; records about a run carry
-      ``task_id``, ``run_id`` and ``task_name`` attributes.
+      ``task_id``, ``run_id``, ``queue``, ``task_name`` and ``attempt`` attributes.
     """
 
     def __init__(
@@ -96,6 +100,8 @@ class Worker:
         # loop to start (a list: appended from task threads in the sync worker).
         self._handoff: list[ClaimedTask] = []
         self._renewed_at = 0.0
+        #: Worker metrics (docs/observability.md): OpenTelemetry and/or Prometheus.
+        self.metrics = worker_metrics()
 
     def stop(self) -> None:
         """Stops claiming; running tasks get ``shutdown_grace`` seconds to finish."""
@@ -120,10 +126,11 @@ class Worker:
                 self.claim_timeout,
                 self.worker_id,
                 self._refill,
-                self._handoff.extend,
+                self._claimed_with_writes,
+                self.metrics,
             )
             # The client's tasks, their writes through this worker's group commit.
-            runner = self.app.runner.with_batcher(writes)
+            runner = replace(self.app.runner.with_batcher(writes), metrics=self.metrics)
             log.info(
                 "worker %s started on queue %r (concurrency %s)",
                 self.worker_id,
@@ -223,15 +230,19 @@ class Worker:
             claimed: list[ClaimedTask] = []
             if free > 0:
                 try:
+                    started = time.perf_counter()
                     claimed = runner.claim(
                         min(self.batch_size, free), self.claim_timeout, self.worker_id
                     )
+                    self.metrics.claimed(self.queue, len(claimed), time.perf_counter() - started)
                     if failures:
                         log.info(
                             "worker %s claims again (after %s failures)", self.worker_id, failures
                         )
+                        self.metrics.reconnected(self.queue, "claim")
                     failures = 0
                 except CONNECTION_ERRORS as exc:
+                    self.metrics.connection_error(self.queue, "claim")
                     failures += 1
                     delay = self._claim_retry_delay(failures)
                     log.log(
@@ -249,7 +260,7 @@ class Worker:
                             "claimed %s (attempt %s)",
                             task["task_name"],
                             task["attempt"],
-                            extra=_extra(task),
+                            extra=_extra(task, self.queue),
                         )
                     self._start(runner, task)
             self._renew_leases()
@@ -298,6 +309,7 @@ class Worker:
         try:
             runner.execute(task, self.claim_timeout)
         except CONNECTION_ERRORS as exc:
+            self.metrics.connection_error(self.queue, "run")
             # The database went away mid-run (before the handler, or while
             # recording its outcome): hand the run back rather than leave it to
             # its lease, which only a later claim would notice.
@@ -307,7 +319,7 @@ class Worker:
                 task["task_name"],
                 task["task_id"],
                 exc,
-                extra=_extra(task),
+                extra=_extra(task, self.queue),
             )
             try:
                 runner.writes.release(task["run_id"])
@@ -316,7 +328,7 @@ class Worker:
                     "could not hand back run %s (%r); its lease will expire",
                     task["run_id"],
                     again,
-                    extra=_extra(task),
+                    extra=_extra(task, self.queue),
                 )
         except (Exception, TaskInterrupt) as exc:  # never lose the worker to one task
             log.exception(
@@ -325,7 +337,7 @@ class Worker:
                 task["task_id"],
                 task["run_id"],
                 exc,
-                extra=_extra(task),
+                extra=_extra(task, self.queue),
             )
 
     def _reap(self) -> None:
@@ -337,6 +349,11 @@ class Worker:
         while self._handoff:
             task = self._handoff.pop(0)
             self._start(runner, task)
+
+    def _claimed_with_writes(self, tasks: list[ClaimedTask]) -> None:
+        """Runs a batch of writes claimed for the slots its completions free."""
+        self.metrics.claimed(self.queue, len(tasks), None)
+        self._handoff.extend(tasks)
 
     def _refill(self, finishing: int) -> int:
         """How many runs a batch of writes claims along with ``finishing``
@@ -354,7 +371,12 @@ class Worker:
             try:
                 runner.writes.release(task["run_id"])
             except (Exception, TaskInterrupt) as exc:  # its lease expires instead
-                log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
+                log.error(
+                    "could not release run %s: %r",
+                    task["run_id"],
+                    exc,
+                    extra=_extra(task, self.queue),
+                )
 
     def _renew_leases(self) -> None:
         if not self._inflight or self.claim_timeout <= 0:
@@ -372,7 +394,10 @@ class Worker:
             except (Exception, TaskInterrupt) as exc:
                 # Suspended, finished, cancelled: the task learns at its next call.
                 log.debug(
-                    "lease of run %s not renewed: %r", task["run_id"], exc, extra=_extra(task)
+                    "lease of run %s not renewed: %r",
+                    task["run_id"],
+                    exc,
+                    extra=_extra(task, self.queue),
                 )
 
     def _listen(self) -> None:
@@ -389,6 +414,7 @@ class Worker:
                 try:
                     conn.execute(listen)
                     if failures:  # the server is back: the pool's waiters need not wait
+                        self.metrics.reconnected(self.queue, "listen")
                         self._check_pool()
                     backoff, failures = 0.05, 0
                     self._wake.set()  # notifications may have been missed meanwhile
@@ -401,6 +427,7 @@ class Worker:
                 if not self._running:
                     return
                 log.warning("listener lost its connection (%s); reconnecting", exc)
+                self.metrics.connection_error(self.queue, "listen")
                 failures += 1
                 if failures == 1:  # the pool's idle connections probably died too
                     self._check_pool()
@@ -431,10 +458,15 @@ class Worker:
                 task["run_id"],
                 task["task_name"],
                 task["task_id"],
-                extra=_extra(task),
+                extra=_extra(task, self.queue),
             )
             try:
                 runner.writes.release(task["run_id"])
             except (Exception, TaskInterrupt) as exc:  # its lease expires instead
-                log.error("could not release run %s: %r", task["run_id"], exc, extra=_extra(task))
+                log.error(
+                    "could not release run %s: %r",
+                    task["run_id"],
+                    exc,
+                    extra=_extra(task, self.queue),
+                )
         self._inflight.clear()

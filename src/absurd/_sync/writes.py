@@ -18,6 +18,7 @@ import psycopg
 
 from absurd._core import logic
 from absurd._core import statements as q
+from absurd._core.metrics import NO_METRICS, NoMetrics
 from absurd._core.types import ClaimedTask
 from absurd._sync import _compat as compat
 from absurd._sync.db import Database
@@ -119,8 +120,10 @@ class WriteBatcher:
         worker_id: str,
         refill: Callable[[int], int],
         adopt: Callable[[list[ClaimedTask]], None],
+        metrics: NoMetrics = NO_METRICS,
     ) -> None:
         self.db = db
+        self.metrics = metrics
         self.queue = queue
         self.claim_timeout = claim_timeout
         self.worker_id = worker_id
@@ -175,6 +178,7 @@ class WriteBatcher:
                 if not batch:  # never expected: own is pending until sent
                     compat.resolve(own.future, Outcome.ALONE)
                     break
+                self.metrics.write_batch(self.queue, len(batch))
                 try:
                     self._flush(batch)
                 finally:

@@ -15,6 +15,7 @@ import click
 
 from absurd import Absurd, AsyncAbsurd
 from absurd.cli._output import CliError, verbose_option
+from absurd.observability import JsonFormatter, TaskContextFilter, serve_prometheus
 
 
 def load_app(spec: str) -> Absurd | AsyncAbsurd:
@@ -149,6 +150,25 @@ async def _run_async(apps: list[AsyncAbsurd], options: dict[str, Any]) -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line, with the task's fields (docs/observability.md).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve the worker's Prometheus metrics at http://ADDR:PORT/metrics.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the metrics endpoint (0.0.0.0: every interface).",
+)
 @verbose_option
 def worker(
     app_spec: str,
@@ -160,17 +180,33 @@ def worker(
     shutdown_grace: float,
     worker_id: str | None,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_addr: str,
 ) -> None:
     """Run the worker of the Absurd client MODULE:APP until SIGTERM or Ctrl-C.
 
     MODULE is imported from the current directory; APP is an Absurd or AsyncAbsurd
     instance with its tasks registered.
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TaskContextFilter())
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
+    if metrics_port is not None:
+        try:
+            serve_prometheus(metrics_port, metrics_addr)
+        except ImportError:
+            raise CliError(
+                "--metrics-port needs prometheus_client: pip install 'absurd[otel]'"
+            ) from None
+        except OSError as exc:
+            raise CliError(
+                f"cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}"
+            ) from None
     app = load_app(app_spec)
     names = dict.fromkeys(queues or (app.queue_name,))
     options: dict[str, Any] = {

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from absurd.habitat import api, views
+from absurd.habitat import api, prometheus, views
 from absurd.habitat.auth import Auth
 from absurd.habitat.state import STATIC_DIR, Habitat
 
@@ -65,6 +65,7 @@ def routes() -> list[BaseRoute]:
         Route("/logout", views.logout, methods=["POST"]),
         Route("/actions/{name}", views.action, methods=["POST"]),
         Route("/_healthz", api.healthz),
+        Route("/metrics", prometheus.metrics),
         Route("/api/config", api.config),
         Route("/api/metrics", api.metrics),
         Route("/api/tasks", api.tasks),
@@ -103,6 +104,7 @@ def create_app(
     app_routes = [Mount(base, routes=routes())] if base else routes()
     app = Starlette(routes=app_routes)
     app.state.habitat = habitat
+    app.state.prometheus = prometheus.Cache()
     app.add_middleware(SecurityHeaders)
     return app
 

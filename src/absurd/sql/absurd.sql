@@ -27,7 +27,7 @@
 --   Utilities      current_time, get_schema_version, validate_queue_name,
 --                  portable_uuidv7, uuidv7_timestamp, uuidv7_floor,
 --                  week_bucket_utc, partition_week_tag, retry_delay_seconds,
---                  queue_channel, queue_next_wake
+--                  queue_channel, queue_next_wake, queue_gauges
 --   Queues         ensure_queue_tables, create_queue, drop_queue, list_queues,
 --                  get_queue_policy, set_queue_policy
 --   Task lifecycle spawn_task, spawn_tasks, claim_task,
@@ -844,6 +844,9 @@ begin
     where cancel_deadline is not null$ix$, v_t || '_cdi', v_t);
   execute format($ix$create index if not exists %I on absurd.%I (finished_at)
     where finished_at is not null$ix$, v_t || '_fai', v_t);
+  -- Recently failed runs (queue_gauges); only failed runs have an entry.
+  execute format($ix$create index if not exists %I on absurd.%I (failed_at)
+    where failed_at is not null$ix$, v_r || '_fri', v_r);
   -- Task-name lookups (absurdctl list-tasks -n, Habitat's name filter). On the first
   -- 128 characters: a btree entry is limited to ~2.7 kB and task names are not;
   -- lookups also compare the whole name.
@@ -1572,6 +1575,25 @@ begin
 
   -- $1 queue name: the earliest due_at of the queue's unpaused schedules, one
   -- probe of schedules_due (claim_task fires schedules only when it is past).
+  -- $1 now, $2 failed since, $3 cap: queue_gauges' capped counts by state, one
+  -- ordered range each of r_<q>_sai, the oldest due pending run (its first entry),
+  -- and runs failed in ($2, $1] (r_<q>_fri).
+  when 'gauges' then $q$
+    select
+      (select count(*) from (select 1 from absurd.%2$I where state = 'pending'
+         order by available_at limit $3) x) as pending,
+      (select count(*) from (select 1 from absurd.%2$I where state = 'running'
+         order by available_at limit $3) x) as running,
+      s.sleeping, s.waiting,
+      (select min(available_at) from absurd.%2$I where state = 'pending'
+         and available_at <= $1) as oldest_pending_at,
+      (select count(*) from (select 1 from absurd.%2$I where failed_at > $2
+         and failed_at <= $1 limit $3) x) as failed
+    from (select count(*) filter (where wake_event is null) as sleeping,
+                 count(*) filter (where wake_event is not null) as waiting
+          from (select wake_event from absurd.%2$I where state = 'sleeping'
+                order by available_at limit $3) x) s$q$
+
   when 'schedule.due' then $q$
     select min(due_at) from absurd.schedules where queue_name = $1 and not paused$q$
 
@@ -1658,7 +1680,7 @@ as $$
     'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
     'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due', 'promise.lock',
     'promise.get', 'promise.create', 'promise.by_key', 'promise.settle', 'promise.own',
-    'cleanup.promises']);
+    'cleanup.promises', 'gauges']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -3047,6 +3069,57 @@ begin
   execute absurd._sql('next_wake', p_queue_name) into v_next;
   execute absurd._sql('schedule.due', p_queue_name) into v_due using p_queue_name;
   return least(v_next, v_due);
+end;
+$$;
+
+-- Gauges of each queue (or of one), for dashboards and alerts (Habitat's /metrics):
+-- pending and running runs, sleeping runs (a sleep or a retry's backoff) and waiting
+-- ones (an event or another task), the age in seconds of the oldest due pending run,
+-- runs failed in the last p_window, and schedule lag: how late, in seconds, the most
+-- overdue unpaused schedule is (0 when none is due). Each count stops at p_cap, so a
+-- call reads a bounded number of index entries whatever the backlog.
+create or replace function absurd.queue_gauges(
+  p_queue_name text default null,
+  p_window interval default '5 minutes',
+  p_cap integer default 100000
+)
+returns table (queue_name text, pending bigint, running bigint, sleeping bigint,
+               waiting bigint, oldest_pending_age double precision, failed_recently bigint,
+               schedule_lag double precision)
+language plpgsql
+stable
+set enable_seqscan = off
+as $$
+#variable_conflict use_column
+declare
+  v_now timestamptz := absurd.current_time();
+  v_queue text;
+  v_oldest timestamptz;
+  v_due timestamptz;
+begin
+  if p_cap is null or p_cap < 1 then
+    perform absurd._raise('AB015', 'limit must be at least 1');
+  end if;
+  if p_window is null or p_window < interval '0' then
+    perform absurd._raise('AB015', 'window must be a non-negative interval');
+  end if;
+  if p_queue_name is not null then
+    perform absurd._require_queue(p_queue_name);
+  end if;
+  for v_queue in
+    select q.queue_name from absurd.queues q
+    where (p_queue_name is null or q.queue_name = p_queue_name)
+    order by q.queue_name
+  loop
+    queue_name := v_queue;
+    execute absurd._sql('gauges', v_queue)
+      into pending, running, sleeping, waiting, v_oldest, failed_recently
+      using v_now, v_now - p_window, p_cap;
+    execute absurd._sql('schedule.due', v_queue) into v_due using v_queue;
+    oldest_pending_age := coalesce(greatest(extract(epoch from v_now - v_oldest), 0), 0);
+    schedule_lag := coalesce(greatest(extract(epoch from v_now - v_due), 0), 0);
+    return next;
+  end loop;
 end;
 $$;
 

@@ -397,6 +397,12 @@ select
   (select absurd.uuidv7_timestamp(task_id) from {t}
      order by task_id desc limit 1) as newest_task_at
 
+-- name: habitat_queue_gauges --
+-- /metrics: every queue's gauges (absurd.queue_gauges: capped, index-driven counts).
+select queue_name, pending, running, sleeping, waiting, oldest_pending_age,
+       failed_recently, schedule_lag
+from absurd.queue_gauges(null, make_interval(secs => %(window)s), %(cap)s)
+
 -- name: habitat_queue_throughput --
 select m as minute,
   (select count(*) from (select 1 from {t} where finished_at >= m
