@@ -232,6 +232,32 @@ async def test_a_child_task_joins_its_parents_trace(api: Api, spans: InMemorySpa
     assert len(named(spans, "absurd.spawn child")) == 1
 
 
+async def test_a_promise_wait_is_an_event_of_each_segment(
+    api: Api, spans: InMemorySpanExporter
+) -> None:
+    app = await api.client()
+
+    @app.register_task("approve")
+    async def approve(params: Any, ctx: Any) -> Any:
+        handle = await ctx.promise("approval")
+        return await ctx.await_promise(handle, timeout=60)
+
+    task_id = (await app.spawn("approve"))["task_id"]
+    await app.work_batch()  # creates the promise and suspends on it
+    (first,) = named(spans, "absurd.run approve")
+    (waited,) = events(first, "absurd.await_promise")
+    assert waited["absurd.wait.outcome"] == "suspended"
+    assert waited["absurd.timeout"] == 60
+    promise_id = waited["absurd.promise_id"]
+    assert await app.resolve_promise(promise_id, {"ok": True})
+    await app.work_batch()  # woken with the value
+    assert api.task(task_id)["state"] == "completed"
+    _, resumed = sorted(named(spans, "absurd.run approve"), key=lambda s: s.start_time or 0)
+    (again,) = events(resumed, "absurd.await_promise")
+    assert again["absurd.promise_id"] == promise_id
+    assert again["absurd.wait.outcome"] in ("replayed", "resolved")
+
+
 async def test_a_task_spawned_from_sql_with_a_traceparent_joins_that_trace(
     api: Api, spans: InMemorySpanExporter
 ) -> None:

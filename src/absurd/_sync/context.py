@@ -416,6 +416,7 @@ class TaskContext(compat.RunStepMixin):
             (self._queue, self.task_id, self.run_id, checkpoint, str(pid), _seconds(timeout)),
             lambda data: data,
             f'Timed out waiting for promise "{pid}"',
+            ("absurd.await_promise", {"absurd.promise_id": str(pid), "absurd.timeout": timeout}),
         )
         return promises.settlement_value(pid, settlement, self._run.serializer.revive)
 
