@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from absurd import Absurd, AsyncAbsurd
+from absurd import Absurd, AsyncAbsurd, PromiseRejected
 from absurd.errors import InvalidArgument
 from absurd.testing import (
     Clock,
@@ -19,6 +19,7 @@ from absurd.testing import (
     crash_at_every_step,
     emit,
     mock_step,
+    reject_promise,
     resolve_promise,
     run_until_idle,
     task_history,
@@ -162,9 +163,29 @@ def test_mock_step_returns_or_raises_and_counts(app: Absurd) -> None:
         pass
 
 
-def test_resolve_promise_says_there_are_no_promises_yet() -> None:
-    with pytest.raises(NotImplementedError, match="no promises"):
-        resolve_promise("p", 1)
+def test_resolve_and_reject_promise_wake_the_awaiting_task(
+    app: Absurd, absurd_clock: Clock
+) -> None:
+    handles: list[Any] = []
+
+    @app.register_task("approve")
+    def approve(params: Any, ctx: Any) -> Any:
+        handle = ctx.promise("approval", timeout=7 * 86400)
+        handles.append(handle)
+        try:
+            return ctx.await_promise(handle)
+        except PromiseRejected as exc:
+            return {"rejected": exc.error}
+
+    app.spawn("approve")
+    assert run_until_idle(app, max_advance=DAY)[-1].state == "sleeping"
+    assert resolve_promise(app, handles[-1], {"by": "ann"}) is True
+    assert run_until_idle(app)[-1].result == {"by": "ann"}
+    app.spawn("approve")
+    run_until_idle(app, max_advance=DAY)
+    assert reject_promise(app, handles[-1].id, "no budget") is True
+    assert run_until_idle(app)[-1].result == {"rejected": "no budget"}
+    assert resolve_promise(app, handles[-1], {"late": True}) is False  # the first one won
 
 
 def test_without_the_fixture_the_helpers_say_what_is_missing() -> None:

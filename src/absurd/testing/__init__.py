@@ -43,6 +43,7 @@ __all__ = [
     "crash_at_every_step",
     "emit",
     "mock_step",
+    "reject_promise",
     "resolve_promise",
     "run_until_idle",
     "task_history",
@@ -169,12 +170,35 @@ def emit(app: App, event_name: str, payload: Any = None) -> Awaitable[None] | No
     return app.emit_event(event_name, payload)
 
 
-def resolve_promise(*_args: Any, **_kwargs: Any) -> None:
-    """Not available yet: the engine has no promises."""
-    raise NotImplementedError(
-        "resolve_promise: this version of the engine has no promises; "
-        "use events (emit) to hand a value to a waiting task"
-    )
+@overload
+def resolve_promise(
+    app: AsyncAbsurd, promise: Any, payload: Any = ..., *, delivery_key: str | None = ...
+) -> Awaitable[bool]: ...
+@overload
+def resolve_promise(
+    app: Absurd, promise: Any, payload: Any = ..., *, delivery_key: str | None = ...
+) -> bool: ...
+def resolve_promise(
+    app: App, promise: Any, payload: Any = None, *, delivery_key: str | None = None
+) -> Awaitable[bool] | bool:
+    """Resolves a promise of the client's queue (a handle or its id), as a webhook or
+    an operator would; the task awaiting it becomes claimable. True when applied."""
+    return app.resolve_promise(promise, payload, delivery_key=delivery_key)
+
+
+@overload
+def reject_promise(
+    app: AsyncAbsurd, promise: Any, error: Any = ..., *, delivery_key: str | None = ...
+) -> Awaitable[bool]: ...
+@overload
+def reject_promise(
+    app: Absurd, promise: Any, error: Any = ..., *, delivery_key: str | None = ...
+) -> bool: ...
+def reject_promise(
+    app: App, promise: Any, error: Any = None, *, delivery_key: str | None = None
+) -> Awaitable[bool] | bool:
+    """Rejects a promise of the client's queue: the awaiting task gets PromiseRejected."""
+    return app.reject_promise(promise, error, delivery_key=delivery_key)
 
 
 # -- mocking steps ---------------------------------------------------------------------
