@@ -18,7 +18,7 @@ from psycopg import sql
 from absurd.habitat import store
 from tests.cli.conftest import Cli
 
-DETAIL_KEYS = {"queue_name", "runs", "checkpoints", "waits"}
+DETAIL_KEYS = {"queue_name", "runs", "checkpoints", "waits", "promises"}
 
 
 def waiting_task(engine: Any) -> tuple[uuid.UUID, uuid.UUID]:
@@ -55,6 +55,7 @@ def test_dump_task_and_habitat_get_the_same_columns(
     assert [c["checkpoint_name"] for c in detail["checkpoints"]] == ["first", "second"]
     assert [list(w) for w in cli_run["waits"]] == [list(w) for w in detail["waits"]]
     assert cli_run["waits"][0]["event_name"] == detail["waits"][0]["event_name"] == "shipped"
+    assert dumped["promises"] == detail["promises"] == []
 
 
 def test_a_waits_emitted_at_is_the_events_emission_time(
@@ -93,3 +94,19 @@ def test_habitat_caps_the_lists_and_a_dump_is_complete(
     dumped, detail = both(cli, conn, queue, task_id)
     assert [c["checkpoint_name"] for c in dumped["checkpoints"]] == ["first", "second"]
     assert [c["checkpoint_name"] for c in detail["checkpoints"]] == ["first"]
+
+
+def test_dump_task_lists_the_promises_a_task_owns_like_habitat(
+    cli: Cli, engine: Any, conn: psycopg.Connection[Any], queue: str
+) -> None:
+    task_id, _ = waiting_task(engine)
+    row = conn.execute(
+        "select promise_id from absurd.create_promise(%s, jsonb_build_object('task_id', %s::text))",
+        (queue, str(task_id)),
+    ).fetchone()
+    assert row is not None
+    dumped, detail = both(cli, conn, queue, task_id)
+    assert [p["promise_id"] for p in dumped["promises"]] == [str(row[0])]
+    assert [list(p) for p in dumped["promises"]] == [list(p) for p in detail["promises"]]
+    shown = cli("dump-task", "--task-id", str(task_id), "-q", queue).stdout
+    assert f"promise {row[0]} (owned): pending" in shown

@@ -256,7 +256,8 @@ def list_tasks(
 
 
 def dump(conn: Conn, queue: str, task_id: uuid.UUID) -> dict[str, Any]:
-    """Everything about one task: the task row, its runs, waits and checkpoints."""
+    """Everything about one task: the task row, its runs, waits and checkpoints, and
+    the promises it owns or awaits."""
     # limit null: a dump is complete (Habitat caps the same reads per page).
     args = {"task_id": task_id, "limit": None}
     task = conn.execute(queries.query("task_get", queue), args).fetchone()
@@ -265,10 +266,20 @@ def dump(conn: Conn, queue: str, task_id: uuid.UUID) -> dict[str, Any]:
     runs = conn.execute(queries.query("run_list_by_task", queue), args).fetchall()
     checkpoints = conn.execute(queries.query("checkpoint_list_by_task", queue), args).fetchall()
     waits = conn.execute(queries.query("wait_list_by_task", queue), args).fetchall()
+    promises = conn.execute(
+        queries.query("promise_list", queue),
+        {"queue": queue, "task_id": task_id, "state": None, "limit": None},
+    ).fetchall()
     for run in runs:
         run["waits"] = [w for w in waits if w["run_id"] == run["run_id"]]
         run["checkpoints"] = [c for c in checkpoints if c["owner_run_id"] == run["run_id"]]
-    return {"queue": queue, "task": task, "runs": runs, "checkpoints": checkpoints}
+    return {
+        "queue": queue,
+        "task": task,
+        "runs": runs,
+        "checkpoints": checkpoints,
+        "promises": promises,
+    }
 
 
 def _print_failure(reason: Any) -> None:
@@ -315,6 +326,15 @@ def _print_dump(data: dict[str, Any]) -> None:
                 f"    step {cp['checkpoint_name']!r} = {cell(cp['state'])}"
                 f" ({cell(cp['updated_at'])})"
             )
+    for promise in data["promises"]:
+        owner = "owned" if promise["task_id"] == data["task"]["task_id"] else "awaited"
+        click.echo(
+            f"\npromise {promise['promise_id']} ({owner}): {promise['state']},"
+            f" expires {cell(promise['expires_at'])}"
+            + (f", settled {cell(promise['settled_at'])}" if promise["settled_at"] else "")
+        )
+        if promise["payload"] is not None:
+            click.echo(f"    payload: {cell(promise['payload'])}")
     owned = {c["checkpoint_name"] for r in data["runs"] for c in r["checkpoints"]}
     other = [c for c in data["checkpoints"] if c["checkpoint_name"] not in owned]
     if other:
