@@ -377,7 +377,7 @@ def test_ingress_emits_spawns_settles_and_records_deliveries(roles: Roles) -> No
         c.execute("select absurd.emit_event('jobs', 'hook:1', '{\"a\": 1}')")
         spawned = c.execute(
             "select created from absurd.spawn_task('jobs', 'hooked', '{}',"
-            " '{\"idempotency_key\": \"k1\"}')"
+            ' \'{"idempotency_key": "k1"}\')'
         )
         assert spawned.fetchone() == (True,)
         settled = c.execute(

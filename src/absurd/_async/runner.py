@@ -12,7 +12,7 @@ from absurd._async import _compat as compat
 from absurd._async.context import Run, current_context, new_context
 from absurd._async.db import Database
 from absurd._async.writes import CompletionWrite, WriteBatcher, Writes
-from absurd._core import logic
+from absurd._core import logic, promises
 from absurd._core import statements as q
 from absurd._core.serde import Serializer
 from absurd._core.types import AbsurdHooks, ClaimedTask
@@ -34,6 +34,8 @@ class Runner:
     hooks: AbsurdHooks
     spawn: Callable[..., Any]
     emit_event: Callable[..., Any]
+    #: Makes promises' capability URLs (the client's ingress configuration).
+    promise_url: promises.UrlMaker = promises.no_url
 
     @property
     def queue(self) -> str:
@@ -85,6 +87,7 @@ class Runner:
             registry=self.registry,
             spawn=self.spawn,
             emit_event=self.emit_event,
+            promise_url=self.promise_url,
         )
         ctx = new_context(run, dict(preloaded))
         token = current_context.set(ctx)

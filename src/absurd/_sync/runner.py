@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from absurd._core import logic
+from absurd._core import logic, promises
 from absurd._core import statements as q
 from absurd._core.serde import Serializer
 from absurd._core.types import AbsurdHooks, ClaimedTask
@@ -35,6 +35,8 @@ class Runner:
     hooks: AbsurdHooks
     spawn: Callable[..., Any]
     emit_event: Callable[..., Any]
+    #: Makes promises' capability URLs (the client's ingress configuration).
+    promise_url: promises.UrlMaker = promises.no_url
 
     @property
     def queue(self) -> str:
@@ -86,6 +88,7 @@ class Runner:
             registry=self.registry,
             spawn=self.spawn,
             emit_event=self.emit_event,
+            promise_url=self.promise_url,
         )
         ctx = new_context(run, dict(preloaded))
         token = current_context.set(ctx)

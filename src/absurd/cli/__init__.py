@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "absurd.cli.dev",
     "absurd.cli.worker",
     "absurd.cli.habitat",
+    "absurd.cli.ingress",
 )
 
 
