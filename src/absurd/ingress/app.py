@@ -20,7 +20,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from absurd._async.db import Database
 from absurd._core import logic, tokens
 from absurd._core import statements as q
-from absurd.errors import InvalidArgument, PromiseExpired, PromiseNotFound, translate
+from absurd.errors import (
+    InvalidArgument,
+    PromiseExpired,
+    PromiseNotFound,
+    QueueNotFound,
+    translate,
+)
 from absurd.ingress.sources import IngressConfig, Source, check_limits
 from absurd.ingress.templates import TemplateError
 from absurd.ingress.verifiers import BadSignature
@@ -159,7 +165,7 @@ async def _settle(request: Request, reject: bool) -> Response:
         row = await ingress.run(
             (statement_, (queue, str(verified[0]), json.dumps(payload), key)), None
         )
-    except (PromiseNotFound, PromiseExpired):
+    except (PromiseNotFound, PromiseExpired, QueueNotFound):
         raise Reject(404, "not found") from None
     assert row is not None
     if not row["applied"]:
