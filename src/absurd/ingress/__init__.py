@@ -127,5 +127,7 @@ def serve(
     from absurd.habitat.app import quiet_server
 
     app = create_app(dsn, **options)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", proxy_headers=True)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", access_log=False, proxy_headers=True
+    )
     quiet_server(config).run()
