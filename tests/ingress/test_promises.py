@@ -179,3 +179,22 @@ def test_without_ingress_configuration_handles_have_no_url(server: Ingress) -> N
         absurd.Absurd(server.dsn, ingress_url="ftp://x", ingress_secrets=CAPABILITY_SECRETS)
     with pytest.raises(absurd.InvalidArgument):
         absurd.Absurd(server.dsn, ingress_url="https://x.example", ingress_secrets=[])
+
+
+def test_a_queue_name_with_slashes_and_spaces(server: Ingress) -> None:
+    queue = "odd/name with spaces"
+    app = absurd.Absurd(
+        server.dsn, queue, ingress_url=server.url, ingress_secrets=CAPABILITY_SECRETS
+    )
+    try:
+        app.create_queue()
+        handle = app.create_promise(600)
+        assert handle.url is not None and "/p/odd%2Fname%20with%20spaces/" in handle.url
+        assert server.post(urlsplit(handle.url).path, {"ok": 1}).status == 202
+        assert app.get_promise(handle.id).payload == {"ok": 1}
+        second = app.create_promise(600)
+        assert server.post(urlsplit(app.promise_url(second, reject=True)).path, {}).status == 202
+        assert app.get_promise(second.id).state == "rejected"
+    finally:
+        app.drop_queue()
+        app.close()

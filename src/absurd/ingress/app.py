@@ -193,9 +193,12 @@ def promise_routes() -> list[BaseRoute]:
     """``POST /p/<queue>/<token>`` resolves, ``.../reject`` rejects (no CORS: server to
     server; a browser form would post from the approver's page through its backend)."""
     base = tokens.PROMISE_PREFIX
+    # A queue name may hold any character, "/" too (the server sees the decoded path);
+    # a token never does. The reject route comes first: the greedy queue would
+    # otherwise take ".../<token>" and leave "reject" as the token.
     return [
-        Route(base + "/{queue}/{token}", resolve, methods=["POST"]),
-        Route(base + "/{queue}/{token}/reject", reject, methods=["POST"]),
+        Route(base + "/{queue:path}/{token}/reject", reject, methods=["POST"]),
+        Route(base + "/{queue:path}/{token}", resolve, methods=["POST"]),
     ]
 
 
