@@ -582,6 +582,7 @@ class AsyncAbsurd(ScheduleMethods):
             serializer=self.serializer,
             pool_size=self.db.pool_size,
         )
+        other.ingress = self.ingress
         for task in self._registry.values():
             other.register_task(
                 task.name,

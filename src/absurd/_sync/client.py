@@ -579,6 +579,7 @@ class Absurd(ScheduleMethods):
             serializer=self.serializer,
             pool_size=self.db.pool_size,
         )
+        other.ingress = self.ingress
         for task in self._registry.values():
             other.register_task(
                 task.name,
