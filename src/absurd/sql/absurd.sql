@@ -21,6 +21,9 @@
 --   absurd.schedule_fires         the fire log: each tick's outcome
 --   absurd.promises               durable promises of every queue: settled once
 --                                 from outside, awaited by tasks (see "Promises")
+--   absurd.ingress_deliveries     webhook deliveries absurd.ingress acted on, by
+--                                 (source, provider delivery id): redeliveries
+--                                 are recognised (see "Ingress deliveries")
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
@@ -46,6 +49,7 @@
 --                  fire_schedules (claim_task fires due schedules itself)
 --   Promises       create_promise, resolve_promise, reject_promise,
 --                  await_promise, get_promise
+--   Ingress        record_delivery, cleanup_ingress_deliveries
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
