@@ -147,6 +147,7 @@ def test_tampered_expired_and_unknown_tokens_get_the_same_404(server: Ingress) -
             + "/"
             + tokens.TokenSigner(["k1=another-secret-entirely-000"]).sign(handle.id, None),
             prefix + "/not-a-token",
+            f"/p/{'q' * 58}/{base.rsplit('/', 1)[1]}",  # not a queue name
             prefix + "/" + "a" * 300,
         ]
         replies = [server.post(p, {"x": 1}) for p in forged]

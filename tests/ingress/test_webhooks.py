@@ -308,6 +308,12 @@ def test_configuration_file(tmp_path: object) -> None:
             }
         },
         {"sources": {"s": {"verifier": "bearer", "secrets": ["x"], "emit": "e", "surprise": 1}}},
+        {
+            "sources": {
+                "s": {"verifier": "bearer", "secrets": ["x"], "emit": "e", "queue": "q" * 58}
+            }
+        },
+        {"sources": {"s": {"verifier": "bearer", "secrets": ["x"], "emit": "e", "queue": ""}}},
         {"max_body_bytes": 0},
         {"unknown": 1},
     ):

@@ -156,7 +156,7 @@ async def _settle(request: Request, reject: bool) -> Response:
     verified = ingress.signer.verify(token) if ingress.signer is not None else None
     try:
         logic.validate_queue_name(queue)
-    except InvalidArgument:
+    except ValueError:  # InvalidQueueName
         verified = None
     if verified is None:
         raise Reject(404, "not found")

@@ -18,7 +18,7 @@ from typing import Any
 
 from absurd._core import logic
 from absurd._core import statements as q
-from absurd.errors import InvalidArgument, InvalidIngressConfig
+from absurd.errors import InvalidIngressConfig
 from absurd.ingress.templates import Template, TemplateError, lookup
 from absurd.ingress.templates import field as field_path
 from absurd.ingress.verifiers import Verifier, make_verifier
@@ -162,7 +162,7 @@ class Source:
             )
         try:
             self.queue = logic.validate_queue_name(self.queue)
-        except InvalidArgument as exc:
+        except ValueError as exc:  # InvalidQueueName
             raise InvalidIngressConfig(str(exc)) from None
         if self.rate is not None:
             self.limiter = TokenBucket(self.rate, self.burst)
