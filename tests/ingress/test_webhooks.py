@@ -319,3 +319,19 @@ def test_configuration_file(tmp_path: object) -> None:
     ):
         with pytest.raises(InvalidIngressConfig):
             ingress.parse_config(bad)
+
+
+def test_ingress_needs_neither_habitat_nor_its_dependencies() -> None:
+    """``absurd[ingress]`` is starlette and uvicorn: no jinja2, no Habitat."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['jinja2'] = None\n"
+        "from absurd import ingress\n"
+        "import absurd.ingress.app\n"
+        "ingress.create_app('postgresql://nowhere/x', secrets=['k=0123456789abcdef'])\n"
+        "assert 'absurd.habitat' not in sys.modules, 'habitat imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

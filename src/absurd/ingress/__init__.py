@@ -14,6 +14,7 @@ Configuration: ``docs/ingress.md``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -121,13 +122,21 @@ def create_app(
 def serve(
     dsn: str | None = None, *, host: str = "127.0.0.1", port: int = 7891, **options: Any
 ) -> None:
-    """Serves ingress with uvicorn until SIGINT/SIGTERM (``options``: ``create_app``'s)."""
-    import uvicorn
+    """Serves ingress with uvicorn until SIGINT/SIGTERM (``options``: ``create_app``'s),
+    then returns: the requests in flight finish first (uvicorn's own handlers would
+    re-raise the signal after shutting down)."""
+    import signal
+    import threading
 
-    from absurd.habitat.app import quiet_server
+    import uvicorn
 
     app = create_app(dsn, **options)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", access_log=False, proxy_headers=True
     )
-    quiet_server(config).run()
+    server = uvicorn.Server(config)
+    if threading.current_thread() is threading.main_thread():
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, server.handle_exit)
+    server.run()
