@@ -335,3 +335,34 @@ def test_ingress_needs_neither_habitat_nor_its_dependencies() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_cap_holds_while_the_body_streams() -> None:
+    """A body longer than its Content-Length (an HTTP server that let it through, an
+    ASGI server of another kind) is still cut at the cap, counted as it arrives. No
+    HTTP server here: uvicorn itself never delivers more than Content-Length."""
+    import anyio
+
+    app = ingress.create_app(
+        "postgresql://nowhere/x",
+        sources=[ingress.Source("b", ingress.make_verifier("bearer", BEARER), ingress.Emit("e"))],
+        max_body=100,
+    )
+    chunks = [b"x" * 60, b"x" * 60, b"x" * 60]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        body = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/hooks/b", "raw_path": b"/hooks/b",
+        "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+        "server": ("127.0.0.1", 1), "client": ("127.0.0.1", 2),
+        "headers": [(b"content-length", b"10"), (b"authorization", f"Bearer {BEARER}".encode())],
+    }  # fmt: skip
+    anyio.run(app, scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413
