@@ -58,3 +58,10 @@ def test_fan_out_maps_races_and_cancels() -> None:
     assert "Result: total_words=29, mirror=mirror-b" in out
     assert "'mirror-a': 'cancelled', 'mirror-b': 'completed', 'mirror-c': 'cancelled'" in out
     assert "OK: each child ran once" in out
+
+
+def test_approval_waits_for_the_http_answer() -> None:
+    out = run_example("approval.py").stdout
+    assert "POST statuses: approve 202, reject 202, repeat 200" in out
+    assert "v1.5.0: rejected (change freeze); nothing deployed" in out
+    assert "OK: each deployment went as its approver decided" in out

@@ -20,7 +20,8 @@ Errors (catch them with ``except AbsurdError`` or ``except Exception``)::
      │    ├── UnknownTimeZone         AB018
      │    ├── InvalidScheduleOption   AB019
      │    ├── BackfillTooLarge        AB022
-     │    └── InvalidPromiseOption    AB033
+     │    ├── InvalidPromiseOption    AB033
+     │    └── InvalidIngressConfig    AB034
      ├── ScheduleConflict             AB020
      ├── ScheduleNotFound             AB021
      ├── PromiseNotFound              AB030
@@ -57,6 +58,7 @@ __all__ = [
     "FailedTask",
     "InvalidArgument",
     "InvalidCronExpression",
+    "InvalidIngressConfig",
     "InvalidPromiseOption",
     "InvalidQueueName",
     "InvalidQueuePolicy",
@@ -206,6 +208,13 @@ class InvalidPromiseOption(InvalidArgument):
     """A promise option or delivery key is invalid; nothing was created."""
 
     sqlstate = "AB033"
+
+
+class InvalidIngressConfig(InvalidArgument):
+    """An ingress source, verifier, action or template is invalid (absurd.ingress
+    refuses to start with it)."""
+
+    sqlstate = "AB034"
 
 
 class PromiseNotFound(AbsurdError):

@@ -126,13 +126,23 @@ def install_roles(conn: psycopg.Connection[Any], prefix: str = "") -> tuple[str,
     EXECUTE on the read-only functions (for Habitat). Both are NOLOGIN: grant them
     to login roles. Run it as the schema's owner, after :func:`install`; later
     ``install``/``migrate`` calls re-apply it. Idempotent. See ``docs/security.md``.
+
+    A third role, ``<prefix>absurd_ingress``, may only EXECUTE what the HTTP receiver
+    ``absurd.ingress`` needs (emit an event, spawn a task, settle or read a promise,
+    record a webhook delivery); see ``docs/ingress.md``.
     """
     worker, reader = f"{prefix}absurd_worker", f"{prefix}absurd_reader"
     with conn.transaction():
         _fetch(conn, "advisory_xact_lock", key=_INSTALL_LOCK_KEY)
         conn.execute(roles_sql().encode())
         _fetch(conn, "role_pair_install", worker=worker, reader=reader)
+        _fetch(conn, "role_ingress_install", ingress=_ingress_role(worker), create=True)
     return worker, reader
+
+
+def _ingress_role(worker: str) -> str:
+    """The ingress role that goes with a worker role (the same prefix)."""
+    return worker.removesuffix("absurd_worker") + "absurd_ingress"
 
 
 def uninstall_roles(conn: psycopg.Connection[Any], prefix: str = "") -> None:
@@ -145,6 +155,7 @@ def uninstall_roles(conn: psycopg.Connection[Any], prefix: str = "") -> None:
     with conn.transaction():
         _fetch(conn, "advisory_xact_lock", key=_INSTALL_LOCK_KEY)
         worker, reader = f"{prefix}absurd_worker", f"{prefix}absurd_reader"
+        _fetch(conn, "role_ingress_uninstall", ingress=_ingress_role(worker))
         _fetch(conn, "role_pair_uninstall", worker=worker, reader=reader)
 
 
@@ -157,3 +168,5 @@ def _reapply_roles(conn: psycopg.Connection[Any]) -> None:
         conn.execute(roles_sql().encode())
         for worker, reader in pairs:
             _fetch(conn, "role_pair_install", worker=worker, reader=reader)
+        for worker, _reader in pairs:
+            _fetch(conn, "role_ingress_install", ingress=_ingress_role(worker), create=False)

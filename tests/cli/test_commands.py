@@ -26,7 +26,16 @@ def fresh_queue() -> str:
 def test_every_upstream_command_is_there(cli: Cli) -> None:
     result = cli("--help")
     assert result.code == 0
-    ours = ["install-skill", "demo", "dev", "worker", "habitat", "agent-help", *DB_GROUPS]
+    ours = [
+        "install-skill",
+        "demo",
+        "dev",
+        "worker",
+        "habitat",
+        "ingress",
+        "agent-help",
+        *DB_GROUPS,
+    ]
     for name in [*DB_COMMANDS, *ours]:
         assert f"  {name} " in result.stdout, name
         assert cli(name, "--help").code == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,21 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
         [str(SCRIPT), *args], cwd=ROOT, env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def stops_on_sigterm(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Runs the block, then SIGTERMs the process and expects a clean exit (killed if
+    the block fails)."""
+    try:
+        yield
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_state(dsn: str, queue: str, task_id: str, state: str, timeout: float = 20) -> Any:
@@ -53,17 +70,10 @@ def test_worker_runs_tasks_on_several_queues_and_stops_on_sigterm(
     tasks = [cli("spawn-task", "echo", "-q", q, "-P", "n:=1", "--json").json() for q in queues]
     proc = start("worker", f"tests.cli.worker_app:{attr}", *[a for q in queues for a in ("-q", q)],
                  "-c", "2", "--claim-timeout", "30", env={"ABSURD_DATABASE_URL": dsn})  # fmt: skip
-    try:
+    with stops_on_sigterm(proc):
         for q, t in zip(queues, tasks, strict=True):
             result = wait_state(dsn, q, t["task_id"], "completed")
             assert result["echo"] == {"n": 1} and result["pid"] == proc.pid
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_worker_bad_app_spec(cli: Cli) -> None:
@@ -122,7 +132,7 @@ def test_habitat_serves_with_a_token_and_stops_on_sigterm(cli: Cli, dsn: str) ->
     port = _free_port()
     proc = start("habitat", "-d", dsn, "--port", str(port), "--token", "s3cret")
     base = f"http://127.0.0.1:{port}"
-    try:
+    with stops_on_sigterm(proc):
         _wait_healthy(base, proc)
         assert _http(f"{base}/tasks") == 200
         spawn = {"queueName": queue, "taskName": "from-cli-test", "params": {"n": 1}}
@@ -131,13 +141,32 @@ def test_habitat_serves_with_a_token_and_stops_on_sigterm(cli: Cli, dsn: str) ->
         assert _http(f"{base}/api/tasks/spawn", spawn, token="s3cret") == 200
         listed = cli("list-tasks", "-q", queue, "--json").json()
         assert [t["task_name"] for t in listed] == ["from-cli-test"]
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+def test_ingress_serves_its_config_and_stops_on_sigterm(cli: Cli, dsn: str, tmp_path: Path) -> None:
+    pytest.importorskip("absurd.ingress.app")
+    queue = f"ing_{os.urandom(4).hex()}"
+    assert cli("create-queue", queue).code == 0
+    config = tmp_path / "ingress.json"
+    source = {"verifier": "bearer", "secrets_env": "TEST_HOOK_TOKEN", "queue": queue,
+              "emit": "hook:{kind}"}  # fmt: skip
+    config.write_text(json.dumps({"sources": {"ci": source}}))
+    env = {"TEST_HOOK_TOKEN": "hook-token-0001", "ABSURD_INGRESS_SECRET": "k=0123456789abcdef"}
+    port = _free_port()
+    proc = start("ingress", "-d", dsn, "--port", str(port), "--config", str(config), env=env)
+    base = f"http://127.0.0.1:{port}"
+    with stops_on_sigterm(proc):
+        _wait_healthy(base, proc)
+        assert _http(f"{base}/hooks/ci", {"kind": "built"}, token="hook-token-0001") == 202
+        assert _http(f"{base}/hooks/ci", {"kind": "built"}, token="wrong") == 401
+        assert _http(f"{base}/hooks/nope", {"kind": "built"}) == 404
+        with psycopg.connect(dsn, autocommit=True) as c:
+            row = c.execute(f'select count(*) from absurd."e_{queue}" where event_name = %s',
+                            ("hook:built",)).fetchone()  # fmt: skip
+        assert row == (1,)
+    bad = {"verifier": "bearer", "secrets": ["x"], "emit": "{kind!r}"}
+    config.write_text(json.dumps({"sources": {"ci": bad}}))
+    one_line_error(cli("ingress", "-d", dsn, "--config", str(config)), "template")
 
 
 def test_dev_with_habitat(tmp_path: Path) -> None:

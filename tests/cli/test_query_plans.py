@@ -67,6 +67,8 @@ GLOBAL: dict[str, dict[str, Any]] = {
     "schema_relation_list": {},
     "schema_trigger_list": {},
     "clock_now": {},
+    "ingress_delivery_record": {"source": "stripe", "delivery_id": "evt_1"},
+    "ingress_delivery_cleanup": {"ttl": 86400},
     "test_clock_reset": {},
     "test_database_fingerprint": {},
     "test_clock_freeze": {"at": WEEK},
@@ -124,6 +126,8 @@ ROLES: dict[str, dict[str, Any]] = {
     "role_pair_list": {},
     "role_pair_install": {"worker": "w", "reader": "r"},
     "role_pair_uninstall": {"worker": "w", "reader": "r"},
+    "role_ingress_install": {"ingress": "i", "create": False},
+    "role_ingress_uninstall": {"ingress": "i"},
 }
 
 

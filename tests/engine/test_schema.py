@@ -285,9 +285,9 @@ def test_valid_queue_names(conn: psycopg.Connection[Any], name: str) -> None:
 
 
 def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> None:
-    """0.6.0 had no schedules and no promises: absurd.sql alone adds the tables, the
-    indexes and the functions, and claims keep working. 0.6.0 is recreated by dropping
-    them."""
+    """0.6.0 had no schedules, no promises and no ingress deliveries: absurd.sql alone
+    adds the tables, the indexes and the functions, and claims keep working. 0.6.0 is
+    recreated by dropping them."""
     url = new_database()
     with psycopg.connect(url, autocommit=True) as c:
         schema.install(c)
@@ -297,10 +297,14 @@ def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> N
             "select oid::regprocedure::text from pg_proc"
             " where pronamespace = 'absurd'::regnamespace"
             "   and (proname like '%schedule%' or proname like '%promise%'"
+            "        or proname like '%delivery%' or proname like '%deliveries%'"
             "        or proname = '_iso_utc')"
         ).fetchall():
             c.execute(f"drop function {function}")
-        c.execute("drop table absurd.schedule_fires, absurd.schedules, absurd.promises")
+        c.execute(
+            "drop table absurd.schedule_fires, absurd.schedules, absurd.promises,"
+            " absurd.ingress_deliveries"
+        )
         c.execute(
             "create or replace function absurd.get_schema_version() returns text"
             " language sql immutable as $$ select '0.6.0'::text $$"
@@ -321,3 +325,6 @@ def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> N
         ).fetchone()
         names = ["promises_ik", "promises_oi", "promises_pkey", "promises_qc", "promises_ti"]
         assert indexes == (names,)
+        first = c.execute("select absurd.record_delivery('stripe', 'evt_1')").fetchone()
+        again = c.execute("select absurd.record_delivery('stripe', 'evt_1')").fetchone()
+        assert (first, again) == ((True,), (False,))

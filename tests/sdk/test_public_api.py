@@ -148,7 +148,13 @@ def test_data_types_have_upstream_fields() -> None:
     assert set(absurd.SpawnResult.__annotations__) == {"task_id", "run_id", "attempt", "created"}
 
 
-PROMISE_METHODS = ["create_promise", "get_promise", "reject_promise", "resolve_promise"]
+PROMISE_METHODS = [
+    "create_promise",
+    "get_promise",
+    "promise_url",
+    "reject_promise",
+    "resolve_promise",
+]
 SCHEDULE_METHODS = [
     "backfill_schedule",
     "create_schedule",

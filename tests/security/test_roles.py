@@ -31,6 +31,7 @@ class Roles:
     reader_dsn: str
     worker: str
     reader: str
+    ingress_dsn: str = ""
 
 
 def as_user(dsn: str, user: str) -> str:
@@ -48,16 +49,22 @@ def roles(new_database: Callable[[], str], server_dsn: str) -> Iterator[Roles]:
         schema.install(c)
         c.execute("select absurd.create_queue('jobs')")
         worker, reader = schema.install_roles(c, prefix=prefix)
-        for role in (worker, reader):
+        ingress = f"{prefix}absurd_ingress"
+        for role in (worker, reader, ingress):
             c.execute(f'create role "{role}_login" login in role "{role}"')
     try:
         yield Roles(
-            url, as_user(url, f"{worker}_login"), as_user(url, f"{reader}_login"), worker, reader
+            url,
+            as_user(url, f"{worker}_login"),
+            as_user(url, f"{reader}_login"),
+            worker,
+            reader,
+            as_user(url, f"{ingress}_login"),
         )
     finally:
         with psycopg.connect(url, autocommit=True) as c:
             schema.uninstall_roles(c, prefix=prefix)
-            for role in (worker, reader):
+            for role in (worker, reader, ingress):
                 c.execute(f'drop role if exists "{role}_login"')
         with psycopg.connect(server_dsn, autocommit=True) as c:
             gone = c.execute(
@@ -358,3 +365,56 @@ def test_restricted_roles_cannot_move_the_test_clock(roles: Roles, who: str) -> 
     finally:
         with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
             c.execute("delete from absurd.test_clock")
+
+
+def test_ingress_emits_spawns_settles_and_records_deliveries(roles: Roles) -> None:
+    """The ingress role can cause what a verified request may cause, and no more."""
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        row = c.execute("select promise_id from absurd.create_promise('jobs')").fetchone()
+        assert row is not None
+        promise_id = row[0]
+    with psycopg.connect(roles.ingress_dsn, autocommit=True) as c:
+        assert c.execute("select absurd.record_delivery('src', 'd-1')").fetchone() == (True,)
+        assert c.execute("select absurd.record_delivery('src', 'd-1')").fetchone() == (False,)
+        c.execute("select absurd.emit_event('jobs', 'hook:1', '{\"a\": 1}')")
+        spawned = c.execute(
+            "select created from absurd.spawn_task('jobs', 'hooked', '{}',"
+            ' \'{"idempotency_key": "k1"}\')'
+        )
+        assert spawned.fetchone() == (True,)
+        settled = c.execute(
+            "select applied, duplicate from absurd.resolve_promise('jobs', %s, '1', 'src:d')",
+            (promise_id,),
+        )
+        assert settled.fetchone() == (True, False)
+        state = c.execute("select state from absurd.get_promise('jobs', %s)", (promise_id,))
+        assert state.fetchone() == ("resolved",)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "select * from absurd.claim_task('jobs', 'w', 60, 1)",
+        "select absurd.create_promise('jobs')",
+        "select absurd.create_queue('mine')",
+        "select absurd.cancel_task('jobs', '00000000-0000-7000-8000-000000000000')",
+        "select absurd.cleanup_ingress_deliveries(0)",
+        "select absurd.cleanup_tasks('jobs', 0, 10)",
+        "select absurd.list_queues()",
+        "select * from absurd.ingress_deliveries",
+        "delete from absurd.ingress_deliveries",
+        "select * from absurd.t_jobs",
+        "select * from absurd.promises",
+        "select absurd._install_ingress_role('x')",
+    ],
+)
+def test_ingress_cannot_do_anything_else(roles: Roles, statement: str) -> None:
+    denied(roles.ingress_dsn, statement)
+
+
+def test_ingress_role_survives_a_reinstall(roles: Roles) -> None:
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
+        schema.install(c)
+    with psycopg.connect(roles.ingress_dsn, autocommit=True) as c:
+        assert c.execute("select absurd.record_delivery('src', 'again')").fetchone() == (True,)
+    denied(roles.ingress_dsn, "select * from absurd.claim_task('jobs', 'w', 60, 1)")

@@ -102,3 +102,30 @@ def test_a_secret_that_is_not_kid_equals_secret_is_a_bare_secret() -> None:
 def test_naive_expiry_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         TokenSigner([NEW]).sign(PID, dt.datetime(2030, 1, 1))
+
+
+def test_ingress_links_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from absurd._core.tokens import IngressLinks
+
+    monkeypatch.delenv("ABSURD_INGRESS_URL", raising=False)
+    monkeypatch.delenv("ABSURD_INGRESS_SECRET", raising=False)
+    assert IngressLinks.configure(None, None) is None  # no URL: no links
+    monkeypatch.setenv("ABSURD_INGRESS_URL", "https://hooks.example.com/base/")
+    with pytest.raises(InvalidArgument):
+        IngressLinks.configure(None, None)  # a URL without a secret fails loudly
+    monkeypatch.setenv(
+        "ABSURD_INGRESS_SECRET", "k2=new-secret-0123456789, k1=old-secret-0123456789"
+    )
+    links = IngressLinks.configure(None, None)
+    assert links is not None
+    pid = uuid.UUID("00000000-0000-7000-8000-000000000001")
+    url = links.url("q/1", pid, None, "reject")
+    assert url.startswith(f"https://hooks.example.com/base/p/q%2F1/{pid}.0.k2.")
+    assert url.endswith("/reject")
+    token = url.split("/")[-2]
+    old = TokenSigner(["k1=old-secret-0123456789"])
+    assert TokenSigner(["k1=old-secret-0123456789", "k2=new-secret-0123456789"]).verify(token)
+    assert old.verify(token) is None  # signed by the first secret: k2
+    for bad in ("ftp://x", "hooks.example.com", "https://"):
+        with pytest.raises(InvalidArgument):
+            IngressLinks.configure(bad, ["k=0123456789abcdef"])

@@ -15,7 +15,7 @@ from absurd._async.runner import Runner
 from absurd._async.schedules import ScheduleMethods
 from absurd._async.worker import AsyncWorker
 from absurd._async.writes import Writes
-from absurd._core import logic, promises
+from absurd._core import logic, promises, tokens
 from absurd._core import schedules as sched
 from absurd._core import statements as q
 from absurd._core.serde import JSONSerializer, Serializer
@@ -68,8 +68,15 @@ class AsyncAbsurd(ScheduleMethods):
         serializer: Serializer | None = None,
         pool_size: int = 10,
         tracing: bool = True,
+        ingress_url: str | None = None,
+        ingress_secrets: str | Sequence[str] | None = None,
     ) -> None:
         self.queue_name = logic.validate_queue_name(queue_name)
+        #: Signs promises' capability URLs (``ingress_url``/``ingress_secrets``, else
+        #: ``ABSURD_INGRESS_URL``/``ABSURD_INGRESS_SECRET``); None: handles get no URL.
+        self.ingress: tokens.IngressLinks | None = tokens.IngressLinks.configure(
+            ingress_url, ingress_secrets
+        )
         self.default_max_attempts = default_max_attempts
         self.hooks: AbsurdHooks = hooks or {}
         self.serializer: Serializer = serializer or JSONSerializer()
@@ -100,6 +107,7 @@ class AsyncAbsurd(ScheduleMethods):
             pool_size=self.db.pool_size,
             tracing=self._tracing.enabled,
         )
+        clone.ingress = self.ingress
         clone._registry = {
             name: dataclasses.replace(task, queue=queue) if task.queue == self.queue_name else task
             for name, task in self._registry.items()
@@ -131,7 +139,11 @@ class AsyncAbsurd(ScheduleMethods):
             spawn=self.spawn,
             emit_event=self.emit_event,
             tracing=self._tracing,
+            promise_url=self._promise_url_maker(self.queue_name),
         )
+
+    def _promise_url_maker(self, queue: str) -> promises.UrlMaker:
+        return promises.no_url if self.ingress is None else self.ingress.maker(queue)
 
     # -- registration ----------------------------------------------------------
     def register_task(
@@ -402,8 +414,25 @@ class AsyncAbsurd(ScheduleMethods):
         the first task that awaits it and is deleted with that task.
         """
         options = promises.options_json(timeout=timeout, idempotency_key=idempotency_key, tags=tags)
-        row = await self.db.one(q.PROMISE_CREATE, (self._queue(queue_name), options))
-        return promises.handle(row)
+        queue = self._queue(queue_name)
+        row = await self.db.one(q.PROMISE_CREATE, (queue, options))
+        return promises.handle(row, self._promise_url_maker(queue))
+
+    async def promise_url(
+        self, promise: PromiseHandle | Any, *, reject: bool = False, queue_name: str | None = None
+    ) -> str:
+        """The capability URL that resolves (``reject``: rejects) an existing promise,
+        signed with the first ingress secret; valid until the promise expires.
+        InvalidArgument without ingress configuration, PromiseNotFound for an unknown id.
+        """
+        if self.ingress is None:
+            raise InvalidArgument(
+                "No ingress configured: set ABSURD_INGRESS_URL and ABSURD_INGRESS_SECRET"
+                " (or pass ingress_url= and ingress_secrets=)"
+            )
+        info = await self.get_promise(promise, queue_name)
+        action = "reject" if reject else ""
+        return self.ingress.url(info.queue, info.id, info.expires_at, action)
 
     async def resolve_promise(
         self,
@@ -569,6 +598,7 @@ class AsyncAbsurd(ScheduleMethods):
             pool_size=self.db.pool_size,
             tracing=self._tracing.enabled,
         )
+        other.ingress = self.ingress
         for task in self._registry.values():
             other.register_task(
                 task.name,

@@ -13,7 +13,7 @@ from absurd._async import _compat as compat
 from absurd._async.context import Run, current_context, new_context
 from absurd._async.db import Database
 from absurd._async.writes import CompletionWrite, WriteBatcher, Writes
-from absurd._core import logic
+from absurd._core import logic, promises
 from absurd._core import statements as q
 from absurd._core.metrics import NO_METRICS, NoMetrics, run_age
 from absurd._core.serde import Serializer
@@ -41,6 +41,8 @@ class Runner:
     tracing: NoTracing = NO_TRACING
     #: The worker's metrics (none outside a worker).
     metrics: NoMetrics = NO_METRICS
+    #: Makes promises' capability URLs (the client's ingress configuration).
+    promise_url: promises.UrlMaker = promises.no_url
 
     @property
     def queue(self) -> str:
@@ -100,6 +102,7 @@ class Runner:
             emit_event=self.emit_event,
             tracing=self.tracing,
             metrics=self.metrics,
+            promise_url=self.promise_url,
         )
         ctx = new_context(run, dict(preloaded))
         resumed = bool(preloaded) or task.get("wake_event") is not None

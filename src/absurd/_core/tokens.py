@@ -18,10 +18,12 @@ import datetime as dt
 import hashlib
 import hmac
 import math
+import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
 
 from absurd.errors import InvalidArgument
 
@@ -130,3 +132,48 @@ class TokenSigner:
         if (now or dt.datetime.now(dt.timezone.utc)) >= expires_at:
             return None
         return promise_id, expires_at
+
+
+#: Where the capability routes of absurd.ingress live under its base URL.
+PROMISE_PREFIX = "/p"
+
+
+def capability_path(queue: str, token: str, action: str = "") -> str:
+    """The path (under the ingress base URL) that settles a promise: ``/p/<queue>/<token>``
+    resolves it, ``.../reject`` rejects it."""
+    path = f"{PROMISE_PREFIX}/{quote(queue, safe='')}/{token}"
+    return f"{path}/{action}" if action else path
+
+
+@dataclass(frozen=True)
+class IngressLinks:
+    """The client's ingress configuration: the public base URL and the signer."""
+
+    base_url: str
+    signer: TokenSigner
+
+    @classmethod
+    def configure(
+        cls, base_url: str | None, secrets: str | Sequence[str] | None
+    ) -> IngressLinks | None:
+        """From the arguments, else ``ABSURD_INGRESS_URL`` / ``ABSURD_INGRESS_SECRET``;
+        None when no base URL is given (handles then have no URL)."""
+        base = base_url if base_url is not None else os.environ.get("ABSURD_INGRESS_URL")
+        if not base:
+            return None
+        raw = secrets if secrets is not None else os.environ.get("ABSURD_INGRESS_SECRET", "")
+        keys = parse_secrets(raw) if isinstance(raw, str) else [signing_key(s) for s in raw]
+        parsed = urlsplit(base)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise InvalidArgument(f"The ingress URL must be an http(s) URL: {base[:100]!r}")
+        return cls(base.rstrip("/"), TokenSigner(keys))
+
+    def url(
+        self, queue: str, promise_id: uuid.UUID, expires_at: dt.datetime | None, action: str = ""
+    ) -> str:
+        token = self.signer.sign(promise_id, expires_at)
+        return self.base_url + capability_path(queue, token, action)
+
+    def maker(self, queue: str) -> Callable[[uuid.UUID, dt.datetime | None], str | None]:
+        """A promise URL maker for the queue (what a task's context calls)."""
+        return lambda pid, expires_at: self.url(queue, pid, expires_at)

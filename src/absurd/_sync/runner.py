@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from absurd._core import logic
+from absurd._core import logic, promises
 from absurd._core import statements as q
 from absurd._core.metrics import NO_METRICS, NoMetrics, run_age
 from absurd._core.serde import Serializer
@@ -42,6 +42,8 @@ class Runner:
     tracing: NoTracing = NO_TRACING
     #: The worker's metrics (none outside a worker).
     metrics: NoMetrics = NO_METRICS
+    #: Makes promises' capability URLs (the client's ingress configuration).
+    promise_url: promises.UrlMaker = promises.no_url
 
     @property
     def queue(self) -> str:
@@ -101,6 +103,7 @@ class Runner:
             emit_event=self.emit_event,
             tracing=self.tracing,
             metrics=self.metrics,
+            promise_url=self.promise_url,
         )
         ctx = new_context(run, dict(preloaded))
         resumed = bool(preloaded) or task.get("wake_event") is not None

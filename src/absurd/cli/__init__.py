@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "absurd.cli.dev",
     "absurd.cli.worker",
     "absurd.cli.habitat",
+    "absurd.cli.ingress",
 )
 
 

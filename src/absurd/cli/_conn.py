@@ -170,3 +170,37 @@ def with_db(f: F) -> F:
     for option in reversed(_OPTIONS):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+_SERVER_OPTIONS = [
+    click.option(
+        "-d",
+        "--database",
+        default=None,
+        help="Database name or URI (ABSURD_DATABASE_URL, PGDATABASE).",
+    ),
+    click.option("--db-host", default=None, help="Database host (PGHOST, localhost)."),
+    click.option("--db-port", type=int, default=None, help="Database port (PGPORT, 5432)."),
+    click.option("-U", "--user", default=None, help="Database user (PGUSER, USER)."),
+    verbose_option,
+]
+
+
+def with_server_db(f: F) -> F:
+    """Like ``with_db`` for a command that listens itself (``--host``/``--port`` are
+    its own): ``-d --db-host --db-port -U -v``; the command receives ``db: Target``."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        database: str | None,
+        db_host: str | None,
+        db_port: int | None,
+        user: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return f(*args, db=Target(db_host, db_port, user, database), **kwargs)
+
+    for option in reversed(_SERVER_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]

@@ -21,6 +21,9 @@
 --   absurd.schedule_fires         the fire log: each tick's outcome
 --   absurd.promises               durable promises of every queue: settled once
 --                                 from outside, awaited by tasks (see "Promises")
+--   absurd.ingress_deliveries     webhook deliveries absurd.ingress acted on, by
+--                                 (source, provider delivery id): redeliveries
+--                                 are recognised (see "Ingress deliveries")
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
@@ -46,6 +49,7 @@
 --                  fire_schedules (claim_task fires due schedules itself)
 --   Promises       create_promise, resolve_promise, reject_promise,
 --                  await_promise, get_promise
+--   Ingress        record_delivery, cleanup_ingress_deliveries
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -3554,6 +3558,65 @@ begin
   return query select v_row.promise_id, v_row.queue_name, v_row.task_id, v_row.state,
     v_row.payload, v_row.tags, v_row.idempotency_key, v_row.delivery_key, v_row.settled_by,
     v_row.created_at, v_row.expires_at, v_row.settled_at;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Ingress deliveries (absurd.ingress): a webhook delivery is recorded in the
+-- transaction of the action it causes, so a provider's redelivery of the same id
+-- is recognised and applied once. Not per queue: the source names its queue.
+-- -----------------------------------------------------------------------------
+
+create table if not exists absurd.ingress_deliveries (
+  source text not null,
+  delivery_id text not null,
+  received_at timestamptz not null,
+  primary key (source, delivery_id)
+);
+
+create index if not exists ingress_deliveries_received_at
+  on absurd.ingress_deliveries (received_at);
+
+-- True when (p_source, p_delivery_id) is new (it is recorded), false for a repeat.
+-- A concurrent first delivery of the same id makes this wait for its transaction:
+-- if that commits, this is a repeat; if it rolls back, this one is the first.
+create or replace function absurd.record_delivery(p_source text, p_delivery_id text)
+returns boolean
+language plpgsql
+as $$
+declare
+  v_inserted integer;
+begin
+  if p_source is null or length(p_source) not between 1 and 200 then
+    perform absurd._raise('AB015', 'source must be a string of 1 to 200 characters');
+  end if;
+  if p_delivery_id is null or length(p_delivery_id) not between 1 and 512 then
+    perform absurd._raise('AB015', 'delivery_id must be a string of 1 to 512 characters');
+  end if;
+  insert into absurd.ingress_deliveries (source, delivery_id, received_at)
+  values (p_source, p_delivery_id, absurd.current_time())
+  on conflict do nothing;
+  get diagnostics v_inserted = row_count;
+  return v_inserted = 1;
+end;
+$$;
+
+-- Forgets deliveries older than p_ttl_seconds (a provider stops redelivering after
+-- days: Stripe 3, GitHub never on its own, Svix 5). Returns the rows deleted.
+create or replace function absurd.cleanup_ingress_deliveries(p_ttl_seconds integer)
+returns integer
+language plpgsql
+as $$
+declare
+  v_deleted integer;
+begin
+  if p_ttl_seconds is null or p_ttl_seconds < 0 then
+    perform absurd._raise('AB015', 'TTL must be a non-negative number of seconds');
+  end if;
+  delete from absurd.ingress_deliveries
+  where received_at < absurd.current_time() - make_interval(secs => p_ttl_seconds);
+  get diagnostics v_deleted = row_count;
+  return v_deleted;
 end;
 $$;
 

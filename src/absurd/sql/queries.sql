@@ -186,6 +186,13 @@ select absurd._install_roles(%(worker)s, %(reader)s)
 -- name: role_pair_uninstall --
 select absurd._uninstall_roles(%(worker)s, %(reader)s)
 
+-- name: role_ingress_install --
+-- The ingress role (absurd.ingress): EXECUTE on what a verified request can cause.
+select absurd._install_ingress_role(%(ingress)s, %(create)s)
+
+-- name: role_ingress_uninstall --
+select absurd._uninstall_ingress_role(%(ingress)s)
+
 -- name: queue_create --
 -- A null storage_mode creates an unpartitioned queue, as create_queue(name) does.
 select absurd.create_queue(%(queue)s::text, coalesce(%(storage_mode)s::text, 'unpartitioned'))
@@ -658,6 +665,14 @@ update absurd.test_clock
 set offset_by = coalesce(frozen_at - clock_timestamp(), offset_by), frozen_at = null
 where id
 returning clock_timestamp() + offset_by as now
+
+-- name: ingress_delivery_record --
+-- absurd.ingress: true for a webhook delivery id not seen before from that source
+-- (recorded in the transaction of the action it causes), false for a redelivery.
+select absurd.record_delivery(%(source)s, %(delivery_id)s) as first
+
+-- name: ingress_delivery_cleanup --
+select absurd.cleanup_ingress_deliveries(%(ttl)s) as deleted
 
 -- ---------------------------------------------------------------------------
 -- SDK (src/absurd/_async, and _sync generated from it): every statement the

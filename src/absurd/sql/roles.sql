@@ -14,6 +14,11 @@
 --             at all: it cannot select, insert, update or delete a row itself.
 --   <reader>  for dashboards (Habitat) and reporting: SELECT on every absurd
 --             table (present and future), EXECUTE on the read-only functions.
+--   <ingress> for absurd.ingress, the public HTTP receiver (installed with the
+--             pair by absurd.schema.install_roles: absurd._install_ingress_role):
+--             EXECUTE on the functions ingress calls (emit_event, spawn_task,
+--             resolve_promise, reject_promise, get_promise, record_delivery) and
+--             nothing else; no table privilege.
 --
 -- HOW THE WORKER WRITES WITHOUT TABLE PRIVILEGES
 --   The engine's public functions (names without a leading "_") are switched to
@@ -48,7 +53,8 @@ immutable
 as $$
   select p_name in ('drop_queue', 'set_queue_policy', 'cleanup_tasks', 'cleanup_events',
                     'cleanup_all_queues', 'ensure_partitions', 'drop_detached_partition',
-                    'schedule_detach_jobs', 'enable_cron', 'disable_cron')
+                    'schedule_detach_jobs', 'enable_cron', 'disable_cron',
+                    'cleanup_ingress_deliveries')
 $$;
 
 -- Functions that only read (granted to the reader role).
@@ -155,5 +161,73 @@ begin
 end;
 $$;
 
+-- Functions the ingress role may call: what a verified request can cause.
+create or replace function absurd._ingress_function(p_name name)
+returns boolean
+language sql
+immutable
+as $$
+  select p_name in ('emit_event', 'spawn_task', 'resolve_promise', 'reject_promise',
+                    'get_promise', 'record_delivery')
+$$;
+
+-- Creates (p_create) or refreshes the ingress role: USAGE on the schema, EXECUTE on
+-- the ingress functions only. Needs an installed role pair (the functions must be
+-- SECURITY DEFINER for a role without table privileges). With p_create false, a
+-- missing role is left missing (what install() and migrate() re-apply).
+create or replace function absurd._install_ingress_role(p_ingress name, p_create boolean default true)
+returns void
+language plpgsql
+as $$
+declare
+  v_fn record;
+begin
+  if p_ingress is null or p_ingress = '' then
+    perform absurd._raise('AB015', 'the ingress role needs a name');
+  end if;
+  if exists (select 1 from absurd.installed_roles
+             where p_ingress in (worker_role, reader_role)) then
+    perform absurd._raise('AB015', 'the ingress role must differ from the worker and reader roles');
+  end if;
+  if not exists (select 1 from absurd.installed_roles) then
+    perform absurd._raise('AB015', 'install the worker and reader roles first');
+  end if;
+  if not exists (select 1 from pg_roles where rolname = p_ingress) then
+    if not p_create then
+      return;
+    end if;
+    execute format('create role %I nologin', p_ingress);
+  end if;
+  execute format('grant usage on schema absurd to %I', p_ingress);
+  execute format('revoke all on all tables in schema absurd from %I', p_ingress);
+  for v_fn in
+    select p.oid::regprocedure as sig, p.proname
+    from pg_proc p
+    where p.pronamespace = 'absurd'::regnamespace and p.prokind = 'f'
+  loop
+    if left(v_fn.proname, 1) <> '_' and absurd._ingress_function(v_fn.proname) then
+      execute format('grant execute on function %s to %I', v_fn.sig, p_ingress);
+    else
+      execute format('revoke execute on function %s from %I', v_fn.sig, p_ingress);
+    end if;
+  end loop;
+end;
+$$;
+
+-- Drops the ingress role of this database (its privileges here first).
+create or replace function absurd._uninstall_ingress_role(p_ingress name)
+returns void
+language plpgsql
+as $$
+begin
+  if exists (select 1 from pg_roles where rolname = p_ingress) then
+    execute format('drop owned by %I', p_ingress);
+    execute format('drop role %I', p_ingress);
+  end if;
+end;
+$$;
+
+revoke execute on function absurd._install_ingress_role(name, boolean) from public;
+revoke execute on function absurd._uninstall_ingress_role(name) from public;
 revoke execute on function absurd._install_roles(name, name) from public;
 revoke execute on function absurd._uninstall_roles(name, name) from public;
