@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from absurd._async.client import AsyncAbsurd
 from absurd._async.context import AsyncTaskContext
+from absurd._async.streams import StreamEntry
 from absurd._async.worker import AsyncWorker
 from absurd._context import get_current_context
 from absurd._core.serde import JSONSerializer, Serializer
@@ -135,6 +136,7 @@ __all__ = [
     "StepHandle",
     "StreamChunkTooLarge",
     "StreamClosed",
+    "StreamEntry",
     "StreamNotHeld",
     "SuspendTask",
     "SyncedSchedule",

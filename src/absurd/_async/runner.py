@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -97,6 +98,7 @@ class Runner:
             wrap = self.hooks.get("wrap_task_execution")
             result = await (compat.maybe_await(wrap(ctx, execute)) if wrap else execute())
             data = self.serializer.dumps(result)
+            await ctx.flush_streams()
         except TaskInterrupt as signal:
             log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
             return
@@ -105,6 +107,8 @@ class Runner:
             raise
         except Exception as exc:
             log.info("task %s failed: %r", name, exc, extra=extra)
+            with suppress(Exception):  # what the failed attempt wrote is kept
+                await ctx.flush_streams()
             await self.writes.fail(run_id, exc)
             return
         finally:

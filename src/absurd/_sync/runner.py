@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -98,6 +99,7 @@ class Runner:
             wrap = self.hooks.get("wrap_task_execution")
             result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
             data = self.serializer.dumps(result)
+            ctx.flush_streams()
         except TaskInterrupt as signal:
             log.debug("task %s stopped: %s", name, type(signal).__name__, extra=extra)
             return
@@ -106,6 +108,8 @@ class Runner:
             raise
         except Exception as exc:
             log.info("task %s failed: %r", name, exc, extra=extra)
+            with suppress(Exception):  # what the failed attempt wrote is kept
+                ctx.flush_streams()
             self.writes.fail(run_id, exc)
             return
         finally:
