@@ -5,11 +5,15 @@ nothing, and a read token opens its own stream only."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx2
@@ -128,3 +132,40 @@ def test_a_read_token_opens_its_own_stream_only(
 def test_routes_refuse_to_serve_without_secrets(dsn: str) -> None:
     with pytest.raises(absurd.InvalidArgument):
         stream_routes(absurd.AsyncAbsurd(dsn), None)
+
+
+def example(name: str) -> ModuleType:
+    """An example script, imported as a module."""
+    path = Path(__file__).parents[2] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_agent_loop_example_streams_its_tokens_over_sse(dsn: str) -> None:
+    """examples/agent_loop.py's agent, read over SSE while it runs: the words match
+    the fake model's transcript, each once."""
+    agent = example("agent_loop")
+    app = agent.build_app(dsn, "test", pause=0.005)
+    app.create_queue()
+    reader = absurd.AsyncAbsurd(dsn, queue_name=agent.QUEUE)
+    web = Starlette(routes=stream_routes(reader, [SECRET]))
+    thread = threading.Thread(target=app.start_worker, kwargs={"poll_interval": 0.05})
+    try:
+        thread.start()
+        task_id = app.spawn("travel-agent", {"goal": agent.GOAL})["task_id"]
+        with Server(web) as server, httpx2.Client(timeout=30) as client:
+            target = f"{server.url}/streams/{task_id}/tokens"
+            bearer = {"Authorization": f"Bearer {token(agent.QUEUE, task_id, 'tokens')}"}
+            with client.stream("GET", target, headers=bearer) as response:
+                got = list(events(response))
+        assert got[-1]["event"] == "end"
+        assert [e["data"] for e in got[:-1]] == agent.transcript()
+    finally:
+        app.stop_worker()
+        thread.join(10)
+        app.drop_queue()
+        app.close()
