@@ -395,18 +395,26 @@ class AsyncTaskContext(compat.RunStepMixin):
         return promises.settlement_value(pid, settlement, self._run.serializer.revive)
 
     # -- streams ---------------------------------------------------------------
-    def stream(self, name: str, *, durable: bool = True) -> StreamWriter:
+    def stream(self, name: str, *, durable: bool = True, linger: float = 0.0) -> StreamWriter:
         """The writer of this task's stream ``name`` (the same one on every call):
         ``await ctx.stream("tokens").write(chunk)``, ``.close()``.
 
         Durable (the default): chunks are stored, read from any point, exactly once
         across replays (docs/streams.md). ``durable=False``: sent to whoever listens
-        now, stored nowhere.
+        now, stored nowhere. ``linger``: seconds each flush waits for more chunks (see
+        StreamWriter; the first call's value holds).
         """
         writer = self._streams.get((name, durable))
         if writer is None:
             writer = StreamWriter(
-                self._run.db, self._queue, self.task_id, self.run_id, name, self._anchor, durable
+                self._run.db,
+                self._queue,
+                self.task_id,
+                self.run_id,
+                name,
+                self._anchor,
+                durable,
+                linger,
             )
             self._streams[(name, durable)] = writer
         return writer
