@@ -6,16 +6,20 @@ Run it with no arguments:
 
 A travel agent (a deterministic fake model, so the run is reproducible) plans a
 trip by calling tools: search flights, check the weather, book. Each model reply
-and each tool result is checkpointed. The demo:
+and each tool result is checkpointed, and the model's words are streamed as it
+"types" them (``ctx.stream("tokens")``), for a UI to show live. The demo:
 
 1. spawns the agent task on an embedded PostgreSQL;
-2. starts a worker *process* that loses power (``os._exit``) just before the
-   third model call: no cleanup, no goodbye;
+2. starts a worker *process* that loses power (``os._exit``) in the middle of
+   the third model call, half of its reply streamed: no cleanup, no goodbye;
 3. shows the checkpoints that survived;
 4. starts a second worker, which resumes the loop: earlier model and tool calls
-   are replayed from their checkpoints, so the flight is booked exactly once.
+   are replayed from their checkpoints, so the flight is booked exactly once,
+   and the third reply is streamed again without repeating its first half;
+5. reads the token stream (``app.read_stream``) as a UI would.
 
-It exits 1 if any model or tool call ran twice, or the agent did not finish.
+It exits 1 if any model or tool call ran twice, a token was streamed twice, or
+the agent did not finish.
 """
 
 from __future__ import annotations
@@ -64,6 +68,28 @@ def fake_model(messages: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def words(reply: dict[str, Any]) -> list[str]:
+    """What the fake model "types" for a reply, word by word."""
+    if "final" in reply:
+        return reply["final"].split()
+    return f"I will call {reply['tool']} with {reply['args']}.".split()
+
+
+def transcript() -> list[str]:
+    """Every word the agent streams on a run without a crash, in order."""
+    messages: list[dict[str, Any]] = []
+    out: list[str] = []
+    for _ in range(MAX_TURNS):
+        reply = fake_model(messages)
+        out += words(reply)
+        messages.append(reply)
+        if "final" in reply:
+            return out
+        messages.append({"role": "tool", "name": reply["tool"],
+                         "content": run_tool(reply["tool"], reply["args"])})  # fmt: skip
+    return out
+
+
 def run_tool(name: str, args: dict[str, Any]) -> Any:
     if name == "search_flights":
         return [{"id": "TP1351", "price": 129}, {"id": "FR8342", "price": 89}]
@@ -75,7 +101,7 @@ def run_tool(name: str, args: dict[str, Any]) -> Any:
 
 
 # -- the durable loop --------------------------------------------------------------
-def build_app(dsn: str, who: str, crash_at_turn: int | None = None) -> Absurd:
+def build_app(dsn: str, who: str, crash_at_turn: int | None = None, pause: float = 0.0) -> Absurd:
     app = Absurd(dsn, QUEUE)
 
     def step(ctx: TaskContext, name: str, fn: Any) -> Any:
@@ -92,17 +118,25 @@ def build_app(dsn: str, who: str, crash_at_turn: int | None = None) -> Absurd:
     def travel_agent(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         say(f"  [{who}] attempt {ctx.attempt} of the agent loop")
         messages: list[dict[str, Any]] = [{"role": "user", "content": params["goal"]}]
+        tokens = ctx.stream("tokens")
         for turn in range(1, MAX_TURNS + 1):
 
             def call_model(turn: int = turn) -> dict[str, Any]:
-                if turn == crash_at_turn:
-                    say(f"  [{who}] *** power failure before model call {turn} ***")
-                    os._exit(137)
-                return fake_model(messages)
+                reply = fake_model(messages)
+                typed = words(reply)
+                for n, word in enumerate(typed):
+                    tokens.write(word)  # buffered; flushed a few words at a time
+                    time.sleep(pause)
+                    if turn == crash_at_turn and n == len(typed) // 2:
+                        tokens.flush()  # half the reply has reached the readers
+                        say(f"  [{who}] *** power failure in the middle of model call {turn} ***")
+                        os._exit(137)
+                return reply
 
             reply = step(ctx, "model", call_model)
             messages.append(reply)
             if "final" in reply:
+                tokens.close()
                 return {"answer": reply["final"], "turns": turn}
             result = step(
                 ctx, f"tool:{reply['tool']}", lambda r=reply: run_tool(r["tool"], r["args"])
@@ -173,6 +207,8 @@ def main() -> int:
 
         say(f"\nAgent: {result.result['answer'] if result.result else result}")
         say(f"Calls made by worker 2: {dict(calls)}")
+        streamed = list(app.read_stream(task_id, "tokens"))
+        say(f"5. the token stream, as a UI reads it: {' '.join(streamed)}")
         expected_saved = ["model", "tool:search_flights", "model#2", "tool:get_weather"]
         ok = (
             crashed.returncode == 137
@@ -182,9 +218,12 @@ def main() -> int:
             # worker 1 made the first two model calls and two tool calls; worker 2
             # only the rest: nothing ran twice, the flight was booked once.
             and dict(calls) == {"model": 2, "tool:book_flight": 1}
+            # every word streamed once, although model call 3 streamed half of its
+            # reply before the crash and all of it after
+            and streamed == transcript()
         )
         say(
-            "OK: the agent resumed after the crash and no call ran twice"
+            "OK: the agent resumed after the crash, no call ran twice, no token twice"
             if ok
             else "FAILED: see above"
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from absurd._async.client import AsyncAbsurd
 from absurd._async.context import AsyncTaskContext
+from absurd._async.streams import StreamEntry
 from absurd._async.worker import AsyncWorker
 from absurd._context import get_current_context
 from absurd._core.serde import JSONSerializer, Serializer
@@ -53,6 +54,7 @@ from absurd.errors import (
     InvalidQueuePolicy,
     InvalidRetryStrategy,
     InvalidScheduleOption,
+    InvalidStreamName,
     PromiseExpired,
     PromiseNotFound,
     PromiseRejected,
@@ -65,6 +67,9 @@ from absurd.errors import (
     ScheduleConflict,
     ScheduleNotFound,
     SerializationError,
+    StreamChunkTooLarge,
+    StreamClosed,
+    StreamNotHeld,
     SuspendTask,
     TaskInterrupt,
     TaskNotFinished,
@@ -99,6 +104,7 @@ __all__ = [
     "InvalidQueuePolicy",
     "InvalidRetryStrategy",
     "InvalidScheduleOption",
+    "InvalidStreamName",
     "JSONSerializer",
     "OverlapPolicy",
     "PromiseExpired",
@@ -130,6 +136,10 @@ __all__ = [
     "SpawnOptions",
     "SpawnResult",
     "StepHandle",
+    "StreamChunkTooLarge",
+    "StreamClosed",
+    "StreamEntry",
+    "StreamNotHeld",
     "SuspendTask",
     "SyncedSchedule",
     "TaskContext",

@@ -21,12 +21,16 @@ Errors (catch them with ``except AbsurdError`` or ``except Exception``)::
      │    ├── InvalidScheduleOption   AB019
      │    ├── BackfillTooLarge        AB022
      │    ├── InvalidPromiseOption    AB033
-     │    └── InvalidIngressConfig    AB034
+     │    ├── InvalidIngressConfig    AB034
+     │    ├── InvalidStreamName       AB040
+     │    └── StreamChunkTooLarge     AB041
      ├── ScheduleConflict             AB020
      ├── ScheduleNotFound             AB021
      ├── PromiseNotFound              AB030
      ├── PromiseExpired               AB031
      ├── PromiseRejected              AB032: an awaited promise was rejected (its .error)
+     ├── StreamClosed                 AB042
+     ├── StreamNotHeld                AB043
      ├── SerializationError           a value that cannot be stored as JSON
      ├── TimeoutError                 a wait timed out (also the builtin TimeoutError)
      └── TaskNotFinished              a task result was asked for too early
@@ -64,6 +68,7 @@ __all__ = [
     "InvalidQueuePolicy",
     "InvalidRetryStrategy",
     "InvalidScheduleOption",
+    "InvalidStreamName",
     "PromiseExpired",
     "PromiseNotFound",
     "PromiseRejected",
@@ -76,6 +81,9 @@ __all__ = [
     "ScheduleConflict",
     "ScheduleNotFound",
     "SerializationError",
+    "StreamChunkTooLarge",
+    "StreamClosed",
+    "StreamNotHeld",
     "SuspendTask",
     "TaskInterrupt",
     "TaskNotFinished",
@@ -215,6 +223,31 @@ class InvalidIngressConfig(InvalidArgument):
     refuses to start with it)."""
 
     sqlstate = "AB034"
+
+
+class InvalidStreamName(InvalidArgument):
+    """A stream name is not 1 to 128 letters, digits, ".", "_", ":" or "-"."""
+
+    sqlstate = "AB040"
+
+
+class StreamChunkTooLarge(InvalidArgument):
+    """A stream chunk (or an ephemeral flush) is over its size cap; nothing was written."""
+
+    sqlstate = "AB041"
+
+
+class StreamClosed(AbsurdError):
+    """A write to a closed stream; nothing was written."""
+
+    sqlstate = "AB042"
+
+
+class StreamNotHeld(AbsurdError):
+    """A stream write by a run that does not hold the task (finished, failed, or
+    another task's run); nothing was written."""
+
+    sqlstate = "AB043"
 
 
 class PromiseNotFound(AbsurdError):

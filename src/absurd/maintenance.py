@@ -222,7 +222,7 @@ def _provision(
     never holds one parent while waiting for another.
     """
     lookback, lookahead = window
-    for prefix in "trcw":
+    for prefix in "trcws":
         if default:
             before = not _scalar(
                 conn,
@@ -237,7 +237,7 @@ def _provision(
             report.partitions_created += int(bool(before))
     weeks = _rows(conn, "partition_week_list", lookback=lookback, lookahead=lookahead)
     for (week,) in weeks:
-        for prefix in "trcw":
+        for prefix in "trcws":
             created = _scalar(conn, "partition_week_add", prefix=prefix, queue=queue, week=week)
             report.partitions_created += int(bool(created))
 

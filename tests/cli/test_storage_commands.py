@@ -41,7 +41,7 @@ def pqueue(cli: Cli, conn: psycopg.Connection[Any]) -> Iterator[str]:
 
 def test_create_partitioned_queue(cli: Cli, conn: psycopg.Connection[Any], pqueue: str) -> None:
     parts = _partitions(conn, pqueue)
-    for prefix in "trcw":
+    for prefix in "trcws":
         assert f"{prefix}_{pqueue}_d" in parts
         assert any(p.startswith(f"{prefix}_{pqueue}_") and not p.endswith("_d") for p in parts)
     listed = {q["queue_name"]: q for q in cli("list-queues", "--json").json()}

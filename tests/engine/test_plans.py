@@ -102,6 +102,21 @@ ARGS: dict[str, list[str]] = {
     "promise.own": ["{promise}", "{task}"],
     "cleanup.promises": [NOW, "1000", "{queue}"],
     "gauges": [NOW, "absurd.current_time() - interval '5 minutes'", "100000"],
+    "stream.lock_run": ["{run}", "{task}"],
+    "stream.last": ["{task}", "'out'"],
+    "stream.append": [
+        "{task}",
+        "'out'",
+        "array['1', '2']::jsonb[]",
+        "array['k-1', 'k-2']",
+        "5",
+        "{run}",
+        "1",
+        NOW,
+    ],
+    "stream.close": ["{task}", "'out'", "9", "{run}", "1", NOW],
+    "stream.read": ["{task}", "'out'", "0", "1000"],
+    "stream.task_end": ["{task}"],
 }
 
 # Statements whose whole point is one index.
@@ -121,6 +136,8 @@ EXPECTED_INDEX = {
     "promise.lock": "promises_pkey",
     "promise.by_key": "promises_ik",
     "cleanup.promises": "promises_oi",
+    "stream.last": "s_{q}_pkey",
+    "stream.read": "s_{q}_pkey",
 }
 
 
@@ -133,7 +150,7 @@ IDS_NOW = """
       from generate_series(1, {rows}) g
 """
 
-# Rows for every id in the temp table "ids" (g, task_id, run_id, st), in all five tables.
+# Rows for every id in the temp table "ids" (g, task_id, run_id, st), in all six tables.
 FILL = [
     """
     insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
@@ -157,6 +174,12 @@ FILL = [
     """
     insert into absurd.{cp} (task_id, checkpoint_name, state, owner_run_id)
       select task_id, 's', '1', run_id from ids
+    """,
+    # Streams: three chunks of stream "out" per task, keyed.
+    """
+    insert into absurd.{s} (task_id, stream, seq, chunk, run_id, attempt, key)
+      select task_id, 'out', n, to_jsonb(n), run_id, 1, 'k-' || n
+      from ids, generate_series(0, 2) n
     """,
     """
     insert into absurd.{w} (task_id, run_id, step_name, event_name, timeout_at)
@@ -182,13 +205,15 @@ FILL = [
 
 def fill_queue(c: psycopg.Connection[Any], queue: str, ids: str = IDS_NOW) -> dict[str, str]:
     """Fills a queue with ROWS tasks in every state and analyses it; returns sample ids."""
-    t, r, cp, e, w = (sql.Identifier(f"{p}_{queue}") for p in "trcew")
+    t, r, cp, e, w, s = (sql.Identifier(f"{p}_{queue}") for p in "trcews")
     q = sql.Literal(queue)
     for statement in [ids, *FILL]:
         c.execute(
-            sql.SQL(statement.replace("{rows}", str(ROWS))).format(t=t, r=r, cp=cp, e=e, w=w, q=q)
+            sql.SQL(statement.replace("{rows}", str(ROWS))).format(
+                t=t, r=r, cp=cp, e=e, w=w, s=s, q=q
+            )
         )
-    for table in (t, r, cp, e, w, sql.Identifier("promises")):
+    for table in (t, r, cp, e, w, s, sql.Identifier("promises")):
         c.execute(sql.SQL("analyze absurd.{}").format(table))
     row = c.execute("select task_id, run_id from ids where st = 'running' limit 1").fetchone()
     assert row is not None
@@ -295,7 +320,7 @@ def test_statement_is_index_driven(
     values = {**ids, "new": f"'{uuid.uuid4()}'", "new2": f"'{uuid.uuid4()}'"}
     args = [a.format(**values) for a in ARGS[statement]]
     nodes = explain(conn, str(row[0]), args)
-    per_queue = {f"{p}_{queue}" for p in "trcew"} | {"promises"}
+    per_queue = {f"{p}_{queue}" for p in "trcews"} | {"promises"}
     scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
     seq = [s for s in scans if s[0] == "Seq Scan" and s[1] in per_queue]
     assert not seq, f"{statement} scans a whole table: {scans}"

@@ -9,6 +9,7 @@ from typing import Any
 import absurdctl  # upstream's CLI: ships upstream's absurd.sql 0.5.1, our reference
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from absurd import schema
@@ -328,3 +329,45 @@ def test_upgrade_from_0_6_0_adds_schedules(new_database: Callable[[], str]) -> N
         first = c.execute("select absurd.record_delivery('stripe', 'evt_1')").fetchone()
         again = c.execute("select absurd.record_delivery('stripe', 'evt_1')").fetchone()
         assert (first, again) == ((True,), (False,))
+
+
+def test_upgrade_from_0_6_0_adds_streams(new_database: Callable[[], str]) -> None:
+    """0.6.0 had no streams: absurd.sql alone adds s_<q> (with its weekly partitions
+    on a partitioned queue) and the functions; existing tasks then stream. 0.6.0 is
+    recreated by dropping them."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        schema.install(c)
+        c.execute("select absurd.create_queue('plain')")
+        c.execute("select absurd.create_queue('parted', 'partitioned')")
+        for queue in ("plain", "parted"):
+            c.execute("select absurd.spawn_task(%s, 'a', '1')", (queue,))
+            c.execute(sql.SQL("drop table absurd.{}").format(sql.Identifier(f"s_{queue}")))
+        for (function,) in c.execute(
+            "select oid::regprocedure::text from pg_proc"
+            " where pronamespace = 'absurd'::regnamespace and proname like '%stream%'"
+        ).fetchall():
+            c.execute(f"drop function {function}")
+        c.execute(
+            "create or replace function absurd.get_schema_version() returns text"
+            " language sql immutable as $$ select '0.6.0'::text $$"
+        )
+        assert schema.migrate(c) == []
+        assert schema.installed_version(c) == "0.6.1"
+        for queue in ("plain", "parted"):
+            row = c.execute(
+                "select task_id, run_id from absurd.claim_task(%s, 'w', 60, 1)", (queue,)
+            ).fetchone()
+            assert row is not None
+            c.execute(
+                "select absurd.write_stream(%s, %s, %s, 'out', array['\"x\"']::jsonb[])",
+                (queue, *row),
+            )
+            got = c.execute(
+                "select seq, chunk from absurd.read_stream(%s, %s, 'out')", (queue, row[0])
+            ).fetchall()
+            assert got == [(0, "x")]
+        parts = c.execute(
+            "select count(*) from absurd._queue_partitions('parted') where prefix = 's'"
+        ).fetchone()
+        assert parts is not None and parts[0] >= 2

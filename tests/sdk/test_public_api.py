@@ -168,6 +168,7 @@ SCHEDULE_METHODS = [
     "trigger_schedule",
     "update_schedule",
 ]
+STREAM_METHODS = ["read_stream", "stream_entries"]
 
 
 def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
@@ -182,11 +183,12 @@ def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
     }
     assert extras == {
         "Absurd": sorted(["execute_task", "for_queue", "spawn_many", *PROMISE_METHODS,
-                          *SCHEDULE_METHODS]),
+                          *SCHEDULE_METHODS, *STREAM_METHODS]),
         "AsyncAbsurd": sorted(["execute_task", "for_queue", "spawn_many", *PROMISE_METHODS,
-                               *SCHEDULE_METHODS]),
-        "TaskContext": ["await_all", "await_first", "await_promise", "map", "promise", "spawn"],
-        "AsyncTaskContext": ["await_all", "await_first", "await_promise", "map", "promise",
-                             "spawn"],
+                               *SCHEDULE_METHODS, *STREAM_METHODS]),
+        "TaskContext": ["await_all", "await_first", "await_promise", "flush_streams", "map",
+                        "promise", "spawn", "stream"],
+        "AsyncTaskContext": ["await_all", "await_first", "await_promise", "flush_streams",
+                             "map", "promise", "spawn", "stream"],
     }  # fmt: skip
     assert callable(absurd.AsyncTaskContext.run_step)  # raises TypeError: sync only

@@ -336,6 +336,34 @@ def test_worker_creates_awaits_and_settles_promises_and_reader_reads_them(roles:
     denied(roles.worker_dsn, "update absurd.promises set state = 'pending'")
 
 
+def test_worker_writes_streams_and_reader_reads_them(roles: Roles) -> None:
+    """Streams under least privilege: the worker writes and closes, the reader reads
+    (and learns the channel), and neither touches the chunks' table."""
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
+        c.execute("select absurd.spawn_task('jobs', 'talk', '{}')")
+        run = c.execute("select task_id, run_id from absurd.claim_task('jobs', 'w', 60, 1)")
+        task_id, run_id = run.fetchone() or (None, None)
+        c.execute(
+            "select absurd.write_stream('jobs', %s, %s, 'out', array['\"hi\"']::jsonb[])",
+            (task_id, run_id),
+        )
+        c.execute("select absurd.close_stream('jobs', %s, %s, 'out')", (task_id, run_id))
+    with psycopg.connect(roles.reader_dsn, autocommit=True) as c:
+        rows = c.execute(
+            "select seq, chunk, closed from absurd.read_stream('jobs', %s, 'out')", (task_id,)
+        ).fetchall()
+        assert rows == [(0, "hi", False), (1, None, True)]
+        c.execute("select absurd.stream_channel('jobs', %s, 'out')", (task_id,))
+    denied(
+        roles.reader_dsn,
+        "select absurd.write_stream('jobs', %s, %s, 'out', array['1']::jsonb[])",
+        (task_id, run_id),
+    )
+    denied(roles.reader_dsn, "select absurd.close_stream('jobs', %s, %s, 'x')", (task_id, run_id))
+    denied(roles.worker_dsn, "select * from absurd.s_jobs")
+    denied(roles.worker_dsn, "delete from absurd.s_jobs")
+
+
 @pytest.mark.parametrize("who", ["worker", "reader"])
 def test_restricted_roles_cannot_move_the_test_clock(roles: Roles, who: str) -> None:
     """The test clock (absurd.testing) is one row that every session of a database with

@@ -107,10 +107,14 @@ def test_retired_week_uses_detach_not_row_deletes(
     for _ in range(20):
         e.spawn("x", idempotency_key=str(_))
     for run in e.claim(qty=20):
-        # Each task owns a settled promise: the week takes them with it.
+        # Each task owns a settled promise and a stream: the week takes them with it.
         e.one(
             "select absurd.create_promise(%s, %s)",
             (e.queue, json.dumps({"task_id": str(run["task_id"])})),
+        )
+        e.one(
+            "select absurd.write_stream(%s, %s, %s, 'out', array['1', '2']::jsonb[])",
+            (e.queue, run["task_id"], run["run_id"]),
         )
         e.complete(run["run_id"])
     e.conn.execute(
@@ -129,7 +133,7 @@ def test_retired_week_uses_detach_not_row_deletes(
     assert tag is not None and tag[0] in report.weeks_retired
     assert report.tasks_deleted == 0  # the week went as a whole
     assert e.result(failed["task_id"]) is None and e.runs(failed["task_id"]) == []
-    assert e.count("i") == 0 and e.count("t") == 0
+    assert e.count("i") == 0 and e.count("t") == 0 and e.count("s") == 0
     left = e.one("select count(*) as n from absurd.promises where queue_name = %s", (e.queue,))
     assert left["n"] == 0
 

@@ -34,7 +34,7 @@ def test_layout_matches_upstream(conn: psycopg.Connection[Any], pqueue: str) -> 
         f"i_{pqueue}": "r",
     }
     parts = partitions(conn, pqueue)
-    assert {f"{p}_{pqueue}_d" for p in "trcw"} <= parts
+    assert {f"{p}_{pqueue}_d" for p in "trcws"} <= parts
     # lookback 1 day .. lookahead 28 days: 5 weeks (or 6 when the window straddles)
     tags = week_tags(conn, pqueue)
     assert 5 <= len(tags) <= 6 and tags == week_tags(conn, pqueue, "w")
@@ -171,7 +171,7 @@ def test_hostile_names(conn: psycopg.Connection[Any], name: str) -> None:
         assert e.spawn("job", idempotency_key="k'\";")["created"] is False
         e.complete(e.claim_one()["run_id"])
         assert e.result(task["task_id"])["state"] == "completed"  # type: ignore[index]
-        assert {f"{p}_{name}_d" for p in "trcw"} <= partitions(conn, name)
+        assert {f"{p}_{name}_d" for p in "trcws"} <= partitions(conn, name)
     finally:
         conn.execute("select absurd.drop_queue(%s)", (name,))
     left = conn.execute(
@@ -290,7 +290,7 @@ def test_weeks_are_utc_weeks_across_a_daylight_saving_change(
         conn.execute("select absurd.ensure_partitions(%s)", (pqueue,))
     else:
         assert maintain_once(conn, queues=[pqueue]).queues[0].errors == []
-    for prefix in "trcw":
+    for prefix in "trcws":
         start = dt.datetime.fromisoformat(at) - dt.timedelta(days=7)
         end = dt.datetime.fromisoformat(at) + dt.timedelta(days=28)
         weeks = [w for w in utc_weeks(conn, pqueue, prefix) if start <= w[0] <= end]
@@ -311,7 +311,7 @@ def test_provisioning_fits_next_to_a_week_an_hour_off(
     the DEFAULT partition."""
     monday = dt.datetime(2027, 11, 1, tzinfo=dt.timezone.utc)
     conn.execute("select set_config('absurd.fake_now', %s, false)", (monday.isoformat(),))
-    for prefix in "trcw":
+    for prefix in "trcws":
         parent = f"{prefix}_{pqueue}"
         for (name,) in conn.execute(
             "select partition_table from absurd._queue_partitions(%s)"

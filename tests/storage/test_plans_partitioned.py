@@ -77,7 +77,7 @@ def queue_relations(conn: psycopg.Connection[Any], queue: str) -> dict[str, floa
         "select c.relname, c.reltuples from pg_class c"
         " where c.relnamespace = 'absurd'::regnamespace and c.relkind = 'r'"
         "   and c.relname like any(%s)",
-        ([f"{p}\\_{queue}%" for p in "trcewi"],),
+        ([f"{p}\\_{queue}%" for p in "trcewis"],),
     ).fetchall()
     return {name: tuples for name, tuples in rows}
 
@@ -121,7 +121,7 @@ def test_partitions_of_the_pinned_weeks_exist(
         )
     }
     relations = queue_relations(conn, queue)
-    for prefix in "trcw":
+    for prefix in "trcws":
         for tag in tags:
             assert f"{prefix}_{queue}_{tag}" in relations
         # every row landed in its week's partition, not in the DEFAULT one

@@ -6,13 +6,14 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from absurd._async import _compat as compat
 from absurd._async.db import Database
 from absurd._async.runner import Runner
 from absurd._async.schedules import ScheduleMethods
+from absurd._async.streams import StreamEntry, read_entries
 from absurd._async.worker import AsyncWorker
 from absurd._async.writes import Writes
 from absurd._core import logic, promises, tokens
@@ -476,6 +477,23 @@ class AsyncAbsurd(ScheduleMethods):
             query, (self._queue(queue_name), str(pid), self._json(payload), delivery_key)
         )
         return bool(row["applied"])
+
+    async def read_stream(
+        self, task_id: Any, name: str, from_seq: int = 0, *, queue_name: str | None = None
+    ) -> AsyncIterator[Any]:
+        """The chunks of a task's stream from ``from_seq`` on: those written so far, then
+        new ones as they are written, until the stream closes (explicitly, or when the
+        task ends). ``stream_entries`` gives each chunk's seq and attempt too."""
+        async for entry in self.stream_entries(task_id, name, from_seq, queue_name=queue_name):
+            if not entry.closed:
+                yield entry.chunk
+
+    def stream_entries(
+        self, task_id: Any, name: str, from_seq: int = 0, *, queue_name: str | None = None
+    ) -> AsyncIterator[StreamEntry]:
+        """As ``read_stream``, with each chunk's ``seq``, ``attempt`` and ``written_at``;
+        the last entry (``closed`` True, no chunk) marks the end."""
+        return read_entries(self.db, self._queue(queue_name), task_id, name, from_seq)
 
     async def get_promise(
         self, promise: PromiseHandle | Any, queue_name: str | None = None

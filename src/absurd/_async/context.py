@@ -14,6 +14,7 @@ from typing import Any
 
 from absurd._async import _compat as compat
 from absurd._async.db import Database
+from absurd._async.streams import Anchor, StreamWriter
 from absurd._async.writes import CheckpointWrite, Writes
 from absurd._core import logic, promises, schedules
 from absurd._core import statements as q
@@ -81,6 +82,8 @@ class AsyncTaskContext(compat.RunStepMixin):
         self._queue = run.queue
         self._checkpoints = checkpoints
         self._names = logic.StepNames()
+        self._anchor = Anchor()
+        self._streams: dict[tuple[str, bool], StreamWriter] = {}
         self._wake_consumed = False
         self.task_id = run.task["task_id"]
         self.run_id = run.task["run_id"]
@@ -93,6 +96,8 @@ class AsyncTaskContext(compat.RunStepMixin):
     _queue: str
     _checkpoints: dict[str, Any]
     _names: logic.StepNames
+    _anchor: Anchor
+    _streams: dict[tuple[str, bool], StreamWriter]
     _wake_consumed: bool
     task_id: uuid.UUID
     run_id: uuid.UUID
@@ -125,7 +130,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         return value
 
     async def begin_step(self, name: str) -> StepHandle:
-        checkpoint = self._names.next(name)
+        checkpoint = self._next(name)
         if checkpoint in self._checkpoints:
             value = self._run.serializer.revive(self._checkpoints[checkpoint])
             self._run.tracing.event(
@@ -133,13 +138,21 @@ class AsyncTaskContext(compat.RunStepMixin):
                 {"absurd.step_name": name, "absurd.checkpoint_name": checkpoint},
             )
             return StepHandle(name=name, checkpoint_name=checkpoint, done=True, state=value)
+        self._anchor.move(checkpoint)  # chunks written by the step's own code
         return StepHandle(name=name, checkpoint_name=checkpoint, done=False)
 
     async def complete_step(self, handle: StepHandle, value: Any) -> Any:
         if handle.done:
             return handle.state
         await self._save(handle.checkpoint_name, value)
+        self._anchor.move(handle.checkpoint_name + ">")
         return value
+
+    def _next(self, name: str) -> str:
+        """The next checkpoint's name; the chunks written from here on follow it."""
+        checkpoint = self._names.next(name)
+        self._anchor.move(checkpoint + ">")
+        return checkpoint
 
     async def _save(self, checkpoint: str, value: Any, *, internal: bool = False) -> None:
         """Stores a checkpoint. ``internal``: the SDK's own bookkeeping (sleep targets,
@@ -148,6 +161,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             data = json.dumps(value) if internal else self._run.serializer.dumps(value)
         except SerializationError as exc:
             raise SerializationError(f'step "{checkpoint}": {exc}') from exc
+        await self.flush_streams()  # a checkpoint never commits ahead of earlier chunks
         await self._run.writes.checkpoint(
             CheckpointWrite(self.task_id, checkpoint, data, self.run_id), self._run.claim_timeout
         )
@@ -169,7 +183,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         await self._sleep(step_name, lambda _now: target)
 
     async def _sleep(self, step_name: str, target: Callable[[dt.datetime], dt.datetime]) -> None:
-        checkpoint = self._names.next(step_name)
+        checkpoint = self._next(step_name)
         now = (await self._run.db.one(q.CLOCK_NOW))["now"]
         if checkpoint in self._checkpoints:
             wake_at = dt.datetime.fromisoformat(self._checkpoints[checkpoint])
@@ -186,6 +200,7 @@ class AsyncTaskContext(compat.RunStepMixin):
             },
         )
         if suspend:
+            await self.flush_streams()
             await self._run.db.rows(q.RUN_SCHEDULE, (self._queue, self.run_id, wake_at))
             raise SuspendTask()
 
@@ -199,7 +214,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         """
         if not event_name:
             raise InvalidArgument("event_name must be provided")
-        checkpoint = self._names.next(step_name or f"$awaitEvent:{event_name}")
+        checkpoint = self._next(step_name or f"$awaitEvent:{event_name}")
         return await self._wait(
             checkpoint,
             event_name,
@@ -221,7 +236,7 @@ class AsyncTaskContext(compat.RunStepMixin):
 
         The run suspends and frees its worker slot until the task finishes.
         """
-        checkpoint = self._names.next(step_name or f"$awaitTaskResult:{task_id}")
+        checkpoint = self._next(step_name or f"$awaitTaskResult:{task_id}")
         return await self._wait(  # type: ignore[no-any-return]
             checkpoint,
             f"$taskResult:{task_id}",
@@ -250,7 +265,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         """Waits for the first of several tasks to finish: (its task id, its snapshot)."""
         if not task_ids:
             raise InvalidArgument("task_ids must not be empty")
-        checkpoint = self._names.next(step_name)
+        checkpoint = self._next(step_name)
         data = await self._wait(
             checkpoint,
             f"$anyTask:{self.task_id}:{checkpoint}",
@@ -280,7 +295,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         self, task_name: str, params: Any = None, *, step_name: str | None = None, **options: Any
     ) -> SpawnResult:
         """Spawns a child task exactly once, however often this handler replays."""
-        checkpoint = self._names.next(step_name or f"$spawn:{task_name}")
+        checkpoint = self._next(step_name or f"$spawn:{task_name}")
         if checkpoint in self._checkpoints:
             stored = self._checkpoints[checkpoint]
             return {
@@ -344,6 +359,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         )
         if timed_out:
             self._wake_consumed = True
+        await self.flush_streams()
         row = await self._run.db.one(query, params)
         if row["should_suspend"]:
             self._run.tracing.event(trace_event, {**attributes, "absurd.wait.outcome": "suspended"})
@@ -379,7 +395,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         """
         if not name:
             raise InvalidArgument("name must be provided")
-        checkpoint = self._names.next(step_name or f"$promise:{name}")
+        checkpoint = self._next(step_name or f"$promise:{name}")
         if checkpoint in self._checkpoints:
             return promises.handle(self._checkpoints[checkpoint], self._run.promise_url)
         options = promises.options_json(
@@ -408,7 +424,7 @@ class AsyncTaskContext(compat.RunStepMixin):
         Each is checkpointed, so a replay returns or raises the same at once.
         """
         pid = promises.promise_id(promise)
-        checkpoint = self._names.next(step_name or f"$awaitPromise:{pid}")
+        checkpoint = self._next(step_name or f"$awaitPromise:{pid}")
         settlement = await self._wait(
             checkpoint,
             f"$promise:{pid}",
@@ -419,6 +435,37 @@ class AsyncTaskContext(compat.RunStepMixin):
             ("absurd.await_promise", {"absurd.promise_id": str(pid), "absurd.timeout": timeout}),
         )
         return promises.settlement_value(pid, settlement, self._run.serializer.revive)
+
+    # -- streams ---------------------------------------------------------------
+    def stream(self, name: str, *, durable: bool = True, linger: float = 0.0) -> StreamWriter:
+        """The writer of this task's stream ``name`` (the same one on every call):
+        ``await ctx.stream("tokens").write(chunk)``, ``.close()``.
+
+        Durable (the default): chunks are stored, read from any point, exactly once
+        across replays (docs/streams.md). ``durable=False``: sent to whoever listens
+        now, stored nowhere. ``linger``: seconds each flush waits for more chunks (see
+        StreamWriter; the first call's value holds).
+        """
+        writer = self._streams.get((name, durable))
+        if writer is None:
+            writer = StreamWriter(
+                self._run.db,
+                self._queue,
+                self.task_id,
+                self.run_id,
+                name,
+                self._anchor,
+                durable,
+                linger,
+            )
+            self._streams[(name, durable)] = writer
+        return writer
+
+    async def flush_streams(self) -> None:
+        """Waits until every chunk this task wrote is stored (the SDK calls it before
+        each checkpoint, suspension and the task's end)."""
+        for writer in list(self._streams.values()):
+            await writer.flush()
 
     # -- other -----------------------------------------------------------------
     async def emit_event(self, event_name: str, payload: Any = None) -> None:

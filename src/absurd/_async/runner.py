@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -125,6 +126,7 @@ class Runner:
                     wrap = self.hooks.get("wrap_task_execution")
                     result = await (compat.maybe_await(wrap(ctx, execute)) if wrap else execute())
                     data = self.serializer.dumps(result)
+                    await ctx.flush_streams()
                 except TaskInterrupt as signal:
                     outcome = interrupt_outcome(signal)
                     segment.outcome(outcome)
@@ -139,6 +141,8 @@ class Runner:
                     outcome = "failed"
                     segment.outcome(outcome, exc)
                     log.info("task %s failed: %r", name, exc, extra=extra)
+                    with suppress(Exception):  # what the failed attempt wrote is kept
+                        await ctx.flush_streams()
                     await self.writes.fail(run_id, exc)
                     return
                 finally:

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from absurd._core import logic, promises, tokens
@@ -35,6 +35,7 @@ from absurd._sync import _compat as compat
 from absurd._sync.db import Database
 from absurd._sync.runner import Runner
 from absurd._sync.schedules import ScheduleMethods
+from absurd._sync.streams import StreamEntry, read_entries
 from absurd._sync.worker import Worker
 from absurd._sync.writes import Writes
 from absurd.errors import (
@@ -477,6 +478,23 @@ class Absurd(ScheduleMethods):
             query, (self._queue(queue_name), str(pid), self._json(payload), delivery_key)
         )
         return bool(row["applied"])
+
+    def read_stream(
+        self, task_id: Any, name: str, from_seq: int = 0, *, queue_name: str | None = None
+    ) -> Iterator[Any]:
+        """The chunks of a task's stream from ``from_seq`` on: those written so far, then
+        new ones as they are written, until the stream closes (explicitly, or when the
+        task ends). ``stream_entries`` gives each chunk's seq and attempt too."""
+        for entry in self.stream_entries(task_id, name, from_seq, queue_name=queue_name):
+            if not entry.closed:
+                yield entry.chunk
+
+    def stream_entries(
+        self, task_id: Any, name: str, from_seq: int = 0, *, queue_name: str | None = None
+    ) -> Iterator[StreamEntry]:
+        """As ``read_stream``, with each chunk's ``seq``, ``attempt`` and ``written_at``;
+        the last entry (``closed`` True, no chunk) marks the end."""
+        return read_entries(self.db, self._queue(queue_name), task_id, name, from_seq)
 
     def get_promise(
         self, promise: PromiseHandle | Any, queue_name: str | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,6 +127,7 @@ class Runner:
                     wrap = self.hooks.get("wrap_task_execution")
                     result = compat.maybe_await(wrap(ctx, execute)) if wrap else execute()
                     data = self.serializer.dumps(result)
+                    ctx.flush_streams()
                 except TaskInterrupt as signal:
                     outcome = interrupt_outcome(signal)
                     segment.outcome(outcome)
@@ -140,6 +142,8 @@ class Runner:
                     outcome = "failed"
                     segment.outcome(outcome, exc)
                     log.info("task %s failed: %r", name, exc, extra=extra)
+                    with suppress(Exception):  # what the failed attempt wrote is kept
+                        ctx.flush_streams()
                     self.writes.fail(run_id, exc)
                     return
                 finally:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from absurd._async.client import AsyncAbsurd
 from absurd._async.db import Database
 from absurd._core import logic, tokens
 from absurd._core import statements as q
@@ -28,6 +29,7 @@ from absurd.errors import (
     translate,
 )
 from absurd.ingress.sources import IngressConfig, Source, check_limits
+from absurd.ingress.sse import stream_routes
 from absurd.ingress.templates import TemplateError
 from absurd.ingress.verifiers import BadSignature
 from absurd.queries import statement
@@ -270,6 +272,11 @@ def create_app(
     signer = tokens.TokenSigner(secrets) if secrets else None
     ingress = Ingress(dsn, config or IngressConfig(), signer, pool_size, clock)
     assembled: list[BaseRoute] = [r for group in ROUTE_GROUPS for r in group()]
+    # Streams over SSE (GET /streams/<task>/<name>?queue=...&token=...), with read
+    # tokens signed by the same secrets (a MAC of its own domain): only with secrets.
+    reader = AsyncAbsurd(dsn, pool_size=pool_size, tracing=False) if secrets else None
+    if reader is not None:
+        assembled += stream_routes(reader, list(secrets or ()))
     assembled += list(routes)
     base = "/" + base_path.strip("/") if base_path.strip("/") else ""
 
@@ -279,6 +286,8 @@ def create_app(
             yield
         finally:
             await ingress.close()
+            if reader is not None:
+                await reader.close()
 
     app = Starlette(
         routes=[Mount(base, routes=assembled)] if base else assembled, lifespan=lifespan

@@ -9,13 +9,15 @@
 --   absurd.queues                 one row per queue: storage mode and policy
 --   absurd.task_watchers          which waiting queue/event a task's result goes to
 --                                 when it finishes (await_task_result)
---   per queue <q> (5 tables, created by ensure_queue_tables):
+--   per queue <q> (6 tables, created by ensure_queue_tables):
 --     t_<q>  tasks        one row per task (state, params, result, retry policy)
 --     r_<q>  runs         one row per attempt of a task (lease, wake-up time)
 --     c_<q>  checkpoints  step results, keyed (task_id, checkpoint_name)
 --     e_<q>  events       first-write-wins event payloads, keyed by name
 --     w_<q>  waits        which run waits for which event, until when
 --     i_<q>  idempotency keys (partitioned queues only; see "Storage")
+--     s_<q>  streams      chunks a task streams out, keyed (task_id, stream, seq)
+--                         (see "Streams")
 --   absurd.schedules              one row per schedule of a queue (cron, options,
 --                                 next fire time, pause state; see "Schedules")
 --   absurd.schedule_fires         the fire log: each tick's outcome
@@ -50,6 +52,8 @@
 --   Promises       create_promise, resolve_promise, reject_promise,
 --                  await_promise, get_promise
 --   Ingress        record_delivery, cleanup_ingress_deliveries
+--   Streams        write_stream, close_stream, notify_stream, read_stream,
+--                  stream_channel
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -656,7 +660,8 @@ begin
   with expected(relname, kind, parent) as (
     values ('t_' || p_queue_name, 'table', null), ('r_' || p_queue_name, 'table', null),
            ('c_' || p_queue_name, 'table', null), ('e_' || p_queue_name, 'table', null),
-           ('w_' || p_queue_name, 'table', null),
+           ('w_' || p_queue_name, 'table', null), ('s_' || p_queue_name, 'table', null),
+           ('s_' || p_queue_name || '_ki', 'index', 's_' || p_queue_name),
            ('r_' || p_queue_name || '_sai', 'index', 'r_' || p_queue_name),
            ('r_' || p_queue_name || '_ti', 'index', 'r_' || p_queue_name),
            ('r_' || p_queue_name || '_cei', 'index', 'r_' || p_queue_name),
@@ -675,7 +680,8 @@ begin
            ('t_' || p_queue_name || '_d', 'partition', 't_' || p_queue_name),
            ('r_' || p_queue_name || '_d', 'partition', 'r_' || p_queue_name),
            ('c_' || p_queue_name || '_d', 'partition', 'c_' || p_queue_name),
-           ('w_' || p_queue_name || '_d', 'partition', 'w_' || p_queue_name)) p
+           ('w_' || p_queue_name || '_d', 'partition', 'w_' || p_queue_name),
+           ('s_' || p_queue_name || '_d', 'partition', 's_' || p_queue_name)) p
     where v_partitioned
   )
   select x.relname into v_clash
@@ -692,7 +698,7 @@ begin
   if v_clash is not null then
     perform absurd._raise('AB006', format(
       'Queue "%s" cannot be created: the name absurd.%s belongs to another queue''s objects',
-      p_queue_name, v_clash), 'Choose a queue name that does not extend another queue''s name with _sai, _ti, _cei, _cli, _ci, _cdi, _fai, _tni, _eni or _eai.');
+      p_queue_name, v_clash), 'Choose a queue name that does not extend another queue''s name with _sai, _ti, _cei, _cli, _ci, _cdi, _fai, _tni, _eni, _eai or _ki.');
   end if;
 end;
 $$;
@@ -710,6 +716,7 @@ declare
   v_c text := 'c_' || q;
   v_e text := 'e_' || q;
   v_w text := 'w_' || q;
+  v_s text := 's_' || q;
   v_had_tasks boolean;
   v_had_deadline boolean;
   -- Storage: partitioned queues range-partition t_/c_ by task_id and r_/w_ by
@@ -812,6 +819,22 @@ begin
       primary key (run_id, step_name)
     ) %2$s
   $ddl$, v_w, v_waits);
+  -- Streams: chunks in order per (task, stream); a row with closed = true and
+  -- no chunk closes the stream; key makes a replayed write a no-op.
+  execute format($ddl$
+    create table if not exists absurd.%I (
+      task_id uuid not null,
+      stream text not null,
+      seq bigint not null,
+      chunk jsonb,
+      run_id uuid,
+      attempt integer,
+      key text,
+      closed boolean not null default false,
+      written_at timestamptz not null default absurd.current_time(),
+      primary key (task_id, stream, seq)
+    ) %2$s
+  $ddl$, v_s, v_by_task);
 
   -- Columns this engine adds to tables that an upstream schema created.
   execute format('alter table absurd.%I add column if not exists priority integer not null default 0', v_t);
@@ -859,6 +882,8 @@ begin
   execute format('create index if not exists %I on absurd.%I (event_name)', v_w || '_eni', v_w);
   execute format('create index if not exists %I on absurd.%I (task_id)', v_w || '_ti', v_w);
   execute format('create index if not exists %I on absurd.%I (emitted_at)', v_e || '_eai', v_e);
+  execute format('create unique index if not exists %I on absurd.%I (task_id, stream, key)',
+                 v_s || '_ki', v_s);
   -- Wakes tasks that await this queue's tasks (absurd.task_watchers).
   execute format('drop trigger if exists t_finished on absurd.%I', v_t);
   execute format($tr$create trigger t_finished after update of state on absurd.%I
@@ -917,7 +942,7 @@ begin
      and to_regprocedure('absurd.disable_cron(text)') is not null then
     perform absurd.disable_cron(p_queue_name);
   end if;
-  foreach v_prefix in array array['i_', 'w_', 'e_', 'c_', 'r_', 't_'] loop
+  foreach v_prefix in array array['i_', 's_', 'w_', 'e_', 'c_', 'r_', 't_'] loop
     execute format('drop table if exists absurd.%I cascade', v_prefix || p_queue_name);
   end loop;
   delete from absurd.task_watchers
@@ -1075,7 +1100,8 @@ $$;
 -- Functions run them with EXECUTE absurd._sql(name, queue) USING ...; tests
 -- EXPLAIN the very same text to prove each one is index-driven.
 -- Placeholders: %1$I = t_<q> (tasks), %2$I = r_<q> (runs), %3$I = c_<q>
--- (checkpoints), %4$I = e_<q> (events), %5$I = w_<q> (waits).
+-- (checkpoints), %4$I = e_<q> (events), %5$I = w_<q> (waits), %6$I = s_<q>
+-- (streams).
 --
 -- Every function that runs these statements is declared "set enable_seqscan =
 -- off": each statement reaches its rows by key, so its plan must not depend on
@@ -1555,6 +1581,8 @@ begin
       delete from absurd.%3$I where task_id = any ((select ids from v)::uuid[])
     ), dw as (
       delete from absurd.%5$I where task_id = any ((select ids from v)::uuid[])
+    ), ds as (
+      delete from absurd.%6$I where task_id = any ((select ids from v)::uuid[])
     ), dr as (
       delete from absurd.%2$I where task_id = any ((select ids from v)::uuid[])
     ), dp as (
@@ -1603,6 +1631,54 @@ begin
 
   -- (no parameters) four index probes: due runs (r_<q>_sai), expiring leases
   -- (r_<q>_cei) and cancellation deadlines (t_<q>_cdi), all handled by claim.
+  -- Streams. $1 run_id, $2 task_id: the run, if it is one of the task's (its
+  -- row locked: writes of one run are serialized, and a write waits for a
+  -- concurrent complete/fail/cancel of the run and then sees its outcome).
+  when 'stream.lock_run' then $q$
+    select r.attempt, r.state from absurd.%2$I r
+    where r.run_id = $1 and r.task_id = $2
+    for no key update of r$q$
+  -- $1 task_id, $2 stream: the last row (s_<q>_pkey, backwards).
+  when 'stream.last' then $q$
+    select s.seq, s.closed from absurd.%6$I s
+    where s.task_id = $1 and s.stream = $2
+    order by s.seq desc limit 1$q$
+  -- $1 task_id, $2 stream, $3 chunks, $4 keys (or null), $5 first seq, $6
+  -- run_id, $7 attempt, $8 now. A chunk whose key the stream already holds, or
+  -- an earlier chunk of the batch holds, is skipped (s_<q>_ki); the others take
+  -- consecutive seqs. Returns the number of rows written.
+  when 'stream.append' then $q$
+    with i as (
+      select x.chunk, x.key, x.ord
+      from unnest($3::jsonb[], coalesce($4::text[], array_fill(null::text,
+        array[cardinality($3::jsonb[])]))) with ordinality x(chunk, key, ord)
+    ), f as (
+      select i.chunk, i.key, i.ord from i
+      where i.key is null
+         or (not exists (select 1 from i j where j.key = i.key and j.ord < i.ord)
+             and not exists (select 1 from absurd.%6$I s
+                             where s.task_id = $1 and s.stream = $2 and s.key = i.key))
+    ), w as (
+      insert into absurd.%6$I (task_id, stream, seq, chunk, run_id, attempt, key, written_at)
+      select $1, $2, $5::bigint + row_number() over (order by f.ord) - 1, f.chunk, $6, $7,
+             f.key, $8
+      from f
+      returning 1
+    )
+    select count(*) from w$q$
+  -- $1 task_id, $2 stream, $3 seq, $4 run_id, $5 attempt, $6 now.
+  when 'stream.close' then $q$
+    insert into absurd.%6$I (task_id, stream, seq, chunk, run_id, attempt, closed, written_at)
+    values ($1, $2, $3, null, $4, $5, true, $6)$q$
+  -- $1 task_id, $2 stream, $3 from seq, $4 limit (s_<q>_pkey).
+  when 'stream.read' then $q$
+    select s.seq, s.chunk, s.written_at, s.attempt, s.closed from absurd.%6$I s
+    where s.task_id = $1 and s.stream = $2 and s.seq >= $3
+    order by s.seq limit $4$q$
+  -- $1 task_id: whether the task exists and has ended, and when.
+  when 'stream.task_end' then $q$
+    select t.state in ('completed', 'failed', 'cancelled'), t.finished_at
+    from absurd.%1$I t where t.task_id = $1$q$
   when 'next_wake' then $q$
     select least(
       (select min(available_at) from absurd.%2$I where state = 'pending'),
@@ -1616,7 +1692,7 @@ begin
     perform absurd._raise('AB015', format('Unknown engine statement "%s"', p_statement));
   end if;
   return format(v_template, 't_' || p_queue_name, 'r_' || p_queue_name, 'c_' || p_queue_name,
-                'e_' || p_queue_name, 'w_' || p_queue_name);
+                'e_' || p_queue_name, 'w_' || p_queue_name, 's_' || p_queue_name);
 end;
 $$;
 
@@ -1684,7 +1760,8 @@ as $$
     'await.clear_payload', 'await.clear_wake', 'await.resolve', 'await.suspend',
     'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due', 'promise.lock',
     'promise.get', 'promise.create', 'promise.by_key', 'promise.settle', 'promise.own',
-    'cleanup.promises', 'gauges']);
+    'cleanup.promises', 'gauges', 'stream.lock_run', 'stream.last', 'stream.append',
+    'stream.close', 'stream.read', 'stream.task_end']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -3621,6 +3698,269 @@ end;
 $$;
 
 -- -----------------------------------------------------------------------------
+-- Streams (see docs/streams.md)
+--
+-- A running task appends chunks (JSON values) to named streams; readers read
+-- them from any seq and tail new ones. Chunks live in s_<q>, next to the task:
+-- partitioned by task_id like c_<q> on a partitioned queue, deleted with the
+-- task by cleanup_tasks, dropped with its week or its queue. seq counts from
+-- 0 per (task, stream). A stream is closed by close_stream (a last row with
+-- closed = true and no chunk), or by its task ending: read_stream then ends
+-- with a closing row of its own (seq = last + 1), so completing, failing or
+-- cancelling a task costs nothing more for streams. Each write_stream or
+-- close_stream sends at most one NOTIFY on stream_channel(q, task, stream),
+-- carrying a pointer {"task_id", "stream", "seq"} (the last seq written), never
+-- the chunks. notify_stream (the ephemeral lane) stores nothing: its one
+-- NOTIFY carries the chunks.
+-- -----------------------------------------------------------------------------
+
+-- The LISTEN/NOTIFY channel of one stream (a fixed-length name whatever the
+-- queue, task and stream).
+create or replace function absurd.stream_channel(p_queue_name text, p_task_id uuid, p_stream text)
+returns text
+language sql
+immutable
+strict
+as $$
+  select 'absurd.s.' || md5(p_queue_name || '/' || p_task_id::text || '/' || p_stream);
+$$;
+
+-- A stream name: 1 to 128 characters of letters, digits and . _ : - (it goes
+-- into URLs and NOTIFY payloads as it is), starting with a letter or digit.
+create or replace function absurd._stream_name(p_stream text)
+returns text
+language plpgsql
+immutable
+as $$
+begin
+  if p_stream is null or p_stream !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$' then
+    perform absurd._raise('AB040', format('Invalid stream name "%s"',
+      left(regexp_replace(coalesce(p_stream, '<null>'), '[^[:print:]]', '?', 'g'), 200)),
+      'A stream name is 1 to 128 letters, digits, ".", "_", ":" or "-", starting with a letter or digit.');
+  end if;
+  return p_stream;
+end;
+$$;
+
+-- The chunks of one write, checked before anything is written: at most 1,000
+-- per call, none SQL NULL (a JSON null is a chunk), each at most p_cap bytes
+-- of JSON text (AB041).
+create or replace function absurd._stream_chunks(p_chunks jsonb[], p_keys text[], p_cap integer)
+returns void
+language plpgsql
+immutable
+as $$
+declare
+  v_size integer;
+begin
+  if p_chunks is null or cardinality(p_chunks) > 1000 then
+    perform absurd._raise('AB015', 'chunks must be an array of at most 1000 JSON values');
+  end if;
+  if array_position(p_chunks, null) is not null then
+    perform absurd._raise('AB015', 'A chunk cannot be SQL NULL (write the JSON value null)');
+  end if;
+  if p_keys is not null and (cardinality(p_keys) <> cardinality(p_chunks)
+                             or exists (select 1 from unnest(p_keys) k where octet_length(k) > 512)) then
+    perform absurd._raise('AB015', 'keys must match chunks one to one, each at most 512 bytes');
+  end if;
+  select max(octet_length(c::text)) into v_size from unnest(p_chunks) c;
+  if v_size > p_cap then
+    perform absurd._raise('AB041', format('A stream chunk of %s bytes exceeds the cap of %s bytes',
+      v_size, p_cap), 'Split the chunk, or store large values elsewhere and stream a reference.');
+  end if;
+end;
+$$;
+
+-- Locks the run (stream.lock_run) and returns its attempt when it holds the
+-- task (state running). A cancelled run gets AB001 (the SDK stops the task),
+-- any other AB043, and nothing is written.
+create or replace function absurd._stream_holder(p_queue_name text, p_task_id uuid, p_run_id uuid)
+returns integer
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_attempt integer;
+  v_state text;
+begin
+  perform absurd._require_queue(p_queue_name);
+  execute absurd._sql('stream.lock_run', p_queue_name) into v_attempt, v_state
+    using p_run_id, p_task_id;
+  if v_state = 'cancelled' then
+    perform absurd._raise('AB001', 'Task has been cancelled');
+  elsif v_state is distinct from 'running' then
+    perform absurd._raise('AB043', format(
+      'Run "%s" does not hold task "%s" in queue "%s" (run %s): its streams are closed to it',
+      absurd._show(p_run_id), absurd._show(p_task_id), p_queue_name, coalesce(v_state, 'not found')));
+  end if;
+  return v_attempt;
+end;
+$$;
+
+create or replace function absurd._stream_notify(
+  p_queue_name text, p_task_id uuid, p_stream text, p_seq bigint)
+returns void
+language sql
+as $$
+  select pg_notify(absurd.stream_channel(p_queue_name, p_task_id, p_stream),
+    json_build_object('task_id', p_task_id, 'stream', p_stream, 'seq', p_seq)::text);
+$$;
+
+-- Appends chunks, in order, to a stream of the task p_run_id holds. p_keys
+-- (optional, one per chunk) makes the write idempotent: a chunk whose key the
+-- stream already holds is skipped, so a replayed run re-writing what an
+-- earlier attempt wrote writes nothing (the SDK's rule: docs/streams.md).
+-- Errors, and nothing written: AB040 bad name, AB041 chunk over 64 KiB, AB042
+-- stream closed (when a chunk would be written), AB043 the run does not hold
+-- the task. Returns the stream's last seq (-1 when empty); one NOTIFY when
+-- something was written.
+create or replace function absurd.write_stream(
+  p_queue_name text, p_task_id uuid, p_run_id uuid, p_stream text, p_chunks jsonb[],
+  p_keys text[] default null)
+returns bigint
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_stream text := absurd._stream_name(p_stream);
+  v_attempt integer;
+  v_last bigint;
+  v_closed boolean;
+  v_written bigint;
+begin
+  perform absurd._stream_chunks(p_chunks, p_keys, 65536);
+  v_attempt := absurd._stream_holder(p_queue_name, p_task_id, p_run_id);
+  execute absurd._sql('stream.last', p_queue_name) into v_last, v_closed using p_task_id, v_stream;
+  v_last := coalesce(v_last, -1);
+  if cardinality(p_chunks) = 0 then
+    return v_last;
+  end if;
+  execute absurd._sql('stream.append', p_queue_name) into v_written
+    using p_task_id, v_stream, p_chunks, p_keys, v_last + 1, p_run_id, v_attempt,
+          absurd.current_time();
+  if v_written > 0 and v_closed then
+    perform absurd._raise('AB042', format('Stream "%s" of task "%s" is closed', v_stream, p_task_id));
+  end if;
+  if v_written > 0 then
+    v_last := v_last + v_written;
+    perform absurd._stream_notify(p_queue_name, p_task_id, v_stream, v_last);
+  end if;
+  return v_last;
+end;
+$$;
+
+-- Closes a stream of the task p_run_id holds (AB043 otherwise). Closing a
+-- closed stream does nothing. Returns the closing row's seq.
+create or replace function absurd.close_stream(
+  p_queue_name text, p_task_id uuid, p_run_id uuid, p_stream text)
+returns bigint
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_stream text := absurd._stream_name(p_stream);
+  v_attempt integer := absurd._stream_holder(p_queue_name, p_task_id, p_run_id);
+  v_last bigint;
+  v_closed boolean;
+begin
+  execute absurd._sql('stream.last', p_queue_name) into v_last, v_closed using p_task_id, v_stream;
+  if v_closed then
+    return v_last;
+  end if;
+  v_last := coalesce(v_last, -1) + 1;
+  execute absurd._sql('stream.close', p_queue_name)
+    using p_task_id, v_stream, v_last, p_run_id, v_attempt, absurd.current_time();
+  perform absurd._stream_notify(p_queue_name, p_task_id, v_stream, v_last);
+  return v_last;
+end;
+$$;
+
+-- The ephemeral lane: one NOTIFY carrying the chunks themselves
+-- {"task_id", "stream", "chunks": [...]}, nothing stored (a reader that is not
+-- listening misses them). At most 7,000 bytes of chunks per call (AB041: a
+-- NOTIFY payload holds less than 8,000). Same checks as write_stream.
+create or replace function absurd.notify_stream(
+  p_queue_name text, p_task_id uuid, p_run_id uuid, p_stream text, p_chunks jsonb[])
+returns void
+language plpgsql
+as $$
+declare
+  v_stream text := absurd._stream_name(p_stream);
+  v_payload text;
+begin
+  perform absurd._stream_chunks(p_chunks, null, 7000);
+  perform absurd._stream_holder(p_queue_name, p_task_id, p_run_id);
+  if cardinality(p_chunks) = 0 then
+    return;
+  end if;
+  v_payload := json_build_object('task_id', p_task_id, 'stream', v_stream,
+                                 'chunks', to_json(p_chunks))::text;
+  if octet_length(v_payload) > 7900 then
+    perform absurd._raise('AB041', format(
+      'Ephemeral chunks of %s bytes exceed a notification''s cap', octet_length(v_payload)),
+      'Send fewer chunks per flush.');
+  end if;
+  perform pg_notify(absurd.stream_channel(p_queue_name, p_task_id, v_stream), v_payload);
+end;
+$$;
+
+-- Reads up to p_limit rows of a stream from seq p_from_seq on, in order:
+-- (seq, chunk, written_at, attempt, closed). The last row of a closed stream
+-- has closed = true and chunk NULL: the stream's close_stream row, or, when the
+-- task has ended (completed, failed, cancelled; or it is gone), one made up
+-- here with seq = the last seq + 1. A stream nobody wrote reads as empty while
+-- its task runs.
+create or replace function absurd.read_stream(
+  p_queue_name text, p_task_id uuid, p_stream text, p_from_seq bigint default 0,
+  p_limit integer default 1000)
+returns table (seq bigint, chunk jsonb, written_at timestamptz, attempt integer, closed boolean)
+language plpgsql
+stable
+set enable_seqscan = off
+as $$
+#variable_conflict use_column
+declare
+  v_stream text := absurd._stream_name(p_stream);
+  v_count integer := 0;
+  v_last bigint;
+  v_closed boolean;
+  v_ended boolean;
+  v_finished timestamptz;
+begin
+  perform absurd._require_queue(p_queue_name);
+  if p_limit is null or p_limit < 1 or p_limit > 10000 then
+    perform absurd._raise('AB015', 'limit must be between 1 and 10000');
+  end if;
+  if p_from_seq is null or p_from_seq < 0 then
+    perform absurd._raise('AB015', 'from_seq must be a non-negative number');
+  end if;
+  for seq, chunk, written_at, attempt, closed in
+    execute absurd._sql('stream.read', p_queue_name)
+    using p_task_id, v_stream, p_from_seq, p_limit
+  loop
+    v_count := v_count + 1;
+    return next;
+  end loop;
+  if v_count = p_limit or closed then
+    return;
+  end if;
+  -- The page reached the end of the stream without a closing row: the stream
+  -- is closed when its task has ended.
+  execute absurd._sql('stream.task_end', p_queue_name) into v_ended, v_finished using p_task_id;
+  if v_ended is false then
+    return;
+  end if;
+  execute absurd._sql('stream.last', p_queue_name) into v_last, v_closed using p_task_id, v_stream;
+  seq := greatest(coalesce(v_last, -1) + 1, p_from_seq);
+  chunk := null;
+  written_at := coalesce(v_finished, absurd.current_time());
+  attempt := null;
+  closed := true;
+  return next;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
 -- Cleanup
 -- -----------------------------------------------------------------------------
 
@@ -4689,7 +5029,7 @@ stable
 as $$
   select p.prefix, p.prefix || '_' || p_queue_name, c.relname::text,
          pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT', b.lower_id, b.upper_id
-  from unnest(array['t', 'r', 'c', 'w']) p(prefix)
+  from unnest(array['t', 'r', 'c', 'w', 's']) p(prefix)
   join pg_inherits h on h.inhparent = to_regclass(format('absurd.%I', p.prefix || '_' || p_queue_name))
   join pg_class c on c.oid = h.inhrelid
   left join lateral absurd._partition_bounds(c.oid) b on true;
@@ -4707,7 +5047,7 @@ declare
   v_parent text := p_prefix || '_' || p_queue_name;
   v_name text := v_parent || '_' || absurd.partition_week_tag(p_week);
   v_default text := v_parent || '_d';
-  v_key text := case when p_prefix in ('t', 'c') then 'task_id' else 'run_id' end;
+  v_key text := case when p_prefix in ('t', 'c', 's') then 'task_id' else 'run_id' end;
   v_from uuid := absurd.uuidv7_floor(p_week);
   -- 168 hours, not '7 days': a day added to a timestamptz follows the session time
   -- zone's daylight-saving changes, and would end the week an hour early or late.
@@ -4730,7 +5070,7 @@ begin
                where l.pid = pg_backend_pid() and l.locktype = 'relation'
                  and l.mode = 'AccessExclusiveLock' and l.granted
                  and l.relation in (select to_regclass(format('absurd.%I', x || '_' || p_queue_name))
-                                    from unnest(array['t', 'r', 'c', 'w']) x where x <> p_prefix)) then
+                                    from unnest(array['t', 'r', 'c', 'w', 's']) x where x <> p_prefix)) then
       execute format('lock table absurd.%I in access exclusive mode nowait', v_parent);
     else
       execute format('lock table absurd.%I in access exclusive mode', v_parent);
@@ -4795,7 +5135,7 @@ begin
     order by q.queue_name
   loop
     if v_queue.default_partition = 'enabled' then
-      foreach v_prefix in array array['t', 'r', 'c', 'w'] loop
+      foreach v_prefix in array array['t', 'r', 'c', 'w', 's'] loop
         execute format('create table if not exists absurd.%I partition of absurd.%I default',
                        v_prefix || '_' || v_queue.queue_name || '_d',
                        v_prefix || '_' || v_queue.queue_name);
@@ -4803,7 +5143,7 @@ begin
     end if;
     v_week := absurd.week_bucket_utc(v_now - v_queue.partition_lookback);
     while v_week <= absurd.week_bucket_utc(v_now + v_queue.partition_lookahead) loop
-      foreach v_prefix in array array['t', 'r', 'c', 'w'] loop
+      foreach v_prefix in array array['t', 'r', 'c', 'w', 's'] loop
         perform absurd._add_week_partition(v_prefix, v_queue.queue_name, v_week);
       end loop;
       v_week := v_week + interval '168 hours';  -- see _add_week_partition
@@ -4827,7 +5167,7 @@ begin
     perform absurd.ensure_partitions(p_queue_name);
     return;
   end if;
-  foreach v_prefix in array array['t', 'r', 'c', 'w'] loop
+  foreach v_prefix in array array['t', 'r', 'c', 'w', 's'] loop
     v_part := v_prefix || '_' || p_queue_name || '_d';
     continue when to_regclass(format('absurd.%I', v_part)) is null;
     execute format('lock table absurd.%I in access exclusive mode', v_part);
@@ -4870,7 +5210,7 @@ begin
       select p.parent_table, p.partition_table from absurd._queue_partitions(v_queue.queue_name) p
       where not p.is_default
         and absurd.uuidv7_timestamp(p.upper_id) < v_now - v_queue.detach_min_age
-      order by array_position(array['t', 'r', 'c', 'w'], p.prefix), p.upper_id
+      order by array_position(array['t', 'r', 'c', 'w', 's'], p.prefix), p.upper_id
     loop
       execute format('select exists (select 1 from absurd.%I)', v_part.partition_table)
         into v_rows;
@@ -4892,10 +5232,11 @@ language plpgsql
 stable
 as $$
 begin
-  if p_table !~ '^[trcw]_.+_([0-9]{3}|d)$'
+  if p_table !~ '^[trcws]_.+_([0-9]{3}|d)$'
      or exists (select 1 from absurd.queues q
                 where p_table in ('t_' || q.queue_name, 'r_' || q.queue_name,
-                                  'c_' || q.queue_name, 'w_' || q.queue_name))
+                                  'c_' || q.queue_name, 'w_' || q.queue_name,
+                                  's_' || q.queue_name))
      or exists (select 1 from pg_class c where c.relnamespace = 'absurd'::regnamespace
                 and c.relname = p_table and c.relkind <> 'r') then
     perform absurd._raise('AB015', format('Table "%s" is not a queue partition', p_table));
@@ -5173,8 +5514,8 @@ begin
   end if;
   for v_week in
     select p.lower_id as lo, p.upper_id as hi,
-           array_agg(p.partition_table order by array_position(array['t', 'c', 'r', 'w'], p.prefix)) as parts,
-           array_agg(p.parent_table order by array_position(array['t', 'c', 'r', 'w'], p.prefix)) as parents
+           array_agg(p.partition_table order by array_position(array['t', 'c', 's', 'r', 'w'], p.prefix)) as parts,
+           array_agg(p.parent_table order by array_position(array['t', 'c', 's', 'r', 'w'], p.prefix)) as parents
     from absurd._queue_partitions(p_queue_name) p
     where not p.is_default
       and absurd.uuidv7_timestamp(p.upper_id)
@@ -5225,7 +5566,7 @@ begin
     elsif v_part like 'w\_%' then
       execute format('select exists (select 1 from absurd.%I)', v_part) into v_live;
     else
-      v_live := false;  -- checkpoints belong to the tasks of the same week
+      v_live := false;  -- checkpoints and stream chunks belong to the tasks of the same week
     end if;
     if v_live then
       return true;

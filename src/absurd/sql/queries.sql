@@ -790,3 +790,18 @@ from absurd.get_promise(%s, %s::uuid)
 
 -- name: promise_await --
 select should_suspend, payload from absurd.await_promise(%s, %s, %s, %s, %s::uuid, %s)
+
+-- name: stream_write --
+select absurd.write_stream(%s, %s, %s, %s, %s::jsonb[], %s::text[]) as last_seq
+
+-- name: stream_close --
+select absurd.close_stream(%s, %s, %s, %s) as seq
+
+-- name: stream_notify --
+select absurd.notify_stream(%s, %s, %s, %s, %s::jsonb[])
+
+-- name: stream_read --
+select seq, chunk, written_at, attempt, closed from absurd.read_stream(%s, %s, %s, %s, %s)
+
+-- name: stream_channel --
+select absurd.stream_channel(%s, %s, %s) as channel

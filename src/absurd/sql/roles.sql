@@ -69,7 +69,8 @@ as $$
                     'queue_next_wake', 'list_queues', 'get_queue_policy',
                     'get_task_result', 'get_task_checkpoint_state',
                     'get_task_checkpoint_states', 'list_schedules', 'list_schedule_fires',
-                    'preview_schedule', 'get_promise', 'queue_gauges')
+                    'preview_schedule', 'get_promise', 'queue_gauges', 'read_stream',
+                    'stream_channel')
 $$;
 
 create or replace function absurd._install_roles(p_worker name, p_reader name)

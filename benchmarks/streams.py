@@ -1,0 +1,211 @@
+"""Streams: write-to-reader latency, durable-lane throughput, and the drain rate of a
+queue while 100 tasks stream. Run: .venv/bin/python -m benchmarks.streams [--quick]
+[--dsn DSN] (default: the embedded PostgreSQL 18).
+
+1. latency: a task writes a chunk every 20 ms (its write time inside); a reader
+   tailing with app.read_stream (LISTEN, then a read) notes when each arrives:
+   p50/p99 of arrival - write (targets: 10 ms / 50 ms).
+2. throughput: one task writes 10,000 small chunks as fast as it can, then flushes:
+   chunks/s, and per 1,000 chunks the server's transactions (pg_stat_database
+   xact_commit, every session) and the stream's NOTIFYs (counted by a listener).
+3. drain under streams: a worker drains one-step tasks alone, then again while
+   another process runs 100 tasks that each write a chunk every 10 ms: the drop of
+   the drain rate (target: at most 10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import threading
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import absurd
+from absurd import schema
+from absurd.embedded import start_embedded
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def latency(dsn: str, chunks: int) -> list[float]:
+    app = absurd.AsyncAbsurd(dsn, queue_name="lat")
+    await app.create_queue()
+
+    @app.register_task("tick")
+    async def tick(params: Any, ctx: absurd.AsyncTaskContext) -> None:
+        out = ctx.stream("out")
+        for _ in range(params["n"]):
+            await out.write(time.perf_counter())
+            await asyncio.sleep(0.02)
+        await out.close()
+
+    worker = asyncio.create_task(app.start_worker(poll_interval=0.05, handle_signals=False))
+    task_id = (await app.spawn("tick", {"n": chunks}))["task_id"]
+    delays = [(time.perf_counter() - sent) * 1000 async for sent in app.read_stream(task_id, "out")]
+    app.stop_worker()
+    await worker
+    await app.close()
+    return delays
+
+
+async def throughput(dsn: str, chunks: int) -> dict[str, float]:
+    app = absurd.AsyncAbsurd(dsn, queue_name="thr")
+    await app.create_queue()
+    timing: dict[str, float] = {}
+
+    @app.register_task("burst")
+    async def burst(params: Any, ctx: absurd.AsyncTaskContext) -> None:
+        out = ctx.stream("out")
+        started = time.perf_counter()
+        for i in range(params["n"]):
+            await out.write({"t": i})
+        await out.flush()
+        timing["seconds"] = time.perf_counter() - started
+
+    task_id = (await app.spawn("burst", {"n": chunks}))["task_id"]
+    listener = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    channel = await (
+        await listener.execute("select absurd.stream_channel('thr', %s, 'out')", (task_id,))
+    ).fetchone()
+    assert channel is not None
+    await listener.execute(sql.SQL("listen {}").format(sql.Identifier(channel[0])))
+    xacts = "select xact_commit from pg_stat_database where datname = current_database()"
+    before = (await (await listener.execute(xacts)).fetchone() or [0])[0]
+    worker = asyncio.create_task(app.start_worker(poll_interval=0.05, handle_signals=False))
+    while "seconds" not in timing:
+        await asyncio.sleep(0.05)
+    app.stop_worker()
+    await worker
+    await asyncio.sleep(0.6)  # pg_stat reports every 500 ms or so
+    after = (await (await listener.execute(xacts)).fetchone() or [0])[0]
+    notes = 0
+    async for _ in listener.notifies(timeout=0.5):
+        notes += 1
+    await listener.close()
+    await app.close()
+    return {
+        "chunks/s": chunks / timing["seconds"],
+        "xacts per 1000": (after - before) * 1000 / chunks,
+        "notifies per 1000": notes * 1000 / chunks,
+    }
+
+
+def streamers(dsn: str, tasks: int, seconds: float, linger: float, ready: Any) -> None:
+    """The streaming load, in a process of its own: ``tasks`` tasks writing a chunk
+    every 10 ms for ``seconds``."""
+
+    async def main() -> None:
+        app = absurd.AsyncAbsurd(dsn, queue_name="streamers", pool_size=20)
+
+        @app.register_task("talk")
+        async def talk(params: Any, ctx: absurd.AsyncTaskContext) -> None:
+            out = ctx.stream("out", linger=params["linger"])
+            end = time.monotonic() + params["seconds"]
+            while time.monotonic() < end:
+                await out.write("token")
+                await asyncio.sleep(0.01)
+            await out.close()
+
+        await app.spawn_many("talk", [{"seconds": seconds, "linger": linger}] * tasks)
+        worker = asyncio.create_task(
+            app.start_worker(concurrency=tasks, poll_interval=0.05, handle_signals=False)
+        )
+        ready.set()
+        await asyncio.sleep(seconds + 1)
+        app.stop_worker()
+        await worker
+        await app.close()
+
+    asyncio.run(main())
+
+
+def drain_rate(dsn: str, tasks: int) -> float:
+    app = absurd.Absurd(dsn, queue_name="drain")
+    app.create_queue()
+
+    @app.register_task("one")
+    def one(params: Any, ctx: absurd.TaskContext) -> int:
+        return int(ctx.step("s", lambda: 1))
+
+    app.spawn_many("one", [{}] * tasks)
+    thread = threading.Thread(
+        target=app.start_worker, kwargs={"concurrency": 8, "poll_interval": 0.05}
+    )
+    started = time.perf_counter()
+    thread.start()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        while True:
+            row = c.execute(
+                "select count(*) from absurd.t_drain where state <> 'completed'"
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    app.stop_worker()
+    thread.join(10)
+    app.drop_queue()
+    app.close()
+    return tasks / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dsn")
+    args = parser.parse_args()
+    server = None if args.dsn else start_embedded()
+    dsn = args.dsn or server.dsn  # type: ignore[union-attr]
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            schema.migrate(c)
+            version = (c.execute("show server_version").fetchone() or ["?"])[0]
+            for q in ("lat", "thr", "streamers", "drain"):
+                c.execute("select absurd.drop_queue(%s)", (q,))
+            c.execute("select absurd.create_queue('streamers')")
+        load = os.getloadavg()
+        print(f"PostgreSQL {version}; {os.cpu_count()} CPUs; load average {load[0]:.2f}")
+        delays = asyncio.run(latency(dsn, 100 if args.quick else 500))
+        print(
+            f"latency write -> tailing reader: p50 {statistics.median(delays):.1f} ms,"
+            f" p99 {pct(delays, 99):.1f} ms ({len(delays)} chunks)"
+        )
+        figures = asyncio.run(throughput(dsn, 2000 if args.quick else 10_000))
+        print("durable lane, one task: " + ", ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
+        tasks = 500 if args.quick else 2000
+        alone = drain_rate(dsn, tasks)
+        print(f"drain of {tasks} one-step tasks alone: {alone:,.0f}/s")
+        for linger in (0.0, 0.05):
+            ready = multiprocessing.Event()
+            seconds = 2 * tasks / alone + 5
+            proc = multiprocessing.Process(
+                target=streamers, args=(dsn, 100, seconds, linger, ready)
+            )
+            proc.start()
+            ready.wait(60)
+            time.sleep(1)  # the 100 tasks are running
+            loaded = drain_rate(dsn, tasks)
+            proc.join(seconds + 30)
+            drop = (alone - loaded) / alone * 100
+            print(
+                f"  while 100 tasks stream a chunk each every 10 ms (linger {linger * 1000:.0f}"
+                f" ms): {loaded:,.0f}/s, {drop:+.1f}% drop"
+            )
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
