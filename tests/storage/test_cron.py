@@ -100,7 +100,7 @@ def test_detach_pipeline_runs_its_own_commands(cron: tuple[psycopg.Connection[An
     planned = c.execute("select * from absurd.schedule_detach_jobs(%s)", (q,)).fetchall()
     kinds = {(r[2], r[4]) for r in planned}
     assert {k for _, k in kinds} == {"detach", "drop"} and all(r[2] == q for r in planned)
-    assert len({r[3] for r in planned}) == 4  # one partition per parent: t, r, c, w
+    assert len({r[3] for r in planned}) == 5  # one partition per parent: t, r, c, w, s
     # a second plan adds nothing while those pipelines exist
     assert c.execute("select * from absurd.schedule_detach_jobs(%s)", (q,)).fetchall() == []
     found = jobs(c)
