@@ -99,11 +99,14 @@ def per_unit(
     """Per-task counts between two readings; ``own`` is this process's transactions."""
     out: dict[str, Any] = {
         "xact_per_task": round((after["xact_commit"] - before["xact_commit"] - own) / n, 2),
-        "wal_bytes_per_task": round(wal_diff(conn, before["lsn"], after["lsn"]) / n),
+        "wal_lsn_bytes_per_task": round(wal_diff(conn, before["lsn"], after["lsn"]) / n),
     }
     for key in ("wal_records", "wal_fpi", "wal_bytes"):
         if key in before:
             out[f"{key}_per_task"] = round((after[key] - before[key]) / n, 2)
+    # The figure shown: pg_stat_wal's bytes when the server has them, else the WAL
+    # position's advance (both are the whole cluster's; nothing else runs meanwhile).
+    out.setdefault("wal_bytes_per_task", out["wal_lsn_bytes_per_task"])
     return out
 
 
@@ -301,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log(
                         f"{mode} c{conc} {steps}-step: {fmt(d['tasks_per_s'], 0)} tasks/s,"
                         f" server {fmt(d.get('server_cpu_ms_per_task'), 3)} ms/task,"
-                        f" {d['xact_per_task']} xact/task, {d['wal_bytes_per_task']} WAL B/task"
+                        f" {d['xact_per_task']} xact/task,"
+                        f" {fmt(d['wal_bytes_per_task'])} WAL B/task"
                         f" (load {d['loadavg'][0]:.1f})"
                     )
         drop_database(server, DATABASE)
