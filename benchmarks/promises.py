@@ -135,6 +135,8 @@ class Target:
     conn: psycopg.Connection[Any] | None = None
     samples: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
     blocks: dict[str, list[int]] = field(default_factory=lambda: {op: [] for op in OPS})
+    #: Of those, the ones not in shared buffers (read from the OS or the disk).
+    reads: dict[str, list[int]] = field(default_factory=lambda: {op: [] for op in OPS})
     anomalies: list[str] = field(default_factory=list)
     rounds_done: int = 0
 
@@ -158,11 +160,10 @@ class Target:
         assert row is not None
         doc = row[0][0] if isinstance(row[0], list) else json.loads(row[0])[0]
         plan, planning = doc["Plan"], doc.get("Planning", {})
-        self.blocks[op].append(
-            int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
-            + int(planning.get("Shared Hit Blocks", 0))
-            + int(planning.get("Shared Read Blocks", 0))
-        )  # fmt: skip
+        read = int(plan["Shared Read Blocks"]) + int(planning.get("Shared Read Blocks", 0))
+        hit = int(plan["Shared Hit Blocks"]) + int(planning.get("Shared Hit Blocks", 0))
+        self.blocks[op].append(hit + read)
+        self.reads[op].append(read)
 
     def round(self, timed: bool, probe: bool = False) -> None:
         k = self.rounds_done
@@ -238,6 +239,7 @@ def summary(t: Target) -> dict[str, Any]:
             "median_ms": round(statistics.median(s), 4) if s else None,
             "p95_ms": round(percentile(s, 0.95), 4) if s else None,
             "blocks_median": statistics.median(t.blocks[op]) if t.blocks[op] else None,
+            "reads_median": statistics.median(t.reads[op]) if t.reads[op] else None,
         }
     return out
 
@@ -281,14 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     small, large = results[0], results[-1]
     header = ["call", *(f"median ms @ {r['fill']['promises']['tasks']:,} tasks" for r in results),
-              "p95 ms (largest)", "buffers (smallest / largest)", "ratio"]  # fmt: skip
+              "p95 ms (largest)", "buffers (smallest / largest)", "of them read (largest)",
+              "ratio"]  # fmt: skip
     rows = []
     ratios: dict[str, float | None] = {}
     for op in OPS:
         ratios[op] = ratio(large[op]["median_ms"], small[op]["median_ms"])
         rows.append([LABELS[op], *(f"{r[op]['median_ms']:.3f}" for r in results),
                      f"{large[op]['p95_ms']:.3f}",
-                     f"{small[op]['blocks_median']} / {large[op]['blocks_median']}",
+                     f"{small[op]['blocks_median']:g} / {large[op]['blocks_median']:g}",
+                     f"{large[op]['reads_median']:g}",
                      fmt_ratio(ratios[op])])  # fmt: skip
     print()
     print(render_table(header, rows))
