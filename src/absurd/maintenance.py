@@ -17,6 +17,11 @@
 5. detaches and drops empty old partitions when the queue's ``detach_mode`` is
    ``empty`` (upstream's policy).
 
+Then, once per round and not per queue, it forgets the webhook deliveries
+``absurd.ingress`` recorded more than ``ingress_ttl`` seconds ago
+(``absurd.cleanup_ingress_deliveries``; default 7 days, longer than Stripe and Svix
+redeliver).
+
 A session advisory lock elects the leader: a second maintainer running at the same
 time skips the round and says so in its report. DETACH ... CONCURRENTLY cannot run
 inside a transaction block, hence the autocommit connection.
@@ -37,7 +42,13 @@ from psycopg.rows import tuple_row
 
 from absurd import queries
 
-__all__ = ["MaintenanceReport", "QueueMaintenance", "maintain_once", "run_maintenance"]
+__all__ = [
+    "DEFAULT_INGRESS_TTL",
+    "MaintenanceReport",
+    "QueueMaintenance",
+    "maintain_once",
+    "run_maintenance",
+]
 
 log = logging.getLogger("absurd.maintenance")
 
@@ -53,6 +64,9 @@ SWEEP_LIMIT = 1000
 #: fire_schedules batches per queue per round (each of up to FIRE_LIMIT tasks).
 MAX_FIRE_BATCHES = 100
 FIRE_LIMIT = 1000
+#: How long a webhook delivery id is remembered (seconds): Stripe redelivers for 3
+#: days, Svix for about 5; GitHub only when someone asks, so keep a margin.
+DEFAULT_INGRESS_TTL = 7 * 86400
 
 
 @dataclass
@@ -79,10 +93,14 @@ class MaintenanceReport:
     skipped: str | None = None
     seconds: float = 0.0
     queues: list[QueueMaintenance] = field(default_factory=list)
+    #: Webhook delivery records forgotten (``cleanup_ingress_deliveries``), all queues.
+    ingress_deliveries_deleted: int = 0
+    #: Errors of the round's steps that concern no single queue.
+    round_errors: list[str] = field(default_factory=list)
 
     @property
     def errors(self) -> list[str]:
-        return [f"{q.queue}: {e}" for q in self.queues for e in q.errors]
+        return [*self.round_errors, *(f"{q.queue}: {e}" for q in self.queues for e in q.errors)]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -272,14 +290,32 @@ def _cleanup(
                 break
 
 
+def _cleanup_ingress_deliveries(
+    conn: psycopg.Connection[Any], report: MaintenanceReport, ttl: int
+) -> None:
+    try:
+        report.ingress_deliveries_deleted = int(
+            _scalar(conn, "ingress_delivery_cleanup", ttl=min(ttl, 2**31 - 1))
+        )
+    except psycopg.Error as exc:
+        report.round_errors.append(f"ingress deliveries: {exc}")
+
+
 def maintain_once(
-    conn: psycopg.Connection[Any], *, queues: Sequence[str] | None = None
+    conn: psycopg.Connection[Any],
+    *,
+    queues: Sequence[str] | None = None,
+    ingress_ttl: int | None = DEFAULT_INGRESS_TTL,
 ) -> MaintenanceReport:
     """One maintenance round; see the module docstring. Needs an autocommit connection.
 
-    Per-queue failures are recorded in the report (``report.errors``) and do not stop
-    the round; a second maintainer running concurrently gets ``leader=False``.
+    ``ingress_ttl``: webhook delivery records older than that many seconds are
+    forgotten, whichever ``queues`` the round covers (``None``: kept). Per-queue
+    failures are recorded in the report (``report.errors``) and do not stop the round;
+    a second maintainer running concurrently gets ``leader=False``.
     """
+    if ingress_ttl is not None and ingress_ttl < 0:
+        raise ValueError("ingress_ttl must be a non-negative number of seconds")
     if not conn.autocommit:
         raise ValueError("maintain_once needs an autocommit connection (DETACH CONCURRENTLY)")
     started = time.monotonic()
@@ -291,6 +327,8 @@ def maintain_once(
         names = list(queues) if queues is not None else [r[0] for r in _rows(conn, "queue_list")]
         for name in names:
             report.queues.append(_maintain_queue(conn, name))
+        if ingress_ttl is not None:
+            _cleanup_ingress_deliveries(conn, report, ingress_ttl)
     finally:
         conn.execute("reset lock_timeout")
         _rows(conn, "advisory_unlock", key=LEADER_LOCK_KEY)
@@ -304,6 +342,7 @@ def run_maintenance(
     interval: float = 60.0,
     queues: Sequence[str] | None = None,
     stop: threading.Event | None = None,
+    ingress_ttl: int | None = DEFAULT_INGRESS_TTL,
 ) -> None:
     """Runs ``maintain_once`` every ``interval`` seconds until ``stop`` is set.
 
@@ -316,7 +355,7 @@ def run_maintenance(
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(dsn, autocommit=True)
-            report = maintain_once(conn, queues=queues)
+            report = maintain_once(conn, queues=queues, ingress_ttl=ingress_ttl)
             for error in report.errors:
                 log.warning("maintenance: %s", error)
             if not report.leader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import subprocess
 import time
@@ -12,8 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from absurd import queries
 from absurd.maintenance import LEADER_LOCK_KEY
-from tests.cli.conftest import SCRIPT, Cli, one_line_error
+from tests.cli.conftest import SCRIPT, T0, Cli, Clock, one_line_error
 from tests.conftest import Connect
 from tests.engine._engine import Engine
 
@@ -89,6 +91,33 @@ def test_missing_queue_and_bad_interval(cli: Cli, queue: str) -> None:
     assert bad.code == 2 and "'--interval'" in bad.stderr and "Traceback" not in bad.stderr
     one_line_error(cli("maintain", "--once", "-q", 'x"; drop table absurd.queues; --'),
                    "does not exist")  # fmt: skip
+
+
+def test_once_forgets_old_ingress_deliveries(
+    cli: Cli, conn: psycopg.Connection[Any], queue: str, at: Clock
+) -> None:
+    source = f"cli-{uuid.uuid4().hex[:8]}"
+    for delivery, days in (("d8", 8), ("d1", 1)):
+        at(T0 - dt.timedelta(days=days))
+        conn.execute(queries.query("ingress_delivery_record"),
+                     {"source": source, "delivery_id": delivery})  # fmt: skip
+    at(T0)
+
+    def left() -> list[str]:
+        rows = conn.execute(
+            "select delivery_id from absurd.ingress_deliveries where source = %s", (source,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    report = _report(cli, "-q", queue)  # 7 days by default
+    assert report["ingress_deliveries_deleted"] >= 1 and report["round_errors"] == []
+    assert left() == ["d1"]
+    assert _report(cli, "-q", queue)["ingress_deliveries_deleted"] == 0
+    table = cli("maintain", "--once", "-q", queue, "--ingress-ttl", "3600")
+    assert table.code == 0 and "ingress deliveries forgotten: 1" in table.stdout, table
+    assert left() == []
+    bad = cli("maintain", "--once", "--ingress-ttl", "-1")
+    assert bad.code == 2 and "'--ingress-ttl'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

@@ -6,12 +6,19 @@ import datetime as dt
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 
-from absurd.maintenance import LEADER_LOCK_KEY, maintain_once, run_maintenance
+from absurd import queries
+from absurd.maintenance import (
+    DEFAULT_INGRESS_TTL,
+    LEADER_LOCK_KEY,
+    maintain_once,
+    run_maintenance,
+)
 from tests.conftest import Connect
 from tests.engine._engine import Engine
 from tests.storage.conftest import week_tags
@@ -345,3 +352,47 @@ def test_run_maintenance_loops_until_stopped(dsn: str, engine: Engine) -> None:
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def _deliveries(conn: psycopg.Connection[Any], source: str) -> list[str]:
+    rows = conn.execute(
+        "select delivery_id from absurd.ingress_deliveries where source = %s order by 1",
+        (source,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_each_round_forgets_old_ingress_deliveries(
+    conn: psycopg.Connection[Any], connect: Connect, queue: str
+) -> None:
+    """Once per round, whatever the queues: records older than the TTL (7 days by
+    default) go, younger ones stay; None keeps them all."""
+    assert DEFAULT_INGRESS_TTL == 7 * 86400
+    source = f"maint-{uuid.uuid4().hex[:8]}"
+    ages = {"d8": 8, "d6": 6, "d2": 2}  # days before T0
+    for delivery, days in ages.items():
+        set_now(conn, T0 - dt.timedelta(days=days))
+        conn.execute(queries.query("ingress_delivery_record"),
+                     {"source": source, "delivery_id": delivery})  # fmt: skip
+    maint = connect()
+    set_now(maint, T0)
+    kept = maintain_once(maint, queues=[queue], ingress_ttl=None)
+    assert kept.ingress_deliveries_deleted == 0 and kept.errors == []
+    assert _deliveries(conn, source) == ["d2", "d6", "d8"]
+
+    report = maintain_once(maint, queues=[queue])  # the default TTL, one queue named
+    assert report.errors == [] and report.ingress_deliveries_deleted >= 1
+    assert report.as_dict()["ingress_deliveries_deleted"] == report.ingress_deliveries_deleted
+    assert _deliveries(conn, source) == ["d2", "d6"]
+    again = maintain_once(maint, queues=[queue])
+    assert again.ingress_deliveries_deleted == 0  # nothing older is left, of any source
+
+    shorter = maintain_once(maint, queues=[], ingress_ttl=3 * 86400)  # no queue at all
+    assert shorter.ingress_deliveries_deleted == 1 and shorter.queues == []
+    assert _deliveries(conn, source) == ["d2"]
+    # A redelivery of a forgotten id counts as new again: the TTL must outlast retries.
+    set_now(conn, T0)
+    assert conn.execute(queries.query("ingress_delivery_record"),
+                        {"source": source, "delivery_id": "d8"}).fetchone() == (True,)  # fmt: skip
+    with pytest.raises(ValueError, match="ingress_ttl"):
+        maintain_once(maint, ingress_ttl=-1)

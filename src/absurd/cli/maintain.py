@@ -41,6 +41,7 @@ def _show(report: maintenance.MaintenanceReport, as_json: bool) -> None:
         out.print(f"not the leader: {report.skipped}; nothing done", markup=False)
         return
     out.print(f"leader: yes; round took {report.seconds:.2f} s", markup=False)
+    out.print(f"ingress deliveries forgotten: {report.ingress_deliveries_deleted}", markup=False)
     rows = [
         {**q.__dict__, "weeks_retired": len(q.weeks_retired),
          "partitions_dropped": len(q.partitions_dropped)}
@@ -56,7 +57,9 @@ def _show(report: maintenance.MaintenanceReport, as_json: bool) -> None:
         click.echo(f"warning: {error}", err=True)
 
 
-def _run_until_signal(dsn: str, interval: float, queues: list[str] | None) -> None:
+def _run_until_signal(
+    dsn: str, interval: float, queues: list[str] | None, ingress_ttl: int
+) -> None:
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
@@ -66,7 +69,7 @@ def _run_until_signal(dsn: str, interval: float, queues: list[str] | None) -> No
     worker = threading.Thread(
         target=maintenance.run_maintenance,
         args=(dsn,),
-        kwargs={"interval": interval, "queues": queues, "stop": stop},
+        kwargs={"interval": interval, "queues": queues, "stop": stop, "ingress_ttl": ingress_ttl},
         name="absurd-maintenance",
         daemon=True,
     )
@@ -91,16 +94,31 @@ def _run_until_signal(dsn: str, interval: float, queues: list[str] | None) -> No
     help="Seconds between rounds (without --once).",
 )
 @click.option("-q", "--queue", "queues", multiple=True, help="Only these queues (repeatable).")
+@click.option(
+    "--ingress-ttl",
+    type=click.IntRange(min=0, max=2**31 - 1),
+    default=maintenance.DEFAULT_INGRESS_TTL,
+    show_default=True,
+    metavar="SECONDS",
+    help="Forget webhook delivery ids absurd.ingress recorded longer ago than this.",
+)
 @json_option
 @with_db
 def maintain(
-    db: Target, once: bool, interval: float, queues: tuple[str, ...], as_json: bool
+    db: Target,
+    once: bool,
+    interval: float,
+    queues: tuple[str, ...],
+    ingress_ttl: int,
+    as_json: bool,
 ) -> None:
     """Provision partitions, sweep expired leases, retire old weeks, clean up rows.
 
     Storage maintenance for deployments without pg_cron. With --once, one round and a
     report per queue; otherwise a round every --interval seconds until SIGINT/SIGTERM
     (rounds are logged to stderr). Several maintainers may run: one leads at a time.
+    Each round also forgets the webhook deliveries absurd.ingress recorded more than
+    --ingress-ttl seconds ago (7 days by default), whatever the queues.
     """
     with db.connect() as conn:
         for queue in queues:
@@ -109,7 +127,7 @@ def maintain(
     if once:
         try:
             with psycopg.connect(db.dsn(), autocommit=True) as plain:
-                report = maintenance.maintain_once(plain, queues=names)
+                report = maintenance.maintain_once(plain, queues=names, ingress_ttl=ingress_ttl)
         except psycopg.OperationalError as exc:
             reason = " ".join(str(exc).split())
             raise CliError(f"cannot connect to {db.describe()}: {reason}") from exc
@@ -120,7 +138,7 @@ def maintain(
     click.echo(
         f"maintaining {what} every {interval:g} s on {db.describe()}; Ctrl-C stops", err=True
     )
-    _run_until_signal(db.dsn(), interval, names)
+    _run_until_signal(db.dsn(), interval, names, ingress_ttl)
     click.echo("stopped", err=True)
 
 
