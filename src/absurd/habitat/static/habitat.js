@@ -4,6 +4,7 @@
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
   var PERIOD_MS = 5000;
+  var STREAM_MS = 1000;
 
   function el(name, attrs) {
     var node = document.createElementNS(SVG, name);
@@ -55,6 +56,47 @@
       .catch(function () { /* keep the last good view */ });
   }
 
+  // Tails the open streams of a task page: asks the stream's JSON endpoint for the
+  // chunks after data-next and appends them as text (never as HTML), keeping at most
+  // data-cap of them. Reads the DOM on each tick, so a #live refresh that replaces
+  // the sections is picked up where it stands.
+  function chunkText(chunk) {
+    return typeof chunk === "string" ? chunk : JSON.stringify(chunk);
+  }
+
+  function tailStreams() {
+    if (!liveEnabled() || document.hidden) return;
+    document.querySelectorAll("section.stream[data-closed='false']").forEach(function (box) {
+      if (box.getAttribute("data-busy") === "1") return;
+      box.setAttribute("data-busy", "1");
+      var url = box.getAttribute("data-url") + "?from=" + encodeURIComponent(box.getAttribute("data-next"));
+      fetch(url, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (body) {
+          if (body === null) return;
+          var pre = box.querySelector("pre.stream-chunks");
+          body.chunks.forEach(function (c) {
+            var span = document.createElement("span");
+            span.className = "chunk";
+            span.setAttribute("data-seq", String(c.seq));
+            span.title = "seq " + c.seq + ", attempt " + c.attempt;
+            span.textContent = chunkText(c.chunk);
+            pre.appendChild(span);
+          });
+          var cap = parseInt(box.getAttribute("data-cap"), 10) || 200;
+          while (pre.children.length > cap) pre.removeChild(pre.firstChild);
+          if (body.chunks.length) pre.scrollTop = pre.scrollHeight;
+          box.setAttribute("data-next", String(body.next));
+          if (body.closed) {
+            box.setAttribute("data-closed", "true");
+            box.querySelector(".stream-state").textContent = "closed";
+          }
+        })
+        .catch(function () { /* try again on the next tick */ })
+        .then(function () { box.removeAttribute("data-busy"); });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     drawCharts(document);
     var box = document.getElementById("auto-refresh");
@@ -65,6 +107,7 @@
       });
     }
     setInterval(refresh, PERIOD_MS);
+    setInterval(tailStreams, STREAM_MS);
     document.addEventListener("click", function (ev) {
       var t = ev.target.closest ? ev.target.closest("[data-json-toggle]") : null;
       if (!t) return;
