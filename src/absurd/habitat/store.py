@@ -387,7 +387,8 @@ def task_streams(conn: Conn, queue: str, task: Row) -> list[Row]:
     ended = task["state"] in ("completed", "failed", "cancelled")
     found = rows(conn, "habitat_stream_list", queue, task_id=task["task_id"], limit=STREAM_LIST_CAP)
     for s in found:
-        first = max(0, s["last_seq"] + 1 - STREAM_CHUNK_CAP)
+        end = s["last_seq"] + (0 if s["closed"] else 1)  # a closing row is no chunk
+        first = max(0, end - STREAM_CHUNK_CAP)
         s["chunks"] = [c for c in stream_chunks(conn, queue, task["task_id"], s["stream"], first)]
         s["first_seq"] = first
         s["next_seq"] = s["last_seq"] + 1
