@@ -366,14 +366,15 @@ def test_the_task_page_tails_a_stream_live(
         assert out.locator("pre").inner_text().endswith("the answer <b>is</b> 42")
         assert out.locator("pre b").count() == 0
         assert out.get_attribute("data-next") == str(3 + len(words))
-        conn.execute(
-            "select absurd.close_stream(%s, %s, %s, 'out')", (st.queue, st.task, st.run)
-        )
+        conn.execute("select absurd.close_stream(%s, %s, %s, 'out')", (st.queue, st.task, st.run))
         page.locator('section.stream[data-stream="out"][data-closed="true"]').wait_for()
         assert out.locator(".stream-state").inner_text() == "closed"
-        assert [int(s) for s in out.locator(".chunk").evaluate_all(
-            "spans => spans.map(s => s.getAttribute('data-seq'))"
-        )] == list(range(3 + len(words)))  # in order, none twice
+        assert [
+            int(s)
+            for s in out.locator(".chunk").evaluate_all(
+                "spans => spans.map(s => s.getAttribute('data-seq'))"
+            )
+        ] == list(range(3 + len(words)))  # in order, none twice
         assert page.evaluate("window.__same_page") == 1  # no reload
         assert dialogs == [], "a hostile chunk ran as script"
         assert page.problems == [], page.problems

@@ -733,7 +733,12 @@ async def reject(request: Request) -> Response:
 
 
 def chunk_json(c: Row) -> Row:
-    return {"seq": c["seq"], "chunk": c["chunk"], "writtenAt": c["written_at"], "attempt": c["attempt"]}
+    return {
+        "seq": c["seq"],
+        "chunk": c["chunk"],
+        "writtenAt": c["written_at"],
+        "attempt": c["attempt"],
+    }
 
 
 async def task_stream(request: Request) -> Response:

@@ -397,15 +397,27 @@ def task_streams(conn: Conn, queue: str, task: Row) -> list[Row]:
 
 
 def stream_chunks(
-    conn: Conn, queue: str, task_id: uuid.UUID, stream: str, from_seq: int,
+    conn: Conn,
+    queue: str,
+    task_id: uuid.UUID,
+    stream: str,
+    from_seq: int,
     limit: int = STREAM_CHUNK_CAP,
 ) -> list[Row]:
     """Rows of a stream from ``from_seq`` on (read_stream's, closing row included); a
     bad stream name or seq is BadInput."""
     try:
         with conn.transaction():
-            return rows(conn, "habitat_stream_read", queue, queue=queue, task_id=task_id,
-                        stream=stream, from_seq=from_seq, limit=limit)
+            return rows(
+                conn,
+                "habitat_stream_read",
+                queue,
+                queue=queue,
+                task_id=task_id,
+                stream=stream,
+                from_seq=from_seq,
+                limit=limit,
+            )
     except psycopg.Error as exc:
         if exc.sqlstate in (BAD_STREAM_NAME, "AB015"):
             raise BadInput(exc.diag.message_primary or str(exc), exc.sqlstate) from exc
