@@ -77,7 +77,7 @@
           var pre = box.querySelector("pre.stream-chunks");
           body.chunks.forEach(function (c) {
             var span = document.createElement("span");
-            span.className = "chunk";
+            span.className = typeof c.chunk === "string" ? "chunk" : "chunk json";
             span.setAttribute("data-seq", String(c.seq));
             span.title = "seq " + c.seq + ", attempt " + c.attempt;
             span.textContent = chunkText(c.chunk);
