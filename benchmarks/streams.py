@@ -111,36 +111,7 @@ def streamers(dsn: str, tasks: int, seconds: float, linger: float, ready: Any) -
     """The streaming load, in a process of its own: ``tasks`` tasks writing a chunk
     every 10 ms for ``seconds``."""
 
-    async def latency_line(what: str, delays: list[float]) -> str:
-    return (
-        f"{what}: p50 {statistics.median(delays):.1f} ms,"
-        f" p99 {pct(delays, 99):.1f} ms ({len(delays)} chunks)"
-    )
-
-
-def figures_line(what: str, figures: dict[str, float]) -> str:
-    return f"{what}: " + ", ".join(f"{k} {v:,.1f}" for k, v in figures.items())
-
-
-def dbos(dsn: str, n_latency: int, n_burst: int) -> None:
-    """The same two measures with DBOS's streams, in its own database on this server."""
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("drop database if exists absurd_streams_dbos with (force)")
-        c.execute("create database absurd_streams_dbos")
-    url = sqlalchemy_url(make_conninfo(dsn, dbname="absurd_streams_dbos"))
-    try:
-        run_peer("dbos", {"scenario": "stream_latency", "dsn": url, "n": 3})  # its schema
-        out = run_peer("dbos", {"scenario": "stream_latency", "dsn": url, "n": n_latency})
-        print(f"DBOS {peer_version('dbos')}, same server:")
-        print(latency_line("  latency write_stream -> read_stream", out["delays_ms"]))
-        figures = run_peer("dbos", {"scenario": "stream_throughput", "dsn": url, "n": n_burst})
-        print(figures_line("  one workflow writing as fast as it can", figures))
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute("drop database if exists absurd_streams_dbos with (force)")
-
-
-def main() -> None:
+    async def main() -> None:
         app = absurd.AsyncAbsurd(dsn, queue_name="streamers", pool_size=20)
 
         @app.register_task("talk")
