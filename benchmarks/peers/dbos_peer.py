@@ -7,7 +7,8 @@ with worker_concurrency c), "pickup" (enqueue one workflow at a time into an idl
 workflow writes its write time every 20 ms with DBOS.write_stream; DBOS.read_stream tails
 it) and "stream_throughput" (a workflow writes n small values as fast as it can: values/s,
 and per 1,000 values the server's commits and the NOTIFYs on DBOS's streams channel).
-The workflow shape is the suite's: each step returns {"i": i, "k": k}; the workflow returns the last step's value.
+The workflow shape is the suite's: each step returns {"i": i, "k": k}; the workflow
+returns the last step's value.
 Only the public DBOS API is used.
 """
 
