@@ -376,6 +376,23 @@ def test_the_task_page_tails_a_stream_live(
             )
         ] == list(range(3 + len(words)))  # in order, none twice
         assert page.evaluate("window.__same_page") == 1  # no reload
+        # A task with no stream yet: its first stream shows up, then its chunks.
+        fresh = conn.execute(
+            "select task_id::text from absurd.spawn_task(%s, 'agent', '{}')", (st.queue,)
+        ).fetchone()[0]  # type: ignore[index]
+        run = conn.execute(
+            "select run_id::text from absurd.claim_task(%s, 'w', 3600, 1)", (st.queue,)
+        ).fetchone()[0]  # type: ignore[index]
+        page.goto(st.page(fresh))
+        page.evaluate("window.__same_page = 2")
+        assert page.locator("#streams .no-streams").inner_text() == "No streams."
+        write(conn, st.queue, fresh, run, "first:1", ["<i>hello</i>", " world"])
+        first = page.locator('section.stream[data-stream="first:1"]')
+        first.locator('.chunk[data-seq="1"]').wait_for(timeout=10_000)
+        assert first.locator("pre").inner_text() == "<i>hello</i> world"
+        assert first.locator("pre i").count() == 0
+        assert page.locator("#streams .no-streams").count() == 0
+        assert page.evaluate("window.__same_page") == 2
         assert dialogs == [], "a hostile chunk ran as script"
         assert page.problems == [], page.problems
     finally:

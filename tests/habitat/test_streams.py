@@ -154,6 +154,23 @@ def test_the_api_reads_from_a_seq_and_says_when_the_stream_ends(
     assert (none["chunks"], none["next"], none["closed"]) == ([], 0, False)
 
 
+def test_the_api_lists_a_tasks_streams(ro: TestClient, st: Fixture) -> None:
+    url = f"/api/tasks/{quote(st.queue, safe='')}/{st.task}/streams"
+    body = ro.get(url).json()
+    assert body["taskEnded"] is False
+    assert [(s["stream"], s["lastSeq"], s["closed"]) for s in body["streams"]] == [
+        ("log:2", LONG, True),
+        ("out", 2, False),
+    ]
+    assert all(s["lastWrittenAt"] == "2030-01-07T09:57:30+00:00" for s in body["streams"])
+    done = ro.get(f"/api/tasks/{quote(st.queue, safe='')}/{st.done}/streams").json()
+    assert done["taskEnded"] is True
+    assert [(s["stream"], s["closed"]) for s in done["streams"]] == [("answer", True)]
+    unknown = "00000000-0000-7000-8000-000000000000"
+    assert ro.get(f"/api/tasks/{st.queue}/{unknown}/streams").status_code == 404
+    assert ro.get(f"/api/tasks/nope_queue/{st.task}/streams").status_code == 404
+
+
 @pytest.mark.parametrize(
     ("stream", "query", "status", "code"),
     [

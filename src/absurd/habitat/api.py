@@ -741,6 +741,48 @@ def chunk_json(c: Row) -> Row:
     }
 
 
+async def task_streams(request: Request) -> Response:
+    """GET /api/tasks/{queue}/{task_id}/streams: the task's streams (at most 50, by
+    name) with their last seq, whether each is closed, and ``taskEnded``."""
+    habitat = habitat_of(request)
+    queue = request.path_params["queue"]
+    try:
+        task_id = actions.require_uuid(request.path_params["task_id"], "task id")
+
+        def load(conn: Conn) -> tuple[Row, list[Row]] | None:
+            habitat.queues.require(conn, queue)
+            task = store.one(conn, "task_get", queue, task_id=task_id)
+            if task is None:
+                return None
+            return task, store.rows(
+                conn, "habitat_stream_list", queue, task_id=task_id, limit=store.STREAM_LIST_CAP
+            )
+
+        found = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
+    if found is None:
+        return error(f"Task {task_id} not found in queue {queue!r}", 404)
+    task, streams = found
+    ended = task["state"] in store.TASK_ENDED
+    return ApiResponse(
+        {
+            "queueName": queue,
+            "taskId": task_id,
+            "taskEnded": ended,
+            "streams": [
+                {
+                    "stream": s["stream"],
+                    "lastSeq": s["last_seq"],
+                    "closed": bool(s["closed"] or ended),
+                    "lastWrittenAt": s["last_written_at"],
+                }
+                for s in streams
+            ],
+        }
+    )
+
+
 async def task_stream(request: Request) -> Response:
     """GET /api/tasks/{queue}/{task_id}/streams/{name}?from=N&limit=M: the stream's chunks
     from seq N on (at most M), ``next`` (the seq to ask for next) and ``closed`` (the stream

@@ -41,6 +41,8 @@ DETAIL_CAP = 1_000
 STREAM_LIST_CAP = 50
 STREAM_CHUNK_CAP = 200
 STREAM_READ_MAX = 1_000
+#: A task in one of these states writes no more (its streams are closed).
+TASK_ENDED = ("completed", "failed", "cancelled")
 #: The engine's code for a bad stream name.
 BAD_STREAM_NAME = "AB040"
 STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
@@ -384,7 +386,7 @@ def task_streams(conn: Conn, queue: str, task: Row) -> list[Row]:
     """The task's streams (at most STREAM_LIST_CAP), each with its latest chunks (at most
     STREAM_CHUNK_CAP) in ``chunks``, ``first_seq`` (where they start) and ``next_seq``
     (where a reader tails from). A stream is closed by its closing row or its task's end."""
-    ended = task["state"] in ("completed", "failed", "cancelled")
+    ended = task["state"] in TASK_ENDED
     found = rows(conn, "habitat_stream_list", queue, task_id=task["task_id"], limit=STREAM_LIST_CAP)
     for s in found:
         end = s["last_seq"] + (0 if s["closed"] else 1)  # a closing row is no chunk

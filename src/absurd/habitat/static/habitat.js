@@ -64,8 +64,55 @@
     return typeof chunk === "string" ? chunk : JSON.stringify(chunk);
   }
 
+  // A stream begun after the page loaded: while the task can still write, the list
+  // of its streams is asked for too, and a section is added (built as DOM, names as
+  // text) for each new one, which the tailer then fills from seq 0.
+  function watchStreams() {
+    var box = document.getElementById("streams");
+    if (!box || box.getAttribute("data-watch") !== "true" || box.getAttribute("data-busy") === "1") return;
+    box.setAttribute("data-busy", "1");
+    fetch(box.getAttribute("data-url"), { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (body) {
+        if (body === null) return;
+        var known = {};
+        box.querySelectorAll("section.stream").forEach(function (s) { known[s.getAttribute("data-stream")] = true; });
+        body.streams.forEach(function (s) {
+          if (known[s.stream]) return;
+          var section = document.createElement("section");
+          section.className = "stream";
+          section.id = "stream-" + s.stream;
+          section.setAttribute("data-stream", s.stream);
+          section.setAttribute("data-url", box.getAttribute("data-url") + "/" + encodeURIComponent(s.stream));
+          section.setAttribute("data-next", "0");
+          section.setAttribute("data-closed", "false");
+          section.setAttribute("data-cap", box.getAttribute("data-cap"));
+          var h3 = document.createElement("h3");
+          var name = document.createElement("code");
+          name.textContent = s.stream;
+          var state = document.createElement("span");
+          state.className = "stream-state";
+          state.textContent = "open";
+          h3.appendChild(name);
+          h3.appendChild(document.createTextNode(" "));
+          h3.appendChild(state);
+          var pre = document.createElement("pre");
+          pre.className = "stream-chunks";
+          section.appendChild(h3);
+          section.appendChild(pre);
+          box.appendChild(section);
+          var none = box.querySelector(".no-streams");
+          if (none) none.parentNode.removeChild(none);
+        });
+        if (body.taskEnded) box.setAttribute("data-watch", "false");
+      })
+      .catch(function () { /* try again on the next tick */ })
+      .then(function () { box.removeAttribute("data-busy"); });
+  }
+
   function tailStreams() {
     if (!liveEnabled() || document.hidden) return;
+    watchStreams();
     document.querySelectorAll("section.stream[data-closed='false']").forEach(function (box) {
       if (box.getAttribute("data-busy") === "1") return;
       box.setAttribute("data-busy", "1");
