@@ -11,6 +11,11 @@ queue while 100 tasks stream. Run: .venv/bin/python -m benchmarks.streams [--qui
 3. drain under streams: a worker drains one-step tasks alone, then again while
    another process runs 100 tasks that each write a chunk every 10 ms: the drop of
    the drain rate (target: at most 10%).
+4. DBOS, on the same server in the same run (its own virtualenv, benchmarks/.venvs/dbos,
+   public API only): the latency of 1 (DBOS.write_stream every 20 ms, DBOS.read_stream
+   tailing) and the throughput of 2 (the same number of values of the same size, written
+   as fast as one workflow can, its commits and its NOTIFYs on dbos_streams_channel).
+   --no-peers skips it.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 import absurd
 from absurd import schema
 from absurd.embedded import start_embedded
+from benchmarks.harness.peers import peer_version, run_peer, sqlalchemy_url
 
 
 def pct(values: list[float], p: float) -> float:
@@ -159,10 +166,40 @@ def drain_rate(dsn: str, tasks: int) -> float:
     return tasks / elapsed
 
 
+def latency_line(what: str, delays: list[float]) -> str:
+    return (
+        f"{what}: p50 {statistics.median(delays):.1f} ms,"
+        f" p99 {pct(delays, 99):.1f} ms ({len(delays)} chunks)"
+    )
+
+
+def figures_line(what: str, figures: dict[str, float]) -> str:
+    return f"{what}: " + ", ".join(f"{k} {v:,.1f}" for k, v in figures.items())
+
+
+def dbos(dsn: str, n_latency: int, n_burst: int) -> None:
+    """The same two measures with DBOS's streams, in its own database on this server."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop database if exists absurd_streams_dbos with (force)")
+        c.execute("create database absurd_streams_dbos")
+    url = sqlalchemy_url(make_conninfo(dsn, dbname="absurd_streams_dbos"))
+    try:
+        run_peer("dbos", {"scenario": "stream_latency", "dsn": url, "n": 3})  # its schema
+        out = run_peer("dbos", {"scenario": "stream_latency", "dsn": url, "n": n_latency})
+        print(f"DBOS {peer_version('dbos')}, same server:")
+        print(latency_line("  latency write_stream -> read_stream", out["delays_ms"]))
+        figures = run_peer("dbos", {"scenario": "stream_throughput", "dsn": url, "n": n_burst})
+        print(figures_line("  one workflow writing as fast as it can", figures))
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("drop database if exists absurd_streams_dbos with (force)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dsn")
+    parser.add_argument("--no-peers", action="store_true", help="skip the DBOS comparison")
     args = parser.parse_args()
     server = None if args.dsn else start_embedded()
     dsn = args.dsn or server.dsn  # type: ignore[union-attr]
@@ -175,13 +212,13 @@ def main() -> None:
             c.execute("select absurd.create_queue('streamers')")
         load = os.getloadavg()
         print(f"PostgreSQL {version}; {os.cpu_count()} CPUs; load average {load[0]:.2f}")
-        delays = asyncio.run(latency(dsn, 100 if args.quick else 500))
-        print(
-            f"latency write -> tailing reader: p50 {statistics.median(delays):.1f} ms,"
-            f" p99 {pct(delays, 99):.1f} ms ({len(delays)} chunks)"
-        )
-        figures = asyncio.run(throughput(dsn, 2000 if args.quick else 10_000))
-        print("durable lane, one task: " + ", ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
+        n_latency, n_burst = (100, 2000) if args.quick else (500, 10_000)
+        delays = asyncio.run(latency(dsn, n_latency))
+        print(latency_line("latency write -> tailing reader", delays))
+        figures = asyncio.run(throughput(dsn, n_burst))
+        print(figures_line("durable lane, one task", figures))
+        if not args.no_peers:
+            dbos(dsn, n_latency, n_burst)
         tasks = 500 if args.quick else 2000
         alone = drain_rate(dsn, tasks)
         print(f"drain of {tasks} one-step tasks alone: {alone:,.0f}/s")

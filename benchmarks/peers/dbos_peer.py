@@ -3,8 +3,12 @@
 Usage: python dbos_peer.py '<json command>'; prints one JSON object on stdout.
 Commands ("scenario" key): "drain" (n pre-enqueued workflows of `steps` steps on a queue
 with worker_concurrency c), "pickup" (enqueue one workflow at a time into an idle queue),
-"event" (a workflow blocked in DBOS.recv, woken by DBOS.send). The workflow shape is the
-suite's: each step returns {"i": i, "k": k}; the workflow returns the last step's value.
+"event" (a workflow blocked in DBOS.recv, woken by DBOS.send), "stream_latency" (a
+workflow writes its write time every 20 ms with DBOS.write_stream; DBOS.read_stream tails
+it) and "stream_throughput" (a workflow writes n small values as fast as it can: values/s,
+and per 1,000 values the server's commits and the NOTIFYs on DBOS's streams channel).
+The workflow shape is the suite's: each step returns {"i": i, "k": k}; the workflow
+returns the last step's value.
 Only the public DBOS API is used.
 """
 
@@ -53,6 +57,23 @@ def bench_stamp() -> float:
 def bench_wait_event() -> float:
     DBOS.recv("go", timeout_seconds=30)
     return time.time()
+
+
+@DBOS.workflow()
+def bench_stream_ticks(n: int) -> None:
+    for _ in range(n):
+        DBOS.write_stream("out", time.time())
+        time.sleep(0.02)
+    DBOS.close_stream("out")
+
+
+@DBOS.workflow()
+def bench_stream_burst(n: int) -> float:
+    started = time.perf_counter()
+    for i in range(n):
+        DBOS.write_stream("out", {"t": i})
+    DBOS.close_stream("out")
+    return time.perf_counter() - started
 
 
 def launch(url: str, concurrency: int) -> None:
@@ -152,10 +173,52 @@ def event() -> dict[str, Any]:
     return latency_summary(lat)
 
 
+def stream_latency() -> dict[str, Any]:
+    launch(CMD["dsn"], 1)
+    handle = DBOS.start_workflow(bench_stream_ticks, int(CMD["n"]))
+    delays = [
+        (time.time() - sent) * 1000 for sent in DBOS.read_stream(handle.get_workflow_id(), "out")
+    ]
+    handle.get_result()
+    DBOS.destroy(workflow_completion_timeout_sec=0)
+    return {"delays_ms": delays}
+
+
+def stream_throughput() -> dict[str, Any]:
+    import psycopg
+
+    url, n = CMD["dsn"], int(CMD["n"])
+    launch(url, 1)
+    listener = psycopg.connect(
+        url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+    )
+    listener.execute("listen dbos_streams_channel")
+    xacts = "select xact_commit from pg_stat_database where datname = current_database()"
+    before = listener.execute(xacts).fetchone()[0]  # type: ignore[index]
+    seconds = DBOS.start_workflow(bench_stream_burst, n).get_result()
+    time.sleep(0.6)  # pg_stat reports every 500 ms or so
+    after = listener.execute(xacts).fetchone()[0]  # type: ignore[index]
+    notes = sum(1 for _ in listener.notifies(timeout=0.5))
+    listener.close()
+    DBOS.destroy(workflow_completion_timeout_sec=0)
+    return {
+        "chunks/s": n / seconds,
+        "xacts per 1000": (after - before) * 1000 / n,
+        "notifies per 1000": notes * 1000 / n,
+    }
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("DBOS__APPVERSION", "bench")
-    out = {"drain": drain, "pickup": pickup, "event": event}[CMD["scenario"]]()
+    scenarios = {
+        "drain": drain,
+        "pickup": pickup,
+        "event": event,
+        "stream_latency": stream_latency,
+        "stream_throughput": stream_throughput,
+    }
+    out = scenarios[CMD["scenario"]]()
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
 

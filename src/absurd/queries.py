@@ -8,8 +8,8 @@ can be reviewed, EXPLAINed and tested in one place instead of being scattered th
 modules as f-strings. DDL built from identifiers (detaching a partition, creating a
 database) and whole SQL files stay with their code.
 
-Per-queue table names are placeholders: ``{t}``, ``{r}``, ``{c}``, ``{e}`` and ``{w}``
-stand for ``absurd.t_<queue>`` and so on. :func:`query` fills them with quoted
+Per-queue table names are placeholders: ``{t}``, ``{r}``, ``{c}``, ``{e}``, ``{w}`` and
+``{s}`` stand for ``absurd.t_<queue>`` and so on. :func:`query` fills them with quoted
 identifiers, never with string formatting of user input; values go in as bind
 parameters (``%(name)s``). A per-queue query must be executed with a parameter
 mapping (an empty one if it has no parameters): a ``%`` in a queue name is written
@@ -25,7 +25,7 @@ from importlib.resources import files
 from psycopg import sql
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z][a-z0-9_]*)\s*--\s*$", re.MULTILINE)
-_PREFIXES = ("t", "r", "c", "e", "w")
+_PREFIXES = ("t", "r", "c", "e", "w", "s")
 
 
 def parse(text: str) -> dict[str, str]:

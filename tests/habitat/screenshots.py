@@ -31,11 +31,13 @@ def _at(conn: psycopg.Connection[Any], ts: dt.datetime) -> None:
     conn.execute("select set_config('absurd.fake_now', %s, false)", (ts.isoformat(),))
 
 
-def demo(conn: psycopg.Connection[Any]) -> str:
-    """Fills queues 'default' and 'emails'; returns the id of a task with three attempts."""
+def demo(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """Fills queues 'default' and 'emails'; returns the ids of a task with three attempts
+    and of a running agent task with streams."""
     rng = random.Random(7)
     conn.execute("select absurd.create_queue('default')")
     conn.execute("select absurd.create_queue('emails')")
+    agent = demo_agent(conn)  # first: the only task to claim
     now = conn.execute("select now()").fetchone()[0]  # type: ignore[index]
     for minute in range(30, 0, -1):
         for queue, scale in (("default", 1.0), ("emails", 0.5)):
@@ -116,7 +118,7 @@ def demo(conn: psycopg.Connection[Any]) -> str:
             (queue, f"order.paid:{1000 + i}", Jsonb(payload)),
         )
     conn.execute("analyze")
-    return str(task)
+    return str(task), agent
 
 
 def demo_schedules(conn: psycopg.Connection[Any], now: dt.datetime) -> None:
@@ -147,11 +149,40 @@ def demo_schedules(conn: psycopg.Connection[Any], now: dt.datetime) -> None:
     conn.execute("select set_config('absurd.fake_now', '', false)")
 
 
+ANSWER = (
+    "The order shipped on Monday from the Hamburg warehouse. "
+    "Tracking shows it in transit; delivery is expected on Thursday."
+)
+
+
+def demo_agent(conn: psycopg.Connection[Any]) -> str:
+    """A running agent task with two streams: its tokens (open) and its tool calls
+    (closed); returns its id."""
+    task = conn.execute(
+        "select task_id from absurd.spawn_task('default', 'agent_loop', %s)",
+        (Jsonb({"question": "Where is my order #1042?"}),),
+    ).fetchone()[0]  # type: ignore[index]
+    run = conn.execute(
+        "select run_id from absurd.claim_task('default', 'agent-worker-1', 600, 1)"
+    ).fetchone()[0]  # type: ignore[index]
+    calls = [
+        {"tool": "lookup_order", "args": {"order": 1042}},
+        {"tool": "track_parcel", "args": {"carrier": "DHL", "id": "JD0146"}},
+    ]
+    write = "select absurd.write_stream('default', %s, %s, %s, %s::jsonb[])"
+    conn.execute(write, (task, run, "tools", [Jsonb(c) for c in calls]))
+    conn.execute("select absurd.close_stream('default', %s, %s, 'tools')", (task, run))
+    words = [w + " " for w in ANSWER.split(" ")]
+    for i in range(0, len(words), 4):
+        conn.execute(write, (task, run, "tokens", [Jsonb(w) for w in words[i : i + 4]]))
+    return str(task)
+
+
 def shoot(dsn: str, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        task = demo(conn)
+        task, agent = demo(conn)
         failed = conn.execute(
             "select task_id from absurd.t_default where state = 'failed' limit 1"
         ).fetchone()[0]  # type: ignore[index]
@@ -168,6 +199,7 @@ def shoot(dsn: str, out: Path) -> None:
             ("tasks", "/tasks"),
             ("task-detail", f"/tasks/{task}?queue=default"),
             ("task-failed", f"/tasks/{failed}?queue=default"),
+            ("task-streams", f"/tasks/{agent}?queue=default"),
             ("events", "/events"),
             ("queues", "/queues"),
             ("workers", "/workers"),

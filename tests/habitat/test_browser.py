@@ -38,6 +38,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in t
 
 from absurd.habitat import create_app  # noqa: E402
 from tests.habitat.test_promises import Fixture  # noqa: E402
+from tests.habitat.test_streams import Fixture as StreamFixture  # noqa: E402
+from tests.habitat.test_streams import write  # noqa: E402
 
 Q = tuple[str, dict[str, str]]
 Page = Any
@@ -342,3 +344,57 @@ def test_resolve_a_pending_promise_from_the_task_page(
     finally:
         at(conn, None)
         conn.execute("select absurd.drop_queue(%s)", (pq.queue,))
+
+
+def test_the_task_page_tails_a_stream_live(
+    pinned_page: Page, conn: psycopg.Connection[Any]
+) -> None:
+    page, st = pinned_page, StreamFixture(conn)
+    dialogs = no_dialogs(page)
+    try:
+        page.goto(st.page(st.task))
+        page.evaluate("window.__same_page = 1")
+        out = page.locator('section.stream[data-stream="out"]')
+        # The hostile chunks show as text, never as markup.
+        assert HOSTILE_PAYLOAD["note"] in out.locator("pre").inner_text()
+        assert out.locator("pre img, pre script").count() == 0
+        assert out.locator(".stream-state").inner_text() == "open"
+        words = ["the ", "answer ", "<b>is</b> ", "42"]
+        for i, word in enumerate(words):
+            write(conn, st.queue, st.task, st.run, "out", [word])
+            out.locator(f'.chunk[data-seq="{3 + i}"]').wait_for(timeout=10_000)
+        assert out.locator("pre").inner_text().endswith("the answer <b>is</b> 42")
+        assert out.locator("pre b").count() == 0
+        assert out.get_attribute("data-next") == str(3 + len(words))
+        conn.execute("select absurd.close_stream(%s, %s, %s, 'out')", (st.queue, st.task, st.run))
+        page.locator('section.stream[data-stream="out"][data-closed="true"]').wait_for()
+        assert out.locator(".stream-state").inner_text() == "closed"
+        assert [
+            int(s)
+            for s in out.locator(".chunk").evaluate_all(
+                "spans => spans.map(s => s.getAttribute('data-seq'))"
+            )
+        ] == list(range(3 + len(words)))  # in order, none twice
+        assert page.evaluate("window.__same_page") == 1  # no reload
+        # A task with no stream yet: its first stream shows up, then its chunks.
+        fresh = conn.execute(
+            "select task_id::text from absurd.spawn_task(%s, 'agent', '{}')", (st.queue,)
+        ).fetchone()[0]  # type: ignore[index]
+        run = conn.execute(
+            "select run_id::text from absurd.claim_task(%s, 'w', 3600, 1)", (st.queue,)
+        ).fetchone()[0]  # type: ignore[index]
+        page.goto(st.page(fresh))
+        page.evaluate("window.__same_page = 2")
+        assert page.locator("#streams .no-streams").inner_text() == "No streams."
+        write(conn, st.queue, fresh, run, "first:1", ["<i>hello</i>", " world"])
+        first = page.locator('section.stream[data-stream="first:1"]')
+        first.locator('.chunk[data-seq="1"]').wait_for(timeout=10_000)
+        assert first.locator("pre").inner_text() == "<i>hello</i> world"
+        assert first.locator("pre i").count() == 0
+        assert page.locator("#streams .no-streams").count() == 0
+        assert page.evaluate("window.__same_page") == 2
+        assert dialogs == [], "a hostile chunk ran as script"
+        assert page.problems == [], page.problems
+    finally:
+        at(conn, None)
+        conn.execute("select absurd.drop_queue(%s)", (st.queue,))

@@ -91,6 +91,11 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"queue": "{queue}", "after": "s-5", "limit": store.SCHEDULE_PAGE + 1},
     ],
     "habitat_schedule_get": [{"queue": "{queue}", "name": "s-5"}],
+    # Every task of full_queue has one stream, "out", of three chunks.
+    "habitat_stream_list": [{"task_id": "{task}", "limit": store.STREAM_LIST_CAP}],
+    "habitat_stream_read": [
+        {"queue": "{queue}", "task_id": "{task}", "stream": "out", "from_seq": 0, "limit": 200},
+    ],
 }
 #: The shared schedule tables, and the indexes that must serve them.
 SCHEDULE_INDEXES = {"schedules": "schedules_pkey", "schedule_fires": "schedule_fires_by_schedule"}
@@ -125,7 +130,7 @@ def test_habitat_query_is_index_driven(
         row = cur.execute(sql.SQL("explain (format json) ") + sql.SQL(text)).fetchone()  # type: ignore[arg-type]
     assert row is not None
     nodes = list(plan_nodes(row[0][0]["Plan"]))
-    per_queue = {f"{p}_{queue}" for p in "trcew"}
+    per_queue = {f"{p}_{queue}" for p in "trcews"}
     scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
     seq = [s for s in scans if s[0] == "Seq Scan" and s[1] in per_queue]
     assert not seq, f"{name}[{case}] scans a whole table: {scans}"
@@ -133,6 +138,13 @@ def test_habitat_query_is_index_driven(
         params["task_name"] != "task"  # every task's name: any bounded ordered scan will do
     ):
         assert (f"t_{queue}", f"t_{queue}_tni") in [s[1:] for s in scans], scans
+    # s_<q>'s primary key (task_id, stream, seq), or its (task_id, stream, key) index:
+    # both lead with (task_id, stream), so the walk over names is bounded either way.
+    streams = [s for s in scans if s[1] == f"s_{queue}"]
+    stream_indexes = (f"s_{queue}_pkey", f"s_{queue}_ki")
+    assert all(s[2] in stream_indexes for s in streams), f"{name}[{case}]: {scans}"
+    if name == "habitat_stream_list":
+        assert streams, f"{name}[{case}] does not walk s_{queue}_pkey: {scans}"
     for table, index in SCHEDULE_INDEXES.items():
         touched = [s for s in scans if s[1] == table]
         assert all(s[2] == index for s in touched), f"{name}[{case}] reads {table}: {scans}"

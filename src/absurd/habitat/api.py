@@ -727,3 +727,98 @@ async def reject(request: Request) -> Response:
     """POST /api/promises/reject {queueName, promiseId, error, deliveryKey?}."""
     allowed = {"queueName", "promiseId", "error", "deliveryKey"}
     return await _write(request, allowed, _settle(reject=True))
+
+
+# -- streams ----------------------------------------------------------------------------
+
+
+def chunk_json(c: Row) -> Row:
+    return {
+        "seq": c["seq"],
+        "chunk": c["chunk"],
+        "writtenAt": c["written_at"],
+        "attempt": c["attempt"],
+    }
+
+
+async def task_streams(request: Request) -> Response:
+    """GET /api/tasks/{queue}/{task_id}/streams: the task's streams (at most 50, by
+    name) with their last seq, whether each is closed, and ``taskEnded``."""
+    habitat = habitat_of(request)
+    queue = request.path_params["queue"]
+    try:
+        task_id = actions.require_uuid(request.path_params["task_id"], "task id")
+
+        def load(conn: Conn) -> tuple[Row, list[Row]] | None:
+            habitat.queues.require(conn, queue)
+            task = store.one(conn, "task_get", queue, task_id=task_id)
+            if task is None:
+                return None
+            return task, store.rows(
+                conn, "habitat_stream_list", queue, task_id=task_id, limit=store.STREAM_LIST_CAP
+            )
+
+        found = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400)
+    if found is None:
+        return error(f"Task {task_id} not found in queue {queue!r}", 404)
+    task, streams = found
+    ended = task["state"] in store.TASK_ENDED
+    return ApiResponse(
+        {
+            "queueName": queue,
+            "taskId": task_id,
+            "taskEnded": ended,
+            "streams": [
+                {
+                    "stream": s["stream"],
+                    "lastSeq": s["last_seq"],
+                    "closed": bool(s["closed"] or ended),
+                    "lastWrittenAt": s["last_written_at"],
+                }
+                for s in streams
+            ],
+        }
+    )
+
+
+async def task_stream(request: Request) -> Response:
+    """GET /api/tasks/{queue}/{task_id}/streams/{name}?from=N&limit=M: the stream's chunks
+    from seq N on (at most M), ``next`` (the seq to ask for next) and ``closed`` (the stream
+    has ended: closed by its task, or its task ended). Read-open, like every GET; the task
+    page tails its streams with it."""
+    habitat = habitat_of(request)
+    queue = request.path_params["queue"]
+    name = request.path_params["name"]
+    try:
+        task_id = actions.require_uuid(request.path_params["task_id"], "task id")
+        from_seq = int_arg(request, "from", 0)
+        limit = int_arg(request, "limit", store.STREAM_CHUNK_CAP)
+        if not 1 <= limit <= store.STREAM_READ_MAX:
+            raise BadInput(f"limit must be between 1 and {store.STREAM_READ_MAX}")
+
+        def load(conn: Conn) -> list[Row] | None:
+            habitat.queues.require(conn, queue)
+            if store.one(conn, "task_find", queue, task_id=task_id) is None:
+                return None
+            return store.stream_chunks(conn, queue, task_id, name, from_seq, limit)
+
+        found = await habitat.run(load)
+    except BadInput as exc:
+        return error(str(exc), 404 if str(exc).startswith("unknown queue") else 400, exc.code)
+    if found is None:
+        return error(f"Task {task_id} not found in queue {queue!r}", 404)
+    chunks = [c for c in found if not c["closed"]]
+    closed = any(c["closed"] for c in found)
+    next_seq = found[-1]["seq"] + (0 if closed else 1) if found else from_seq
+    return ApiResponse(
+        {
+            "queueName": queue,
+            "taskId": task_id,
+            "stream": name,
+            "chunks": [chunk_json(c) for c in chunks],
+            "next": next_seq,
+            "closed": closed,
+        }
+    )

@@ -73,6 +73,8 @@ def routes() -> list[BaseRoute]:
         Route("/api/tasks/cancel", api.cancel, methods=["POST"]),
         Route("/api/tasks/spawn", api.spawn, methods=["POST"]),
         Route("/api/tasks/{run_id}", api.task_run),
+        Route("/api/tasks/{queue}/{task_id}/streams", api.task_streams),
+        Route("/api/tasks/{queue}/{task_id}/streams/{name}", api.task_stream),
         Route("/api/queues", api.queue_list),
         Route("/api/queues/{queue}/tasks", api.queue_tasks),
         Route("/api/queues/{queue}/events", api.queue_events),

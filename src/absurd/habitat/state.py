@@ -138,6 +138,12 @@ def _preview(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _chunk(value: Any) -> str:
+    """A stream chunk as the task page shows it: a string as it is (tokens read as
+    text), any other JSON value on one line (escaped by the template)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def _short(value: Any) -> str:
     text = str(value)
     return "…" + text[-8:] if len(text) == 36 else text
@@ -178,6 +184,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "when": _when,
     "pretty": _pretty,
     "preview": _preview,
+    "chunk": _chunk,
     "short": _short,
     "duration": _duration,
 }

@@ -37,6 +37,14 @@ NAME_EXACT_CAP = 10_000
 CHART_CAP = 2_000
 #: Runs, checkpoints and waits shown for one task (the oldest first).
 DETAIL_CAP = 1_000
+#: Streams listed on a task page, and chunks of each shown (the latest) or read at once.
+STREAM_LIST_CAP = 50
+STREAM_CHUNK_CAP = 200
+STREAM_READ_MAX = 1_000
+#: A task in one of these states writes no more (its streams are closed).
+TASK_ENDED = ("completed", "failed", "cancelled")
+#: The engine's code for a bad stream name.
+BAD_STREAM_NAME = "AB040"
 STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
 
 MIN_UUID = uuid.UUID(int=0)
@@ -370,7 +378,52 @@ def task_detail(conn: Conn, queue: str, task_id: uuid.UUID) -> Row | None:
     task["promises"] = rows(
         conn, "promise_list", queue, queue=queue, task_id=task_id, state=None, limit=DETAIL_CAP
     )
+    task["streams"] = task_streams(conn, queue, task)
     return task
+
+
+def task_streams(conn: Conn, queue: str, task: Row) -> list[Row]:
+    """The task's streams (at most STREAM_LIST_CAP), each with its latest chunks (at most
+    STREAM_CHUNK_CAP) in ``chunks``, ``first_seq`` (where they start) and ``next_seq``
+    (where a reader tails from). A stream is closed by its closing row or its task's end."""
+    ended = task["state"] in TASK_ENDED
+    found = rows(conn, "habitat_stream_list", queue, task_id=task["task_id"], limit=STREAM_LIST_CAP)
+    for s in found:
+        end = s["last_seq"] + (0 if s["closed"] else 1)  # a closing row is no chunk
+        first = max(0, end - STREAM_CHUNK_CAP)
+        s["chunks"] = [c for c in stream_chunks(conn, queue, task["task_id"], s["stream"], first)]
+        s["first_seq"] = first
+        s["next_seq"] = s["last_seq"] + 1
+        s["closed"] = bool(s["closed"] or ended)
+    return found
+
+
+def stream_chunks(
+    conn: Conn,
+    queue: str,
+    task_id: uuid.UUID,
+    stream: str,
+    from_seq: int,
+    limit: int = STREAM_CHUNK_CAP,
+) -> list[Row]:
+    """Rows of a stream from ``from_seq`` on (read_stream's, closing row included); a
+    bad stream name or seq is BadInput."""
+    try:
+        with conn.transaction():
+            return rows(
+                conn,
+                "habitat_stream_read",
+                queue,
+                queue=queue,
+                task_id=task_id,
+                stream=stream,
+                from_seq=from_seq,
+                limit=limit,
+            )
+    except psycopg.Error as exc:
+        if exc.sqlstate in (BAD_STREAM_NAME, "AB015"):
+            raise BadInput(exc.diag.message_primary or str(exc), exc.sqlstate) from exc
+        raise
 
 
 #: The engine's code for an unknown promise.

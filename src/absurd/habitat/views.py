@@ -256,7 +256,15 @@ async def task_detail(request: Request) -> Response:
         return bad_request(request, str(exc))
     if task is None:
         return bad_request(request, f"Task {task_id} not found", status=404)
-    return render(request, "task.html", task=task, bars=timeline(task["runs"], at), now=at)
+    return render(
+        request,
+        "task.html",
+        task=task,
+        bars=timeline(task["runs"], at),
+        now=at,
+        stream_list_cap=store.STREAM_LIST_CAP,
+        stream_chunk_cap=store.STREAM_CHUNK_CAP,
+    )
 
 
 async def events(request: Request) -> Response:

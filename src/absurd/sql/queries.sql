@@ -609,6 +609,43 @@ left join lateral (
 ) f on true
 where s.queue_name = %(queue)s and s.schedule_name = %(name)s
 
+-- name: habitat_stream_list --
+-- The task's streams (at most `limit`), by name, each with its last row: a skip scan
+-- of s_<q>_pkey (task_id, stream, seq) (or s_<q>_ki, which leads with the same two
+-- columns; PostgreSQL picks). The recursive walk finds the next name after
+-- the last one (one index probe each) and stops at `limit` names; the lateral reads
+-- each name's last row backwards. `closed` is the stream's own close_stream row (a
+-- stream also closes when its task ends: the caller knows the task's state).
+with recursive names (stream, n) as (
+  (select s.stream, 1 from {s} s
+   where s.task_id = %(task_id)s
+   order by s.task_id, s.stream
+   limit 1)
+  union all
+  select (select s.stream from {s} s
+          where s.task_id = %(task_id)s and s.stream > names.stream
+          order by s.task_id, s.stream
+          limit 1), names.n + 1
+  from names
+  where names.stream is not null and names.n < %(limit)s
+)
+select names.stream, l.seq as last_seq, l.closed, l.written_at as last_written_at
+from names
+cross join lateral (
+  select s.seq, s.closed, s.written_at from {s} s
+  where s.task_id = %(task_id)s and s.stream = names.stream
+  order by s.task_id, s.stream, s.seq desc
+  limit 1
+) l
+where names.stream is not null
+order by names.stream
+
+-- name: habitat_stream_read --
+-- Up to `limit` rows of one stream from seq `from_seq` on (absurd.read_stream: the
+-- primary key, in order; a closed stream ends with a row closed = true, chunk null).
+select seq, chunk, written_at, attempt, closed
+from absurd.read_stream(%(queue)s, %(task_id)s, %(stream)s, %(from_seq)s, %(limit)s)
+
 -- ---------------------------------------------------------------------------
 -- absurd.testing (the pytest plugin): the test clock of a test's database (the row
 -- absurd.current_time() reads when the database's absurd.test_clock is on). Each is
