@@ -70,7 +70,7 @@ def spawn(conn: psycopg.Connection[Any], queue: str, n: int, keys: int | None) -
     step = 20_000
     for start in range(0, n, step):
         count = min(step, n - start)
-        key = "null" if keys is None else f"jsonb_build_object('flow_key', 'k' || ((g) % {keys}))"
+        key = "null" if keys is None else f"jsonb_build_object('flow_key', 'k' || mod(g, {keys}))"
         conn.execute(
             "select count(*) from absurd.spawn_tasks(%s, (select jsonb_agg(jsonb_build_object("
             f"'task_name', 't', 'params', g, 'options', coalesce({key}, '{{}}'::jsonb)))"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
+import threading
 from typing import Any
 
 import psycopg
@@ -369,3 +371,131 @@ def test_flow_claims_refuse_repeatable_read(engine: Engine, connect: Connect) ->
         c.execute("select * from absurd.claim_task(%s, 'w', 30, 1)", (engine.queue,))
     assert info.value.sqlstate == "AB053"
     c.rollback()
+
+
+# -- concurrency --------------------------------------------------------------------
+
+
+class Violations:
+    """Limits seen exceeded by the watcher (one consistent snapshot per statement)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.checks = 0
+
+
+def watch(
+    conn: psycopg.Connection[Any],
+    queue: str,
+    per_key: int,
+    total: int,
+    stop: threading.Event,
+    out: Violations,
+) -> None:
+    query = sql.SQL(
+        "select coalesce(max(n) filter (where flow_key is not null), 0), coalesce(sum(n), 0)"
+        " from (select flow_key, count(*) as n from {} where state = 'running' group by 1) x"
+    ).format(sql.Identifier("absurd", f"r_{queue}"))
+    while not stop.is_set():
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        most, running = int(row[0]), int(row[1])
+        out.checks += 1
+        if most > per_key or running > total:
+            out.seen.append(f"{most} running for one key, {running} in all")
+
+
+def test_concurrent_workers_never_exceed_limits_and_leak_no_slot(
+    engine: Engine, connect: Connect
+) -> None:
+    """Six sessions claim, complete, fail, sleep, wait for events, cancel and abandon
+    runs (1-2 s leases, left to expire) on five keys; a watcher checks every committed
+    state. Then everything drains: every task ends, no run stays parked."""
+    per_key, total, keys = 2, 6, ["a", "b", "c", "d", "e"]
+    policy(engine, max_running_per_key=per_key, max_running=total)
+    spawn_keyed(engine, [keys[i % 5] for i in range(150)])
+    q = engine.queue
+    stop = threading.Event()
+    violations = Violations()
+    watcher = threading.Thread(target=watch, args=(connect(), q, per_key, total, stop, violations))
+    watcher.start()
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        c = connect()
+        rng = random.Random(i)
+        try:
+            for _ in range(60):
+                rows = c.execute(
+                    "select run_id, task_id from absurd.claim_task(%s, %s, %s, %s)",
+                    (q, f"w{i}", rng.choice([1, 2]), rng.randint(1, 3)),
+                ).fetchall()
+                for run_id, task_id in rows:
+                    action = rng.choice(
+                        ["complete"] * 5 + ["fail", "sleep", "await", "cancel", "abandon"]
+                    )
+                    try:
+                        if action == "complete":
+                            c.execute("select absurd.complete_run(%s, %s, '1')", (q, run_id))
+                        elif action == "fail":
+                            c.execute("select absurd.fail_run(%s, %s, '{}', null)", (q, run_id))
+                        elif action == "sleep":
+                            c.execute(
+                                "select absurd.schedule_run(%s, %s,"
+                                " clock_timestamp() + interval '50 ms')",
+                                (q, run_id),
+                            )
+                        elif action == "await":
+                            c.execute(
+                                "select * from absurd.await_event(%s, %s, %s, 's', %s, 1)",
+                                (q, task_id, run_id, f"ev-{rng.randint(0, 3)}"),
+                            )
+                        elif action == "cancel":
+                            c.execute("select absurd.cancel_task(%s, %s)", (q, task_id))
+                    except psycopg.Error as exc:
+                        # Another session may have swept this run's lease meanwhile.
+                        if exc.sqlstate not in ("AB001", "AB002", "AB012"):
+                            raise
+                if rng.random() < 0.2:
+                    c.execute(
+                        "select absurd.emit_event(%s, %s, '1')", (q, f"ev-{rng.randint(0, 3)}")
+                    )
+                if rng.random() < 0.1:
+                    c.execute("select * from absurd.sweep_queue(%s)", (q,))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert not errors, errors
+    assert violations.checks > 10
+    assert not violations.seen, violations.seen[:5]
+    assert_invariants(engine)
+
+    # Drain: everything left ends; nothing stays parked behind a leaked slot.
+    c = engine.conn
+    for _ in range(400):
+        for run_id, _task in c.execute(
+            "select run_id, task_id from absurd.claim_task(%s, 'drain', 1, 6)", (q,)
+        ).fetchall():
+            c.execute("select absurd.complete_run(%s, %s, '1')", (q, run_id))
+        c.execute(
+            "select absurd.emit_event(%s, e, '1') from unnest(array['ev-0', 'ev-1', 'ev-2',"
+            " 'ev-3']) e",
+            (q,),
+        )
+        left = engine.one(
+            sql.SQL(
+                "select count(*) as n from {} where state in ('pending', 'running', 'sleeping')"
+            ).format(engine.table("t"))
+        )["n"]
+        if left == 0:
+            break
+        threading.Event().wait(0.05)
+    assert left == 0, f"{left} tasks never finished: {parked_by_key(engine)} parked"
+    assert parked_by_key(engine) == {}
