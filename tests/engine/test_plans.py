@@ -289,6 +289,10 @@ CACHED = {
     "checkpoint.write_many",
     "emit.store",
     "emit.wake",
+    "claim.flow_candidates",
+    "claim.one",
+    "flow.key_running",
+    "flow.unpark",
 }
 
 

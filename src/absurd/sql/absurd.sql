@@ -2594,11 +2594,14 @@ begin
     v_limit := absurd._flow_key_limit(q, v_key, v_per_key);
     v_woken := 0;
     if v_limit is null then
-      execute absurd._sql('flow.unpark', q) into v_woken using v_key, null::integer, p_now;
+      execute absurd._cached('flow.unpark', q, quote_nullable(v_key), 'null',
+        quote_nullable(p_now)) into v_woken;
     else
-      execute absurd._sql('flow.key_running', q) into v_running using v_key, v_limit;
+      execute absurd._cached('flow.key_running', q, quote_nullable(v_key),
+        quote_nullable(v_limit)) into v_running;
       if v_running < v_limit then
-        execute absurd._sql('flow.unpark', q) into v_woken using v_key, v_limit - v_running, p_now;
+        execute absurd._cached('flow.unpark', q, quote_nullable(v_key),
+          quote_nullable(v_limit - v_running), quote_nullable(p_now)) into v_woken;
       end if;
     end if;
     v_total := v_total + v_woken;
@@ -2669,8 +2672,9 @@ begin
     v_rounds := 0;
     loop
       v_seen := 0;
-      for v_cand in execute absurd._sql('claim.flow_candidates', q)
-          using v_priority, p_now, v_left, v_pass loop
+      for v_cand in execute absurd._cached('claim.flow_candidates', q,
+          quote_nullable(v_priority), quote_nullable(p_now), quote_nullable(v_left),
+          quote_nullable(v_pass)) loop
         v_seen := v_seen + 1;
         if v_cand.late then
           -- Past its cancellation deadline: cancelled, not claimed. Not running,
@@ -2685,16 +2689,16 @@ begin
               v_pass := v_pass || v_cand.run_id;
               continue;
             end if;
-            execute absurd._sql('flow.key_running', q) into v_running
-              using v_cand.flow_key, v_limit;
+            execute absurd._cached('flow.key_running', q, quote_nullable(v_cand.flow_key),
+              quote_nullable(v_limit)) into v_running;
             if v_running >= v_limit then
               execute absurd._sql('flow.park', q) using v_cand.run_id, v_cand.task_id;
               continue;
             end if;
           end if;
         end if;
-        execute absurd._sql('claim.one', q) into v_row
-          using v_cand.run_id, p_now, p_worker, p_expires;
+        execute absurd._cached('claim.one', q, quote_nullable(v_cand.run_id),
+          quote_nullable(p_now), quote_nullable(p_worker), quote_nullable(p_expires)) into v_row;
         return next v_row;
         v_left := v_left - 1;
         exit when v_left <= 0;
