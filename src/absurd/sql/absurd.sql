@@ -21,6 +21,8 @@
 --   absurd.schedule_fires         the fire log: each tick's outcome
 --   absurd.promises               durable promises of every queue: settled once
 --                                 from outside, awaited by tasks (see "Promises")
+--   absurd.flow_limits            per-key overrides of a queue's flow limits (see
+--                                 "Flow control"; the queue's own are in queues)
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
@@ -46,6 +48,8 @@
 --                  fire_schedules (claim_task fires due schedules itself)
 --   Promises       create_promise, resolve_promise, reject_promise,
 --                  await_promise, get_promise
+--   Flow control   set_flow_limit, get_flow_limits (the queue's limits are in
+--                  set_queue_policy / get_queue_policy)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
