@@ -20,9 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 TERMINAL = ("completed", "failed", "cancelled")
+
+#: Seconds since the fake epoch: exact (a Fraction) where the test steps in milliseconds.
+Time = float | Fraction
 
 
 @dataclass
@@ -30,11 +34,11 @@ class Run:
     task_id: Any
     attempt: int
     state: str = "pending"
-    available_at: float = 0.0
-    lease_until: float | None = None
+    available_at: Time = 0.0
+    lease_until: Time | None = None
     wake_event: str | None = None
     event_payload: Any = None
-    wait: tuple[str, str, float] | None = None  # (event, step, timeout_at)
+    wait: tuple[str, str, Time] | None = None  # (event, step, timeout_at)
     flow_key: str | None = None
 
     @property
@@ -55,7 +59,7 @@ class Task:
 
 @dataclass
 class Model:
-    now: float = 0.0
+    now: Time = 0.0
     tasks: dict[Any, Task] = field(default_factory=dict)
     runs: dict[Any, Run] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import uuid
+from fractions import Fraction
 from typing import Any
 
 import psycopg
@@ -64,16 +65,22 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             self.conn.execute("select absurd.create_queue(%s)", (self.queue,))
             self.model = Model(lease=LEASE, order=lambda run: self.run_id(run.key))
             self.draining = False  # a limit was lowered below a key's running runs
+            # Exact time; each call one millisecond after the last, so that the run ids
+            # (UUIDv7 of the fake clock, random below the millisecond) sort in creation
+            # order and a claim's order (available_at, run_id) replays identically.
+            self.model.now = Fraction(0)
             self.set_time()
 
         # -- plumbing ----------------------------------------------------------
         def set_time(self) -> None:
-            when = EPOCH + dt.timedelta(seconds=self.model.now)
+            when = EPOCH + dt.timedelta(seconds=float(self.model.now))
             self.conn.execute(
                 sql.SQL("set absurd.fake_now = {}").format(sql.Literal(when.isoformat()))
             )
 
         def call(self, query: str, *params: Any) -> tuple[str | None, list[dict[str, Any]]]:
+            self.model.now += Fraction(1, 1000)
+            self.set_time()
             try:
                 with self.conn.cursor(row_factory=dict_row) as cur:
                     cur.execute(query, params)
