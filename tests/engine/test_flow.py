@@ -313,11 +313,11 @@ def test_bad_policies_are_refused_and_change_nothing(
     engine: Engine, fields: dict[str, Any], code: str
 ) -> None:
     policy(engine, max_running=7)
-    before = engine.one("select * from absurd.get_queue_policy(%s)", (engine.queue,))
+    before = engine.one("select * from absurd.get_flow_policy(%s)", (engine.queue,))
     with pytest.raises(psycopg.Error) as info:
         policy(engine, **fields)
     assert info.value.sqlstate == code
-    assert engine.one("select * from absurd.get_queue_policy(%s)", (engine.queue,)) == before
+    assert engine.one("select * from absurd.get_flow_policy(%s)", (engine.queue,)) == before
 
 
 @pytest.mark.parametrize(

@@ -241,6 +241,7 @@ class AsyncAbsurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> SpawnResult:
         """Spawns a task; ``created`` is False when the idempotency key was taken."""
         given = {
@@ -253,6 +254,7 @@ class AsyncAbsurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         queue_name, body = await self._spawn_body(task_name, params, given)
         row = await self.db.one(
@@ -279,6 +281,7 @@ class AsyncAbsurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> list[SpawnResult]:
         """Spawns one task per element of ``params_list`` in one statement (one commit).
 
@@ -295,6 +298,7 @@ class AsyncAbsurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         items: list[str] = []
         queue_name: str | None = None

@@ -242,6 +242,7 @@ class Absurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> SpawnResult:
         """Spawns a task; ``created`` is False when the idempotency key was taken."""
         given = {
@@ -254,6 +255,7 @@ class Absurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         queue_name, body = self._spawn_body(task_name, params, given)
         row = self.db.one(
@@ -280,6 +282,7 @@ class Absurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> list[SpawnResult]:
         """Spawns one task per element of ``params_list`` in one statement (one commit).
 
@@ -296,6 +299,7 @@ class Absurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         items: list[str] = []
         queue_name: str | None = None

@@ -48,8 +48,8 @@
 --                  fire_schedules (claim_task fires due schedules itself)
 --   Promises       create_promise, resolve_promise, reject_promise,
 --                  await_promise, get_promise
---   Flow control   set_flow_limit, get_flow_limits (the queue's limits are in
---                  set_queue_policy / get_queue_policy)
+--   Flow control   set_flow_limit, get_flow_limits, get_flow_policy (the
+--                  queue's limits are set by set_queue_policy)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -972,17 +972,6 @@ as $$
   select q.queue_name from absurd.queues q order by q.queue_name;
 $$;
 
--- The flow fields come last (0.6.1): readers of the first nine columns by
--- position are unaffected.
-do $$
-begin
-  if to_regprocedure('absurd.get_queue_policy(text)') is not null and not exists (
-      select 1 from pg_proc where oid = to_regprocedure('absurd.get_queue_policy(text)')
-        and 'flow_hold' = any(proargnames)) then
-    drop function absurd.get_queue_policy(text);
-  end if;
-end;
-$$;
 create or replace function absurd.get_queue_policy(p_queue_name text)
 returns table (
   queue_name text,
@@ -993,17 +982,26 @@ returns table (
   cleanup_ttl interval,
   cleanup_limit integer,
   detach_mode text,
-  detach_min_age interval,
-  max_running integer,
-  max_running_per_key integer,
-  flow_hold text
+  detach_min_age interval
 )
 language sql
 stable
 as $$
   select q.queue_name, q.storage_mode, q.default_partition, q.partition_lookahead,
-         q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age,
-         q.max_running, q.max_running_per_key, q.flow_hold
+         q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age
+  from absurd.queues q
+  where q.queue_name = p_queue_name;
+$$;
+
+-- The flow fields of a queue's policy (set by set_queue_policy). Not columns of
+-- get_queue_policy, whose result keeps upstream's shape.
+create or replace function absurd.get_flow_policy(p_queue_name text)
+returns table (queue_name text, max_running integer, max_running_per_key integer,
+               flow_hold text)
+language sql
+stable
+as $$
+  select q.queue_name, q.max_running, q.max_running_per_key, q.flow_hold
   from absurd.queues q
   where q.queue_name = p_queue_name;
 $$;

@@ -63,7 +63,8 @@ as $$
                     'queue_next_wake', 'list_queues', 'get_queue_policy',
                     'get_task_result', 'get_task_checkpoint_state',
                     'get_task_checkpoint_states', 'list_schedules', 'list_schedule_fires',
-                    'preview_schedule', 'get_promise', 'get_flow_limits')
+                    'preview_schedule', 'get_promise', 'get_flow_limits',
+                    'get_flow_policy')
 $$;
 
 create or replace function absurd._install_roles(p_worker name, p_reader name)
