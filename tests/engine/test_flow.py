@@ -79,8 +79,9 @@ def limit_of(engine: Engine, key: str) -> int | None:
 
 
 def assert_invariants(engine: Engine, draining: bool = False) -> None:
-    """No key over its limit, no queue over its limit, and no key that has a free slot
-    keeps a parked run (outside a transaction: every release has woken its runs).
+    """No key over its limit, no queue over its limit, and no key keeps a parked run
+    while its running and due runs leave it a free slot (every release has woken as
+    many parked runs as it had free slots).
     Draining (a limit was just lowered): runs claimed before may exceed the new limit."""
     q = engine.one(
         "select max_running, max_running_per_key from absurd.queues where queue_name = %s",
@@ -93,10 +94,21 @@ def assert_invariants(engine: Engine, draining: bool = False) -> None:
         if key is not None and not draining:
             limit = limit_of(engine, key)
             assert limit is None or n <= limit, (key, n, limit)
+    woken = {
+        r["flow_key"]: r["n"]
+        for r in engine.rows(
+            sql.SQL(
+                "select flow_key, count(*) as n from {} where state = 'pending'"
+                " and available_at < 'infinity' and flow_key is not null group by 1"
+            ).format(engine.table("r"))
+        )
+    }
     for key in parked_by_key(engine):
         limit = limit_of(engine, key)
-        assert limit is not None and running.get(key, 0) >= limit, (
+        # A free slot may be spoken for by a due run (woken, or a retry) not yet claimed.
+        assert limit is not None and running.get(key, 0) + woken.get(key, 0) >= limit, (
             f"key {key!r} keeps a parked run with {running.get(key, 0)} of {limit} running"
+            f" and {woken.get(key, 0)} due"
         )
 
 
