@@ -108,8 +108,8 @@ ARGS: dict[str, list[str]] = {
     "flow.key_running": ["'key-3'", "5"],
     "flow.queue_running": ["5"],
     "flow.park": ["{run}", "{task}"],
-    "flow.unpark": ["'key-3'", "5", NOW],
     "flow.unpark_all": [NOW],
+    "flow.release": ["'key-3'", "5", NOW],
     "flow.sweep_keys": [NOW, "10"],
     "task.lock_key": ["{task}"],
 }
@@ -133,8 +133,8 @@ EXPECTED_INDEX = {
     "claim.flow_candidates": "r_{q}_cli",
     "flow.key_running": "r_{q}_fri",
     "flow.queue_running": "r_{q}_sai",
-    "flow.unpark": "r_{q}_fpi",
     "flow.unpark_all": "r_{q}_fpi",
+    "flow.release": "r_{q}_fri",
     "flow.sweep_keys": "r_{q}_cei",
     "task.lock_key": "t_{q}_pkey",
 }
@@ -292,7 +292,7 @@ CACHED = {
     "claim.flow_candidates",
     "claim.one",
     "flow.key_running",
-    "flow.unpark",
+    "flow.release",
 }
 
 

@@ -1319,17 +1319,20 @@ begin
       update absurd.%2$I set state = 'pending', available_at = 'infinity' where run_id = $1
     )
     update absurd.%1$I set state = 'pending' where task_id = $2 and state = 'sleeping'$q$
-  -- $1 flow_key, $2 how many (null: all), $3 now: wakes a key's parked runs,
-  -- highest priority then oldest first (r_<q>_fpi). Rows another transaction holds
-  -- (a cancel) are passed over: that one leaves the queue anyway.
-  when 'flow.unpark' then $q$
+  -- $1 flow_key, $2 its limit (null: none), $3 now: the release, under the key's
+  -- lock: wakes as many parked runs as the key has free slots (its running runs
+  -- counted up to the limit, r_<q>_fri), all of them when it has no limit.
+  when 'flow.release' then $q$
     with u as (
       update absurd.%2$I r set available_at = $3
       where r.run_id = any(array(
         select p.run_id from absurd.%2$I p
         where p.flow_key = $1 and p.state = 'pending' and p.available_at = 'infinity'
         order by p.priority desc, p.run_id
-        limit $2
+        limit case when $2::integer is null then null else greatest($2::integer - (
+          select count(*) from (
+            select 1 from absurd.%2$I x where x.flow_key = $1 and x.state = 'running'
+            limit $2::integer) n), 0) end
         for update skip locked))
       returning 1
     )
@@ -1823,8 +1826,8 @@ as $$
     'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due', 'promise.lock',
     'promise.get', 'promise.create', 'promise.by_key', 'promise.settle', 'promise.own',
     'cleanup.promises', 'claim.flow_candidates', 'claim.one', 'flow.key_running',
-    'flow.queue_running', 'flow.park', 'flow.unpark', 'flow.unpark_all', 'task.lock_key',
-    'flow.sweep_keys']);
+    'flow.queue_running', 'flow.park', 'flow.unpark_all', 'task.lock_key',
+    'flow.sweep_keys', 'flow.release']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -2582,7 +2585,6 @@ declare
   v_enabled boolean;
   v_key text;
   v_limit integer;
-  v_running integer;
   v_woken integer;
   v_total integer := 0;
 begin
@@ -2594,18 +2596,8 @@ begin
   for v_key in select distinct k from unnest(p_keys) k where k is not null order by 1 loop
     perform pg_advisory_xact_lock(hashtext(q), hashtext(v_key));
     v_limit := absurd._flow_key_limit(q, v_key, v_per_key);
-    v_woken := 0;
-    if v_limit is null then
-      execute absurd._cached('flow.unpark', q, quote_nullable(v_key), 'null',
-        quote_nullable(p_now)) into v_woken;
-    else
-      execute absurd._cached('flow.key_running', q, quote_nullable(v_key),
-        quote_nullable(v_limit)) into v_running;
-      if v_running < v_limit then
-        execute absurd._cached('flow.unpark', q, quote_nullable(v_key),
-          quote_nullable(v_limit - v_running), quote_nullable(p_now)) into v_woken;
-      end if;
-    end if;
+    execute absurd._cached('flow.release', q, quote_nullable(v_key), quote_nullable(v_limit),
+      quote_nullable(p_now)) into v_woken;
     v_total := v_total + v_woken;
   end loop;
   if v_total > 0 then
