@@ -250,6 +250,34 @@ class StreamNotHeld(AbsurdError):
     sqlstate = "AB043"
 
 
+class InvalidFlowKey(InvalidArgument):
+    """A flow key (the spawn option ``flow_key``, or a key of ``set_flow_limit``) is not a
+    non-empty string of at most 512 bytes; nothing was created or changed."""
+
+    sqlstate = "AB050"
+
+
+class InvalidFlowLimit(InvalidArgument):
+    """A flow limit of the queue policy or of a per-key override is invalid (a limit
+    below 1, a non-integer, an unknown field); nothing was changed."""
+
+    sqlstate = "AB051"
+
+
+class UnsupportedFlowOption(InvalidArgument):
+    """A flow-control option this engine does not enforce yet (rate limits, weights,
+    ``flow_hold: lifetime``, debounce); refused rather than stored and ignored."""
+
+    sqlstate = "AB052"
+
+
+class FlowIsolationError(AbsurdError):
+    """A claim on a queue with flow control ran in a transaction above READ COMMITTED:
+    its slot counts need a fresh snapshot after each lock."""
+
+    sqlstate = "AB053"
+
+
 class PromiseNotFound(AbsurdError):
     """No promise with that id in the queue."""
 

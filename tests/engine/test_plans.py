@@ -37,6 +37,7 @@ ARGS: dict[str, list[str]] = {
         "null",
         "0",
         NOW,
+        "'key-3'",
     ],
     "spawn.many": [
         "array[{new}]::uuid[]",
@@ -50,6 +51,7 @@ ARGS: dict[str, list[str]] = {
         "array[{new2}]::uuid[]",
         "array[0]",
         "array[absurd.current_time()]",
+        "array['key-3']",
     ],
     "spawn.existing": ["'key-17'"],
     "schedule.due": ["'nobody'"],
@@ -67,7 +69,7 @@ ARGS: dict[str, list[str]] = {
     "fail.lock_run": ["{run}"],
     "fail.lock_task": ["{task}"],
     "fail.mark": ["{run}", NOW, "'{{}}'"],
-    "fail.retry": ["{new}", "{task}", "2", "'pending'", NOW, NOW, "0"],
+    "fail.retry": ["{new}", "{task}", "2", "'pending'", NOW, NOW, "0", "'key-3'"],
     "fail.finish": ["{task}", "'failed'", "1", "{run}", NOW],
     "checkpoint.owner": ["{run}"],
     "checkpoint.write": ["{task}", "'s'", "'1'", "{run}", NOW, "30", "1"],
@@ -117,6 +119,15 @@ ARGS: dict[str, list[str]] = {
     "stream.close": ["{task}", "'out'", "9", "{run}", "1", NOW],
     "stream.read": ["{task}", "'out'", "0", "1000"],
     "stream.task_end": ["{task}"],
+    "claim.flow_candidates": ["0", NOW, "1", "'{{}}'::uuid[]"],
+    "claim.one": ["{run}", NOW, "'w'", "absurd.current_time() + interval '1 minute'"],
+    "flow.key_running": ["'key-3'", "5"],
+    "flow.queue_running": ["5"],
+    "flow.park": ["{run}", "{task}"],
+    "flow.unpark_all": [NOW],
+    "flow.release": ["'key-3'", "5", NOW],
+    "flow.sweep_keys": [NOW, "10"],
+    "task.lock_key": ["{task}"],
 }
 
 # Statements whose whole point is one index.
@@ -138,6 +149,13 @@ EXPECTED_INDEX = {
     "cleanup.promises": "promises_oi",
     "stream.last": "s_{q}_pkey",
     "stream.read": "s_{q}_pkey",
+    "claim.flow_candidates": "r_{q}_cli",
+    "flow.key_running": "r_{q}_fki",
+    "flow.queue_running": "r_{q}_sai",
+    "flow.unpark_all": "r_{q}_fpi",
+    "flow.release": "r_{q}_fki",
+    "flow.sweep_keys": "r_{q}_cei",
+    "task.lock_key": "t_{q}_pkey",
 }
 
 
@@ -154,21 +172,23 @@ IDS_NOW = """
 FILL = [
     """
     insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
-        idempotency_key, priority, cancel_deadline, finished_at, enqueue_at)
+        idempotency_key, priority, cancel_deadline, finished_at, enqueue_at, flow_key)
       select task_id, 'task', to_jsonb(g), st, 1, run_id, 'key-' || g, (g % 50 = 0)::int,
         case when g % 100 = 0 then absurd.current_time() + interval '1 hour' end,
         case when st = 'completed' then absurd.current_time() - interval '2 days' end,
-        absurd.current_time()
+        absurd.current_time(), case when g % 3 = 0 then 'key-' || (g % 100) end
       from ids
     """,
     """
     insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
-        claimed_by, priority)
+        claimed_by, priority, flow_key)
       select run_id, task_id, 1, st,
-        case st when 'sleeping' then absurd.current_time() + interval '1 hour'
+        case when st = 'sleeping' then absurd.current_time() + interval '1 hour'
+          when st = 'pending' and g % 3 = 0 and g % 2 = 0 then 'infinity'
           else absurd.current_time() - interval '1 minute' end,
         case when st = 'running' then absurd.current_time() + interval '10 minutes' end,
-        case when st = 'running' then 'w' end, (g % 50 = 0)::int
+        case when st = 'running' then 'w' end, (g % 50 = 0)::int,
+        case when g % 3 = 0 then 'key-' || (g % 100) end
       from ids
     """,
     """
@@ -296,6 +316,10 @@ CACHED = {
     "checkpoint.write_many",
     "emit.store",
     "emit.wake",
+    "claim.flow_candidates",
+    "claim.one",
+    "flow.key_running",
+    "flow.release",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -371,3 +372,80 @@ def test_upgrade_from_0_6_0_adds_streams(new_database: Callable[[], str]) -> Non
             "select count(*) from absurd._queue_partitions('parted') where prefix = 's'"
         ).fetchone()
         assert parts is not None and parts[0] >= 2
+
+
+def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -> None:
+    """0.6.0 had no flow control: absurd.sql alone adds the queue policy's flow columns,
+    absurd.flow_limits, each queue's flow_key columns and indexes (partitioned queues
+    too), get_flow_policy and the new _sweep (the old one is dropped);
+    tasks spawned before have no key and claims keep working. 0.6.0 is recreated by
+    dropping all of that."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as c:
+        schema.install(c)
+        for q, mode in (("plain", "unpartitioned"), ("parts", "partitioned")):
+            c.execute("select absurd.create_queue(%s, %s)", (q, mode))
+            c.execute("select absurd.spawn_task(%s, 'a', '1')", (q,))
+            for p, columns in (("t", ["flow_key"]), ("r", ["flow_key"])):
+                for column in columns:
+                    c.execute(f'alter table absurd."{p}_{q}" drop column {column}')
+        for (function,) in c.execute(
+            "select oid::regprocedure::text from pg_proc"
+            " where pronamespace = 'absurd'::regnamespace"
+            "   and (proname like '%flow%' or proname = '_sweep')"
+        ).fetchall():
+            c.execute(f"drop function {function}")
+        c.execute("drop type absurd._claimed_run")
+        c.execute("drop table absurd.flow_limits")
+        for column in ("max_running", "max_running_per_key", "flow_hold", "flow_enabled"):
+            c.execute(f"alter table absurd.queues drop column {column}")
+        c.execute(
+            "create function absurd._sweep(p_queue_name text, p_now timestamptz,"
+            " p_limit integer) returns void language sql as $$ select $$"
+        )
+        c.execute(
+            "create or replace function absurd.get_schema_version() returns text"
+            " language sql immutable as $$ select '0.6.0'::text $$"
+        )
+        assert schema.migrate(c) == []
+        assert schema.installed_version(c) == "0.6.1"
+        assert c.execute(
+            "select count(*) from pg_proc where oid = to_regprocedure("
+            "'absurd._sweep(text, timestamptz, integer)')"
+        ).fetchone() == (0,)
+        for q in ("plain", "parts"):
+            row = c.execute(
+                "select max_running, max_running_per_key, flow_hold"
+                " from absurd.get_flow_policy(%s)",
+                (q,),
+            ).fetchone()
+            assert row == (None, None, "running")
+            c.execute("select absurd.set_queue_policy(%s, '{\"max_running_per_key\": 1}')", (q,))
+            c.execute(
+                'select absurd.spawn_tasks(%s, \'[{"task_name": "b", "params": 2,'
+                ' "options": {"flow_key": "k"}}, {"task_name": "b", "params": 3,'
+                ' "options": {"flow_key": "k"}}]\')',
+                (q,),
+            )
+            claimed = c.execute(
+                "select params from absurd.claim_task(%s, 'w', 60, 5) order by 1", (q,)
+            ).fetchall()
+            # The old task has no key; of the two of key k, one runs.
+            assert claimed in ([(1,), (2,)], [(1,), (3,)])
+            indexes = c.execute(
+                "select count(*) from pg_indexes where schemaname = 'absurd'"
+                " and indexname in (%s, %s)",
+                (f"r_{q}_fki", f"r_{q}_fpi"),
+            ).fetchone()
+            assert indexes == (2,)
+
+
+def test_each_per_queue_index_has_a_name_of_its_own() -> None:
+    """`create index if not exists` skips an index whose name is taken: two indexes of
+    a queue's table given the same name would leave one of them silently missing."""
+    text = schema.schema_sql()
+    body = text[text.index("function absurd.ensure_queue_tables") :]
+    body = body[: body.index("\n$$;")]
+    names = re.findall(r"(v_[a-z]+ \|\| '_[a-z0-9_]+')", body)
+    index_names = [n for n in names if re.search(r"'_[a-z0-9]*i'$", n)]
+    assert index_names and len(index_names) == len(set(index_names)), sorted(index_names)

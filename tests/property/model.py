@@ -7,15 +7,26 @@ Time is seconds since the test's fake epoch. Tasks use retry strategy ``none``
 (a retry is due at once) and every claim takes all that is due (``qty`` above
 the number of tasks), so the outcome is deterministic: the test compares it with
 the database after each step.
+
+Flow control: tasks may have a flow key; the queue may limit running runs per key
+(``per_key``, ``overrides``) and in all (``max_running``). A claim takes the due runs
+in the engine's order (``available_at``, then run id: ``order`` maps a run to its
+engine id) and parks a run whose key is full (``available_at`` infinity); every exit
+from ``running`` of a keyed run wakes up to the key's free slots of parked runs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 TERMINAL = ("completed", "failed", "cancelled")
+
+#: Seconds since the fake epoch: exact (a Fraction) where the test steps in milliseconds.
+Time = float | Fraction
 
 
 @dataclass
@@ -23,11 +34,12 @@ class Run:
     task_id: Any
     attempt: int
     state: str = "pending"
-    available_at: float = 0.0
-    lease_until: float | None = None
+    available_at: Time = 0.0
+    lease_until: Time | None = None
     wake_event: str | None = None
     event_payload: Any = None
-    wait: tuple[str, str, float] | None = None  # (event, step, timeout_at)
+    wait: tuple[str, str, Time] | None = None  # (event, step, timeout_at)
+    flow_key: str | None = None
 
     @property
     def key(self) -> tuple[Any, int]:
@@ -42,25 +54,30 @@ class Task:
     attempts: int = 1
     runs: list[Run] = field(default_factory=list)
     checkpoints: set[str] = field(default_factory=set)
+    flow_key: str | None = None
 
 
 @dataclass
 class Model:
-    now: float = 0.0
+    now: Time = 0.0
     tasks: dict[Any, Task] = field(default_factory=dict)
     runs: dict[Any, Run] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)
     lease: float = 30.0
+    per_key: int | None = None
+    max_running: int | None = None
+    overrides: dict[str, int] = field(default_factory=dict)
+    order: Callable[[Run], Any] = lambda run: run.key
 
     def add_run(self, task: Task) -> Run:
-        run = Run(task.task_id, len(task.runs) + 1, available_at=self.now)
+        run = Run(task.task_id, len(task.runs) + 1, available_at=self.now, flow_key=task.flow_key)
         task.runs.append(run)
         self.runs[run.key] = run
         return run
 
     # -- operations -------------------------------------------------------------
-    def spawn(self, task_id: Any, max_attempts: int | None) -> None:
-        task = Task(task_id, max_attempts)
+    def spawn(self, task_id: Any, max_attempts: int | None, flow_key: str | None = None) -> None:
+        task = Task(task_id, max_attempts, flow_key=flow_key)
         self.tasks[task_id] = task
         self.add_run(task)
 
@@ -80,24 +97,119 @@ class Model:
             if r.state == "running" and r.lease_until is not None and r.lease_until <= self.now
         ]
 
-    def claim(self, claimed: list[Any]) -> str | None:
-        """``claimed``: the keys of the runs the engine returned (all that were due)."""
-        for run in self.expired():
+    # -- flow control -----------------------------------------------------------
+    @property
+    def flow_enabled(self) -> bool:
+        return self.per_key is not None or self.max_running is not None or bool(self.overrides)
+
+    def limit(self, flow_key: str) -> int | None:
+        return self.overrides.get(flow_key, self.per_key)
+
+    def running(self, flow_key: str | None = None) -> int:
+        return sum(
+            1
+            for r in self.runs.values()
+            if r.state == "running" and (flow_key is None or r.flow_key == flow_key)
+        )
+
+    def parked(self, flow_key: str | None = None) -> list[Run]:
+        return sorted(
+            (
+                r
+                for r in self.runs.values()
+                if r.state == "pending"
+                and r.available_at == math.inf
+                and r.flow_key is not None
+                and (flow_key is None or r.flow_key == flow_key)
+            ),
+            key=self.order,
+        )
+
+    def release(self, keys: list[str | None]) -> None:
+        """absurd._flow_release: per key, wakes as many parked runs as it has free
+        slots (counting running runs only), all of them when it has no limit."""
+        if not self.flow_enabled:
+            return
+        for flow_key in sorted({k for k in keys if k is not None}):
+            limit = self.limit(flow_key)
+            parked = self.parked(flow_key)
+            free = len(parked) if limit is None else max(limit - self.running(flow_key), 0)
+            for run in parked[:free]:
+                run.available_at = self.now
+
+    def wake_all(self) -> None:
+        for run in self.parked():
+            run.available_at = self.now
+
+    def set_policy(self, per_key: int | None, max_running: int | None) -> None:
+        self.per_key, self.max_running = per_key, max_running
+        self.wake_all()
+
+    def set_override(self, flow_key: str, limit: int | None) -> None:
+        if limit is None:
+            self.overrides.pop(flow_key, None)
+        else:
+            self.overrides[flow_key] = limit
+        if self.flow_enabled:
+            self.release([flow_key])
+        else:
+            self.wake_all()
+
+    def _start(self, run: Run) -> None:
+        task = self.tasks[run.task_id]
+        run.state, run.lease_until, run.available_at = "running", self.now + self.lease, self.now
+        if run.wait and run.wait[2] <= self.now:
+            run.wait = None
+        task.state, task.attempts = "running", max(task.attempts, run.attempt)
+
+    def _claim_flow(self, qty: int) -> list[Run]:
+        """absurd._claim_flow: candidates in order, rounds of the slots left."""
+        left = qty
+        if self.max_running is not None:
+            left = min(left, self.max_running - self.running())
+            if left <= 0:
+                return []
+        due = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
+        claimed: list[Run] = []
+        at, rounds = 0, 0
+        while True:
+            batch = due[at : at + left]
+            at += len(batch)
+            for run in batch:
+                limit = None if run.flow_key is None else self.limit(run.flow_key)
+                if limit is not None and self.running(run.flow_key) >= limit:
+                    run.state, run.available_at = "pending", math.inf
+                    if self.tasks[run.task_id].state == "sleeping":
+                        self.tasks[run.task_id].state = "pending"
+                    continue
+                self._start(run)
+                claimed.append(run)
+                left -= 1
+                if left <= 0:
+                    break
+            if not batch or left <= 0 or rounds >= 8:
+                return claimed
+            rounds += 1
+
+    def claim(self, claimed: list[Any], qty: int) -> str | None:
+        """``claimed``: the keys of the runs the engine returned."""
+        expired = sorted(self.expired(), key=lambda r: (r.lease_until, self.order(r)))
+        for run in expired:
             self._fail(run)
+            self.release([run.flow_key])
+        if self.flow_enabled:
+            self.release([r.flow_key for r in expired])
+            due = {r.key for r in self._claim_flow(qty)}
+            if set(claimed) != due:
+                return (
+                    f"claimed {sorted(map(str, claimed))}, model expected {sorted(map(str, due))}"
+                )
+            return None
         due = {r.key for r in self.due_for_claim()}
         if set(claimed) != due:
             return f"claimed {sorted(map(str, claimed))}, model expected {sorted(map(str, due))}"
         for key in claimed:
-            run = self.runs[key]
-            task = self.tasks[run.task_id]
-            run.state, run.lease_until, run.available_at = (
-                "running",
-                self.now + self.lease,
-                self.now,
-            )
-            if run.wait and run.wait[2] <= self.now:
-                run.wait = None
-            task.state, task.attempts = "running", max(task.attempts, run.attempt)
+            self._start(self.runs[key])
         return None
 
     def _check_run(self, run: Run) -> str | None:
@@ -124,6 +236,7 @@ class Model:
         run.state, run.lease_until = "completed", None
         self.tasks[run.task_id].state = "completed"
         run.wait = None
+        self.release([run.flow_key])
         return None
 
     def schedule(self, key: Any, delay: float) -> str | None:
@@ -134,6 +247,7 @@ class Model:
         run.state, run.lease_until = "sleeping", None
         run.available_at, run.wake_event = self.now + delay, None
         self.tasks[run.task_id].state = "sleeping"
+        self.release([run.flow_key])
         return None
 
     def fail(self, key: Any) -> str | None:
@@ -143,7 +257,10 @@ class Model:
             return code
         if run.state not in ("running", "sleeping"):
             return "AB012"
+        was_running = run.state == "running"
         self._fail(run)
+        if was_running:
+            self.release([run.flow_key])
         return None
 
     def _fail(self, run: Run) -> None:
@@ -188,6 +305,7 @@ class Model:
         run.state, run.lease_until, run.available_at = "sleeping", None, timeout_at
         run.wake_event, run.event_payload, run.wait = event, None, (event, step, timeout_at)
         task.state = "sleeping"
+        self.release([run.flow_key])
         return None, True
 
     def emit(self, event: str, payload: Any) -> None:
@@ -207,12 +325,12 @@ class Model:
 
     def cancel(self, task_id: Any) -> None:
         task = self.tasks[task_id]
-        if task.state in TERMINAL:
-            return
-        task.state = "cancelled"
-        for run in task.runs:
-            if run.state not in TERMINAL:
-                run.state, run.lease_until, run.wait = "cancelled", None, None
+        if task.state not in TERMINAL:
+            task.state = "cancelled"
+            for run in task.runs:
+                if run.state not in TERMINAL:
+                    run.state, run.lease_until, run.wait = "cancelled", None, None
+        self.release([task.flow_key])
 
     def retry(self, task_id: Any) -> str | None:
         task = self.tasks[task_id]
@@ -230,7 +348,10 @@ class Model:
             str(t.task_id): {
                 "state": t.state,
                 "attempts": t.attempts,
-                "runs": [r.state for r in t.runs],
+                "runs": [
+                    "parked" if r.state == "pending" and r.available_at == math.inf else r.state
+                    for r in t.runs
+                ],
                 "checkpoints": sorted(t.checkpoints),
             }
             for t in self.tasks.values()

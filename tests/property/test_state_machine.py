@@ -1,13 +1,17 @@
 """Property test: random sequences of engine calls agree with a plain model.
 
-A hypothesis ``RuleBasedStateMachine`` drives spawn, claim, checkpoint, sleep
-(schedule_run), await_event, emit_event, complete_run, fail_run, cancel_task and
-retry_task through the SQL API, on a fresh queue per example, with time under
-``absurd.fake_now``. Rules also target runs in the wrong state (stale runs of
-earlier attempts, completed or cancelled ones), where the engine must answer with
-the SQLSTATE the model predicts and change nothing. After every step the tasks'
+A hypothesis ``RuleBasedStateMachine`` drives spawn (with or without a flow key),
+claim, checkpoint, sleep (schedule_run), await_event, emit_event, complete_run,
+fail_run, cancel_task, retry_task and flow-limit changes (set_queue_policy's
+max_running and max_running_per_key, set_flow_limit) through the SQL API, on a
+fresh queue per example, with time under ``absurd.fake_now``. Rules also target
+runs in the wrong state (stale runs of earlier attempts, completed or cancelled
+ones), where the engine must answer with the SQLSTATE the model predicts and change
+nothing. After every step the tasks'
 states, attempts, run states and checkpoint names must equal the model's
-(tests/property/model.py).
+(tests/property/model.py), parked runs included; no key may run more than its
+limit (unless a limit was lowered and the key still drains), and no key may keep a
+parked run while its running and woken runs leave it a free slot.
 
 CI runs a moderate number of examples; ``--soak`` runs ten times more.
 """
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import uuid
+from fractions import Fraction
 from typing import Any
 
 import psycopg
@@ -43,6 +49,7 @@ EVENTS = ["e1", "e2", "e3"]
 STEPS = ["a", "b", "c"]
 LEASE = 30
 MAX_TASKS = 6
+FLOW_KEYS = [None, "a", "b"]
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -56,17 +63,24 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             self.conn = psycopg.connect(dsn, autocommit=True)
             self.queue = f"p_{uuid.uuid4().hex[:10]}"
             self.conn.execute("select absurd.create_queue(%s)", (self.queue,))
-            self.model = Model(lease=LEASE)
+            self.model = Model(lease=LEASE, order=lambda run: self.run_id(run.key))
+            self.draining = False  # a limit was lowered below a key's running runs
+            # Exact time; each call one millisecond after the last, so that the run ids
+            # (UUIDv7 of the fake clock, random below the millisecond) sort in creation
+            # order and a claim's order (available_at, run_id) replays identically.
+            self.model.now = Fraction(0)
             self.set_time()
 
         # -- plumbing ----------------------------------------------------------
         def set_time(self) -> None:
-            when = EPOCH + dt.timedelta(seconds=self.model.now)
+            when = EPOCH + dt.timedelta(seconds=float(self.model.now))
             self.conn.execute(
                 sql.SQL("set absurd.fake_now = {}").format(sql.Literal(when.isoformat()))
             )
 
         def call(self, query: str, *params: Any) -> tuple[str | None, list[dict[str, Any]]]:
+            self.model.now += Fraction(1, 1000)
+            self.set_time()
             try:
                 with self.conn.cursor(row_factory=dict_row) as cur:
                     cur.execute(query, params)
@@ -107,9 +121,11 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
 
         # -- rules -------------------------------------------------------------
         @precondition(lambda self: len(self.model.tasks) < MAX_TASKS)
-        @rule(max_attempts=st.sampled_from([1, 2, 3, None]))
-        def spawn(self, max_attempts: int | None) -> None:
+        @rule(max_attempts=st.sampled_from([1, 2, 3, None]), flow_key=st.sampled_from(FLOW_KEYS))
+        def spawn(self, max_attempts: int | None, flow_key: str | None) -> None:
             options: dict[str, Any] = {"retry_strategy": {"kind": "none"}}
+            if flow_key is not None:
+                options["flow_key"] = flow_key
             if max_attempts is not None:
                 options["max_attempts"] = max_attempts
             else:
@@ -120,7 +136,7 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
                 json.dumps(options),
             )
             self.expect(None, code, "spawn")
-            self.model.spawn(rows[0]["task_id"], max_attempts)
+            self.model.spawn(rows[0]["task_id"], max_attempts, flow_key)
 
         @rule(seconds=st.sampled_from([1, 5, 20, 31, 60, 120]))
         def advance(self, seconds: int) -> None:
@@ -136,8 +152,33 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
                 MAX_TASKS * 10,
             )
             self.expect(None, code, "claim")
-            mismatch = self.model.claim([(r["task_id"], r["attempt"]) for r in rows])
+            mismatch = self.model.claim(
+                [(r["task_id"], r["attempt"]) for r in rows], MAX_TASKS * 10
+            )
             assert mismatch is None, mismatch
+
+        @rule(per_key=st.sampled_from([None, 1, 2]), max_running=st.sampled_from([None, 1, 3]))
+        def set_limits(self, per_key: int | None, max_running: int | None) -> None:
+            code, _ = self.call(
+                "select absurd.set_queue_policy(%s, %s)",
+                self.queue,
+                json.dumps({"max_running_per_key": per_key, "max_running": max_running}),
+            )
+            self.expect(None, code, "set_queue_policy")
+            self.model.set_policy(per_key, max_running)
+            self.draining = True  # a lowered limit drains: checked again from here
+
+        @rule(flow_key=st.sampled_from(["a", "b"]), limit=st.sampled_from([None, 1, 2]))
+        def set_override(self, flow_key: str, limit: int | None) -> None:
+            code, _ = self.call(
+                "select absurd.set_flow_limit(%s, %s, %s)",
+                self.queue,
+                flow_key,
+                None if limit is None else json.dumps({"max_running": limit}),
+            )
+            self.expect(None, code, "set_flow_limit")
+            self.model.set_override(flow_key, limit)
+            self.draining = True
 
         @precondition(lambda self: self.model.runs)
         @rule(data=st.data(), step=st.sampled_from(STEPS))
@@ -251,9 +292,11 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
                     sql.SQL("select task_id, state, attempts from {}").format(self.table("t"))
                 ).fetchall()
                 runs = cur.execute(
-                    sql.SQL("select task_id, state from {} order by attempt").format(
-                        self.table("r")
-                    )
+                    sql.SQL(
+                        "select task_id, case when state = 'pending'"
+                        " and available_at = 'infinity' then 'parked' else state end as state"
+                        " from {} order by attempt"
+                    ).format(self.table("r"))
                 ).fetchall()
                 cps = cur.execute(
                     sql.SQL("select task_id, checkpoint_name from {} order by 2").format(
@@ -274,6 +317,31 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             for c in cps:
                 actual[str(c["task_id"])]["checkpoints"].append(c["checkpoint_name"])
             assert actual == self.model.view()
+
+        @invariant()
+        def limits_hold_and_no_slot_is_left_free(self) -> None:
+            model = self.model
+            over = False
+            for key in ("a", "b"):
+                limit = model.limit(key)
+                running = model.running(key)
+                if limit is not None and running > limit:
+                    over = True
+                    assert self.draining, f"key {key}: {running} running, limit {limit}"
+                if model.parked(key):
+                    woken = sum(
+                        1
+                        for r in model.runs.values()
+                        if r.flow_key == key and r.state == "pending" and r.available_at != math.inf
+                    )
+                    assert limit is not None and running + woken >= limit, (
+                        f"key {key} keeps a parked run: {running} running, {woken} woken,"
+                        f" limit {limit}"
+                    )
+            if model.max_running is not None and model.running() > model.max_running:
+                over = True
+                assert self.draining, f"{model.running()} running, limit {model.max_running}"
+            self.draining = over
 
         def teardown(self) -> None:
             self.conn.execute("set absurd.fake_now = default")

@@ -262,6 +262,7 @@ class AsyncAbsurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> SpawnResult:
         """Spawns a task; ``created`` is False when the idempotency key was taken."""
         given = {
@@ -274,6 +275,7 @@ class AsyncAbsurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         queue_name, body = await self._spawn_body(task_name, params, given)
         with self._tracing.spawning(task_name, queue_name, [body]) as span:
@@ -303,6 +305,7 @@ class AsyncAbsurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> list[SpawnResult]:
         """Spawns one task per element of ``params_list`` in one statement (one commit).
 
@@ -319,6 +322,7 @@ class AsyncAbsurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         items: list[tuple[str, dict[str, Any]]] = []
         queue_name: str | None = None

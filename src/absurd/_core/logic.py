@@ -110,7 +110,7 @@ def spawn_options_json(
     strategy: RetryStrategy | None = options.get("retry_strategy")
     if strategy:
         out["retry_strategy"] = {k: v for k, v in strategy.items() if v is not None}
-    for key in ("headers", "idempotency_key", "priority", "delay"):
+    for key in ("headers", "idempotency_key", "priority", "delay", "flow_key"):
         if options.get(key) is not None:
             out[key] = options[key]  # type: ignore[literal-required,unused-ignore]
     available_at = options.get("available_at")

@@ -33,7 +33,8 @@ class CancellationPolicy(TypedDict, total=False):
 
 
 class SpawnOptions(TypedDict, total=False):
-    """Options of a spawn. ``priority``, ``delay`` and ``available_at`` are ours."""
+    """Options of a spawn. ``priority``, ``delay``, ``available_at`` and ``flow_key``
+    (the key the queue's per-key flow limits count by) are ours."""
 
     max_attempts: int
     retry_strategy: RetryStrategy
@@ -44,6 +45,7 @@ class SpawnOptions(TypedDict, total=False):
     priority: int
     delay: float
     available_at: dt.datetime
+    flow_key: str
 
 
 class QueuePolicyOptions(TypedDict, total=False):

@@ -263,6 +263,7 @@ class Absurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> SpawnResult:
         """Spawns a task; ``created`` is False when the idempotency key was taken."""
         given = {
@@ -275,6 +276,7 @@ class Absurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         queue_name, body = self._spawn_body(task_name, params, given)
         with self._tracing.spawning(task_name, queue_name, [body]) as span:
@@ -304,6 +306,7 @@ class Absurd(ScheduleMethods):
         priority: int | None = None,
         delay: float | None = None,
         available_at: Any = None,
+        flow_key: str | None = None,
     ) -> list[SpawnResult]:
         """Spawns one task per element of ``params_list`` in one statement (one commit).
 
@@ -320,6 +323,7 @@ class Absurd(ScheduleMethods):
             "priority": priority,
             "delay": delay,
             "available_at": available_at,
+            "flow_key": flow_key,
         }
         items: list[tuple[str, dict[str, Any]]] = []
         queue_name: str | None = None

@@ -26,6 +26,8 @@
 --   absurd.ingress_deliveries     webhook deliveries absurd.ingress acted on, by
 --                                 (source, provider delivery id): redeliveries
 --                                 are recognised (see "Ingress deliveries")
+--   absurd.flow_limits            per-key overrides of a queue's flow limits (see
+--                                 "Flow control"; the queue's own are in queues)
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
@@ -54,6 +56,8 @@
 --   Ingress        record_delivery, cleanup_ingress_deliveries
 --   Streams        write_stream, close_stream, notify_stream, read_stream,
 --                  stream_channel
+--   Flow control   set_flow_limit, get_flow_limits, get_flow_policy (the
+--                  queue's limits are set by set_queue_policy)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -206,6 +210,28 @@ as $$
 $$;
 
 alter table absurd.queues alter column created_at set default absurd.current_time();
+
+-- Flow control (docs/engine.md "Flow control"): limits of the queue's policy.
+-- flow_enabled is true when any limit applies (a queue-wide one, a per-key
+-- default, or a per-key override in absurd.flow_limits): claim_task reads it with
+-- the queue's existence check and takes today's path when it is false.
+alter table absurd.queues add column if not exists max_running integer
+  check (max_running >= 1);
+alter table absurd.queues add column if not exists max_running_per_key integer
+  check (max_running_per_key >= 1);
+alter table absurd.queues add column if not exists flow_hold text not null default 'running'
+  check (flow_hold in ('running'));
+alter table absurd.queues add column if not exists flow_enabled boolean not null default false;
+
+-- Per-key overrides of the queue's per-key limits (absurd.set_flow_limit).
+create table if not exists absurd.flow_limits (
+  queue_name text not null,
+  flow_key text not null,
+  max_running integer check (max_running >= 1),
+  limits jsonb not null,
+  updated_at timestamptz not null default clock_timestamp(),
+  primary key (queue_name, flow_key)
+);
 
 create or replace function absurd.get_schema_version()
 returns text
@@ -841,6 +867,9 @@ begin
   execute format('alter table absurd.%I add column if not exists cancel_deadline timestamptz', v_t);
   execute format('alter table absurd.%I add column if not exists finished_at timestamptz', v_t);
   execute format('alter table absurd.%I add column if not exists priority integer not null default 0', v_r);
+  -- Flow control: the spawn option flow_key, on the task and on each of its runs.
+  execute format('alter table absurd.%I add column if not exists flow_key text', v_t);
+  execute format('alter table absurd.%I add column if not exists flow_key text', v_r);
   if v_had_tasks and not v_had_deadline then
     -- Upgrading an upstream table: derive the new columns once.
     execute format($up$
@@ -865,6 +894,14 @@ begin
   -- The claim index: one ordered range per priority band, only claimable states.
   execute format($ix$create index if not exists %I on absurd.%I (priority, available_at, run_id)
     where state in ('pending', 'sleeping')$ix$, v_r || '_cli', v_r);
+  -- Flow control: a key's running runs (counted by claims, bounded by the limit)
+  -- and its parked runs (available_at 'infinity', woken in turn by releases).
+  -- Runs without a key are in neither: queues without flow control pay nothing.
+  execute format($ix$create index if not exists %I on absurd.%I (flow_key)
+    where state = 'running' and flow_key is not null$ix$, v_r || '_fki', v_r);
+  execute format($ix$create index if not exists %I on absurd.%I (flow_key, priority desc, run_id)
+    where state = 'pending' and available_at = 'infinity' and flow_key is not null$ix$,
+    v_r || '_fpi', v_r);
   execute format($ix$create index if not exists %I on absurd.%I (task_id)
     where cancellation is not null$ix$, v_t || '_ci', v_t);
   execute format($ix$create index if not exists %I on absurd.%I (cancel_deadline)
@@ -950,6 +987,7 @@ begin
   if to_regclass('absurd.promises') is not null then
     delete from absurd.promises where queue_name = p_queue_name;
   end if;
+  delete from absurd.flow_limits where queue_name = p_queue_name;
   if to_regclass('absurd.schedules') is not null then
     delete from absurd.schedule_fires where queue_name = p_queue_name;
     delete from absurd.schedules where queue_name = p_queue_name;
@@ -983,6 +1021,19 @@ stable
 as $$
   select q.queue_name, q.storage_mode, q.default_partition, q.partition_lookahead,
          q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age
+  from absurd.queues q
+  where q.queue_name = p_queue_name;
+$$;
+
+-- The flow fields of a queue's policy (set by set_queue_policy). Not columns of
+-- get_queue_policy, whose result keeps upstream's shape.
+create or replace function absurd.get_flow_policy(p_queue_name text)
+returns table (queue_name text, max_running integer, max_running_per_key integer,
+               flow_hold text)
+language sql
+stable
+as $$
+  select q.queue_name, q.max_running, q.max_running_per_key, q.flow_hold
   from absurd.queues q
   where q.queue_name = p_queue_name;
 $$;
@@ -1034,13 +1085,23 @@ begin
   end if;
   for v_key in select jsonb_object_keys(v_policy) loop
     if v_key not in ('partition_lookahead', 'partition_lookback', 'cleanup_ttl',
-                     'cleanup_limit', 'detach_mode', 'detach_min_age', 'default_partition') then
+                     'cleanup_limit', 'detach_mode', 'detach_min_age', 'default_partition',
+                     'max_running', 'max_running_per_key', 'flow_hold', 'rate_limit',
+                     'rate_limit_per_key') then
       perform absurd._raise('AB008', format('Unsupported queue policy key "%s"', v_key));
     end if;
   end loop;
   select * into v_row from absurd.queues where queue_name = q for update;
   if not found then
     perform absurd._raise('AB005', format('Queue "%s" does not exist', q));
+  end if;
+  -- Flow fields: a value sets the limit, null removes it (no limit).
+  perform absurd._flow_unsupported(v_policy);
+  if v_policy ? 'max_running' then
+    v_row.max_running := absurd._flow_limit(v_policy, 'max_running');
+  end if;
+  if v_policy ? 'max_running_per_key' then
+    v_row.max_running_per_key := absurd._flow_limit(v_policy, 'max_running_per_key');
   end if;
 
   v_row.partition_lookahead := coalesce(
@@ -1087,8 +1148,16 @@ begin
     cleanup_limit = v_row.cleanup_limit,
     detach_mode = v_row.detach_mode,
     detach_min_age = v_row.detach_min_age,
-    default_partition = v_row.default_partition
+    default_partition = v_row.default_partition,
+    max_running = v_row.max_running,
+    max_running_per_key = v_row.max_running_per_key
   where queue_name = q;
+  if v_policy ?| array['max_running', 'max_running_per_key'] then
+    -- A raised or removed limit admits parked runs at once (claims park again
+    -- those still over a limit); a lowered one drains as runs finish.
+    perform absurd._flow_wake(q, null);
+    perform absurd._notify(q, 'flow');
+  end if;
   if v_row.storage_mode = 'partitioned' then
     perform absurd._apply_default_partition(q, v_row.default_partition);
   end if;
@@ -1126,43 +1195,45 @@ begin
 
   -- $1 task_id, $2 task_name, $3 params, $4 headers, $5 retry_strategy,
   -- $6 max_attempts, $7 cancellation, $8 now, $9 run_id, $10 idempotency_key,
-  -- $11 priority, $12 available_at
+  -- $11 priority, $12 available_at, $13 flow_key
   when 'spawn' then $q$
     with t as (
       insert into absurd.%1$I as t (task_id, task_name, params, headers, retry_strategy,
         max_attempts, cancellation, enqueue_at, state, attempts, last_attempt_run,
-        idempotency_key, priority, cancel_deadline)
+        idempotency_key, priority, cancel_deadline, flow_key)
       values ($1, $2, coalesce($3, 'null'::jsonb), $4, $5, $6, $7, $8, 'pending', 1, $9,
-        $10, $11, absurd._cancel_deadline($7, $12, null))
+        $10, $11, absurd._cancel_deadline($7, $12, null), $13)
       on conflict do nothing
       returning t.task_id
     ), r as (
-      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
-      select $9, t.task_id, 1, 'pending', $12, $8, $11 from t
+      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority,
+        flow_key)
+      select $9, t.task_id, 1, 'pending', $12, $8, $11, $13 from t
     )
     select count(*) from t$q$
 
   -- spawn_tasks: one row per array element, all arrays of one length.
   -- $1 task_ids, $2 task_names, $3 params, $4 headers, $5 retry_strategies,
   -- $6 max_attempts, $7 cancellations, $8 now, $9 run_ids, $10 priorities,
-  -- $11 available_ats
+  -- $11 available_ats, $12 flow_keys
   when 'spawn.many' then $q$
     with x as (
       select * from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[],
-        $6::integer[], $7::jsonb[], $9::uuid[], $10::integer[], $11::timestamptz[])
+        $6::integer[], $7::jsonb[], $9::uuid[], $10::integer[], $11::timestamptz[], $12::text[])
         as x(task_id, task_name, params, headers, retry_strategy, max_attempts, cancellation,
-             run_id, priority, available_at)
+             run_id, priority, available_at, flow_key)
     ), t as (
       insert into absurd.%1$I (task_id, task_name, params, headers, retry_strategy,
         max_attempts, cancellation, enqueue_at, state, attempts, last_attempt_run,
-        priority, cancel_deadline)
+        priority, cancel_deadline, flow_key)
       select task_id, task_name, coalesce(params, 'null'::jsonb), headers, retry_strategy,
         max_attempts, cancellation, $8, 'pending', 1, run_id, priority,
-        absurd._cancel_deadline(cancellation, available_at, null)
+        absurd._cancel_deadline(cancellation, available_at, null), flow_key
       from x
     ), r as (
-      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
-      select run_id, task_id, 1, 'pending', available_at, $8, priority from x
+      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority,
+        flow_key)
+      select run_id, task_id, 1, 'pending', available_at, $8, priority, flow_key from x
     )
     select count(*) from x$q$
 
@@ -1233,6 +1304,81 @@ begin
     from c join ut on ut.task_id = c.task_id
     order by c.available_at, c.run_id$q$
 
+  -- Flow control (queues with flow_enabled only; see absurd._claim_flow).
+  -- $1 priority, $2 now, $3 qty, $4 run_ids to pass over: the due runs of a band,
+  -- locked but not yet claimed (admission decides each one).
+  when 'claim.flow_candidates' then $q$
+    select r.run_id, r.task_id, r.flow_key, coalesce(t.cancel_deadline <= $2, false) as late
+    from absurd.%2$I r
+    join absurd.%1$I t on t.task_id = r.task_id
+    where r.state in ('pending', 'sleeping') and r.priority = $1 and r.available_at <= $2
+      and t.state in ('pending', 'sleeping', 'running') and r.run_id <> all($4::uuid[])
+    order by r.available_at, r.run_id
+    limit $3
+    for update of r, t skip locked$q$
+  -- $1 run_id, $2 now, $3 worker, $4 lease end: claims one admitted candidate
+  -- (the writes of claim.band for one run).
+  when 'claim.one' then $q$
+    with ur as (
+      update absurd.%2$I r set state = 'running', claimed_by = $3, claim_expires_at = $4::timestamptz,
+        started_at = $2, available_at = $2
+      where r.run_id = $1
+      returning r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload
+    ), ut as (
+      update absurd.%1$I t set state = 'running', attempts = greatest(t.attempts, ur.attempt),
+        first_started_at = coalesce(t.first_started_at, $2), last_attempt_run = ur.run_id,
+        cancel_deadline = case when t.first_started_at is null
+          then absurd._cancel_deadline(t.cancellation, null, $2) else t.cancel_deadline end
+      from ur where t.task_id = ur.task_id
+      returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
+    ), dw as (
+      delete from absurd.%5$I w
+      where w.run_id = $1 and w.timeout_at is not null and w.timeout_at <= $2
+    )
+    select ur.run_id, ur.task_id, ur.attempt, ut.task_name, ut.params, ut.retry_strategy,
+           ut.max_attempts, ut.headers, ur.wake_event, ur.event_payload
+    from ur join ut on ut.task_id = ur.task_id$q$
+  -- $1 flow_key, $2 limit: how many of the key's runs hold a slot, counted up to
+  -- the limit (r_<q>_fki; a bounded probe, no counter row).
+  when 'flow.key_running' then $q$
+    select count(*) from (
+      select 1 from absurd.%2$I where flow_key = $1 and state = 'running' limit $2) x$q$
+  -- $1 limit: the queue's running runs, counted up to the limit (r_<q>_sai).
+  when 'flow.queue_running' then $q$
+    select count(*) from (select 1 from absurd.%2$I where state = 'running' limit $1) x$q$
+  -- $1 run_id, $2 task_id: parks a candidate whose key has no free slot.
+  when 'flow.park' then $q$
+    with ur as (
+      update absurd.%2$I set state = 'pending', available_at = 'infinity' where run_id = $1
+    )
+    update absurd.%1$I set state = 'pending' where task_id = $2 and state = 'sleeping'$q$
+  -- $1 flow_key, $2 its limit (null: none), $3 now: the release, under the key's
+  -- lock: wakes as many parked runs as the key has free slots (its running runs
+  -- counted up to the limit, r_<q>_fki), all of them when it has no limit.
+  when 'flow.release' then $q$
+    with u as (
+      update absurd.%2$I r set available_at = $3
+      where r.run_id = any(array(
+        select p.run_id from absurd.%2$I p
+        where p.flow_key = $1 and p.state = 'pending' and p.available_at = 'infinity'
+        order by p.priority desc, p.run_id
+        limit case when $2::integer is null then null else greatest($2::integer - (
+          select count(*) from (
+            select 1 from absurd.%2$I x where x.flow_key = $1 and x.state = 'running'
+            limit $2::integer) n), 0) end
+        for update skip locked))
+      returning 1
+    )
+    select count(*) from u$q$
+  -- $1 now: wakes every parked run of the queue (a limit was raised or removed).
+  when 'flow.unpark_all' then $q$
+    with u as (
+      update absurd.%2$I r set available_at = $1
+      where r.flow_key is not null and r.state = 'pending' and r.available_at = 'infinity'
+      returning 1
+    )
+    select count(*) from u$q$
+
   -- $1 priority, $2 now, $3 batch. Cancels the tasks past their cancellation
   -- deadline among the first $3 due runs of a band: a bounded read of the
   -- head of r_<q>_cli, however many overdue tasks there are.
@@ -1269,7 +1415,7 @@ begin
 
   -- $1 now, $2 limit (r_<q>_cei)
   when 'sweep.leases' then $q$
-    select run_id, claimed_by, claim_expires_at, attempt from absurd.%2$I
+    select run_id, claimed_by, claim_expires_at, attempt, flow_key from absurd.%2$I
     where state = 'running' and claim_expires_at is not null and claim_expires_at <= $1
     order by claim_expires_at, run_id limit $2
     for update skip locked$q$
@@ -1292,6 +1438,20 @@ begin
       where task_id = $1 and state not in ('completed', 'failed', 'cancelled')
     )
     delete from absurd.%5$I where task_id = $1$q$
+  -- $1 now, $2 limit: the flow keys a sweep may release (a superset of the keys of
+  -- sweep.cancellations and sweep.leases), so that it locks them in order first.
+  when 'flow.sweep_keys' then $q$
+    select array(select distinct k from (
+      (select t.flow_key as k from absurd.%1$I t where t.cancel_deadline <= $1
+       order by t.cancel_deadline limit $2)
+      union all
+      (select r.flow_key from absurd.%2$I r
+       where r.state = 'running' and r.claim_expires_at is not null and r.claim_expires_at <= $1
+       order by r.claim_expires_at, r.run_id limit $2)) x
+      where k is not null order by 1)$q$
+  -- $1 task_id: the task's state and flow key, locked (cancel: after its runs).
+  when 'task.lock_key' then $q$
+    select state, flow_key from absurd.%1$I where task_id = $1 for update$q$
 
   -- $1 run_id
   when 'run.state' then $q$
@@ -1311,11 +1471,11 @@ begin
       update absurd.%1$I t set state = 'completed', completed_payload = $3, last_attempt_run = $1,
         cancel_deadline = null, finished_at = $2
       from ur where t.task_id = ur.task_id
-      returning t.task_id
+      returning t.task_id, t.flow_key
     ), dw as (
       delete from absurd.%5$I where run_id = $1
     )
-    select task_id from ut$q$
+    select task_id, flow_key from ut$q$
 
   -- Batched writes of one worker (set_task_checkpoint_states, complete_runs): one
   -- statement for many runs. Each reports, per input position, whether its item was
@@ -1366,7 +1526,7 @@ begin
     ), ur as (
       update absurd.%2$I r set state = 'completed', completed_at = $3, result = x.result
       from x where r.run_id = x.run_id and (r.state = 'running') is true
-      returning r.run_id, r.task_id, x.result
+      returning r.run_id, r.task_id, x.result, r.flow_key
     ), ut as (
       update absurd.%1$I t set state = 'completed', completed_payload = ur.result,
         last_attempt_run = ur.run_id, cancel_deadline = null, finished_at = $3
@@ -1375,7 +1535,9 @@ begin
     ), dw as (
       delete from absurd.%5$I w where w.run_id = any(array(select run_id from ur))
     )
-    select array_agg(ut.run_id is not null order by x.i) from x left join ut on ut.run_id = x.run_id$q$
+    select array_agg(ut.run_id is not null order by x.i),
+           array(select distinct ur.flow_key from ur where ur.flow_key is not null order by 1)
+    from x left join ut on ut.run_id = x.run_id$q$
 
   -- $1 run_id, $2 wake_at
   when 'schedule' then $q$
@@ -1386,14 +1548,15 @@ begin
       returning task_id
     )
     update absurd.%1$I t set state = 'sleeping' from ur where t.task_id = ur.task_id
-    returning t.task_id$q$
+    returning t.task_id, t.flow_key$q$
 
   -- $1 run_id
   when 'fail.lock_run' then $q$
-    select run_id, task_id, attempt, state from absurd.%2$I where run_id = $1 for update$q$
+    select run_id, task_id, attempt, state, flow_key from absurd.%2$I where run_id = $1 for update$q$
   -- $1 task_id
   when 'fail.lock_task' then $q$
-    select task_id, attempts, max_attempts, retry_strategy, cancellation, first_started_at, priority
+    select task_id, attempts, max_attempts, retry_strategy, cancellation, first_started_at, priority,
+      flow_key
     from absurd.%1$I where task_id = $1 for update$q$
   -- $1 run_id, $2 now, $3 reason
   when 'fail.mark' then $q$
@@ -1402,11 +1565,13 @@ begin
       where run_id = $1
     )
     delete from absurd.%5$I where run_id = $1$q$
-  -- $1 new run_id, $2 task_id, $3 attempt, $4 state, $5 available_at, $6 now, $7 priority
+  -- $1 new run_id, $2 task_id, $3 attempt, $4 state, $5 available_at, $6 now, $7 priority,
+  -- $8 flow_key
   when 'fail.retry' then $q$
     with nr as (
-      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority)
-      values ($1, $2, $3, $4, $5, $6, $7)
+      insert into absurd.%2$I (run_id, task_id, attempt, state, available_at, created_at, priority,
+        flow_key)
+      values ($1, $2, $3, $4, $5, $6, $7, $8)
     )
     update absurd.%1$I set state = $4, attempts = greatest(attempts, $3), last_attempt_run = $1
     where task_id = $2$q$
@@ -1494,7 +1659,8 @@ begin
     select payload from absurd.%4$I where event_name = $1 for share$q$
   -- $1 run_id
   when 'await.lock_run' then $q$
-    select task_id, state, wake_event, event_payload from absurd.%2$I where run_id = $1 for update$q$
+    select task_id, state, wake_event, event_payload, flow_key from absurd.%2$I
+    where run_id = $1 for update$q$
   when 'await.clear_payload' then $q$
     update absurd.%2$I set event_payload = null where run_id = $1$q$
   when 'await.clear_wake' then $q$
@@ -1681,7 +1847,8 @@ begin
     from absurd.%1$I t where t.task_id = $1$q$
   when 'next_wake' then $q$
     select least(
-      (select min(available_at) from absurd.%2$I where state = 'pending'),
+      (select min(available_at) from absurd.%2$I where state = 'pending'
+         and available_at < 'infinity'),
       (select min(available_at) from absurd.%2$I where state = 'sleeping'
          and available_at < 'infinity'),
       (select min(claim_expires_at) from absurd.%2$I
@@ -1761,7 +1928,9 @@ as $$
     'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due', 'promise.lock',
     'promise.get', 'promise.create', 'promise.by_key', 'promise.settle', 'promise.own',
     'cleanup.promises', 'gauges', 'stream.lock_run', 'stream.last', 'stream.append',
-    'stream.close', 'stream.read', 'stream.task_end']);
+    'stream.close', 'stream.read', 'stream.task_end', 'claim.flow_candidates', 'claim.one',
+    'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
+    'task.lock_key', 'flow.sweep_keys', 'flow.release']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -2185,10 +2354,12 @@ $$;
 -- The spawn options of spawn_task and spawn_tasks, checked and resolved
 -- (AB015 for a bad value): available_at from "delay" or "available_at" (never
 -- before p_now), priority defaulting to 0.
+drop function if exists absurd._spawn_options(jsonb, timestamptz);
 create or replace function absurd._spawn_options(
   p_options jsonb, p_now timestamptz,
   out headers jsonb, out retry_strategy jsonb, out max_attempts integer,
-  out cancellation jsonb, out priority integer, out available_at timestamptz)
+  out cancellation jsonb, out priority integer, out available_at timestamptz,
+  out flow_key text)
 language plpgsql
 as $$
 declare
@@ -2212,6 +2383,10 @@ begin
   headers := nullif(p_options -> 'headers', 'null'::jsonb);
   cancellation := absurd._check_cancellation(p_options -> 'cancellation');
   priority := coalesce(absurd._opt_int(p_options, 'priority'), 0);
+  flow_key := absurd._flow_key(p_options -> 'flow_key');
+  if p_options ? 'debounce' and jsonb_typeof(p_options -> 'debounce') <> 'null' then
+    perform absurd._raise('AB052', 'The spawn option debounce is not supported by this engine yet');
+  end if;
 end;
 $$;
 
@@ -2254,7 +2429,8 @@ begin
           quote_nullable(p_params), quote_nullable(o.headers), quote_nullable(o.retry_strategy),
           quote_nullable(o.max_attempts), quote_nullable(o.cancellation), quote_nullable(v_now),
           quote_nullable(v_run_id), quote_nullable(v_opts ->> 'idempotency_key'),
-          quote_nullable(o.priority), quote_nullable(v_available)) into v_inserted;
+          quote_nullable(o.priority), quote_nullable(v_available),
+          quote_nullable(o.flow_key)) into v_inserted;
   if v_inserted = 0 then
     -- The idempotency key is taken: hand back the task that holds it.
     execute absurd._sql('spawn.existing', q) into v_old using v_opts ->> 'idempotency_key';
@@ -2307,6 +2483,7 @@ declare
   a_run uuid[] := '{}';
   a_priority integer[] := '{}';
   a_available timestamptz[] := '{}';
+  a_flow text[] := '{}';
   v_inserted integer;
 begin
   perform absurd._require_queue(q);
@@ -2345,6 +2522,7 @@ begin
     a_cancel := a_cancel || o.cancellation;
     a_priority := a_priority || o.priority;
     a_available := a_available || o.available_at;
+    a_flow := a_flow || o.flow_key;
     v_due := v_due or o.available_at <= v_now;
     v_out_task := v_out_task || a_task[cardinality(a_task)];
     v_out_run := v_out_run || a_run[cardinality(a_run)];
@@ -2354,7 +2532,7 @@ begin
   if cardinality(a_task) > 0 then
     execute absurd._sql('spawn.many', q) into v_inserted
       using a_task, a_name, a_params, a_headers, a_retry, a_max, a_cancel, v_now, a_run,
-            a_priority, a_available;
+            a_priority, a_available, a_flow;
     if v_due then
       perform absurd._notify(q, 'spawn');
     end if;
@@ -2389,9 +2567,329 @@ begin
 end;
 $$;
 
+-- -----------------------------------------------------------------------------
+-- Flow control (docs/engine.md "Flow control")
+--
+-- A run holds a slot of its queue (max_running) and of its flow key
+-- (max_running_per_key, or the key's override in absurd.flow_limits) while it is
+-- running. Nothing counts slots in a row of its own: a claim counts the key's
+-- running runs through r_<q>_fki, up to the limit (a bounded index probe), after
+-- taking the key's advisory lock, so two claims never spend one slot. A run whose
+-- key is full is parked (available_at 'infinity', out of the claim range). Every
+-- statement that moves a keyed run out of 'running' is followed, in the same
+-- transaction, by absurd._flow_release: under the same lock it wakes as many
+-- parked runs as the key has free slots.
+-- -----------------------------------------------------------------------------
+
+-- A spawn option flow_key: null, or a non-empty string of at most 512 bytes (AB050).
+create or replace function absurd._flow_key(p_value jsonb)
+returns text
+language plpgsql
+immutable
+as $$
+begin
+  if p_value is null or jsonb_typeof(p_value) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(p_value) <> 'string' or btrim(p_value #>> '{}') = ''
+     or octet_length(p_value #>> '{}') > 512 then
+    perform absurd._raise('AB050', format(
+      'flow_key must be a non-empty string of at most 512 bytes, got %s',
+      left(p_value::text, 100)));
+  end if;
+  return p_value #>> '{}';
+end;
+$$;
+
+-- A limit of the flow policy: null, or an integer >= 1 (AB051).
+create or replace function absurd._flow_limit(p_policy jsonb, p_key text)
+returns integer
+language plpgsql
+immutable
+as $$
+declare
+  v integer;
+begin
+  begin
+    v := absurd._opt_int(p_policy, p_key);
+  exception when sqlstate 'AB015' then
+    perform absurd._raise('AB051', format('%s must be an integer >= 1, got %s',
+      p_key, left((p_policy -> p_key)::text, 100)));
+  end;
+  if v < 1 then
+    perform absurd._raise('AB051', format('%s must be an integer >= 1, got %s', p_key, v));
+  end if;
+  return v;
+end;
+$$;
+
+-- The fields of the flow contract this engine does not enforce yet are refused
+-- (AB052) rather than stored and ignored.
+create or replace function absurd._flow_unsupported(p_policy jsonb)
+returns void
+language plpgsql
+immutable
+as $$
+declare
+  v_key text;
+begin
+  foreach v_key in array array['rate_limit', 'rate_limit_per_key', 'weight'] loop
+    if p_policy ? v_key and jsonb_typeof(p_policy -> v_key) <> 'null' then
+      perform absurd._raise('AB052', format('%s is not supported by this engine yet', v_key));
+    end if;
+  end loop;
+  if p_policy ? 'flow_hold' and jsonb_typeof(p_policy -> 'flow_hold') <> 'null'
+     and (p_policy ->> 'flow_hold') is distinct from 'running' then
+    if (p_policy ->> 'flow_hold') = 'lifetime' then
+      perform absurd._raise('AB052', 'flow_hold "lifetime" is not supported by this engine yet');
+    end if;
+    perform absurd._raise('AB051', format('flow_hold must be "running" or "lifetime", got %s',
+      left((p_policy -> 'flow_hold')::text, 100)));
+  end if;
+end;
+$$;
+
+-- The running limit of a key: its override, else the queue's per-key default.
+create or replace function absurd._flow_key_limit(p_queue_name text, p_key text, p_default integer)
+returns integer
+language sql
+stable
+as $$
+  select coalesce((select l.max_running from absurd.flow_limits l
+                   where l.queue_name = p_queue_name and l.flow_key = p_key), p_default);
+$$;
+
+-- Whether any limit applies to the queue (absurd.queues.flow_enabled).
+create or replace function absurd._flow_refresh(p_queue_name text)
+returns boolean
+language sql
+as $$
+  update absurd.queues q set flow_enabled = q.max_running is not null
+    or q.max_running_per_key is not null
+    or exists (select 1 from absurd.flow_limits l
+               where l.queue_name = q.queue_name and l.max_running is not null)
+  where q.queue_name = p_queue_name
+  returning flow_enabled;
+$$;
+
+-- After keyed runs left 'running' (or a key's limit changed): for each key, in
+-- order, under the key's lock, wakes as many parked runs as it has free slots
+-- (all of them when the key has no limit any more). Idempotent: calling it for a
+-- key that released nothing wakes nothing that should stay parked. NOTIFY when
+-- it woke a run.
+create or replace function absurd._flow_release(p_queue_name text, p_keys text[], p_now timestamptz)
+returns integer
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_per_key integer;
+  v_enabled boolean;
+  v_key text;
+  v_limit integer;
+  v_woken integer;
+  v_total integer := 0;
+begin
+  select qu.max_running_per_key, qu.flow_enabled into v_per_key, v_enabled
+  from absurd.queues qu where qu.queue_name = q;
+  if not coalesce(v_enabled, false) then
+    return 0;  -- no limit, no parked run (disabling flow control wakes them all)
+  end if;
+  for v_key in select distinct k from unnest(p_keys) k where k is not null order by 1 loop
+    perform pg_advisory_xact_lock(hashtext(q), hashtext(v_key));
+    v_limit := absurd._flow_key_limit(q, v_key, v_per_key);
+    execute absurd._cached('flow.release', q, quote_nullable(v_key), quote_nullable(v_limit),
+      quote_nullable(p_now)) into v_woken;
+    v_total := v_total + v_woken;
+  end loop;
+  if v_total > 0 then
+    perform absurd._notify(q, 'flow');
+  end if;
+  return v_total;
+end;
+$$;
+
+-- Claims for a queue with flow control (claim_task after its sweep). Candidates
+-- of a band are locked (SKIP LOCKED) and admitted one by one: the queue's limit
+-- caps the batch under the queue's lock (the one serialized step, taken only when
+-- max_running is set); a keyed candidate takes its key's lock without waiting (a
+-- key another transaction holds is passed over, not waited for), counts the key's
+-- running runs, and is claimed or parked.
+-- A claimed run, as claim_task returns it (the row of claim.one).
+do $$
+begin
+  if to_regtype('absurd._claimed_run') is null then
+    create type absurd._claimed_run as (run_id uuid, task_id uuid, attempt integer,
+      task_name text, params jsonb, retry_strategy jsonb, max_attempts integer, headers jsonb,
+      wake_event text, event_payload jsonb);
+  end if;
+end;
+$$;
+
+create or replace function absurd._claim_flow(
+  p_queue_name text, p_worker text, p_now timestamptz, p_expires timestamptz, p_qty integer,
+  p_max_running integer, p_per_key integer)
+returns setof absurd._claimed_run
+language plpgsql
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_left integer := p_qty;
+  v_below bigint := 2147483648;
+  v_priority integer;
+  v_cand record;
+  v_row absurd._claimed_run;
+  v_pass uuid[] := '{}';
+  v_limit integer;
+  v_running integer;
+  v_seen integer;
+  v_rounds integer;
+begin
+  -- Each count must see every claim committed before its lock was granted: a
+  -- statement snapshot, taken after the lock (READ COMMITTED).
+  if current_setting('transaction_isolation') <> 'read committed' then
+    perform absurd._raise('AB053', format(
+      'Claims on queue "%s" (flow control) need READ COMMITTED isolation, not %s', q,
+      current_setting('transaction_isolation')));
+  end if;
+  if p_max_running is not null then
+    perform pg_advisory_xact_lock(hashtextextended(q, 0));
+    execute absurd._sql('flow.queue_running', q) into v_running using p_max_running;
+    v_left := least(v_left, p_max_running - v_running);
+    if v_left <= 0 then
+      return;
+    end if;
+  end if;
+  loop
+    execute absurd._cached('claim.next_band', q, quote_nullable(v_below)) into v_priority;
+    exit when v_priority is null;
+    v_rounds := 0;
+    loop
+      v_seen := 0;
+      for v_cand in execute absurd._cached('claim.flow_candidates', q,
+          quote_nullable(v_priority), quote_nullable(p_now), quote_nullable(v_left),
+          quote_nullable(v_pass)) loop
+        v_seen := v_seen + 1;
+        if v_cand.late then
+          -- Past its cancellation deadline: cancelled, not claimed. Not running,
+          -- it held no slot.
+          perform absurd._cancel_task(q, v_cand.task_id, p_now);
+          continue;
+        end if;
+        if v_cand.flow_key is not null then
+          v_limit := absurd._flow_key_limit(q, v_cand.flow_key, p_per_key);
+          if v_limit is not null then
+            if not pg_try_advisory_xact_lock(hashtext(q), hashtext(v_cand.flow_key)) then
+              v_pass := v_pass || v_cand.run_id;
+              continue;
+            end if;
+            execute absurd._cached('flow.key_running', q, quote_nullable(v_cand.flow_key),
+              quote_nullable(v_limit)) into v_running;
+            if v_running >= v_limit then
+              execute absurd._sql('flow.park', q) using v_cand.run_id, v_cand.task_id;
+              continue;
+            end if;
+          end if;
+        end if;
+        execute absurd._cached('claim.one', q, quote_nullable(v_cand.run_id),
+          quote_nullable(p_now), quote_nullable(p_worker), quote_nullable(p_expires)) into v_row;
+        return next v_row;
+        v_left := v_left - 1;
+        exit when v_left <= 0;
+      end loop;
+      exit when v_seen = 0 or v_left <= 0 or v_rounds >= 8;
+      v_rounds := v_rounds + 1;
+    end loop;
+    exit when v_left <= 0;
+    v_below := v_priority;
+  end loop;
+end;
+$$;
+
+-- After a limit changed: recomputes flow_enabled, then wakes the parked runs of
+-- p_keys (null: of every key) that may now run. Claims park again any that may not.
+create or replace function absurd._flow_wake(p_queue_name text, p_keys text[])
+returns void
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_woken integer;
+begin
+  if absurd._flow_refresh(p_queue_name) and p_keys is not null then
+    perform absurd._flow_release(p_queue_name, p_keys, absurd.current_time());
+    return;
+  end if;
+  execute absurd._sql('flow.unpark_all', p_queue_name) into v_woken using absurd.current_time();
+  if v_woken > 0 then
+    perform absurd._notify(p_queue_name, 'flow');
+  end if;
+end;
+$$;
+
+-- Per-key overrides: p_limits {"max_running": n}; null removes the key's
+-- override. Raising or removing a limit wakes the key's parked runs at once.
+create or replace function absurd.set_flow_limit(p_queue_name text, p_flow_key text, p_limits jsonb)
+returns void
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_key text;
+  v_max integer;
+  v_field text;
+begin
+  perform absurd._require_queue(q);
+  v_key := absurd._flow_key(to_jsonb(p_flow_key));
+  if v_key is null then
+    perform absurd._raise('AB050', 'flow_key must be a non-empty string of at most 512 bytes, got null');
+  end if;
+  perform 1 from absurd.queues where queue_name = q for update;
+  if p_limits is null or jsonb_typeof(p_limits) = 'null' then
+    delete from absurd.flow_limits where queue_name = q and flow_key = v_key;
+  else
+    if jsonb_typeof(p_limits) <> 'object' then
+      perform absurd._raise('AB051', 'Flow limits must be a JSON object or null');
+    end if;
+    perform absurd._flow_unsupported(p_limits);
+    for v_field in select jsonb_object_keys(p_limits) loop
+      if v_field not in ('max_running', 'rate_limit', 'weight') then
+        perform absurd._raise('AB051', format('Unsupported flow limit "%s"', left(v_field, 100)));
+      end if;
+    end loop;
+    v_max := absurd._flow_limit(p_limits, 'max_running');
+    insert into absurd.flow_limits (queue_name, flow_key, max_running, limits)
+    values (q, v_key, v_max, absurd._strip_top_nulls(p_limits))
+    on conflict (queue_name, flow_key) do update
+      set max_running = excluded.max_running, limits = excluded.limits,
+          updated_at = clock_timestamp();
+  end if;
+  perform absurd._flow_wake(q, array[v_key]);
+end;
+$$;
+
+create or replace function absurd.get_flow_limits(p_queue_name text)
+returns table (flow_key text, limits jsonb, updated_at timestamptz)
+language plpgsql
+stable
+as $$
+begin
+  perform absurd._require_queue(p_queue_name);
+  return query
+    select l.flow_key, l.limits, l.updated_at from absurd.flow_limits l
+    where l.queue_name = p_queue_name order by l.flow_key;
+end;
+$$;
+
 -- Bounded maintenance done by claim: at most p_limit cancellation policies and
 -- p_limit expired leases, each found through its own partial index.
-create or replace function absurd._sweep(p_queue_name text, p_now timestamptz, p_limit integer)
+drop function if exists absurd._sweep(text, timestamptz, integer);
+create or replace function absurd._sweep(
+  p_queue_name text, p_now timestamptz, p_limit integer, p_flow boolean)
 returns void
 language plpgsql
 set enable_seqscan = off
@@ -2399,7 +2897,17 @@ as $$
 declare
   v_task uuid;
   v_run record;
+  v_keys text[];
+  v_key text;
 begin
+  if p_flow then
+    -- Releases below lock their keys; lock them all first, in order, so two
+    -- sweeps (or a sweep and a batch of completions) never wait on each other.
+    execute absurd._sql('flow.sweep_keys', p_queue_name) into v_keys using p_now, p_limit;
+    foreach v_key in array v_keys loop
+      perform pg_advisory_xact_lock(hashtext(p_queue_name), hashtext(v_key));
+    end loop;
+  end if;
   for v_task in execute absurd._cached('sweep.cancellations', p_queue_name,
       quote_nullable(p_now), quote_nullable(p_limit)) loop
     perform absurd._cancel_task(p_queue_name, v_task, p_now);
@@ -2413,6 +2921,9 @@ begin
       'claimExpiredAt', v_run.claim_expires_at,
       'attempt', v_run.attempt)), null, p_now);
   end loop;
+  if p_flow then
+    perform absurd._flow_release(p_queue_name, v_keys, p_now);  -- the cancelled tasks' keys
+  end if;
 end;
 $$;
 
@@ -2457,8 +2968,15 @@ declare
   v_late integer;
   v_rounds integer := 0;
   v_due timestamptz;
+  v_flow record;
 begin
-  perform absurd._require_queue(q);
+  -- absurd._require_queue, reading the queue's flow settings on the way.
+  perform absurd.validate_queue_name(q);
+  select qu.flow_enabled, qu.max_running, qu.max_running_per_key into v_flow
+  from absurd.queues qu where qu.queue_name = q;
+  if not found then
+    perform absurd._raise('AB005', format('Queue "%s" does not exist', q));
+  end if;
   if v_timeout > 0 then
     v_expires := v_now + make_interval(secs => v_timeout);
   end if;
@@ -2477,7 +2995,12 @@ begin
       raise warning 'absurd: firing the schedules of queue "%" failed: % (%)', q, sqlerrm, sqlstate;
     end;
   end if;
-  perform absurd._sweep(q, v_now, v_left);
+  perform absurd._sweep(q, v_now, v_left, v_flow.flow_enabled);
+  if v_flow.flow_enabled then
+    return query select * from absurd._claim_flow(q, v_worker, v_now, v_expires, v_left,
+      v_flow.max_running, v_flow.max_running_per_key);
+    return;
+  end if;
   loop
     execute absurd._cached('claim.next_band', q, quote_nullable(v_below)) into v_priority;
     exit when v_priority is null;
@@ -2576,13 +3099,17 @@ set enable_seqscan = off
 as $$
 declare
   v_task uuid;
+  v_key text;
 begin
   perform absurd._require_queue(p_queue_name);
   execute absurd._cached('complete', p_queue_name, quote_nullable(p_run_id),
-    quote_nullable(absurd.current_time()), quote_nullable(p_state)) into v_task;
+    quote_nullable(absurd.current_time()), quote_nullable(p_state)) into v_task, v_key;
   if v_task is null then
     perform absurd._run_state_error(p_queue_name, p_run_id,
       'Run "%s" is not currently running in queue "%s"');
+  end if;
+  if v_key is not null then
+    perform absurd._flow_release(p_queue_name, array[v_key], absurd.current_time());
   end if;
 end;
 $$;
@@ -2653,12 +3180,16 @@ set enable_seqscan = off
 as $$
 declare
   v_ok boolean[];
+  v_keys text[];
 begin
   if absurd._batch_length(p_queue_name, array[cardinality(p_run_ids), cardinality(p_states)]) = 0 then
     return '{}';
   end if;
   execute absurd._cached('complete.many', p_queue_name, quote_nullable(p_run_ids),
-    quote_nullable(p_states), quote_nullable(absurd.current_time())) into v_ok;
+    quote_nullable(p_states), quote_nullable(absurd.current_time())) into v_ok, v_keys;
+  if cardinality(v_keys) > 0 then
+    perform absurd._flow_release(p_queue_name, v_keys, absurd.current_time());
+  end if;
   return v_ok;
 end;
 $$;
@@ -2670,16 +3201,20 @@ set enable_seqscan = off
 as $$
 declare
   v_task uuid;
+  v_key text;
 begin
   perform absurd._require_queue(p_queue_name);
   if p_wake_at is null then
     perform absurd._raise('AB014', 'wake_at must be provided');
   end if;
   execute absurd._cached('schedule', p_queue_name, quote_nullable(p_run_id),
-    quote_nullable(p_wake_at)) into v_task;
+    quote_nullable(p_wake_at)) into v_task, v_key;
   if v_task is null then
     perform absurd._run_state_error(p_queue_name, p_run_id,
       'Run "%s" is not currently running in queue "%s"');
+  end if;
+  if v_key is not null then
+    perform absurd._flow_release(p_queue_name, array[v_key], absurd.current_time());
   end if;
   if p_wake_at <= absurd.current_time() then
     perform absurd._notify(p_queue_name, 'wake');
@@ -2745,7 +3280,7 @@ begin
     execute absurd._sql('fail.retry', q)
       using v_new_run, v_task.task_id, v_run.attempt + 1,
             case when v_next > p_now then 'sleeping' else 'pending' end,
-            v_next, p_now, v_task.priority;
+            v_next, p_now, v_task.priority, v_task.flow_key;
     if v_next <= p_now then
       perform absurd._notify(q, 'retry');
     end if;
@@ -2753,6 +3288,9 @@ begin
     execute absurd._sql('fail.finish', q)
       using v_task.task_id, case when v_cancel then 'cancelled' else 'failed' end,
             v_run.attempt, p_run_id, p_now;
+  end if;
+  if v_run.flow_key is not null and v_run.state = 'running' then
+    perform absurd._flow_release(q, array[v_run.flow_key], p_now);
   end if;
 end;
 $$;
@@ -2791,7 +3329,7 @@ begin
     perform absurd._raise('AB015', 'max_attempts must be >= 1');
   end if;
   execute format($q$select task_id, task_name, params, headers, retry_strategy, max_attempts,
-      cancellation, attempts, state, priority from absurd.%I where task_id = $1 for update$q$,
+      cancellation, attempts, state, priority, flow_key from absurd.%I where task_id = $1 for update$q$,
       't_' || q)
     into v_task using p_task_id;
   if v_task.task_id is null then
@@ -2809,7 +3347,8 @@ begin
         'retry_strategy', v_task.retry_strategy,
         'max_attempts', coalesce(v_max, v_task.max_attempts),
         'cancellation', v_task.cancellation,
-        'priority', v_task.priority)));
+        'priority', v_task.priority,
+        'flow_key', v_task.flow_key)));
     return;
   end if;
 
@@ -2821,15 +3360,16 @@ begin
   v_run_id := absurd.portable_uuidv7();
   execute format($q$
     with nr as (
-      insert into absurd.%1$I (run_id, task_id, attempt, state, available_at, created_at, priority)
-      values ($1, $2, $3, 'pending', $4, $4, $5)
+      insert into absurd.%1$I (run_id, task_id, attempt, state, available_at, created_at, priority,
+        flow_key)
+      values ($1, $2, $3, 'pending', $4, $4, $5, $7)
     )
     update absurd.%2$I set state = 'pending', attempts = $3, max_attempts = $6,
       last_attempt_run = $1, cancelled_at = null, finished_at = null,
       cancel_deadline = absurd._cancel_deadline(cancellation, $4, first_started_at)
     where task_id = $2
   $q$, 'r_' || q, 't_' || q)
-    using v_run_id, p_task_id, v_task.attempts + 1, v_now, v_task.priority, v_max;
+    using v_run_id, p_task_id, v_task.attempts + 1, v_now, v_task.priority, v_max, v_task.flow_key;
   perform absurd._notify(q, 'retry');
   return query select p_task_id, v_run_id, v_task.attempts + 1, false;
 end;
@@ -2838,12 +3378,21 @@ $$;
 create or replace function absurd.cancel_task(p_queue_name text, p_task_id uuid)
 returns void
 language plpgsql
+set enable_seqscan = off
 as $$
+declare
+  v_state text;
+  v_key text;
 begin
   perform absurd._require_queue(p_queue_name);
   if not absurd._cancel_task(p_queue_name, p_task_id, absurd.current_time()) then
     perform absurd._raise('AB009', format(
       'Task "%s" not found in queue "%s"', absurd._show(p_task_id), p_queue_name));
+  end if;
+  -- The task row is locked: its key, to release the slot its run may have held.
+  execute absurd._sql('task.lock_key', p_queue_name) into v_state, v_key using p_task_id;
+  if v_key is not null then
+    perform absurd._flow_release(p_queue_name, array[v_key], absurd.current_time());
   end if;
 end;
 $$;
@@ -3099,6 +3648,9 @@ begin
   execute absurd._sql('await.suspend', q)
     using p_task_id, p_run_id, p_step_name, p_event_name,
           v_now + make_interval(secs => p_timeout), v_now;
+  if v_run.flow_key is not null then
+    perform absurd._flow_release(q, array[v_run.flow_key], v_now);
+  end if;
   return query select true, null::jsonb;
 end;
 $$;
@@ -5486,7 +6038,8 @@ begin
     into cancelled using v_now, v_limit;
   execute 'select count(*) from (' || absurd._sql('sweep.leases', p_queue_name) || ') x'
     into expired using v_now, v_limit;
-  perform absurd._sweep(p_queue_name, v_now, v_limit);
+  perform absurd._sweep(p_queue_name, v_now, v_limit,
+    (select flow_enabled from absurd.queues where queue_name = p_queue_name));
   if cancelled + expired > 0 then
     perform absurd._notify(p_queue_name, 'sweep');
   end if;

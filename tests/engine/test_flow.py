@@ -1,0 +1,513 @@
+"""Flow control: per-queue and per-key running limits, parking and release on every exit.
+
+Real connections race claims, completions, suspensions, cancels and lease expiry; the
+invariants are checked from the tables after each step (docs/engine.md "Flow control").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import Connect
+from tests.engine._engine import Engine
+
+T0 = dt.datetime(2030, 1, 7, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def policy(engine: Engine, **fields: Any) -> None:
+    engine.conn.execute(
+        "select absurd.set_queue_policy(%s, %s)", (engine.queue, json.dumps(fields))
+    )
+
+
+def override(engine: Engine, key: str, limits: dict[str, Any] | None) -> None:
+    engine.conn.execute(
+        "select absurd.set_flow_limit(%s, %s, %s)",
+        (engine.queue, key, None if limits is None else json.dumps(limits)),
+    )
+
+
+def spawn_keyed(engine: Engine, keys: list[str | None]) -> None:
+    tasks = [
+        {"task_name": "t", "params": i, "options": {} if k is None else {"flow_key": k}}
+        for i, k in enumerate(keys)
+    ]
+    engine.conn.execute("select absurd.spawn_tasks(%s, %s)", (engine.queue, json.dumps(tasks)))
+
+
+def running_by_key(engine: Engine) -> dict[str | None, int]:
+    rows = engine.rows(
+        sql.SQL("select flow_key, count(*) as n from {} where state = 'running' group by 1").format(
+            engine.table("r")
+        )
+    )
+    return {r["flow_key"]: r["n"] for r in rows}
+
+
+def parked_by_key(engine: Engine) -> dict[str, int]:
+    rows = engine.rows(
+        sql.SQL(
+            "select flow_key, count(*) as n from {} where state = 'pending'"
+            " and available_at = 'infinity' group by 1"
+        ).format(engine.table("r"))
+    )
+    return {r["flow_key"]: r["n"] for r in rows}
+
+
+def key_of(engine: Engine, run_id: Any) -> str | None:
+    row = engine.one(
+        sql.SQL("select flow_key from {} where run_id = %s").format(engine.table("r")), (run_id,)
+    )
+    return row["flow_key"]  # type: ignore[no-any-return]
+
+
+def limit_of(engine: Engine, key: str) -> int | None:
+    row = engine.one(
+        "select absurd._flow_key_limit(q.queue_name, %s, q.max_running_per_key) as n"
+        " from absurd.queues q where q.queue_name = %s",
+        (key, engine.queue),
+    )
+    return row["n"]  # type: ignore[no-any-return]
+
+
+def assert_invariants(engine: Engine, draining: bool = False) -> None:
+    """No key over its limit, no queue over its limit, and no key keeps a parked run
+    while its running and due runs leave it a free slot (every release has woken as
+    many parked runs as it had free slots).
+    Draining (a limit was just lowered): runs claimed before may exceed the new limit."""
+    q = engine.one(
+        "select max_running, max_running_per_key from absurd.queues where queue_name = %s",
+        (engine.queue,),
+    )
+    running = running_by_key(engine)
+    if q["max_running"] is not None and not draining:
+        assert sum(running.values()) <= q["max_running"], running
+    for key, n in running.items():
+        if key is not None and not draining:
+            limit = limit_of(engine, key)
+            assert limit is None or n <= limit, (key, n, limit)
+    woken = {
+        r["flow_key"]: r["n"]
+        for r in engine.rows(
+            sql.SQL(
+                "select flow_key, count(*) as n from {} where state = 'pending'"
+                " and available_at < 'infinity' and flow_key is not null group by 1"
+            ).format(engine.table("r"))
+        )
+    }
+    for key in parked_by_key(engine):
+        limit = limit_of(engine, key)
+        # A free slot may be spoken for by a due run (woken, or a retry) not yet claimed.
+        assert limit is not None and running.get(key, 0) + woken.get(key, 0) >= limit, (
+            f"key {key!r} keeps a parked run with {running.get(key, 0)} of {limit} running"
+            f" and {woken.get(key, 0)} due"
+        )
+
+
+def test_per_key_limit_parks_and_completion_wakes(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=2)
+    spawn_keyed(engine, ["a"] * 5 + ["b"] * 1 + [None] * 2)
+    claimed = engine.claim(qty=10)
+    keys = sorted((key_of(engine, r["run_id"]) or "-") for r in claimed)
+    assert keys == ["-", "-", "a", "a", "b"]
+    assert parked_by_key(engine) == {"a": 3}
+    assert engine.claim(qty=10) == []
+    assert_invariants(engine)
+    # Completing one run of "a" wakes exactly one parked run of "a".
+    run_a = next(r for r in claimed if key_of(engine, r["run_id"]) == "a")
+    engine.conn.execute("select absurd.complete_run(%s, %s, '1')", (engine.queue, run_a["run_id"]))
+    assert parked_by_key(engine) == {"a": 2}
+    again = engine.claim(qty=10)
+    assert [key_of(engine, r["run_id"]) for r in again] == ["a"]
+    assert_invariants(engine)
+
+
+def test_queue_limit_caps_claims(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running=3)
+    spawn_keyed(engine, [None] * 10)
+    assert len(engine.claim(qty=10)) == 3
+    assert engine.claim(qty=10) == []
+    assert parked_by_key(engine) == {}  # the queue's limit parks nothing: it caps the batch
+    policy(engine, max_running=5)
+    assert len(engine.claim(qty=10)) == 2
+    policy(engine, max_running=None)
+    assert len(engine.claim(qty=10)) == 5
+
+
+@pytest.mark.parametrize(
+    "exit_path",
+    ["complete", "complete_runs", "fail", "fail_retry", "sleep", "await", "cancel", "lease"],
+)
+def test_every_exit_from_running_wakes_the_next_parked_run(engine: Engine, exit_path: str) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    spawn_keyed(engine, ["k", "k"])
+    (first,) = engine.claim(qty=5, timeout=30)
+    assert parked_by_key(engine) == {"k": 1}
+    q, run, task = engine.queue, first["run_id"], first["task_id"]
+    c = engine.conn
+    if exit_path == "complete":
+        c.execute("select absurd.complete_run(%s, %s, '1')", (q, run))
+    elif exit_path == "complete_runs":
+        c.execute(
+            "select absurd.complete_runs(%s, array[%s]::uuid[], array['1']::jsonb[])", (q, run)
+        )
+    elif exit_path == "fail":
+        c.execute("select absurd.fail_run(%s, %s, '{}', null)", (q, run))
+    elif exit_path == "fail_retry":
+        c.execute(
+            "select absurd.fail_run(%s, %s, '{}', %s)", (q, run, T0 + dt.timedelta(seconds=10))
+        )
+    elif exit_path == "sleep":
+        c.execute("select absurd.schedule_run(%s, %s, %s)", (q, run, T0 + dt.timedelta(hours=1)))
+    elif exit_path == "await":
+        c.execute("select * from absurd.await_event(%s, %s, %s, 's', 'e', null)", (q, task, run))
+    elif exit_path == "cancel":
+        c.execute("select absurd.cancel_task(%s, %s)", (q, task))
+    elif exit_path == "lease":
+        engine.set_time(T0 + dt.timedelta(seconds=31))
+        c.execute("select * from absurd.sweep_queue(%s)", (q,))
+    assert parked_by_key(engine) == {}, exit_path
+    assert_invariants(engine)
+    (second,) = engine.claim(qty=5)  # one slot: one run (the woken one, or a retry)
+    if exit_path != "fail":
+        assert second["task_id"] != task
+    assert_invariants(engine)
+
+
+def test_a_lease_expiring_inside_claim_frees_its_slot(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    spawn_keyed(engine, ["k", "k"])
+    (first,) = engine.claim(qty=5, timeout=30)
+    engine.set_time(T0 + dt.timedelta(seconds=31))
+    (second,) = engine.claim(qty=1)
+    assert second["task_id"] != first["task_id"]
+    assert_invariants(engine)
+
+
+def test_lowering_drains_and_raising_admits_at_once_with_a_notify(
+    engine: Engine, connect: Connect
+) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=3)
+    spawn_keyed(engine, ["k"] * 8)
+    runs = engine.claim(qty=10)
+    assert len(runs) == 3
+    policy(engine, max_running_per_key=1)
+    assert engine.claim(qty=10) == []
+    c = engine.conn
+    c.execute("select absurd.complete_run(%s, %s, '1')", (engine.queue, runs[0]["run_id"]))
+    assert engine.claim(qty=10) == []  # 2 still running, limit 1: drains
+    c.execute("select absurd.complete_run(%s, %s, '1')", (engine.queue, runs[1]["run_id"]))
+    c.execute("select absurd.complete_run(%s, %s, '1')", (engine.queue, runs[2]["run_id"]))
+    assert len(engine.claim(qty=10)) == 1
+    listener = connect()
+    channel = listener.execute("select absurd.queue_channel(%s)", (engine.queue,)).fetchone()
+    assert channel is not None
+    listener.execute(sql.SQL("listen {}").format(sql.Identifier(str(channel[0]))))
+    override(engine, "k", {"max_running": 4})
+    notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert notes and notes[0].payload == "flow"
+    assert len(engine.claim(qty=10)) == 3
+    assert_invariants(engine)
+    assert engine.rows("select * from absurd.get_flow_limits(%s)", (engine.queue,))[0][
+        "limits"
+    ] == {"max_running": 4}
+    override(engine, "k", None)  # back to the queue's default of 1: drains
+    assert engine.claim(qty=10) == []
+    assert_invariants(engine, draining=True)
+
+
+def test_removing_every_limit_wakes_every_parked_run(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    spawn_keyed(engine, ["a", "a", "b", "b"])
+    assert len(engine.claim(qty=10)) == 2
+    assert parked_by_key(engine) == {"a": 1, "b": 1}
+    policy(engine, max_running_per_key=None)
+    assert parked_by_key(engine) == {}
+    assert len(engine.claim(qty=10)) == 2
+    row = engine.one(
+        "select flow_enabled from absurd.queues where queue_name = %s", (engine.queue,)
+    )
+    assert row["flow_enabled"] is False
+
+
+def test_next_wake_ignores_parked_runs(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    spawn_keyed(engine, ["a", "a"])
+    engine.claim(qty=10)
+    row = engine.one("select absurd.queue_next_wake(%s) as w", (engine.queue,))
+    assert row["w"] == T0 + dt.timedelta(seconds=60)  # the lease, not 'infinity'
+
+
+def test_retry_task_keeps_the_key(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    spawned = engine.spawn("t", 1, flow_key="k", max_attempts=1)
+    (run,) = engine.claim()
+    engine.conn.execute("select absurd.fail_run(%s, %s, '{}', null)", (engine.queue, run["run_id"]))
+    engine.conn.execute("select absurd.retry_task(%s, %s)", (engine.queue, spawned["task_id"]))
+    (again,) = engine.claim()
+    assert key_of(engine, again["run_id"]) == "k"
+
+
+def test_partitioned_queue(conn: psycopg.Connection[Any]) -> None:
+    q = "flowpart"
+    conn.execute("select absurd.create_queue(%s, 'partitioned')", (q,))
+    try:
+        engine = Engine(conn, q)
+        policy(engine, max_running_per_key=1)
+        spawn_keyed(engine, ["a", "a", "b"])
+        assert len(engine.claim(qty=10)) == 2
+        assert parked_by_key(engine) == {"a": 1}
+        assert_invariants(engine)
+    finally:
+        conn.execute("select absurd.drop_queue(%s)", (q,))
+    row = conn.execute(
+        "select count(*) from absurd.flow_limits where queue_name = %s", (q,)
+    ).fetchone()
+    assert row == (0,)
+
+
+# -- bad input ------------------------------------------------------------------------
+
+HOSTILE_KEYS = ["", "   ", "x" * 10_000, 17, ["a"], {"a": 1}]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_bad_flow_keys_are_refused(engine: Engine, key: Any) -> None:
+    with pytest.raises(psycopg.Error) as info:
+        engine.spawn("t", 1, flow_key=key)
+    assert info.value.sqlstate == "AB050"
+    assert engine.rows(sql.SQL("select 1 from {}").format(engine.table("t"))) == []
+
+
+@pytest.mark.parametrize("key", ["o'brien\"; drop table x; --", "日本語キー", "🔑" * 100, "a\\b"])
+def test_strange_keys_work(engine: Engine, key: str) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    override(engine, key, {"max_running": 1})
+    spawn_keyed(engine, [key, key])
+    assert len(engine.claim(qty=5)) == 1
+    assert parked_by_key(engine) == {key: 1}
+    rows = engine.rows("select * from absurd.get_flow_limits(%s)", (engine.queue,))
+    assert [r["flow_key"] for r in rows] == [key]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"max_running": 0}, "AB051"),
+        ({"max_running": -3}, "AB051"),
+        ({"max_running_per_key": 0}, "AB051"),
+        ({"max_running_per_key": "lots"}, "AB051"),
+        ({"max_running": 1.5}, "AB051"),
+        ({"flow_hold": "sometimes"}, "AB051"),
+        ({"flow_hold": "lifetime"}, "AB052"),
+        ({"rate_limit": {"limit": 10, "period_seconds": 1}}, "AB052"),
+        ({"rate_limit_per_key": {"limit": 10, "period_seconds": 1}}, "AB052"),
+    ],
+)
+def test_bad_policies_are_refused_and_change_nothing(
+    engine: Engine, fields: dict[str, Any], code: str
+) -> None:
+    policy(engine, max_running=7)
+    before = engine.one("select * from absurd.get_flow_policy(%s)", (engine.queue,))
+    with pytest.raises(psycopg.Error) as info:
+        policy(engine, **fields)
+    assert info.value.sqlstate == code
+    assert engine.one("select * from absurd.get_flow_policy(%s)", (engine.queue,)) == before
+
+
+@pytest.mark.parametrize(
+    ("limits", "code"),
+    [
+        ({"max_running": 0}, "AB051"),
+        ({"max_running": "x"}, "AB051"),
+        ({"unknown": 1}, "AB051"),
+        ({"weight": 2}, "AB052"),
+        ([1, 2], "AB051"),
+    ],
+)
+def test_bad_overrides_are_refused_and_change_nothing(
+    engine: Engine, limits: Any, code: str
+) -> None:
+    override(engine, "k", {"max_running": 2})
+    with pytest.raises(psycopg.Error) as info:
+        engine.conn.execute(
+            "select absurd.set_flow_limit(%s, 'k', %s)", (engine.queue, json.dumps(limits))
+        )
+    assert info.value.sqlstate == code
+    rows = engine.rows("select * from absurd.get_flow_limits(%s)", (engine.queue,))
+    assert [r["limits"] for r in rows] == [{"max_running": 2}]
+
+
+def test_override_with_a_bad_key_or_queue(engine: Engine) -> None:
+    for key, code in [("", "AB050"), ("x" * 10_000, "AB050"), (None, "AB050")]:
+        with pytest.raises(psycopg.Error) as info:
+            engine.conn.execute(
+                "select absurd.set_flow_limit(%s, %s, '{\"max_running\": 1}')", (engine.queue, key)
+            )
+        assert info.value.sqlstate == code
+    with pytest.raises(psycopg.Error) as info:
+        engine.conn.execute("select absurd.set_flow_limit('nope', 'k', null)")
+    assert info.value.sqlstate == "AB005"
+
+
+def test_debounce_is_refused_until_supported(engine: Engine) -> None:
+    for debounce in [{"period_seconds": 5}, {"key": "k", "period_seconds": 5}]:
+        with pytest.raises(psycopg.Error) as info:
+            engine.spawn("t", 1, debounce=debounce)
+        assert info.value.sqlstate == "AB052"
+
+
+def test_flow_claims_refuse_repeatable_read(engine: Engine, connect: Connect) -> None:
+    policy(engine, max_running_per_key=1)
+    c = connect()
+    c.autocommit = False
+    c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    with pytest.raises(psycopg.Error) as info:
+        c.execute("select * from absurd.claim_task(%s, 'w', 30, 1)", (engine.queue,))
+    assert info.value.sqlstate == "AB053"
+    c.rollback()
+
+
+# -- concurrency --------------------------------------------------------------------
+
+
+class Violations:
+    """Limits seen exceeded by the watcher (one consistent snapshot per statement)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.checks = 0
+
+
+def watch(
+    conn: psycopg.Connection[Any],
+    queue: str,
+    per_key: int,
+    total: int,
+    stop: threading.Event,
+    out: Violations,
+) -> None:
+    query = sql.SQL(
+        "select coalesce(max(n) filter (where flow_key is not null), 0), coalesce(sum(n), 0)"
+        " from (select flow_key, count(*) as n from {} where state = 'running' group by 1) x"
+    ).format(sql.Identifier("absurd", f"r_{queue}"))
+    while not stop.is_set():
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        most, running = int(row[0]), int(row[1])
+        out.checks += 1
+        if most > per_key or running > total:
+            out.seen.append(f"{most} running for one key, {running} in all")
+
+
+def test_concurrent_workers_never_exceed_limits_and_leak_no_slot(
+    engine: Engine, connect: Connect
+) -> None:
+    """Six sessions claim, complete, fail, sleep, wait for events, cancel and abandon
+    runs (1-2 s leases, left to expire) on five keys; a watcher checks every committed
+    state. Then everything drains: every task ends, no run stays parked."""
+    per_key, total, keys = 2, 6, ["a", "b", "c", "d", "e"]
+    policy(engine, max_running_per_key=per_key, max_running=total)
+    spawn_keyed(engine, [keys[i % 5] for i in range(150)])
+    q = engine.queue
+    stop = threading.Event()
+    violations = Violations()
+    watcher = threading.Thread(target=watch, args=(connect(), q, per_key, total, stop, violations))
+    watcher.start()
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        c = connect()
+        rng = random.Random(i)
+        try:
+            for _ in range(60):
+                rows = c.execute(
+                    "select run_id, task_id from absurd.claim_task(%s, %s, %s, %s)",
+                    (q, f"w{i}", rng.choice([1, 2]), rng.randint(1, 3)),
+                ).fetchall()
+                for run_id, task_id in rows:
+                    action = rng.choice(
+                        ["complete"] * 5 + ["fail", "sleep", "await", "cancel", "abandon"]
+                    )
+                    try:
+                        if action == "complete":
+                            c.execute("select absurd.complete_run(%s, %s, '1')", (q, run_id))
+                        elif action == "fail":
+                            c.execute("select absurd.fail_run(%s, %s, '{}', null)", (q, run_id))
+                        elif action == "sleep":
+                            c.execute(
+                                "select absurd.schedule_run(%s, %s,"
+                                " clock_timestamp() + interval '50 ms')",
+                                (q, run_id),
+                            )
+                        elif action == "await":
+                            c.execute(
+                                "select * from absurd.await_event(%s, %s, %s, 's', %s, 1)",
+                                (q, task_id, run_id, f"ev-{rng.randint(0, 3)}"),
+                            )
+                        elif action == "cancel":
+                            c.execute("select absurd.cancel_task(%s, %s)", (q, task_id))
+                    except psycopg.Error as exc:
+                        # Another session may have swept this run's lease meanwhile.
+                        if exc.sqlstate not in ("AB001", "AB002", "AB012"):
+                            raise
+                if rng.random() < 0.2:
+                    c.execute(
+                        "select absurd.emit_event(%s, %s, '1')", (q, f"ev-{rng.randint(0, 3)}")
+                    )
+                if rng.random() < 0.1:
+                    c.execute("select * from absurd.sweep_queue(%s)", (q,))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert not errors, errors
+    assert violations.checks > 10
+    assert not violations.seen, violations.seen[:5]
+    assert_invariants(engine)
+
+    # Drain: everything left ends; nothing stays parked behind a leaked slot.
+    c = engine.conn
+    for _ in range(400):
+        for run_id, _task in c.execute(
+            "select run_id, task_id from absurd.claim_task(%s, 'drain', 1, 6)", (q,)
+        ).fetchall():
+            c.execute("select absurd.complete_run(%s, %s, '1')", (q, run_id))
+        c.execute(
+            "select absurd.emit_event(%s, e, '1') from unnest(array['ev-0', 'ev-1', 'ev-2',"
+            " 'ev-3']) e",
+            (q,),
+        )
+        left = engine.one(
+            sql.SQL(
+                "select count(*) as n from {} where state in ('pending', 'running', 'sleeping')"
+            ).format(engine.table("t"))
+        )["n"]
+        if left == 0:
+            break
+        threading.Event().wait(0.05)
+    assert left == 0, f"{left} tasks never finished: {parked_by_key(engine)} parked"
+    assert parked_by_key(engine) == {}
