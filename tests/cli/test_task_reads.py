@@ -18,7 +18,7 @@ from psycopg import sql
 from absurd.habitat import store
 from tests.cli.conftest import Cli
 
-DETAIL_KEYS = {"queue_name", "runs", "checkpoints", "waits", "promises"}
+DETAIL_KEYS = {"queue_name", "runs", "checkpoints", "waits", "promises", "streams"}
 
 
 def waiting_task(engine: Any) -> tuple[uuid.UUID, uuid.UUID]:

@@ -167,7 +167,12 @@ def test_per_queue_tables_keep_upstream_columns_and_indexes(
         try:
             theirs, mine = set(up.execute(query).fetchall()), set(ours.execute(query).fetchall())
             assert theirs and theirs <= mine
-            assert {r[1] for r in mine - theirs} == {"priority", "cancel_deadline", "finished_at"}
+            assert {r[1] for r in mine - theirs} == {
+                "priority",
+                "cancel_deadline",
+                "finished_at",
+                "flow_key",
+            }
             assert set(up.execute(indexes).fetchall()) <= set(ours.execute(indexes).fetchall())
         finally:
             ours.execute("select absurd.drop_queue('cmp')")
