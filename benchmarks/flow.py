@@ -30,9 +30,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a file (python benchmarks/flow.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg
 

@@ -25,9 +25,14 @@ import asyncio
 import multiprocessing
 import os
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a file (python benchmarks/streams.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg
 from psycopg import sql
