@@ -84,25 +84,10 @@ def soak(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(scope="session")
-def server_dsn() -> Iterator[str]:
-    """DSN of a maintenance database on the test server."""
-    dsn = os.environ.get("ABSURD_TEST_DSN")
-    if dsn:
-        yield dsn
-        return
-    from absurd.embedded import start_embedded
-
-    server = start_embedded()
-    try:
-        yield server.dsn
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def absurd_server_dsn(server_dsn: str) -> str:
-    """The absurd.testing plugin's server: the suite's own (one embedded server)."""
-    return server_dsn
+def server_dsn(absurd_server_dsn: str) -> str:
+    """DSN of a maintenance database on the test server: the absurd.testing plugin's
+    (``ABSURD_TEST_DSN``, else one embedded PostgreSQL for the session)."""
+    return absurd_server_dsn
 
 
 def dsn_with_db(dsn: str, dbname: str) -> str:
