@@ -372,3 +372,96 @@ def test_concurrent_writers_and_readers(engine: Engine, connect: Connect) -> Non
     final = [(r["seq"], r["chunk"]) for r in rows]
     for prefix in prefixes:
         assert [(r["seq"], r["chunk"]) for r in prefix] == final[: len(prefix)]
+
+
+def write_many(
+    engine: Engine, items: list[tuple[Row, str, list[Any], list[str] | None]]
+) -> list[Any]:
+    """write_streams: one (run, stream, chunks, keys) per item, in one call."""
+    row = engine.one(
+        "select absurd.write_streams(%s, %s::uuid[], %s::uuid[], %s::text[], %s::integer[],"
+        " %s::jsonb[], %s::text[]) as applied",
+        (
+            engine.queue,
+            [run["task_id"] for run, _, _, _ in items],
+            [run["run_id"] for run, _, _, _ in items],
+            [stream for _, stream, _, _ in items],
+            [len(c) for _, _, c, _ in items],
+            [json.dumps(c) for _, _, cs, _ in items for c in cs],
+            [k for _, _, cs, keys in items for k in (keys or [None] * len(cs))],
+        ),
+    )
+    return list(row["applied"])
+
+
+def test_write_streams_applies_each_item_as_write_stream_would(
+    pinned: Engine, connect: Connect
+) -> None:
+    """Many streams of many runs in one call: in order, exactly once by key, one
+    pointer NOTIFY per stream however many items wrote to it; an item write_stream
+    would refuse is not applied (false: the caller sends it alone) and writes nothing,
+    while the others are applied."""
+    a_task, b_task, c_task = pinned.spawn(), pinned.spawn(), pinned.spawn(max_attempts=1)
+    a, b, c = pinned.claim_one(), pinned.claim_one(), pinned.claim_one()
+    by_task = {r["task_id"]: r for r in (a, b, c)}
+    a, b, c = by_task[a_task["task_id"]], by_task[b_task["task_id"]], by_task[c_task["task_id"]]
+    write(pinned, c, ["c0"])
+    close(pinned, c)
+    listener = listen_stream(connect, pinned, a["task_id"])
+    applied = write_many(
+        pinned,
+        [
+            (a, "out", ["a0", "a1"], ["k0", "k1"]),
+            (b, "out", [{"b": 0}], ["k0"]),
+            (a, "out", ["a1 again", "a2"], ["k1", "k2"]),  # k1 is held: skipped
+            (a, "other", ["x"], ["k0"]),
+            (b, "bad name!", ["never"], ["k9"]),
+            (c, "out", ["after close"], ["k5"]),  # closed: for write_stream to refuse
+            ({"task_id": a["task_id"], "run_id": b["run_id"]}, "out", ["stolen"], ["s"]),
+            ({"task_id": b["task_id"], "run_id": uuid.uuid4()}, "out", ["ghost"], ["g"]),
+            (b, "out", [], []),
+        ],
+    )
+    assert applied == [True, True, True, True, False, False, False, False, True]
+    assert chunks(read(pinned, a["task_id"])) == ["a0", "a1", "a2"]
+    assert chunks(read(pinned, a["task_id"], stream="other")) == ["x"]
+    assert chunks(read(pinned, b["task_id"])) == [{"b": 0}]
+    assert chunks(read(pinned, c["task_id"])) == ["c0"]
+    assert stored(pinned) == 2 + 3 + 1 + 1
+    tid = str(a["task_id"])
+    assert notes(listener) == [{"task_id": tid, "stream": "out", "seq": 2}]
+    # Sent again (a batch whose reply was lost): nothing is written twice.
+    again = [(a, "out", ["a0", "a1"], ["k0", "k1"]), (b, "out", [{"b": 0}], ["k0"])]
+    assert write_many(pinned, again) == [True, True]
+    assert stored(pinned) == 7
+    assert notes(listener) == []
+    # A cancelled run's item is not applied either (alone, it gets AB001).
+    pinned.cancel(b["task_id"])
+    assert write_many(pinned, [(b, "out", ["late"], ["k7"])]) == [False]
+    # Oversize and null chunks: not applied, nothing written.
+    big = "x" * 70000
+    assert write_many(pinned, [(a, "out", [big], ["k8"]), (a, "out", ["ok"], ["k9"])]) == [
+        False,
+        True,
+    ]
+    assert chunks(read(pinned, a["task_id"]))[-1] == "ok"
+
+
+def test_write_streams_refuses_arrays_that_do_not_match(pinned: Engine) -> None:
+    pinned.spawn()
+    run = pinned.claim_one()
+    bad = [
+        ([run["task_id"]], [run["run_id"]], ["out"], [2], ['"a"']),  # counts > chunks
+        ([run["task_id"]], [run["run_id"]], ["out", "x"], [1], ['"a"']),  # streams
+        ([run["task_id"]], [run["run_id"]], ["out"], [-1], []),
+        ([run["task_id"]], [run["run_id"]], ["out"], [None], ['"a"']),
+    ]
+    for task_ids, run_ids, streams, counts, data in bad:
+        with pytest.raises(psycopg.Error) as err:
+            pinned.one(
+                "select absurd.write_streams(%s, %s::uuid[], %s::uuid[], %s::text[],"
+                " %s::integer[], %s::jsonb[])",
+                (pinned.queue, task_ids, run_ids, streams, counts, data),
+            )
+        assert err.value.sqlstate == "AB015"
+    assert stored(pinned) == 0

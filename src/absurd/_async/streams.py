@@ -3,10 +3,13 @@
 
 A writer buffers its chunks and sends them from a flusher of its own: the first
 chunk leaves at once, and the chunks written while a flush is on its way leave
-together in the next one (one ``write_stream`` call, one transaction, one
-NOTIFY), so a burst of tokens costs a few transactions and a slow trickle costs
-no wait. The task's own steps flush its streams before they checkpoint, suspend
-or finish, so a checkpoint never commits ahead of the chunks written before it.
+together in the next one, so a burst of tokens costs a few transactions and a
+slow trickle costs no wait. In a worker, a flush joins the worker's group commit
+(``Writes.stream``): the flushes of all its tasks' streams share transactions
+with each other and with their checkpoints and completions (at most one NOTIFY
+per stream each). The task's own steps flush its streams before they checkpoint,
+suspend or finish, so a checkpoint never commits ahead of the chunks written
+before it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from psycopg import sql
 
 from absurd._async import _compat as compat
 from absurd._async.db import Database
+from absurd._async.writes import StreamWrite, Writes
 from absurd._core import statements as q
 from absurd.errors import InvalidStreamName, StreamChunkTooLarge, StreamClosed, StreamNotHeld
 
@@ -93,6 +97,7 @@ class StreamWriter:
     def __init__(
         self,
         db: Database,
+        writes: Writes,
         queue: str,
         task_id: Any,
         run_id: Any,
@@ -104,6 +109,7 @@ class StreamWriter:
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise InvalidStreamName(f"Invalid stream name {name!r}")
         self.db = db
+        self.writes = writes
         self.queue = queue
         self.task_id = task_id
         self.run_id = run_id
@@ -203,9 +209,8 @@ class StreamWriter:
         chunks = [data for data, _ in batch]
         if self.durable:
             keys = [key for _, key in batch]
-            await self.db.retrying(
-                q.STREAM_WRITE, (self.queue, self.task_id, self.run_id, self.name, chunks, keys)
-            )
+            write = StreamWrite(self.task_id, self.run_id, self.name, chunks, keys)
+            await self.writes.stream(write)
         else:
             await self.db.rows(
                 q.STREAM_NOTIFY, (self.queue, self.task_id, self.run_id, self.name, chunks)

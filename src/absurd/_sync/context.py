@@ -450,6 +450,7 @@ class TaskContext(compat.RunStepMixin):
         if writer is None:
             writer = StreamWriter(
                 self._run.db,
+                self._run.writes,
                 self._queue,
                 self.task_id,
                 self.run_id,

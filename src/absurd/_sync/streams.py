@@ -4,10 +4,13 @@
 
 A writer buffers its chunks and sends them from a flusher of its own: the first
 chunk leaves at once, and the chunks written while a flush is on its way leave
-together in the next one (one ``write_stream`` call, one transaction, one
-NOTIFY), so a burst of tokens costs a few transactions and a slow trickle costs
-no wait. The task's own steps flush its streams before they checkpoint, suspend
-or finish, so a checkpoint never commits ahead of the chunks written before it.
+together in the next one, so a burst of tokens costs a few transactions and a
+slow trickle costs no wait. In a worker, a flush joins the worker's group commit
+(``Writes.stream``): the flushes of all its tasks' streams share transactions
+with each other and with their checkpoints and completions (at most one NOTIFY
+per stream each). The task's own steps flush its streams before they checkpoint,
+suspend or finish, so a checkpoint never commits ahead of the chunks written
+before it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from psycopg import sql
 from absurd._core import statements as q
 from absurd._sync import _compat as compat
 from absurd._sync.db import Database
+from absurd._sync.writes import StreamWrite, Writes
 from absurd.errors import InvalidStreamName, StreamChunkTooLarge, StreamClosed, StreamNotHeld
 
 #: A stream name, as the engine checks it (AB040).
@@ -94,6 +98,7 @@ class StreamWriter:
     def __init__(
         self,
         db: Database,
+        writes: Writes,
         queue: str,
         task_id: Any,
         run_id: Any,
@@ -105,6 +110,7 @@ class StreamWriter:
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise InvalidStreamName(f"Invalid stream name {name!r}")
         self.db = db
+        self.writes = writes
         self.queue = queue
         self.task_id = task_id
         self.run_id = run_id
@@ -204,9 +210,8 @@ class StreamWriter:
         chunks = [data for data, _ in batch]
         if self.durable:
             keys = [key for _, key in batch]
-            self.db.retrying(
-                q.STREAM_WRITE, (self.queue, self.task_id, self.run_id, self.name, chunks, keys)
-            )
+            write = StreamWrite(self.task_id, self.run_id, self.name, chunks, keys)
+            self.writes.stream(write)
         else:
             self.db.rows(
                 q.STREAM_NOTIFY, (self.queue, self.task_id, self.run_id, self.name, chunks)

@@ -1,8 +1,8 @@
 # Generated from src/absurd/_async/writes.py by scripts/gen-sync: edit that file instead.
-"""Where a run's durable writes go: its checkpoints and its final call (complete,
-fail, defer, hand back). A worker's writes share statements and commits (group
-commit, ``WriteBatcher``); without a worker, or when a batch cannot carry a
-write, each goes alone, through its stored function."""
+"""Where a run's durable writes go: its checkpoints, its streams' chunks and its
+final call (complete, fail, defer, hand back). A worker's writes share statements
+and commits (group commit, ``WriteBatcher``); without a worker, or when a batch
+cannot carry a write, each goes alone, through its stored function."""
 
 from __future__ import annotations
 
@@ -51,7 +51,27 @@ class CompletionWrite:
     data: str
 
 
-Write = CheckpointWrite | CompletionWrite
+@dataclass(frozen=True, slots=True)
+class StreamWrite:
+    """write_stream: a flush of one stream's chunks (JSON text), in order, each with
+    its key (the exactly-once rule: a chunk whose key the stream holds is skipped, so
+    sending it again is harmless)."""
+
+    task_id: Any
+    run_id: Any
+    stream: str
+    chunks: list[str]
+    keys: list[str | None]
+
+
+Write = CheckpointWrite | CompletionWrite | StreamWrite
+
+
+def _size(write: Write) -> int:
+    """About the bytes a write adds to a batch."""
+    if isinstance(write, StreamWrite):
+        return sum(len(c) for c in write.chunks)
+    return len(write.data)
 
 
 class Outcome(enum.Enum):
@@ -81,7 +101,7 @@ def _take(pending: list[_Pending]) -> list[_Pending]:
     size = 0
     count = 0
     for entry in pending[:MAX_BATCH]:
-        size += len(entry.write.data)
+        size += _size(entry.write)
         if count and size > MAX_BATCH_BYTES:
             break
         count += 1
@@ -96,7 +116,8 @@ class WriteBatcher:
     A task's checkpoint or completion joins the pending writes, and the task
     waits for its outcome. When no batch is on its way, the writer sends every
     pending write itself, as one statement (one round trip, one transaction,
-    one WAL flush): ``set_task_checkpoint_states`` and ``complete_runs``, plus,
+    one WAL flush): ``write_streams`` (the flushes of the tasks' streams, at most
+    one NOTIFY per stream), ``set_task_checkpoint_states`` and ``complete_runs``, plus,
     when the batch completes runs, the claim of as many new runs for the slots
     they free (``claim_task_with_checkpoints``). The writes that came meanwhile
     wait, and the first of them sends the next batch (a leader hand-over, no
@@ -203,13 +224,23 @@ class WriteBatcher:
     def _flush(self, batch: list[_Pending]) -> None:
         checkpoints: list[CheckpointWrite] = []
         completions: list[CompletionWrite] = []
+        streams: list[StreamWrite] = []
         for entry in batch:
             if isinstance(entry.write, CheckpointWrite):
                 checkpoints.append(entry.write)
+            elif isinstance(entry.write, StreamWrite):
+                streams.append(entry.write)
             else:
                 completions.append(entry.write)
         qty = self._refill(len(completions)) if completions else 0
         params: tuple[Any, ...] = (
+            self.queue,
+            [w.task_id for w in streams],
+            [w.run_id for w in streams],
+            [w.stream for w in streams],
+            [len(w.chunks) for w in streams],
+            [c for w in streams for c in w.chunks],
+            [k for w in streams for k in w.keys],
             self.queue,
             [w.task_id for w in checkpoints],
             [w.checkpoint for w in checkpoints],
@@ -228,6 +259,7 @@ class WriteBatcher:
         try:
             rows = self.db.rows(query, params)
             applied = {
+                StreamWrite: iter(rows[0]["streamed"]),
                 CheckpointWrite: iter(rows[0]["checkpointed"]),
                 CompletionWrite: iter(rows[0]["completed"]),
             }
@@ -252,7 +284,7 @@ class WriteBatcher:
 
 
 #: The columns of a batch's reply that are not a claimed run's.
-_FLAGS = ("checkpointed", "completed")
+_FLAGS = ("streamed", "checkpointed", "completed")
 
 
 class Writes:
@@ -276,6 +308,18 @@ class Writes:
                 (self.queue, write.task_id, write.checkpoint, write.data, write.run_id,
                  claim_timeout),
             )  # fmt: skip
+
+    def stream(self, write: StreamWrite) -> None:
+        """Appends a flush of a stream's chunks (``write_stream``). Sent again alone
+        when the batch did not apply it or may not have: its keys make that safe."""
+        outcome = Outcome.ALONE
+        if self.batcher is not None:
+            outcome = self.batcher.submit(write)
+        if outcome is not Outcome.APPLIED:
+            self.db.retrying(
+                q.STREAM_WRITE,
+                (self.queue, write.task_id, write.run_id, write.stream, write.chunks, write.keys),
+            )
 
     def complete(self, write: CompletionWrite) -> None:
         outcome = Outcome.ALONE

@@ -54,8 +54,8 @@
 --   Promises       create_promise, resolve_promise, reject_promise,
 --                  await_promise, get_promise
 --   Ingress        record_delivery, cleanup_ingress_deliveries
---   Streams        write_stream, close_stream, notify_stream, read_stream,
---                  stream_channel
+--   Streams        write_stream, write_streams (the worker's group commit),
+--                  close_stream, notify_stream, read_stream, stream_channel
 --   Flow control   set_flow_limit, get_flow_limits, get_flow_policy (the
 --                  queue's limits are set by set_queue_policy)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
@@ -4398,6 +4398,94 @@ begin
     perform absurd._stream_notify(p_queue_name, p_task_id, v_stream, v_last);
   end if;
   return v_last;
+end;
+$$;
+
+-- write_stream for many streams of different runs in one call: the worker's group
+-- commit sends the flushes of its tasks' streams with their checkpoints and
+-- completions (one transaction). Item i is the (p_task_ids[i], p_run_ids[i],
+-- p_streams[i]) write of the next p_counts[i] chunks and keys of p_chunks and
+-- p_keys (concatenated in item order; p_keys null: no keys). Items are applied in
+-- order, as write_stream would apply them; returns one flag per item: false when
+-- the item was not applied and is for the caller to send alone through
+-- write_stream, which raises its precise error (a bad name or chunk, a run that
+-- does not hold its task, a closed stream). One NOTIFY per stream that was
+-- written to, with its last seq, however many items wrote to it.
+create or replace function absurd.write_streams(
+  p_queue_name text, p_task_ids uuid[], p_run_ids uuid[], p_streams text[],
+  p_counts integer[], p_chunks jsonb[], p_keys text[] default null)
+returns boolean[]
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_n integer := coalesce(cardinality(p_task_ids), 0);
+  v_applied boolean[] := '{}';
+  v_from integer := 1;
+  v_chunks jsonb[];
+  v_keys text[];
+  v_attempt integer;
+  v_state text;
+  v_last bigint;
+  v_closed boolean;
+  v_written bigint;
+  v_task uuid;
+  v_stream text;
+  v_seqs jsonb := '{}';
+  v_ok boolean;
+begin
+  perform absurd._require_queue(p_queue_name);
+  if cardinality(p_run_ids) is distinct from v_n or cardinality(p_streams) is distinct from v_n
+     or cardinality(p_counts) is distinct from v_n
+     or array_position(p_counts, null) is not null
+     or exists (select 1 from unnest(p_counts) c where c < 0)
+     or coalesce((select sum(c) from unnest(p_counts) c), 0) is distinct from
+        coalesce(cardinality(p_chunks), 0)::bigint
+     or (p_keys is not null and cardinality(p_keys) <> coalesce(cardinality(p_chunks), 0)) then
+    perform absurd._raise('AB015',
+      'write_streams takes one task, run, stream and count per item, and as many chunks as the counts add up to');
+  end if;
+  for i in 1 .. v_n loop
+    v_chunks := coalesce(p_chunks[v_from : v_from + p_counts[i] - 1], '{}');
+    v_keys := case when p_keys is null then null
+                   else coalesce(p_keys[v_from : v_from + p_counts[i] - 1], '{}') end;
+    v_from := v_from + p_counts[i];
+    v_task := p_task_ids[i];
+    v_stream := p_streams[i];
+    -- write_stream's checks, as a flag: the item goes alone, to raise its error.
+    v_ok := coalesce(v_stream ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'
+      and array_position(v_chunks, null) is null
+      and cardinality(v_chunks) <= 1000
+      and coalesce((select max(octet_length(c::text)) from unnest(v_chunks) c), 0) <= 65536
+      and not exists (select 1 from unnest(v_keys) k where octet_length(k) > 512), false);
+    if v_ok then
+      v_state := null;
+      execute absurd._sql('stream.lock_run', p_queue_name) into v_attempt, v_state
+        using p_run_ids[i], v_task;
+      v_ok := v_state is not distinct from 'running';
+    end if;
+    if v_ok and cardinality(v_chunks) > 0 then
+      v_last := null;
+      v_closed := null;
+      execute absurd._sql('stream.last', p_queue_name) into v_last, v_closed
+        using v_task, v_stream;
+      -- A closed stream: write_stream alone skips what it holds or raises AB042.
+      v_ok := v_closed is not true;
+      if v_ok then
+        execute absurd._sql('stream.append', p_queue_name) into v_written
+          using v_task, v_stream, v_chunks, v_keys, coalesce(v_last, -1) + 1, p_run_ids[i],
+                v_attempt, absurd.current_time();
+        if v_written > 0 then
+          v_seqs := v_seqs || jsonb_build_object(v_task::text || '/' || v_stream,
+            jsonb_build_array(v_task, v_stream, coalesce(v_last, -1) + v_written));
+        end if;
+      end if;
+    end if;
+    v_applied := v_applied || v_ok;
+  end loop;
+  perform absurd._stream_notify(p_queue_name, (e->>0)::uuid, e->>1, (e->>2)::bigint)
+  from jsonb_each(v_seqs) as x(k, e);
+  return v_applied;
 end;
 $$;
 

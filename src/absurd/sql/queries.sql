@@ -788,21 +788,33 @@ select checkpoint_name, state from absurd.get_task_checkpoint_states(%s, %s, %s)
 select absurd.set_task_checkpoint_state(%s, %s, %s, %s, %s, %s)
 
 -- name: write_batch --
--- The worker's group commit: checkpoints (the lease extended) and completions in one
--- statement; one applied flag per write, in order.
-select absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],
+-- The worker's group commit: stream chunks first (a materialized CTE: a task's last
+-- chunks land while its run still holds it), then checkpoints (the lease extended)
+-- and completions, in one statement; one applied flag per write, in order.
+with s as materialized (
+  select absurd.write_streams(%s, %s::uuid[], %s::uuid[], %s::text[], %s::integer[],
+           %s::jsonb[], %s::text[]) as streamed
+)
+select s.streamed,
+       absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],
          %s::uuid[], %s) as checkpointed,
        absurd.complete_runs(%s, %s::uuid[], %s::jsonb[]) as completed
+from s
 
 -- name: write_batch_and_claim --
--- The writes first (a materialized CTE), then the claim of runs for the slots the
+-- The writes first (materialized CTEs), then the claim of runs for the slots the
 -- completions free, which depends on them (lateral), in the same transaction.
-with w as materialized (
-  select absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],
+with s as materialized (
+  select absurd.write_streams(%s, %s::uuid[], %s::uuid[], %s::text[], %s::integer[],
+           %s::jsonb[], %s::text[]) as streamed
+), w as materialized (
+  select s.streamed,
+         absurd.set_task_checkpoint_states(%s, %s::uuid[], %s::text[], %s::jsonb[],
            %s::uuid[], %s) as checkpointed,
          absurd.complete_runs(%s, %s::uuid[], %s::jsonb[]) as completed
+  from s
 )
-select w.checkpointed, w.completed, k.*
+select w.streamed, w.checkpointed, w.completed, k.*
 from w left join lateral (
   select run_id, task_id, attempt, task_name, params, retry_strategy, max_attempts, headers,
          wake_event, event_payload, checkpoints
