@@ -4,6 +4,9 @@ a batch that fails, goes through the single function, and nothing is lost."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
 from typing import Any
 
 import pytest
@@ -61,6 +64,86 @@ def test_writes_of_concurrent_tasks_share_a_batch(
     assert max(sizes) > 1, sizes
     assert len(sizes) < 120
     print(f"[{flavour}] 120 writes in {len(sizes)} batches (largest {max(sizes)})")
+
+
+async def resolved(value: Any) -> Any:
+    """``value``, awaited when it is awaitable (a method of either flavour's writer)."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def test_stream_chunks_of_several_tasks_share_a_commit_with_checkpoints(
+    flavour: Flavour,
+    app_dsn: str,
+    queue: str,
+    db: Db,
+    client: Absurd,
+    start_worker: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flushes of the tasks' streams join the worker's group commit: the first
+    batch is held half a second, so the writes of the other running tasks (stream
+    chunks of the talkers, checkpoints and completions of the steppers) pile up and
+    leave together. Their rows then share a transaction (xmin); each stream holds its
+    chunks once, in order."""
+    module = batcher_module(flavour)
+    original = module.WriteBatcher._flush
+    held = [True]
+
+    if flavour.is_async:
+
+        async def slow(self: Any, batch: list[Any]) -> None:
+            if held:
+                held.clear()
+                await asyncio.sleep(0.5)
+            await original(self, batch)
+
+    else:
+
+        def slow(self: Any, batch: list[Any]) -> None:  # type: ignore[misc]
+            if held:
+                held.clear()
+                time.sleep(0.5)
+            original(self, batch)
+
+    monkeypatch.setattr(module.WriteBatcher, "_flush", slow)
+    app = flavour.app(app_dsn, queue)
+
+    @flavour.register(app, "job")
+    async def job(params: Any, ctx: Any) -> Any:
+        i = params["i"]
+        if i % 2:  # a stepper
+            return await ctx.step("s", lambda: i)
+        out = await resolved(ctx.stream("out"))
+        for n in range(3):
+            await resolved(out.write(f"{i}.{n}"))
+        await resolved(out.flush())
+        return await ctx.step("s", lambda: i)
+
+    client.spawn_many("job", [{"i": i} for i in range(8)], queue=queue)
+    start_worker(app, concurrency=8, poll_interval=30)
+    wait_for(lambda: db.count("completed") == 8, 30, "8 tasks")
+    rows = db.rows(
+        "select t.params->>'i' as i, s.seq, s.chunk, s.xmin::text as x"
+        ' from absurd."s_{q}" s join absurd."t_{q}" t using (task_id) order by 1, 2'
+    )
+    talkers: dict[str, list[Any]] = {}
+    for row in rows:
+        talkers.setdefault(row["i"], []).append(row["chunk"])
+    assert talkers == {str(i): [f"{i}.{n}" for n in range(3)] for i in (0, 2, 4, 6)}
+    # The transactions of the checkpoints and of the completions (a completed run's
+    # row was last written by its completion).
+    others = {
+        r["x"]
+        for r in db.rows(
+            'select xmin::text as x from absurd."c_{q}"'
+            " union select xmin::text from absurd.\"r_{q}\" where state = 'completed'"
+        )
+    }
+    shared = {x: {r["i"] for r in rows if r["x"] == x} for x in {r["x"] for r in rows} & others}
+    assert any(len(tasks) >= 2 for tasks in shared.values()), (
+        [(r["i"], r["x"]) for r in rows],
+        others,
+    )
 
 
 def test_a_cancelled_task_in_a_batch_stops_and_the_others_complete(
