@@ -5,12 +5,19 @@ queue while 100 tasks stream. Run: .venv/bin/python -m benchmarks.streams [--qui
 1. latency: a task writes a chunk every 20 ms (its write time inside); a reader
    tailing with app.read_stream (LISTEN, then a read) notes when each arrives:
    p50/p99 of arrival - write (targets: 10 ms / 50 ms).
-2. throughput: one task writes 10,000 small chunks as fast as it can, then flushes:
+2. throughput: one task writes 10,000 small chunks as fast as it can, then flushes
+   (10,000 with --quick too):
    chunks/s, and per 1,000 chunks the server's transactions (pg_stat_database
    xact_commit, every session) and the stream's NOTIFYs (counted by a listener).
 3. drain under streams: a worker drains one-step tasks alone, then again while
    another process runs 100 tasks that each write a chunk every 10 ms: the drop of
-   the drain rate (target: at most 10%).
+   the drain rate (target: at most 10%). The streams' flushes join their worker's
+   group commit; the same load with each flush on its own transaction (the path
+   before they joined it) is measured too, for comparison in the same run. Figures
+   that a busy machine does not blur: the server's commits (pg_stat_database
+   xact_commit, every session) per drained task, alone and under streams, the
+   streaming load's own commits per 1,000 chunks (measured before the drain), and
+   the draining process's CPU time per task.
 4. DBOS, on the same server in the same run (its own virtualenv, benchmarks/.venvs/dbos,
    public API only): the latency of 1 (DBOS.write_stream every 20 ms, DBOS.read_stream
    tailing) and the throughput of 2 (the same number of values of the same size, written
@@ -112,9 +119,33 @@ async def throughput(dsn: str, chunks: int) -> dict[str, float]:
     }
 
 
-def streamers(dsn: str, tasks: int, seconds: float, linger: float, ready: Any) -> None:
+XACTS = "select xact_commit from pg_stat_database where datname = current_database()"
+
+
+def commits(conn: psycopg.Connection[Any]) -> int:
+    """The server's commits in this database so far (every session)."""
+    return int((conn.execute(XACTS).fetchone() or [0])[0])
+
+
+def stream_alone() -> None:
+    """Makes this process's streams flush each on its own transaction (write_stream),
+    as they did before they joined the worker's group commit."""
+    from absurd._async import writes
+
+    async def alone(self: writes.Writes, write: writes.StreamWrite) -> None:
+        await self.db.retrying(
+            "select absurd.write_stream(%s, %s, %s, %s, %s::jsonb[], %s::text[])",
+            (self.queue, write.task_id, write.run_id, write.stream, write.chunks, write.keys),
+        )
+
+    writes.Writes.stream = alone  # type: ignore[method-assign]
+
+
+def streamers(dsn: str, tasks: int, seconds: float, linger: float, alone: bool, ready: Any) -> None:
     """The streaming load, in a process of its own: ``tasks`` tasks writing a chunk
-    every 10 ms for ``seconds``."""
+    every 10 ms for ``seconds``; ``alone``: each flush on its own transaction."""
+    if alone:
+        stream_alone()
 
     async def main() -> None:
         app = absurd.AsyncAbsurd(dsn, queue_name="streamers", pool_size=20)
@@ -141,7 +172,26 @@ def streamers(dsn: str, tasks: int, seconds: float, linger: float, ready: Any) -
     asyncio.run(main())
 
 
-def drain_rate(dsn: str, tasks: int) -> float:
+def stream_load(dsn: str, seconds: float = 2.0) -> dict[str, float]:
+    """The running streamers' chunks/s and commits per 1,000 chunks, over ``seconds``."""
+    count = "select count(*) from absurd.s_streamers"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        chunks0, commits0 = int((c.execute(count).fetchone() or [0])[0]), commits(c)
+        time.sleep(seconds)
+        chunks1, commits1 = int((c.execute(count).fetchone() or [0])[0]), commits(c)
+    written = max(chunks1 - chunks0, 1)
+    return {
+        "chunks/s": written / seconds,
+        "commits/s": (commits1 - commits0 - 2) / seconds,
+        "commits per 1000": (commits1 - commits0) * 1000 / written,
+    }
+
+
+def drain_rate(dsn: str, tasks: int, rate: float = 0.0) -> dict[str, float]:
+    """Drains ``tasks`` one-step tasks with one worker (concurrency 8): tasks/s, the
+    server's commits per drained task (every session, so a streaming load's count
+    too; less ``rate`` commits/s of it, as measured before) and this process's CPU
+    time per task."""
     app = absurd.Absurd(dsn, queue_name="drain")
     app.create_queue()
 
@@ -153,22 +203,45 @@ def drain_rate(dsn: str, tasks: int) -> float:
     thread = threading.Thread(
         target=app.start_worker, kwargs={"concurrency": 8, "poll_interval": 0.05}
     )
-    started = time.perf_counter()
-    thread.start()
+    polls = 0
     with psycopg.connect(dsn, autocommit=True) as c:
+        time.sleep(1.1)  # the spawn's commit reported (pg_stat lags by up to a second)
+        commits0 = commits(c)
+        cpu0 = time.process_time()
+        started = time.perf_counter()
+        thread.start()
         while True:
+            polls += 1
             row = c.execute(
                 "select count(*) from absurd.t_drain where state <> 'completed'"
             ).fetchone()
             if row is not None and row[0] == 0:
                 break
             time.sleep(0.02)
-    elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
+        time.sleep(1.1)  # pg_stat reports about once a second
+        spent = commits(c) - commits0 - polls - 1  # less this loop's own
+        streaming = rate * (elapsed + 1.1) if rate else 0.0
     app.stop_worker()
     thread.join(10)
     app.drop_queue()
     app.close()
-    return tasks / elapsed
+    return {
+        "tasks/s": tasks / elapsed,
+        "commits per task": spent / tasks,
+        "drain commits per task": (spent - streaming) / tasks,
+        "CPU ms per task": cpu * 1000 / tasks,
+        "seconds": elapsed,
+    }
+
+
+def drain_line(what: str, figures: dict[str, float]) -> str:
+    return (
+        f"{what}: {figures['tasks/s']:,.0f}/s; per task: {figures['commits per task']:.2f}"
+        f" commits (every session), {figures['drain commits per task']:.2f} less the"
+        f" streams' rate, {figures['CPU ms per task']:.2f} ms CPU of the draining process"
+    )
 
 
 def latency_line(what: str, delays: list[float]) -> str:
@@ -217,7 +290,7 @@ def main() -> None:
             c.execute("select absurd.create_queue('streamers')")
         load = os.getloadavg()
         print(f"PostgreSQL {version}; {os.cpu_count()} CPUs; load average {load[0]:.2f}")
-        n_latency, n_burst = (100, 2000) if args.quick else (500, 10_000)
+        n_latency, n_burst = (100, 10_000) if args.quick else (500, 10_000)
         delays = asyncio.run(latency(dsn, n_latency))
         print(latency_line("latency write -> tailing reader", delays))
         figures = asyncio.run(throughput(dsn, n_burst))
@@ -226,23 +299,26 @@ def main() -> None:
             dbos(dsn, n_latency, n_burst)
         tasks = 500 if args.quick else 2000
         alone = drain_rate(dsn, tasks)
-        print(f"drain of {tasks} one-step tasks alone: {alone:,.0f}/s")
-        for linger in (0.0, 0.05):
+        print(drain_line(f"drain of {tasks} one-step tasks alone", alone))
+        for path, linger in (("group commit", 0.0), ("group commit", 0.05), ("alone", 0.0)):
             ready = multiprocessing.Event()
-            seconds = 2 * tasks / alone + 5
+            seconds = 2 * alone["seconds"] + 8
             proc = multiprocessing.Process(
-                target=streamers, args=(dsn, 100, seconds, linger, ready)
+                target=streamers, args=(dsn, 100, seconds, linger, path == "alone", ready)
             )
             proc.start()
             ready.wait(60)
             time.sleep(1)  # the 100 tasks are running
-            loaded = drain_rate(dsn, tasks)
+            streaming = stream_load(dsn)
+            loaded = drain_rate(dsn, tasks, streaming["commits/s"])
             proc.join(seconds + 30)
-            drop = (alone - loaded) / alone * 100
+            drop = (alone["tasks/s"] - loaded["tasks/s"]) / alone["tasks/s"] * 100
             print(
-                f"  while 100 tasks stream a chunk each every 10 ms (linger {linger * 1000:.0f}"
-                f" ms): {loaded:,.0f}/s, {drop:+.1f}% drop"
+                f"  while 100 tasks stream a chunk each every 10 ms, flushes {path}"
+                f" (linger {linger * 1000:.0f} ms): {drop:+.1f}% drain rate"
             )
+            print(drain_line("    drain", loaded))
+            print(figures_line("    the streams alone, before the drain", streaming))
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         if server is not None:
