@@ -400,7 +400,8 @@ def test_write_streams_applies_each_item_as_write_stream_would(
     """Many streams of many runs in one call: in order, exactly once by key, one
     pointer NOTIFY per stream however many items wrote to it; an item write_stream
     would refuse is not applied (false: the caller sends it alone) and writes nothing,
-    while the others are applied."""
+    nor does a later item of its stream (the order holds), while the others are
+    applied."""
     a_task, b_task, c_task = pinned.spawn(), pinned.spawn(), pinned.spawn(max_attempts=1)
     a, b, c = pinned.claim_one(), pinned.claim_one(), pinned.claim_one()
     by_task = {r["task_id"]: r for r in (a, b, c)}
@@ -419,10 +420,11 @@ def test_write_streams_applies_each_item_as_write_stream_would(
             (c, "out", ["after close"], ["k5"]),  # closed: for write_stream to refuse
             ({"task_id": a["task_id"], "run_id": b["run_id"]}, "out", ["stolen"], ["s"]),
             ({"task_id": b["task_id"], "run_id": uuid.uuid4()}, "out", ["ghost"], ["g"]),
-            (b, "out", [], []),
+            (b, "out", ["after ghost"], ["k1"]),  # after a refused item of its stream
+            (b, "empty", [], []),
         ],
     )
-    assert applied == [True, True, True, True, False, False, False, False, True]
+    assert applied == [True, True, True, True, False, False, False, False, False, True]
     assert chunks(read(pinned, a["task_id"])) == ["a0", "a1", "a2"]
     assert chunks(read(pinned, a["task_id"], stream="other")) == ["x"]
     assert chunks(read(pinned, b["task_id"])) == [{"b": 0}]
@@ -438,13 +440,12 @@ def test_write_streams_applies_each_item_as_write_stream_would(
     # A cancelled run's item is not applied either (alone, it gets AB001).
     pinned.cancel(b["task_id"])
     assert write_many(pinned, [(b, "out", ["late"], ["k7"])]) == [False]
-    # Oversize and null chunks: not applied, nothing written.
+    # An oversize chunk: not applied, nothing of its item written; other streams are.
     big = "x" * 70000
-    assert write_many(pinned, [(a, "out", [big], ["k8"]), (a, "out", ["ok"], ["k9"])]) == [
-        False,
-        True,
-    ]
-    assert chunks(read(pinned, a["task_id"]))[-1] == "ok"
+    items = [(a, "out", ["fine", big], ["k8", "k9"]), (a, "other", ["ok"], ["k9"])]
+    assert write_many(pinned, items) == [False, True]
+    assert chunks(read(pinned, a["task_id"])) == ["a0", "a1", "a2"]
+    assert chunks(read(pinned, a["task_id"], stream="other")) == ["x", "ok"]
 
 
 def test_write_streams_refuses_arrays_that_do_not_match(pinned: Engine) -> None:

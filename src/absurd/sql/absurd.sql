@@ -1832,6 +1832,81 @@ begin
       returning 1
     )
     select count(*) from w$q$
+  -- write_streams: many items (a run's write to a stream) in one statement. $1
+  -- task_ids, $2 run_ids, $3 streams, $4 counts (item i's chunks are the next
+  -- counts[i] of $5 chunks and $6 keys, or null), $7 now. The runs are locked
+  -- first, in run_id order (the lock order). Item i applies when write_stream
+  -- would not refuse it (its name and chunks are valid, its run holds the task,
+  -- its stream is not closed when it has chunks) and no earlier item of its
+  -- stream was refused (order). Its chunks are then appended as stream.append
+  -- appends them, in item order. Returns the flags in item order and, per stream
+  -- written to, its task, name and last seq (one NOTIFY each).
+  when 'stream.append_many' then $q$
+    with i as (
+      select x.task_id, x.run_id, x.stream, x.n, x.item,
+             sum(x.n) over (order by x.item) - x.n as off
+      from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[])
+        with ordinality as x(task_id, run_id, stream, n, item)
+    ), c as (
+      select i.item, c.chunk, c.key, c.ord
+      from unnest($5::jsonb[], coalesce($6::text[], array_fill(null::text,
+             array[cardinality($5::jsonb[])]))) with ordinality c(chunk, key, ord)
+      join i on c.ord > i.off and c.ord <= i.off + i.n
+    ), o as materialized (
+      select r.run_id, r.task_id, r.attempt, r.state from absurd.%2$I r
+      where r.run_id = any($2::uuid[])
+      order by r.run_id
+      for no key update of r
+    ), st as materialized (
+      select d.task_id, d.stream, l.seq, l.closed
+      from (select distinct i.task_id, i.stream from i) d
+      left join lateral (
+        select s.seq, s.closed from absurd.%6$I s
+        where s.task_id = d.task_id and s.stream = d.stream
+        order by s.seq desc limit 1) l on true
+    ), ok0 as materialized (
+      select i.item, i.task_id, i.run_id, i.stream, o.attempt,
+             coalesce(i.stream ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$', false)
+             and i.n <= 1000 and o.state is not distinct from 'running'
+             and (i.n = 0 or st.closed is not true)
+             and not exists (select 1 from c where c.item = i.item
+                               and (c.chunk is null or octet_length(c.chunk::text) > 65536
+                                    or octet_length(c.key) > 512)) as ok
+      from i
+      left join o on o.run_id = i.run_id and o.task_id = i.task_id
+      left join st on st.task_id = i.task_id and st.stream = i.stream
+    ), ok as materialized (
+      select a.item, a.task_id, a.run_id, a.stream, a.attempt,
+             a.ok and not exists (select 1 from ok0 b where b.task_id = a.task_id
+                                    and b.stream = a.stream and b.item < a.item
+                                    and not b.ok) as applied
+      from ok0 a
+    ), k as (
+      select c.ord, ok.task_id, ok.stream, ok.run_id, ok.attempt, c.chunk, c.key,
+             row_number() over (partition by ok.task_id, ok.stream, c.key order by c.ord)
+               as nth
+      from c join ok on ok.item = c.item and ok.applied
+    ), f as (
+      select k.* from k
+      where k.key is null
+         or (k.nth = 1 and not exists (select 1 from absurd.%6$I s
+                                       where s.task_id = k.task_id and s.stream = k.stream
+                                         and s.key = k.key))
+    ), w as (
+      insert into absurd.%6$I (task_id, stream, seq, chunk, run_id, attempt, key, written_at)
+      select f.task_id, f.stream,
+             coalesce(st.seq, -1)
+               + row_number() over (partition by f.task_id, f.stream order by f.ord),
+             f.chunk, f.run_id, f.attempt, f.key, $7::timestamptz
+      from f join st on st.task_id = f.task_id and st.stream = f.stream
+      returning task_id, stream, seq
+    ), n as (
+      select w.task_id, w.stream, max(w.seq) as seq from w group by w.task_id, w.stream
+    )
+    select (select array_agg(ok.applied order by ok.item) from ok),
+           array(select n.task_id from n order by n.task_id, n.stream),
+           array(select n.stream from n order by n.task_id, n.stream),
+           array(select n.seq from n order by n.task_id, n.stream)$q$
   -- $1 task_id, $2 stream, $3 seq, $4 run_id, $5 attempt, $6 now.
   when 'stream.close' then $q$
     insert into absurd.%6$I (task_id, stream, seq, chunk, run_id, attempt, closed, written_at)
@@ -1928,7 +2003,7 @@ as $$
     'cleanup.tasks', 'cleanup.events', 'next_wake', 'schedule.due', 'promise.lock',
     'promise.get', 'promise.create', 'promise.by_key', 'promise.settle', 'promise.own',
     'cleanup.promises', 'gauges', 'stream.lock_run', 'stream.last', 'stream.append',
-    'stream.close', 'stream.read', 'stream.task_end', 'claim.flow_candidates', 'claim.one',
+    'stream.append_many', 'stream.close', 'stream.read', 'stream.task_end', 'claim.flow_candidates', 'claim.one',
     'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
     'task.lock_key', 'flow.sweep_keys', 'flow.release']);
 $$;
@@ -4416,23 +4491,16 @@ create or replace function absurd.write_streams(
   p_counts integer[], p_chunks jsonb[], p_keys text[] default null)
 returns boolean[]
 language plpgsql
+-- Generic plans: PostgreSQL would plan a statement of arrays anew on every call.
+set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
 as $$
 declare
   v_n integer := coalesce(cardinality(p_task_ids), 0);
-  v_applied boolean[] := '{}';
-  v_from integer := 1;
-  v_chunks jsonb[];
-  v_keys text[];
-  v_attempt integer;
-  v_state text;
-  v_last bigint;
-  v_closed boolean;
-  v_written bigint;
-  v_task uuid;
-  v_stream text;
-  v_seqs jsonb := '{}';
-  v_ok boolean;
+  v_applied boolean[];
+  v_tasks uuid[];
+  v_streams text[];
+  v_seqs bigint[];
 begin
   perform absurd._require_queue(p_queue_name);
   if cardinality(p_run_ids) is distinct from v_n or cardinality(p_streams) is distinct from v_n
@@ -4445,46 +4513,16 @@ begin
     perform absurd._raise('AB015',
       'write_streams takes one task, run, stream and count per item, and as many chunks as the counts add up to');
   end if;
-  for i in 1 .. v_n loop
-    v_chunks := coalesce(p_chunks[v_from : v_from + p_counts[i] - 1], '{}');
-    v_keys := case when p_keys is null then null
-                   else coalesce(p_keys[v_from : v_from + p_counts[i] - 1], '{}') end;
-    v_from := v_from + p_counts[i];
-    v_task := p_task_ids[i];
-    v_stream := p_streams[i];
-    -- write_stream's checks, as a flag: the item goes alone, to raise its error.
-    v_ok := coalesce(v_stream ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'
-      and array_position(v_chunks, null) is null
-      and cardinality(v_chunks) <= 1000
-      and coalesce((select max(octet_length(c::text)) from unnest(v_chunks) c), 0) <= 65536
-      and not exists (select 1 from unnest(v_keys) k where octet_length(k) > 512), false);
-    if v_ok then
-      v_state := null;
-      execute absurd._sql('stream.lock_run', p_queue_name) into v_attempt, v_state
-        using p_run_ids[i], v_task;
-      v_ok := v_state is not distinct from 'running';
-    end if;
-    if v_ok and cardinality(v_chunks) > 0 then
-      v_last := null;
-      v_closed := null;
-      execute absurd._sql('stream.last', p_queue_name) into v_last, v_closed
-        using v_task, v_stream;
-      -- A closed stream: write_stream alone skips what it holds or raises AB042.
-      v_ok := v_closed is not true;
-      if v_ok then
-        execute absurd._sql('stream.append', p_queue_name) into v_written
-          using v_task, v_stream, v_chunks, v_keys, coalesce(v_last, -1) + 1, p_run_ids[i],
-                v_attempt, absurd.current_time();
-        if v_written > 0 then
-          v_seqs := v_seqs || jsonb_build_object(v_task::text || '/' || v_stream,
-            jsonb_build_array(v_task, v_stream, coalesce(v_last, -1) + v_written));
-        end if;
-      end if;
-    end if;
-    v_applied := v_applied || v_ok;
-  end loop;
-  perform absurd._stream_notify(p_queue_name, (e->>0)::uuid, e->>1, (e->>2)::bigint)
-  from jsonb_each(v_seqs) as x(k, e);
+  if v_n = 0 then
+    return '{}';
+  end if;
+  execute absurd._cached('stream.append_many', p_queue_name, quote_nullable(p_task_ids),
+    quote_nullable(p_run_ids), quote_nullable(p_streams), quote_nullable(p_counts),
+    quote_nullable(coalesce(p_chunks, '{}')), quote_nullable(p_keys),
+    quote_nullable(absurd.current_time()))
+    into v_applied, v_tasks, v_streams, v_seqs;
+  perform absurd._stream_notify(p_queue_name, n.task_id, n.stream, n.seq)
+  from unnest(v_tasks, v_streams, v_seqs) as n(task_id, stream, seq);
   return v_applied;
 end;
 $$;
