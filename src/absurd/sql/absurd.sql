@@ -4502,6 +4502,10 @@ declare
   v_streams text[];
   v_seqs bigint[];
 begin
+  if v_n = 0 and coalesce(cardinality(p_run_ids), 0) = 0 and coalesce(cardinality(p_streams), 0) = 0
+     and coalesce(cardinality(p_counts), 0) = 0 and coalesce(cardinality(p_chunks), 0) = 0 then
+    return '{}';  -- a batch without streams (most of them) pays nothing more
+  end if;
   perform absurd._require_queue(p_queue_name);
   if cardinality(p_run_ids) is distinct from v_n or cardinality(p_streams) is distinct from v_n
      or cardinality(p_counts) is distinct from v_n
@@ -4512,9 +4516,6 @@ begin
      or (p_keys is not null and cardinality(p_keys) <> coalesce(cardinality(p_chunks), 0)) then
     perform absurd._raise('AB015',
       'write_streams takes one task, run, stream and count per item, and as many chunks as the counts add up to');
-  end if;
-  if v_n = 0 then
-    return '{}';
   end if;
   execute absurd._cached('stream.append_many', p_queue_name, quote_nullable(p_task_ids),
     quote_nullable(p_run_ids), quote_nullable(p_streams), quote_nullable(p_counts),
