@@ -4335,7 +4335,8 @@ $$;
 -- closed = true and no chunk), or by its task ending: read_stream then ends
 -- with a closing row of its own (seq = last + 1), so completing, failing or
 -- cancelling a task costs nothing more for streams. Each write_stream or
--- close_stream sends at most one NOTIFY on stream_channel(q, task, stream),
+-- close_stream, and write_streams per stream (a worker's group commit of many
+-- streams' flushes), sends at most one NOTIFY on stream_channel(q, task, stream),
 -- carrying a pointer {"task_id", "stream", "seq"} (the last seq written), never
 -- the chunks. notify_stream (the ephemeral lane) stores nothing: its one
 -- NOTIFY carries the chunks.
