@@ -319,8 +319,10 @@ def test_partitioned_queue(conn: psycopg.Connection[Any]) -> None:
         run = engine.claim_one()
         write(engine, run, ["a", "b"], keys=["0", "1"])
         assert write(engine, run, ["a", "b"], keys=["0", "1"]) == 1
+        assert write_many(engine, [(run, "out", ["b", "c"], ["1", "2"])]) == [True]
         engine.complete(run["run_id"], 1)
-        assert [r["closed"] for r in read(engine, task["task_id"])] == [False, False, True]
+        assert chunks(read(engine, task["task_id"])) == ["a", "b", "c"]
+        assert [r["closed"] for r in read(engine, task["task_id"])] == [False] * 3 + [True]
         conn.execute("select absurd.cleanup_tasks(%s, 0)", (name,))
         assert engine.count("s") == 0
     finally:
