@@ -9,7 +9,8 @@ A task's path goes one way, each layer calling only the ones below it:
     worker.py   the claim loop, wake-ups, leases, shutdown
     runner.py   runs a claimed task (its handler, with its context) to its outcome
     context.py  the handler's ``ctx``: steps, sleeps, waits, child tasks
-    writes.py   a run's checkpoints and final call; the worker's group commit
+    writes.py   a run's checkpoints, stream flushes and final call; the worker's
+                group commit
     db.py       the connection or pool, error translation, retries
 
 Every statement they send is named in ``absurd/sql/queries.sql`` (its SDK section),
