@@ -19,6 +19,7 @@ configuration. Needs a quiet machine: the drain runs refuse to start on a busy o
     python benchmarks/overhead.py --tasks 1000 --repeats 1 --configs async:16
     python benchmarks/overhead.py --cpu            # worker CPU per task: fine on a busy machine
     python benchmarks/overhead.py --sample 0.1     # "on" samples 10% of the traces
+    python benchmarks/overhead.py --metrics otel   # "on" records worker metrics in one backend
     python benchmarks/overhead.py --hooks          # the hooks' cost per task, no database
 
 ``--cpu`` runs the same drains but reports the worker process's CPU time per task
@@ -32,6 +33,9 @@ observability should not change. It never waits for quiet and has no target.
 ``--sample RATIO`` makes "on" sample that share of the traces
 (``ParentBased(TraceIdRatioBased(RATIO))``, as an application with many tasks would)
 instead of recording every span; with the other modes too.
+
+``--metrics otel`` (or ``prometheus``) records the worker metrics into that backend
+only, as an application that uses one of them; the default records into both.
 
 ``--hooks`` times the instrumentation alone, in this process (one run segment, one
 step and the worker metrics of one task): off, with the API but no SDK, and with the
@@ -58,7 +62,7 @@ from benchmarks.drain import DrainConfig, prepare_database, run_drain
 from benchmarks.harness.queues import clock_offset
 from benchmarks.harness.report import log, render_table
 from benchmarks.harness.server import start_server
-from benchmarks.harness.workers import OBSERVABILITY_ENV, TRACE_SAMPLE_ENV
+from benchmarks.harness.workers import METRICS_ENV, OBSERVABILITY_ENV, TRACE_SAMPLE_ENV
 
 TARGET = 0.95
 
@@ -153,8 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="'on' samples this share of the traces (0 to 1) instead of recording every span",
     )
+    p.add_argument(
+        "--metrics",
+        choices=["both", "otel", "prometheus"],
+        default="both",
+        help="the worker metrics' backends when 'on' (default: both)",
+    )
     p.add_argument("--hooks", action="store_true", help="time the hooks alone (no database)")
     args = p.parse_args(argv)
+    os.environ[METRICS_ENV] = args.metrics  # read by the worker processes
     if args.sample is not None:
         os.environ[TRACE_SAMPLE_ENV] = str(args.sample)  # read by the worker processes
     if args.hooks:
