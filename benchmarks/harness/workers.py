@@ -220,11 +220,20 @@ async def _async_worker(
 OBSERVABILITY_ENV = "ABSURD_BENCH_OBSERVABILITY"
 
 
+#: With it (a ratio, 0 to 1), the tracer provider samples that share of the traces
+#: (``ParentBased(TraceIdRatioBased(ratio))``) instead of recording every span.
+TRACE_SAMPLE_ENV = "ABSURD_BENCH_TRACE_SAMPLE"
+#: Which worker metrics "on" records: "both" (the default), "otel" or "prometheus".
+METRICS_ENV = "ABSURD_BENCH_METRICS"
+
+
 def install_observability() -> None:
     """The OpenTelemetry SDK as an application would configure it, exporting nowhere:
-    spans through a BatchSpanProcessor to an exporter that drops them, metrics through
-    a reader that collects every 10 s into an exporter that drops them; and the worker
-    metrics recorded into prometheus_client's registry too (not served)."""
+    spans through a BatchSpanProcessor to an exporter that drops them (every trace,
+    or the share ``ABSURD_BENCH_TRACE_SAMPLE`` says), metrics through a reader that
+    collects every 10 s into an exporter that drops them; and the worker metrics
+    recorded into prometheus_client's registry too (not served). ``ABSURD_BENCH_METRICS``
+    keeps only one of the two metrics backends."""
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
@@ -251,12 +260,21 @@ def install_observability() -> None:
         def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
             pass
 
-    provider = TracerProvider()
+    ratio = os.environ.get(TRACE_SAMPLE_ENV)
+    if ratio:
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(float(ratio))))
+    else:
+        provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(DropSpans()))
     trace.set_tracer_provider(provider)
-    reader = PeriodicExportingMetricReader(DropMetrics(), export_interval_millis=10_000)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-    enable_prometheus()
+    which = os.environ.get(METRICS_ENV, "both")
+    if which in ("both", "otel"):
+        reader = PeriodicExportingMetricReader(DropMetrics(), export_interval_millis=10_000)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    if which in ("both", "prometheus"):
+        enable_prometheus()
 
 
 def worker_main(spec: dict[str, Any], pipe: Pipe) -> None:

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry
 
-from absurd._core.metrics import _Prometheus
+from absurd._core.metrics import _Store
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -21,7 +21,7 @@ def exported_names() -> set[str]:
     from absurd.habitat.prometheus import GAUGES
 
     registry = CollectorRegistry()
-    _Prometheus(registry)
+    registry.register(_Store())
     worker = {f.name + ("_total" if f.type == "counter" else "") for f in registry.collect()}
     return worker | {name for name, _, _ in GAUGES}
 

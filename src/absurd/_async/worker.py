@@ -155,6 +155,7 @@ class AsyncWorker:
                     compat.cancel(schedules)
         finally:
             self._running = False
+            self.metrics.flush()
             if restore is not None:
                 restore()
             log.info("worker %s stopped", self.worker_id)

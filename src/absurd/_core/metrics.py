@@ -9,9 +9,15 @@ Every metric is documented in docs/observability.md ("Worker metrics").
 
 from __future__ import annotations
 
+import bisect
+import collections
+import itertools
 import threading
+import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 #: Histogram buckets (seconds) of durations and waits: 1 ms to 10 min.
 SECONDS_BUCKETS = (
@@ -49,88 +55,229 @@ class NoMetrics:
     def reconnected(self, queue: str, where: str) -> None:
         """Claims or the listener work again after connection errors."""
 
+    def flush(self) -> None:
+        """Records what is queued for OpenTelemetry now (a worker that stops)."""
+
 
 NO_METRICS = NoMetrics()
 
 
-class _OTel:
+@dataclass(frozen=True, eq=False)  # hashed by identity: a dict key on the hot path
+class MetricSpec:
+    """One worker metric: its Prometheus name (a counter's without ``_total``), its
+    OpenTelemetry name, unit and description, its labels, and a histogram's buckets
+    (None for a counter)."""
+
+    name: str
+    otel_name: str
+    unit: str
+    text: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] | None = None
+
+
+_Q, _QT, _QTO = ("queue",), ("queue", "task_name"), ("queue", "task_name", "outcome")
+_QW, _S = ("queue", "where"), SECONDS_BUCKETS
+#: Every worker metric, in the order Prometheus shows them. Columns: Prometheus name,
+#: OpenTelemetry name, unit, description, labels, buckets.
+SPECS = (
+    CLAIMED, CLAIM_DURATION, RUNS, RUN_DURATION, QUEUE_WAIT, STEP_DURATION, WRITE_BATCH,
+    CONNECTION_ERRORS, RECONNECTS,
+) = tuple(MetricSpec(*row) for row in (
+    ("absurd_worker_claimed", "absurd.worker.claimed", "{run}", "Runs claimed by the worker", _Q),
+    ("absurd_worker_claim_duration_seconds", "absurd.worker.claim.duration", "s",
+     "Time of one claim round trip", _Q, _S),
+    ("absurd_worker_runs", "absurd.worker.runs", "{run}", "Run segments ended, by outcome", _QTO),
+    ("absurd_worker_run_duration_seconds", "absurd.worker.run.duration", "s",
+     "Time of one run segment, by outcome", _QTO, _S),
+    ("absurd_worker_queue_wait_seconds", "absurd.worker.queue_wait", "s",
+     "From a run's creation to its first claim", _QT, _S),
+    ("absurd_worker_step_duration_seconds", "absurd.worker.step.duration", "s",
+     "Time of a step that executed", _QT, _S),
+    ("absurd_worker_write_batch_size", "absurd.worker.write_batch.size", "{write}",
+     "Writes per group commit", _Q, SIZE_BUCKETS),
+    ("absurd_worker_connection_errors", "absurd.worker.connection_errors", "{error}",
+     "Connection errors, by where", _QW),
+    ("absurd_worker_reconnects", "absurd.worker.reconnects", "{reconnect}",
+     "Recoveries after connection errors", _QW),
+))  # fmt: skip
+
+
+class _Histogram:
+    """One label set's histogram: counts per bucket (not cumulative; the last one is
+    +Inf), sum, and when it was created."""
+
+    __slots__ = ("counts", "created", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+
+class _Store:
+    """The worker metrics of this process, aggregated in place: a worker's hooks take a
+    lock, find the label set and add to a few numbers (about a microsecond), instead of
+    going through prometheus_client's or the OpenTelemetry SDK's recording for each
+    counter. Counters always land here; histograms only while Prometheus is enabled
+    (OpenTelemetry records its own). Prometheus reads it as a collector at each scrape,
+    OpenTelemetry's observable counters at each collection."""
+
     def __init__(self) -> None:
-        from opentelemetry import metrics
+        self.lock = threading.Lock()
+        self.counters: dict[MetricSpec, dict[tuple[str, ...], list[float]]] = {
+            spec: {} for spec in SPECS if spec.buckets is None
+        }
+        self.histograms: dict[MetricSpec, dict[tuple[str, ...], _Histogram]] = {
+            spec: {} for spec in SPECS if spec.buckets is not None
+        }
+
+    def add(self, spec: MetricSpec, labels: tuple[str, ...], amount: float = 1) -> None:
+        by = self.counters[spec]
+        with self.lock:
+            entry = by.get(labels)
+            if entry is None:
+                entry = by[labels] = [0.0, time.time()]
+            entry[0] += amount
+
+    def observe(self, spec: MetricSpec, labels: tuple[str, ...], value: float) -> None:
+        by = self.histograms[spec]
+        bounds = spec.buckets
+        assert bounds is not None
+        with self.lock:
+            entry = by.get(labels)
+            if entry is None:
+                entry = by[labels] = _Histogram(len(bounds))
+            entry.counts[bisect.bisect_left(bounds, value)] += 1
+            entry.sum += value
+
+    def counter_values(self, spec: MetricSpec) -> list[tuple[tuple[str, ...], float]]:
+        with self.lock:
+            return [(labels, entry[0]) for labels, entry in self.counters[spec].items()]
+
+    # -- prometheus_client's collector interface ---------------------------------------
+    def describe(self) -> list[Any]:
+        return self._families(empty=True)
+
+    def collect(self) -> list[Any]:
+        return self._families(empty=False)
+
+    def _families(self, empty: bool) -> list[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.samples import Sample
+        from prometheus_client.utils import floatToGoString
+
+        go = cast(Callable[[float], str], floatToGoString)  # the le values prometheus_client writes
+        with self.lock:  # a snapshot; the families are built without the lock
+            counters = {
+                spec: [] if empty else [(k, v[0], v[1]) for k, v in by.items()]
+                for spec, by in self.counters.items()
+            }
+            histograms = {
+                spec: []
+                if empty
+                else [(k, list(h.counts), h.sum, h.created) for k, h in by.items()]
+                for spec, by in self.histograms.items()
+            }
+        families: list[Any] = []
+        for spec in SPECS:
+            name, text, label_names, bounds = spec.name, spec.text, spec.labels, spec.buckets
+            if bounds is None:
+                counter = CounterMetricFamily(name, text, labels=label_names)
+                for labels, value, since in counters[spec]:
+                    counter.add_metric(labels, value, created=since)
+                families.append(counter)
+                continue
+            family = HistogramMetricFamily(name, text, labels=label_names)
+            les = [go(float(b)) for b in bounds] + ["+Inf"]
+            for labels, counts, total_sum, since in histograms[spec]:
+                cumulative = list(zip(les, itertools.accumulate(counts), strict=True))
+                family.add_metric(labels, cumulative, total_sum)
+                labels_dict = dict(zip(label_names, labels, strict=True))
+                family.samples.append(Sample(f"{name}_created", labels_dict, since))
+            families.append(family)
+        return families
+
+
+_STORE = _Store()
+
+
+class _OTel:
+    """The OpenTelemetry instruments (once per process, on the global meter): counters
+    observed from the store when the SDK collects; histograms recorded in batches.
+
+    Recording one value into an SDK histogram costs several microseconds when it
+    happens between a task's statements (the SDK's code and data are out of the CPU's
+    caches by then), about half that in a loop. So the workers queue their values
+    (``observe``: a deque append) and record them together: every ``BATCH`` values,
+    when the SDK collects (the observable counters' callback runs first, so a
+    collection sees every value observed before it), and when a worker stops. They
+    are recorded outside any span, so they carry no exemplars: the worker's values
+    would otherwise be linked to whatever span is current where the batch is written.
+    """
+
+    BATCH = 128
+
+    def __init__(self, store: _Store) -> None:
+        from opentelemetry import context, metrics
 
         from absurd import __version__
 
         meter = metrics.get_meter("absurd", __version__)
-        self.claimed = meter.create_counter(
-            "absurd.worker.claimed", "{run}", "Runs claimed by the worker"
-        )
-        self.claim_duration = meter.create_histogram(
-            "absurd.worker.claim.duration", "s", "Time of one claim round trip"
-        )
-        self.runs = meter.create_counter(
-            "absurd.worker.runs", "{run}", "Run segments ended, by outcome"
-        )
-        self.run_duration = meter.create_histogram(
-            "absurd.worker.run.duration", "s", "Time of one run segment, by outcome"
-        )
-        self.queue_wait = meter.create_histogram(
-            "absurd.worker.queue_wait", "s", "From a run's creation to its first claim"
-        )
-        self.step_duration = meter.create_histogram(
-            "absurd.worker.step.duration", "s", "Time of a step that executed"
-        )
-        self.write_batch = meter.create_histogram(
-            "absurd.worker.write_batch.size", "{write}", "Writes per group commit"
-        )
-        self.connection_errors = meter.create_counter(
-            "absurd.worker.connection_errors", "{error}", "Connection errors, by where"
-        )
-        self.reconnects = meter.create_counter(
-            "absurd.worker.reconnects", "{reconnect}", "Recoveries after connection errors"
-        )
+        self._context = context
+        self._pending: collections.deque[tuple[Any, float, dict[str, str]]] = collections.deque()
+        self.histograms = {
+            spec: meter.create_histogram(spec.otel_name, spec.unit, spec.text)
+            for spec in SPECS
+            if spec.buckets is not None
+        }
+        for spec in SPECS:
+            if spec.buckets is None:
+                meter.create_observable_counter(
+                    spec.otel_name, [self._observer(store, spec)], spec.unit, spec.text
+                )
 
+    def observe(self, histogram: Any, value: float, attributes: dict[str, str]) -> None:
+        pending = self._pending
+        pending.append((histogram, value, attributes))
+        if len(pending) >= self.BATCH:
+            self.flush()
 
-class _Prometheus:
-    def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Histogram
+    def flush(self) -> None:
+        """Records the queued values (safe from several threads: each value is taken
+        from the deque once)."""
+        pending = self._pending
+        if not pending:
+            return
+        token = self._context.attach(self._context.Context())  # no span: no exemplar
+        try:
+            while True:
+                try:
+                    histogram, value, attributes = pending.popleft()
+                except IndexError:
+                    break
+                histogram.record(value, attributes)
+        finally:
+            self._context.detach(token)
 
-        def counter(name: str, text: str, labels: list[str]) -> Any:
-            return Counter(name, text, labels, registry=registry)
+    def _observer(self, store: _Store, spec: MetricSpec) -> Any:
+        from opentelemetry.metrics import Observation
 
-        def histogram(name: str, text: str, labels: list[str], buckets: Any) -> Any:
-            return Histogram(name, text, labels, registry=registry, buckets=buckets)
+        keys = tuple(f"absurd.{label}" for label in spec.labels)
 
-        q, qt, qto = ["queue"], ["queue", "task_name"], ["queue", "task_name", "outcome"]
-        self.claimed = counter("absurd_worker_claimed", "Runs claimed by the worker", q)
-        self.claim_duration = histogram(
-            "absurd_worker_claim_duration_seconds", "Time of one claim round trip", q,
-            SECONDS_BUCKETS,
-        )  # fmt: skip
-        self.runs = counter("absurd_worker_runs", "Run segments ended, by outcome", qto)
-        self.run_duration = histogram(
-            "absurd_worker_run_duration_seconds", "Time of one run segment", qto,
-            SECONDS_BUCKETS,
-        )  # fmt: skip
-        self.queue_wait = histogram(
-            "absurd_worker_queue_wait_seconds", "From a run's creation to its first claim", qt,
-            SECONDS_BUCKETS,
-        )  # fmt: skip
-        self.step_duration = histogram(
-            "absurd_worker_step_duration_seconds", "Time of a step that executed", qt,
-            SECONDS_BUCKETS,
-        )  # fmt: skip
-        self.write_batch = histogram(
-            "absurd_worker_write_batch_size", "Writes per group commit", q, SIZE_BUCKETS
-        )
-        self.connection_errors = counter(
-            "absurd_worker_connection_errors", "Connection errors, by where", ["queue", "where"]
-        )
-        self.reconnects = counter(
-            "absurd_worker_reconnects", "Recoveries after connection errors", ["queue", "where"]
-        )
+        def observe(options: Any) -> list[Any]:
+            self.flush()
+            return [
+                Observation(value, dict(zip(keys, labels, strict=True)))
+                for labels, value in store.counter_values(spec)
+            ]
+
+        return observe
 
 
 _lock = threading.Lock()
-_prometheus: _Prometheus | None = None
+_prometheus = False
+_otel: _OTel | None = None
 
 
 def serve_prometheus(port: int, addr: str = "127.0.0.1", registry: Any = None) -> Any:
@@ -148,78 +295,96 @@ def enable_prometheus(registry: Any = None) -> None:
     ``registry`` (default: its global one), without serving them (once per process)."""
     global _prometheus
     with _lock:
-        if _prometheus is None:
+        if not _prometheus:
             from prometheus_client import REGISTRY
 
-            _prometheus = _Prometheus(registry or REGISTRY)
+            (registry or REGISTRY).register(_STORE)
+            _prometheus = True
+
+
+def _otel_instruments() -> _OTel | None:
+    """The OpenTelemetry instruments, made on first use; None without the API."""
+    global _otel
+    with _lock:
+        if _otel is None:
+            try:
+                _otel = _OTel(_STORE)
+            except ImportError:
+                return None
+        return _otel
 
 
 class Metrics(NoMetrics):
-    """Records into the OpenTelemetry instruments and/or the Prometheus ones."""
+    """Records into the store (counters; histograms too for Prometheus) and queues the
+    OpenTelemetry histograms' values."""
 
     enabled = True
 
-    def __init__(self, otel: _OTel | None, prometheus: _Prometheus | None) -> None:
-        self._otel = otel
+    def __init__(self, otel: _OTel | None, prometheus: bool, store: _Store = _STORE) -> None:
+        self._store = store
         self._prom = prometheus
+        self._otel = otel
+        hist = otel.histograms if otel is not None else None
+        self._claim_duration = hist[CLAIM_DURATION] if hist else None
+        self._run_duration = hist[RUN_DURATION] if hist else None
+        self._queue_wait = hist[QUEUE_WAIT] if hist else None
+        self._step_duration = hist[STEP_DURATION] if hist else None
+        self._write_batch = hist[WRITE_BATCH] if hist else None
 
     def claimed(self, queue: str, count: int, seconds: float | None) -> None:
-        if self._otel is not None:
-            attributes = {"absurd.queue": queue}
-            if seconds is not None:
-                self._otel.claim_duration.record(seconds, attributes)
-            if count:
-                self._otel.claimed.add(count, attributes)
-        if self._prom is not None:
-            if seconds is not None:
-                self._prom.claim_duration.labels(queue).observe(seconds)
-            if count:
-                self._prom.claimed.labels(queue).inc(count)
+        if count:
+            self._store.add(CLAIMED, (queue,), count)
+        if seconds is not None:
+            if self._otel is not None:
+                self._otel.observe(self._claim_duration, seconds, {"absurd.queue": queue})
+            if self._prom:
+                self._store.observe(CLAIM_DURATION, (queue,), seconds)
 
     def run_finished(self, queue: str, task_name: str, outcome: str, seconds: float) -> None:
+        labels = (queue, task_name, outcome)
+        self._store.add(RUNS, labels)
         if self._otel is not None:
-            attributes = {
-                "absurd.queue": queue,
-                "absurd.task_name": task_name,
-                "absurd.outcome": outcome,
-            }
-            self._otel.runs.add(1, attributes)
-            self._otel.run_duration.record(seconds, attributes)
-        if self._prom is not None:
-            self._prom.runs.labels(queue, task_name, outcome).inc()
-            self._prom.run_duration.labels(queue, task_name, outcome).observe(seconds)
+            self._otel.observe(
+                self._run_duration,
+                seconds,
+                {"absurd.queue": queue, "absurd.task_name": task_name, "absurd.outcome": outcome},
+            )
+        if self._prom:
+            self._store.observe(RUN_DURATION, labels, seconds)
 
     def queue_wait(self, queue: str, task_name: str, seconds: float) -> None:
         if self._otel is not None:
-            attributes = {"absurd.queue": queue, "absurd.task_name": task_name}
-            self._otel.queue_wait.record(seconds, attributes)
-        if self._prom is not None:
-            self._prom.queue_wait.labels(queue, task_name).observe(seconds)
+            self._otel.observe(
+                self._queue_wait, seconds, {"absurd.queue": queue, "absurd.task_name": task_name}
+            )
+        if self._prom:
+            self._store.observe(QUEUE_WAIT, (queue, task_name), seconds)
 
     def step(self, queue: str, task_name: str, seconds: float) -> None:
         if self._otel is not None:
-            attributes = {"absurd.queue": queue, "absurd.task_name": task_name}
-            self._otel.step_duration.record(seconds, attributes)
-        if self._prom is not None:
-            self._prom.step_duration.labels(queue, task_name).observe(seconds)
+            self._otel.observe(
+                self._step_duration,
+                seconds,
+                {"absurd.queue": queue, "absurd.task_name": task_name},
+            )
+        if self._prom:
+            self._store.observe(STEP_DURATION, (queue, task_name), seconds)
 
     def write_batch(self, queue: str, size: int) -> None:
         if self._otel is not None:
-            self._otel.write_batch.record(size, {"absurd.queue": queue})
-        if self._prom is not None:
-            self._prom.write_batch.labels(queue).observe(size)
+            self._otel.observe(self._write_batch, size, {"absurd.queue": queue})
+        if self._prom:
+            self._store.observe(WRITE_BATCH, (queue,), size)
 
     def connection_error(self, queue: str, where: str) -> None:
-        if self._otel is not None:
-            self._otel.connection_errors.add(1, {"absurd.queue": queue, "absurd.where": where})
-        if self._prom is not None:
-            self._prom.connection_errors.labels(queue, where).inc()
+        self._store.add(CONNECTION_ERRORS, (queue, where))
 
     def reconnected(self, queue: str, where: str) -> None:
+        self._store.add(RECONNECTS, (queue, where))
+
+    def flush(self) -> None:
         if self._otel is not None:
-            self._otel.reconnects.add(1, {"absurd.queue": queue, "absurd.where": where})
-        if self._prom is not None:
-            self._prom.reconnects.labels(queue, where).inc()
+            self._otel.flush()
 
 
 def worker_metrics(enabled: bool = True) -> NoMetrics:
@@ -227,11 +392,8 @@ def worker_metrics(enabled: bool = True) -> NoMetrics:
     Prometheus when enabled in this process; NO_METRICS when neither (or disabled)."""
     if not enabled:
         return NO_METRICS
-    try:
-        otel: _OTel | None = _OTel()
-    except ImportError:
-        otel = None
-    if otel is None and _prometheus is None:
+    otel = _otel_instruments()
+    if otel is None and not _prometheus:
         return NO_METRICS
     return Metrics(otel, _prometheus)
 

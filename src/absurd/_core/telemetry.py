@@ -33,6 +33,9 @@ try:
     from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 except ImportError:  # pragma: no cover - the otel extra is not installed
     trace = None  # type: ignore[assignment]
+else:
+    #: The parent of a segment that starts a new trace: an empty context.
+    _ROOT = otel_context.Context()
 
 T = TypeVar("T")
 
@@ -46,6 +49,7 @@ ATTR_ATTEMPT = "absurd.attempt"
 ATTR_STEP_NAME = "absurd.step_name"
 ATTR_OUTCOME = "absurd.outcome"
 ATTR_RESUMED = "absurd.resumed"
+ATTR_CHECKPOINT = "absurd.checkpoint_name"
 
 
 def _messaging(queue: str, operation: str, kind: str) -> dict[str, Any]:
@@ -59,23 +63,40 @@ def _messaging(queue: str, operation: str, kind: str) -> dict[str, Any]:
 
 
 class Segment:
-    """What the runner tells the span of a run segment about its outcome."""
+    """The span of one run segment, current while the handler runs (a context manager,
+    not a generator: it is entered for every run); the runner tells it the outcome.
+    Without a span (tracing off) it does nothing."""
 
-    __slots__ = ("span",)
+    __slots__ = ("_token", "span")
 
     def __init__(self, span: Any = None) -> None:
         self.span = span
+        self._token: Any = None
+
+    def __enter__(self) -> Segment:
+        if self.span is not None:
+            self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.span is not None:
+            otel_context.detach(self._token)
+            self.span.end()
 
     def outcome(self, outcome: str, error: BaseException | None = None) -> None:
         """completed, failed (``error`` recorded, status ERROR), suspended, cancelled,
         released (handed back). Only ``failed`` is an error."""
         span = self.span
-        if span is None:
+        if span is None or not span.is_recording():
             return
         span.set_attribute(ATTR_OUTCOME, outcome)
         if error is not None:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            _record_error(span, error)
+
+
+def _record_error(span: Any, error: BaseException) -> None:
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 def interrupt_outcome(signal: BaseException) -> str:
@@ -107,7 +128,38 @@ class _Null(Generic[T]):
 
 
 _NULL: _Null[Any] = _Null(None)
-_NULL_SEGMENT = _Null(_NO_SEGMENT)
+
+
+class _StepSpan:
+    """The span of a step that executes, current while its function runs; an
+    exception (not a BaseException: suspension, cancellation) is recorded on it."""
+
+    __slots__ = ("_attributes", "_name", "_span", "_token", "_tracer")
+
+    def __init__(self, tracer: Any, name: str, checkpoint: str) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._attributes = {ATTR_STEP_NAME: name, ATTR_CHECKPOINT: checkpoint}
+        self._span: Any = None
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        self._span = span = self._tracer.start_span(
+            f"absurd.step {self._name}",
+            attributes=self._attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        span = self._span
+        try:
+            if isinstance(error, Exception) and span.is_recording():
+                _record_error(span, error)
+        finally:
+            otel_context.detach(self._token)
+            span.end()
 
 
 class NoTracing:
@@ -123,10 +175,8 @@ class NoTracing:
     def spawned(self, span: Any, results: Sequence[Any]) -> None:
         pass
 
-    def run_segment(
-        self, queue: str, task: Mapping[str, Any], resumed: bool
-    ) -> AbstractContextManager[Segment]:
-        return _NULL_SEGMENT
+    def run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Segment:
+        return _NO_SEGMENT
 
     def step(self, name: str, checkpoint: str) -> AbstractContextManager[None]:
         return _NULL
@@ -144,18 +194,23 @@ class Tracing(NoTracing):
     enabled = True
 
     def __init__(self) -> None:
-        from absurd import __version__
+        self._tracer: Any = None
 
-        self.tracer = trace.get_tracer("absurd", __version__)
+    def _active(self) -> Any:
+        """The tracer of the tracer provider the application has set, or None while it
+        has set none (the API's no-op one: every hook is skipped, as without the
+        package). Checked per call until there is one, since the provider may be set
+        after the client was made; kept from then on, since the API lets a process set
+        its global provider only once."""
+        tracer = self._tracer
+        if tracer is None:
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+                return None
+            from absurd import __version__
 
-    @staticmethod
-    def _configured() -> bool:
-        """Whether the application has set a tracer provider (else the API's no-op
-        one: every hook is skipped, as without the package). Checked per call, since
-        the provider may be set after the client was made."""
-        return not isinstance(
-            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
-        )
+            tracer = self._tracer = provider.get_tracer("absurd", __version__)
+        return tracer
 
     def spawning(
         self, task_name: str, queue: str, bodies: list[dict[str, Any]]
@@ -163,10 +218,13 @@ class Tracing(NoTracing):
         """The producer span of a spawn (of ``len(bodies)`` tasks), its context
         injected into each task's headers. Headers that already carry a
         ``traceparent`` give the parent when no span is current."""
-        return self._spawning(task_name, queue, bodies) if self._configured() else _NULL
+        tracer = self._active()
+        return _NULL if tracer is None else self._spawning(tracer, task_name, queue, bodies)
 
     @contextlib.contextmanager
-    def _spawning(self, task_name: str, queue: str, bodies: list[dict[str, Any]]) -> Iterator[Any]:
+    def _spawning(
+        self, tracer: Any, task_name: str, queue: str, bodies: list[dict[str, Any]]
+    ) -> Iterator[Any]:
         parent = None
         given = bodies[0].get("headers") if bodies else None
         if (
@@ -179,7 +237,7 @@ class Tracing(NoTracing):
         attributes[ATTR_TASK_NAME] = task_name
         if len(bodies) != 1:
             attributes["messaging.batch.message_count"] = len(bodies)
-        with self.tracer.start_as_current_span(
+        with tracer.start_as_current_span(
             f"absurd.spawn {task_name}",
             context=parent,
             kind=SpanKind.PRODUCER,
@@ -200,16 +258,12 @@ class Tracing(NoTracing):
             span.set_attribute(ATTR_RUN_ID, str(results[0]["run_id"]))
             span.set_attribute("absurd.created", bool(results[0]["created"]))
 
-    def run_segment(
-        self, queue: str, task: Mapping[str, Any], resumed: bool
-    ) -> AbstractContextManager[Segment]:
-        """The consumer span of one run segment, current while the handler runs."""
-        if self._configured():
-            return self._run_segment(queue, task, resumed)
-        return _NULL_SEGMENT
-
-    @contextlib.contextmanager
-    def _run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Iterator[Segment]:
+    def run_segment(self, queue: str, task: Mapping[str, Any], resumed: bool) -> Segment:
+        """The consumer span of one run segment (a context manager that makes it
+        current while the handler runs)."""
+        tracer = self._active()
+        if tracer is None:
+            return _NO_SEGMENT
         headers = task.get("headers")
         producer = None
         if isinstance(headers, dict) and "traceparent" in headers:
@@ -217,59 +271,44 @@ class Tracing(NoTracing):
             if not producer.is_valid:
                 producer = None
         attempt = task["attempt"]
-        links = []
+        links: tuple[Link, ...] = ()
         if producer is not None and attempt == 1 and not resumed:
             parent = trace.set_span_in_context(trace.NonRecordingSpan(producer))
         else:  # a new trace, linked to the producer's (messaging conventions)
-            parent = otel_context.Context()
+            parent = _ROOT
             if producer is not None:
-                links.append(Link(producer, {"absurd.link": "spawn"}))
+                links = (Link(producer, {"absurd.link": "spawn"}),)
         name = task["task_name"]
-        attributes = _messaging(queue, "run", "process")
-        attributes.update(
-            {
-                "messaging.message.id": str(task["task_id"]),
-                ATTR_TASK_NAME: name,
-                ATTR_TASK_ID: str(task["task_id"]),
-                ATTR_RUN_ID: str(task["run_id"]),
-                ATTR_ATTEMPT: attempt,
-                ATTR_RESUMED: resumed,
-            }
+        task_id = str(task["task_id"])
+        attributes = {
+            "messaging.system": SYSTEM,
+            "messaging.destination.name": queue,
+            "messaging.operation.name": "run",
+            "messaging.operation.type": "process",
+            ATTR_QUEUE: queue,
+            "messaging.message.id": task_id,
+            ATTR_TASK_NAME: name,
+            ATTR_TASK_ID: task_id,
+            ATTR_RUN_ID: str(task["run_id"]),
+            ATTR_ATTEMPT: attempt,
+            ATTR_RESUMED: resumed,
+        }
+        return Segment(
+            tracer.start_span(
+                f"absurd.run {name}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+                links=links,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
         )
-        span = self.tracer.start_span(
-            f"absurd.run {name}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            yield Segment(span)
-        finally:
-            otel_context.detach(token)
-            span.end()
 
     def step(self, name: str, checkpoint: str) -> AbstractContextManager[None]:
-        """The span of a step that executes (its handler's exceptions recorded)."""
-        return self._step(name, checkpoint) if self._configured() else _NULL
-
-    @contextlib.contextmanager
-    def _step(self, name: str, checkpoint: str) -> Iterator[None]:
-        with self.tracer.start_as_current_span(
-            f"absurd.step {name}",
-            attributes={ATTR_STEP_NAME: name, "absurd.checkpoint_name": checkpoint},
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                raise
+        """The span of a step that executes (its function's exceptions recorded)."""
+        tracer = self._active()
+        return _NULL if tracer is None else _StepSpan(tracer, name, checkpoint)
 
     def event(self, name: str, attributes: dict[str, Any]) -> None:
         span = trace.get_current_span()

@@ -156,6 +156,7 @@ class Worker:
                     compat.cancel(schedules)
         finally:
             self._running = False
+            self.metrics.flush()
             if restore is not None:
                 restore()
             log.info("worker %s stopped", self.worker_id)
