@@ -22,6 +22,8 @@ QUEUE_POLICY_GET_COMPAT = statement("queue_policy_get_compat")
 QUEUE_POLICY_SET = statement("queue_policy_set")
 QUEUE_CHANNEL = statement("queue_channel")
 QUEUE_NEXT_WAKE = statement("queue_next_wake")
+QUEUE_REGISTER_WAITER = statement("queue_register_waiter")
+QUEUE_UNREGISTER_WAITER = statement("queue_unregister_waiter")
 
 TASK_SPAWN = statement("task_spawn")
 TASK_SPAWN_MANY = statement("task_spawn_many")

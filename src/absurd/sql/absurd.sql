@@ -28,13 +28,16 @@
 --                                 are recognised (see "Ingress deliveries")
 --   absurd.flow_limits            per-key overrides of a queue's flow limits (see
 --                                 "Flow control"; the queue's own are in queues)
+--   absurd.queue_waiters          (unlogged) LISTEN connections of workers that
+--                                 wait for a queue's NOTIFY (see register_waiter)
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
 --   Utilities      current_time, get_schema_version, validate_queue_name,
 --                  portable_uuidv7, uuidv7_timestamp, uuidv7_floor,
 --                  week_bucket_utc, partition_week_tag, retry_delay_seconds,
---                  queue_channel, queue_next_wake, queue_gauges
+--                  queue_channel, queue_next_wake, queue_gauges,
+--                  register_waiter, unregister_waiter
 --   Queues         ensure_queue_tables, create_queue, drop_queue, list_queues,
 --                  get_queue_policy, set_queue_policy
 --   Task lifecycle spawn_task, spawn_tasks, claim_task,
@@ -308,11 +311,95 @@ as $$
     else 'absurd.' || md5(p_queue_name) end;
 $$;
 
+-- Waiting listeners: a worker with free slots that found nothing to claim
+-- registers its LISTEN connection here (register_waiter) before it sleeps, and
+-- leaves when its slots fill (unregister_waiter). _notify sends a queue's NOTIFY
+-- only while the queue has a waiter. PostgreSQL serializes the commits of
+-- notifying transactions (a database-wide lock held through the commit's WAL
+-- flush), so concurrent spawners that always notified could not share a WAL
+-- flush; with busy workers nobody needs the wake-up, and nobody pays for it.
+-- Unlogged: a waiter is a live backend, which a crash ends anyway.
+create unlogged table if not exists absurd.queue_waiters (
+  queue_name text not null,
+  pid integer not null,
+  since timestamptz not null default clock_timestamp(),
+  primary key (queue_name, pid)
+);
+
+-- The key of a queue's waiter barrier (see register_waiter).
+create or replace function absurd._waiter_key(p_queue_name text)
+returns bigint
+language sql
+immutable
+strict
+as $$
+  select ((hashtext('absurd.waiters')::bigint << 32) | (hashtext(p_queue_name)::bigint & 4294967295));
+$$;
+
+-- Why no wake-up is lost: a notifier holds the queue's barrier key in share mode
+-- from the moment it looks for waiters until it commits; register_waiter takes
+-- it in exclusive mode before its row becomes visible. A notifier that looked
+-- before the registration has committed before the registration did, so the
+-- worker's claim after registering sees its work; one that looks after it sees
+-- the waiter. Outside READ COMMITTED the look could use an older snapshot, so
+-- those transactions always notify.
 create or replace function absurd._notify(p_queue_name text, p_reason text)
 returns void
+language plpgsql
+as $$
+begin
+  if current_setting('transaction_isolation') = 'read committed' then
+    perform pg_advisory_xact_lock_shared(absurd._waiter_key(p_queue_name));
+    if not exists (select 1 from absurd.queue_waiters where queue_name = p_queue_name) then
+      return;
+    end if;
+  end if;
+  perform pg_notify(absurd.queue_channel(p_queue_name), p_reason);
+end;
+$$;
+
+-- Registers the backend p_pid (a worker's LISTEN connection) as waiting for the
+-- queue's NOTIFY. Call it, then claim once more before sleeping: work committed
+-- before it returned is claimable, work committed after it is notified. Waits at
+-- most p_wait_ms for notifiers in flight (a spawn inside a long transaction
+-- holds its share of the barrier until it commits); false when that wait timed
+-- out: the caller is registered but should poll until a call returns true.
+-- Also forgets this queue's waiters whose backends are gone.
+create or replace function absurd.register_waiter(p_queue_name text, p_pid integer,
+                                                  p_wait_ms integer default 50)
+returns boolean
+language plpgsql
+as $$
+declare
+  v_passed boolean := true;
+begin
+  perform absurd._require_queue(p_queue_name);
+  begin
+    perform set_config('lock_timeout', greatest(coalesce(p_wait_ms, 50), 1)::text || 'ms', true);
+    perform pg_advisory_xact_lock(absurd._waiter_key(p_queue_name));
+  exception when lock_not_available then
+    v_passed := false;
+  end;
+  perform set_config('lock_timeout', '0', true);
+  delete from absurd.queue_waiters w
+  where w.queue_name = p_queue_name and w.pid <> p_pid
+    and not exists (select 1 from pg_stat_activity a where a.pid = w.pid);
+  insert into absurd.queue_waiters (queue_name, pid) values (p_queue_name, p_pid)
+  on conflict (queue_name, pid) do nothing;
+  return v_passed;
+end;
+$$;
+
+-- The backend p_pid no longer waits for the queue's NOTIFY (its worker is busy
+-- or stopping). Returns whether it was registered.
+create or replace function absurd.unregister_waiter(p_queue_name text, p_pid integer)
+returns boolean
 language sql
 as $$
-  select pg_notify(absurd.queue_channel(p_queue_name), p_reason);
+  with gone as (
+    delete from absurd.queue_waiters where queue_name = p_queue_name and pid = p_pid returning 1
+  )
+  select exists (select 1 from gone);
 $$;
 
 -- A UUIDv7 for a given instant: 48 bits of Unix milliseconds, then random bits.
@@ -988,6 +1075,7 @@ begin
     delete from absurd.promises where queue_name = p_queue_name;
   end if;
   delete from absurd.flow_limits where queue_name = p_queue_name;
+  delete from absurd.queue_waiters where queue_name = p_queue_name;
   if to_regclass('absurd.schedules') is not null then
     delete from absurd.schedule_fires where queue_name = p_queue_name;
     delete from absurd.schedules where queue_name = p_queue_name;
