@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.harness.stats import percentile
+
 PROBE_S = 0.010
 
 
@@ -32,13 +34,6 @@ class Counters:
     finished: int = 0
     lags_ms: list[float] = field(default_factory=list)
     depths: list[int] = field(default_factory=list)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def measure(
@@ -89,7 +84,7 @@ async def measure(
         "completed": done,
         "depth_mean": round(statistics.fmean(counters.depths), 1) if counters.depths else None,
         "depth_min": min(counters.depths) if counters.depths else None,
-        "probe_p50_ms": round(_percentile(lags, 50), 2),
-        "probe_p99_ms": round(_percentile(lags, 99), 2),
+        "probe_p50_ms": round(percentile(lags, 0.5), 2) if lags else None,
+        "probe_p99_ms": round(percentile(lags, 0.99), 2) if lags else None,
         "probe_max_ms": round(max(lags), 2) if lags else None,
     }

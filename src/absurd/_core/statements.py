@@ -31,6 +31,7 @@ TASK_RETRY = statement("task_retry")
 TASK_CANCEL = statement("task_cancel")
 TASK_RESULT_GET = statement("task_result_get")
 TASK_RESULT_AWAIT = statement("task_result_await")
+TASK_RESULTS_AWAIT_ALL = statement("task_results_await_all")
 
 EVENT_EMIT = statement("event_emit")
 EVENT_AWAIT = statement("event_await")

@@ -759,6 +759,10 @@ select state, result, failure_reason from absurd.get_task_result(%s, %s)
 select should_suspend, payload
 from absurd.await_task_result(%s, %s, %s, %s, %s, %s::uuid[], %s)
 
+-- name: task_results_await_all --
+select should_suspend, payload
+from absurd.await_all_tasks(%s, %s, %s, %s, %s, %s::uuid[], %s)
+
 -- name: event_await --
 select should_suspend, payload from absurd.await_event(%s, %s, %s, %s, %s, %s)
 
