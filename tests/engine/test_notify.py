@@ -23,7 +23,14 @@ def listen(connect: Connect, queue: str) -> psycopg.Connection[tuple[object, ...
 
 
 def drain(listener: psycopg.Connection[tuple[object, ...]]) -> list[str]:
-    return [n.payload for n in listener.notifies(timeout=0.2, stop_after=50)]
+    """The notifications received; then registers again, as a worker does before it
+    sleeps (a NOTIFY marks the registration used: later notifiers skip theirs)."""
+    got = [n.payload for n in listener.notifies(timeout=0.2, stop_after=50)]
+    listener.execute(
+        "select absurd.register_waiter(queue_name, pg_backend_pid())"
+        " from absurd.queue_waiters where pid = pg_backend_pid()"
+    )
+    return got
 
 
 def test_wakeups_are_notified(engine: Engine, connect: Connect) -> None:
@@ -61,7 +68,7 @@ def test_notification_waits_for_commit(engine: Engine, connect: Connect) -> None
     writer = connect()
     with writer.transaction(force_rollback=True):
         writer.execute("select absurd.spawn_task(%s, 't', '{}')", (engine.queue,))
-        assert drain(listener) == []
+        assert [n.payload for n in listener.notifies(timeout=0.2, stop_after=50)] == []
     assert drain(listener) == []  # rolled back: never delivered
     with writer.transaction():
         for _ in range(5):
@@ -174,3 +181,24 @@ def test_register_waiter_refuses_unknown_queues(connect: Connect) -> None:
     with pytest.raises(psycopg.Error) as info:
         conn.execute("select absurd.register_waiter('no_such_queue', 1)")
     assert info.value.sqlstate == "AB005"
+
+
+def test_one_notification_per_registration(engine: Engine, connect: Connect) -> None:
+    """The first notifier marks the waiter; later ones skip their NOTIFY (no commit
+    of theirs takes PostgreSQL's notify lock) until the waiter registers again. A
+    rolled-back notifier leaves the waiter unmarked."""
+    listener = listen(connect, engine.queue)
+    writer = connect()
+    with writer.transaction(force_rollback=True):
+        writer.execute("select absurd.spawn_task(%s, 't', '{}')", (engine.queue,))
+    engine.spawn()
+    engine.spawn()
+    got = [n.payload for n in listener.notifies(timeout=0.3, stop_after=50)]
+    assert got == ["spawn"]  # one: the second spawn found the waiter marked
+    marked = engine.one(
+        "select notified from absurd.queue_waiters where pid = %s", (listener.info.backend_pid,)
+    )
+    assert marked["notified"] is True
+    assert drain(listener) == []  # registers again
+    engine.spawn()
+    assert drain(listener) == ["spawn"]

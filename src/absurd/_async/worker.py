@@ -57,8 +57,9 @@ class AsyncWorker:
 
     - Wakes on the engine's NOTIFY (on the queue's ``queue_channel``), which the
       engine sends only while a worker waits: with a free slot and nothing to
-      claim, the worker registers its LISTEN connection (``register_waiter``) and
-      claims once more before it sleeps; after its slots have stayed full for
+      claim, the worker registers its LISTEN connection (``register_waiter``; again
+      after each NOTIFY, which marks the registration used) and claims once more
+      before it sleeps; after its slots have stayed full for
       ``WAITER_HOLD`` seconds it unregisters, so busy queues' spawns skip the
       NOTIFY (whose commit-time lock would serialize concurrent spawners);
       otherwise it sleeps until the queue's next due time (sleeps, delayed
@@ -111,6 +112,10 @@ class AsyncWorker:
         self._listener_pid: int | None = None
         self._waiting_pid: int | None = None
         self._full_since: float | None = None
+        # Notifications received, and how many had been when the registration in
+        # force was made: a NOTIFY since then marked it, so register again.
+        self._notifications = 0
+        self._armed_at = -1
         self._renewed_at = 0.0
         #: Worker metrics (docs/observability.md): OpenTelemetry and/or Prometheus.
         self.metrics = worker_metrics()
@@ -280,7 +285,7 @@ class AsyncWorker:
             await self._renew_leases()
             if claimed and len(self._inflight) < self.concurrency:
                 continue  # there may be more work: claim again at once
-            if free > 0 and not claimed and self._waiting_pid != self._listener_pid:
+            if free > 0 and not claimed and not self._armed():
                 passed = await self._register_waiter()
                 if passed is not None:
                     if passed:
@@ -288,6 +293,14 @@ class AsyncWorker:
                     await compat.wait_event(self._wake, 0.05)  # a notifier's long transaction
                     continue
             await compat.wait_event(self._wake, await self._idle_timeout(free > 0 and not claimed))
+
+    def _armed(self) -> bool:
+        """Registered on the current LISTEN connection, with no NOTIFY since."""
+        return (
+            self._waiting_pid is not None
+            and self._waiting_pid == self._listener_pid
+            and self._armed_at == self._notifications
+        )
 
     async def _register_waiter(self) -> bool | None:
         """Registers the LISTEN connection as waiting for the queue's NOTIFY.
@@ -297,6 +310,7 @@ class AsyncWorker:
         pid = self._listener_pid
         if pid is None:
             return None
+        seen = self._notifications
         try:
             row = await self.db.one(q.QUEUE_REGISTER_WAITER, (self.queue, pid))
         except psycopg.Error as exc:
@@ -304,7 +318,7 @@ class AsyncWorker:
             return None
         if not row["passed"]:
             return False
-        self._waiting_pid = pid
+        self._waiting_pid, self._armed_at = pid, seen
         return True
 
     async def _unregister_waiter(self) -> None:
@@ -487,6 +501,7 @@ class AsyncWorker:
                     self._wake.set()  # notifications may have been missed meanwhile
                     while self._running:
                         async for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._notifications += 1
                             self._wake.set()
                 finally:
                     self._listener_pid = None

@@ -58,8 +58,9 @@ class Worker:
 
     - Wakes on the engine's NOTIFY (on the queue's ``queue_channel``), which the
       engine sends only while a worker waits: with a free slot and nothing to
-      claim, the worker registers its LISTEN connection (``register_waiter``) and
-      claims once more before it sleeps; after its slots have stayed full for
+      claim, the worker registers its LISTEN connection (``register_waiter``; again
+      after each NOTIFY, which marks the registration used) and claims once more
+      before it sleeps; after its slots have stayed full for
       ``WAITER_HOLD`` seconds it unregisters, so busy queues' spawns skip the
       NOTIFY (whose commit-time lock would serialize concurrent spawners);
       otherwise it sleeps until the queue's next due time (sleeps, delayed
@@ -112,6 +113,10 @@ class Worker:
         self._listener_pid: int | None = None
         self._waiting_pid: int | None = None
         self._full_since: float | None = None
+        # Notifications received, and how many had been when the registration in
+        # force was made: a NOTIFY since then marked it, so register again.
+        self._notifications = 0
+        self._armed_at = -1
         self._renewed_at = 0.0
         #: Worker metrics (docs/observability.md): OpenTelemetry and/or Prometheus.
         self.metrics = worker_metrics()
@@ -281,7 +286,7 @@ class Worker:
             self._renew_leases()
             if claimed and len(self._inflight) < self.concurrency:
                 continue  # there may be more work: claim again at once
-            if free > 0 and not claimed and self._waiting_pid != self._listener_pid:
+            if free > 0 and not claimed and not self._armed():
                 passed = self._register_waiter()
                 if passed is not None:
                     if passed:
@@ -289,6 +294,14 @@ class Worker:
                     compat.wait_event(self._wake, 0.05)  # a notifier's long transaction
                     continue
             compat.wait_event(self._wake, self._idle_timeout(free > 0 and not claimed))
+
+    def _armed(self) -> bool:
+        """Registered on the current LISTEN connection, with no NOTIFY since."""
+        return (
+            self._waiting_pid is not None
+            and self._waiting_pid == self._listener_pid
+            and self._armed_at == self._notifications
+        )
 
     def _register_waiter(self) -> bool | None:
         """Registers the LISTEN connection as waiting for the queue's NOTIFY.
@@ -298,6 +311,7 @@ class Worker:
         pid = self._listener_pid
         if pid is None:
             return None
+        seen = self._notifications
         try:
             row = self.db.one(q.QUEUE_REGISTER_WAITER, (self.queue, pid))
         except psycopg.Error as exc:
@@ -305,7 +319,7 @@ class Worker:
             return None
         if not row["passed"]:
             return False
-        self._waiting_pid = pid
+        self._waiting_pid, self._armed_at = pid, seen
         return True
 
     def _unregister_waiter(self) -> None:
@@ -486,6 +500,7 @@ class Worker:
                     self._wake.set()  # notifications may have been missed meanwhile
                     while self._running:
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._notifications += 1
                             self._wake.set()
                 finally:
                     self._listener_pid = None

@@ -331,7 +331,8 @@ $$;
 -- Waiting listeners: a worker with free slots that found nothing to claim
 -- registers its LISTEN connection here (register_waiter) before it sleeps, and
 -- leaves when its slots fill (unregister_waiter). _notify sends a queue's NOTIFY
--- only while the queue has a waiter. PostgreSQL serializes the commits of
+-- only while the queue has a waiter not yet notified since it last registered
+-- (the first notifier marks it; the worker registers again before it next sleeps). PostgreSQL serializes the commits of
 -- notifying transactions (a database-wide lock held through the commit's WAL
 -- flush), so concurrent spawners that always notified could not share a WAL
 -- flush; with busy workers nobody needs the wake-up, and nobody pays for it.
@@ -340,6 +341,9 @@ create unlogged table if not exists absurd.queue_waiters (
   queue_name text not null,
   pid integer not null,
   since timestamptz not null default clock_timestamp(),
+  -- A NOTIFY was sent since the waiter last (re)registered: later notifiers
+  -- skip theirs until it registers again (one NOTIFY per wait, not per write).
+  notified boolean not null default false,
   primary key (queue_name, pid)
 );
 
@@ -367,20 +371,29 @@ as $$
 begin
   if current_setting('transaction_isolation') = 'read committed' then
     perform pg_advisory_xact_lock_shared(absurd._waiter_key(p_queue_name));
-    if not exists (select 1 from absurd.queue_waiters where queue_name = p_queue_name) then
+    if not exists (select 1 from absurd.queue_waiters
+                   where queue_name = p_queue_name and not notified) then
       return;
     end if;
+    -- Marked in this transaction: gone again if it rolls back (no NOTIFY either).
+    -- A waiter row another notifier is marking is skipped, not waited for: this
+    -- one notifies too.
+    update absurd.queue_waiters w set notified = true
+    where w.ctid = any (array(select ctid from absurd.queue_waiters
+                              where queue_name = p_queue_name and not notified
+                              for update skip locked));
   end if;
   perform pg_notify(absurd.queue_channel(p_queue_name), p_reason);
 end;
 $$;
 
 -- Registers the backend p_pid (a worker's LISTEN connection) as waiting for the
--- queue's NOTIFY. Call it, then claim once more before sleeping: work committed
--- before it returned is claimable, work committed after it is notified. Waits at
+-- queue's NOTIFY, or registers it again after a NOTIFY it got. Call it, then
+-- claim once more before sleeping: work committed before it returned is
+-- claimable, work committed after it is notified. Waits at
 -- most p_wait_ms for notifiers in flight (a spawn inside a long transaction
 -- holds its share of the barrier until it commits); false when that wait timed
--- out: the caller is registered but should poll until a call returns true.
+-- out: nothing changed, and the caller should poll until a call returns true.
 -- Also forgets this queue's waiters whose backends are gone.
 create or replace function absurd.register_waiter(p_queue_name text, p_pid integer,
                                                   p_wait_ms integer default 50)
@@ -398,11 +411,20 @@ begin
     v_passed := false;
   end;
   perform set_config('lock_timeout', '0', true);
-  delete from absurd.queue_waiters w
-  where w.queue_name = p_queue_name and w.pid <> p_pid
-    and not exists (select 1 from pg_stat_activity a where a.pid = w.pid);
-  insert into absurd.queue_waiters (queue_name, pid) values (p_queue_name, p_pid)
-  on conflict (queue_name, pid) do nothing;
+  if not v_passed then
+    -- A notifier's transaction is open (it may hold this waiter's row too): change
+    -- nothing; the caller polls and calls again.
+    return false;
+  end if;
+  update absurd.queue_waiters set notified = false
+  where queue_name = p_queue_name and pid = p_pid;
+  if not found then
+    delete from absurd.queue_waiters w
+    where w.queue_name = p_queue_name and w.pid <> p_pid
+      and not exists (select 1 from pg_stat_activity a where a.pid = w.pid);
+    insert into absurd.queue_waiters (queue_name, pid) values (p_queue_name, p_pid)
+    on conflict (queue_name, pid) do update set notified = false;
+  end if;
   return v_passed;
 end;
 $$;
