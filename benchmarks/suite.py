@@ -16,7 +16,9 @@ Scenarios (see benchmarks/README.md for the method):
 5. claim cost against a backlog of 1k/100k/1M pending tasks (``backlog.py``);
 6. worker peak RSS at concurrency 128 (from the c128 drains);
 7. recovery: time to full throughput after a PostgreSQL restart (ours; upstream);
-8. the ceiling: the same number of commits per task as ours, as bare SQL with psycopg.
+8. the ceiling: the same number of commits per task as ours, as bare SQL with psycopg;
+9. in flight: 1 ms jobs at 4 to 256 in flight with the producer in the worker's loop,
+   ours against awa (``awa-pg``) and upstream (``benchmarks/inflight.py``).
 
 Prints the tables with ratios; writes ``benchmarks/results/suite-<UTC timestamp>.json``.
 Exit status 0 when every target holds, 1 when one is missed, 2 when a measurement failed.
@@ -57,6 +59,7 @@ from benchmarks.harness.report import log as plain_log
 from benchmarks.harness.server import Server, fresh_database, start_server
 from benchmarks.harness.stats import latency_summary
 from benchmarks.harness.workers import SPAWN_OPTIONS, TASK_EVENT, WorkerProcess, worker_spec
+from benchmarks.inflight import inflight_scenario
 from benchmarks.recovery import recovery_one
 
 #: DBOS's queue poll interval in the drains (its default, 1 s, would bound a drain at
@@ -386,8 +389,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, c8/c128 only (< 2 min)")
     p.add_argument("--full", action="store_true", help="also upstream's claim at 1,000,000")
-    p.add_argument("--only", help="comma list: spawn,drain,pickup,event,claim,ceiling,recovery")
-    p.add_argument("--peers", default="dbos,procrastinate", help="peers to run ('' for none)")
+    p.add_argument(
+        "--only", help="comma list: spawn,drain,pickup,event,claim,ceiling,inflight,recovery"
+    )
+    p.add_argument("--peers", default="dbos,procrastinate,awa", help="peers ('' for none)")
+    p.add_argument("--dsn", help="a PostgreSQL server to run on (default: an embedded PG 18)")
     p.add_argument("--out", type=Path, help="JSON results file")
     return p.parse_args(argv)
 
@@ -423,6 +429,16 @@ def run_scenarios(
         ("event", lambda: latency_scenario(dsns, plan, "event")),
         ("ceiling", lambda: ceiling_scenario(dsns, plan.concurrencies, plan.drain_n)),
         ("claim", lambda: claim_scenario(server, plan)),
+        (
+            "inflight",
+            lambda: inflight_scenario(
+                server,
+                [16, 128] if plan.quick else [4, 16, 64, 128, 256],
+                ["ours", "upstream"] + (["awa"] if "awa" in plan.peers else []),
+                seconds=4.0 if plan.quick else 10.0,
+                warmup=2.0 if plan.quick else 3.0,
+            ),
+        ),
         # Last: a restart leaves the embedded server's handle stale.
         (
             "recovery",
@@ -471,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = os.getloadavg()
     # The embedded PostgreSQL 18, max_connections = 400: its default 100 is below a c128
     # worker's pool plus the peers' connections.
-    server = start_server(max_connections=400)
+    server = start_server(args.dsn, max_connections=None if args.dsn else 400)
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     try:

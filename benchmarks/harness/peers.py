@@ -1,4 +1,4 @@
-"""The peer systems (DBOS, Procrastinate), each in a virtualenv of its own.
+"""The peer systems (DBOS, Procrastinate, awa), each in a virtualenv of its own.
 
 On first use a peer gets ``benchmarks/.venvs/<peer>`` (``pip install`` of its pinned
 package); each command runs ``benchmarks/peers/<peer>_peer.py`` there as a subprocess
@@ -21,7 +21,11 @@ from benchmarks.harness.report import log
 VENVS = BENCHMARKS / ".venvs"
 PEERS = BENCHMARKS / "peers"
 #: Peer packages, pinned so that runs compare like with like.
-PEER_PACKAGES = {"dbos": ["dbos==3.4.0"], "procrastinate": ["procrastinate==3.10.0"]}
+PEER_PACKAGES = {
+    "dbos": ["dbos==3.4.0"],
+    "procrastinate": ["procrastinate==3.10.0"],
+    "awa": ["awa-pg==0.6.9"],
+}
 
 
 def ensure_peer(name: str) -> Path:
@@ -63,8 +67,9 @@ def peer_version(name: str) -> str | None:
     python = VENVS / name / "bin" / "python"
     if not python.exists():
         return None
+    dist = PEER_PACKAGES[name][0].split("==")[0]
     proc = subprocess.run(
-        [str(python), "-c", f"import importlib.metadata as m; print(m.version({name!r}))"],
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
         capture_output=True,
         text=True,
     )
@@ -80,3 +85,16 @@ def sqlalchemy_url(dsn: str) -> str:
     if d.get("port"):
         query += f"{'&' if query else '?'}port={d['port']}"
     return f"postgresql+psycopg://{user}{password}@/{d['dbname']}{query}"
+
+
+def postgres_url(dsn: str) -> str:
+    """A postgres:// URL for peers whose drivers take only URLs (awa's Rust core): a Unix
+    socket directory goes in the ``host`` query parameter."""
+    d = conninfo_to_dict(dsn)
+    user = d.get("user", "postgres")
+    password = f":{d['password']}" if d.get("password") else ""
+    host = d.get("host") or "localhost"
+    port = f":{d['port']}" if d.get("port") else ""
+    if host.startswith("/"):
+        return f"postgres://{user}{password}@localhost{port}/{d['dbname']}?host={host}"
+    return f"postgres://{user}{password}@{host}{port}/{d['dbname']}"

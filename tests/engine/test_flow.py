@@ -216,6 +216,7 @@ def test_lowering_drains_and_raising_admits_at_once_with_a_notify(
     channel = listener.execute("select absurd.queue_channel(%s)", (engine.queue,)).fetchone()
     assert channel is not None
     listener.execute(sql.SQL("listen {}").format(sql.Identifier(str(channel[0]))))
+    listener.execute("select absurd.register_waiter(%s, pg_backend_pid())", (engine.queue,))
     override(engine, "k", {"max_running": 4})
     notes = list(listener.notifies(timeout=2, stop_after=1))
     assert notes and notes[0].payload == "flow"

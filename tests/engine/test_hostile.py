@@ -118,6 +118,7 @@ def full_cycle(conn: Conn, listener: Conn, name: str) -> None:
     (channel,) = one(conn, "select absurd.queue_channel(%s)", (name,))
     assert len(channel.encode()) <= 63
     listener.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+    listener.execute("select absurd.register_waiter(%s, pg_backend_pid())", (name,))
 
     options = {"idempotency_key": name, "headers": {name: name}}
     task_id, run_id = spawn(conn, name, options, name="task:" + name)

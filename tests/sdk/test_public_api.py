@@ -187,8 +187,8 @@ def test_ours_has_no_method_upstream_lacks_on_the_wrong_flavour() -> None:
         "AsyncAbsurd": sorted(["execute_task", "for_queue", "spawn_many", *PROMISE_METHODS,
                                *SCHEDULE_METHODS, *STREAM_METHODS]),
         "TaskContext": ["await_all", "await_first", "await_promise", "flush_streams", "map",
-                        "promise", "spawn", "stream"],
+                        "promise", "spawn", "spawn_many", "stream"],
         "AsyncTaskContext": ["await_all", "await_first", "await_promise", "flush_streams",
-                             "map", "promise", "spawn", "stream"],
+                             "map", "promise", "spawn", "spawn_many", "stream"],
     }  # fmt: skip
     assert callable(absurd.AsyncTaskContext.run_step)  # raises TypeError: sync only

@@ -14,10 +14,10 @@ import absurd
 from tests.sdk.conftest import T0, Api, until
 
 
-async def drain(app: Any, rounds: int = 10) -> None:
+async def drain(app: Any, rounds: int = 10, batch_size: int = 10) -> None:
     """Runs work_batch until the queue has nothing claimable left."""
     for _ in range(rounds):
-        if await app.work_batch(batch_size=10) == 0:
+        if await app.work_batch(batch_size=batch_size) == 0:
             return
 
 
@@ -117,8 +117,34 @@ async def test_map_fans_out_and_in(api: Api) -> None:
     await drain(app)
     assert (await app.fetch_task_result(task_id)).result == [1, 4, 9]
     assert sorted(squared) == [1, 2, 3]  # each child ran (and was spawned) once
-    names = sorted(k for k in api.checkpoints(task_id) if k.startswith("$map"))
-    assert names == ["$map:square", "$map:square#2", "$map:square#3"]
+    names = sorted(k for k in api.checkpoints(task_id) if k.startswith("$"))
+    assert names == ["$awaitAll", "$map:square"]  # one chunk of children, one join
+
+
+async def test_fan_in_of_many_children_resumes_the_parent_once(api: Api) -> None:
+    """250 children spawned in chunks of 100 (three statements, three checkpoints),
+    awaited by one join: the parent's run suspends once and is woken once."""
+    app = await api.client()
+
+    @app.register_task("leaf")
+    async def leaf(params: Any, ctx: Any) -> Any:
+        return params + 1
+
+    entries: list[int] = []
+
+    @app.register_task("root")
+    async def root(params: Any, ctx: Any) -> Any:
+        entries.append(1)
+        kids = await ctx.spawn_many("leaf", list(range(params)), chunk_size=100)
+        snaps = await ctx.await_all([k["task_id"] for k in kids])
+        return sum(s.result for s in snaps)
+
+    task_id = (await app.spawn("root", 250))["task_id"]
+    await drain(app, batch_size=300)
+    assert (await app.fetch_task_result(task_id)).result == sum(range(1, 251))
+    names = sorted(k for k in api.checkpoints(task_id) if k.startswith("$"))
+    assert names == ["$awaitAll", "$spawnMany:leaf", "$spawnMany:leaf#2", "$spawnMany:leaf#3"]
+    assert len(entries) == 2  # the handler ran, suspended once, was resumed once
 
 
 async def test_map_into_a_task_registered_on_another_queue(api: Api) -> None:

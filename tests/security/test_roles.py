@@ -446,3 +446,20 @@ def test_ingress_role_survives_a_reinstall(roles: Roles) -> None:
     with psycopg.connect(roles.ingress_dsn, autocommit=True) as c:
         assert c.execute("select absurd.record_delivery('src', 'again')").fetchone() == (True,)
     denied(roles.ingress_dsn, "select * from absurd.claim_task('jobs', 'w', 60, 1)")
+
+
+def test_worker_waits_for_notifications_and_ingress_spawns_notify_it(roles: Roles) -> None:
+    """The worker role registers its LISTEN connection; a spawn by the ingress role
+    (which has no table privilege) still finds the waiter and notifies."""
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as listener:
+        listener.execute('listen "absurd.jobs"')
+        registered = listener.execute("select absurd.register_waiter('jobs', pg_backend_pid())")
+        assert registered.fetchone() == (True,)
+        with psycopg.connect(roles.ingress_dsn, autocommit=True) as c:
+            c.execute("select absurd.spawn_task('jobs', 'hooked', '{}')")
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+        assert [n.payload for n in notes] == ["spawn"]
+        left = listener.execute("select absurd.unregister_waiter('jobs', pg_backend_pid())")
+        assert left.fetchone() == (True,)
+    denied(roles.ingress_dsn, "select absurd.register_waiter('jobs', 1)")
+    denied(roles.reader_dsn, "select absurd.unregister_waiter('jobs', 1)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from benchmarks.harness import BENCHMARKS, REPO, RESULTS_DIR
 from benchmarks.harness.cpu import machine_cpu, peak_rss_mb, proc_stat
-from benchmarks.harness.peers import sqlalchemy_url
+from benchmarks.harness.peers import postgres_url, sqlalchemy_url
 from benchmarks.harness.report import fmt, fmt_ratio, render_table
 from benchmarks.harness.server import Server
 from benchmarks.harness.stats import latency_summary, percentile, ratio
@@ -141,3 +141,13 @@ def test_suite_report_renders_every_scenario(capsys: pytest.CaptureFixture[str])
     assert status == 1  # ours is only 1x upstream in the drain
     assert verdicts[0].startswith("FAIL drain >= 5x upstream")
     assert all(v.startswith("PASS") for v in verdicts[1:])
+
+
+def test_postgres_url_for_url_only_drivers() -> None:
+    assert (
+        postgres_url("postgresql://postgres@/db1?host=/tmp/sock")
+        == "postgres://postgres@localhost/db1?host=/tmp/sock"
+    )
+    assert postgres_url("host=db.example port=5433 user=u password=p dbname=d") == (
+        "postgres://u:p@db.example:5433/d"
+    )

@@ -282,3 +282,39 @@ def test_stop_before_run_is_not_lost(flavour: Flavour, app_dsn: str, queue: str)
         finally:
             app.close()
     assert time.monotonic() - t0 < 5
+
+
+def test_worker_waits_for_notifications_only_while_it_has_a_free_slot(
+    flavour: Flavour, app_dsn: str, queue: str, db: Db, client: Absurd, start_worker: Any
+) -> None:
+    """An idle worker registers its LISTEN connection as a waiter (spawns then
+    NOTIFY); a worker whose slots all stay busy leaves the waiters (spawns skip
+    the NOTIFY) and comes back when a slot is free and the queue looks empty."""
+    app = flavour.app(app_dsn, queue)
+
+    @flavour.register(app, "busy")
+    async def busy(params: Any, ctx: Any) -> Any:
+        await pause(params["seconds"])
+        return "done"
+
+    def waiters() -> int:
+        return len(db.rows("select pid from absurd.queue_waiters where queue_name = %s", (queue,)))
+
+    start_worker(app, concurrency=2, poll_interval=30)
+    wait_for(lambda: waiters() == 1, 10, "the idle worker to register")
+    (listener,) = db.rows(
+        "select w.pid from absurd.queue_waiters w join pg_stat_activity a using (pid)"
+        " where w.queue_name = %s and a.query ilike 'listen %%'",
+        (queue,),
+    )
+    assert listener["pid"]
+    spawned = [client.spawn("busy", {"seconds": 2.0}, queue=queue) for _ in range(2)]
+    wait_for(lambda: db.count("running") == 2, 5, "both slots to be busy")
+    wait_for(lambda: waiters() == 0, 5, "the full worker to leave the waiters")
+    for s in spawned:
+        wait_for(lambda s=s: db.task(s["task_id"])["state"] == "completed", 10, "completion")
+    wait_for(lambda: waiters() == 1, 10, "the idle worker to register again")
+    t0 = time.monotonic()
+    quick = client.spawn("busy", {"seconds": 0}, queue=queue)
+    wait_for(lambda: db.task(quick["task_id"])["state"] == "completed", 5, "a NOTIFY pickup")
+    assert time.monotonic() - t0 < 5  # poll_interval is 30 s: the NOTIFY woke it

@@ -141,6 +141,7 @@ class AsyncAbsurd(ScheduleMethods):
             emit_event=self.emit_event,
             tracing=self._tracing,
             promise_url=self._promise_url_maker(self.queue_name),
+            spawn_many=self.spawn_many,
         )
 
     def _promise_url_maker(self, queue: str) -> promises.UrlMaker:
@@ -306,12 +307,15 @@ class AsyncAbsurd(ScheduleMethods):
         delay: float | None = None,
         available_at: Any = None,
         flow_key: str | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
     ) -> list[SpawnResult]:
         """Spawns one task per element of ``params_list`` in one statement (one commit).
 
         The options apply to every task, as in ``spawn``; the ``before_spawn`` hook runs
-        once per task and must keep every task on one queue. Returns one result per
-        element, in order. Backed by ``absurd.spawn_tasks`` (a set-based insert).
+        once per task and must keep every task on one queue. ``idempotency_keys``: one
+        per element (None: none for that one); a taken key hands back its task, with
+        ``created`` false. Returns one result per element, in order. Backed by
+        ``absurd.spawn_tasks`` (a set-based insert).
         """
         given = {
             "max_attempts": max_attempts,
@@ -327,8 +331,16 @@ class AsyncAbsurd(ScheduleMethods):
         items: list[tuple[str, dict[str, Any]]] = []
         queue_name: str | None = None
         name_json = json.dumps(task_name)
-        for params in params_list:
-            task_queue, body = await self._spawn_body(task_name, params, given)
+        params_seq = list(params_list)
+        if idempotency_keys is not None and len(idempotency_keys) != len(params_seq):
+            raise InvalidArgument(
+                f"idempotency_keys has {len(idempotency_keys)} keys for {len(params_seq)} tasks"
+            )
+        for i, params in enumerate(params_seq):
+            key = idempotency_keys[i] if idempotency_keys is not None else None
+            task_queue, body = await self._spawn_body(
+                task_name, params, given if key is None else {**given, "idempotency_key": key}
+            )
             if queue_name is not None and task_queue != queue_name:
                 raise InvalidArgument(
                     f'spawn_many puts every task on one queue: "{queue_name}" and "{task_queue}"'

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("absurd.worker")
 #: The most connections a worker adds to its pool for its slots (see _prepare_pool).
 POOL_CAP = 17
+#: Seconds every slot must stay busy before a worker stops waiting for NOTIFYs.
+WAITER_HOLD = 0.25
 
 
 def _extra(task: ClaimedTask, queue: str) -> dict[str, Any]:
@@ -53,7 +55,13 @@ class _Slot:
 class AsyncWorker:
     """Claims and runs tasks of one queue with up to ``concurrency`` at a time.
 
-    - Wakes on the engine's NOTIFY (on the queue's ``queue_channel``);
+    - Wakes on the engine's NOTIFY (on the queue's ``queue_channel``), which the
+      engine sends only while a worker waits: with a free slot and nothing to
+      claim, the worker registers its LISTEN connection (``register_waiter``; again
+      after each NOTIFY, which marks the registration used) and claims once more
+      before it sleeps; after its slots have stayed full for
+      ``WAITER_HOLD`` seconds it unregisters, so busy queues' spawns skip the
+      NOTIFY (whose commit-time lock would serialize concurrent spawners);
       otherwise it sleeps until the queue's next due time (sleeps, delayed
       starts, retries), or ``poll_interval`` at most, as a fallback.
     - A finished task's slot is refilled at once: there is no batch barrier.
@@ -98,6 +106,16 @@ class AsyncWorker:
         # Runs a finishing task claimed in its completion's transaction, for the
         # loop to start (a list: appended from task threads in the sync worker).
         self._handoff: list[ClaimedTask] = []
+        # Waiting for the queue's NOTIFY (absurd.register_waiter): the backend pid
+        # of the LISTEN connection, the pid registered (None: not registered), and
+        # since when every slot has been busy (None: a slot is free).
+        self._listener_pid: int | None = None
+        self._waiting_pid: int | None = None
+        self._full_since: float | None = None
+        # Notifications received, and how many had been when the registration in
+        # force was made: a NOTIFY since then marked it, so register again.
+        self._notifications = 0
+        self._armed_at = -1
         self._renewed_at = 0.0
         #: Worker metrics (docs/observability.md): OpenTelemetry and/or Prometheus.
         self.metrics = worker_metrics()
@@ -146,6 +164,7 @@ class AsyncWorker:
                 )
             finally:
                 self._running = False
+                await self._unregister_waiter()
                 await self._drain(runner)
                 writes.close()
                 await self._release_handoff(runner)  # claimed by a batch that ended late
@@ -227,6 +246,7 @@ class AsyncWorker:
             self._reap()
             self._adopt(runner)
             free = self.concurrency - len(self._inflight) - len(self._handoff)
+            await self._track_fullness(free)
             claimed: list[ClaimedTask] = []
             if free > 0:
                 try:
@@ -266,7 +286,62 @@ class AsyncWorker:
             await self._renew_leases()
             if claimed and len(self._inflight) < self.concurrency:
                 continue  # there may be more work: claim again at once
+            if free > 0 and not claimed and not self._armed():
+                passed = await self._register_waiter()
+                if passed is not None:
+                    if passed:
+                        continue  # registered: claim once more, then sleep
+                    await compat.wait_event(self._wake, 0.05)  # a notifier's long transaction
+                    continue
             await compat.wait_event(self._wake, await self._idle_timeout(free > 0 and not claimed))
+
+    def _armed(self) -> bool:
+        """Registered on the current LISTEN connection, with no NOTIFY since."""
+        return (
+            self._waiting_pid is not None
+            and self._waiting_pid == self._listener_pid
+            and self._armed_at == self._notifications
+        )
+
+    async def _register_waiter(self) -> bool | None:
+        """Registers the LISTEN connection as waiting for the queue's NOTIFY.
+        Returns whether the barrier passed (False: registered, but a notifier's
+        transaction was still open; register again shortly), None when there is no
+        LISTEN connection or the call failed (the worker polls meanwhile)."""
+        pid = self._listener_pid
+        if pid is None:
+            return None
+        seen = self._notifications
+        try:
+            row = await self.db.one(q.QUEUE_REGISTER_WAITER, (self.queue, pid))
+        except psycopg.Error as exc:
+            log.debug("register_waiter failed: %r", exc)
+            return None
+        if not row["passed"]:
+            return False
+        self._waiting_pid, self._armed_at = pid, seen
+        return True
+
+    async def _unregister_waiter(self) -> None:
+        pid, self._waiting_pid = self._waiting_pid, None
+        if pid is None:
+            return
+        try:
+            await self.db.one(q.QUEUE_UNREGISTER_WAITER, (self.queue, pid))
+        except psycopg.Error as exc:  # a stale row costs spawners a NOTIFY, nothing more
+            log.debug("unregister_waiter failed: %r", exc)
+
+    async def _track_fullness(self, free: int) -> None:
+        """Leaves the waiters once every slot has been busy for ``WAITER_HOLD``
+        seconds: a full worker claims as slots free up, without a NOTIFY."""
+        if free > 0:
+            self._full_since = None
+            return
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        elif self._waiting_pid is not None and now - self._full_since >= WAITER_HOLD:
+            await self._unregister_waiter()
 
     async def _idle_timeout(self, queue_looked_empty: bool) -> float:
         """How long to sleep without a notification: until the next due run, at
@@ -282,6 +357,9 @@ class AsyncWorker:
         if self._inflight and self.claim_timeout > 0:
             renew_in = self._renewed_at + self.claim_timeout / 3 - time.monotonic()
             timeout = min(timeout, max(renew_in, 0.0))
+        busy = len(self._inflight) + len(self._handoff)
+        if self._waiting_pid is not None and busy >= self.concurrency:
+            timeout = min(timeout, WAITER_HOLD)  # come back to leave the waiters
         return timeout
 
     def _start(self, runner: Runner, task: ClaimedTask) -> None:
@@ -415,15 +493,19 @@ class AsyncWorker:
                 conn = await self.db.connect()
                 try:
                     await conn.execute(listen)
+                    self._listener_pid = conn.info.backend_pid
                     if failures:  # the server is back: the pool's waiters need not wait
                         self.metrics.reconnected(self.queue, "listen")
                         await self._check_pool()
                     backoff, failures = 0.05, 0
+                    self._waiting_pid = None  # a new connection: register it again
                     self._wake.set()  # notifications may have been missed meanwhile
                     while self._running:
                         async for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._notifications += 1
                             self._wake.set()
                 finally:
+                    self._listener_pid = None
                     await conn.close()
             except psycopg.Error as exc:
                 if not self._running:

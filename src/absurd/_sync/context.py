@@ -36,6 +36,8 @@ current_context: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "absurd_context", default=None
 )
 _CREATE = object()
+#: Children per statement (and per checkpoint) in ctx.spawn_many and ctx.map.
+MAP_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Run:
     promise_url: promises.UrlMaker = promises.no_url
     #: The client's tracing (spans of steps, events of waits).
     tracing: NoTracing = NO_TRACING
+    #: The client's ``spawn_many`` (None: children are spawned one by one).
+    spawn_many: Callable[..., Any] | None = None
     #: The worker's metrics (step durations).
     metrics: NoMetrics = NO_METRICS
 
@@ -287,10 +291,39 @@ class TaskContext(compat.RunStepMixin):
         return uuid.UUID(str(data["task_id"])), self._snapshot(data)
 
     def await_all(
-        self, task_ids: list[Any], queue_name: str | None = None, timeout: float | None = None
+        self,
+        task_ids: list[Any],
+        queue_name: str | None = None,
+        timeout: float | None = None,
+        step_name: str = "$awaitAll",
     ) -> list[TaskResultSnapshot]:
-        """Waits for every task to finish (fan-in); results in the order given."""
-        return [self.await_task_result(t, queue_name, timeout) for t in task_ids]
+        """Waits for every task to finish (fan-in); results in the order given.
+
+        One wait, however many tasks: the run suspends once and is woken once, by the
+        last task to finish (``absurd.await_all_tasks``); the snapshots are checkpointed
+        together, so a replay returns them at once."""
+        if not task_ids:
+            return []
+        checkpoint = self._next(step_name)
+        queue = queue_name or self._queue
+        data = self._wait(
+            checkpoint,
+            f"$allTasks:{self.task_id}:{checkpoint}",
+            q.TASK_RESULTS_AWAIT_ALL,
+            (
+                self._queue,
+                self.task_id,
+                self.run_id,
+                checkpoint,
+                queue,
+                [str(t) for t in task_ids],
+                _seconds(timeout),
+            ),
+            lambda payload: payload,
+            f"Timed out waiting for {len(task_ids)} tasks",
+            _awaited_tasks(task_ids, queue, timeout),
+        )
+        return [self._snapshot(item) for item in data]
 
     def spawn(
         self, task_name: str, params: Any = None, *, step_name: str | None = None, **options: Any
@@ -325,10 +358,61 @@ class TaskContext(compat.RunStepMixin):
             options["queue"] = queue_name
         else:  # where spawn() puts them: the registered queue, else this one
             queue_name = registered.queue if registered is not None else self._queue
-        children = [
-            self.spawn(task_name, p, step_name=f"$map:{task_name}", **options) for p in params_list
-        ]
+        children = self.spawn_many(task_name, params_list, step_name=f"$map:{task_name}", **options)
         return self.await_all([c["task_id"] for c in children], queue_name)
+
+    def spawn_many(
+        self,
+        task_name: str,
+        params_list: list[Any],
+        *,
+        step_name: str | None = None,
+        chunk_size: int = MAP_CHUNK,
+        **options: Any,
+    ) -> list[SpawnResult]:
+        """Spawns one child per params exactly once, however often this handler
+        replays: in chunks of ``chunk_size`` (one statement and one checkpoint each),
+        each child with an idempotency key of its own (so a chunk spawned before a
+        crash, but not yet checkpointed, hands its children back on replay)."""
+        base = step_name or f"$spawnMany:{task_name}"
+        if "queue" not in options and task_name not in self._run.registry:
+            options["queue"] = self._queue
+        options.pop("idempotency_key", None)
+        results: list[SpawnResult] = []
+        for start in range(0, len(params_list), max(1, chunk_size)):
+            chunk = params_list[start : start + max(1, chunk_size)]
+            checkpoint = self._next(base)
+            if checkpoint in self._checkpoints:
+                stored = self._checkpoints[checkpoint]
+                results.extend(
+                    {
+                        "task_id": uuid.UUID(row[0]),
+                        "run_id": uuid.UUID(row[1]),
+                        "attempt": row[2],
+                        "created": row[3],
+                    }
+                    for row in stored
+                )
+                continue
+            keys = [f"{self.task_id}:{checkpoint}:{i}" for i in range(len(chunk))]
+            spawned: list[SpawnResult]
+            if self._run.spawn_many is None:
+                spawned = [
+                    self._run.spawn(task_name, p, **options, idempotency_key=k)
+                    for p, k in zip(chunk, keys, strict=True)
+                ]
+            else:
+                spawned = self._run.spawn_many(task_name, chunk, idempotency_keys=keys, **options)
+            self._save(
+                checkpoint,
+                [
+                    [str(r["task_id"]), str(r["run_id"]), r["attempt"], r["created"]]
+                    for r in spawned
+                ],
+                internal=True,
+            )
+            results.extend(spawned)
+        return results
 
     def _wait(
         self,
@@ -486,7 +570,9 @@ def _awaited_tasks(
     return (
         "absurd.await_task",
         {
-            "absurd.awaited_task_ids": [str(t) for t in task_ids],
+            # At most 100 ids (a fan-in of thousands would make a huge event).
+            "absurd.awaited_task_ids": [str(t) for t in task_ids[:100]],
+            "absurd.awaited_task_count": len(task_ids),
             "absurd.awaited_queue": queue,
             "absurd.timeout": timeout,
         },

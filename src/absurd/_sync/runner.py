@@ -45,6 +45,8 @@ class Runner:
     metrics: NoMetrics = NO_METRICS
     #: Makes promises' capability URLs (the client's ingress configuration).
     promise_url: promises.UrlMaker = promises.no_url
+    #: The client's ``spawn_many`` (ctx.spawn_many, ctx.map).
+    spawn_many: Callable[..., Any] | None = None
 
     @property
     def queue(self) -> str:
@@ -105,6 +107,7 @@ class Runner:
             tracing=self.tracing,
             metrics=self.metrics,
             promise_url=self.promise_url,
+            spawn_many=self.spawn_many,
         )
         ctx = new_context(run, dict(preloaded))
         resumed = bool(preloaded) or task.get("wake_event") is not None

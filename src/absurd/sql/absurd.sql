@@ -8,6 +8,8 @@
 -- MAP
 --   absurd.queues                 one row per queue: storage mode and policy
 --   absurd.task_watchers          which waiting queue/event a task's result goes to
+--   absurd.task_joins             fan-in joins: how many of a set of tasks a run
+--                                 still waits for (see await_all_tasks)
 --                                 when it finishes (await_task_result)
 --   per queue <q> (6 tables, created by ensure_queue_tables):
 --     t_<q>  tasks        one row per task (state, params, result, retry policy)
@@ -28,13 +30,16 @@
 --                                 are recognised (see "Ingress deliveries")
 --   absurd.flow_limits            per-key overrides of a queue's flow limits (see
 --                                 "Flow control"; the queue's own are in queues)
+--   absurd.queue_waiters          (unlogged) LISTEN connections of workers that
+--                                 wait for a queue's NOTIFY (see register_waiter)
 --
 --   Public functions, by group (tests/engine/test_sql_map.py checks that this
 --   list names every public function, and only those):
 --   Utilities      current_time, get_schema_version, validate_queue_name,
 --                  portable_uuidv7, uuidv7_timestamp, uuidv7_floor,
 --                  week_bucket_utc, partition_week_tag, retry_delay_seconds,
---                  queue_channel, queue_next_wake, queue_gauges
+--                  queue_channel, queue_next_wake, queue_gauges,
+--                  register_waiter, unregister_waiter
 --   Queues         ensure_queue_tables, create_queue, drop_queue, list_queues,
 --                  get_queue_policy, set_queue_policy
 --   Task lifecycle spawn_task, spawn_tasks, claim_task,
@@ -43,7 +48,7 @@
 --                  cancel_task, get_task_result
 --   Steps, waits   set_task_checkpoint_state, get_task_checkpoint_state,
 --                  get_task_checkpoint_states, extend_claim, await_event,
---                  emit_event, await_task_result
+--                  emit_event, await_task_result, await_all_tasks
 --   Batches        set_task_checkpoint_states, complete_runs (the worker's group
 --                  commit: many writes in one statement)
 --   Schedules      create_schedule, update_schedule, pause_schedule,
@@ -120,6 +125,21 @@ create table if not exists absurd.task_watchers (
   event_name text not null,
   created_at timestamptz not null default clock_timestamp(),
   primary key (queue_name, task_id, watcher_queue, event_name)
+);
+
+-- Fan-in joins (await_all_tasks): a run waits for every task of a set. The
+-- children still running each have a task_watchers row for the join's event;
+-- as each finishes, remaining drops by one (one row lock per join, taken by the
+-- finishing child's transaction), and the last one emits the snapshots of all
+-- children, in the order given, as the event: one wake-up, one resume.
+create table if not exists absurd.task_joins (
+  watcher_queue text not null,
+  event_name text not null,
+  child_queue text not null,
+  children uuid[] not null,
+  remaining integer not null,
+  created_at timestamptz not null default clock_timestamp(),
+  primary key (watcher_queue, event_name)
 );
 
 -- -----------------------------------------------------------------------------
@@ -308,11 +328,117 @@ as $$
     else 'absurd.' || md5(p_queue_name) end;
 $$;
 
+-- Waiting listeners: a worker with free slots that found nothing to claim
+-- registers its LISTEN connection here (register_waiter) before it sleeps, and
+-- leaves when its slots fill (unregister_waiter). _notify sends a queue's NOTIFY
+-- only while the queue has a waiter not yet notified since it last registered
+-- (the first notifier marks it; the worker registers again before it next sleeps). PostgreSQL serializes the commits of
+-- notifying transactions (a database-wide lock held through the commit's WAL
+-- flush), so concurrent spawners that always notified could not share a WAL
+-- flush; with busy workers nobody needs the wake-up, and nobody pays for it.
+-- Unlogged: a waiter is a live backend, which a crash ends anyway.
+create unlogged table if not exists absurd.queue_waiters (
+  queue_name text not null,
+  pid integer not null,
+  since timestamptz not null default clock_timestamp(),
+  -- A NOTIFY was sent since the waiter last (re)registered: later notifiers
+  -- skip theirs until it registers again (one NOTIFY per wait, not per write).
+  notified boolean not null default false,
+  primary key (queue_name, pid)
+);
+
+-- The key of a queue's waiter barrier (see register_waiter).
+create or replace function absurd._waiter_key(p_queue_name text)
+returns bigint
+language sql
+immutable
+strict
+as $$
+  select ((hashtext('absurd.waiters')::bigint << 32) | (hashtext(p_queue_name)::bigint & 4294967295));
+$$;
+
+-- Why no wake-up is lost: a notifier holds the queue's barrier key in share mode
+-- from the moment it looks for waiters until it commits; register_waiter takes
+-- it in exclusive mode before its row becomes visible. A notifier that looked
+-- before the registration has committed before the registration did, so the
+-- worker's claim after registering sees its work; one that looks after it sees
+-- the waiter. Outside READ COMMITTED the look could use an older snapshot, so
+-- those transactions always notify.
 create or replace function absurd._notify(p_queue_name text, p_reason text)
 returns void
+language plpgsql
+as $$
+begin
+  if current_setting('transaction_isolation') = 'read committed' then
+    perform pg_advisory_xact_lock_shared(absurd._waiter_key(p_queue_name));
+    if not exists (select 1 from absurd.queue_waiters
+                   where queue_name = p_queue_name and not notified) then
+      return;
+    end if;
+    -- Marked in this transaction: gone again if it rolls back (no NOTIFY either).
+    -- A waiter row another notifier is marking is skipped, not waited for: this
+    -- one notifies too.
+    update absurd.queue_waiters w set notified = true
+    where w.ctid = any (array(select ctid from absurd.queue_waiters
+                              where queue_name = p_queue_name and not notified
+                              for update skip locked));
+  end if;
+  perform pg_notify(absurd.queue_channel(p_queue_name), p_reason);
+end;
+$$;
+
+-- Registers the backend p_pid (a worker's LISTEN connection) as waiting for the
+-- queue's NOTIFY, or registers it again after a NOTIFY it got. Call it, then
+-- claim once more before sleeping: work committed before it returned is
+-- claimable, work committed after it is notified. Waits at
+-- most p_wait_ms for notifiers in flight (a spawn inside a long transaction
+-- holds its share of the barrier until it commits); false when that wait timed
+-- out: nothing changed, and the caller should poll until a call returns true.
+-- Also forgets this queue's waiters whose backends are gone.
+create or replace function absurd.register_waiter(p_queue_name text, p_pid integer,
+                                                  p_wait_ms integer default 50)
+returns boolean
+language plpgsql
+as $$
+declare
+  v_passed boolean := true;
+begin
+  perform absurd._require_queue(p_queue_name);
+  begin
+    perform set_config('lock_timeout', greatest(coalesce(p_wait_ms, 50), 1)::text || 'ms', true);
+    perform pg_advisory_xact_lock(absurd._waiter_key(p_queue_name));
+  exception when lock_not_available then
+    v_passed := false;
+  end;
+  perform set_config('lock_timeout', '0', true);
+  if not v_passed then
+    -- A notifier's transaction is open (it may hold this waiter's row too): change
+    -- nothing; the caller polls and calls again.
+    return false;
+  end if;
+  update absurd.queue_waiters set notified = false
+  where queue_name = p_queue_name and pid = p_pid;
+  if not found then
+    delete from absurd.queue_waiters w
+    where w.queue_name = p_queue_name and w.pid <> p_pid
+      and not exists (select 1 from pg_stat_activity a where a.pid = w.pid);
+    insert into absurd.queue_waiters (queue_name, pid) values (p_queue_name, p_pid)
+    on conflict (queue_name, pid) do update set notified = false;
+  end if;
+  return v_passed;
+end;
+$$;
+
+-- The backend p_pid no longer waits for the queue's NOTIFY (its worker is busy
+-- or stopping). Returns whether it was registered.
+create or replace function absurd.unregister_waiter(p_queue_name text, p_pid integer)
+returns boolean
 language sql
 as $$
-  select pg_notify(absurd.queue_channel(p_queue_name), p_reason);
+  with gone as (
+    delete from absurd.queue_waiters where queue_name = p_queue_name and pid = p_pid returning 1
+  )
+  select exists (select 1 from gone);
 $$;
 
 -- A UUIDv7 for a given instant: 48 bits of Unix milliseconds, then random bits.
@@ -984,10 +1110,13 @@ begin
   end loop;
   delete from absurd.task_watchers
   where queue_name = p_queue_name or watcher_queue = p_queue_name;
+  delete from absurd.task_joins
+  where child_queue = p_queue_name or watcher_queue = p_queue_name;
   if to_regclass('absurd.promises') is not null then
     delete from absurd.promises where queue_name = p_queue_name;
   end if;
   delete from absurd.flow_limits where queue_name = p_queue_name;
+  delete from absurd.queue_waiters where queue_name = p_queue_name;
   if to_regclass('absurd.schedules') is not null then
     delete from absurd.schedule_fires where queue_name = p_queue_name;
     delete from absurd.schedules where queue_name = p_queue_name;
@@ -3868,12 +3997,94 @@ begin
     where queue_name = tg_argv[0] and task_id = new.task_id
     returning watcher_queue, event_name
   loop
+    if starts_with(v_watch.event_name, '$allTasks:') then
+      perform absurd._join_child_finished(v_watch.watcher_queue, v_watch.event_name);
+      continue;
+    end if;
     v_snapshot := coalesce(v_snapshot, absurd._task_snapshot(tg_argv[0], new.task_id));
     if exists (select 1 from absurd.queues where queue_name = v_watch.watcher_queue) then
       perform absurd.emit_event(v_watch.watcher_queue, v_watch.event_name, v_snapshot);
     end if;
   end loop;
   return null;
+end;
+$$;
+
+-- The snapshots of a set of tasks of one queue, in the order given (a task that
+-- does not exist, or whose row retention removed, gives null): one statement.
+create or replace function absurd._task_snapshots(p_queue_name text, p_task_ids uuid[])
+returns jsonb
+language plpgsql
+stable
+set enable_seqscan = off
+as $$
+declare
+  v_out jsonb;
+begin
+  execute format($q$
+    select coalesce(jsonb_agg(
+             case when t.task_id is null then null else jsonb_build_object(
+               'task_id', t.task_id, 'state', t.state,
+               'result', case when t.state = 'completed' then t.completed_payload end,
+               'failure', case when t.state = 'failed' then r.failure_reason end) end
+             order by u.n), '[]'::jsonb)
+    from unnest($1::uuid[]) with ordinality as u(id, n)
+    left join absurd.%I t on t.task_id = u.id
+    left join absurd.%I r on r.run_id = t.last_attempt_run
+  $q$, 't_' || p_queue_name, 'r_' || p_queue_name) into v_out using p_task_ids;
+  return v_out;
+end;
+$$;
+
+-- A child of a join finished (called by _task_finished, in the child's
+-- transaction): one fewer to wait for; the last one emits every snapshot.
+create or replace function absurd._join_child_finished(p_watcher_queue text, p_event text)
+returns void
+language plpgsql
+as $$
+declare
+  v_join record;
+begin
+  update absurd.task_joins set remaining = remaining - 1
+  where watcher_queue = p_watcher_queue and event_name = p_event
+  returning remaining, child_queue, children into v_join;
+  if not found or v_join.remaining > 0 then
+    return;
+  end if;
+  delete from absurd.task_joins where watcher_queue = p_watcher_queue and event_name = p_event;
+  if exists (select 1 from absurd.queues where queue_name = p_watcher_queue) then
+    perform absurd.emit_event(p_watcher_queue, p_event,
+      absurd._task_snapshots(v_join.child_queue, v_join.children));
+  end if;
+end;
+$$;
+
+-- The checks of a wait for tasks (both queues exist, a step name, a non-empty set
+-- of ids without null: AB005 / AB014), and its checkpoint when the wait
+-- already ended (replayed: a replay returns it without touching the children).
+create or replace function absurd._task_wait_replay(
+  p_queue_name text, p_task_id uuid, p_step_name text, p_child_queue text,
+  p_child_task_ids uuid[]
+)
+returns table (replayed boolean, state jsonb)
+language plpgsql
+as $$
+declare
+  v_done jsonb;
+  v_rows integer;
+begin
+  perform absurd._require_queue(p_queue_name);
+  perform absurd._require_queue(p_child_queue);
+  perform absurd._require_text(p_step_name, 'step_name');
+  if p_child_task_ids is null or cardinality(p_child_task_ids) = 0 then
+    perform absurd._raise('AB014', 'child task ids must be provided');
+  end if;
+  if array_position(p_child_task_ids, null) is not null then
+    perform absurd._raise('AB014', 'child task ids must not contain null');
+  end if;
+  execute absurd._sql('checkpoint.get', p_queue_name) into v_done using p_task_id, p_step_name;
+  get diagnostics v_rows = row_count;
+  return query select v_rows > 0, v_done;
 end;
 $$;
 
@@ -3900,20 +4111,13 @@ declare
   v_event text;
   v_child uuid;
   v_state text;
-  v_done jsonb;
-  v_rows integer;
+  v_prior record;
 begin
-  perform absurd._require_queue(p_queue_name);
-  perform absurd._require_queue(p_child_queue);
-  perform absurd._require_text(p_step_name, 'step_name');
-  if p_child_task_ids is null or cardinality(p_child_task_ids) = 0 then
-    perform absurd._raise('AB014', 'child task ids must be provided');
-  end if;
-  -- Replays return the checkpoint without touching the children.
-  execute absurd._sql('checkpoint.get', p_queue_name) into v_done using p_task_id, p_step_name;
-  get diagnostics v_rows = row_count;
-  if v_rows > 0 then
-    return query select false, v_done;
+  select * into v_prior
+  from absurd._task_wait_replay(p_queue_name, p_task_id, p_step_name, p_child_queue,
+                                p_child_task_ids);
+  if v_prior.replayed then  -- the checkpoint, without touching the children
+    return query select false, v_prior.state;
     return;
   end if;
   v_event := case when cardinality(p_child_task_ids) = 1
@@ -3935,6 +4139,90 @@ begin
     values (p_child_queue, v_child, p_queue_name, v_event)
     on conflict do nothing;
   end loop;
+  return query select * from absurd.await_event(
+    p_queue_name, p_task_id, p_run_id, p_step_name, v_event, p_timeout);
+end;
+$$;
+
+-- Suspends the run until every one of the given tasks (in p_child_queue) has
+-- finished, then returns their snapshots as a JSON array in the order given (a
+-- task may appear more than once). Fan-in without a resume per child: the run
+-- registers one join (absurd.task_joins) and a watcher per child still running,
+-- under the row locks of those children (so none can finish unseen between the
+-- check and the registration); the last child to finish emits the event
+-- "$allTasks:<task_id>:<step>" carrying every snapshot. The result is checkpointed
+-- under p_step_name, so a replay returns it at once. A retry of the waiting task
+-- registers again (the join is replaced, counting the children still running).
+-- Returns (true, null) when the run must suspend, like await_event.
+create or replace function absurd.await_all_tasks(
+  p_queue_name text,
+  p_task_id uuid,
+  p_run_id uuid,
+  p_step_name text,
+  p_child_queue text,
+  p_child_task_ids uuid[],
+  p_timeout integer default null
+)
+returns table (should_suspend boolean, payload jsonb)
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_event text;
+  v_prior record;
+  v_found integer;
+  v_distinct integer;
+  v_open integer;
+  v_missing uuid;
+begin
+  select * into v_prior
+  from absurd._task_wait_replay(p_queue_name, p_task_id, p_step_name, p_child_queue,
+                                p_child_task_ids);
+  if v_prior.replayed then  -- the checkpoint, without touching the children
+    return query select false, v_prior.state;
+    return;
+  end if;
+  v_event := '$allTasks:' || p_task_id || ':' || p_step_name;
+  -- The children still running, locked in task_id order (as a finishing child's
+  -- own transaction locks its row), each given a watcher of the join's event.
+  execute format($q$
+    with ids as (
+      select distinct id from unnest($1::uuid[]) as u(id)
+    ), locked as (
+      select t.task_id from absurd.%1$I t
+      where t.task_id in (select id from ids)
+        and t.state not in ('completed', 'failed', 'cancelled')
+      order by t.task_id
+      for update of t
+    ), watched as (
+      insert into absurd.task_watchers (queue_name, task_id, watcher_queue, event_name)
+      select $2, task_id, $3, $4 from locked
+      on conflict do nothing
+    )
+    select (select count(*) from locked),
+           (select count(*) from ids),
+           (select count(*) from absurd.%1$I t where t.task_id in (select id from ids)),
+           (select id from ids where id not in (select t.task_id from absurd.%1$I t
+                                                where t.task_id in (select id from ids))
+            limit 1)
+  $q$, 't_' || p_child_queue)
+  into v_open, v_distinct, v_found, v_missing
+  using p_child_task_ids, p_child_queue, p_queue_name, v_event;
+  if v_found < v_distinct then
+    perform absurd._raise('AB009', format(
+      'Task "%s" not found in queue "%s"', absurd._show(v_missing), p_child_queue));
+  end if;
+  if v_open = 0 then
+    delete from absurd.task_joins where watcher_queue = p_queue_name and event_name = v_event;
+    perform absurd.emit_event(p_queue_name, v_event,
+      absurd._task_snapshots(p_child_queue, p_child_task_ids));
+  else
+    insert into absurd.task_joins (watcher_queue, event_name, child_queue, children, remaining)
+    values (p_queue_name, v_event, p_child_queue, p_child_task_ids, v_open)
+    on conflict (watcher_queue, event_name) do update
+      set child_queue = excluded.child_queue, children = excluded.children,
+          remaining = excluded.remaining;
+  end if;
   return query select * from absurd.await_event(
     p_queue_name, p_task_id, p_run_id, p_step_name, v_event, p_timeout);
 end;

@@ -737,6 +737,14 @@ from absurd.get_queue_policy(%s)
 -- name: queue_channel --
 select absurd.queue_channel(%s) as channel
 
+-- name: queue_register_waiter --
+-- The worker's LISTEN connection waits for the queue's NOTIFY (false: the barrier
+-- timed out behind a notifier's open transaction; poll and call again).
+select absurd.register_waiter(%s, %s) as passed
+
+-- name: queue_unregister_waiter --
+select absurd.unregister_waiter(%s, %s) as was_waiting
+
 -- name: queue_next_wake --
 -- Seconds until the queue's next due run (null: nothing is due).
 select extract(epoch from absurd.queue_next_wake(%s) - absurd.current_time()) as wait
@@ -750,6 +758,10 @@ select state, result, failure_reason from absurd.get_task_result(%s, %s)
 -- name: task_result_await --
 select should_suspend, payload
 from absurd.await_task_result(%s, %s, %s, %s, %s, %s::uuid[], %s)
+
+-- name: task_results_await_all --
+select should_suspend, payload
+from absurd.await_all_tasks(%s, %s, %s, %s, %s, %s::uuid[], %s)
 
 -- name: event_await --
 select should_suspend, payload from absurd.await_event(%s, %s, %s, %s, %s, %s)
