@@ -4068,6 +4068,7 @@ create or replace function absurd._task_wait_replay(
 )
 returns table (replayed boolean, state jsonb)
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
   v_done jsonb;
