@@ -53,23 +53,30 @@ def run_threads(target: Callable[[int], None], n: int) -> None:
         t.join()
 
 
-def running_by_key(engine: Engine) -> dict[str | None, int]:
-    rows = engine.rows(
-        sql.SQL("select flow_key, count(*) as n from {} where state = 'running' group by 1").format(
-            engine.table("r")
-        )
+#: Which rows hold a slot: running runs ("running" hold), or live tasks that took a
+#: slot ("lifetime" hold); and which runs are parked.
+RUNNING = ("r", "state = 'running'")
+HOLDING = ("t", "flow_slot and state in ('pending', 'running', 'sleeping')")
+PARKED = ("r", "state = 'pending' and available_at = 'infinity'")
+
+
+def by_key_query(queue: str, rows: tuple[str, str]) -> sql.Composed:
+    table, where = rows
+    return sql.SQL("select flow_key, count(*) as n from {} where " + where + " group by 1").format(
+        sql.Identifier("absurd", f"{table}_{queue}")
     )
-    return {r["flow_key"]: r["n"] for r in rows}
+
+
+def count_by_key(engine: Engine, rows: tuple[str, str]) -> dict[Any, int]:
+    return {r["flow_key"]: r["n"] for r in engine.rows(by_key_query(engine.queue, rows))}
+
+
+def running_by_key(engine: Engine) -> dict[str | None, int]:
+    return count_by_key(engine, RUNNING)
 
 
 def parked_by_key(engine: Engine) -> dict[str, int]:
-    rows = engine.rows(
-        sql.SQL(
-            "select flow_key, count(*) as n from {} where state = 'pending'"
-            " and available_at = 'infinity' group by 1"
-        ).format(engine.table("r"))
-    )
-    return {r["flow_key"]: r["n"] for r in rows}
+    return count_by_key(engine, PARKED)
 
 
 def key_of(engine: Engine, run_id: Any) -> str | None:
@@ -559,16 +566,10 @@ def watch(
     out: Violations,
 ) -> None:
     per_key, total, hold = limits
-    holders = (
-        "select flow_key, count(*) as n from {} where flow_slot"
-        " and state in ('pending', 'running', 'sleeping') group by 1"
-        if hold == "lifetime"
-        else "select flow_key, count(*) as n from {} where state = 'running' group by 1"
-    )
     query = sql.SQL(
         "select coalesce(max(n) filter (where flow_key is not null), 0), coalesce(sum(n), 0)"
-        " from (" + holders + ") x"
-    ).format(sql.Identifier("absurd", f"{'t' if hold == 'lifetime' else 'r'}_{queue}"))
+        " from ({}) x"
+    ).format(by_key_query(queue, HOLDING if hold == "lifetime" else RUNNING))
     while not stop.is_set():
         row = conn.execute(query).fetchone()
         assert row is not None
@@ -936,13 +937,7 @@ def test_concurrent_claims_hold_the_rate_over_every_window(
 
 def holders_by_key(engine: Engine) -> dict[str | None, int]:
     """Live tasks holding a lifetime slot, by key."""
-    rows = engine.rows(
-        sql.SQL(
-            "select flow_key, count(*) as n from {} where flow_slot"
-            " and state in ('pending', 'running', 'sleeping') group by 1"
-        ).format(engine.table("t"))
-    )
-    return {r["flow_key"]: r["n"] for r in rows}
+    return count_by_key(engine, HOLDING)
 
 
 @pytest.mark.parametrize("suspend", ["sleep", "await", "retry", "lease"])
