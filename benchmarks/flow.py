@@ -26,7 +26,8 @@ the client's round trips do not dilute the ratios:
   lowest count per whole second, and the starts per second over the run.
 * ``fairness``: tenant A has ``--backlog`` pending tasks (key "A", default 100,000),
   tenant B spawns one task a second (key "B") for ``--duration`` seconds while four
-  sessions drain; B's pickup latency (spawn to claim), p50 and p99, against the same
+  sessions drain (each task works 20 ms between its claim and its completion); B's
+  pickup latency (spawn to claim), p50 and p99, against the same
   with A idle. Twice: without per-key limits, and with ``max_running_per_key = 2``
   (A's excess parked).
 
@@ -81,25 +82,28 @@ begin
 end;
 $$;
 
--- Claims and completes one run at a time for p_seconds, each in its own
--- transaction (a worker's), napping 2 ms when nothing is claimable.
-create or replace procedure public.bench_drain_for(p_queue text, p_seconds double precision)
+-- Claims and completes one run at a time for p_seconds, as a worker would: the
+-- claim commits, the task works for p_work seconds, its completion commits. Naps
+-- 2 ms when nothing is claimable.
+create or replace procedure public.bench_drain_for(
+  p_queue text, p_seconds double precision, p_work double precision)
 language plpgsql as $$
 declare
   t_end timestamptz := clock_timestamp() + make_interval(secs => p_seconds);
-  r record;
-  v_got boolean;
+  v_run uuid;
 begin
   while clock_timestamp() < t_end loop
-    v_got := false;
-    for r in select * from absurd.claim_task(p_queue, 'bench', 300, 1) loop
-      perform absurd.complete_run(p_queue, r.run_id, '1');
-      v_got := true;
-    end loop;
+    select c.run_id into v_run from absurd.claim_task(p_queue, 'bench', 300, 1) c;
     commit;
-    if not v_got then
+    if v_run is null then
       perform pg_sleep(0.002);
+      continue;
     end if;
+    if p_work > 0 then
+      perform pg_sleep(p_work);
+    end if;
+    perform absurd.complete_run(p_queue, v_run, '1');
+    commit;
   end loop;
 end;
 $$"""
@@ -312,12 +316,13 @@ def not_binding(server: Any, tasks: int, threads: int, rounds: int) -> list[list
     ]
 
 
-def drain_for(dsn: str, queue: str, sessions: int, seconds: float) -> None:
-    """`sessions` sessions claim and complete on the queue for `seconds`."""
+def drain_for(dsn: str, queue: str, sessions: int, seconds: float, work: float = 0.0) -> None:
+    """`sessions` sessions claim and complete on the queue for `seconds`, each task
+    working `work` seconds between its claim and its completion."""
 
     def one() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("call public.bench_drain_for(%s, %s)", (queue, seconds))
+            conn.execute("call public.bench_drain_for(%s, %s, %s)", (queue, seconds, work))
 
     pool = [threading.Thread(target=one) for _ in range(sessions)]
     for t in pool:
@@ -392,7 +397,7 @@ def fairness(server: Any, backlog: int, seconds: float) -> list[list[str]]:
 
             spawner = threading.Thread(target=tenant_b)
             spawner.start()
-            drain_for(dsn, "fair", 4, seconds)
+            drain_for(dsn, "fair", 4, seconds, work=0.02)
             stop.set()
             spawner.join()
             with psycopg.connect(dsn, autocommit=True) as conn:

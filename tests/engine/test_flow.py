@@ -149,6 +149,24 @@ def test_per_key_limit_parks_and_completion_wakes(engine: Engine) -> None:
     assert_invariants(engine)
 
 
+def test_a_full_keys_backlog_is_parked_in_one_claim(engine: Engine) -> None:
+    """The claim that finds a key full parks its other due runs too (a batch): a key's
+    backlog does not sit at the head of the queue, met one run per claim."""
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    spawn_keyed(engine, ["a"] * 50)
+    engine.set_time(T0 + dt.timedelta(seconds=1))
+    spawn_keyed(engine, ["b"])
+    engine.spawn("t", 1, flow_key="a", delay=60)  # not due: not parked
+    (first,) = engine.claim(qty=1)
+    (second,) = engine.claim(qty=1)
+    assert (key_of(engine, first["run_id"]), key_of(engine, second["run_id"])) == ("a", "b")
+    assert parked_by_key(engine) == {"a": 49}
+    engine.complete(first["run_id"], 1)
+    assert parked_by_key(engine) == {"a": 48}  # one slot: one woken
+    assert_invariants(engine)
+
+
 def test_queue_limit_caps_claims(engine: Engine) -> None:
     engine.set_time(T0)
     policy(engine, max_running=3)
