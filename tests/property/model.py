@@ -55,6 +55,7 @@ class Task:
     runs: list[Run] = field(default_factory=list)
     checkpoints: set[str] = field(default_factory=set)
     flow_key: str | None = None
+    slot: bool = False  # flow_hold "lifetime": took a slot at a claim, holds it until it ends
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Model:
     per_key: int | None = None
     max_running: int | None = None
     overrides: dict[str, int] = field(default_factory=dict)
+    lifetime: bool = False
     order: Callable[[Run], Any] = lambda run: run.key
 
     def add_run(self, task: Task) -> Run:
@@ -112,6 +114,18 @@ class Model:
             if r.state == "running" and (flow_key is None or r.flow_key == flow_key)
         )
 
+    def holding(self, flow_key: str | None = None) -> int:
+        """flow_hold "lifetime": live tasks that hold a slot."""
+        return sum(
+            1
+            for t in self.tasks.values()
+            if t.slot and t.state not in TERMINAL and (flow_key is None or t.flow_key == flow_key)
+        )
+
+    def used(self, flow_key: str | None = None) -> int:
+        """The slots taken: live tasks holding one (lifetime hold), else running runs."""
+        return self.holding(flow_key) if self.lifetime else self.running(flow_key)
+
     def parked(self, flow_key: str | None = None) -> list[Run]:
         return sorted(
             (
@@ -133,7 +147,7 @@ class Model:
         for flow_key in sorted({k for k in keys if k is not None}):
             limit = self.limit(flow_key)
             parked = self.parked(flow_key)
-            free = len(parked) if limit is None else max(limit - self.running(flow_key), 0)
+            free = len(parked) if limit is None else max(limit - self.used(flow_key), 0)
             for run in parked[:free]:
                 run.available_at = self.now
 
@@ -141,8 +155,9 @@ class Model:
         for run in self.parked():
             run.available_at = self.now
 
-    def set_policy(self, per_key: int | None, max_running: int | None) -> None:
+    def set_policy(self, per_key: int | None, max_running: int | None, hold: str) -> None:
         self.per_key, self.max_running = per_key, max_running
+        self.lifetime = hold == "lifetime"
         self.wake_all()
 
     def set_override(self, flow_key: str, limit: int | None) -> None:
@@ -155,6 +170,11 @@ class Model:
         else:
             self.wake_all()
 
+    def _admit(self, run: Run, holds: bool) -> None:
+        self._start(run)
+        if self.lifetime:
+            self.tasks[run.task_id].slot = True
+
     def _start(self, run: Run) -> None:
         task = self.tasks[run.task_id]
         run.state, run.lease_until, run.available_at = "running", self.now + self.lease, self.now
@@ -163,9 +183,14 @@ class Model:
         task.state, task.attempts = "running", max(task.attempts, run.attempt)
 
     def _claim_flow(self, qty: int) -> list[Run]:
-        """absurd._claim_flow: candidates in order, rounds of the slots left."""
+        """absurd._claim_flow: candidates in order, rounds of the slots left. With the
+        lifetime hold, a task holding a slot is admitted without a count, and once the
+        queue's slots are all held only such tasks are read (claim.held_candidates)."""
         left = qty
-        if self.max_running is not None:
+        queue_free: int | None = None
+        if self.max_running is not None and self.lifetime:
+            queue_free = self.max_running - self.holding()
+        elif self.max_running is not None:
             left = min(left, self.max_running - self.running())
             if left <= 0:
                 return []
@@ -173,25 +198,37 @@ class Model:
         claimed: list[Run] = []
         full: set[str] = set()
         at, rounds = 0, 0
-        while True:
+        while queue_free is None or queue_free > 0:
             batch = due[at : at + left]
             at += len(batch)
             for run in batch:
+                task = self.tasks[run.task_id]
+                holds = self.lifetime and task.slot
+                if queue_free is not None and queue_free <= 0 and not holds:
+                    continue  # passed over: the queue's slots are all held
                 limit = None if run.flow_key is None else self.limit(run.flow_key)
-                if limit is not None and self.running(run.flow_key) >= limit:
+                if limit is not None and not holds and self.used(run.flow_key) >= limit:
                     run.state, run.available_at = "pending", math.inf
-                    if self.tasks[run.task_id].state == "sleeping":
-                        self.tasks[run.task_id].state = "pending"
+                    if task.state == "sleeping":
+                        task.state = "pending"
                     full.add(str(run.flow_key))
                     continue
-                self._start(run)
+                self._admit(run, holds)
                 claimed.append(run)
+                if queue_free is not None and not holds:
+                    queue_free -= 1
                 left -= 1
                 if left <= 0:
                     break
             if not batch or left <= 0 or rounds >= 8:
                 break
             rounds += 1
+        if left > 0 and queue_free is not None and queue_free <= 0:
+            # The tasks that hold a slot, wherever they are in the queue.
+            held = [r for r in due[at:] if self.tasks[r.task_id].slot]
+            for run in held[:left]:
+                self._admit(run, True)
+                claimed.append(run)
         # The keys found full park their other due pending runs (flow.park_key).
         for run in self.runs.values():
             if run.flow_key in full and run.state == "pending" and run.available_at <= self.now:
@@ -346,6 +383,7 @@ class Model:
         task.max_attempts = task.attempts + 1
         task.attempts += 1
         task.state = "pending"
+        task.slot = False
         self.add_run(task)
         return None
 
