@@ -40,6 +40,7 @@ class Run:
     event_payload: Any = None
     wait: tuple[str, str, Time] | None = None  # (event, step, timeout_at)
     flow_key: str | None = None
+    started_at: Time | None = None  # its latest claim (rate limits count these)
 
     @property
     def key(self) -> tuple[Any, int]:
@@ -69,6 +70,8 @@ class Model:
     max_running: int | None = None
     overrides: dict[str, int] = field(default_factory=dict)
     lifetime: bool = False
+    rate: tuple[int, int, int] | None = None  # (limit, period_seconds, burst), the queue's
+    rate_per_key: tuple[int, int, int] | None = None
     order: Callable[[Run], Any] = lambda run: run.key
 
     def add_run(self, task: Task) -> Run:
@@ -102,7 +105,38 @@ class Model:
     # -- flow control -----------------------------------------------------------
     @property
     def flow_enabled(self) -> bool:
-        return self.per_key is not None or self.max_running is not None or bool(self.overrides)
+        return (
+            self.per_key is not None
+            or self.max_running is not None
+            or bool(self.overrides)
+            or self.rate is not None
+            or self.rate_per_key is not None
+        )
+
+    def rate_room(self, flow_key: str | None, rate: tuple[int, int, int]) -> tuple[int, Time]:
+        """absurd._flow_rate_room: (starts left now, when the window frees if none)."""
+        limit, period, burst = rate
+        n1, n2 = limit + burst, (2 * limit if burst > 0 else None)
+        window = period * (2 if n2 is not None else 1)
+        starts = sorted(
+            (
+                r.started_at
+                for r in self.runs.values()
+                if r.started_at is not None
+                and r.started_at > self.now - window
+                and (flow_key is None or r.flow_key == flow_key)
+            ),
+            reverse=True,
+        )[: max(n1, n2 or 0)]
+        c1 = sum(1 for t in starts if t > self.now - period)
+        c2 = len(starts)
+        room = min(n1 - c1, n1 - c1 if n2 is None else n2 - c2)
+        if room > 0:
+            return room, self.now
+        frees = [starts[n1 - 1] + period] if c1 >= n1 else []
+        if n2 is not None and c2 >= n2:
+            frees.append(starts[n2 - 1] + 2 * period)
+        return 0, max(frees)
 
     def limit(self, flow_key: str) -> int | None:
         return self.overrides.get(flow_key, self.per_key)
@@ -155,9 +189,17 @@ class Model:
         for run in self.parked():
             run.available_at = self.now
 
-    def set_policy(self, per_key: int | None, max_running: int | None, hold: str) -> None:
+    def set_policy(
+        self,
+        per_key: int | None,
+        max_running: int | None,
+        hold: str,
+        rate: tuple[int, int, int] | None = None,
+        rate_per_key: tuple[int, int, int] | None = None,
+    ) -> None:
         self.per_key, self.max_running = per_key, max_running
         self.lifetime = hold == "lifetime"
+        self.rate, self.rate_per_key = rate, rate_per_key
         self.wake_all()
 
     def set_override(self, flow_key: str, limit: int | None) -> None:
@@ -178,6 +220,7 @@ class Model:
     def _start(self, run: Run) -> None:
         task = self.tasks[run.task_id]
         run.state, run.lease_until, run.available_at = "running", self.now + self.lease, self.now
+        run.started_at = self.now
         if run.wait and run.wait[2] <= self.now:
             run.wait = None
         task.state, task.attempts = "running", max(task.attempts, run.attempt)
@@ -192,8 +235,10 @@ class Model:
             queue_free = self.max_running - self.holding()
         elif self.max_running is not None:
             left = min(left, self.max_running - self.running())
-            if left <= 0:
-                return []
+        if self.rate is not None:
+            left = min(left, self.rate_room(None, self.rate)[0])
+        if left <= 0:
+            return []
         due = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
         claimed: list[Run] = []
         full: set[str] = set()
@@ -213,6 +258,13 @@ class Model:
                         task.state = "pending"
                     full.add(str(run.flow_key))
                     continue
+                if run.flow_key is not None and self.rate_per_key is not None:
+                    room, free_at = self.rate_room(run.flow_key, self.rate_per_key)
+                    if room <= 0:  # parked until the key's window frees
+                        run.state, run.available_at = "pending", free_at
+                        if task.state == "sleeping":
+                            task.state = "pending"
+                        continue
                 self._admit(run, holds)
                 claimed.append(run)
                 if queue_free is not None and not holds:

@@ -50,6 +50,8 @@ STEPS = ["a", "b", "c"]
 LEASE = 30
 MAX_TASKS = 6
 FLOW_KEYS = [None, "a", "b"]
+#: Rate limits (limit, period_seconds, burst) of set_limits; None removes one.
+RATES: list[tuple[int, int, int] | None] = [None, None, (1, 10, 0), (2, 30, 1), (3, 60, 0)]
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -161,17 +163,39 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             per_key=st.sampled_from([None, 1, 2]),
             max_running=st.sampled_from([None, 1, 3]),
             hold=st.sampled_from(["running", "lifetime"]),
+            rate=st.sampled_from(RATES),
+            rate_per_key=st.sampled_from(RATES),
         )
-        def set_limits(self, per_key: int | None, max_running: int | None, hold: str) -> None:
+        def set_limits(
+            self,
+            per_key: int | None,
+            max_running: int | None,
+            hold: str,
+            rate: tuple[int, int, int] | None,
+            rate_per_key: tuple[int, int, int] | None,
+        ) -> None:
+            def spec(r: tuple[int, int, int] | None) -> dict[str, int] | None:
+                return (
+                    None
+                    if r is None
+                    else dict(zip(("limit", "period_seconds", "burst"), r, strict=True))
+                )
+
             code, _ = self.call(
                 "select absurd.set_queue_policy(%s, %s)",
                 self.queue,
                 json.dumps(
-                    {"max_running_per_key": per_key, "max_running": max_running, "flow_hold": hold}
+                    {
+                        "max_running_per_key": per_key,
+                        "max_running": max_running,
+                        "flow_hold": hold,
+                        "rate_limit": spec(rate),
+                        "rate_limit_per_key": spec(rate_per_key),
+                    }
                 ),
             )
             self.expect(None, code, "set_queue_policy")
-            self.model.set_policy(per_key, max_running, hold)
+            self.model.set_policy(per_key, max_running, hold, rate, rate_per_key)
             self.draining = True  # a lowered limit drains: checked again from here
 
         @rule(flow_key=st.sampled_from(["a", "b"]), limit=st.sampled_from([None, 1, 2]))
