@@ -38,6 +38,8 @@ ARGS: dict[str, list[str]] = {
         "0",
         NOW,
         "'key-3'",
+        "'deb-3'",
+        NOW,
     ],
     "spawn.many": [
         "array[{new}]::uuid[]",
@@ -54,6 +56,9 @@ ARGS: dict[str, list[str]] = {
         "array['key-3']",
     ],
     "spawn.existing": ["'key-17'"],
+    "debounce.find": ["'deb-3'"],
+    "debounce.lock_run": ["{run}"],
+    "debounce.push": ["{task}", "{run}", "'1'", NOW],
     "schedule.due": ["'nobody'"],
     "claim.next_band": ["2147483647"],
     "claim.band": ["0", NOW, "1", "'w'", "absurd.current_time() + interval '1 minute'"],
@@ -128,13 +133,19 @@ ARGS: dict[str, list[str]] = {
     "stream.close": ["{task}", "'out'", "9", "{run}", "1", NOW],
     "stream.read": ["{task}", "'out'", "0", "1000"],
     "stream.task_end": ["{task}"],
-    "claim.flow_candidates": ["0", NOW, "1", "'{{}}'::uuid[]"],
-    "claim.one": ["{run}", NOW, "'w'", "absurd.current_time() + interval '1 minute'"],
+    "claim.flow_candidates": ["0", NOW, "1", "'{{}}'::uuid[]", "{queue}", "2", "null"],
+    "claim.one": ["{run}", NOW, "'w'", "absurd.current_time() + interval '1 minute'", "true"],
     "flow.key_running": ["'key-3'", "5"],
     "flow.queue_running": ["5"],
-    "flow.park": ["{run}", "{task}"],
+    "flow.park": ["{run}", "{task}", "'infinity'", "null"],
+    "flow.rate_key": ["'key-3'", "absurd.current_time() - interval '2 seconds'", "10"],
+    "flow.rate_queue": ["null", "absurd.current_time() - interval '2 seconds'", "20"],
     "flow.unpark_all": [NOW],
-    "flow.release": ["'key-3'", "5", NOW],
+    "flow.release": ["'key-3'", "5", NOW, "false"],
+    "flow.key_held": ["'key-3'", "5"],
+    "flow.queue_held": ["5"],
+    "claim.held_candidates": [NOW, "5", "'{{}}'::uuid[]", "{queue}", "2", "null"],
+    "flow.park_key": ["'key-3'", NOW, "1000"],
     "flow.sweep_keys": [NOW, "10"],
     "task.lock_key": ["{task}"],
 }
@@ -165,6 +176,13 @@ EXPECTED_INDEX = {
     "flow.release": "r_{q}_fki",
     "flow.sweep_keys": "r_{q}_cei",
     "task.lock_key": "t_{q}_pkey",
+    "debounce.find": "t_{q}_dki",
+    "flow.key_held": "t_{q}_fli",
+    "flow.queue_held": "t_{q}_fli",
+    "claim.held_candidates": "t_{q}_fli",
+    "flow.park_key": "r_{q}_fdi",
+    "flow.rate_key": "r_{q}_fsi",
+    "flow.rate_queue": "r_{q}_rsi",
 }
 
 
@@ -181,23 +199,28 @@ IDS_NOW = """
 FILL = [
     """
     insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
-        idempotency_key, priority, cancel_deadline, finished_at, enqueue_at, flow_key)
+        idempotency_key, priority, cancel_deadline, finished_at, enqueue_at, flow_key,
+        debounce_key, first_started_at)
       select task_id, 'task', to_jsonb(g), st, 1, run_id, 'key-' || g, (g % 50 = 0)::int,
         case when g % 100 = 0 then absurd.current_time() + interval '1 hour' end,
         case when st = 'completed' then absurd.current_time() - interval '2 days' end,
-        absurd.current_time(), case when g % 3 = 0 then 'key-' || (g % 100) end
+        absurd.current_time(), case when g % 3 = 0 then 'key-' || (g % 100) end,
+        case when g % 7 = 0 then 'deb-' || g end,
+        case when st in ('running', 'completed') then absurd.current_time() end
       from ids
     """,
     """
     insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
-        claimed_by, priority, flow_key)
+        claimed_by, priority, flow_key, started_at)
       select run_id, task_id, 1, st,
         case when st = 'sleeping' then absurd.current_time() + interval '1 hour'
           when st = 'pending' and g % 3 = 0 and g % 2 = 0 then 'infinity'
           else absurd.current_time() - interval '1 minute' end,
         case when st = 'running' then absurd.current_time() + interval '10 minutes' end,
         case when st = 'running' then 'w' end, (g % 50 = 0)::int,
-        case when g % 3 = 0 then 'key-' || (g % 100) end
+        case when g % 3 = 0 then 'key-' || (g % 100) end,
+        case when st in ('running', 'completed')
+          then absurd.current_time() - make_interval(secs => g) end
       from ids
     """,
     """
@@ -264,6 +287,11 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
     queue = f"plans_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("select absurd.create_queue(%s)", (queue,))
+        # A queue-wide rate limit makes its window's index (r_<q>_rsi).
+        c.execute(
+            "select absurd.set_queue_policy(%s, %s)",
+            (queue, '{"rate_limit": {"limit": 1000, "period_seconds": 1}}'),
+        )
         yield queue, fill_queue(c, queue)
         c.execute("select absurd.drop_queue(%s)", (queue,))
 
@@ -330,6 +358,7 @@ CACHED = {
     "claim.one",
     "flow.key_running",
     "flow.release",
+    "claim.held_candidates",
 }
 
 
