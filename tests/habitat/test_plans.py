@@ -48,6 +48,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "habitat_queue_metrics": [{}],
     "habitat_queue_gauges": [{"window": 300, "cap": prometheus.GAUGE_CAP}],
     "habitat_queue_throughput": [{"cap": store.CHART_CAP}],
+    "habitat_flow_keys": [{"queue": "{queue}", "keys": 20}],
     "habitat_run_page": [
         {},
         {**WINDOW, "task_name": "task"},
