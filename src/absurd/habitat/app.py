@@ -57,6 +57,7 @@ def routes() -> list[BaseRoute]:
         Route("/tasks/{task_id}", views.task_detail, name="task"),
         Route("/events", views.events, name="events"),
         Route("/queues", views.queues, name="queues"),
+        Route("/queues/{queue:path}", views.queue_detail, name="queue"),
         Route("/workers", views.workers, name="workers"),
         Route("/schedules", views.schedules, name="schedules"),
         Route("/schedules/{queue}/{name:path}", views.schedule_detail, name="schedule"),

@@ -75,7 +75,7 @@ select task_id from {r} where run_id = %(run_id)s::uuid
 -- name: task_get --
 select task_id, task_name, state, attempts, max_attempts, params, headers, retry_strategy,
   cancellation, priority, idempotency_key, enqueue_at, first_started_at, cancelled_at,
-  finished_at, last_attempt_run, completed_payload
+  finished_at, last_attempt_run, completed_payload, flow_key
 from {t} where task_id = %(task_id)s::uuid
 
 -- name: run_list_by_task --
