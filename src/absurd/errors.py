@@ -265,8 +265,8 @@ class InvalidFlowLimit(InvalidArgument):
 
 
 class UnsupportedFlowOption(InvalidArgument):
-    """A flow-control option this engine does not enforce yet (rate limits, weights,
-    ``flow_hold: lifetime``, debounce); refused rather than stored and ignored."""
+    """A flow-control option this engine does not enforce yet (a per-key ``weight``,
+    ``flow_hold: lifetime``); refused rather than stored and ignored."""
 
     sqlstate = "AB052"
 
@@ -276,6 +276,14 @@ class FlowIsolationError(AbsurdError):
     its slot counts need a fresh snapshot after each lock."""
 
     sqlstate = "AB053"
+
+
+class InvalidDebounce(InvalidArgument):
+    """The spawn option ``debounce`` is malformed (no key, a period not above 0, a timeout
+    below the period, unknown fields) or combined with ``idempotency_key``, ``delay`` or
+    ``available_at``; nothing was created or changed."""
+
+    sqlstate = "AB054"
 
 
 class PromiseNotFound(AbsurdError):

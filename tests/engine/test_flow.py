@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import Connect
-from tests.engine._engine import Engine
+from tests.engine._engine import INFINITY, Engine
 
 T0 = dt.datetime(2030, 1, 7, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -41,6 +42,15 @@ def spawn_keyed(engine: Engine, keys: list[str | None]) -> None:
         for i, k in enumerate(keys)
     ]
     engine.conn.execute("select absurd.spawn_tasks(%s, %s)", (engine.queue, json.dumps(tasks)))
+
+
+def run_threads(target: Callable[[int], None], n: int) -> None:
+    """Runs target(0..n-1) in n threads and waits for them all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def running_by_key(engine: Engine) -> dict[str | None, int]:
@@ -317,8 +327,17 @@ def test_strange_keys_work(engine: Engine, key: str) -> None:
         ({"max_running": 1.5}, "AB051"),
         ({"flow_hold": "sometimes"}, "AB051"),
         ({"flow_hold": "lifetime"}, "AB052"),
-        ({"rate_limit": {"limit": 10, "period_seconds": 1}}, "AB052"),
-        ({"rate_limit_per_key": {"limit": 10, "period_seconds": 1}}, "AB052"),
+        ({"rate_limit": 10}, "AB051"),
+        ({"rate_limit": {"limit": 0, "period_seconds": 1}}, "AB051"),
+        ({"rate_limit": {"limit": 10}}, "AB051"),
+        ({"rate_limit": {"limit": 10, "period_seconds": 0}}, "AB051"),
+        ({"rate_limit": {"limit": 10, "period_seconds": -1}}, "AB051"),
+        ({"rate_limit": {"limit": 10, "period_seconds": "soon"}}, "AB051"),
+        ({"rate_limit": {"limit": 10, "period_seconds": 1, "burst": -1}}, "AB051"),
+        ({"rate_limit": {"limit": 10, "period_seconds": 1, "burst": 11}}, "AB051"),
+        ({"rate_limit": {"limit": 10, "period_seconds": 1, "extra'; --": 1}}, "AB051"),
+        ({"rate_limit_per_key": {"limit": 1.5, "period_seconds": 1}}, "AB051"),
+        ({"rate_limit_per_key": [10, 1]}, "AB051"),
     ],
 )
 def test_bad_policies_are_refused_and_change_nothing(
@@ -339,6 +358,8 @@ def test_bad_policies_are_refused_and_change_nothing(
         ({"max_running": "x"}, "AB051"),
         ({"unknown": 1}, "AB051"),
         ({"weight": 2}, "AB052"),
+        ({"rate_limit": {"limit": 5}}, "AB051"),
+        ({"rate_limit": {"limit": 5, "period_seconds": 1, "burst": 6}}, "AB051"),
         ([1, 2], "AB051"),
     ],
 )
@@ -367,11 +388,143 @@ def test_override_with_a_bad_key_or_queue(engine: Engine) -> None:
     assert info.value.sqlstate == "AB005"
 
 
-def test_debounce_is_refused_until_supported(engine: Engine) -> None:
-    for debounce in [{"period_seconds": 5}, {"key": "k", "period_seconds": 5}]:
-        with pytest.raises(psycopg.Error) as info:
-            engine.spawn("t", 1, debounce=debounce)
-        assert info.value.sqlstate == "AB052"
+def run_row(engine: Engine, task_id: Any) -> dict[str, Any]:
+    return engine.one(
+        sql.SQL(
+            "select r.* from {} r join {} t on t.last_attempt_run = r.run_id where t.task_id = %s"
+        ).format(engine.table("r"), engine.table("t")),
+        (task_id,),
+    )
+
+
+def explain(engine: Engine, task_id: Any) -> dict[str, Any]:
+    return engine.one("select * from absurd.explain_task(%s, %s)", (engine.queue, task_id))
+
+
+# -- debounce -------------------------------------------------------------------------
+
+
+def test_debounce_replaces_params_and_pushes_the_start_up_to_the_timeout(engine: Engine) -> None:
+    engine.set_time(T0)
+    debounce = {"key": "doc-1", "period_seconds": 10, "timeout_seconds": 25}
+    first = engine.spawn("t", 1, debounce=debounce)
+    assert first["created"] is True
+    assert run_row(engine, first["task_id"])["available_at"] == T0 + dt.timedelta(seconds=10)
+    assert engine.claim() == []
+    engine.set_time(T0 + dt.timedelta(seconds=8))
+    again = engine.spawn("t", 2, debounce=debounce)
+    assert (again["task_id"], again["run_id"], again["created"]) == (
+        first["task_id"],
+        first["run_id"],
+        False,
+    )
+    assert run_row(engine, first["task_id"])["available_at"] == T0 + dt.timedelta(seconds=18)
+    why = explain(engine, first["task_id"])
+    assert why["reason"] == "debounced" and why["until"] == T0 + dt.timedelta(seconds=18)
+    engine.set_time(T0 + dt.timedelta(seconds=17))
+    engine.spawn("t", 3, debounce=debounce)  # now + 10 = 27 > first spawn + 25
+    assert run_row(engine, first["task_id"])["available_at"] == T0 + dt.timedelta(seconds=25)
+    engine.set_time(T0 + dt.timedelta(seconds=25))
+    (claimed,) = engine.claim(qty=5)
+    assert claimed["task_id"] == first["task_id"] and claimed["params"] == 3
+    # Started: the next spawn with that key is a new task.
+    later = engine.spawn("t", 4, debounce=debounce)
+    assert later["created"] is True and later["task_id"] != first["task_id"]
+    # Another key is independent; a task without debounce is untouched.
+    other = engine.spawn("t", 5, debounce={"key": "doc-2", "period_seconds": 1})
+    assert other["created"] is True
+
+
+def test_debounce_without_timeout_and_after_a_cancel(engine: Engine) -> None:
+    engine.set_time(T0)
+    d = {"key": "k", "period_seconds": 5}
+    first = engine.spawn("t", 1, debounce=d)
+    engine.set_time(T0 + dt.timedelta(hours=5))
+    assert engine.spawn("t", 2, debounce=d)["task_id"] == first["task_id"]
+    assert run_row(engine, first["task_id"])["available_at"] == T0 + dt.timedelta(
+        hours=5, seconds=5
+    )
+    engine.conn.execute("select absurd.cancel_task(%s, %s)", (engine.queue, first["task_id"]))
+    fresh = engine.spawn("t", 3, debounce=d)
+    assert fresh["created"] is True and fresh["task_id"] != first["task_id"]
+
+
+def test_debounce_in_spawn_tasks_and_on_a_partitioned_queue(conn: psycopg.Connection[Any]) -> None:
+    for q, mode in [("debu", "unpartitioned"), ("debp", "partitioned")]:
+        conn.execute("select absurd.create_queue(%s, %s)", (q, mode))
+        try:
+            e = Engine(conn, q)
+            e.set_time(T0)
+            d = {"key": "k'\"🔑", "period_seconds": 3}
+            tasks = [{"task_name": "t", "params": i, "options": {"debounce": d}} for i in range(3)]
+            rows = e.rows("select * from absurd.spawn_tasks(%s, %s)", (q, json.dumps(tasks)))
+            assert [r["created"] for r in rows] == [True, False, False]
+            assert len({r["task_id"] for r in rows}) == 1
+            e.set_time(T0 + dt.timedelta(seconds=3))
+            (claimed,) = e.claim(qty=5)
+            assert claimed["params"] == 2
+        finally:
+            conn.execute("select absurd.drop_queue(%s)", (q,))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"debounce": {"period_seconds": 5}},
+        {"debounce": {"key": "", "period_seconds": 5}},
+        {"debounce": {"key": "   ", "period_seconds": 5}},
+        {"debounce": {"key": "x" * 10_000, "period_seconds": 5}},
+        {"debounce": {"key": 7, "period_seconds": 5}},
+        {"debounce": {"key": "k"}},
+        {"debounce": {"key": "k", "period_seconds": 0}},
+        {"debounce": {"key": "k", "period_seconds": -1}},
+        {"debounce": {"key": "k", "period_seconds": "1; drop table x"}},
+        {"debounce": {"key": "k", "period_seconds": 5, "timeout_seconds": 4}},
+        {"debounce": {"key": "k", "period_seconds": 5, "extra": 1}},
+        {"debounce": "k"},
+        {"debounce": {"key": "k", "period_seconds": 5}, "idempotency_key": "i"},
+        {"debounce": {"key": "k", "period_seconds": 5}, "delay": 3},
+        {"debounce": {"key": "k", "period_seconds": 5}, "available_at": T0.isoformat()},
+    ],
+)
+def test_bad_debounce_is_refused_and_creates_nothing(engine: Engine, options: Any) -> None:
+    engine.set_time(T0)
+    engine.spawn("t", 0, debounce={"key": "k", "period_seconds": 5})
+    before = engine.rows(sql.SQL("select task_id, params from {}").format(engine.table("t")))
+    with pytest.raises(psycopg.Error) as info:
+        engine.spawn("t", 1, **options)
+    assert info.value.sqlstate == "AB054"
+    after = engine.rows(sql.SQL("select task_id, params from {}").format(engine.table("t")))
+    assert after == before
+
+
+def test_concurrent_debounced_spawns_make_one_task(engine: Engine, connect: Connect) -> None:
+    q = engine.queue
+    ids: list[Any] = []
+    errors: list[BaseException] = []
+
+    def spawner(i: int) -> None:
+        c = connect()
+        try:
+            for n in range(20):
+                row = c.execute(
+                    "select task_id from absurd.spawn_task(%s, 't', %s, %s)",
+                    (
+                        q,
+                        json.dumps([i, n]),
+                        json.dumps({"debounce": {"key": "hot", "period_seconds": 60}}),
+                    ),
+                ).fetchone()
+                assert row is not None
+                ids.append(row[0])
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_threads(spawner, 4)
+    assert not errors, errors
+    assert len(ids) == 80 and len(set(ids)) == 1
+    count = engine.one(sql.SQL("select count(*) as n from {}").format(engine.table("t")))
+    assert count["n"] == 1
 
 
 def test_flow_claims_refuse_repeatable_read(engine: Engine, connect: Connect) -> None:
@@ -477,11 +630,7 @@ def test_concurrent_workers_never_exceed_limits_and_leak_no_slot(
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, 6)
     stop.set()
     watcher.join()
     assert not errors, errors
@@ -511,3 +660,261 @@ def test_concurrent_workers_never_exceed_limits_and_leak_no_slot(
         threading.Event().wait(0.05)
     assert left == 0, f"{left} tasks never finished: {parked_by_key(engine)} parked"
     assert parked_by_key(engine) == {}
+
+
+# -- explain_task -----------------------------------------------------------------------
+
+
+def test_explain_every_reason(engine: Engine) -> None:
+    engine.set_time(T0)
+    q = engine.queue
+    policy(engine, max_running_per_key=1)
+    due = engine.spawn("t", 1)
+    assert explain(engine, due["task_id"])["reason"] == "claimable"
+    delayed = engine.spawn("t", 2, delay=30)
+    why = explain(engine, delayed["task_id"])
+    assert (why["reason"], why["until"]) == ("delayed", T0 + dt.timedelta(seconds=30))
+    (first,) = engine.claim(qty=5)
+    assert first["task_id"] == due["task_id"]
+    engine.complete(first["run_id"], 1)
+    # A due keyed run whose key is full (not yet parked), then parked by a claim.
+    spawn_keyed(engine, ["k"])
+    (keyed_running,) = engine.claim(qty=5)
+    assert explain(engine, keyed_running["task_id"])["reason"] == "running"
+    assert explain(engine, keyed_running["task_id"])["until"] == T0 + dt.timedelta(seconds=60)
+    waiting = engine.spawn("t", 3, flow_key="k")
+    why = explain(engine, waiting["task_id"])
+    assert (why["reason"], why["flow_key"], why["running"], why["limit"]) == (
+        "waiting_key_slot",
+        "k",
+        1,
+        1,
+    )
+    assert engine.claim(qty=5) == []  # parks it
+    assert run_row(engine, waiting["task_id"])["available_at"] == INFINITY
+    why = explain(engine, waiting["task_id"])
+    assert why["reason"] == "waiting_key_slot"
+    assert why["message"] == 'Waiting for a slot of key "k" (1 of 1 running)'
+    # Sleeping, waiting for an event, for a promise.
+    engine.conn.execute("select absurd.complete_run(%s, %s, '1')", (q, keyed_running["run_id"]))
+    (r,) = engine.claim(qty=5)
+    assert r["task_id"] == waiting["task_id"]
+    engine.schedule(r["run_id"], T0 + dt.timedelta(minutes=5))
+    why = explain(engine, waiting["task_id"])
+    assert (why["reason"], why["until"]) == ("sleeping", T0 + dt.timedelta(minutes=5))
+    ev = engine.spawn("t", 4)
+    (r,) = engine.claim(qty=5)
+    assert r["task_id"] == ev["task_id"]
+    engine.await_event(ev["task_id"], r["run_id"], "order-7", timeout=90)
+    why = explain(engine, ev["task_id"])
+    assert (why["reason"], why["event_name"], why["until"]) == (
+        "waiting_event",
+        "order-7",
+        T0 + dt.timedelta(seconds=90),
+    )
+    pr = engine.spawn("t", 5)
+    (r,) = engine.claim(qty=5)
+    promise = engine.one("select * from absurd.create_promise(%s, '{}')", (q,))["promise_id"]
+    engine.one(
+        "select * from absurd.await_promise(%s, %s, %s, 'p', %s)",
+        (q, pr["task_id"], r["run_id"], promise),
+    )
+    why = explain(engine, pr["task_id"])
+    assert why["reason"] == "waiting_promise" and why["until"] is None
+    assert why["event_name"] == f"$promise:{promise}" and str(promise) in why["message"]
+    # Finished states.
+    engine.emit("order-7", 1)
+    (r,) = engine.claim(qty=5)
+    engine.complete(r["run_id"], 1)
+    assert explain(engine, ev["task_id"])["reason"] == "completed"
+    engine.cancel(delayed["task_id"])
+    assert explain(engine, delayed["task_id"])["reason"] == "cancelled"
+    failing = engine.spawn("t", 6, max_attempts=1)
+    engine.set_time(T0 + dt.timedelta(minutes=1))
+    rows = [x for x in engine.claim(qty=5) if x["task_id"] == failing["task_id"]]
+    engine.fail(rows[0]["run_id"])
+    why = explain(engine, failing["task_id"])
+    assert (why["reason"], why["task_state"]) == ("failed", "failed")
+    # A retry waiting for its delay.
+    retried = engine.spawn("t", 7, max_attempts=3)
+    rows = [x for x in engine.claim(qty=5) if x["task_id"] == retried["task_id"]]
+    engine.fail(rows[0]["run_id"], retry_at=T0 + dt.timedelta(minutes=3))
+    why = explain(engine, retried["task_id"])
+    assert (why["reason"], why["attempt"]) == ("delayed", 2)
+    assert why["message"].startswith("Retry (attempt 2) delayed until")
+
+
+def test_explain_queue_slot_and_errors(engine: Engine, connect: Connect) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running=1)
+    spawned = [engine.spawn("t", 1), engine.spawn("t", 2)]
+    (claimed,) = engine.claim()
+    a, b = sorted(spawned, key=lambda x: x["task_id"] != claimed["task_id"])
+    why = explain(engine, b["task_id"])
+    assert (why["reason"], why["running"], why["limit"]) == ("waiting_queue_slot", 1, 1)
+    assert explain(engine, a["task_id"])["reason"] == "running"
+    with pytest.raises(psycopg.Error) as info:
+        explain(engine, "00000000-0000-0000-0000-000000000000")
+    assert info.value.sqlstate == "AB009"
+    with pytest.raises(psycopg.Error) as info:
+        engine.conn.execute(
+            "select * from absurd.explain_task('no such queue', %s)", (a["task_id"],)
+        )
+    assert info.value.sqlstate in ("AB004", "AB005")
+    with pytest.raises(psycopg.Error) as info:
+        engine.conn.execute("select * from absurd.explain_task(%s, null)", (engine.queue,))
+    assert info.value.sqlstate == "AB009"
+
+
+# -- rate limits ----------------------------------------------------------------------
+
+
+def started_at(engine: Engine) -> list[dt.datetime]:
+    rows = engine.rows(
+        sql.SQL("select started_at from {} where started_at is not null order by 1").format(
+            engine.table("r")
+        )
+    )
+    return [r["started_at"] for r in rows]
+
+
+def test_per_key_rate_parks_until_the_window_frees(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, rate_limit_per_key={"limit": 2, "period_seconds": 10})
+    assert engine.one("select * from absurd.get_flow_policy(%s)", (engine.queue,))[
+        "rate_limit_per_key"
+    ] == {"limit": 2, "period_seconds": 10, "burst": 0}
+    spawn_keyed(engine, ["a"] * 5 + ["b", None])
+    claimed = engine.claim(qty=10)
+    assert sorted(key_of(engine, r["run_id"]) or "-" for r in claimed) == ["-", "a", "a", "b"]
+    for r in claimed:
+        engine.complete(r["run_id"], 1)  # completing frees no rate: starts count
+    waiting = engine.rows(
+        sql.SQL("select task_id, available_at, flow_wait from {} where state = 'pending'").format(
+            engine.table("r")
+        )
+    )
+    assert len(waiting) == 3
+    assert {(w["available_at"], w["flow_wait"]) for w in waiting} == {
+        (T0 + dt.timedelta(seconds=10), "rate_key")
+    }
+    why = explain(engine, waiting[0]["task_id"])
+    assert (why["reason"], why["until"], why["flow_key"]) == (
+        "rate_limited",
+        T0 + dt.timedelta(seconds=10),
+        "a",
+    )
+    assert engine.one("select absurd.queue_next_wake(%s) as w", (engine.queue,))["w"] == (
+        T0 + dt.timedelta(seconds=10)
+    )
+    engine.set_time(T0 + dt.timedelta(seconds=9, milliseconds=999))
+    assert engine.claim(qty=10) == []
+    engine.set_time(T0 + dt.timedelta(seconds=10))
+    assert len(engine.claim(qty=10)) == 2
+    why = explain(engine, waiting[0]["task_id"])
+    assert why["reason"] in ("rate_limited", "running")
+
+
+def test_queue_rate_caps_claims(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, rate_limit={"limit": 3, "period_seconds": 1})
+    spawn_keyed(engine, [None] * 10)
+    assert len(engine.claim(qty=10)) == 3
+    assert engine.claim(qty=10) == []
+    pending = engine.one(
+        sql.SQL("select task_id from {} where state = 'pending' limit 1").format(engine.table("t"))
+    )
+    why = explain(engine, pending["task_id"])
+    assert (why["reason"], why["running"], why["limit"], why["until"]) == (
+        "rate_limited",
+        3,
+        3,
+        T0 + dt.timedelta(seconds=1),
+    )
+    engine.set_time(T0 + dt.timedelta(seconds=1))
+    assert len(engine.claim(qty=10)) == 3
+    policy(engine, rate_limit=None)
+    assert len(engine.claim(qty=10)) == 4
+
+
+def test_burst_borrows_from_the_next_period(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, rate_limit={"limit": 2, "period_seconds": 10, "burst": 1})
+    spawn_keyed(engine, [None] * 20)
+    assert len(engine.claim(qty=10)) == 3  # limit + burst after an idle period
+    engine.set_time(T0 + dt.timedelta(seconds=10))
+    assert len(engine.claim(qty=10)) == 1  # at most 2 x limit in any two periods
+    # Windows are half-open: the start at T0 + 10 s is not in (T0 + 10 s, T0 + 20 s].
+    engine.set_time(T0 + dt.timedelta(seconds=20))
+    assert len(engine.claim(qty=10)) == 3
+    engine.set_time(T0 + dt.timedelta(seconds=30))
+    assert len(engine.claim(qty=10)) == 1
+    engine.set_time(T0 + dt.timedelta(seconds=45))
+    assert len(engine.claim(qty=10)) == 3  # (T0 + 25 s, T0 + 45 s] holds 1 start of 4
+
+
+def test_rate_override_per_key(engine: Engine) -> None:
+    engine.set_time(T0)
+    override(engine, "slow", {"rate_limit": {"limit": 1, "period_seconds": 60}})
+    row = engine.one("select * from absurd.get_flow_limits(%s)", (engine.queue,))
+    assert row["limits"] == {"rate_limit": {"limit": 1, "period_seconds": 60, "burst": 0}}
+    spawn_keyed(engine, ["slow"] * 3 + ["fast"] * 3)
+    claimed = engine.claim(qty=10)
+    assert sorted(key_of(engine, r["run_id"]) for r in claimed) == ["fast"] * 3 + ["slow"]
+    override(engine, "slow", None)
+    assert (
+        engine.one("select flow_enabled from absurd.queues where queue_name = %s", (engine.queue,))[
+            "flow_enabled"
+        ]
+        is False
+    )
+
+
+def test_concurrent_claims_hold_the_rate_over_every_window(
+    engine: Engine, connect: Connect
+) -> None:
+    """Four sessions claim and complete as fast as they can for 3 s (the real clock):
+    in every window of one period, no key and not the queue starts more than allowed."""
+    period, per_key, total, burst = 0.5, 4, 10, 2
+    policy(
+        engine,
+        rate_limit={"limit": total, "period_seconds": period, "burst": burst},
+        rate_limit_per_key={"limit": per_key, "period_seconds": period},
+    )
+    spawn_keyed(engine, [["a", "b", "c", None][i % 4] for i in range(400)])
+    q = engine.queue
+    errors: list[BaseException] = []
+    deadline = threading.Event()
+
+    def worker(i: int) -> None:
+        c = connect()
+        try:
+            while not deadline.is_set():
+                for (run_id,) in c.execute(
+                    "select run_id from absurd.claim_task(%s, %s, 30, 3)", (q, f"w{i}")
+                ).fetchall():
+                    c.execute("select absurd.complete_run(%s, %s, '1')", (q, run_id))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threading.Timer(3, deadline.set).start()
+    run_threads(worker, 4)
+    assert not errors, errors
+    rows = engine.rows(
+        sql.SQL("select flow_key, started_at from {} where started_at is not null").format(
+            engine.table("r")
+        )
+    )
+    p = dt.timedelta(seconds=period)
+
+    def most_in_a_window(times: list[dt.datetime], span: dt.timedelta) -> int:
+        times = sorted(times)
+        return max((sum(1 for u in times if s <= u < s + span) for s in times), default=0)
+
+    everything = [r["started_at"] for r in rows]
+    assert len(everything) >= total  # it did run
+    assert most_in_a_window(everything, p) <= total + burst
+    assert most_in_a_window(everything, 2 * p) <= 2 * total
+    for key in ("a", "b", "c"):
+        times = [r["started_at"] for r in rows if r["flow_key"] == key]
+        assert 0 < most_in_a_window(times, p) <= per_key, key

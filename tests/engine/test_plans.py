@@ -38,6 +38,8 @@ ARGS: dict[str, list[str]] = {
         "0",
         NOW,
         "'key-3'",
+        "'deb-3'",
+        NOW,
     ],
     "spawn.many": [
         "array[{new}]::uuid[]",
@@ -54,6 +56,9 @@ ARGS: dict[str, list[str]] = {
         "array['key-3']",
     ],
     "spawn.existing": ["'key-17'"],
+    "debounce.find": ["'deb-3'"],
+    "debounce.lock_run": ["{run}"],
+    "debounce.push": ["{task}", "{run}", "'1'", NOW],
     "schedule.due": ["'nobody'"],
     "claim.next_band": ["2147483647"],
     "claim.band": ["0", NOW, "1", "'w'", "absurd.current_time() + interval '1 minute'"],
@@ -123,7 +128,9 @@ ARGS: dict[str, list[str]] = {
     "claim.one": ["{run}", NOW, "'w'", "absurd.current_time() + interval '1 minute'"],
     "flow.key_running": ["'key-3'", "5"],
     "flow.queue_running": ["5"],
-    "flow.park": ["{run}", "{task}"],
+    "flow.park": ["{run}", "{task}", "'infinity'", "null"],
+    "flow.rate_key": ["'key-3'", "absurd.current_time() - interval '2 seconds'", "10"],
+    "flow.rate_queue": ["null", "absurd.current_time() - interval '2 seconds'", "20"],
     "flow.unpark_all": [NOW],
     "flow.release": ["'key-3'", "5", NOW],
     "flow.sweep_keys": [NOW, "10"],
@@ -156,6 +163,9 @@ EXPECTED_INDEX = {
     "flow.release": "r_{q}_fki",
     "flow.sweep_keys": "r_{q}_cei",
     "task.lock_key": "t_{q}_pkey",
+    "debounce.find": "t_{q}_dki",
+    "flow.rate_key": "r_{q}_fsi",
+    "flow.rate_queue": "r_{q}_rsi",
 }
 
 
@@ -172,23 +182,28 @@ IDS_NOW = """
 FILL = [
     """
     insert into absurd.{t} (task_id, task_name, params, state, attempts, last_attempt_run,
-        idempotency_key, priority, cancel_deadline, finished_at, enqueue_at, flow_key)
+        idempotency_key, priority, cancel_deadline, finished_at, enqueue_at, flow_key,
+        debounce_key, first_started_at)
       select task_id, 'task', to_jsonb(g), st, 1, run_id, 'key-' || g, (g % 50 = 0)::int,
         case when g % 100 = 0 then absurd.current_time() + interval '1 hour' end,
         case when st = 'completed' then absurd.current_time() - interval '2 days' end,
-        absurd.current_time(), case when g % 3 = 0 then 'key-' || (g % 100) end
+        absurd.current_time(), case when g % 3 = 0 then 'key-' || (g % 100) end,
+        case when g % 7 = 0 then 'deb-' || g end,
+        case when st in ('running', 'completed') then absurd.current_time() end
       from ids
     """,
     """
     insert into absurd.{r} (run_id, task_id, attempt, state, available_at, claim_expires_at,
-        claimed_by, priority, flow_key)
+        claimed_by, priority, flow_key, started_at)
       select run_id, task_id, 1, st,
         case when st = 'sleeping' then absurd.current_time() + interval '1 hour'
           when st = 'pending' and g % 3 = 0 and g % 2 = 0 then 'infinity'
           else absurd.current_time() - interval '1 minute' end,
         case when st = 'running' then absurd.current_time() + interval '10 minutes' end,
         case when st = 'running' then 'w' end, (g % 50 = 0)::int,
-        case when g % 3 = 0 then 'key-' || (g % 100) end
+        case when g % 3 = 0 then 'key-' || (g % 100) end,
+        case when st in ('running', 'completed')
+          then absurd.current_time() - make_interval(secs => g) end
       from ids
     """,
     """
@@ -255,6 +270,11 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
     queue = f"plans_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("select absurd.create_queue(%s)", (queue,))
+        # A queue-wide rate limit makes its window's index (r_<q>_rsi).
+        c.execute(
+            "select absurd.set_queue_policy(%s, %s)",
+            (queue, '{"rate_limit": {"limit": 1000, "period_seconds": 1}}'),
+        )
         yield queue, fill_queue(c, queue)
         c.execute("select absurd.drop_queue(%s)", (queue,))
 

@@ -391,18 +391,28 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
         for q, mode in (("plain", "unpartitioned"), ("parts", "partitioned")):
             c.execute("select absurd.create_queue(%s, %s)", (q, mode))
             c.execute("select absurd.spawn_task(%s, 'a', '1')", (q,))
-            for p, columns in (("t", ["flow_key"]), ("r", ["flow_key"])):
+            for p, columns in (
+                ("t", ["flow_key", "debounce_key", "debounce_deadline"]),
+                ("r", ["flow_key", "flow_wait"]),
+            ):
                 for column in columns:
                     c.execute(f'alter table absurd."{p}_{q}" drop column {column}')
         for (function,) in c.execute(
             "select oid::regprocedure::text from pg_proc"
             " where pronamespace = 'absurd'::regnamespace"
-            "   and (proname like '%flow%' or proname = '_sweep')"
+            "   and (proname like '%flow%' or proname in ('_sweep', 'explain_task', '_debounce'))"
         ).fetchall():
             c.execute(f"drop function {function}")
         c.execute("drop type absurd._claimed_run")
         c.execute("drop table absurd.flow_limits")
-        for column in ("max_running", "max_running_per_key", "flow_hold", "flow_enabled"):
+        for column in (
+            "max_running",
+            "max_running_per_key",
+            "flow_hold",
+            "flow_enabled",
+            "rate_limit",
+            "rate_limit_per_key",
+        ):
             c.execute(f"alter table absurd.queues drop column {column}")
         c.execute(
             "create function absurd._sweep(p_queue_name text, p_now timestamptz,"
@@ -425,7 +435,10 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
                 (q,),
             ).fetchone()
             assert row == (None, None, "running")
-            c.execute("select absurd.set_queue_policy(%s, '{\"max_running_per_key\": 1}')", (q,))
+            c.execute(
+                "select absurd.set_queue_policy(%s, %s)",
+                (q, '{"max_running_per_key": 1, "rate_limit": {"limit": 9, "period_seconds": 1}}'),
+            )
             c.execute(
                 'select absurd.spawn_tasks(%s, \'[{"task_name": "b", "params": 2,'
                 ' "options": {"flow_key": "k"}}, {"task_name": "b", "params": 3,'
@@ -443,6 +456,23 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
                 (f"r_{q}_fki", f"r_{q}_fpi"),
             ).fetchone()
             assert indexes == (2,)
+            indexes = c.execute(
+                "select count(*) from pg_indexes where schemaname = 'absurd'"
+                " and indexname in (%s, %s, %s)",
+                (f"r_{q}_fsi", f"r_{q}_rsi", f"t_{q}_dki"),
+            ).fetchone()
+            assert indexes == (3,)
+            # Debounce and explain_task work on the upgraded queue.
+            spawned = c.execute(
+                "select task_id from absurd.spawn_task(%s, 'd', '1',"
+                ' \'{"debounce": {"key": "x", "period_seconds": 5}}\')',
+                (q,),
+            ).fetchone()
+            assert spawned is not None
+            why = c.execute(
+                "select reason from absurd.explain_task(%s, %s)", (q, spawned[0])
+            ).fetchone()
+            assert why == ("debounced",)
 
 
 def test_each_per_queue_index_has_a_name_of_its_own() -> None:

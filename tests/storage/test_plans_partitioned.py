@@ -64,7 +64,12 @@ def full_pqueue(
         pin(c, *at)
         c.execute("select absurd.create_queue(%s, 'partitioned')", (queue,))
         c.execute(
-            'select absurd.set_queue_policy(%s, \'{"partition_lookback": "21 days"}\')', (queue,)
+            "select absurd.set_queue_policy(%s, %s)",
+            (
+                queue,
+                '{"partition_lookback": "21 days",'
+                ' "rate_limit": {"limit": 1000, "period_seconds": 1}}',
+            ),
         )
         c.execute("select absurd.ensure_partitions(%s)", (queue,))
         yield queue, fill_queue(c, queue, IDS_OVER_THREE_WEEKS), at

@@ -56,8 +56,8 @@
 --   Ingress        record_delivery, cleanup_ingress_deliveries
 --   Streams        write_stream, close_stream, notify_stream, read_stream,
 --                  stream_channel
---   Flow control   set_flow_limit, get_flow_limits, get_flow_policy (the
---                  queue's limits are set by set_queue_policy)
+--   Flow control   set_flow_limit, get_flow_limits, get_flow_policy, explain_task
+--                  (the queue's limits are set by set_queue_policy)
 --   Cleanup        cleanup_tasks, cleanup_events, cleanup_all_queues
 --   Storage        ensure_partitions, list_detach_candidates,
 --                  drop_detached_partition, schedule_detach_jobs, enable_cron,
@@ -222,6 +222,9 @@ alter table absurd.queues add column if not exists max_running_per_key integer
 alter table absurd.queues add column if not exists flow_hold text not null default 'running'
   check (flow_hold in ('running'));
 alter table absurd.queues add column if not exists flow_enabled boolean not null default false;
+-- Rate limits, normalized {limit, period_seconds, burst} (absurd._flow_rate), or null.
+alter table absurd.queues add column if not exists rate_limit jsonb;
+alter table absurd.queues add column if not exists rate_limit_per_key jsonb;
 
 -- Per-key overrides of the queue's per-key limits (absurd.set_flow_limit).
 create table if not exists absurd.flow_limits (
@@ -229,9 +232,11 @@ create table if not exists absurd.flow_limits (
   flow_key text not null,
   max_running integer check (max_running >= 1),
   limits jsonb not null,
+  rate_limit jsonb,
   updated_at timestamptz not null default clock_timestamp(),
   primary key (queue_name, flow_key)
 );
+alter table absurd.flow_limits add column if not exists rate_limit jsonb;
 
 create or replace function absurd.get_schema_version()
 returns text
@@ -870,6 +875,12 @@ begin
   -- Flow control: the spawn option flow_key, on the task and on each of its runs.
   execute format('alter table absurd.%I add column if not exists flow_key text', v_t);
   execute format('alter table absurd.%I add column if not exists flow_key text', v_r);
+  -- Debounce (spawn option): the task's debounce key and its latest start.
+  execute format('alter table absurd.%I add column if not exists debounce_key text', v_t);
+  execute format('alter table absurd.%I add column if not exists debounce_deadline timestamptz', v_t);
+  -- Why a run waits with a finite available_at set by a claim: 'rate' (the queue's
+  -- rate limit) or 'rate_key' (its key's); null otherwise (explain_task reads it).
+  execute format('alter table absurd.%I add column if not exists flow_wait text', v_r);
   if v_had_tasks and not v_had_deadline then
     -- Upgrading an upstream table: derive the new columns once.
     execute format($up$
@@ -902,6 +913,19 @@ begin
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, priority desc, run_id)
     where state = 'pending' and available_at = 'infinity' and flow_key is not null$ix$,
     v_r || '_fpi', v_r);
+  -- Rate limits per key: the key's recent starts (a sliding window, read newest
+  -- first, bounded by the limit). The queue-wide window's index r_<q>_rsi is made
+  -- when a queue first gets a rate limit (absurd._flow_rate_index).
+  execute format($ix$create index if not exists %I on absurd.%I (flow_key, started_at)
+    where flow_key is not null and started_at is not null$ix$, v_r || '_fsi', v_r);
+  if exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.rate_limit is not null) then
+    perform absurd._flow_rate_index(q);
+  end if;
+  -- Debounce: at most one not-yet-started task per debounce key (unique where the
+  -- table allows it; partitioned tables cannot, and rely on the key's lock alone).
+  execute format($ix$create %s index if not exists %I on absurd.%I (debounce_key)
+    where debounce_key is not null and first_started_at is null and state = 'pending'$ix$,
+    case when v_mode = 'partitioned' then '' else 'unique' end, v_t || '_dki', v_t);
   execute format($ix$create index if not exists %I on absurd.%I (task_id)
     where cancellation is not null$ix$, v_t || '_ci', v_t);
   execute format($ix$create index if not exists %I on absurd.%I (cancel_deadline)
@@ -1027,13 +1051,24 @@ $$;
 
 -- The flow fields of a queue's policy (set by set_queue_policy). Not columns of
 -- get_queue_policy, whose result keeps upstream's shape.
+do $$
+begin
+  -- Its result gained the rate limits: a changed result type needs a new function.
+  if exists (select 1 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+             where n.nspname = 'absurd' and p.proname = 'get_flow_policy'
+               and not ('rate_limit' = any(coalesce(p.proargnames, '{}')))) then
+    drop function absurd.get_flow_policy(text);
+  end if;
+end;
+$$;
 create or replace function absurd.get_flow_policy(p_queue_name text)
 returns table (queue_name text, max_running integer, max_running_per_key integer,
-               flow_hold text)
+               flow_hold text, rate_limit jsonb, rate_limit_per_key jsonb)
 language sql
 stable
 as $$
-  select q.queue_name, q.max_running, q.max_running_per_key, q.flow_hold
+  select q.queue_name, q.max_running, q.max_running_per_key, q.flow_hold, q.rate_limit,
+         q.rate_limit_per_key
   from absurd.queues q
   where q.queue_name = p_queue_name;
 $$;
@@ -1103,6 +1138,12 @@ begin
   if v_policy ? 'max_running_per_key' then
     v_row.max_running_per_key := absurd._flow_limit(v_policy, 'max_running_per_key');
   end if;
+  if v_policy ? 'rate_limit' then
+    v_row.rate_limit := absurd._flow_rate(v_policy, 'rate_limit');
+  end if;
+  if v_policy ? 'rate_limit_per_key' then
+    v_row.rate_limit_per_key := absurd._flow_rate(v_policy, 'rate_limit_per_key');
+  end if;
 
   v_row.partition_lookahead := coalesce(
     absurd._policy_interval(v_policy, 'partition_lookahead'), v_row.partition_lookahead);
@@ -1150,9 +1191,14 @@ begin
     detach_min_age = v_row.detach_min_age,
     default_partition = v_row.default_partition,
     max_running = v_row.max_running,
-    max_running_per_key = v_row.max_running_per_key
+    max_running_per_key = v_row.max_running_per_key,
+    rate_limit = v_row.rate_limit,
+    rate_limit_per_key = v_row.rate_limit_per_key
   where queue_name = q;
-  if v_policy ?| array['max_running', 'max_running_per_key'] then
+  if v_row.rate_limit is not null then
+    perform absurd._flow_rate_index(q);
+  end if;
+  if v_policy ?| array['max_running', 'max_running_per_key', 'rate_limit', 'rate_limit_per_key'] then
     -- A raised or removed limit admits parked runs at once (claims park again
     -- those still over a limit); a lowered one drains as runs finish.
     perform absurd._flow_wake(q, null);
@@ -1195,14 +1241,14 @@ begin
 
   -- $1 task_id, $2 task_name, $3 params, $4 headers, $5 retry_strategy,
   -- $6 max_attempts, $7 cancellation, $8 now, $9 run_id, $10 idempotency_key,
-  -- $11 priority, $12 available_at, $13 flow_key
+  -- $11 priority, $12 available_at, $13 flow_key, $14 debounce_key, $15 debounce_deadline
   when 'spawn' then $q$
     with t as (
       insert into absurd.%1$I as t (task_id, task_name, params, headers, retry_strategy,
         max_attempts, cancellation, enqueue_at, state, attempts, last_attempt_run,
-        idempotency_key, priority, cancel_deadline, flow_key)
+        idempotency_key, priority, cancel_deadline, flow_key, debounce_key, debounce_deadline)
       values ($1, $2, coalesce($3, 'null'::jsonb), $4, $5, $6, $7, $8, 'pending', 1, $9,
-        $10, $11, absurd._cancel_deadline($7, $12, null), $13)
+        $10, $11, absurd._cancel_deadline($7, $12, null), $13, $14, $15)
       on conflict do nothing
       returning t.task_id
     ), r as (
@@ -1236,6 +1282,27 @@ begin
       select run_id, task_id, 1, 'pending', available_at, $8, priority, flow_key from x
     )
     select count(*) from x$q$
+
+  -- Debounce. $1 debounce_key: the key's task that has not started (r_<q>_dki).
+  when 'debounce.find' then $q$
+    select task_id, last_attempt_run, attempts, debounce_deadline from absurd.%1$I
+    where debounce_key = $1 and first_started_at is null and state = 'pending'
+    limit 1$q$
+  -- $1 run_id: locks the run first (the lock order: run, then task).
+  when 'debounce.lock_run' then $q$
+    select state from absurd.%2$I where run_id = $1 for update$q$
+  -- $1 task_id, $2 run_id, $3 params, $4 new available_at: replaces the params and
+  -- moves the start, if the task has still not started.
+  when 'debounce.push' then $q$
+    with ut as (
+      update absurd.%1$I t set params = coalesce($3, 'null'::jsonb),
+        cancel_deadline = absurd._cancel_deadline(t.cancellation, $4, null)
+      where t.task_id = $1 and t.state = 'pending' and t.first_started_at is null
+      returning t.task_id
+    )
+    update absurd.%2$I r set available_at = $4, flow_wait = null
+    from ut where r.run_id = $2 and r.state = 'pending'
+    returning r.run_id$q$
 
   -- $1 idempotency_key
   when 'spawn.existing' then $q$
@@ -1321,7 +1388,7 @@ begin
   when 'claim.one' then $q$
     with ur as (
       update absurd.%2$I r set state = 'running', claimed_by = $3, claim_expires_at = $4::timestamptz,
-        started_at = $2, available_at = $2
+        started_at = $2, available_at = $2, flow_wait = null
       where r.run_id = $1
       returning r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload
     ), ut as (
@@ -1343,13 +1410,28 @@ begin
   when 'flow.key_running' then $q$
     select count(*) from (
       select 1 from absurd.%2$I where flow_key = $1 and state = 'running' limit $2) x$q$
+  -- Rate limits: a sliding window over the runs' start times (absurd._flow_rate_room).
+  -- $1 flow_key, $2 the window's start, $3 at most this many: the key's newest
+  -- starts after $2, newest first (r_<q>_fsi, read backwards).
+  when 'flow.rate_key' then $q$
+    select array(select started_at from absurd.%2$I
+      where flow_key = $1 and started_at is not null and started_at > $2::timestamptz
+      order by started_at desc limit $3::integer)$q$
+  -- The same for the whole queue (r_<q>_rsi); $1 is null.
+  when 'flow.rate_queue' then $q$
+    select array(select started_at from absurd.%2$I
+      where started_at is not null and started_at > $2::timestamptz and $1::text is null
+      order by started_at desc limit $3::integer)$q$
   -- $1 limit: the queue's running runs, counted up to the limit (r_<q>_sai).
   when 'flow.queue_running' then $q$
     select count(*) from (select 1 from absurd.%2$I where state = 'running' limit $1) x$q$
-  -- $1 run_id, $2 task_id: parks a candidate whose key has no free slot.
+  -- $1 run_id, $2 task_id, $3 available_at, $4 flow_wait: parks a candidate whose
+  -- key has no free slot ('infinity', null: until a release wakes it) or that is
+  -- over a rate limit (until its window frees, 'rate_key').
   when 'flow.park' then $q$
     with ur as (
-      update absurd.%2$I set state = 'pending', available_at = 'infinity' where run_id = $1
+      update absurd.%2$I set state = 'pending', available_at = $3, flow_wait = $4
+      where run_id = $1
     )
     update absurd.%1$I set state = 'pending' where task_id = $2 and state = 'sleeping'$q$
   -- $1 flow_key, $2 its limit (null: none), $3 now: the release, under the key's
@@ -1918,7 +2000,8 @@ returns setof text
 language sql
 immutable
 as $$
-  select unnest(array['spawn', 'spawn.many', 'spawn.existing', 'claim.next_band', 'claim.band',
+  select unnest(array['spawn', 'spawn.many', 'spawn.existing', 'debounce.find',
+    'debounce.lock_run', 'debounce.push', 'claim.next_band', 'claim.band',
     'claim.cancel_head', 'sweep.cancellations', 'sweep.leases', 'cancel.lock_runs', 'task.lock', 'cancel.apply',
     'run.state', 'complete', 'complete.many', 'schedule', 'fail.lock_run', 'fail.lock_task', 'fail.mark',
     'fail.retry', 'fail.finish', 'checkpoint.owner', 'checkpoint.write',
@@ -1930,7 +2013,7 @@ as $$
     'cleanup.promises', 'gauges', 'stream.lock_run', 'stream.last', 'stream.append',
     'stream.close', 'stream.read', 'stream.task_end', 'claim.flow_candidates', 'claim.one',
     'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
-    'task.lock_key', 'flow.sweep_keys', 'flow.release']);
+    'task.lock_key', 'flow.sweep_keys', 'flow.release', 'flow.rate_key', 'flow.rate_queue']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -2351,6 +2434,58 @@ begin
 end;
 $$;
 
+-- The spawn option debounce = {key, period_seconds, timeout_seconds}, checked
+-- (AB054): key a non-empty string of at most 512 bytes, period_seconds > 0,
+-- timeout_seconds (optional: no latest start) >= period_seconds. Not with
+-- idempotency_key, delay or available_at (a debounced task's start is the debounce's).
+create or replace function absurd._debounce(
+  p_options jsonb, out key text, out period double precision, out timeout double precision)
+language plpgsql
+immutable
+as $$
+declare
+  v jsonb := p_options -> 'debounce';
+  v_field text;
+begin
+  if jsonb_typeof(v) <> 'object' then
+    perform absurd._raise('AB054', format(
+      'debounce must be an object {"key", "period_seconds", "timeout_seconds"}, got %s',
+      left(v::text, 100)));
+  end if;
+  for v_field in select jsonb_object_keys(v) loop
+    if v_field not in ('key', 'period_seconds', 'timeout_seconds') then
+      perform absurd._raise('AB054', format('Unsupported debounce field "%s"', left(v_field, 100)));
+    end if;
+  end loop;
+  if jsonb_typeof(v -> 'key') is distinct from 'string' or btrim(v ->> 'key') = ''
+     or octet_length(v ->> 'key') > 512 then
+    perform absurd._raise('AB054', format(
+      'debounce.key must be a non-empty string of at most 512 bytes, got %s',
+      left(coalesce(v -> 'key', 'null')::text, 100)));
+  end if;
+  key := v ->> 'key';
+  begin
+    period := absurd._opt_seconds(v, 'period_seconds');
+    timeout := absurd._opt_seconds(v, 'timeout_seconds');
+  exception when sqlstate 'AB015' then
+    perform absurd._raise('AB054', format('debounce is malformed: %s', sqlerrm));
+  end;
+  if period is null or period <= 0 then
+    perform absurd._raise('AB054', format('debounce.period_seconds must be a number > 0, got %s',
+      left(coalesce(v -> 'period_seconds', 'null')::text, 100)));
+  end if;
+  if timeout < period then
+    perform absurd._raise('AB054', format(
+      'debounce.timeout_seconds (%s) must not be less than period_seconds (%s)', timeout, period));
+  end if;
+  foreach v_field in array array['idempotency_key', 'delay', 'available_at'] loop
+    if jsonb_typeof(p_options -> v_field) is distinct from 'null' and p_options ? v_field then
+      perform absurd._raise('AB054', format('debounce cannot be combined with %s', v_field));
+    end if;
+  end loop;
+end;
+$$;
+
 -- The spawn options of spawn_task and spawn_tasks, checked and resolved
 -- (AB015 for a bad value): available_at from "delay" or "available_at" (never
 -- before p_now), priority defaulting to 0.
@@ -2359,7 +2494,8 @@ create or replace function absurd._spawn_options(
   p_options jsonb, p_now timestamptz,
   out headers jsonb, out retry_strategy jsonb, out max_attempts integer,
   out cancellation jsonb, out priority integer, out available_at timestamptz,
-  out flow_key text)
+  out flow_key text, out debounce_key text, out debounce_period double precision,
+  out debounce_deadline timestamptz)
 language plpgsql
 as $$
 declare
@@ -2385,7 +2521,10 @@ begin
   priority := coalesce(absurd._opt_int(p_options, 'priority'), 0);
   flow_key := absurd._flow_key(p_options -> 'flow_key');
   if p_options ? 'debounce' and jsonb_typeof(p_options -> 'debounce') <> 'null' then
-    perform absurd._raise('AB052', 'The spawn option debounce is not supported by this engine yet');
+    select d.key, d.period, d.timeout into debounce_key, debounce_period, v_delay
+    from absurd._debounce(p_options) d;
+    available_at := p_now + make_interval(secs => debounce_period);
+    debounce_deadline := p_now + make_interval(secs => v_delay);
   end if;
 end;
 $$;
@@ -2410,12 +2549,31 @@ declare
   v_run_id uuid := absurd.portable_uuidv7();
   v_inserted integer;
   v_old record;
+  v_pushed uuid;
 begin
   perform absurd._require_queue(q);
   perform absurd._require_text(p_task_name, 'task_name');
   v_opts := absurd._require_object(p_options, 'options');
   o := absurd._spawn_options(v_opts, v_now);
   v_available := o.available_at;
+
+  if o.debounce_key is not null then
+    -- Under the debounce key's lock: the key's task that has not started takes the
+    -- new params and a later start, and is handed back (created = false).
+    perform pg_advisory_xact_lock(hashtextextended(q || '/' || o.debounce_key, 1));
+    execute absurd._sql('debounce.find', q) into v_old using o.debounce_key;
+    if v_old.task_id is not null then
+      execute absurd._sql('debounce.lock_run', q) using v_old.last_attempt_run;
+      execute absurd._sql('debounce.push', q) into v_pushed
+        using v_old.task_id, v_old.last_attempt_run, p_params,
+              least(v_available, coalesce(v_old.debounce_deadline, v_available));
+      if v_pushed is not null then
+        return query select v_old.task_id, v_old.last_attempt_run, v_old.attempts, false;
+        return;
+      end if;
+      -- It started (or ended) meanwhile: a new task.
+    end if;
+  end if;
 
   if v_opts ->> 'idempotency_key' is not null and absurd._is_partitioned(q) then
     -- Partitioned queues hold keys in i_<q> (see "Storage"): reserve it first.
@@ -2430,7 +2588,8 @@ begin
           quote_nullable(o.max_attempts), quote_nullable(o.cancellation), quote_nullable(v_now),
           quote_nullable(v_run_id), quote_nullable(v_opts ->> 'idempotency_key'),
           quote_nullable(o.priority), quote_nullable(v_available),
-          quote_nullable(o.flow_key)) into v_inserted;
+          quote_nullable(o.flow_key), quote_nullable(o.debounce_key),
+          quote_nullable(o.debounce_deadline)) into v_inserted;
   if v_inserted = 0 then
     -- The idempotency key is taken: hand back the task that holds it.
     execute absurd._sql('spawn.existing', q) into v_old using v_opts ->> 'idempotency_key';
@@ -2502,7 +2661,8 @@ begin
     v_opts := absurd._require_object(
       coalesce(nullif(v_item -> 'options', 'null'::jsonb), '{}'::jsonb),
       format('tasks[%s].options', v_i - 1));
-    if nullif(v_opts -> 'idempotency_key', 'null'::jsonb) is not null then
+    if nullif(v_opts -> 'idempotency_key', 'null'::jsonb) is not null
+       or nullif(v_opts -> 'debounce', 'null'::jsonb) is not null then
       select * into v_keyed
       from absurd.spawn_task(q, v_item ->> 'task_name', v_item -> 'params', v_opts) s;
       v_out_task := v_out_task || v_keyed.task_id;
@@ -2633,7 +2793,7 @@ as $$
 declare
   v_key text;
 begin
-  foreach v_key in array array['rate_limit', 'rate_limit_per_key', 'weight'] loop
+  foreach v_key in array array['weight'] loop
     if p_policy ? v_key and jsonb_typeof(p_policy -> v_key) <> 'null' then
       perform absurd._raise('AB052', format('%s is not supported by this engine yet', v_key));
     end if;
@@ -2649,14 +2809,161 @@ begin
 end;
 $$;
 
+-- The limits of a key: its override's, else the queue's per-key defaults (one lookup).
+create or replace function absurd._flow_key_limits(
+  p_queue_name text, p_key text, p_max_running integer, p_rate jsonb,
+  out max_running integer, out rate_limit jsonb)
+language sql
+stable
+as $$
+  select coalesce(l.max_running, p_max_running), coalesce(l.rate_limit, p_rate)
+  from (select 1) one
+  left join absurd.flow_limits l on l.queue_name = p_queue_name and l.flow_key = p_key;
+$$;
+
 -- The running limit of a key: its override, else the queue's per-key default.
 create or replace function absurd._flow_key_limit(p_queue_name text, p_key text, p_default integer)
 returns integer
 language sql
 stable
 as $$
-  select coalesce((select l.max_running from absurd.flow_limits l
-                   where l.queue_name = p_queue_name and l.flow_key = p_key), p_default);
+  select (absurd._flow_key_limits(p_queue_name, p_key, p_default, null)).max_running;
+$$;
+
+-- A rate limit of a policy or override: null, or an object {limit, period_seconds,
+-- burst} with limit an integer >= 1, period_seconds a number > 0 (at most a year)
+-- and burst an integer in 0..limit (default 0); returned normalized. AB051 else.
+create or replace function absurd._flow_rate(p_policy jsonb, p_field text)
+returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+  v jsonb := p_policy -> p_field;
+  v_key text;
+  v_limit integer;
+  v_burst integer;
+  v_period double precision;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(v) <> 'object' then
+    perform absurd._raise('AB051', format(
+      '%s must be an object {"limit", "period_seconds", "burst"}, got %s', p_field, left(v::text, 100)));
+  end if;
+  for v_key in select jsonb_object_keys(v) loop
+    if v_key not in ('limit', 'period_seconds', 'burst') then
+      perform absurd._raise('AB051', format('Unsupported field "%s" in %s', left(v_key, 100), p_field));
+    end if;
+  end loop;
+  begin
+    v_limit := absurd._opt_int(v, 'limit');
+    v_burst := coalesce(absurd._opt_int(v, 'burst'), 0);
+    v_period := absurd._opt_seconds(v, 'period_seconds');
+  exception when sqlstate 'AB015' then
+    perform absurd._raise('AB051', format('%s is malformed: %s', p_field, sqlerrm));
+  end;
+  if v_limit is null or v_limit < 1 then
+    perform absurd._raise('AB051', format('%s.limit must be an integer >= 1, got %s', p_field,
+      left(coalesce(v -> 'limit', 'null')::text, 100)));
+  end if;
+  if v_period is null or v_period <= 0 or v_period > 31622400 then
+    perform absurd._raise('AB051', format(
+      '%s.period_seconds must be a number of seconds > 0 and at most a year, got %s', p_field,
+      left(coalesce(v -> 'period_seconds', 'null')::text, 100)));
+  end if;
+  if v_burst < 0 or v_burst > v_limit then
+    perform absurd._raise('AB051', format('%s.burst must be an integer from 0 to limit (%s), got %s',
+      p_field, v_limit, v_burst));
+  end if;
+  return jsonb_build_object('limit', v_limit, 'period_seconds', v_period, 'burst', v_burst);
+end;
+$$;
+
+-- The queue-wide rate window's index, made when the queue first gets a rate limit
+-- (so that queues without one do not index every start).
+create or replace function absurd._flow_rate_index(p_queue_name text)
+returns void
+language plpgsql
+as $$
+begin
+  execute format($ix$create index if not exists %I on absurd.%I (started_at)
+    where started_at is not null$ix$, 'r_' || p_queue_name || '_rsi', 'r_' || p_queue_name);
+end;
+$$;
+
+-- How many more runs may start now under a rate limit (p_key null: the queue's),
+-- and when the window frees when none may. The window, with L = limit, B = burst
+-- and P = period_seconds: at most L + B starts in any P seconds and, when B > 0,
+-- at most 2L in any 2P seconds (a burst borrows from the next period). Counted
+-- from the runs' start times (started_at: a run's latest claim), newest first,
+-- reading at most max(L + B, 2L) index entries.
+create or replace function absurd._flow_rate_room(
+  p_queue_name text, p_key text, p_rate jsonb, p_now timestamptz,
+  out room integer, out started integer, out allowed integer, out free_at timestamptz)
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  v_limit integer := (p_rate ->> 'limit')::integer;
+  v_burst integer := coalesce((p_rate ->> 'burst')::integer, 0);
+  v_period double precision := (p_rate ->> 'period_seconds')::double precision;
+  v_n1 integer := v_limit + v_burst;
+  v_n2 integer := case when v_burst > 0 then 2 * v_limit end;
+  v_starts timestamptz[];
+  v_c1 integer;
+  v_c2 integer;
+begin
+  -- The starts in the last period (or two, with a burst), newest first.
+  execute absurd._sql(case when p_key is null then 'flow.rate_queue' else 'flow.rate_key' end,
+    p_queue_name) into v_starts
+    using p_key, p_now - make_interval(secs => v_period * case when v_n2 is null then 1 else 2 end),
+          greatest(v_n1, coalesce(v_n2, 0));
+  v_c2 := cardinality(v_starts);
+  select count(*) into v_c1 from unnest(v_starts) u
+  where u > p_now - make_interval(secs => v_period);
+  started := v_c1;
+  allowed := v_n1;
+  room := least(v_n1 - v_c1, coalesce(v_n2 - v_c2, v_n1 - v_c1));
+  if room <= 0 then
+    -- Free when the oldest start that fills a window leaves it.
+    room := 0;
+    free_at := greatest(
+      case when v_c1 >= v_n1 then v_starts[v_n1] + make_interval(secs => v_period) end,
+      case when v_c2 >= v_n2 then v_starts[v_n2] + make_interval(secs => 2 * v_period) end);
+  end if;
+end;
+$$;
+
+-- Whether a run of key p_key (null: none) may start now under the queue's rate
+-- and its key's: free_at (null when it may) is when the binding window frees.
+create or replace function absurd._flow_rate_check(
+  p_queue_name text, p_key text, p_rate jsonb, p_rate_per_key jsonb, p_now timestamptz,
+  out free_at timestamptz, out started integer, out allowed integer, out per_key boolean)
+language plpgsql
+as $$
+declare
+  v_rate jsonb;
+  v record;
+begin
+  if p_rate is not null then
+    v := absurd._flow_rate_room(p_queue_name, null, p_rate, p_now);
+    if v.room <= 0 then
+      free_at := v.free_at; started := v.started; allowed := v.allowed; per_key := false;
+      return;
+    end if;
+  end if;
+  if p_key is not null then
+    v_rate := (absurd._flow_key_limits(p_queue_name, p_key, null, p_rate_per_key)).rate_limit;
+    if v_rate is not null then
+      v := absurd._flow_rate_room(p_queue_name, p_key, v_rate, p_now);
+      if v.room <= 0 then
+        free_at := v.free_at; started := v.started; allowed := v.allowed; per_key := true;
+      end if;
+    end if;
+  end if;
+end;
 $$;
 
 -- Whether any limit applies to the queue (absurd.queues.flow_enabled).
@@ -2665,9 +2972,11 @@ returns boolean
 language sql
 as $$
   update absurd.queues q set flow_enabled = q.max_running is not null
-    or q.max_running_per_key is not null
+    or q.max_running_per_key is not null or q.rate_limit is not null
+    or q.rate_limit_per_key is not null
     or exists (select 1 from absurd.flow_limits l
-               where l.queue_name = q.queue_name and l.max_running is not null)
+               where l.queue_name = q.queue_name
+                 and (l.max_running is not null or l.rate_limit is not null))
   where q.queue_name = p_queue_name
   returning flow_enabled;
 $$;
@@ -2727,9 +3036,11 @@ begin
 end;
 $$;
 
+drop function if exists absurd._claim_flow(text, text, timestamptz, timestamptz, integer,
+  integer, integer);
 create or replace function absurd._claim_flow(
   p_queue_name text, p_worker text, p_now timestamptz, p_expires timestamptz, p_qty integer,
-  p_max_running integer, p_per_key integer)
+  p_max_running integer, p_per_key integer, p_rate jsonb, p_rate_per_key jsonb)
 returns setof absurd._claimed_run
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -2747,6 +3058,8 @@ declare
   v_running integer;
   v_seen integer;
   v_rounds integer;
+  v_rate jsonb;
+  v_room record;
 begin
   -- Each count must see every claim committed before its lock was granted: a
   -- statement snapshot, taken after the lock (READ COMMITTED).
@@ -2755,10 +3068,17 @@ begin
       'Claims on queue "%s" (flow control) need READ COMMITTED isolation, not %s', q,
       current_setting('transaction_isolation')));
   end if;
-  if p_max_running is not null then
+  if p_max_running is not null or p_rate is not null then
     perform pg_advisory_xact_lock(hashtextextended(q, 0));
-    execute absurd._sql('flow.queue_running', q) into v_running using p_max_running;
-    v_left := least(v_left, p_max_running - v_running);
+    if p_max_running is not null then
+      execute absurd._sql('flow.queue_running', q) into v_running using p_max_running;
+      v_left := least(v_left, p_max_running - v_running);
+    end if;
+    if p_rate is not null then
+      -- The queue's rate caps the batch (nothing is parked: every due run waits).
+      v_room := absurd._flow_rate_room(q, null, p_rate, p_now);
+      v_left := least(v_left, v_room.room);
+    end if;
     if v_left <= 0 then
       return;
     end if;
@@ -2780,16 +3100,29 @@ begin
           continue;
         end if;
         if v_cand.flow_key is not null then
-          v_limit := absurd._flow_key_limit(q, v_cand.flow_key, p_per_key);
-          if v_limit is not null then
+          select k.max_running, k.rate_limit into v_limit, v_rate
+          from absurd._flow_key_limits(q, v_cand.flow_key, p_per_key, p_rate_per_key) k;
+          if v_limit is not null or v_rate is not null then
             if not pg_try_advisory_xact_lock(hashtext(q), hashtext(v_cand.flow_key)) then
               v_pass := v_pass || v_cand.run_id;
               continue;
             end if;
+          end if;
+          if v_limit is not null then
             execute absurd._cached('flow.key_running', q, quote_nullable(v_cand.flow_key),
               quote_nullable(v_limit)) into v_running;
             if v_running >= v_limit then
-              execute absurd._sql('flow.park', q) using v_cand.run_id, v_cand.task_id;
+              execute absurd._sql('flow.park', q)
+                using v_cand.run_id, v_cand.task_id, 'infinity'::timestamptz, null::text;
+              continue;
+            end if;
+          end if;
+          if v_rate is not null then
+            v_room := absurd._flow_rate_room(q, v_cand.flow_key, v_rate, p_now);
+            if v_room.room <= 0 then
+              -- Over the key's rate: parked until its window frees (a finite time).
+              execute absurd._sql('flow.park', q)
+                using v_cand.run_id, v_cand.task_id, v_room.free_at, 'rate_key'::text;
               continue;
             end if;
           end if;
@@ -2841,6 +3174,7 @@ declare
   q text := p_queue_name;
   v_key text;
   v_max integer;
+  v_rate jsonb;
   v_field text;
 begin
   perform absurd._require_queue(q);
@@ -2862,11 +3196,13 @@ begin
       end if;
     end loop;
     v_max := absurd._flow_limit(p_limits, 'max_running');
-    insert into absurd.flow_limits (queue_name, flow_key, max_running, limits)
-    values (q, v_key, v_max, absurd._strip_top_nulls(p_limits))
+    v_rate := absurd._flow_rate(p_limits, 'rate_limit');
+    insert into absurd.flow_limits (queue_name, flow_key, max_running, limits, rate_limit)
+    values (q, v_key, v_max, absurd._strip_top_nulls(p_limits
+              || coalesce(jsonb_build_object('rate_limit', v_rate), '{}')), v_rate)
     on conflict (queue_name, flow_key) do update
       set max_running = excluded.max_running, limits = excluded.limits,
-          updated_at = clock_timestamp();
+          rate_limit = excluded.rate_limit, updated_at = clock_timestamp();
   end if;
   perform absurd._flow_wake(q, array[v_key]);
 end;
@@ -2882,6 +3218,149 @@ begin
   return query
     select l.flow_key, l.limits, l.updated_at from absurd.flow_limits l
     where l.queue_name = p_queue_name order by l.flow_key;
+end;
+$$;
+
+-- Why a task is not running (or that it is, or has ended): one row, a reason code
+-- and a message, plus the facts behind it (docs/engine.md "Why a task waits").
+-- Reasons: claimable, running, delayed, sleeping, waiting_event, waiting_promise,
+-- waiting_key_slot, waiting_queue_slot, rate_limited, debounced, completed,
+-- failed, cancelled. Reads only; an unknown task is AB009.
+create or replace function absurd.explain_task(p_queue_name text, p_task_id uuid)
+returns table (reason text, message text, task_state text, run_id uuid, attempt integer,
+               flow_key text, running integer, "limit" integer, until timestamptz,
+               event_name text)
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_now timestamptz := absurd.current_time();
+  t record;
+  r record;
+  qu record;
+  v_limit integer;
+  v_running integer;
+  v_rate record;
+  v_until timestamptz;
+  v_event text;
+begin
+  perform absurd._require_queue(q);
+  select qu2.max_running, qu2.max_running_per_key, qu2.flow_enabled, qu2.rate_limit,
+         qu2.rate_limit_per_key
+    into qu from absurd.queues qu2 where qu2.queue_name = q;
+  execute format($f$select task_id, state, flow_key, first_started_at, last_attempt_run,
+      finished_at, debounce_key, debounce_deadline from absurd.%I where task_id = $1$f$, 't_' || q)
+    into t using p_task_id;
+  if t.task_id is null then
+    perform absurd._raise('AB009', format('Task "%s" not found in queue "%s"',
+      absurd._show(p_task_id), q));
+  end if;
+  execute format($f$select run_id, attempt, state, available_at, claimed_by, claim_expires_at,
+      wake_event, flow_wait, started_at from absurd.%I where run_id = $1$f$, 'r_' || q)
+    into r using t.last_attempt_run;
+  task_state := t.state;
+  run_id := r.run_id;
+  attempt := r.attempt;
+  flow_key := t.flow_key;
+  if t.state in ('completed', 'failed', 'cancelled') then
+    reason := t.state;
+    until := t.finished_at;
+    message := format('%s at %s', initcap(t.state), t.finished_at);
+    return next;
+    return;
+  end if;
+  if r.state = 'running' then
+    reason := 'running';
+    until := r.claim_expires_at;
+    message := format('Running (attempt %s) on worker %s', r.attempt, coalesce(r.claimed_by, '?'))
+      || coalesce(format(', lease until %s', r.claim_expires_at), '');
+    return next;
+    return;
+  end if;
+  if r.state = 'sleeping' and r.wake_event is not null then
+    v_until := nullif(r.available_at, 'infinity');
+    event_name := r.wake_event;
+    until := v_until;
+    if r.wake_event like '$promise:%' then
+      reason := 'waiting_promise';
+      message := format('Waiting for promise %s', substr(r.wake_event, 10));
+    else
+      reason := 'waiting_event';
+      message := format('Waiting for event "%s"', r.wake_event);
+    end if;
+    message := message || coalesce(format(' until %s', v_until), '');
+    return next;
+    return;
+  end if;
+  if r.available_at > v_now and r.available_at < 'infinity' then
+    until := r.available_at;
+    if t.debounce_key is not null and t.first_started_at is null then
+      reason := 'debounced';
+      message := format('Debounced (key "%s") until %s', t.debounce_key, r.available_at)
+        || coalesce(format(', at the latest %s', t.debounce_deadline), '');
+    elsif r.flow_wait is not null then
+      reason := 'rate_limited';
+      message := format('Rate-limited (%s) until %s',
+        case r.flow_wait when 'rate_key' then format('key "%s"', t.flow_key) else 'queue' end,
+        r.available_at);
+    elsif r.state = 'sleeping' and r.started_at is not null then
+      reason := 'sleeping';
+      message := format('Sleeping until %s', r.available_at);
+    else
+      reason := 'delayed';
+      message := case when r.attempt > 1
+        then format('Retry (attempt %s) delayed until %s', r.attempt, r.available_at)
+        else format('Delayed until %s', r.available_at) end;
+    end if;
+    return next;
+    return;
+  end if;
+  -- Parked (waiting for a release), or due now: claimable unless a limit binds (the
+  -- next claim parks it, or passes it by).
+  if qu.max_running is not null and r.available_at < 'infinity' then
+    execute absurd._sql('flow.queue_running', q) into v_running using qu.max_running;
+    if v_running >= qu.max_running then
+      reason := 'waiting_queue_slot';
+      running := v_running;
+      "limit" := qu.max_running;
+      message := format('Waiting for a slot of the queue (%s of %s running)', v_running,
+        qu.max_running);
+      return next;
+      return;
+    end if;
+  end if;
+  if t.flow_key is not null then
+    v_limit := absurd._flow_key_limit(q, t.flow_key, qu.max_running_per_key);
+    if v_limit is not null then
+      execute absurd._sql('flow.key_running', q) into v_running using t.flow_key, v_limit;
+      if v_running >= v_limit or r.available_at = 'infinity' then
+        reason := 'waiting_key_slot';
+        running := v_running;
+        "limit" := v_limit;
+        message := format('Waiting for a slot of key "%s" (%s of %s running)', t.flow_key,
+          v_running, v_limit);
+        return next;
+        return;
+      end if;
+    end if;
+  end if;
+  v_rate := absurd._flow_rate_check(q, t.flow_key, qu.rate_limit, qu.rate_limit_per_key, v_now);
+  if v_rate.free_at is not null then
+    reason := 'rate_limited';
+    until := v_rate.free_at;
+    running := v_rate.started;
+    "limit" := v_rate.allowed;
+    message := format('Rate-limited (%s: %s starts of %s allowed) until %s',
+      case when v_rate.per_key then format('key "%s"', t.flow_key) else 'queue' end,
+      v_rate.started, v_rate.allowed, v_rate.free_at);
+    return next;
+    return;
+  end if;
+  reason := 'claimable';
+  until := r.available_at;
+  message := 'Claimable now: the next claim of the queue may take it';
+  return next;
 end;
 $$;
 
@@ -2972,7 +3451,8 @@ declare
 begin
   -- absurd._require_queue, reading the queue's flow settings on the way.
   perform absurd.validate_queue_name(q);
-  select qu.flow_enabled, qu.max_running, qu.max_running_per_key into v_flow
+  select qu.flow_enabled, qu.max_running, qu.max_running_per_key, qu.rate_limit,
+         qu.rate_limit_per_key into v_flow
   from absurd.queues qu where qu.queue_name = q;
   if not found then
     perform absurd._raise('AB005', format('Queue "%s" does not exist', q));
@@ -2998,7 +3478,8 @@ begin
   perform absurd._sweep(q, v_now, v_left, v_flow.flow_enabled);
   if v_flow.flow_enabled then
     return query select * from absurd._claim_flow(q, v_worker, v_now, v_expires, v_left,
-      v_flow.max_running, v_flow.max_running_per_key);
+      v_flow.max_running, v_flow.max_running_per_key, v_flow.rate_limit,
+      v_flow.rate_limit_per_key);
     return;
   end if;
   loop

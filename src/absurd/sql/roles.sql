@@ -70,7 +70,7 @@ as $$
                     'get_task_result', 'get_task_checkpoint_state',
                     'get_task_checkpoint_states', 'list_schedules', 'list_schedule_fires',
                     'preview_schedule', 'get_promise', 'queue_gauges', 'read_stream',
-                    'stream_channel', 'get_flow_limits', 'get_flow_policy')
+                    'stream_channel', 'get_flow_limits', 'get_flow_policy', 'explain_task')
 $$;
 
 create or replace function absurd._install_roles(p_worker name, p_reader name)
