@@ -3,11 +3,19 @@ registered task's derived flow key, debounce and explain_task (docs/flow-control
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 import absurd
 from absurd import FlowLimit, FlowPolicy, RateLimit
-from absurd.errors import InvalidFlowKey, InvalidFlowLimit, QueueNotFound
+from absurd.errors import (
+    InvalidDebounce,
+    InvalidFlowKey,
+    InvalidFlowLimit,
+    QueueNotFound,
+    TaskNotFound,
+)
 from tests.sdk.conftest import Api
 
 HOSTILE_KEYS = ['it\'s "quoted"; drop table x; --', "clé 🔑 ключ 鍵", "k" * 512]
@@ -130,9 +138,76 @@ async def test_a_registered_task_derives_its_flow_key(api: Api) -> None:
 async def test_debounce_shapes_reach_the_engine(api: Api) -> None:
     """Debounce accepts a Debounce or a dict; a bad one is refused before any write."""
     app = await api.client()
-    with pytest.raises(InvalidFlowLimit):
+    with pytest.raises(InvalidDebounce):
         await app.spawn("job", {}, queue=api.queue, debounce=("k", 1))
     assert api.engine.rows(f'select 1 from absurd."t_{api.queue}"') == []
+
+
+async def test_rate_limits_round_trip(api: Api) -> None:
+    app = await api.client()
+    policy = await app.set_flow_policy(
+        api.queue,
+        rate_limit=RateLimit(100, 1),
+        rate_limit_per_key={"limit": 5, "period_seconds": 60, "burst": 2},
+    )
+    assert policy.rate_limit == RateLimit(100, 1.0, 0)
+    assert policy.rate_limit_per_key == RateLimit(5, 60.0, 2)
+    await app.set_flow_limit("slow", rate_limit=RateLimit(1, 60), queue_name=api.queue)
+    (limit,) = await app.list_flow_limits(queue_name=api.queue)
+    assert (limit.flow_key, limit.max_running, limit.rate_limit) == (
+        "slow",
+        None,
+        RateLimit(1, 60.0),
+    )
+    with pytest.raises(InvalidFlowLimit):
+        await app.set_flow_policy(api.queue, rate_limit=RateLimit(0, 1))
+    cleared = await app.set_flow_policy(api.queue, rate_limit=None)
+    assert cleared.rate_limit is None and cleared.rate_limit_per_key == RateLimit(5, 60.0, 2)
+
+
+async def test_a_debounced_spawn_returns_the_waiting_task(api: Api) -> None:
+    app = await api.client()
+    debounce = absurd.Debounce(key=HOSTILE_KEYS[0], period_seconds=60, timeout_seconds=600)
+    first = await app.spawn("job", {"rev": 1}, queue=api.queue, debounce=debounce)
+    as_dict = {"key": HOSTILE_KEYS[0], "period_seconds": 60}
+    again = await app.spawn("job", {"rev": 2}, queue=api.queue, debounce=as_dict)
+    assert first["created"] is True and again["created"] is False
+    assert (again["task_id"], again["run_id"]) == (first["task_id"], first["run_id"])
+    assert api.task(first["task_id"])["params"] == {"rev": 2}
+    why = await app.explain_task(first["task_id"], api.queue)
+    assert why.reason == "debounced" and why.until is not None
+    other = await app.spawn("job", {}, queue=api.queue, debounce=absurd.Debounce("other", 60))
+    assert other["created"] is True and other["task_id"] != first["task_id"]
+    for bad in (
+        {"period_seconds": 5},
+        {"key": "k", "period_seconds": 0},
+        {"key": "x" * 10_000, "period_seconds": 1},
+    ):
+        with pytest.raises(InvalidDebounce):
+            await app.spawn("job", {}, queue=api.queue, debounce=bad)
+    with pytest.raises(InvalidDebounce):
+        await app.spawn("job", {}, queue=api.queue, debounce=as_dict, idempotency_key="i")
+    assert len(api.engine.rows(f'select 1 from absurd."t_{api.queue}"')) == 2
+
+
+async def test_explain_task_says_why(api: Api) -> None:
+    app = await api.client()
+    await app.set_flow_policy(api.queue, max_running_per_key=1)
+    key = HOSTILE_KEYS[1]
+    first = await app.spawn("job", {}, queue=api.queue, flow_key=key)
+    second = await app.spawn("job", {}, queue=api.queue, flow_key=key)
+    claimable = await app.explain_task(second["task_id"], api.queue)
+    assert isinstance(claimable, absurd.TaskExplanation) and claimable.reason == "claimable"
+    api.engine.claim(qty=10)
+    running = await app.explain_task(first["task_id"], api.queue)
+    assert running.reason == "running" and running.until is not None
+    waiting = await app.explain_task(str(second["task_id"]), api.queue)
+    assert waiting.reason == "waiting_key_slot" and key in waiting.message
+    assert waiting.details["flow_key"] == key
+    assert (waiting.details["running"], waiting.details["limit"]) == (1, 1)
+    assert waiting.task_id == str(second["task_id"])
+    with pytest.raises(TaskNotFound):
+        await app.explain_task(uuid.uuid4(), api.queue)
 
 
 def test_types_are_public() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from absurd.errors import InvalidFlowKey, InvalidFlowLimit
+from absurd.errors import InvalidDebounce, InvalidFlowKey, InvalidFlowLimit
 
 FlowHold = Literal["running", "lifetime"]
 #: ``register_task(..., flow_key=...)``: the name of a param, or a function of the params.
@@ -85,8 +85,9 @@ class Debounce:
 @dataclass(frozen=True)
 class TaskExplanation:
     """Why a task is not running (``explain_task``): ``reason`` is a short code
-    (``waiting_for_slot``, ``rate_limited``, ``debounced``, ``delayed``, ``sleeping``,
-    ``waiting_for_event``, ``claimable``, ``running``, or the terminal state),
+    (``claimable``, ``running``, ``waiting_key_slot``, ``waiting_queue_slot``,
+    ``rate_limited``, ``debounced``, ``delayed``, ``sleeping``, ``waiting_event``,
+    ``waiting_promise``, or the terminal state),
     ``message`` says it in a sentence, ``until`` is when it changes by itself (if it
     does), ``details`` holds the rest of the engine's answer (key, counts, event)."""
 
@@ -116,7 +117,7 @@ def debounce_json(value: Debounce | Mapping[str, Any] | None) -> dict[str, Any] 
         return value.to_json()
     if isinstance(value, Mapping):
         return {k: v for k, v in value.items() if v is not None}
-    raise InvalidFlowLimit(f"debounce must be a Debounce or a dict, got {value!r:.100}")
+    raise InvalidDebounce(f"debounce must be a Debounce or a dict, got {value!r:.100}")
 
 
 def policy(row: Mapping[str, Any]) -> FlowPolicy:

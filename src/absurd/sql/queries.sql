@@ -211,7 +211,8 @@ select absurd.set_queue_policy(%(queue)s, %(policy)s::jsonb)
 -- name: flow_policy_get --
 -- The queue's flow policy: max_running, max_running_per_key, the rate limits and
 -- flow_hold (absurd.get_flow_policy; set through queue_policy_set).
-select * from absurd.get_flow_policy(%(queue)s)
+select queue_name, max_running, max_running_per_key, flow_hold, rate_limit, rate_limit_per_key
+from absurd.get_flow_policy(%(queue)s)
 
 -- name: flow_limit_set --
 -- A key's override (null limits: removed); raising one wakes the key's parked runs.
@@ -227,7 +228,9 @@ limit %(limit)s
 -- name: task_explain --
 -- Why a task is not running (absurd.explain_task): absurdctl explain-task, Habitat's
 -- task page, the SDK's explain_task.
-select * from absurd.explain_task(%(queue)s, %(task_id)s::uuid)
+select reason, message, until, task_state, run_id, attempt, flow_key, running, "limit",
+  event_name
+from absurd.explain_task(%(queue)s, %(task_id)s::uuid)
 
 -- name: queue_maintenance_policy --
 -- The policy storage maintenance follows (the TTL in seconds, as cleanup_* take it).
