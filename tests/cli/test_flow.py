@@ -117,3 +117,21 @@ def test_explain_task_says_why_a_task_waits(
     assert cli("explain-task", first, "--json").json()["reason"] == "running"
     one_line_error(cli("explain-task", "not-a-uuid"), "not a UUID")
     one_line_error(cli("explain-task", str(uuid.uuid4())), "not found")
+
+
+def test_spawn_task_with_a_flow_key_and_debounce(cli: Cli, queue: str) -> None:
+    key = HOSTILE_KEYS[1]
+    spawned = cli("spawn-task", "job", "-q", queue, "--flow-key", key, "--json").json()
+    assert cli("explain-task", spawned["task_id"], "--json").json()["flow_key"] == key
+    flags = ["--debounce", key, "--debounce-period", "60", "--debounce-timeout", "600"]
+    first = cli("spawn-task", "job", "-q", queue, "-P", "rev:=1", *flags, "--json").json()
+    again = cli("spawn-task", "job", "-q", queue, "-P", "rev:=2", *flags)
+    assert again.code == 0 and "already spawned" in again.stdout
+    assert first["task_id"] in again.stdout
+    dumped = cli("dump-task", "--task-id", first["task_id"], "--json").json()
+    assert dumped["task"]["params"] == {"rev": 2}
+    assert cli("explain-task", first["task_id"], "--json").json()["reason"] == "debounced"
+    one_line_error(cli("spawn-task", "job", "-q", queue, "--debounce-period", "5"), "AB054")
+    one_line_error(cli("spawn-task", "job", "-q", queue, "--flow-key", "x" * 10_000), "AB050")
+    listed = cli("list-tasks", "-q", queue, "--json").json()
+    assert len(listed) == 2
