@@ -117,6 +117,15 @@ def test_limits_are_editable_behind_the_credential(rw: TestClient, fq: Flow, con
         "select max_running, max_running_per_key from absurd.get_flow_policy(%s)", (fq.queue,)
     ).fetchone()
     assert limits == (50, 1)
+    rated = rw.post("/actions/flow-policy", data={**form, "rate_limit_per_key": "600/60+50"})
+    assert rated.status_code == 303
+    assert "600 per 60 s (+50)" in rw.get(fq.page()).text
+    keyed = rw.post("/actions/flow-limit", data={**form, "flow_key": LONG, "rate_limit": "5/1"})
+    assert keyed.status_code == 303
+    override = conn.execute(
+        "select limits from absurd.get_flow_limits(%s) where flow_key = %s", (fq.queue, LONG)
+    ).fetchone()
+    assert override == ({"rate_limit": {"limit": 5, "period_seconds": 1, "burst": 0}},)
     cleared = rw.post("/actions/flow-limit-clear", data={**form, "flow_key": "idle"})
     assert cleared.headers["location"].endswith("msg=flow-limit-cleared")
     keys = [
@@ -128,11 +137,15 @@ def test_limits_are_editable_behind_the_credential(rw: TestClient, fq: Flow, con
         ({"flow_key": HOSTILE, "max_running": "0"}, "max running"),
         ({"flow_key": "x" * 10_000, "max_running": "1"}, "AB050"),
         ({"flow_key": "", "max_running": "1"}, "flow key is required"),
+        ({"flow_key": HOSTILE, "rate_limit": "fast"}, "LIMIT/SECONDS"),
+        ({"flow_key": HOSTILE, "rate_limit": "0/1"}, "AB051"),
     ):
         bad = rw.post("/actions/flow-limit", data={**form, **data})
         assert bad.status_code == 400 and code in bad.text, bad.text
     bad = rw.post("/actions/flow-policy", data={**form, "max_running_per_key": "-2"})
     assert bad.status_code == 400
+    bad = rw.post("/actions/flow-policy", data={**form, "max_running": "7", "rate_limit": "1/0"})
+    assert bad.status_code == 400 and "AB051" in bad.text
     forged = rw.post("/actions/flow-policy", data={**form, "csrf": "x", "max_running": "none"})
     assert forged.status_code == 403
     limits = conn.execute(
@@ -141,3 +154,9 @@ def test_limits_are_editable_behind_the_credential(rw: TestClient, fq: Flow, con
     assert limits == (50, 1)
     after = conn.execute("select count(*) from absurd.get_flow_limits(%s)", (fq.queue,)).fetchone()
     assert after == (2,)
+    assert (
+        override
+        == conn.execute(
+            "select limits from absurd.get_flow_limits(%s) where flow_key = %s", (fq.queue, LONG)
+        ).fetchone()
+    )

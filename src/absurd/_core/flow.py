@@ -9,6 +9,7 @@ derives a registered task's flow key from its params.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,6 +19,9 @@ from absurd.errors import InvalidDebounce, InvalidFlowKey, InvalidFlowLimit
 FlowHold = Literal["running", "lifetime"]
 #: ``register_task(..., flow_key=...)``: the name of a param, or a function of the params.
 FlowKeySource = str | Callable[[Any], str | None]
+#: A rate limit typed by a person (absurdctl, Habitat's forms).
+RATE_SYNTAX = "LIMIT/SECONDS[+BURST] (e.g. 100/1, 600/60+50), or none"
+_RATE = re.compile(r"^\s*(-?\d+)\s*/\s*(-?[0-9.]+)\s*s?\s*(?:\+\s*(-?\d+))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,18 @@ def rate_limit_json(value: RateLimit | Mapping[str, Any] | None) -> dict[str, An
     if isinstance(value, Mapping):
         return dict(value)
     raise InvalidFlowLimit(f"a rate limit must be a RateLimit or a dict, got {value!r:.100}")
+
+
+def parse_rate(text: str) -> dict[str, Any] | None:
+    """``LIMIT/SECONDS[+BURST]`` as the engine's rate limit, ``none`` as null (no
+    limit); anything else is InvalidFlowLimit. The engine checks the numbers."""
+    if text.strip().lower() == "none":
+        return None
+    match = _RATE.match(text)
+    if match is None:
+        raise InvalidFlowLimit(f"a rate limit is {RATE_SYNTAX}, got {text[:100]!r}")
+    limit, period, burst = match.groups()
+    return {"limit": int(limit), "period_seconds": float(period), "burst": int(burst or 0)}
 
 
 def debounce_json(value: Debounce | Mapping[str, Any] | None) -> dict[str, Any] | None:

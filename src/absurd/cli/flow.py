@@ -6,7 +6,6 @@ of ``queue-policy``; the value parsers they share live here (docs/flow-control.m
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,6 +13,7 @@ import click
 from psycopg.types.json import Jsonb
 
 from absurd import queries
+from absurd._core.flow import RATE_SYNTAX, parse_rate
 from absurd.cli._conn import Target, require_queue, with_db
 from absurd.cli._output import CliError, InOrder, json_option, print_fields, print_json, show
 from absurd.cli.schedules import queue_option
@@ -23,8 +23,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: ``none`` removes a limit (JSON null); otherwise the value goes to the engine as
 #: given, which refuses what is not a limit (AB051) and changes nothing.
 NONE = "none"
-_RATE = re.compile(r"^\s*(-?\d+)\s*/\s*(-?[0-9.]+)\s*s?\s*(?:\+\s*(-?\d+))?\s*$")
-RATE_HELP = "LIMIT/SECONDS[+BURST] (e.g. 100/1, 600/60+50), or none"
 #: The most overrides ``flow-limits list`` prints per call (``--after`` pages on).
 LIST_CAP = 1000
 
@@ -41,22 +39,16 @@ def limit_value(text: str | None) -> Any:
 
 
 def rate_value(text: str) -> dict[str, Any] | None:
-    """``LIMIT/SECONDS[+BURST]`` (or a JSON object) as the engine's rate limit; ``none``: null."""
-    if text.strip().lower() == NONE:
-        return None
-    if text.strip().startswith("{"):
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise CliError(f"rate limit is not valid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise CliError(f"a rate limit is {RATE_HELP}")
-        return value
-    match = _RATE.match(text)
-    if match is None:
-        raise CliError(f"a rate limit is {RATE_HELP}, got {text[:100]!r}")
-    limit, period, burst = match.groups()
-    return {"limit": int(limit), "period_seconds": float(period), "burst": int(burst or 0)}
+    """``LIMIT/SECONDS[+BURST]``, ``none`` or a JSON object, as the engine's rate limit."""
+    if not text.strip().startswith("{"):
+        return parse_rate(text)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"rate limit is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"a rate limit is {RATE_SYNTAX}")
+    return value
 
 
 def policy_flags(flags: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +68,8 @@ def policy_flags(flags: dict[str, Any]) -> dict[str, Any]:
 _FLOW_POLICY_OPTIONS = [
     click.option("--max-running", metavar="N|none", help="Runs at once across all workers."),
     click.option("--max-running-per-key", metavar="N|none", help="Runs at once per flow key."),
-    click.option("--rate-limit", metavar="RATE", help=f"Starts of the queue: {RATE_HELP}."),
-    click.option("--rate-limit-per-key", metavar="RATE", help=f"Starts per key: {RATE_HELP}."),
+    click.option("--rate-limit", metavar="RATE", help=f"Starts of the queue: {RATE_SYNTAX}."),
+    click.option("--rate-limit-per-key", metavar="RATE", help=f"Starts per key: {RATE_SYNTAX}."),
     click.option(
         "--flow-hold",
         type=click.Choice(["running", "lifetime"]),
@@ -132,7 +124,7 @@ def list_(db: Target, queue: str, after: str | None, limit: int, as_json: bool) 
 @click.argument("flow_key")
 @queue_option
 @click.option("--max-running", metavar="N", help="Runs of this key at once.")
-@click.option("--rate-limit", metavar="RATE", help=f"Starts of this key: {RATE_HELP}.")
+@click.option("--rate-limit", metavar="RATE", help=f"Starts of this key: {RATE_SYNTAX}.")
 @click.option("--weight", type=float, metavar="W", help="Its share when keys take turns.")
 @with_db
 def set_(

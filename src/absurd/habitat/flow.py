@@ -11,6 +11,8 @@ from urllib.parse import quote
 from psycopg.types.json import Jsonb
 from starlette.datastructures import FormData
 
+from absurd._core.flow import parse_rate
+from absurd.errors import InvalidFlowLimit
 from absurd.habitat import actions
 from absurd.habitat.store import COUNT_CAP, BadInput, Conn, Row, one, rows
 
@@ -81,17 +83,40 @@ def _limit(form: FormData, name: str, what: str) -> tuple[bool, int | None]:
     return True, actions.optional_int(value.strip(), what)
 
 
+def _rate(form: FormData, name: str) -> tuple[bool, dict[str, Any] | None]:
+    """(given, value) of a rate field: ``LIMIT/SECONDS[+BURST]``, or ``none``."""
+    value = form.get(name)
+    if not isinstance(value, str) or not value.strip():
+        return False, None
+    try:
+        return True, parse_rate(value)
+    except InvalidFlowLimit as exc:
+        raise BadInput(str(exc), InvalidFlowLimit.sqlstate) from None
+
+
+def _fields(form: FormData, limits: tuple[str, ...], rates: tuple[str, ...]) -> dict[str, Any]:
+    """The form's limit and rate fields that were filled in."""
+    out: dict[str, Any] = {}
+    for field in limits:
+        given, value = _limit(form, field, field.replace("_", " "))
+        if given:
+            out[field] = value
+    for field in rates:
+        given, rate = _rate(form, field)
+        if given:
+            out[field] = rate
+    return out
+
+
 def apply(conn: Conn, name: str, queue: str, form: FormData) -> tuple[str, dict[str, Any]]:
     """A flow form: the queue's limits, a key's override, or its removal; back to the
     queue page. Nothing changes unless every field is valid (one engine call)."""
     if name == "flow-policy":
-        policy: dict[str, Any] = {}
-        for field, what in (("max_running", "max running"), ("max_running_per_key", "per key")):
-            given, value = _limit(form, field, what)
-            if given:
-                policy[field] = value
+        policy = _fields(
+            form, ("max_running", "max_running_per_key"), ("rate_limit", "rate_limit_per_key")
+        )
         if not policy:
-            raise BadInput("give max running or max running per key (a number, or none)")
+            raise BadInput("give a limit (a number, or none) or a rate (LIMIT/SECONDS, or none)")
         actions.call(conn, "queue_policy_set", queue=queue, policy=Jsonb(policy))
     else:
         key = form.get("flow_key")
@@ -99,10 +124,11 @@ def apply(conn: Conn, name: str, queue: str, form: FormData) -> tuple[str, dict[
             raise BadInput("flow key is required")
         limits = None
         if name == "flow-limit":
-            given, value = _limit(form, "max_running", "max running")
-            if not given or value is None:
-                raise BadInput("max running must be an integer >= 1")
-            limits = Jsonb({"max_running": value})
+            fields = _fields(form, ("max_running",), ("rate_limit",))
+            fields = {k: v for k, v in fields.items() if v is not None}
+            if not fields:
+                raise BadInput("give max running (an integer >= 1) or a rate limit")
+            limits = Jsonb(fields)
         actions.call(conn, "flow_limit_set", queue=queue, flow_key=key, limits=limits)
     return queue_path(queue), {"msg": FLOW_ACTIONS[name]}
 
