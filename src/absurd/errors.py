@@ -265,8 +265,8 @@ class InvalidFlowLimit(InvalidArgument):
 
 
 class UnsupportedFlowOption(InvalidArgument):
-    """A flow-control option this engine does not enforce yet (a per-key ``weight``,
-    ``flow_hold: lifetime``); refused rather than stored and ignored."""
+    """A flow-control option this engine does not enforce yet (a per-key ``weight``);
+    refused rather than stored and ignored."""
 
     sqlstate = "AB052"
 

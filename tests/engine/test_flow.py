@@ -94,10 +94,11 @@ def assert_invariants(engine: Engine, draining: bool = False) -> None:
     many parked runs as it had free slots).
     Draining (a limit was just lowered): runs claimed before may exceed the new limit."""
     q = engine.one(
-        "select max_running, max_running_per_key from absurd.queues where queue_name = %s",
+        "select max_running, max_running_per_key, flow_hold from absurd.queues"
+        " where queue_name = %s",
         (engine.queue,),
     )
-    running = running_by_key(engine)
+    running = holders_by_key(engine) if q["flow_hold"] == "lifetime" else running_by_key(engine)
     if q["max_running"] is not None and not draining:
         assert sum(running.values()) <= q["max_running"], running
     for key, n in running.items():
@@ -326,7 +327,8 @@ def test_strange_keys_work(engine: Engine, key: str) -> None:
         ({"max_running_per_key": "lots"}, "AB051"),
         ({"max_running": 1.5}, "AB051"),
         ({"flow_hold": "sometimes"}, "AB051"),
-        ({"flow_hold": "lifetime"}, "AB052"),
+        ({"flow_hold": "always"}, "AB051"),
+        ({"flow_hold": 1}, "AB051"),
         ({"rate_limit": 10}, "AB051"),
         ({"rate_limit": {"limit": 0, "period_seconds": 1}}, "AB051"),
         ({"rate_limit": {"limit": 10}}, "AB051"),
@@ -552,15 +554,21 @@ class Violations:
 def watch(
     conn: psycopg.Connection[Any],
     queue: str,
-    per_key: int,
-    total: int,
+    limits: tuple[int, int, str],
     stop: threading.Event,
     out: Violations,
 ) -> None:
+    per_key, total, hold = limits
+    holders = (
+        "select flow_key, count(*) as n from {} where flow_slot"
+        " and state in ('pending', 'running', 'sleeping') group by 1"
+        if hold == "lifetime"
+        else "select flow_key, count(*) as n from {} where state = 'running' group by 1"
+    )
     query = sql.SQL(
         "select coalesce(max(n) filter (where flow_key is not null), 0), coalesce(sum(n), 0)"
-        " from (select flow_key, count(*) as n from {} where state = 'running' group by 1) x"
-    ).format(sql.Identifier("absurd", f"r_{queue}"))
+        " from (" + holders + ") x"
+    ).format(sql.Identifier("absurd", f"{'t' if hold == 'lifetime' else 'r'}_{queue}"))
     while not stop.is_set():
         row = conn.execute(query).fetchone()
         assert row is not None
@@ -570,19 +578,22 @@ def watch(
             out.seen.append(f"{most} running for one key, {running} in all")
 
 
+@pytest.mark.parametrize("hold", ["running", "lifetime"])
 def test_concurrent_workers_never_exceed_limits_and_leak_no_slot(
-    engine: Engine, connect: Connect
+    engine: Engine, connect: Connect, hold: str
 ) -> None:
     """Six sessions claim, complete, fail, sleep, wait for events, cancel and abandon
     runs (1-2 s leases, left to expire) on five keys; a watcher checks every committed
     state. Then everything drains: every task ends, no run stays parked."""
     per_key, total, keys = 2, 6, ["a", "b", "c", "d", "e"]
-    policy(engine, max_running_per_key=per_key, max_running=total)
+    policy(engine, max_running_per_key=per_key, max_running=total, flow_hold=hold)
     spawn_keyed(engine, [keys[i % 5] for i in range(150)])
     q = engine.queue
     stop = threading.Event()
     violations = Violations()
-    watcher = threading.Thread(target=watch, args=(connect(), q, per_key, total, stop, violations))
+    watcher = threading.Thread(
+        target=watch, args=(connect(), q, (per_key, total, hold), stop, violations)
+    )
     watcher.start()
     errors: list[BaseException] = []
 
@@ -918,3 +929,103 @@ def test_concurrent_claims_hold_the_rate_over_every_window(
     for key in ("a", "b", "c"):
         times = [r["started_at"] for r in rows if r["flow_key"] == key]
         assert 0 < most_in_a_window(times, p) <= per_key, key
+
+
+# -- flow_hold "lifetime" -------------------------------------------------------------
+
+
+def holders_by_key(engine: Engine) -> dict[str | None, int]:
+    """Live tasks holding a lifetime slot, by key."""
+    rows = engine.rows(
+        sql.SQL(
+            "select flow_key, count(*) as n from {} where flow_slot"
+            " and state in ('pending', 'running', 'sleeping') group by 1"
+        ).format(engine.table("t"))
+    )
+    return {r["flow_key"]: r["n"] for r in rows}
+
+
+@pytest.mark.parametrize("suspend", ["sleep", "await", "retry", "lease"])
+def test_lifetime_slot_is_kept_while_the_task_lives(engine: Engine, suspend: str) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1, flow_hold="lifetime")
+    assert engine.one("select flow_hold from absurd.get_flow_policy(%s)", (engine.queue,)) == {
+        "flow_hold": "lifetime"
+    }
+    first = engine.spawn("t", 1, flow_key="k", max_attempts=3)
+    (run,) = engine.claim(qty=5, timeout=30)
+    second = engine.spawn("t", 2, flow_key="k")
+    assert engine.claim(qty=5) == []
+    assert parked_by_key(engine) == {"k": 1}
+    back = T0 + dt.timedelta(seconds=40)
+    if suspend == "sleep":
+        engine.schedule(run["run_id"], back)
+    elif suspend == "await":
+        engine.await_event(first["task_id"], run["run_id"], "go", timeout=40)
+    elif suspend == "retry":
+        engine.fail(run["run_id"], retry_at=back)
+    else:
+        engine.set_time(T0 + dt.timedelta(seconds=31))
+        engine.conn.execute("select * from absurd.sweep_queue(%s)", (engine.queue,))
+    # The slot is still the first task's: the second stays parked.
+    assert parked_by_key(engine) == {"k": 1}
+    assert holders_by_key(engine) == {"k": 1}
+    why = explain(engine, second["task_id"])
+    assert (why["reason"], why["running"], why["limit"]) == ("waiting_key_slot", 1, 1)
+    engine.set_time(back)
+    (again,) = engine.claim(qty=5)  # the first task again, admitted without a count
+    assert again["task_id"] == first["task_id"]
+    engine.complete(again["run_id"], 1)  # its end releases the slot
+    assert parked_by_key(engine) == {}
+    (other,) = engine.claim(qty=5)
+    assert other["task_id"] == second["task_id"]
+    assert holders_by_key(engine) == {"k": 1}
+
+
+@pytest.mark.parametrize("end", ["cancel", "fail", "deadline"])
+def test_lifetime_slot_is_released_by_every_end(engine: Engine, end: str) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1, flow_hold="lifetime")
+    first = engine.spawn("t", 1, flow_key="k", max_attempts=1, cancellation={"max_duration": 60})
+    (run,) = engine.claim(qty=5)
+    second = engine.spawn("t", 2, flow_key="k")
+    engine.schedule(run["run_id"], T0 + dt.timedelta(hours=1))
+    assert engine.claim(qty=5) == []
+    if end == "cancel":
+        engine.cancel(first["task_id"])
+    elif end == "fail":
+        engine.set_time(T0 + dt.timedelta(hours=1))
+        (run,) = engine.claim(qty=5)
+        engine.fail(run["run_id"])
+    else:
+        engine.set_time(T0 + dt.timedelta(seconds=61))  # the claim's sweep cancels it
+    (other,) = engine.claim(qty=5)
+    assert other["task_id"] == second["task_id"]
+    assert holders_by_key(engine) == {"k": 1}
+    assert explain(engine, first["task_id"])["reason"] in ("cancelled", "failed")
+
+
+def test_lifetime_queue_limit_and_retry_task(engine: Engine) -> None:
+    engine.set_time(T0)
+    policy(engine, max_running=1, flow_hold="lifetime")
+    a = engine.spawn("t", 1, max_attempts=1)
+    engine.set_time(T0 + dt.timedelta(milliseconds=1))
+    b = engine.spawn("t", 2)
+    (run,) = engine.claim(qty=5)
+    assert run["task_id"] == a["task_id"]
+    engine.schedule(run["run_id"], T0 + dt.timedelta(seconds=5))
+    assert engine.claim(qty=5) == []  # a sleeps, holding the queue's one slot
+    why = explain(engine, b["task_id"])
+    assert (why["reason"], why["running"], why["limit"]) == ("waiting_queue_slot", 1, 1)
+    engine.set_time(T0 + dt.timedelta(seconds=5))
+    (run,) = engine.claim(qty=5)
+    assert run["task_id"] == a["task_id"]
+    engine.fail(run["run_id"])  # a's end frees the slot
+    (run,) = engine.claim(qty=5)
+    assert run["task_id"] == b["task_id"]
+    # retry_task of a failed task: it takes a slot anew, so it waits for b.
+    engine.retry(a["task_id"])
+    assert engine.claim(qty=5) == []
+    engine.complete(run["run_id"], 1)
+    (run,) = engine.claim(qty=5)
+    assert run["task_id"] == a["task_id"]

@@ -125,14 +125,17 @@ ARGS: dict[str, list[str]] = {
     "stream.read": ["{task}", "'out'", "0", "1000"],
     "stream.task_end": ["{task}"],
     "claim.flow_candidates": ["0", NOW, "1", "'{{}}'::uuid[]"],
-    "claim.one": ["{run}", NOW, "'w'", "absurd.current_time() + interval '1 minute'"],
+    "claim.one": ["{run}", NOW, "'w'", "absurd.current_time() + interval '1 minute'", "true"],
     "flow.key_running": ["'key-3'", "5"],
     "flow.queue_running": ["5"],
     "flow.park": ["{run}", "{task}", "'infinity'", "null"],
     "flow.rate_key": ["'key-3'", "absurd.current_time() - interval '2 seconds'", "10"],
     "flow.rate_queue": ["null", "absurd.current_time() - interval '2 seconds'", "20"],
     "flow.unpark_all": [NOW],
-    "flow.release": ["'key-3'", "5", NOW],
+    "flow.release": ["'key-3'", "5", NOW, "false"],
+    "flow.key_held": ["'key-3'", "5"],
+    "flow.queue_held": ["5"],
+    "claim.held_candidates": [NOW, "5", "'{{}}'::uuid[]"],
     "flow.sweep_keys": [NOW, "10"],
     "task.lock_key": ["{task}"],
 }
@@ -164,6 +167,9 @@ EXPECTED_INDEX = {
     "flow.sweep_keys": "r_{q}_cei",
     "task.lock_key": "t_{q}_pkey",
     "debounce.find": "t_{q}_dki",
+    "flow.key_held": "t_{q}_fli",
+    "flow.queue_held": "t_{q}_fli",
+    "claim.held_candidates": "t_{q}_fli",
     "flow.rate_key": "r_{q}_fsi",
     "flow.rate_queue": "r_{q}_rsi",
 }
@@ -340,6 +346,7 @@ CACHED = {
     "claim.one",
     "flow.key_running",
     "flow.release",
+    "claim.held_candidates",
 }
 
 

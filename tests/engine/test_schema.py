@@ -172,6 +172,10 @@ def test_per_queue_tables_keep_upstream_columns_and_indexes(
                 "cancel_deadline",
                 "finished_at",
                 "flow_key",
+                "debounce_key",
+                "debounce_deadline",
+                "flow_wait",
+                "flow_slot",
             }
             assert set(up.execute(indexes).fetchall()) <= set(ours.execute(indexes).fetchall())
         finally:
@@ -392,7 +396,7 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
             c.execute("select absurd.create_queue(%s, %s)", (q, mode))
             c.execute("select absurd.spawn_task(%s, 'a', '1')", (q,))
             for p, columns in (
-                ("t", ["flow_key", "debounce_key", "debounce_deadline"]),
+                ("t", ["flow_key", "debounce_key", "debounce_deadline", "flow_slot"]),
                 ("r", ["flow_key", "flow_wait"]),
             ):
                 for column in columns:
@@ -458,10 +462,10 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
             assert indexes == (2,)
             indexes = c.execute(
                 "select count(*) from pg_indexes where schemaname = 'absurd'"
-                " and indexname in (%s, %s, %s)",
-                (f"r_{q}_fsi", f"r_{q}_rsi", f"t_{q}_dki"),
+                " and indexname in (%s, %s, %s, %s)",
+                (f"r_{q}_fsi", f"r_{q}_rsi", f"t_{q}_dki", f"t_{q}_fli"),
             ).fetchone()
-            assert indexes == (3,)
+            assert indexes == (4,)
             # Debounce and explain_task work on the upgraded queue.
             spawned = c.execute(
                 "select task_id from absurd.spawn_task(%s, 'd', '1',"

@@ -219,8 +219,10 @@ alter table absurd.queues add column if not exists max_running integer
   check (max_running >= 1);
 alter table absurd.queues add column if not exists max_running_per_key integer
   check (max_running_per_key >= 1);
-alter table absurd.queues add column if not exists flow_hold text not null default 'running'
-  check (flow_hold in ('running'));
+alter table absurd.queues add column if not exists flow_hold text not null default 'running';
+alter table absurd.queues drop constraint if exists queues_flow_hold_check;
+alter table absurd.queues add constraint queues_flow_hold_check
+  check (flow_hold in ('running', 'lifetime'));
 alter table absurd.queues add column if not exists flow_enabled boolean not null default false;
 -- Rate limits, normalized {limit, period_seconds, burst} (absurd._flow_rate), or null.
 alter table absurd.queues add column if not exists rate_limit jsonb;
@@ -881,6 +883,8 @@ begin
   -- Why a run waits with a finite available_at set by a claim: 'rate' (the queue's
   -- rate limit) or 'rate_key' (its key's); null otherwise (explain_task reads it).
   execute format('alter table absurd.%I add column if not exists flow_wait text', v_r);
+  -- flow_hold "lifetime": true from the claim that admitted the task to its end.
+  execute format('alter table absurd.%I add column if not exists flow_slot boolean', v_t);
   if v_had_tasks and not v_had_deadline then
     -- Upgrading an upstream table: derive the new columns once.
     execute format($up$
@@ -913,6 +917,10 @@ begin
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, priority desc, run_id)
     where state = 'pending' and available_at = 'infinity' and flow_key is not null$ix$,
     v_r || '_fpi', v_r);
+  -- flow_hold "lifetime": the live tasks that hold a slot, by key (null: no key);
+  -- counted by claims up to the limit, like r_<q>_fki for the "running" hold.
+  execute format($ix$create index if not exists %I on absurd.%I (flow_key)
+    where flow_slot and state in ('pending', 'running', 'sleeping')$ix$, v_t || '_fli', v_t);
   -- Rate limits per key: the key's recent starts (a sliding window, read newest
   -- first, bounded by the limit). The queue-wide window's index r_<q>_rsi is made
   -- when a queue first gets a rate limit (absurd._flow_rate_index).
@@ -1138,6 +1146,9 @@ begin
   if v_policy ? 'max_running_per_key' then
     v_row.max_running_per_key := absurd._flow_limit(v_policy, 'max_running_per_key');
   end if;
+  if v_policy ? 'flow_hold' then
+    v_row.flow_hold := coalesce(v_policy ->> 'flow_hold', 'running');
+  end if;
   if v_policy ? 'rate_limit' then
     v_row.rate_limit := absurd._flow_rate(v_policy, 'rate_limit');
   end if;
@@ -1193,12 +1204,14 @@ begin
     max_running = v_row.max_running,
     max_running_per_key = v_row.max_running_per_key,
     rate_limit = v_row.rate_limit,
-    rate_limit_per_key = v_row.rate_limit_per_key
+    rate_limit_per_key = v_row.rate_limit_per_key,
+    flow_hold = v_row.flow_hold
   where queue_name = q;
   if v_row.rate_limit is not null then
     perform absurd._flow_rate_index(q);
   end if;
-  if v_policy ?| array['max_running', 'max_running_per_key', 'rate_limit', 'rate_limit_per_key'] then
+  if v_policy ?| array['max_running', 'max_running_per_key', 'rate_limit', 'rate_limit_per_key',
+                       'flow_hold'] then
     -- A raised or removed limit admits parked runs at once (claims park again
     -- those still over a limit); a lowered one drains as runs finish.
     perform absurd._flow_wake(q, null);
@@ -1375,7 +1388,8 @@ begin
   -- $1 priority, $2 now, $3 qty, $4 run_ids to pass over: the due runs of a band,
   -- locked but not yet claimed (admission decides each one).
   when 'claim.flow_candidates' then $q$
-    select r.run_id, r.task_id, r.flow_key, coalesce(t.cancel_deadline <= $2, false) as late
+    select r.run_id, r.task_id, r.flow_key, coalesce(t.cancel_deadline <= $2, false) as late,
+           t.flow_slot is true as holds
     from absurd.%2$I r
     join absurd.%1$I t on t.task_id = r.task_id
     where r.state in ('pending', 'sleeping') and r.priority = $1 and r.available_at <= $2
@@ -1383,8 +1397,21 @@ begin
     order by r.available_at, r.run_id
     limit $3
     for update of r, t skip locked$q$
-  -- $1 run_id, $2 now, $3 worker, $4 lease end: claims one admitted candidate
-  -- (the writes of claim.band for one run).
+  -- flow_hold "lifetime" with the queue's slots all held: only tasks that hold one
+  -- may run (back from a sleep or a wait, or a retry), whatever waits ahead of them.
+  -- $1 now, $2 qty, $3 run_ids to pass over. Bounded: at most max_running tasks hold
+  -- a slot (t_<q>_fli).
+  when 'claim.held_candidates' then $q$
+    select r.run_id, r.task_id, r.flow_key, coalesce(t.cancel_deadline <= $1, false) as late,
+           true as holds
+    from absurd.%1$I t join absurd.%2$I r on r.run_id = t.last_attempt_run
+    where t.flow_slot and t.state in ('pending', 'sleeping') and r.state in ('pending', 'sleeping')
+      and r.available_at <= $1 and r.run_id <> all($3::uuid[])
+    order by r.priority desc, r.available_at, r.run_id
+    limit $2
+    for update of r, t skip locked$q$
+  -- $1 run_id, $2 now, $3 worker, $4 lease end, $5 whether the task takes a
+  -- lifetime slot: claims one admitted candidate (the writes of claim.band for one run).
   when 'claim.one' then $q$
     with ur as (
       update absurd.%2$I r set state = 'running', claimed_by = $3, claim_expires_at = $4::timestamptz,
@@ -1395,7 +1422,8 @@ begin
       update absurd.%1$I t set state = 'running', attempts = greatest(t.attempts, ur.attempt),
         first_started_at = coalesce(t.first_started_at, $2), last_attempt_run = ur.run_id,
         cancel_deadline = case when t.first_started_at is null
-          then absurd._cancel_deadline(t.cancellation, null, $2) else t.cancel_deadline end
+          then absurd._cancel_deadline(t.cancellation, null, $2) else t.cancel_deadline end,
+        flow_slot = case when $5::boolean then true else t.flow_slot end
       from ur where t.task_id = ur.task_id
       returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
     ), dw as (
@@ -1422,6 +1450,15 @@ begin
     select array(select started_at from absurd.%2$I
       where started_at is not null and started_at > $2::timestamptz and $1::text is null
       order by started_at desc limit $3::integer)$q$
+  -- flow_hold "lifetime": $1 flow_key, $2 limit: the key's live tasks holding a
+  -- slot, counted up to the limit (t_<q>_fli).
+  when 'flow.key_held' then $q$
+    select count(*) from (select 1 from absurd.%1$I where flow_key = $1 and flow_slot
+      and state in ('pending', 'running', 'sleeping') limit $2) x$q$
+  -- $1 limit: the queue's live tasks holding a slot (t_<q>_fli).
+  when 'flow.queue_held' then $q$
+    select count(*) from (select 1 from absurd.%1$I where flow_slot
+      and state in ('pending', 'running', 'sleeping') limit $1) x$q$
   -- $1 limit: the queue's running runs, counted up to the limit (r_<q>_sai).
   when 'flow.queue_running' then $q$
     select count(*) from (select 1 from absurd.%2$I where state = 'running' limit $1) x$q$
@@ -1434,9 +1471,10 @@ begin
       where run_id = $1
     )
     update absurd.%1$I set state = 'pending' where task_id = $2 and state = 'sleeping'$q$
-  -- $1 flow_key, $2 its limit (null: none), $3 now: the release, under the key's
-  -- lock: wakes as many parked runs as the key has free slots (its running runs
-  -- counted up to the limit, r_<q>_fki), all of them when it has no limit.
+  -- $1 flow_key, $2 its limit (null: none), $3 now, $4 lifetime hold: the release,
+  -- under the key's lock: wakes as many parked runs as the key has free slots (its
+  -- running runs counted up to the limit, r_<q>_fki; with the lifetime hold its
+  -- live tasks holding a slot, t_<q>_fli), all of them when it has no limit.
   when 'flow.release' then $q$
     with u as (
       update absurd.%2$I r set available_at = $3
@@ -1444,10 +1482,15 @@ begin
         select p.run_id from absurd.%2$I p
         where p.flow_key = $1 and p.state = 'pending' and p.available_at = 'infinity'
         order by p.priority desc, p.run_id
-        limit case when $2::integer is null then null else greatest($2::integer - (
-          select count(*) from (
-            select 1 from absurd.%2$I x where x.flow_key = $1 and x.state = 'running'
-            limit $2::integer) n), 0) end
+        limit case when $2::integer is null then null
+          when $4::boolean then greatest($2::integer - (
+            select count(*) from (
+              select 1 from absurd.%1$I h where h.flow_key = $1 and h.flow_slot
+                and h.state in ('pending', 'running', 'sleeping') limit $2::integer) n), 0)
+          else greatest($2::integer - (
+            select count(*) from (
+              select 1 from absurd.%2$I x where x.flow_key = $1 and x.state = 'running'
+              limit $2::integer) n), 0) end
         for update skip locked))
       returning 1
     )
@@ -2013,7 +2056,8 @@ as $$
     'cleanup.promises', 'gauges', 'stream.lock_run', 'stream.last', 'stream.append',
     'stream.close', 'stream.read', 'stream.task_end', 'claim.flow_candidates', 'claim.one',
     'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
-    'task.lock_key', 'flow.sweep_keys', 'flow.release', 'flow.rate_key', 'flow.rate_queue']);
+    'task.lock_key', 'flow.sweep_keys', 'flow.release', 'flow.rate_key', 'flow.rate_queue',
+    'flow.key_held', 'flow.queue_held', 'claim.held_candidates']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -2799,10 +2843,7 @@ begin
     end if;
   end loop;
   if p_policy ? 'flow_hold' and jsonb_typeof(p_policy -> 'flow_hold') <> 'null'
-     and (p_policy ->> 'flow_hold') is distinct from 'running' then
-    if (p_policy ->> 'flow_hold') = 'lifetime' then
-      perform absurd._raise('AB052', 'flow_hold "lifetime" is not supported by this engine yet');
-    end if;
+     and (p_policy ->> 'flow_hold') not in ('running', 'lifetime') then
     perform absurd._raise('AB051', format('flow_hold must be "running" or "lifetime", got %s',
       left((p_policy -> 'flow_hold')::text, 100)));
   end if;
@@ -2995,12 +3036,14 @@ declare
   q text := p_queue_name;
   v_per_key integer;
   v_enabled boolean;
+  v_lifetime boolean;
   v_key text;
   v_limit integer;
   v_woken integer;
   v_total integer := 0;
 begin
-  select qu.max_running_per_key, qu.flow_enabled into v_per_key, v_enabled
+  select qu.max_running_per_key, qu.flow_enabled, qu.flow_hold = 'lifetime'
+    into v_per_key, v_enabled, v_lifetime
   from absurd.queues qu where qu.queue_name = q;
   if not coalesce(v_enabled, false) then
     return 0;  -- no limit, no parked run (disabling flow control wakes them all)
@@ -3009,7 +3052,7 @@ begin
     perform pg_advisory_xact_lock(hashtext(q), hashtext(v_key));
     v_limit := absurd._flow_key_limit(q, v_key, v_per_key);
     execute absurd._cached('flow.release', q, quote_nullable(v_key), quote_nullable(v_limit),
-      quote_nullable(p_now)) into v_woken;
+      quote_nullable(p_now), quote_nullable(v_lifetime)) into v_woken;
     v_total := v_total + v_woken;
   end loop;
   if v_total > 0 then
@@ -3038,9 +3081,12 @@ $$;
 
 drop function if exists absurd._claim_flow(text, text, timestamptz, timestamptz, integer,
   integer, integer);
+drop function if exists absurd._claim_flow(text, text, timestamptz, timestamptz, integer,
+  integer, integer, jsonb, jsonb);
 create or replace function absurd._claim_flow(
   p_queue_name text, p_worker text, p_now timestamptz, p_expires timestamptz, p_qty integer,
-  p_max_running integer, p_per_key integer, p_rate jsonb, p_rate_per_key jsonb)
+  p_max_running integer, p_per_key integer, p_rate jsonb, p_rate_per_key jsonb,
+  p_lifetime boolean)
 returns setof absurd._claimed_run
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -3060,6 +3106,8 @@ declare
   v_rounds integer;
   v_rate jsonb;
   v_room record;
+  v_queue_free integer;  -- lifetime hold: the queue's free slots for tasks not holding one
+  v_holds boolean;
 begin
   -- Each count must see every claim committed before its lock was granted: a
   -- statement snapshot, taken after the lock (READ COMMITTED).
@@ -3070,7 +3118,11 @@ begin
   end if;
   if p_max_running is not null or p_rate is not null then
     perform pg_advisory_xact_lock(hashtextextended(q, 0));
-    if p_max_running is not null then
+    if p_max_running is not null and p_lifetime then
+      -- Tasks that hold a slot (a retry, a task back from a sleep) need no new one.
+      execute absurd._sql('flow.queue_held', q) into v_running using p_max_running;
+      v_queue_free := p_max_running - v_running;
+    elsif p_max_running is not null then
       execute absurd._sql('flow.queue_running', q) into v_running using p_max_running;
       v_left := least(v_left, p_max_running - v_running);
     end if;
@@ -3084,19 +3136,36 @@ begin
     end if;
   end if;
   loop
-    execute absurd._cached('claim.next_band', q, quote_nullable(v_below)) into v_priority;
-    exit when v_priority is null;
+    if v_queue_free <= 0 then
+      v_priority := null;  -- one pass over the tasks that hold a slot, all bands at once
+    else
+      execute absurd._cached('claim.next_band', q, quote_nullable(v_below)) into v_priority;
+      exit when v_priority is null;
+    end if;
     v_rounds := 0;
     loop
       v_seen := 0;
-      for v_cand in execute absurd._cached('claim.flow_candidates', q,
-          quote_nullable(v_priority), quote_nullable(p_now), quote_nullable(v_left),
-          quote_nullable(v_pass)) loop
+      for v_cand in execute case when v_queue_free <= 0
+          then absurd._cached('claim.held_candidates', q, quote_nullable(p_now),
+            quote_nullable(v_left), quote_nullable(v_pass))
+          else absurd._cached('claim.flow_candidates', q,
+            quote_nullable(v_priority), quote_nullable(p_now), quote_nullable(v_left),
+            quote_nullable(v_pass)) end loop
         v_seen := v_seen + 1;
-        if v_cand.late then
+        v_holds := p_lifetime and v_cand.holds;  -- a lifetime slot taken by an earlier run
+        if v_cand.late and v_holds then
+          -- Past its deadline and holding a lifetime slot: the sweep cancels it and
+          -- releases its key (with the keys locked in order first).
+          v_pass := v_pass || v_cand.run_id;
+          continue;
+        elsif v_cand.late then
           -- Past its cancellation deadline: cancelled, not claimed. Not running,
           -- it held no slot.
           perform absurd._cancel_task(q, v_cand.task_id, p_now);
+          continue;
+        end if;
+        if v_queue_free <= 0 and not v_holds then
+          v_pass := v_pass || v_cand.run_id;  -- the queue is full (lifetime hold)
           continue;
         end if;
         if v_cand.flow_key is not null then
@@ -3108,9 +3177,14 @@ begin
               continue;
             end if;
           end if;
-          if v_limit is not null then
-            execute absurd._cached('flow.key_running', q, quote_nullable(v_cand.flow_key),
-              quote_nullable(v_limit)) into v_running;
+          if v_limit is not null and not v_holds then
+            if p_lifetime then
+              execute absurd._sql('flow.key_held', q) into v_running
+                using v_cand.flow_key, v_limit;
+            else
+              execute absurd._cached('flow.key_running', q, quote_nullable(v_cand.flow_key),
+                quote_nullable(v_limit)) into v_running;
+            end if;
             if v_running >= v_limit then
               execute absurd._sql('flow.park', q)
                 using v_cand.run_id, v_cand.task_id, 'infinity'::timestamptz, null::text;
@@ -3128,15 +3202,19 @@ begin
           end if;
         end if;
         execute absurd._cached('claim.one', q, quote_nullable(v_cand.run_id),
-          quote_nullable(p_now), quote_nullable(p_worker), quote_nullable(p_expires)) into v_row;
+          quote_nullable(p_now), quote_nullable(p_worker), quote_nullable(p_expires),
+          quote_nullable(p_lifetime)) into v_row;
         return next v_row;
+        if not v_holds then
+          v_queue_free := v_queue_free - 1;
+        end if;
         v_left := v_left - 1;
         exit when v_left <= 0;
       end loop;
       exit when v_seen = 0 or v_left <= 0 or v_rounds >= 8;
       v_rounds := v_rounds + 1;
     end loop;
-    exit when v_left <= 0;
+    exit when v_left <= 0 or v_priority is null;
     v_below := v_priority;
   end loop;
 end;
@@ -3247,10 +3325,11 @@ declare
 begin
   perform absurd._require_queue(q);
   select qu2.max_running, qu2.max_running_per_key, qu2.flow_enabled, qu2.rate_limit,
-         qu2.rate_limit_per_key
+         qu2.rate_limit_per_key, qu2.flow_hold = 'lifetime' as lifetime
     into qu from absurd.queues qu2 where qu2.queue_name = q;
   execute format($f$select task_id, state, flow_key, first_started_at, last_attempt_run,
-      finished_at, debounce_key, debounce_deadline from absurd.%I where task_id = $1$f$, 't_' || q)
+      finished_at, debounce_key, debounce_deadline, flow_slot is true as holds
+      from absurd.%I where task_id = $1$f$, 't_' || q)
     into t using p_task_id;
   if t.task_id is null then
     perform absurd._raise('AB009', format('Task "%s" not found in queue "%s"',
@@ -3318,8 +3397,12 @@ begin
   end if;
   -- Parked (waiting for a release), or due now: claimable unless a limit binds (the
   -- next claim parks it, or passes it by).
-  if qu.max_running is not null and r.available_at < 'infinity' then
-    execute absurd._sql('flow.queue_running', q) into v_running using qu.max_running;
+  -- (With the lifetime hold, slots are live tasks that took one; a task that holds
+  -- one needs no other.)
+  if qu.max_running is not null and r.available_at < 'infinity'
+     and not (qu.lifetime and t.holds) then
+    execute absurd._sql(case when qu.lifetime then 'flow.queue_held' else 'flow.queue_running' end,
+      q) into v_running using qu.max_running;
     if v_running >= qu.max_running then
       reason := 'waiting_queue_slot';
       running := v_running;
@@ -3330,10 +3413,11 @@ begin
       return;
     end if;
   end if;
-  if t.flow_key is not null then
+  if t.flow_key is not null and not (qu.lifetime and t.holds) then
     v_limit := absurd._flow_key_limit(q, t.flow_key, qu.max_running_per_key);
     if v_limit is not null then
-      execute absurd._sql('flow.key_running', q) into v_running using t.flow_key, v_limit;
+      execute absurd._sql(case when qu.lifetime then 'flow.key_held' else 'flow.key_running' end,
+        q) into v_running using t.flow_key, v_limit;
       if v_running >= v_limit or r.available_at = 'infinity' then
         reason := 'waiting_key_slot';
         running := v_running;
@@ -3452,7 +3536,7 @@ begin
   -- absurd._require_queue, reading the queue's flow settings on the way.
   perform absurd.validate_queue_name(q);
   select qu.flow_enabled, qu.max_running, qu.max_running_per_key, qu.rate_limit,
-         qu.rate_limit_per_key into v_flow
+         qu.rate_limit_per_key, qu.flow_hold into v_flow
   from absurd.queues qu where qu.queue_name = q;
   if not found then
     perform absurd._raise('AB005', format('Queue "%s" does not exist', q));
@@ -3479,7 +3563,7 @@ begin
   if v_flow.flow_enabled then
     return query select * from absurd._claim_flow(q, v_worker, v_now, v_expires, v_left,
       v_flow.max_running, v_flow.max_running_per_key, v_flow.rate_limit,
-      v_flow.rate_limit_per_key);
+      v_flow.rate_limit_per_key, v_flow.flow_hold = 'lifetime');
     return;
   end if;
   loop
@@ -3846,7 +3930,7 @@ begin
       values ($1, $2, $3, 'pending', $4, $4, $5, $7)
     )
     update absurd.%2$I set state = 'pending', attempts = $3, max_attempts = $6,
-      last_attempt_run = $1, cancelled_at = null, finished_at = null,
+      last_attempt_run = $1, cancelled_at = null, finished_at = null, flow_slot = null,
       cancel_deadline = absurd._cancel_deadline(cancellation, $4, first_started_at)
     where task_id = $2
   $q$, 'r_' || q, 't_' || q)
