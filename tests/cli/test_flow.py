@@ -36,6 +36,11 @@ def test_queue_policy_sets_and_shows_the_flow_fields(cli: Cli, queue: str) -> No
     assert (shown["max_running"], shown["max_running_per_key"]) == (None, 2)
     table = cli("queue-policy", queue).stdout
     assert "max_running_per_key" in table and "flow_hold" in table
+    assert _policy(cli, queue, "--flow-hold", "lifetime")["flow_hold"] == "lifetime"
+    shown = _policy(cli, queue, "--rate-limit", "100/1", "--rate-limit-per-key", "600/60+50")
+    assert shown["rate_limit"] == {"limit": 100, "period_seconds": 1, "burst": 0}
+    assert shown["rate_limit_per_key"] == {"limit": 600, "period_seconds": 60, "burst": 50}
+    assert _policy(cli, queue, "--rate-limit", "none")["rate_limit"] is None
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,8 @@ async def test_flow_policy_round_trip(api: Api) -> None:
     assert await app.get_flow_policy(api.queue) == again
     # Nothing given changes nothing and still returns the policy.
     assert await app.set_flow_policy(api.queue) == again
+    held = await app.set_flow_policy(api.queue, flow_hold="lifetime")
+    assert (held.flow_hold, held.max_running_per_key) == ("lifetime", 2)
 
 
 async def test_flow_policy_bad_values_change_nothing(api: Api) -> None:
