@@ -356,7 +356,7 @@ def test_flow_limits_from_the_queue_page(rw_page: Page, conn: psycopg.Connection
         page.goto(f"/tasks/{fq.hostile[-1]}?queue={fq.queue}")
         why = page.locator("#task-why")
         assert "Waiting for a slot of its key" in why.inner_text()
-        assert f"{FLOW_KEY}: 1 of 1 running" in why.inner_text()
+        assert f'"{FLOW_KEY}" (1 of 1 running)' in why.inner_text()
         why.locator("text=The queue's flow limits").click()
         page.wait_for_url(re.compile(r"/queues/"))
         row = page.locator("#flow-keys tr", has_text=FLOW_KEY)

@@ -90,7 +90,8 @@ def test_the_task_page_says_why_a_task_waits(ro: TestClient, fq: Flow) -> None:
     page = ro.get(f"/tasks/{fq.hostile[-1]}?queue={quote(fq.queue)}").text
     why = page[page.index('id="task-why"') : page.index("</section>", page.index('id="task-why"'))]
     assert "Waiting for a slot of its key" in why
-    assert "1 of 1 running" in why and str(escape(HOSTILE)) in why
+    assert "(1 of 1 running)" in why and str(escape(HOSTILE)) in why
+    assert "when its key has a free slot (parked)" in page
     running = ro.get(f"/tasks/{fq.hostile[0]}?queue={quote(fq.queue)}").text
     assert 'id="task-why"' in running and "Running" in running
 
