@@ -19,15 +19,29 @@ the client's round trips do not dilute the ratios:
   settings (target: at least 97%).
 * ``pinned``: ``saturated`` again while another session holds a transaction open
   (a pinned xmin: dead index entries of finished runs cannot be removed).
+* ``rate``: rate-limit accuracy. A queue with ``rate_limit = {limit: 100,
+  period_seconds: 1}`` and a backlog larger than it can start; four sessions claim
+  and complete for ``--duration`` seconds (default 60). Reported: the most starts in
+  any 1 s window (sliding over every start; must be at most 100), the median and
+  lowest count per whole second, and the starts per second over the run.
+* ``fairness``: tenant A has ``--backlog`` pending tasks (key "A", default 100,000),
+  tenant B spawns one task a second (key "B") for ``--duration`` seconds while four
+  sessions drain (each task works 20 ms between its claim and its completion); B's
+  pickup latency (spawn to claim), p50 and p99, against the same
+  with A idle. Twice: without per-key limits, and with ``max_running_per_key = 2``
+  (A's excess parked).
 
     python -m benchmarks.flow                 # 1,000,000 pending over 10,000 keys
     python -m benchmarks.flow --quick         # 100,000 pending over 10,000 keys
     python -m benchmarks.flow --only unchanged
+    python -m benchmarks.flow --only rate --duration 60
+    python -m benchmarks.flow --only fairness --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -65,6 +79,32 @@ begin
     commit;  -- one transaction per claim, as a worker's
   end loop;
   p_us := extract(epoch from clock_timestamp() - t0) * 1e6 / p_n;
+end;
+$$;
+
+-- Claims and completes one run at a time for p_seconds, as a worker would: the
+-- claim commits, the task works for p_work seconds, its completion commits. Naps
+-- 2 ms when nothing is claimable.
+create or replace procedure public.bench_drain_for(
+  p_queue text, p_seconds double precision, p_work double precision)
+language plpgsql as $$
+declare
+  t_end timestamptz := clock_timestamp() + make_interval(secs => p_seconds);
+  v_run uuid;
+begin
+  while clock_timestamp() < t_end loop
+    select c.run_id into v_run from absurd.claim_task(p_queue, 'bench', 300, 1) c;
+    commit;
+    if v_run is null then
+      perform pg_sleep(0.002);
+      continue;
+    end if;
+    if p_work > 0 then
+      perform pg_sleep(p_work);
+    end if;
+    perform absurd.complete_run(p_queue, v_run, '1');
+    commit;
+  end loop;
 end;
 $$"""
 
@@ -276,6 +316,113 @@ def not_binding(server: Any, tasks: int, threads: int, rounds: int) -> list[list
     ]
 
 
+def drain_for(dsn: str, queue: str, sessions: int, seconds: float, work: float = 0.0) -> None:
+    """`sessions` sessions claim and complete on the queue for `seconds`, each task
+    working `work` seconds between its claim and its completion."""
+
+    def one() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("call public.bench_drain_for(%s, %s, %s)", (queue, seconds, work))
+
+    pool = [threading.Thread(target=one) for _ in range(sessions)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+def rate(server: Any, seconds: float) -> list[list[str]]:
+    dsn = fresh_database(server, "flow_rate", synchronous_commit="off")
+    install(dsn, None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("select absurd.create_queue('rated')")
+        conn.execute(
+            "select absurd.set_queue_policy('rated',"
+            """ '{"rate_limit": {"limit": 100, "period_seconds": 1}}')"""
+        )
+        spawn(conn, "rated", int(150 * seconds) + 1_000, None)
+    drain_for(dsn, "rated", 4, seconds)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            """
+            with s as (select started_at from absurd.r_rated where started_at is not null),
+            sec as (select date_trunc('second', started_at) t, count(*) n from s group by 1),
+            whole as (select n from sec  -- the first and last seconds are partial
+                      where t > (select min(t) from sec) and t < (select max(t) from sec)),
+            win as (select count(*) over (order by started_at range between current row
+                      and interval '999999 microseconds' following) n from s)
+            select (select count(*) from s), (select max(n) from win),
+              (select percentile_disc(0.5) within group (order by n) from whole),
+              (select min(n) from whole),
+              extract(epoch from (select max(started_at) - min(started_at) from s))
+            """
+        ).fetchone()
+    assert row is not None
+    total, most, median, least, span = row
+    return [
+        [f"rate limit 100/s, 4 sessions, {seconds:.0f} s: starts", f"{total:,}", ""],
+        ["most starts in any 1 s window (sliding; limit 100)", f"{most}", ""],
+        ["starts per whole second: median, lowest", f"{median}, {least}", ""],
+        ["starts per second over the run", f"{total / max(float(span), 1e-9):.1f}/s", ""],
+    ]
+
+
+def fairness(server: Any, backlog: int, seconds: float) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for limit in (None, 2):
+        latencies: dict[str, list[float]] = {}
+        for label, a_tasks in (("A idle", 0), (f"A {backlog:,} pending", backlog)):
+            dsn = fresh_database(server, "flow_fair", synchronous_commit="off")
+            install(dsn, None)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("select absurd.create_queue('fair')")
+                policy = {"max_running_per_key": limit or 1_000_000}
+                conn.execute("select absurd.set_queue_policy('fair', %s)", (json.dumps(policy),))
+                if a_tasks:
+                    conn.execute(
+                        "select count(*) from absurd.spawn_tasks('fair', (select jsonb_agg("
+                        "jsonb_build_object('task_name', 'a', 'params', g, 'options',"
+                        ' \'{"flow_key": "A"}\'::jsonb)) from generate_series(1, %s) g))',
+                        (a_tasks,),
+                    )
+                    conn.execute('vacuum analyze absurd."r_fair"')
+            stop = threading.Event()
+
+            def tenant_b(dsn: str = dsn, stop: threading.Event = stop) -> None:
+                with psycopg.connect(dsn, autocommit=True) as c:
+                    while not stop.wait(1.0):
+                        c.execute(
+                            "select absurd.spawn_task('fair', 'b', '1', '{\"flow_key\": \"B\"}')"
+                        )
+
+            spawner = threading.Thread(target=tenant_b)
+            spawner.start()
+            drain_for(dsn, "fair", 4, seconds, work=0.02)
+            stop.set()
+            spawner.join()
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                waits = [
+                    float(r[0])
+                    for r in conn.execute(
+                        "select extract(epoch from coalesce(started_at, clock_timestamp())"
+                        " - created_at) from absurd.r_fair where flow_key = 'B'"
+                    ).fetchall()
+                ]
+            latencies[label] = sorted(waits) or [float("nan")]
+        setting = f"max_running_per_key {limit}" if limit else "no binding limit"
+        for label, waits in latencies.items():
+            p50 = waits[len(waits) // 2] * 1e3
+            p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))] * 1e3
+            rows.append(
+                [
+                    f"B pickup, {setting}, {label} (p50 / p99, {len(waits)} tasks)",
+                    f"{p50:,.1f} / {p99:,.1f} ms",
+                    "",
+                ]
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", help="maintenance DSN of the server (default: embedded PG18)")
@@ -283,12 +430,19 @@ def main() -> None:
     parser.add_argument(
         "--before", help="git revision of the 'before' schema (default: merge-base with main)"
     )
-    parser.add_argument(
-        "--only", choices=["unchanged", "saturated", "not-binding", "pinned"], action="append"
-    )
+    scenarios = ["unchanged", "saturated", "not-binding", "pinned", "rate", "fairness"]
+    parser.add_argument("--only", choices=scenarios, action="append")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--duration", type=float, help="seconds of the rate and fairness runs (60; quick 10)"
+    )
+    parser.add_argument(
+        "--backlog", type=int, help="tenant A's pending tasks (fairness; 100,000; quick 10,000)"
+    )
     args = parser.parse_args()
-    only = set(args.only or ["unchanged", "saturated", "not-binding", "pinned"])
+    only = set(args.only or scenarios)
+    duration = args.duration or (10.0 if args.quick else 60.0)
+    backlog = args.backlog or (10_000 if args.quick else 100_000)
     pending = 100_000 if args.quick else 1_000_000
     server = start_server(args.dsn)
     try:
@@ -302,6 +456,10 @@ def main() -> None:
             rows += saturated(server, pending, 10_000, args.rounds, pinned=True)
         if "not-binding" in only:
             rows += not_binding(server, 4_000 if args.quick else 20_000, 4, args.rounds)
+        if "rate" in only:
+            rows += rate(server, duration)
+        if "fairness" in only:
+            rows += fairness(server, backlog, duration)
         print(render_table(["measurement", "per call / rate", "ratio"], rows))
     finally:
         server.stop()

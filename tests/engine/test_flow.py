@@ -53,23 +53,30 @@ def run_threads(target: Callable[[int], None], n: int) -> None:
         t.join()
 
 
-def running_by_key(engine: Engine) -> dict[str | None, int]:
-    rows = engine.rows(
-        sql.SQL("select flow_key, count(*) as n from {} where state = 'running' group by 1").format(
-            engine.table("r")
-        )
+#: Which rows hold a slot: running runs ("running" hold), or live tasks that took a
+#: slot ("lifetime" hold); and which runs are parked.
+RUNNING = ("r", "state = 'running'")
+HOLDING = ("t", "flow_slot and state in ('pending', 'running', 'sleeping')")
+PARKED = ("r", "state = 'pending' and available_at = 'infinity'")
+
+
+def by_key_query(queue: str, rows: tuple[str, str]) -> sql.Composed:
+    table, where = rows
+    return sql.SQL("select flow_key, count(*) as n from {} where " + where + " group by 1").format(
+        sql.Identifier("absurd", f"{table}_{queue}")
     )
-    return {r["flow_key"]: r["n"] for r in rows}
+
+
+def count_by_key(engine: Engine, rows: tuple[str, str]) -> dict[Any, int]:
+    return {r["flow_key"]: r["n"] for r in engine.rows(by_key_query(engine.queue, rows))}
+
+
+def running_by_key(engine: Engine) -> dict[str | None, int]:
+    return count_by_key(engine, RUNNING)
 
 
 def parked_by_key(engine: Engine) -> dict[str, int]:
-    rows = engine.rows(
-        sql.SQL(
-            "select flow_key, count(*) as n from {} where state = 'pending'"
-            " and available_at = 'infinity' group by 1"
-        ).format(engine.table("r"))
-    )
-    return {r["flow_key"]: r["n"] for r in rows}
+    return count_by_key(engine, PARKED)
 
 
 def key_of(engine: Engine, run_id: Any) -> str | None:
@@ -139,6 +146,24 @@ def test_per_key_limit_parks_and_completion_wakes(engine: Engine) -> None:
     assert parked_by_key(engine) == {"a": 2}
     again = engine.claim(qty=10)
     assert [key_of(engine, r["run_id"]) for r in again] == ["a"]
+    assert_invariants(engine)
+
+
+def test_a_full_keys_backlog_is_parked_in_one_claim(engine: Engine) -> None:
+    """The claim that finds a key full parks its other due runs too (a batch): a key's
+    backlog does not sit at the head of the queue, met one run per claim."""
+    engine.set_time(T0)
+    policy(engine, max_running_per_key=1)
+    spawn_keyed(engine, ["a"] * 50)
+    engine.set_time(T0 + dt.timedelta(seconds=1))
+    spawn_keyed(engine, ["b"])
+    engine.spawn("t", 1, flow_key="a", delay=60)  # not due: not parked
+    (first,) = engine.claim(qty=1)
+    (second,) = engine.claim(qty=1)
+    assert (key_of(engine, first["run_id"]), key_of(engine, second["run_id"])) == ("a", "b")
+    assert parked_by_key(engine) == {"a": 49}
+    engine.complete(first["run_id"], 1)
+    assert parked_by_key(engine) == {"a": 48}  # one slot: one woken
     assert_invariants(engine)
 
 
@@ -559,16 +584,10 @@ def watch(
     out: Violations,
 ) -> None:
     per_key, total, hold = limits
-    holders = (
-        "select flow_key, count(*) as n from {} where flow_slot"
-        " and state in ('pending', 'running', 'sleeping') group by 1"
-        if hold == "lifetime"
-        else "select flow_key, count(*) as n from {} where state = 'running' group by 1"
-    )
     query = sql.SQL(
         "select coalesce(max(n) filter (where flow_key is not null), 0), coalesce(sum(n), 0)"
-        " from (" + holders + ") x"
-    ).format(sql.Identifier("absurd", f"{'t' if hold == 'lifetime' else 'r'}_{queue}"))
+        " from ({}) x"
+    ).format(by_key_query(queue, HOLDING if hold == "lifetime" else RUNNING))
     while not stop.is_set():
         row = conn.execute(query).fetchone()
         assert row is not None
@@ -936,13 +955,7 @@ def test_concurrent_claims_hold_the_rate_over_every_window(
 
 def holders_by_key(engine: Engine) -> dict[str | None, int]:
     """Live tasks holding a lifetime slot, by key."""
-    rows = engine.rows(
-        sql.SQL(
-            "select flow_key, count(*) as n from {} where flow_slot"
-            " and state in ('pending', 'running', 'sleeping') group by 1"
-        ).format(engine.table("t"))
-    )
-    return {r["flow_key"]: r["n"] for r in rows}
+    return count_by_key(engine, HOLDING)
 
 
 @pytest.mark.parametrize("suspend", ["sleep", "await", "retry", "lease"])

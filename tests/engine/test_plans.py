@@ -136,6 +136,7 @@ ARGS: dict[str, list[str]] = {
     "flow.key_held": ["'key-3'", "5"],
     "flow.queue_held": ["5"],
     "claim.held_candidates": [NOW, "5", "'{{}}'::uuid[]"],
+    "flow.park_key": ["'key-3'", NOW, "1000"],
     "flow.sweep_keys": [NOW, "10"],
     "task.lock_key": ["{task}"],
 }
@@ -170,6 +171,7 @@ EXPECTED_INDEX = {
     "flow.key_held": "t_{q}_fli",
     "flow.queue_held": "t_{q}_fli",
     "claim.held_candidates": "t_{q}_fli",
+    "flow.park_key": "r_{q}_fdi",
     "flow.rate_key": "r_{q}_fsi",
     "flow.rate_queue": "r_{q}_rsi",
 }

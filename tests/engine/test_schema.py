@@ -462,10 +462,10 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
             assert indexes == (2,)
             indexes = c.execute(
                 "select count(*) from pg_indexes where schemaname = 'absurd'"
-                " and indexname in (%s, %s, %s, %s)",
-                (f"r_{q}_fsi", f"r_{q}_rsi", f"t_{q}_dki", f"t_{q}_fli"),
+                " and indexname in (%s, %s, %s, %s, %s)",
+                (f"r_{q}_fsi", f"r_{q}_rsi", f"t_{q}_dki", f"t_{q}_fli", f"r_{q}_fdi"),
             ).fetchone()
-            assert indexes == (4,)
+            assert indexes == (5,)
             # Debounce and explain_task work on the upgraded queue.
             spawned = c.execute(
                 "select task_id from absurd.spawn_task(%s, 'd', '1',"

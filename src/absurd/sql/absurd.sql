@@ -917,6 +917,10 @@ begin
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, priority desc, run_id)
     where state = 'pending' and available_at = 'infinity' and flow_key is not null$ix$,
     v_r || '_fpi', v_r);
+  -- A key's pending runs, by due time: a claim that finds the key full parks a batch
+  -- of them at once (flow.park_key), not one per claim.
+  execute format($ix$create index if not exists %I on absurd.%I (flow_key, available_at)
+    where state = 'pending' and flow_key is not null$ix$, v_r || '_fdi', v_r);
   -- flow_hold "lifetime": the live tasks that hold a slot, by key (null: no key);
   -- counted by claims up to the limit, like r_<q>_fki for the "running" hold.
   execute format($ix$create index if not exists %I on absurd.%I (flow_key)
@@ -1450,6 +1454,19 @@ begin
     select array(select started_at from absurd.%2$I
       where started_at is not null and started_at > $2::timestamptz and $1::text is null
       order by started_at desc limit $3::integer)$q$
+  -- $1 flow_key, $2 now, $3 batch: parks up to $3 of a full key's due pending runs
+  -- (r_<q>_fdi), under the key's lock, so that claims do not meet them one by one.
+  when 'flow.park_key' then $q$
+    with u as (
+      update absurd.%2$I r set available_at = 'infinity', flow_wait = null
+      where r.run_id = any(array(
+        select p.run_id from absurd.%2$I p
+        where p.flow_key = $1 and p.state = 'pending' and p.available_at <= $2
+        order by p.available_at limit $3
+        for update skip locked))
+      returning 1
+    )
+    select count(*) from u$q$
   -- flow_hold "lifetime": $1 flow_key, $2 limit: the key's live tasks holding a
   -- slot, counted up to the limit (t_<q>_fli).
   when 'flow.key_held' then $q$
@@ -2057,7 +2074,7 @@ as $$
     'stream.close', 'stream.read', 'stream.task_end', 'claim.flow_candidates', 'claim.one',
     'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
     'task.lock_key', 'flow.sweep_keys', 'flow.release', 'flow.rate_key', 'flow.rate_queue',
-    'flow.key_held', 'flow.queue_held', 'claim.held_candidates']);
+    'flow.key_held', 'flow.queue_held', 'claim.held_candidates', 'flow.park_key']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -3188,6 +3205,9 @@ begin
             if v_running >= v_limit then
               execute absurd._sql('flow.park', q)
                 using v_cand.run_id, v_cand.task_id, 'infinity'::timestamptz, null::text;
+              -- and the key's other due runs, a batch at a time: a backlog of a full
+              -- key leaves the head of the claim index in a few claims.
+              execute absurd._sql('flow.park_key', q) using v_cand.flow_key, p_now, 1000;
               continue;
             end if;
           end if;
