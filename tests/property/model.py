@@ -171,6 +171,7 @@ class Model:
                 return []
         due = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
         claimed: list[Run] = []
+        full: set[str] = set()
         at, rounds = 0, 0
         while True:
             batch = due[at : at + left]
@@ -181,6 +182,7 @@ class Model:
                     run.state, run.available_at = "pending", math.inf
                     if self.tasks[run.task_id].state == "sleeping":
                         self.tasks[run.task_id].state = "pending"
+                    full.add(str(run.flow_key))
                     continue
                 self._start(run)
                 claimed.append(run)
@@ -188,8 +190,13 @@ class Model:
                 if left <= 0:
                     break
             if not batch or left <= 0 or rounds >= 8:
-                return claimed
+                break
             rounds += 1
+        # The keys found full park their other due pending runs (flow.park_key).
+        for run in self.runs.values():
+            if run.flow_key in full and run.state == "pending" and run.available_at <= self.now:
+                run.available_at = math.inf
+        return claimed
 
     def claim(self, claimed: list[Any], qty: int) -> str | None:
         """``claimed``: the keys of the runs the engine returned."""

@@ -3125,6 +3125,8 @@ declare
   v_room record;
   v_queue_free integer;  -- lifetime hold: the queue's free slots for tasks not holding one
   v_holds boolean;
+  v_full text[] := '{}';  -- the keys found full
+  v_key text;
 begin
   -- Each count must see every claim committed before its lock was granted: a
   -- statement snapshot, taken after the lock (READ COMMITTED).
@@ -3205,9 +3207,7 @@ begin
             if v_running >= v_limit then
               execute absurd._sql('flow.park', q)
                 using v_cand.run_id, v_cand.task_id, 'infinity'::timestamptz, null::text;
-              -- and the key's other due runs, a batch at a time: a backlog of a full
-              -- key leaves the head of the claim index in a few claims.
-              execute absurd._sql('flow.park_key', q) using v_cand.flow_key, p_now, 1000;
+              v_full := v_full || v_cand.flow_key;
               continue;
             end if;
           end if;
@@ -3236,6 +3236,12 @@ begin
     end loop;
     exit when v_left <= 0 or v_priority is null;
     v_below := v_priority;
+  end loop;
+  -- The keys found full (their locks still held): their other due runs are parked
+  -- too, a batch at a time, so a full key's backlog leaves the head of the claim
+  -- index in a few claims instead of one run per claim.
+  foreach v_key in array v_full loop
+    execute absurd._sql('flow.park_key', q) using v_key, p_now, 1000;
   end loop;
 end;
 $$;
