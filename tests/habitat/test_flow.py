@@ -4,6 +4,7 @@ the limit forms behind the credential, and the task page's "why it waits"."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -161,3 +162,21 @@ def test_limits_are_editable_behind_the_credential(rw: TestClient, fq: Flow, con
             "select limits from absurd.get_flow_limits(%s) where flow_key = %s", (fq.queue, LONG)
         ).fetchone()
     )
+
+
+def test_the_json_api_has_the_queue_flow_and_the_explanation(ro: TestClient, fq: Flow) -> None:
+    body = ro.get(f"/api/queues/{fq.queue}/flow").json()
+    assert body["queueName"] == fq.queue
+    assert body["policy"]["maxRunningPerKey"] == 1 and body["policy"]["flowHold"] == "running"
+    keys = {k["flowKey"]: k for k in body["keys"]}
+    assert (keys[HOSTILE]["running"], keys[HOSTILE]["limit"], keys[HOSTILE]["parked"]) == (1, 1, 3)
+    assert keys[LONG]["overridden"] is True and keys[LONG]["limit"] == 2
+    assert [o["flowKey"] for o in body["overrides"]] == sorted(["idle", LONG])
+    assert body["moreOverrides"] is False
+    why = ro.get(f"/api/tasks/{fq.queue}/{fq.hostile[-1]}/explain").json()
+    assert why["reason"] == "waiting_key_slot" and why["flowKey"] == HOSTILE
+    assert (why["running"], why["limit"], why["taskId"]) == (1, 1, fq.hostile[-1])
+    assert ro.get(f"/api/queues/nope_{fq.queue}/flow").status_code == 404
+    unknown = ro.get(f"/api/tasks/{fq.queue}/{uuid.uuid4()}/explain")
+    assert unknown.status_code == 404 and unknown.json()["code"] == "AB009"
+    assert ro.get(f"/api/tasks/{fq.queue}/not-a-uuid/explain").status_code == 400

@@ -26,7 +26,7 @@ _CALLER_CLASSES = ("AB", "22")
 
 
 @contextmanager
-def _engine_errors() -> Iterator[None]:
+def engine_errors() -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
@@ -78,7 +78,7 @@ def optional_int(value: Any, what: str, minimum: int = 1) -> int | None:
 
 def call(conn: Conn, name: str, /, **params: Any) -> Row:
     """Runs the named call (one row) in a transaction of its own."""
-    with _engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+    with engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(queries.query(name), params).fetchone()
         assert row is not None
         return row
@@ -185,7 +185,7 @@ def settle_promise(
     if delivery_key is not None and not 1 <= len(delivery_key) <= 512:
         raise BadInput("deliveryKey must be a string of 1 to 512 characters")
     block = "promise_reject" if reject else "promise_resolve"
-    with _engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+    with engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         settled = cur.execute(
             queries.statement(block), (queue, promise_id, Jsonb(payload), delivery_key)
         ).fetchone()
