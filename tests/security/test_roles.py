@@ -158,6 +158,8 @@ def test_reader_reads(roles: Roles) -> None:
         assert c.execute("select absurd.list_queues()").fetchall()
         gauges = c.execute("select pending, running from absurd.queue_gauges('jobs')").fetchall()
         assert gauges == [(1, 0)]
+        why = c.execute("select reason from absurd.explain_task('jobs', %s)", (task_id,)).fetchall()
+        assert why == [("claimable",)]
         # Tables created after install_roles are readable too (default privileges).
     with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
         c.execute("select absurd.create_queue('later')")

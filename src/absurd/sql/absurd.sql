@@ -1389,13 +1389,17 @@ begin
     order by c.available_at, c.run_id$q$
 
   -- Flow control (queues with flow_enabled only; see absurd._claim_flow).
-  -- $1 priority, $2 now, $3 qty, $4 run_ids to pass over: the due runs of a band,
-  -- locked but not yet claimed (admission decides each one).
+  -- $1 priority, $2 now, $3 qty, $4 run_ids to pass over, $5 queue name, $6 the
+  -- per-key running limit, $7 the per-key rate limit (the queue's defaults): the due
+  -- runs of a band, locked but not yet claimed (admission decides each one), with
+  -- their key's limits (its override's, else the defaults).
   when 'claim.flow_candidates' then $q$
     select r.run_id, r.task_id, r.flow_key, coalesce(t.cancel_deadline <= $2, false) as late,
-           t.flow_slot is true as holds
+           t.flow_slot is true as holds, coalesce(l.max_running, $6::integer) as key_limit,
+           coalesce(l.rate_limit, $7::jsonb) as key_rate
     from absurd.%2$I r
     join absurd.%1$I t on t.task_id = r.task_id
+    left join absurd.flow_limits l on l.queue_name = $5::text and l.flow_key = r.flow_key
     where r.state in ('pending', 'sleeping') and r.priority = $1 and r.available_at <= $2
       and t.state in ('pending', 'sleeping', 'running') and r.run_id <> all($4::uuid[])
     order by r.available_at, r.run_id
@@ -1403,12 +1407,14 @@ begin
     for update of r, t skip locked$q$
   -- flow_hold "lifetime" with the queue's slots all held: only tasks that hold one
   -- may run (back from a sleep or a wait, or a retry), whatever waits ahead of them.
-  -- $1 now, $2 qty, $3 run_ids to pass over. Bounded: at most max_running tasks hold
-  -- a slot (t_<q>_fli).
+  -- $1 now, $2 qty, $3 run_ids to pass over, $4 $5 $6 as $5 $6 $7 of
+  -- claim.flow_candidates. Bounded: at most max_running tasks hold a slot (t_<q>_fli).
   when 'claim.held_candidates' then $q$
     select r.run_id, r.task_id, r.flow_key, coalesce(t.cancel_deadline <= $1, false) as late,
-           true as holds
+           true as holds, coalesce(l.max_running, $5::integer) as key_limit,
+           coalesce(l.rate_limit, $6::jsonb) as key_rate
     from absurd.%1$I t join absurd.%2$I r on r.run_id = t.last_attempt_run
+    left join absurd.flow_limits l on l.queue_name = $4::text and l.flow_key = r.flow_key
     where t.flow_slot and t.state in ('pending', 'sleeping') and r.state in ('pending', 'sleeping')
       and r.available_at <= $1 and r.run_id <> all($3::uuid[])
     order by r.priority desc, r.available_at, r.run_id
@@ -3166,10 +3172,12 @@ begin
       v_seen := 0;
       for v_cand in execute case when v_queue_free <= 0
           then absurd._cached('claim.held_candidates', q, quote_nullable(p_now),
-            quote_nullable(v_left), quote_nullable(v_pass))
+            quote_nullable(v_left), quote_nullable(v_pass), quote_nullable(q),
+            quote_nullable(p_per_key), quote_nullable(p_rate_per_key))
           else absurd._cached('claim.flow_candidates', q,
             quote_nullable(v_priority), quote_nullable(p_now), quote_nullable(v_left),
-            quote_nullable(v_pass)) end loop
+            quote_nullable(v_pass), quote_nullable(q), quote_nullable(p_per_key),
+            quote_nullable(p_rate_per_key)) end loop
         v_seen := v_seen + 1;
         v_holds := p_lifetime and v_cand.holds;  -- a lifetime slot taken by an earlier run
         if v_cand.late and v_holds then
@@ -3188,8 +3196,8 @@ begin
           continue;
         end if;
         if v_cand.flow_key is not null then
-          select k.max_running, k.rate_limit into v_limit, v_rate
-          from absurd._flow_key_limits(q, v_cand.flow_key, p_per_key, p_rate_per_key) k;
+          v_limit := v_cand.key_limit;
+          v_rate := v_cand.key_rate;
           if v_limit is not null or v_rate is not null then
             if not pg_try_advisory_xact_lock(hashtext(q), hashtext(v_cand.flow_key)) then
               v_pass := v_pass || v_cand.run_id;
