@@ -693,6 +693,66 @@ def test_concurrent_workers_never_exceed_limits_and_leak_no_slot(
     assert parked_by_key(engine) == {}
 
 
+def test_debounced_spawns_racing_claims(engine: Engine, connect: Connect) -> None:
+    """Two sessions spawn with one debounce key (period 20 ms) while a third claims:
+    each task holds the params of a spawn that returned it, a claimed task is never
+    changed by a later spawn, and at most one task of the key waits unstarted."""
+    q = engine.queue
+    returned: dict[Any, list[Any]] = {}
+    claimed_params: dict[Any, Any] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    pause = threading.Barrier(2, timeout=30)
+
+    def actor(i: int) -> None:
+        c = connect()
+        try:
+            if i == 2:
+                while not stop.is_set():
+                    for task_id, params in c.execute(
+                        "select task_id, params from absurd.claim_task(%s, 'w', 60, 5)", (q,)
+                    ).fetchall():
+                        claimed_params[task_id] = params
+                return
+            for n in range(60):
+                params = [i, n]
+                row = c.execute(
+                    "select task_id from absurd.spawn_task(%s, 't', %s, %s)",
+                    (
+                        q,
+                        json.dumps(params),
+                        json.dumps({"debounce": {"key": "d", "period_seconds": 0.02}}),
+                    ),
+                ).fetchone()
+                assert row is not None
+                returned.setdefault(row[0], []).append(params)
+                # Mostly faster than the period (the start moves on); now and then both
+                # pause past it, so that the claimer takes the task.
+                if n % 10 == 9:
+                    pause.wait()
+                    threading.Event().wait(0.06)
+                else:
+                    threading.Event().wait(0.003)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            if i == 1:
+                stop.set()
+
+    run_threads(actor, 3)
+    assert not errors, errors
+    tasks = engine.rows(
+        sql.SQL("select task_id, params, first_started_at from {}").format(engine.table("t"))
+    )
+    assert {t["task_id"] for t in tasks} == set(returned)
+    assert len(tasks) > 1  # some spawns found their task started and made a new one
+    for t in tasks:
+        assert t["params"] in returned[t["task_id"]]
+        if t["task_id"] in claimed_params:
+            assert t["params"] == claimed_params[t["task_id"]]  # unchanged after its claim
+    assert sum(1 for t in tasks if t["first_started_at"] is None) <= 1
+
+
 # -- explain_task -----------------------------------------------------------------------
 
 
