@@ -40,6 +40,7 @@ class Run:
     event_payload: Any = None
     wait: tuple[str, str, Time] | None = None  # (event, step, timeout_at)
     flow_key: str | None = None
+    started_at: Time | None = None  # its latest claim (rate limits count these)
 
     @property
     def key(self) -> tuple[Any, int]:
@@ -55,6 +56,7 @@ class Task:
     runs: list[Run] = field(default_factory=list)
     checkpoints: set[str] = field(default_factory=set)
     flow_key: str | None = None
+    slot: bool = False  # flow_hold "lifetime": took a slot at a claim, holds it until it ends
 
 
 @dataclass
@@ -67,6 +69,9 @@ class Model:
     per_key: int | None = None
     max_running: int | None = None
     overrides: dict[str, int] = field(default_factory=dict)
+    lifetime: bool = False
+    rate: tuple[int, int, int] | None = None  # (limit, period_seconds, burst), the queue's
+    rate_per_key: tuple[int, int, int] | None = None
     order: Callable[[Run], Any] = lambda run: run.key
 
     def add_run(self, task: Task) -> Run:
@@ -100,7 +105,38 @@ class Model:
     # -- flow control -----------------------------------------------------------
     @property
     def flow_enabled(self) -> bool:
-        return self.per_key is not None or self.max_running is not None or bool(self.overrides)
+        return (
+            self.per_key is not None
+            or self.max_running is not None
+            or bool(self.overrides)
+            or self.rate is not None
+            or self.rate_per_key is not None
+        )
+
+    def rate_room(self, flow_key: str | None, rate: tuple[int, int, int]) -> tuple[int, Time]:
+        """absurd._flow_rate_room: (starts left now, when the window frees if none)."""
+        limit, period, burst = rate
+        n1, n2 = limit + burst, (2 * limit if burst > 0 else None)
+        window = period * (2 if n2 is not None else 1)
+        starts = sorted(
+            (
+                r.started_at
+                for r in self.runs.values()
+                if r.started_at is not None
+                and r.started_at > self.now - window
+                and (flow_key is None or r.flow_key == flow_key)
+            ),
+            reverse=True,
+        )[: max(n1, n2 or 0)]
+        c1 = sum(1 for t in starts if t > self.now - period)
+        c2 = len(starts)
+        room = min(n1 - c1, n1 - c1 if n2 is None else n2 - c2)
+        if room > 0:
+            return room, self.now
+        frees = [starts[n1 - 1] + period] if c1 >= n1 else []
+        if n2 is not None and c2 >= n2:
+            frees.append(starts[n2 - 1] + 2 * period)
+        return 0, max(frees)
 
     def limit(self, flow_key: str) -> int | None:
         return self.overrides.get(flow_key, self.per_key)
@@ -111,6 +147,18 @@ class Model:
             for r in self.runs.values()
             if r.state == "running" and (flow_key is None or r.flow_key == flow_key)
         )
+
+    def holding(self, flow_key: str | None = None) -> int:
+        """flow_hold "lifetime": live tasks that hold a slot."""
+        return sum(
+            1
+            for t in self.tasks.values()
+            if t.slot and t.state not in TERMINAL and (flow_key is None or t.flow_key == flow_key)
+        )
+
+    def used(self, flow_key: str | None = None) -> int:
+        """The slots taken: live tasks holding one (lifetime hold), else running runs."""
+        return self.holding(flow_key) if self.lifetime else self.running(flow_key)
 
     def parked(self, flow_key: str | None = None) -> list[Run]:
         return sorted(
@@ -133,7 +181,7 @@ class Model:
         for flow_key in sorted({k for k in keys if k is not None}):
             limit = self.limit(flow_key)
             parked = self.parked(flow_key)
-            free = len(parked) if limit is None else max(limit - self.running(flow_key), 0)
+            free = len(parked) if limit is None else max(limit - self.used(flow_key), 0)
             for run in parked[:free]:
                 run.available_at = self.now
 
@@ -141,8 +189,17 @@ class Model:
         for run in self.parked():
             run.available_at = self.now
 
-    def set_policy(self, per_key: int | None, max_running: int | None) -> None:
+    def set_policy(
+        self,
+        per_key: int | None,
+        max_running: int | None,
+        hold: str,
+        rate: tuple[int, int, int] | None = None,
+        rate_per_key: tuple[int, int, int] | None = None,
+    ) -> None:
         self.per_key, self.max_running = per_key, max_running
+        self.lifetime = hold == "lifetime"
+        self.rate, self.rate_per_key = rate, rate_per_key
         self.wake_all()
 
     def set_override(self, flow_key: str, limit: int | None) -> None:
@@ -155,43 +212,75 @@ class Model:
         else:
             self.wake_all()
 
+    def _admit(self, run: Run, holds: bool) -> None:
+        self._start(run)
+        if self.lifetime:
+            self.tasks[run.task_id].slot = True
+
     def _start(self, run: Run) -> None:
         task = self.tasks[run.task_id]
         run.state, run.lease_until, run.available_at = "running", self.now + self.lease, self.now
+        run.started_at = self.now
         if run.wait and run.wait[2] <= self.now:
             run.wait = None
         task.state, task.attempts = "running", max(task.attempts, run.attempt)
 
     def _claim_flow(self, qty: int) -> list[Run]:
-        """absurd._claim_flow: candidates in order, rounds of the slots left."""
+        """absurd._claim_flow: candidates in order, rounds of the slots left. With the
+        lifetime hold, a task holding a slot is admitted without a count, and once the
+        queue's slots are all held only such tasks are read (claim.held_candidates)."""
         left = qty
-        if self.max_running is not None:
+        queue_free: int | None = None
+        if self.max_running is not None and self.lifetime:
+            queue_free = self.max_running - self.holding()
+        elif self.max_running is not None:
             left = min(left, self.max_running - self.running())
-            if left <= 0:
-                return []
+        if self.rate is not None:
+            left = min(left, self.rate_room(None, self.rate)[0])
+        if left <= 0:
+            return []
         due = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
         claimed: list[Run] = []
         full: set[str] = set()
         at, rounds = 0, 0
-        while True:
+        while queue_free is None or queue_free > 0:
             batch = due[at : at + left]
             at += len(batch)
             for run in batch:
+                task = self.tasks[run.task_id]
+                holds = self.lifetime and task.slot
+                if queue_free is not None and queue_free <= 0 and not holds:
+                    continue  # passed over: the queue's slots are all held
                 limit = None if run.flow_key is None else self.limit(run.flow_key)
-                if limit is not None and self.running(run.flow_key) >= limit:
+                if limit is not None and not holds and self.used(run.flow_key) >= limit:
                     run.state, run.available_at = "pending", math.inf
-                    if self.tasks[run.task_id].state == "sleeping":
-                        self.tasks[run.task_id].state = "pending"
+                    if task.state == "sleeping":
+                        task.state = "pending"
                     full.add(str(run.flow_key))
                     continue
-                self._start(run)
+                if run.flow_key is not None and self.rate_per_key is not None:
+                    room, free_at = self.rate_room(run.flow_key, self.rate_per_key)
+                    if room <= 0:  # parked until the key's window frees
+                        run.state, run.available_at = "pending", free_at
+                        if task.state == "sleeping":
+                            task.state = "pending"
+                        continue
+                self._admit(run, holds)
                 claimed.append(run)
+                if queue_free is not None and not holds:
+                    queue_free -= 1
                 left -= 1
                 if left <= 0:
                     break
             if not batch or left <= 0 or rounds >= 8:
                 break
             rounds += 1
+        if left > 0 and queue_free is not None and queue_free <= 0:
+            # The tasks that hold a slot, wherever they are in the queue.
+            held = [r for r in due[at:] if self.tasks[r.task_id].slot]
+            for run in held[:left]:
+                self._admit(run, True)
+                claimed.append(run)
         # The keys found full park their other due pending runs (flow.park_key).
         for run in self.runs.values():
             if run.flow_key in full and run.state == "pending" and run.available_at <= self.now:
@@ -346,6 +435,7 @@ class Model:
         task.max_attempts = task.attempts + 1
         task.attempts += 1
         task.state = "pending"
+        task.slot = False
         self.add_run(task)
         return None
 

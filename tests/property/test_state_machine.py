@@ -50,6 +50,8 @@ STEPS = ["a", "b", "c"]
 LEASE = 30
 MAX_TASKS = 6
 FLOW_KEYS = [None, "a", "b"]
+#: Rate limits (limit, period_seconds, burst) of set_limits; None removes one.
+RATES: list[tuple[int, int, int] | None] = [None, None, (1, 10, 0), (2, 30, 1), (3, 60, 0)]
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -157,15 +159,43 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             )
             assert mismatch is None, mismatch
 
-        @rule(per_key=st.sampled_from([None, 1, 2]), max_running=st.sampled_from([None, 1, 3]))
-        def set_limits(self, per_key: int | None, max_running: int | None) -> None:
+        @rule(
+            per_key=st.sampled_from([None, 1, 2]),
+            max_running=st.sampled_from([None, 1, 3]),
+            hold=st.sampled_from(["running", "lifetime"]),
+            rate=st.sampled_from(RATES),
+            rate_per_key=st.sampled_from(RATES),
+        )
+        def set_limits(
+            self,
+            per_key: int | None,
+            max_running: int | None,
+            hold: str,
+            rate: tuple[int, int, int] | None,
+            rate_per_key: tuple[int, int, int] | None,
+        ) -> None:
+            def spec(r: tuple[int, int, int] | None) -> dict[str, int] | None:
+                return (
+                    None
+                    if r is None
+                    else dict(zip(("limit", "period_seconds", "burst"), r, strict=True))
+                )
+
             code, _ = self.call(
                 "select absurd.set_queue_policy(%s, %s)",
                 self.queue,
-                json.dumps({"max_running_per_key": per_key, "max_running": max_running}),
+                json.dumps(
+                    {
+                        "max_running_per_key": per_key,
+                        "max_running": max_running,
+                        "flow_hold": hold,
+                        "rate_limit": spec(rate),
+                        "rate_limit_per_key": spec(rate_per_key),
+                    }
+                ),
             )
             self.expect(None, code, "set_queue_policy")
-            self.model.set_policy(per_key, max_running)
+            self.model.set_policy(per_key, max_running, hold, rate, rate_per_key)
             self.draining = True  # a lowered limit drains: checked again from here
 
         @rule(flow_key=st.sampled_from(["a", "b"]), limit=st.sampled_from([None, 1, 2]))
@@ -324,7 +354,7 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             over = False
             for key in ("a", "b"):
                 limit = model.limit(key)
-                running = model.running(key)
+                running = model.used(key)
                 if limit is not None and running > limit:
                     over = True
                     assert self.draining, f"key {key}: {running} running, limit {limit}"
@@ -338,9 +368,9 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
                         f"key {key} keeps a parked run: {running} running, {woken} woken,"
                         f" limit {limit}"
                     )
-            if model.max_running is not None and model.running() > model.max_running:
+            if model.max_running is not None and model.used() > model.max_running:
                 over = True
-                assert self.draining, f"{model.running()} running, limit {model.max_running}"
+                assert self.draining, f"{model.used()} slots taken, limit {model.max_running}"
             self.draining = over
 
         def teardown(self) -> None:
