@@ -5,8 +5,10 @@ Commands ("scenario" key): "drain" (n pre-enqueued workflows of `steps` steps on
 with worker_concurrency c), "pickup" (enqueue one workflow at a time into an idle queue),
 "event" (a workflow blocked in DBOS.recv, woken by DBOS.send), "stream_latency" (a
 workflow writes its write time every 20 ms with DBOS.write_stream; DBOS.read_stream tails
-it) and "stream_throughput" (a workflow writes n small values as fast as it can: values/s,
-and per 1,000 values the server's commits and the NOTIFYs on DBOS's streams channel).
+it), "stream_throughput" (a workflow writes n small values as fast as it can: values/s,
+and per 1,000 values the server's commits and the NOTIFYs on DBOS's streams channel)
+and "keyed" (n workflows over k partition keys of a partitioned queue, at most `limit`
+per key at once: throughput and the most in flight per key, counted in the workflows).
 The workflow shape is the suite's: each step returns {"i": i, "k": k}; the workflow
 returns the last step's value.
 Only the public DBOS API is used.
@@ -20,7 +22,9 @@ import os
 import random
 import resource
 import sys
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,30 @@ def bench_stream_burst(n: int) -> float:
         DBOS.write_stream("out", {"t": i})
     DBOS.close_stream("out")
     return time.perf_counter() - started
+
+
+#: In flight per partition key, counted by the keyed workflows themselves.
+KEYED_LOCK = threading.Lock()
+KEYED_NOW: dict[str, int] = defaultdict(int)
+KEYED_MAX: dict[str, int] = defaultdict(int)
+KEYED_SPAN: list[float] = []
+
+
+@DBOS.step()
+def keyed_work(ms: float) -> None:
+    time.sleep(ms / 1000)
+
+
+@DBOS.workflow()
+def bench_keyed(key: str, ms: float) -> None:
+    with KEYED_LOCK:
+        KEYED_NOW[key] += 1
+        KEYED_MAX[key] = max(KEYED_MAX[key], KEYED_NOW[key])
+        KEYED_SPAN.append(time.time())
+    keyed_work(ms)
+    with KEYED_LOCK:
+        KEYED_NOW[key] -= 1
+        KEYED_SPAN.append(time.time())
 
 
 def launch(url: str, concurrency: int) -> None:
@@ -208,6 +236,50 @@ def stream_throughput() -> dict[str, Any]:
     }
 
 
+def keyed() -> dict[str, Any]:
+    """n workflows round-robin over k keys of a partitioned queue (partition_concurrency
+    `limit`, worker_concurrency c), each a step of `ms` ms."""
+    url, n, keys = CMD["dsn"], int(CMD["n"]), int(CMD["keys"])
+    limit, concurrency, ms = int(CMD["limit"]), int(CMD["concurrency"]), float(CMD["ms"])
+    launch(url, concurrency)
+    # Filled first (a client; no dequeue loop yet), as the other side is.
+    t0 = time.perf_counter()
+    client = DBOSClient(system_database_url=url)
+    for i in range(n):
+        client.enqueue(
+            {"queue_name": QUEUE, "workflow_name": "bench_keyed",
+             "queue_partition_key": f"k{i % keys}"},
+            f"k{i % keys}",
+            ms,
+        )  # fmt: skip
+    client.destroy()
+    enqueue_s = time.perf_counter() - t0
+    DBOS.register_queue(
+        QUEUE,
+        worker_concurrency=concurrency,
+        partition_concurrency=limit,
+        polling_interval_sec=float(CMD["poll"]),
+    )
+    deadline = time.monotonic() + max(120.0, n / 5)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        with KEYED_LOCK:
+            if len(KEYED_SPAN) >= 2 * n and not any(KEYED_NOW.values()):
+                break
+    DBOS.destroy(workflow_completion_timeout_sec=0)
+    done = len(KEYED_SPAN) // 2
+    if done < n:
+        return {"error": f"keyed drain stopped at {done}/{n}"}
+    seconds = max(KEYED_SPAN) - min(KEYED_SPAN)
+    return {
+        "n": n,
+        "tasks_per_s": round(n / seconds, 1),
+        "max_in_flight_per_key": max(KEYED_MAX.values()),
+        "keys_over_limit": sum(1 for v in KEYED_MAX.values() if v > limit),
+        "enqueue_per_s": round(n / enqueue_s, 1),
+    }
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("DBOS__APPVERSION", "bench")
@@ -217,6 +289,7 @@ def main() -> None:
         "event": event,
         "stream_latency": stream_latency,
         "stream_throughput": stream_throughput,
+        "keyed": keyed,
     }
     out = scenarios[CMD["scenario"]]()
     sys.stdout.write(json.dumps(out) + "\n")

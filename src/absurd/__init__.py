@@ -10,6 +10,14 @@ from absurd._async.context import AsyncTaskContext
 from absurd._async.streams import StreamEntry
 from absurd._async.worker import AsyncWorker
 from absurd._context import get_current_context
+from absurd._core.flow import (
+    Debounce,
+    FlowHold,
+    FlowLimit,
+    FlowPolicy,
+    RateLimit,
+    TaskExplanation,
+)
 from absurd._core.serde import JSONSerializer, Serializer
 from absurd._core.types import (
     AbsurdHooks,
@@ -100,8 +108,12 @@ __all__ = [
     "CatchupPolicy",
     "ClaimedTask",
     "CreateQueueOptions",
+    "Debounce",
     "FailedTask",
+    "FlowHold",
     "FlowIsolationError",
+    "FlowLimit",
+    "FlowPolicy",
     "InvalidArgument",
     "InvalidCronExpression",
     "InvalidDebounce",
@@ -127,6 +139,7 @@ __all__ = [
     "QueueNotFound",
     "QueuePolicy",
     "QueuePolicyOptions",
+    "RateLimit",
     "RetryStrategy",
     "RetryTaskResult",
     "RunNotFound",
@@ -152,6 +165,7 @@ __all__ = [
     "SuspendTask",
     "SyncedSchedule",
     "TaskContext",
+    "TaskExplanation",
     "TaskInterrupt",
     "TaskNotFinished",
     "TaskNotFound",

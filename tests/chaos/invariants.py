@@ -76,7 +76,8 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
     tasks = {str(x["task_id"]): x for x in _rows(conn, task_columns.format(t))}
     run_columns = sql.SQL(
         "select run_id, task_id, attempt, state, claim_expires_at, failed_at, completed_at,"
-        " failure_reason from {} order by attempt, run_id"
+        " failure_reason, flow_key, (state = 'pending' and available_at = 'infinity'"
+        " and flow_key is not null) as parked from {} order by attempt, run_id"
     )
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for x in _rows(conn, run_columns.format(r)):
@@ -111,6 +112,11 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
             report.add(
                 f"dead lease: run {run['run_id']} is running, lease {run['claim_expires_at']}"
             )
+
+    # 3b. No run stays parked (flow control): every slot came back and woke it.
+    for run in runs_by_id.values():
+        if run["parked"]:
+            report.add(f"parked: run {run['run_id']} of key {run['flow_key']!r} is still parked")
 
     # 4. A committed checkpoint is never executed again, and no run writes a
     # checkpoint after it ended (a stalled worker must not write behind its successor).
@@ -175,6 +181,35 @@ def check(conn: psycopg.Connection[Any], queue: str, spawned: set[str]) -> Repor
         ),
     }
     return report
+
+
+FLOW_SAMPLE = """
+select flow_key, count(*) as running from {}
+where state = 'running' group by flow_key"""
+
+
+def flow_sample(conn: psycopg.Connection[Any], queue: str) -> dict[str | None, int]:
+    """The running runs per flow key (None: runs without a key), in one snapshot."""
+    query = sql.SQL(FLOW_SAMPLE).format(_table("r", queue))
+    return {row["flow_key"]: int(row["running"]) for row in _rows(conn, query)}
+
+
+def flow_violations(
+    sample: dict[str | None, int],
+    per_key: int | None,
+    overrides: dict[str, int],
+    total: int | None,
+) -> list[str]:
+    """What in one sample exceeds the queue's limits: ``total`` over all runs,
+    ``per_key`` (or the key's override) over each key's."""
+    out = []
+    if total is not None and sum(sample.values()) > total:
+        out.append(f"flow: {sum(sample.values())} runs running, max_running is {total}")
+    for key, running in sample.items():
+        limit = overrides.get(key, per_key) if key is not None else None
+        if limit is not None and running > limit:
+            out.append(f"flow: key {key!r} has {running} runs running, its limit is {limit}")
+    return out
 
 
 def _check_attempts(

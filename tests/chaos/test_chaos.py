@@ -11,6 +11,12 @@ sleeps, events, injected failures and stalls while the driver, seeded at random
   the task over, and the stalled one resumes and tries to write;
 * cancellations of random tasks.
 
+``test_chaos_with_flow_limits`` runs the same with flow control on: every task has a
+(hostile) flow key, the queue a per-key limit, an override and a queue-wide limit
+below the workers' slots. The driver samples the running runs per key all along (a
+sample over a limit is a violation), and the drain proves that a SIGKILLed worker's
+slots came back when its leases expired (no run is left parked).
+
 Then faults stop, every event is emitted, the queue drains, and
 ``tests/chaos/invariants.py`` checks the database and the side-effect log.
 ``--soak`` (or ``ABSURD_SOAK=1``) runs until at least 100 kills and 3 restarts.
@@ -34,7 +40,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from absurd import Absurd
-from tests.chaos.invariants import EFFECTS_DDL, check
+from tests.chaos.invariants import EFFECTS_DDL, check, flow_sample, flow_violations
 from tests.worker.conftest import query
 from tests.worker.test_process import Proc
 from tests.worker.test_reconnect import RestartableServer, restartable  # noqa: F401
@@ -47,6 +53,13 @@ STALL = 5.0  # > CLAIM_TIMEOUT: the stalled run loses its lease
 WORKERS = 3
 STALLS_FIRST = 4  # the first tasks spawned all stall
 T = TypeVar("T")
+#: Flow control in test_chaos_with_flow_limits: at most FLOW_PER_KEY runs of a key at
+#: once (FLOW_OVERRIDES: the first key 1), FLOW_TOTAL over the queue, under the 3
+#: workers' 2 slots each, so that the limits bind.
+FLOW_KEYS = ["tenant-a", 'it\'s "b"; --', "ключ 🔑 鍵"]
+FLOW_PER_KEY = 2
+FLOW_OVERRIDES = {FLOW_KEYS[0]: 1}
+FLOW_TOTAL = 4
 
 
 @dataclass
@@ -74,6 +87,10 @@ class Tally:
     events: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
     stale_leases_seen: int = 0
+    flow_samples: int = 0
+    flow_at_limit: int = 0  # samples in which some key had all its slots taken
+    flow_max_per_key: int = 0
+    flow_violations: list[str] = field(default_factory=list)
 
 
 def persist(fn: Callable[[], T], timeout: float = 90.0) -> T:
@@ -108,9 +125,15 @@ def task_params(rng: random.Random, key: str) -> tuple[dict[str, Any], int]:
 
 class Chaos:
     def __init__(
-        self, server: RestartableServer, tmp_path: Path, rng: random.Random, plan: Plan
+        self,
+        server: RestartableServer,
+        tmp_path: Path,
+        rng: random.Random,
+        plan: Plan,
+        flow: bool = False,
     ) -> None:
         self.server, self.tmp, self.rng, self.plan = server, tmp_path, rng, plan
+        self.flow = flow
         self.dsn = server.dsn
         self.queue = f"chaos_{uuid.uuid4().hex[:8]}"
         self.app_name = f"absurd_chaos_{uuid.uuid4().hex[:8]}"
@@ -122,6 +145,10 @@ class Chaos:
         query(self.dsn, EFFECTS_DDL)
         query(self.dsn, "select absurd.create_queue(%s)", (self.queue,))
         self.client = Absurd(self.dsn, self.queue)
+        if flow:
+            self.client.set_flow_policy(max_running=FLOW_TOTAL, max_running_per_key=FLOW_PER_KEY)
+            for key, limit in FLOW_OVERRIDES.items():
+                self.client.set_flow_limit(key, max_running=limit)
 
     # -- workers -------------------------------------------------------------
     def launch(self) -> None:
@@ -207,6 +234,23 @@ class Chaos:
         )
         return int(rows[0]["n"])
 
+    def sample_flow(self) -> None:
+        """The running runs per key now, against the limits."""
+
+        def take() -> dict[str | None, int]:
+            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                return flow_sample(conn, self.queue)
+
+        sample = persist(take)
+        tally = self.tally
+        tally.flow_samples += 1
+        keyed = {k: v for k, v in sample.items() if k is not None}
+        tally.flow_max_per_key = max(tally.flow_max_per_key, max(keyed.values(), default=0))
+        if any(v >= FLOW_OVERRIDES.get(k, FLOW_PER_KEY) for k, v in keyed.items()):
+            tally.flow_at_limit += 1
+        found = flow_violations(sample, FLOW_PER_KEY, FLOW_OVERRIDES, FLOW_TOTAL)
+        tally.flow_violations.extend(found[: max(0, 50 - len(tally.flow_violations))])
+
     # -- workload ----------------------------------------------------------------
     def spawn(self, n: int) -> None:
         for _ in range(n):
@@ -214,14 +258,18 @@ class Chaos:
             params, max_attempts = task_params(self.rng, key)
             if len(self.spawned) < STALLS_FIRST:  # so that every run sees takeovers
                 params, max_attempts = {"steps": 1, "stall": True}, 100
+            flow_key = self.rng.choice(FLOW_KEYS) if self.flow else None
             result = persist(
-                lambda params=params, max_attempts=max_attempts, key=key: self.client.spawn(
-                    "chaos",
-                    params,
-                    queue=self.queue,
-                    max_attempts=max_attempts,
-                    retry_strategy={"kind": "none"},
-                    idempotency_key=key,
+                lambda params=params, max_attempts=max_attempts, key=key, flow_key=flow_key: (
+                    self.client.spawn(
+                        "chaos",
+                        params,
+                        queue=self.queue,
+                        max_attempts=max_attempts,
+                        retry_strategy={"kind": "none"},
+                        idempotency_key=key,
+                        flow_key=flow_key,
+                    )
                 )
             )
             self.spawned[key] = str(result["task_id"])
@@ -292,11 +340,15 @@ class Chaos:
                 next_cancel = now + rng.uniform(3.0, 8.0)
             self.emit_due()
             self.tally.stale_leases_seen = max(self.tally.stale_leases_seen, self.stale_leases())
+            if self.flow:
+                self.sample_flow()
         # Faults stop: the queue must drain by itself.
         self.emit_due(everything=True)
         deadline = time.monotonic() + plan.drain_seconds
         while self.unfinished() and time.monotonic() < deadline:
             self.reap()
+            if self.flow:
+                self.sample_flow()
             time.sleep(0.3)
 
 
@@ -305,9 +357,35 @@ def test_chaos(
     tmp_path: Path,
     soak: bool,
 ) -> None:
+    run_chaos(restartable, tmp_path, soak, flow=False)
+
+
+def test_chaos_with_flow_limits(
+    restartable: RestartableServer,  # noqa: F811
+    tmp_path: Path,
+    soak: bool,
+) -> None:
+    chaos, context = run_chaos(restartable, tmp_path, soak, flow=True)
+    tally = chaos.tally
+    assert not tally.flow_violations, f"flow limits exceeded {context}:\n" + "\n".join(
+        tally.flow_violations
+    )
+    # The limits bound (a run where they never did would prove nothing).
+    assert tally.flow_samples > 0 and tally.flow_at_limit > 0, tally
+    assert tally.flow_max_per_key <= FLOW_PER_KEY
+
+
+def run_chaos(
+    restartable: RestartableServer,  # noqa: F811
+    tmp_path: Path,
+    soak: bool,
+    *,
+    flow: bool,
+) -> tuple[Chaos, str]:
+    """One chaos run and the suite's invariants; returns it with a context line."""
     seed = int(os.environ.get("ABSURD_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\nchaos seed: {seed} (replay with ABSURD_CHAOS_SEED={seed})")
-    chaos = Chaos(restartable, tmp_path, random.Random(seed), SOAK if soak else CI)
+    chaos = Chaos(restartable, tmp_path, random.Random(seed), SOAK if soak else CI, flow)
     t0 = time.monotonic()
     try:
         chaos.run()
@@ -332,6 +410,10 @@ def test_chaos(
         "workers_launched": chaos.launched,
         "unexpected_worker_exits": len(tally.unexpected_exits),
         "max_stale_leases_seen": tally.stale_leases_seen,
+        "flow": flow,
+        "flow_samples": tally.flow_samples,
+        "flow_samples_at_a_limit": tally.flow_at_limit,
+        "flow_max_running_per_key": tally.flow_max_per_key,
         **report.figures,
     }
     print("CHAOS SUMMARY " + json.dumps(summary))
@@ -349,3 +431,4 @@ def test_chaos(
     assert tally.kills >= plan.min_kills and tally.restarts == plan.restarts
     assert tally.terminations > 0 and report.figures["lease_expiries"] > 0
     assert report.figures["stall_takeovers"] > 0 and report.figures["injected_failures"] > 0
+    return chaos, context

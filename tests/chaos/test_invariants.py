@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.chaos.invariants import EFFECTS_DDL, EFFECTS_TABLE, check
+from tests.chaos.invariants import EFFECTS_DDL, EFFECTS_TABLE, check, flow_violations
 from tests.conftest import Connect
 from tests.engine._engine import Engine
 
@@ -89,6 +89,9 @@ CORRUPTIONS = {
     " and task_id in (select task_id from {r} where attempt = 2)",
     "result": 'update {t} set completed_payload = \'{{"run_id": "someone else"}}\'',
     "result: cancelled task": "update {t} set state = 'cancelled'",
+    # A run of a full key left parked: its slot never came back.
+    "parked": "update {r} set state = 'pending', available_at = 'infinity', flow_key = 'k'"
+    " where attempt = 1",
 }
 
 
@@ -104,6 +107,17 @@ def test_each_corruption_is_reported(
         report = check(conn, queue, spawned)
     assert any(v.startswith(broken) for v in report.violations), report.violations
     assert check(conn, queue, spawned).violations == []  # rolled back: clean again
+
+
+def test_flow_limits_exceeded_in_a_sample_are_reported() -> None:
+    sample = {"a": 2, "b": 1, "c": 3, None: 4}
+    assert flow_violations(sample, 3, {"b": 2}, 10) == []
+    found = flow_violations(sample, 2, {"b": 0}, 9)
+    assert found == [
+        "flow: 10 runs running, max_running is 9",
+        "flow: key 'b' has 1 runs running, its limit is 0",
+        "flow: key 'c' has 3 runs running, its limit is 2",
+    ]
 
 
 def test_injected_failure_count_must_match(

@@ -29,10 +29,10 @@ DB_COMMANDS = {
     "init", "migrate", "schema-version", "cleanup", "validate", "create-queue",
     "queue-policy", "drop-queue", "list-queues", "cron", "list-detach-candidates",
     "detach-candidate", "spawn-task", "retry-task", "emit-event", "list-tasks",
-    "cancel-task", "dump-task", "maintain",
+    "cancel-task", "dump-task", "maintain", "explain-task",
 }  # fmt: skip
 #: Groups whose subcommands are database commands (``schedules list``).
-DB_GROUPS = {"schedules", "promises"}
+DB_GROUPS = {"schedules", "promises", "flow-limits"}
 
 
 @dataclass

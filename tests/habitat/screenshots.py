@@ -178,11 +178,32 @@ def demo_agent(conn: psycopg.Connection[Any]) -> str:
     return str(task)
 
 
+def demo_flow(conn: psycopg.Connection[Any]) -> str:
+    """Queue 'agents' with flow control: 2 runs per tenant, acme allowed 4, a rate
+    limit per tenant; tenants with running and parked runs. Returns a parked task's id."""
+    conn.execute("select absurd.create_queue('agents')")
+    policy = {"max_running": 20, "max_running_per_key": 2,
+              "rate_limit_per_key": {"limit": 60, "period_seconds": 60, "burst": 10}}  # fmt: skip
+    conn.execute("select absurd.set_queue_policy('agents', %s)", (Jsonb(policy),))
+    conn.execute("""select absurd.set_flow_limit('agents', 'acme', '{"max_running": 4}')""")
+    parked = ""
+    for tenant, n in (("acme", 9), ("globex", 5), ("initech", 2), ("umbrella", 3)):
+        for i in range(n):
+            row = conn.execute(
+                "select task_id from absurd.spawn_task('agents', 'answer_ticket', %s, %s)",
+                (Jsonb({"tenant": tenant, "ticket": 1000 + i}), Jsonb({"flow_key": tenant})),
+            ).fetchone()
+            parked = str(row[0])  # type: ignore[index]
+    conn.execute("select * from absurd.claim_task('agents', 'agent-worker-1', 600, 20)")
+    return parked
+
+
 def shoot(dsn: str, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         task, agent = demo(conn)
+        parked = demo_flow(conn)
         failed = conn.execute(
             "select task_id from absurd.t_default where state = 'failed' limit 1"
         ).fetchone()[0]  # type: ignore[index]
@@ -202,6 +223,8 @@ def shoot(dsn: str, out: Path) -> None:
             ("task-streams", f"/tasks/{agent}?queue=default"),
             ("events", "/events"),
             ("queues", "/queues"),
+            ("queue-flow", "/queues/agents"),
+            ("task-waiting", f"/tasks/{parked}?queue=agents"),
             ("workers", "/workers"),
             ("schedules", "/schedules"),
             ("schedule-detail", "/schedules/default/sync-accounts"),

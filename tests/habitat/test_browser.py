@@ -37,6 +37,8 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 
 from absurd.habitat import create_app  # noqa: E402
+from tests.habitat.test_flow import HOSTILE as FLOW_KEY  # noqa: E402
+from tests.habitat.test_flow import Flow  # noqa: E402
 from tests.habitat.test_promises import Fixture  # noqa: E402
 from tests.habitat.test_streams import Fixture as StreamFixture  # noqa: E402
 from tests.habitat.test_streams import write  # noqa: E402
@@ -344,6 +346,41 @@ def test_resolve_a_pending_promise_from_the_task_page(
     finally:
         at(conn, None)
         conn.execute("select absurd.drop_queue(%s)", (pq.queue,))
+
+
+def test_flow_limits_from_the_queue_page(rw_page: Page, conn: psycopg.Connection[Any]) -> None:
+    """The queue page's keys, a key's limit raised through its form (its parked runs
+    wake), and a parked task's page saying why it waits."""
+    page, fq = rw_page, Flow(conn)
+    try:
+        page.goto(f"/tasks/{fq.hostile[-1]}?queue={fq.queue}")
+        why = page.locator("#task-why")
+        assert "Waiting for a slot of its key" in why.inner_text()
+        assert f'"{FLOW_KEY}" (1 of 1 running)' in why.inner_text()
+        why.locator("text=The queue's flow limits").click()
+        page.wait_for_url(re.compile(r"/queues/"))
+        row = page.locator("#flow-keys tr", has_text=FLOW_KEY)
+        assert row.locator("td").all_inner_texts()[1:] == ["1", "1", "3"]
+        page.click("#flow-actions >> text=Log in")
+        page.fill("input[name=token]", TOKEN)
+        page.click("form button[type=submit]")
+        page.wait_for_url(re.compile(r"/queues/"))
+        page.fill("#flow-limit-form input[name=flow_key]", FLOW_KEY)
+        page.fill("#flow-limit-form input[name=max_running]", "4")
+        page.click("#flow-limit-form button[type=submit]")
+        assert "The key's flow limits set." in page.locator(".flash").inner_text()
+        row = page.locator("#flow-keys tr", has_text=FLOW_KEY)
+        assert row.locator("td").all_inner_texts()[1:] == ["1", "4 (override)", "0"]
+        assert FLOW_KEY in page.locator("#flow-overrides").inner_text()
+        page.once("dialog", lambda d: d.accept())
+        page.locator("#flow-overrides tr", has_text="idle").locator("button").click()
+        assert "override removed" in page.locator(".flash").inner_text()
+        assert "idle" not in page.locator("#flow-overrides").inner_text()
+        page.goto(f"/tasks/{fq.hostile[-1]}?queue={fq.queue}")
+        assert "Claimable now" in page.locator("#task-why").inner_text()
+        assert page.problems == [], page.problems
+    finally:
+        conn.execute("select absurd.drop_queue(%s)", (fq.queue,))
 
 
 def test_the_task_page_tails_a_stream_live(

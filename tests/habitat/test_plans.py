@@ -48,6 +48,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "habitat_queue_metrics": [{}],
     "habitat_queue_gauges": [{"window": 300, "cap": prometheus.GAUGE_CAP}],
     "habitat_queue_throughput": [{"cap": store.CHART_CAP}],
+    "habitat_flow_keys": [{"queue": "{queue}", "keys": 20}],
     "habitat_run_page": [
         {},
         {**WINDOW, "task_name": "task"},
@@ -143,6 +144,9 @@ def test_habitat_query_is_index_driven(
     streams = [s for s in scans if s[1] == f"s_{queue}"]
     stream_indexes = (f"s_{queue}_pkey", f"s_{queue}_ki")
     assert all(s[2] in stream_indexes for s in streams), f"{name}[{case}]: {scans}"
+    if name == "habitat_flow_keys":  # the running-key and parked-key partial indexes only
+        runs = {s[2] for s in scans if (s[2] or "").startswith(f"r_{queue}_")}
+        assert runs == {f"r_{queue}_fki", f"r_{queue}_fpi"}, scans
     if name == "habitat_stream_list":
         assert streams, f"{name}[{case}] does not walk s_{queue}_pkey: {scans}"
     for table, index in SCHEDULE_INDEXES.items():

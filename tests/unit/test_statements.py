@@ -27,6 +27,9 @@ def sdk_names() -> list[str]:
 SHARED = {
     "clock_now",
     "event_emit",
+    "flow_limit_list",
+    "flow_limit_set",
+    "flow_policy_get",
     "queue_create",
     "queue_drop",
     "queue_policy_set",
@@ -41,6 +44,7 @@ SHARED = {
     "schedule_trigger",
     "schedule_update",
     "task_cancel",
+    "task_explain",
     "task_retry",
     "task_spawn",
 }

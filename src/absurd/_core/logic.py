@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from absurd._core.flow import FlowKeySource, debounce_json
 from absurd._core.types import (
     TERMINAL_STATES,
     CancellationPolicy,
@@ -87,6 +88,9 @@ class RegisteredTask:
     default_cancellation: CancellationPolicy | None = None
     #: The schedules declared with the task (``register_task(..., schedule=...)``).
     schedules: tuple[Schedule, ...] = ()
+    #: Where its spawns take their flow key from when they give none: a param's name,
+    #: or a function of the params (``register_task(..., flow_key=...)``).
+    flow_key: FlowKeySource | None = None
 
 
 def spawn_options_json(
@@ -113,6 +117,9 @@ def spawn_options_json(
     for key in ("headers", "idempotency_key", "priority", "delay", "flow_key"):
         if options.get(key) is not None:
             out[key] = options[key]  # type: ignore[literal-required,unused-ignore]
+    debounce = debounce_json(options.get("debounce"))
+    if debounce is not None:
+        out["debounce"] = debounce
     available_at = options.get("available_at")
     if available_at is not None:
         if isinstance(available_at, dt.datetime):

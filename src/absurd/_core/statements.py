@@ -25,6 +25,11 @@ QUEUE_NEXT_WAKE = statement("queue_next_wake")
 QUEUE_REGISTER_WAITER = statement("queue_register_waiter")
 QUEUE_UNREGISTER_WAITER = statement("queue_unregister_waiter")
 
+FLOW_POLICY_GET = statement("flow_policy_get")
+FLOW_LIMIT_SET = statement("flow_limit_set")
+FLOW_LIMIT_LIST = statement("flow_limit_list")
+TASK_EXPLAIN = statement("task_explain")
+
 TASK_SPAWN = statement("task_spawn")
 TASK_SPAWN_MANY = statement("task_spawn_many")
 TASK_RETRY = statement("task_retry")

@@ -34,7 +34,8 @@ class CancellationPolicy(TypedDict, total=False):
 
 class SpawnOptions(TypedDict, total=False):
     """Options of a spawn. ``priority``, ``delay``, ``available_at`` and ``flow_key``
-    (the key the queue's per-key flow limits count by) are ours."""
+    (the key the queue's per-key flow limits count by) and ``debounce`` (an
+    ``absurd.Debounce`` or its dict) are ours."""
 
     max_attempts: int
     retry_strategy: RetryStrategy
@@ -46,6 +47,7 @@ class SpawnOptions(TypedDict, total=False):
     delay: float
     available_at: dt.datetime
     flow_key: str
+    debounce: Any
 
 
 class QueuePolicyOptions(TypedDict, total=False):

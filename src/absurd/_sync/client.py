@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from absurd._core import logic, promises, tokens
+from absurd._core import flow, logic, promises, tokens
 from absurd._core import schedules as sched
 from absurd._core import statements as q
+from absurd._core.flow import Debounce, FlowKeySource
 from absurd._core.serde import JSONSerializer, Serializer
 from absurd._core.telemetry import tracing as new_tracing
 from absurd._core.types import (
@@ -33,6 +34,7 @@ from absurd._core.types import (
 )
 from absurd._sync import _compat as compat
 from absurd._sync.db import Database
+from absurd._sync.flow import FlowMethods
 from absurd._sync.runner import Runner
 from absurd._sync.schedules import ScheduleMethods
 from absurd._sync.streams import StreamEntry, read_entries
@@ -48,9 +50,10 @@ log = logging.getLogger("absurd")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Absurd(ScheduleMethods):
-    """A client for one default queue: registers tasks, spawns them, runs workers
-    and manages schedules (``create_schedule`` and the rest: ``ScheduleMethods``).
+class Absurd(ScheduleMethods, FlowMethods):
+    """A client for one default queue: registers tasks, spawns them, runs workers,
+    manages schedules (``create_schedule`` and the rest: ``ScheduleMethods``) and flow
+    control (``set_flow_policy`` and the rest: ``FlowMethods``).
 
     ``conn_or_url``: a URL (the client owns a connection pool), an open
     ``AsyncConnection`` (used as is, in the caller's transaction), or None for
@@ -158,6 +161,7 @@ class Absurd(ScheduleMethods):
         *,
         schedule: str | Schedule | Sequence[str | Schedule] | None = None,
         timezone: str | None = None,
+        flow_key: FlowKeySource | None = None,
     ) -> Callable[[F], F]:
         """Decorator: ``handler(params, ctx)`` runs task ``name``.
 
@@ -165,7 +169,11 @@ class Absurd(ScheduleMethods):
         or several; ``timezone`` is the time zone of those that name none (UTC by
         default). A schedule is named after the task unless it says otherwise.
         Workers create or update the declared schedules when they start (see
-        ``sync_schedules``); they never delete one."""
+        ``sync_schedules``); they never delete one.
+
+        ``flow_key``: where a spawn of the task takes its flow key from when it passes
+        none: the name of a param (``"tenant"``: ``params["tenant"]``) or a function of
+        the params returning a string (or None: no key). An integer becomes its text."""
         if not name:
             raise InvalidArgument("task name must be provided")
         schedules = sched.declared(name, schedule, timezone)
@@ -178,6 +186,7 @@ class Absurd(ScheduleMethods):
                 default_max_attempts=default_max_attempts,
                 default_cancellation=default_cancellation,
                 schedules=schedules,
+                flow_key=flow_key,
             )
             return handler
 
@@ -265,8 +274,11 @@ class Absurd(ScheduleMethods):
         delay: float | None = None,
         available_at: Any = None,
         flow_key: str | None = None,
+        debounce: Debounce | dict[str, Any] | None = None,
     ) -> SpawnResult:
-        """Spawns a task; ``created`` is False when the idempotency key was taken."""
+        """Spawns a task; ``created`` is False when the idempotency key was taken, or
+        when ``debounce`` found its key's task not started yet: that task gets these
+        params and a later start, and its id is returned (docs/flow-control.md)."""
         given = {
             "max_attempts": max_attempts,
             "retry_strategy": retry_strategy,
@@ -278,6 +290,7 @@ class Absurd(ScheduleMethods):
             "delay": delay,
             "available_at": available_at,
             "flow_key": flow_key,
+            "debounce": debounce,
         }
         queue_name, body = self._spawn_body(task_name, params, given)
         with self._tracing.spawning(task_name, queue_name, [body]) as span:
@@ -366,10 +379,14 @@ class Absurd(ScheduleMethods):
         """The queue and the spawn_task options of one spawn (the before_spawn hook applied)."""
         options: SpawnOptions = {}
         options.update({k: v for k, v in given.items() if v is not None})  # type: ignore[typeddict-item]
+        registered = self._registry.get(task_name)
+        if options.get("flow_key") is None and registered and registered.flow_key is not None:
+            derived = flow.derive_key(registered.flow_key, task_name, params)
+            if derived is not None:
+                options["flow_key"] = derived
         hook = self.hooks.get("before_spawn")
         if hook is not None:
             options = compat.maybe_await(hook(task_name, params, options))
-        registered = self._registry.get(task_name)
         queue_name = logic.resolve_queue(task_name, options.get("queue"), registered)
         body = logic.spawn_options_json(
             options, registered=registered, default_max_attempts=self.default_max_attempts
@@ -637,6 +654,7 @@ class Absurd(ScheduleMethods):
                 task.default_max_attempts,
                 task.default_cancellation,
                 schedule=list(task.schedules),
+                flow_key=task.flow_key,
             )(task.handler)
         return other
 

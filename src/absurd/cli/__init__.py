@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "absurd.cli.tasks",
     "absurd.cli.schedules",
     "absurd.cli.promises",
+    "absurd.cli.flow",
     "absurd.cli.skill",
     "absurd.cli.demo",
     "absurd.cli.dev",

@@ -1,4 +1,4 @@
-"""Queue commands: create-queue, queue-policy, drop-queue, list-queues."""
+"""Queue commands: create-queue, queue-policy (flow limits included), drop-queue, list-queues."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from absurd import queries
 from absurd._core import logic
 from absurd.cli._conn import Target, check_queue_name, require_queue, with_db
 from absurd.cli._output import CliError, json_option, print_fields, print_json, show
+from absurd.cli.flow import flow_policy_options, policy_flags
 
 STORAGE_MODES = ("unpartitioned", "partitioned")
 
@@ -45,11 +46,16 @@ _POLICY_FLAGS = ("default_partition", *logic.POLICY_KEYS)
 @click.option("--cleanup-limit", type=click.IntRange(min=1), metavar="N")
 @click.option("--detach-mode", type=click.Choice(["none", "empty"]))
 @click.option("--detach-min-age", metavar="INTERVAL", help="e.g. '30 days'")
+@flow_policy_options
 @json_option
 @with_db
 def queue_policy(db: Target, queue: str, as_json: bool, **flags: Any) -> None:
-    """Show QUEUE's policy; with flags, change it first."""
+    """Show QUEUE's policy; with flags, change it first (one statement: all or nothing).
+
+    Flow control: --max-running and --max-running-per-key take N or none (no limit),
+    the rate limits LIMIT/SECONDS[+BURST] or none."""
     policy = {k: v for k, v in flags.items() if k in _POLICY_FLAGS and v is not None}
+    policy.update(policy_flags(flags))
     with db.connect() as conn:
         require_queue(conn, queue)
         if policy:
@@ -57,8 +63,10 @@ def queue_policy(db: Target, queue: str, as_json: bool, **flags: Any) -> None:
                 queries.query("queue_policy_set"), {"queue": queue, "policy": json.dumps(policy)}
             )
         row = conn.execute(queries.query("queue_policy_get"), {"queue": queue}).fetchone()
-    if row is None:
+        flow = conn.execute(queries.query("flow_policy_get"), {"queue": queue}).fetchone()
+    if row is None or flow is None:
         raise CliError(f"queue {queue!r} does not exist")
+    row = {**row, **flow}
     if as_json:
         print_json(row)
     else:

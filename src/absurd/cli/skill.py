@@ -31,6 +31,11 @@ Schedules (cron):
   absurdctl schedules list -q Q --json     next/last fire, last task, paused
   absurdctl schedules show NAME -q Q       next 5 fires, fire log with task states
   absurdctl schedules trigger|pause|resume NAME -q Q
+Flow control (limits across all workers):
+  absurdctl explain-task ID --json         why it is not running (key full,
+                                           rate-limited, debounced, delayed, event)
+  absurdctl queue-policy Q --max-running-per-key 2 --rate-limit-per-key 60/60
+  absurdctl flow-limits list|set|clear KEY -q Q   per-key overrides
 Run:
   absurdctl dev                            local PostgreSQL, prints the DSN
   absurdctl worker pkg.module:app -c 4     run the app's tasks

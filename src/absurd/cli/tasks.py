@@ -71,6 +71,20 @@ def locate(
 @spawn_flags
 @click.option("--idempotency-key", default=None, help="Spawn at most once per key.")
 @click.option("--delay", type=float, default=None, metavar="SECS", help="Start no sooner.")
+@click.option("--flow-key", default=None, help="The key the queue's per-key flow limits count by.")
+@click.option(
+    "--debounce",
+    "debounce_key",
+    default=None,
+    metavar="KEY",
+    help="While KEY's task has not started, replace it (its params, a later start).",
+)
+@click.option(
+    "--debounce-period", type=float, metavar="SECS", help="Start this long after the last spawn."
+)
+@click.option(
+    "--debounce-timeout", type=float, metavar="SECS", help="But no later than this after the first."
+)
 @json_option
 @with_db
 def spawn_task(
@@ -79,15 +93,27 @@ def spawn_task(
     queue: str,
     idempotency_key: str | None,
     delay: float | None,
+    flow_key: str | None,
+    debounce_key: str | None,
+    debounce_period: float | None,
+    debounce_timeout: float | None,
     as_json: bool,
     **flags: Any,
 ) -> None:
     """Spawn a task TASK_NAME on a queue."""
     check_queue_name(queue)
     params, options = spawn_options(flags)
-    for key, value in (("idempotency_key", idempotency_key), ("delay", delay)):
+    for key, value in (
+        ("idempotency_key", idempotency_key),
+        ("delay", delay),
+        ("flow_key", flow_key),
+    ):
         if value is not None:
             options[key] = value
+    debounce = {"key": debounce_key, "period_seconds": debounce_period,
+                "timeout_seconds": debounce_timeout}  # fmt: skip
+    if any(v is not None for v in debounce.values()):  # the engine checks it (AB054)
+        options["debounce"] = {k: v for k, v in debounce.items() if v is not None}
     with db.connect() as conn:
         require_queue(conn, queue)
         row = conn.execute(
@@ -104,7 +130,7 @@ def spawn_task(
     if as_json:
         print_json(result)
     else:
-        verb = "spawned" if row["created"] else "already spawned (idempotency key)"
+        verb = "spawned" if row["created"] else "already spawned (idempotency key or debounce)"
         click.echo(
             f"{verb} task {row['task_id']} on {queue}"
             f" (run {row['run_id']}, attempt {row['attempt']})"

@@ -26,7 +26,7 @@ _CALLER_CLASSES = ("AB", "22")
 
 
 @contextmanager
-def _engine_errors() -> Iterator[None]:
+def engine_errors() -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
@@ -76,9 +76,9 @@ def optional_int(value: Any, what: str, minimum: int = 1) -> int | None:
     return number
 
 
-def _call(conn: Conn, name: str, /, **params: Any) -> Row:
+def call(conn: Conn, name: str, /, **params: Any) -> Row:
     """Runs the named call (one row) in a transaction of its own."""
-    with _engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+    with engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(queries.query(name), params).fetchone()
         assert row is not None
         return row
@@ -105,7 +105,7 @@ def retry(
             raise BadInput("maxAttempts applies to spawnNewTask retries only")
         if extra_attempts is not None:
             options["max_attempts"] = _attempts(conn, queue, task_id) + extra_attempts
-    return _call(conn, "task_retry", queue=queue, task_id=task_id, options=Jsonb(options))
+    return call(conn, "task_retry", queue=queue, task_id=task_id, options=Jsonb(options))
 
 
 def _attempts(conn: Conn, queue: str, task_id: uuid.UUID) -> int:
@@ -118,12 +118,12 @@ def _attempts(conn: Conn, queue: str, task_id: uuid.UUID) -> int:
 
 def cancel(conn: Conn, queue: str, task_id: uuid.UUID) -> None:
     """Cancels a task in any non-terminal state (absurd.cancel_task)."""
-    _call(conn, "task_cancel", queue=queue, task_id=task_id)
+    call(conn, "task_cancel", queue=queue, task_id=task_id)
 
 
 def emit(conn: Conn, queue: str, event_name: str, payload: Any) -> None:
     """Emits an event (first write wins; absurd.emit_event)."""
-    _call(conn, "event_emit", queue=queue, event_name=event_name, payload=Jsonb(payload))
+    call(conn, "event_emit", queue=queue, event_name=event_name, payload=Jsonb(payload))
 
 
 def spawn(
@@ -141,7 +141,7 @@ def spawn(
         options["headers"] = headers
     if max_attempts is not None:
         options["max_attempts"] = max_attempts
-    return _call(
+    return call(
         conn,
         "task_spawn",
         queue=queue,
@@ -153,17 +153,17 @@ def spawn(
 
 def pause_schedule(conn: Conn, queue: str, name: str, note: str | None) -> None:
     """Pauses a schedule, with an optional note (absurd.pause_schedule)."""
-    _call(conn, "schedule_pause", queue=queue, name=name, note=note)
+    call(conn, "schedule_pause", queue=queue, name=name, note=note)
 
 
 def resume_schedule(conn: Conn, queue: str, name: str) -> Row:
     """Resumes a schedule; the row holds its next fire time (absurd.resume_schedule)."""
-    return _call(conn, "schedule_resume", queue=queue, name=name)
+    return call(conn, "schedule_resume", queue=queue, name=name)
 
 
 def trigger_schedule(conn: Conn, queue: str, name: str) -> Row:
     """Fires a schedule once now; the row holds the task id (absurd.trigger_schedule)."""
-    return _call(conn, "schedule_trigger", queue=queue, name=name)
+    return call(conn, "schedule_trigger", queue=queue, name=name)
 
 
 #: A settlement's outcome, from the engine's (applied, duplicate).
@@ -185,7 +185,7 @@ def settle_promise(
     if delivery_key is not None and not 1 <= len(delivery_key) <= 512:
         raise BadInput("deliveryKey must be a string of 1 to 512 characters")
     block = "promise_reject" if reject else "promise_resolve"
-    with _engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+    with engine_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         settled = cur.execute(
             queries.statement(block), (queue, promise_id, Jsonb(payload), delivery_key)
         ).fetchone()

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from absurd.habitat import api, prometheus, views
+from absurd.habitat import api, flow_api, prometheus, views
 from absurd.habitat.auth import Auth
 from absurd.habitat.state import STATIC_DIR, Habitat
 
@@ -57,6 +57,7 @@ def routes() -> list[BaseRoute]:
         Route("/tasks/{task_id}", views.task_detail, name="task"),
         Route("/events", views.events, name="events"),
         Route("/queues", views.queues, name="queues"),
+        Route("/queues/{queue:path}", views.queue_detail, name="queue"),
         Route("/workers", views.workers, name="workers"),
         Route("/schedules", views.schedules, name="schedules"),
         Route("/schedules/{queue}/{name:path}", views.schedule_detail, name="schedule"),
@@ -74,10 +75,12 @@ def routes() -> list[BaseRoute]:
         Route("/api/tasks/spawn", api.spawn, methods=["POST"]),
         Route("/api/tasks/{run_id}", api.task_run),
         Route("/api/tasks/{queue}/{task_id}/streams", api.task_streams),
+        Route("/api/tasks/{queue}/{task_id}/explain", flow_api.task_explain),
         Route("/api/tasks/{queue}/{task_id}/streams/{name}", api.task_stream),
         Route("/api/queues", api.queue_list),
         Route("/api/queues/{queue}/tasks", api.queue_tasks),
         Route("/api/queues/{queue}/events", api.queue_events),
+        Route("/api/queues/{queue}/flow", flow_api.queue_flow),
         Route("/api/events", api.events),
         Route("/api/events/emit", api.emit, methods=["POST"]),
         Route("/api/workers", api.workers),

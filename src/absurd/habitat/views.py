@@ -15,7 +15,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from absurd.habitat import actions, store
+from absurd.habitat import actions, flow, store
 from absurd.habitat.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, Auth
 from absurd.habitat.state import Habitat, habitat_of
 from absurd.habitat.store import BadInput, Conn, Row
@@ -35,6 +35,7 @@ MESSAGES = {
     "rejected": "Promise rejected.",
     "promise-duplicate": "The promise was already settled so: nothing changed.",
     "promise-not-applied": "Not applied: the promise was already settled otherwise.",
+    **flow.MESSAGES,
 }
 #: The schedule actions and the flash message each leaves.
 SCHEDULE_ACTIONS = {"pause": "paused", "resume": "resumed", "trigger": "triggered"}
@@ -249,7 +250,10 @@ async def task_detail(request: Request) -> Response:
                 q = found[0]
             else:
                 habitat.queues.require(conn, q)
-            return store.task_detail(conn, q, task_id), store.now(conn)
+            task = store.task_detail(conn, q, task_id)
+            if task is not None:
+                task["explanation"] = flow.explain(conn, q, task_id)
+            return task, store.now(conn)
 
         task, at = await habitat.run(load)
     except BadInput as exc:
@@ -312,6 +316,24 @@ def _queues(conn: Conn, habitat: Habitat) -> list[Row]:
 async def queues(request: Request) -> Response:
     habitat = habitat_of(request)
     return render(request, "queues.html", queues=await habitat.run(_queues, habitat))
+
+
+async def queue_detail(request: Request) -> Response:
+    """One queue: its counts and policy, and its flow control (keys, limits, forms)."""
+    habitat = habitat_of(request)
+    name = request.path_params["queue"]
+
+    def load(conn: Conn) -> tuple[Row, Row]:
+        habitat.queues.require(conn, name)
+        row = next(q for q in habitat.queues.get(conn) if q["queue_name"] == name)
+        metrics = store.queue_metrics(conn, name, store.now(conn))
+        return {**row, **metrics}, flow.queue_flow(conn, name)
+
+    try:
+        queue, flows = await habitat.run(load)
+    except BadInput as exc:
+        return bad_request(request, str(exc), status=404)
+    return render(request, "queue.html", queue=queue, flow=flows)
 
 
 #: Claims listed per queue on the Workers page (soonest-expiring first).
@@ -485,7 +507,8 @@ async def action(request: Request) -> Response:
         return bad_request(request, "Log in to change anything.", 401)
     name = request.path_params["name"]
     try:
-        if name not in ("retry", "cancel", "emit", "spawn", *SCHEDULE_ACTIONS, *PROMISE_ACTIONS):
+        known = ("retry", "cancel", "emit", "spawn", *SCHEDULE_ACTIONS, *PROMISE_ACTIONS)
+        if name not in known and name not in flow.FLOW_ACTIONS:
             raise BadInput(f"unknown action {name!r}")
         queue = _field(form, "queue")
 
@@ -495,6 +518,8 @@ async def action(request: Request) -> Response:
                 return _schedule_action(conn, name, q, form)
             if name in PROMISE_ACTIONS:
                 return _promise_action(conn, name, q, form)
+            if name in flow.FLOW_ACTIONS:
+                return flow.apply(conn, name, q, form)
             if name in ("retry", "cancel"):
                 task_id = actions.require_uuid(_field(form, "task_id"), "task id")
                 if name == "cancel":

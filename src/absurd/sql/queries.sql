@@ -75,7 +75,7 @@ select task_id from {r} where run_id = %(run_id)s::uuid
 -- name: task_get --
 select task_id, task_name, state, attempts, max_attempts, params, headers, retry_strategy,
   cancellation, priority, idempotency_key, enqueue_at, first_started_at, cancelled_at,
-  finished_at, last_attempt_run, completed_payload
+  finished_at, last_attempt_run, completed_payload, flow_key
 from {t} where task_id = %(task_id)s::uuid
 
 -- name: run_list_by_task --
@@ -207,6 +207,30 @@ from absurd.get_queue_policy(%(queue)s)
 
 -- name: queue_policy_set --
 select absurd.set_queue_policy(%(queue)s, %(policy)s::jsonb)
+
+-- name: flow_policy_get --
+-- The queue's flow policy: max_running, max_running_per_key, the rate limits and
+-- flow_hold (absurd.get_flow_policy; set through queue_policy_set).
+select queue_name, max_running, max_running_per_key, flow_hold, rate_limit, rate_limit_per_key
+from absurd.get_flow_policy(%(queue)s)
+
+-- name: flow_limit_set --
+-- A key's override (null limits: removed); raising one wakes the key's parked runs.
+select absurd.set_flow_limit(%(queue)s, %(flow_key)s, %(limits)s::jsonb)
+
+-- name: flow_limit_list --
+-- The queue's per-key overrides, by key, from a key on (keyset pages), at most %(limit)s.
+select flow_key, limits, updated_at from absurd.get_flow_limits(%(queue)s)
+where %(after)s::text is null or flow_key > %(after)s::text
+order by flow_key
+limit %(limit)s
+
+-- name: task_explain --
+-- Why a task is not running (absurd.explain_task): absurdctl explain-task, Habitat's
+-- task page, the SDK's explain_task.
+select reason, message, until, task_state, run_id, attempt, flow_key, running, "limit",
+  event_name
+from absurd.explain_task(%(queue)s, %(task_id)s::uuid)
 
 -- name: queue_maintenance_policy --
 -- The policy storage maintenance follows (the TTL in seconds, as cleanup_* take it).
@@ -409,6 +433,45 @@ select
 select queue_name, pending, running, sleeping, waiting, oldest_pending_age,
        failed_recently, schedule_lag
 from absurd.queue_gauges(null, make_interval(secs => %(window)s), %(cap)s)
+
+-- name: habitat_flow_keys --
+-- The queue page's keys: those with the most running runs (r_<q>_fki holds only the
+-- running keyed runs, as many as run at once) and the first keys with parked runs (a
+-- loose index scan of r_<q>_fpi: one probe per key, never a walk of a backlog), at
+-- most %(keys)s of each. Per key: running, parked (counted up to %(cap)s) and the
+-- key's override.
+with recursive running as (
+  select flow_key, count(*) as running from {r}
+  where state = 'running' and flow_key is not null
+  group by flow_key
+  order by count(*) desc, flow_key
+  limit %(keys)s
+), parked_keys(flow_key) as (
+  (select flow_key from {r}
+   where state = 'pending' and available_at = 'infinity' and flow_key is not null
+   order by flow_key limit 1)
+  union all
+  select (select r.flow_key from {r} r
+          where r.state = 'pending' and r.available_at = 'infinity'
+            and r.flow_key is not null and r.flow_key > p.flow_key
+          order by r.flow_key limit 1)
+  from parked_keys p
+  where p.flow_key is not null
+), keys as (
+  select flow_key from running
+  union
+  select flow_key from (select flow_key from parked_keys where flow_key is not null
+                        limit %(keys)s) pk
+)
+select k.flow_key, coalesce(n.running, 0) as running,
+  (select count(*) from (select 1 from {r} x
+     where x.state = 'pending' and x.available_at = 'infinity' and x.flow_key = k.flow_key
+     limit %(cap)s) c) as parked,
+  l.limits
+from keys k
+left join running n on n.flow_key = k.flow_key
+left join absurd.flow_limits l on l.queue_name = %(queue)s and l.flow_key = k.flow_key
+order by running desc, parked desc, k.flow_key
 
 -- name: habitat_queue_throughput --
 select m as minute,
