@@ -71,15 +71,15 @@ async def _child_absurd(flavour: str, spec: dict[str, Any]) -> dict[str, Any]:
         counters.finished += 1
 
     async def spawn_batch(n: int) -> None:
-        base = counters.spawned
+        base = counters.spawned - n  # measure() counts a batch before spawning it
         if flavour == "ours":
             await app.spawn_many("job", [{"i": base + k} for k in range(n)])
         else:
             for k in range(n):
                 await app.spawn("job", {"i": base + k})
 
-    await spawn_batch(int(spec["depth"]))
     counters.spawned = int(spec["depth"])
+    await spawn_batch(int(spec["depth"]))
     kwargs: dict[str, Any] = {"concurrency": int(spec["inflight"]), "claim_timeout": 60}
     if flavour == "ours":
         kwargs["handle_signals"] = False

@@ -53,8 +53,8 @@ async def measure(
             missing = depth - (counters.spawned - counters.finished)
             if missing >= min(batch, depth // 4 or 1):
                 n = min(batch, missing)
+                counters.spawned += n  # counted first: jobs finish while a batch spawns
                 await spawn_batch(n)
-                counters.spawned += n
             else:
                 await asyncio.sleep(0.005)
 

@@ -43,11 +43,11 @@ async def inflight() -> dict[str, Any]:
         counters.finished += 1
 
     async def spawn_batch(n: int) -> None:
-        base = counters.spawned
+        base = counters.spawned - n  # measure() counts a batch before spawning it
         await client.insert_many_copy([BenchJob(base + k) for k in range(n)], queue=QUEUE)
 
-    await spawn_batch(int(CMD["depth"]))
     counters.spawned = int(CMD["depth"])
+    await spawn_batch(int(CMD["depth"]))
     await client.start([(QUEUE, int(CMD["inflight"]))])
     try:
         return await measure(
