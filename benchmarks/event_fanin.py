@@ -24,7 +24,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,8 @@ if not __package__:  # run as a file: the package's root
 
 import psycopg
 
-from benchmarks.harness.server import drop_database, fresh_database, start_server
+from absurd.schema import install
+from benchmarks.harness.server import scratch_database
 from benchmarks.harness.stats import percentile
 
 QUEUE = "fanin"
@@ -132,20 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 10_000
-    server = start_server(args.dsn)
-    dbname = f"fanin_{uuid.uuid4().hex[:8]}"
-    try:
-        dsn = fresh_database(server, dbname)
+    with scratch_database(args.dsn, "fanin") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute("show server_version").fetchone()
-            from absurd.schema import install
-
             install(conn)
-        print(f"server: {server.kind} PostgreSQL {row[0] if row else '?'}")
+        print(f"server: PostgreSQL {row[0] if row else '?'}")
         print(json.dumps(asyncio.run(run(dsn, args.n, args.emitters, args.concurrency)), indent=2))
-        drop_database(server, dbname)
-    finally:
-        server.stop()
     return 0
 
 

@@ -28,7 +28,6 @@ import json
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,9 @@ if not __package__:  # run as a file: the package's root
 
 import psycopg
 
+from absurd.schema import install
 from benchmarks.harness.queues import clock_offset
-from benchmarks.harness.server import drop_database, fresh_database, start_server
+from benchmarks.harness.server import scratch_database
 from benchmarks.harness.stats import percentile
 
 QUEUE = "timers"
@@ -129,21 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 20_000
-    server = start_server(args.dsn)
-    dbname = f"timers_{uuid.uuid4().hex[:8]}"
-    try:
-        dsn = fresh_database(server, dbname)
+    with scratch_database(args.dsn, "timers") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute("show server_version").fetchone()
-            from absurd.schema import install
-
             install(conn)
-        print(f"server: {server.kind} PostgreSQL {row[0] if row else '?'}")
-        result = asyncio.run(run(dsn, args.n, args.spread, args.lead, args.concurrency))
-        print(json.dumps(result, indent=2))
-        drop_database(server, dbname)
-    finally:
-        server.stop()
+        print(f"server: PostgreSQL {row[0] if row else '?'}")
+        print(
+            json.dumps(
+                asyncio.run(run(dsn, args.n, args.spread, args.lead, args.concurrency)), indent=2
+            )
+        )
     return 0
 
 
