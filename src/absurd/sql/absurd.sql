@@ -2119,16 +2119,18 @@ begin
   -- appends them, in item order. Returns the flags in item order and, per stream
   -- written to, its task, name and last seq (one NOTIFY each).
   when 'stream.append_many' then $q$
-    with i as (
+    with i as materialized (
       select x.task_id, x.run_id, x.stream, x.n, x.item,
              sum(x.n) over (order by x.item) - x.n as off
       from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[])
         with ordinality as x(task_id, run_id, stream, n, item)
-    ), c as (
-      select i.item, c.chunk, c.key, c.ord
-      from unnest($5::jsonb[], coalesce($6::text[], array_fill(null::text,
-             array[cardinality($5::jsonb[])]))) with ordinality c(chunk, key, ord)
-      join i on c.ord > i.off and c.ord <= i.off + i.n
+    ), c as materialized (
+      -- item i's chunks are ords off+1 .. off+n: generated, not joined (linear)
+      select i.item, g.ord, ($5::jsonb[])[g.ord] as chunk, ($6::text[])[g.ord] as key
+      from i cross join lateral generate_series(i.off + 1, i.off + i.n) as g(ord)
+    ), bad as materialized (
+      select distinct c.item from c
+      where c.chunk is null or octet_length(c.chunk::text) > 65536 or octet_length(c.key) > 512
     ), o as materialized (
       select r.run_id, r.task_id, r.attempt, r.state from absurd.%2$I r
       where r.run_id = any($2::uuid[])
@@ -2142,24 +2144,22 @@ begin
         where s.task_id = d.task_id and s.stream = d.stream
         order by s.seq desc limit 1) l on true
     ), ok0 as materialized (
-      select i.item, i.task_id, i.run_id, i.stream, o.attempt,
+      select i.item, i.task_id, i.run_id, i.stream, o.attempt, st.seq as last_seq,
              coalesce(i.stream ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$', false)
              and i.n <= 1000 and o.state is not distinct from 'running'
              and (i.n = 0 or st.closed is not true)
-             and not exists (select 1 from c where c.item = i.item
-                               and (c.chunk is null or octet_length(c.chunk::text) > 65536
-                                    or octet_length(c.key) > 512)) as ok
+             and not exists (select 1 from bad where bad.item = i.item) as ok
       from i
       left join o on o.run_id = i.run_id and o.task_id = i.task_id
       left join st on st.task_id = i.task_id and st.stream = i.stream
     ), ok as materialized (
-      select a.item, a.task_id, a.run_id, a.stream, a.attempt,
-             a.ok and not exists (select 1 from ok0 b where b.task_id = a.task_id
-                                    and b.stream = a.stream and b.item < a.item
-                                    and not b.ok) as applied
+      -- applied: valid, and every earlier item of its stream too (order)
+      select a.item, a.task_id, a.run_id, a.stream, a.attempt, a.last_seq,
+             bool_and(a.ok) over (partition by a.task_id, a.stream order by a.item
+                                  rows between unbounded preceding and current row) as applied
       from ok0 a
     ), k as (
-      select c.ord, ok.task_id, ok.stream, ok.run_id, ok.attempt, c.chunk, c.key,
+      select c.ord, ok.task_id, ok.stream, ok.run_id, ok.attempt, ok.last_seq, c.chunk, c.key,
              row_number() over (partition by ok.task_id, ok.stream, c.key order by c.ord)
                as nth
       from c join ok on ok.item = c.item and ok.applied
@@ -2172,10 +2172,10 @@ begin
     ), w as (
       insert into absurd.%6$I (task_id, stream, seq, chunk, run_id, attempt, key, written_at)
       select f.task_id, f.stream,
-             coalesce(st.seq, -1)
+             coalesce(f.last_seq, -1)
                + row_number() over (partition by f.task_id, f.stream order by f.ord),
              f.chunk, f.run_id, f.attempt, f.key, $7::timestamptz
-      from f join st on st.task_id = f.task_id and st.stream = f.stream
+      from f
       returning task_id, stream, seq
     ), n as (
       select w.task_id, w.stream, max(w.seq) as seq from w group by w.task_id, w.stream
