@@ -2125,9 +2125,13 @@ begin
       from unnest($1::uuid[], $2::uuid[], $3::text[], $4::integer[])
         with ordinality as x(task_id, run_id, stream, n, item)
     ), c as materialized (
-      -- item i's chunks are ords off+1 .. off+n: generated, not joined (linear)
-      select i.item, g.ord, ($5::jsonb[])[g.ord] as chunk, ($6::text[])[g.ord] as key
-      from i cross join lateral generate_series(i.off + 1, i.off + i.n) as g(ord)
+      -- item i's chunks are the next n: the chunks, their keys and their items
+      -- unnested side by side (linear; subscripts would walk the array each time)
+      select x.item, x.chunk, x.key, x.ord
+      from unnest($5::jsonb[], coalesce($6::text[], array_fill(null::text,
+             array[cardinality($5::jsonb[])])),
+             array(select i.item from i cross join lateral generate_series(1, i.n)
+                   order by i.item)) with ordinality as x(chunk, key, item, ord)
     ), bad as materialized (
       select distinct c.item from c
       where c.chunk is null or octet_length(c.chunk::text) > 65536 or octet_length(c.key) > 512
