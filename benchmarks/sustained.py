@@ -58,13 +58,17 @@ if not __package__:  # run as a file: the package's root
 import psycopg
 
 from benchmarks.harness import REPO
-from benchmarks.harness.machine import server_info, versions
-from benchmarks.harness.machine import machine_info as machine
+from benchmarks.harness.machine import machine_info, server_info, versions
 from benchmarks.harness.offered import StartLog, mark_ready, offer, on_sigterm, write_json
 from benchmarks.harness.peers import PEERS, ensure_peer, peer_version, run_peer
 from benchmarks.harness.report import log, save_results
-from benchmarks.harness.server import Server, drop_database, fresh_database, install_schema
-from benchmarks.harness.server import start_server
+from benchmarks.harness.server import (
+    Server,
+    drop_database,
+    fresh_database,
+    install_schema,
+    start_server,
+)
 from benchmarks.harness.stats import percentile
 
 SYSTEMS = ("ours", "ours-sync", "upstream", "procrastinate")
@@ -417,7 +421,9 @@ def figures(
         "duration_s": duration,
         "offered": offered,
         "spawned": len(commits),
-        "spawned_per_s": round(len(commits) / duration, 1),
+        # Commits inside the offered period: late spawners commit the rest after it.
+        "spawned_per_s": round(sum(1 for t in commits.values() if t < end_at) / duration, 1),
+        "spawn_finished_after_s": round(max(commit_times, default=end_at) - end_at, 2),
         "spawners": [
             {k: v for k, v in s.items() if k != "commits"}
             | {"behind_at_end_s": round(float(s["finished_at"]) - end_at, 3)}
@@ -533,7 +539,8 @@ def _fmt_int(value: int | None) -> str:
 def sustained_scenario(
     server: Server, systems: Sequence[str], rates: Sequence[float], opts: argparse.Namespace
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Each rate, each system in turn on a fresh database; logs each run."""
+    """Each rate, each system in turn on a fresh database; logs each run, prints the
+    tables."""
     results: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in systems}
     for rate in rates:
         for system in systems:
@@ -551,6 +558,7 @@ def sustained_scenario(
                 r = {"error": f"{type(exc).__name__}: {exc}"[-600:]}
                 log(f"  FAILED: {r['error']}")
             results[system][f"{rate:g}"] = r
+    print(markdown(results, rates), flush=True)
     return results
 
 
@@ -570,6 +578,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="200,500/s for 20 s")
     p.add_argument("--out", type=Path, help="JSON results file")
     return p.parse_args(argv)
+
+
+def sustained_options(duration: float) -> argparse.Namespace:
+    """The scenario's default options but ``duration`` (for the suite)."""
+    opts = parse_args([])
+    opts.duration = duration
+    return opts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -595,12 +610,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = sustained_scenario(server, systems, rates, args)
     finally:
         server.stop()
-    print(markdown(results, rates))
     path = save_results(
         "sustained",
         started,
         args.out,
-        machine(),
+        machine_info(),
         srv,
         {
             "args": {k: v for k, v in vars(args).items() if k not in ("child", "spec")},

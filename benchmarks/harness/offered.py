@@ -46,7 +46,7 @@ def offer(
 ) -> dict[str, Any]:
     """Spawns ``rate / spawners`` tasks a second from ``start_at`` for ``duration`` s."""
     period = spawners / rate
-    count = int(round(rate * duration / spawners))
+    count = round(rate * duration / spawners)
     commits: list[tuple[int, float]] = []
     lateness_ms: list[float] = []
     for k, ident in enumerate(task_ids(spawner, spawners, count)):

@@ -12,6 +12,7 @@ concurrency c until SIGTERM, recording each job's start). Only the public API is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import resource
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.harness.offered import StartLog, mark_ready, offer, write_json
 
 CMD: dict[str, Any] = json.loads(sys.argv[1])
+logging.disable(logging.WARNING)  # before the App: its "instantiated in __main__" warning
 QUEUE = str(CMD.get("queue", "bench"))
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=CMD["dsn"]))
@@ -127,10 +129,9 @@ async def _sustained_worker() -> dict[str, Any]:
         )
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.cancel)
         mark_ready(CMD["out"])
-        try:
+        # SIGTERM cancels the worker: procrastinate then stops it gracefully.
+        with contextlib.suppress(asyncio.CancelledError):
             await worker
-        except asyncio.CancelledError:
-            pass  # SIGTERM: procrastinate stops the worker gracefully on cancellation
     write_json(CMD["out"], {"starts": [s for s in STARTS.starts if s[0] >= 0]})
     return {"ok": True}
 
