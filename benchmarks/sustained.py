@@ -207,6 +207,15 @@ select c.relname, p.phase, p.heap_blks_total, p.heap_blks_scanned, p.heap_blks_v
   from pg_stat_progress_vacuum p join pg_class c on c.oid = p.relid
  where p.datname = current_database()
 """
+VACUUM_FIELDS = (
+    "relname",
+    "phase",
+    "heap_blks_total",
+    "heap_blks_scanned",
+    "heap_blks_vacuumed",
+    "index_vacuum_count",
+    "dead_tuples",
+)
 VACUUM_SQL_PG17 = VACUUM_SQL.replace("p.num_dead_tuples", "p.num_dead_item_ids")
 
 
@@ -230,6 +239,25 @@ def table_stats(conn: psycopg.Connection[Any], system: str) -> dict[str, Any]:
     }
     total = {f: sum(t[f] or 0 for t in tables.values()) for f in STATS_FIELDS}
     return {"tables": tables, "indexes": indexes, "total": total}
+
+
+def database_counters(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The database's commits and rollbacks, and the server's WAL position (one system
+    runs at a time: the WAL between two readings is its)."""
+    row = conn.execute(
+        "select xact_commit, xact_rollback, pg_current_wal_lsn()::text"
+        " from pg_stat_database where datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return {"xact_commit": row[0], "xact_rollback": row[1], "wal_lsn": row[2]}
+
+
+def wal_bytes(start: str, end: str) -> int:
+    def lsn(text: str) -> int:
+        high, low = text.split("/")
+        return (int(high, 16) << 32) + int(low, 16)
+
+    return lsn(end) - lsn(start)
 
 
 def completed_count(conn: psycopg.Connection[Any], system: str) -> int:
@@ -272,9 +300,7 @@ class Sampler(threading.Thread):
                     }
                 )
                 for row in conn.execute(vacuum_sql).fetchall():
-                    keys = ("relname", "phase", "heap_blks_total", "heap_blks_scanned")
-                    keys += ("heap_blks_vacuumed", "index_vacuum_count", "dead_tuples")
-                    self.vacuums.append({"t": at, **dict(zip(keys, row, strict=True))})
+                    self.vacuums.append({"t": at, **dict(zip(VACUUM_FIELDS, row, strict=True))})
                 self.halt.wait(self.every)
 
 
@@ -306,7 +332,7 @@ def run_one(server: Server, system: str, rate: float, opts: argparse.Namespace) 
             procs.append(launch(system, spec))
         wait_ready(procs, spawner_outs, 60)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            before = table_stats(conn, system)
+            before = table_stats(conn, system) | {"database": database_counters(conn)}
         sampler = Sampler(dsn, system, opts.sample, start_at)
         sampler.start()
         end_at = start_at + opts.duration
@@ -330,8 +356,8 @@ def run_one(server: Server, system: str, rate: float, opts: argparse.Namespace) 
         sampler.join(30)
         time.sleep(1.0)  # the backends' last statistics reach the cumulative counters
         with psycopg.connect(dsn, autocommit=True) as conn:
-            after = table_stats(conn, system)
-            settings = dict(
+            after = table_stats(conn, system) | {"database": database_counters(conn)}
+            settings: dict[str, str] = dict(
                 conn.execute(
                     "select name, setting from pg_settings where name like 'autovacuum%'"
                 ).fetchall()
@@ -448,6 +474,16 @@ def figures(
         "index_bytes_growth": total_after["index_bytes"] - total_before["index_bytes"],
         "autovacuum_delta": total_after["autovacuum_count"] - total_before["autovacuum_count"],
         "autoanalyze_delta": total_after["autoanalyze_count"] - total_before["autoanalyze_count"],
+        # Every transaction of the database (spawns, the worker, the samples) per task.
+        "xact_per_task": round(
+            (after["database"]["xact_commit"] - before["database"]["xact_commit"])
+            / max(len(commits), 1),
+            2,
+        ),
+        "wal_bytes_per_task": round(
+            wal_bytes(before["database"]["wal_lsn"], after["database"]["wal_lsn"])
+            / max(len(commits), 1)
+        ),
         "vacuum_progress_samples": len(sampler.vacuums),
         "vacuum_progress": sampler.vacuums,
         "samples": sampler.samples,
@@ -488,16 +524,16 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], rates: Sequence[floa
         out.append(
             "| system | spawned/s | picked up/s | completed/s | pickup p50 / p95 / p99 (ms)"
             " | p99 by 10 s | backlog at end | not picked up | dead tuples max"
-            " | heap / index growth (MiB) | autovacuum / autoanalyze |"
+            " | heap / index growth (MiB) | autovacuum / autoanalyze | xacts / WAL bytes per task |"
         )
-        out.append("|---" * 11 + "|")
+        out.append("|---" * 12 + "|")
         for system, per in results.items():
             r = per.get(key)
             if r is None:
                 continue
             if "error" in r:
                 error = " ".join(r["error"].split())[-160:]
-                out.append(f"| {system} | error: {error} |" + " |" * 9)
+                out.append(f"| {system} | error: {error} |" + " |" * 10)
                 continue
             p = r["pickup"]
             late = sum(s["late_spawns"] for s in r["spawners"])
@@ -510,7 +546,8 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], rates: Sequence[floa
                 f" | `{spark}` max {_ms(peak)} | {r['backlog_at_end']:,}"
                 f" | {r['not_picked_up']:,} | {_fmt_int(r['dead_tup_max'])}"
                 f" | {_mb(r['table_bytes_growth'])} / {_mb(r['index_bytes_growth'])}"
-                f" | {r['autovacuum_delta']} / {r['autoanalyze_delta']} |"
+                f" | {r['autovacuum_delta']} / {r['autoanalyze_delta']}"
+                f" | {r['xact_per_task']} / {r['wal_bytes_per_task']:,} |"
             )
         systems = [s for s, per in results.items() if "windows" in per.get(key, {})]
         if not systems:

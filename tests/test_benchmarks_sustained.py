@@ -37,6 +37,8 @@ def test_sustained_scenario_picks_up_every_offered_task(
     assert run["after"]["total"]["n_tup_ins"] > run["before"]["total"]["n_tup_ins"]
     for key in ("backlog_at_end", "autovacuum_delta", "autoanalyze_delta", "table_bytes_growth"):
         assert isinstance(run[key], int)
+    # At least the spawn's commit per task; WAL written.
+    assert run["xact_per_task"] >= 1 and run["wal_bytes_per_task"] > 0
     printed = capsys.readouterr().out
     assert "### 50 tasks/s offered" in printed and "| ours |" in printed
 
