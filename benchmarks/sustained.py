@@ -59,7 +59,14 @@ import psycopg
 
 from benchmarks.harness import REPO
 from benchmarks.harness.machine import machine_info, server_info, versions
-from benchmarks.harness.offered import StartLog, mark_ready, offer, on_sigterm, write_json
+from benchmarks.harness.offered import (
+    StartLog,
+    mark_ready,
+    offer,
+    on_sigterm,
+    start_time,
+    write_json,
+)
 from benchmarks.harness.peers import PEERS, ensure_peer, peer_version, run_peer
 from benchmarks.harness.report import log, save_results
 from benchmarks.harness.server import (
@@ -100,7 +107,7 @@ def child_spawner(spec: dict[str, Any]) -> None:
         lambda i: app.spawn(TASK, {"i": i}, queue=QUEUE),
         rate=float(spec["rate"]),
         duration=float(spec["duration"]),
-        start_at=float(spec["start_at"]),
+        start_at=start_time(spec),
         spawner=int(spec["spawner"]),
         spawners=int(spec["spawners"]),
     )
@@ -324,15 +331,17 @@ def run_one(server: Server, system: str, rate: float, opts: argparse.Namespace) 
         )
         procs.append(worker)
         wait_ready([worker], [worker_out], 60)
-        start_at = time.time() + opts.lead
         spawner_outs = [str(work / f"spawner-{s}.json") for s in range(opts.spawners)]
+        go = str(work / "go.json")
         for s, out in enumerate(spawner_outs):
             spec = {**base, "role": "spawner", "spawner": s, "spawners": opts.spawners}
-            spec |= {"rate": rate, "duration": opts.duration, "start_at": start_at, "out": out}
+            spec |= {"rate": rate, "duration": opts.duration, "go": go, "out": out}
             procs.append(launch(system, spec))
-        wait_ready(procs, spawner_outs, 60)
+        wait_ready(procs, spawner_outs, 120)
         with psycopg.connect(dsn, autocommit=True) as conn:
             before = table_stats(conn, system) | {"database": database_counters(conn)}
+        start_at = time.time() + opts.lead
+        write_json(go, {"start_at": start_at})  # every spawner is connected and warm
         sampler = Sampler(dsn, system, opts.sample, start_at)
         sampler.start()
         end_at = start_at + opts.duration
@@ -348,7 +357,8 @@ def run_one(server: Server, system: str, rate: float, opts: argparse.Namespace) 
             while done < expected and time.monotonic() < deadline:
                 time.sleep(0.2)
                 done = completed_count(conn, system)
-            drained_s = round(time.time() - end_at, 2)
+            # None: the grace period ended first.
+            drained_s = round(time.time() - end_at, 2) if done >= expected else None
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
         starts = read_json(worker_out)["starts"]
@@ -410,7 +420,7 @@ def figures(
     starts: list[list[float]],
     completed_in_window: int,
     completed: int,
-    drained_s: float,
+    drained_s: float | None,
     before: dict[str, Any],
     after: dict[str, Any],
     sampler: Sampler,
@@ -611,7 +621,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="the worker's, every system")
     p.add_argument("--sample", type=float, default=2.0, help="seconds between table samples")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to pick up the rest")
-    p.add_argument("--lead", type=float, default=2.0, help="seconds from launch to the start")
+    p.add_argument("--lead", type=float, default=0.5, help="seconds from ready to the start")
     p.add_argument("--quick", action="store_true", help="200,500/s for 20 s")
     p.add_argument("--out", type=Path, help="JSON results file")
     return p.parse_args(argv)

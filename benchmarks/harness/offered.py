@@ -92,6 +92,20 @@ def mark_ready(out: str) -> None:
     Path(f"{out}.ready").write_text(str(time.time()))
 
 
+def start_time(spec: dict[str, Any], limit_s: float = 300.0) -> float:
+    """The wall time to start offering at: the parent writes it to ``spec["go"]`` once
+    every spawner is ready (slow starts are not counted as lateness)."""
+    if "go" not in spec:  # given at launch
+        return float(spec["start_at"])
+    deadline = time.monotonic() + limit_s
+    go = Path(spec["go"])
+    while not go.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no start time in {go} after {limit_s:.0f} s")
+        time.sleep(0.005)
+    return float(json.loads(go.read_text())["start_at"])
+
+
 def on_sigterm(stop: Callable[[], None]) -> threading.Event:
     """Calls ``stop`` (once) on SIGTERM; returns an event set when it came."""
     came = threading.Event()

@@ -26,7 +26,7 @@ import procrastinate
 
 # The sustained scenario's loops (standard library only) from the repository.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.harness.offered import StartLog, mark_ready, offer, write_json
+from benchmarks.harness.offered import StartLog, mark_ready, offer, start_time, write_json
 
 CMD: dict[str, Any] = json.loads(sys.argv[1])
 logging.disable(logging.WARNING)  # before the App: its "instantiated in __main__" warning
@@ -110,7 +110,7 @@ def sustained_spawner() -> dict[str, Any]:
             lambda i: sustained_job.defer(i=i),
             rate=float(CMD["rate"]),
             duration=float(CMD["duration"]),
-            start_at=float(CMD["start_at"]),
+            start_at=start_time(CMD),
             spawner=int(CMD["spawner"]),
             spawners=int(CMD["spawners"]),
         )
