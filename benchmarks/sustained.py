@@ -411,6 +411,20 @@ def summary(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+#: Upper bounds (ms) of the pickup latency histogram's buckets; the last is open.
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000)
+
+
+def histogram(values: Sequence[float]) -> dict[str, int]:
+    """Tasks per latency bucket (``"<=5"``: over the bucket before, up to 5 ms): a
+    poll interval's tail shows up as a bump, say at 200-300 ms."""
+    counts = dict.fromkeys([f"<={b}" for b in BUCKETS_MS] + [f">{BUCKETS_MS[-1]}"], 0)
+    for v in values:
+        key = next((f"<={b}" for b in BUCKETS_MS if v <= b), f">{BUCKETS_MS[-1]}")
+        counts[key] += 1
+    return counts
+
+
 def figures(
     *,
     rate: float,
@@ -471,7 +485,7 @@ def figures(
         "completed_per_s": round(completed_in_window / duration, 1),
         "completed": completed,
         "drained_after_s": drained_s,
-        "pickup": {"samples": len(lat), **summary(lat)},
+        "pickup": {"samples": len(lat), **summary(lat), "histogram": histogram(lat)},
         "windows": [
             {"t": k * WINDOW_S, "n": len(v), **summary(v)} for k, v in sorted(windows.items())
         ],

@@ -30,6 +30,7 @@ def test_sustained_scenario_picks_up_every_offered_task(
     for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
         assert 0 < run["pickup"][key] < 10_000
     assert run["pickup"]["p50_ms"] <= run["pickup"]["p95_ms"] <= run["pickup"]["p99_ms"]
+    assert sum(run["pickup"]["histogram"].values()) == 150
     assert [w["t"] for w in run["windows"]] == [0.0]
     assert sum(w["n"] for w in run["windows"]) == 150
     assert run["samples"] and run["dead_tup_max"] is not None
