@@ -485,7 +485,14 @@ def figures(
         "completed_per_s": round(completed_in_window / duration, 1),
         "completed": completed,
         "drained_after_s": drained_s,
-        "pickup": {"samples": len(lat), **summary(lat), "histogram": histogram(lat)},
+        "pickup": {
+            "samples": len(lat),
+            **summary(lat),
+            "histogram": histogram(lat),
+            # Started before its spawner read the clock after the commit (the spawner
+            # was descheduled between the two): the commit time is an upper bound.
+            "negative": sum(1 for x in lat if x < 0),
+        },
         "windows": [
             {"t": k * WINDOW_S, "n": len(v), **summary(v)} for k, v in sorted(windows.items())
         ],
