@@ -18,7 +18,11 @@ Scenarios (see benchmarks/README.md for the method):
 7. recovery: time to full throughput after a PostgreSQL restart (ours; upstream);
 8. the ceiling: the same number of commits per task as ours, as bare SQL with psycopg;
 9. in flight: 1 ms jobs at 4 to 256 in flight with the producer in the worker's loop,
-   ours against awa (``awa-pg``) and upstream (``benchmarks/inflight.py``).
+   ours against awa (``awa-pg``) and upstream (``benchmarks/inflight.py``);
+10. sustained load (only with ``--only sustained``: 5 minutes per system and rate): a
+   fixed offered rate from spawner processes, pickup latency over time, dead tuples,
+   table growth and autovacuum, ours against upstream and Procrastinate
+   (``benchmarks/sustained.py``).
 
 Prints the tables with ratios; writes ``benchmarks/results/suite-<UTC timestamp>.json``.
 Exit status 0 when every target holds, 1 when one is missed, 2 when a measurement failed.
@@ -61,6 +65,7 @@ from benchmarks.harness.stats import latency_summary
 from benchmarks.harness.workers import SPAWN_OPTIONS, TASK_EVENT, WorkerProcess, worker_spec
 from benchmarks.inflight import inflight_scenario
 from benchmarks.recovery import recovery_one
+from benchmarks.sustained import sustained_options, sustained_scenario
 
 #: DBOS's queue poll interval in the drains (its default, 1 s, would bound a drain at
 #: concurrency c to c tasks per second); the pickup uses DBOS's default.
@@ -390,7 +395,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes, c8/c128 only (< 2 min)")
     p.add_argument("--full", action="store_true", help="also upstream's claim at 1,000,000")
     p.add_argument(
-        "--only", help="comma list: spawn,drain,pickup,event,claim,ceiling,inflight,recovery"
+        "--only",
+        help="comma list: spawn,drain,pickup,event,claim,ceiling,inflight,recovery,sustained"
+        " (sustained runs only when named: 200/500/1,000 tasks/s for 5 min each, --quick 20 s"
+        " at 200/500)",
     )
     p.add_argument("--peers", default="dbos,procrastinate,awa", help="peers ('' for none)")
     p.add_argument("--dsn", help="a PostgreSQL server to run on (default: an embedded PG 18)")
@@ -439,6 +447,15 @@ def run_scenarios(
                 warmup=2.0 if plan.quick else 3.0,
             ),
         ),
+        (
+            "sustained",
+            lambda: sustained_scenario(
+                server,
+                ["ours", "upstream"] + (["procrastinate"] if "procrastinate" in plan.peers else []),
+                [200.0, 500.0] if plan.quick else [200.0, 500.0, 1000.0],
+                sustained_options(20.0 if plan.quick else 300.0),
+            ),
+        ),
         # Last: a restart leaves the embedded server's handle stale.
         (
             "recovery",
@@ -457,7 +474,7 @@ def run_scenarios(
         ),
     ]
     for name, fn in scenarios:
-        if not plan.wants(name):
+        if not plan.wants(name) or (name == "sustained" and plan.only is None):
             continue
         t0 = time.time()
         log(f"== {name}")

@@ -4,30 +4,48 @@ Runs in its own virtualenv (benchmarks/.venvs/procrastinate). Usage:
 python procrastinate_peer.py '<json command>'; prints one JSON object on stdout.
 Commands ("scenario" key): "schema" (install Procrastinate's schema), "spawn" (n single
 defers, then n in one batch_defer), "drain" (n jobs deferred, then a worker at concurrency
-c runs them until the queue is empty). Only the public API is used.
+c runs them until the queue is empty), "sustained" (one process of benchmarks/sustained.py:
+``role`` "spawner" offers jobs on its schedule, one ``defer`` each; "worker" runs them at
+concurrency c until SIGTERM, recording each job's start). Only the public API is used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import resource
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import procrastinate
 
+# The sustained scenario's loops (standard library only) from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness.offered import StartLog, mark_ready, offer, start_time, write_json
+
 CMD: dict[str, Any] = json.loads(sys.argv[1])
+logging.disable(logging.WARNING)  # before the App: its "instantiated in __main__" warning
 QUEUE = str(CMD.get("queue", "bench"))
 
 app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=CMD["dsn"]))
 
 
+STARTS = StartLog()
+
+
 @app.task(name="bench_job", queue=QUEUE)
 async def bench_job(i: int) -> dict[str, int]:
     return {"i": i, "k": 0}
+
+
+@app.task(name="sustained_job", queue=QUEUE)
+async def sustained_job(i: int) -> None:
+    STARTS.record(i)
 
 
 def count(status: str) -> int:
@@ -84,11 +102,49 @@ async def _drain() -> dict[str, Any]:
     }
 
 
+def sustained_spawner() -> dict[str, Any]:
+    with app.open():
+        sustained_job.defer(i=-1 - int(CMD["spawner"]))  # connected, warm: not measured
+        mark_ready(CMD["out"])
+        doc = offer(
+            lambda i: sustained_job.defer(i=i),
+            rate=float(CMD["rate"]),
+            duration=float(CMD["duration"]),
+            start_at=start_time(CMD),
+            spawner=int(CMD["spawner"]),
+            spawners=int(CMD["spawners"]),
+        )
+    write_json(CMD["out"], doc)
+    return {"ok": True}
+
+
+async def _sustained_worker() -> dict[str, Any]:
+    async with app.open_async():
+        worker = asyncio.ensure_future(
+            app.run_worker_async(
+                queues=[QUEUE],
+                concurrency=int(CMD["concurrency"]),
+                install_signal_handlers=False,
+            )
+        )
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.cancel)
+        mark_ready(CMD["out"])
+        # SIGTERM cancels the worker: procrastinate then stops it gracefully.
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    write_json(CMD["out"], {"starts": [s for s in STARTS.starts if s[0] >= 0]})
+    return {"ok": True}
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     scenario = CMD["scenario"]
     if scenario == "drain":
         out = asyncio.run(_drain())
+    elif scenario == "sustained" and CMD["role"] == "worker":
+        out = asyncio.run(_sustained_worker())
+    elif scenario == "sustained":
+        out = sustained_spawner()
     else:
         out = {"schema": schema, "spawn": spawn}[scenario]()
     sys.stdout.write(json.dumps(out) + "\n")
