@@ -248,12 +248,11 @@ class AsyncWorker:
             free = self.concurrency - len(self._inflight) - len(self._handoff)
             await self._track_fullness(free)
             claimed: list[ClaimedTask] = []
+            wanted = min(self.batch_size, free)
             if free > 0:
                 try:
                     started = time.perf_counter()
-                    claimed = await runner.claim(
-                        min(self.batch_size, free), self.claim_timeout, self.worker_id
-                    )
+                    claimed = await runner.claim(wanted, self.claim_timeout, self.worker_id)
                     self.metrics.claimed(self.queue, len(claimed), time.perf_counter() - started)
                     if failures:
                         log.info(
@@ -284,16 +283,19 @@ class AsyncWorker:
                         )
                     self._start(runner, task)
             await self._renew_leases()
-            if claimed and len(self._inflight) < self.concurrency:
-                continue  # there may be more work: claim again at once
-            if free > 0 and not claimed and not self._armed():
+            if claimed and len(claimed) == wanted and len(self._inflight) < self.concurrency:
+                continue  # a full batch: there may be more work, claim again at once
+            # An empty or partial batch: the queue had no more due runs for us. Arm the
+            # wake-up (its own claim follows) instead of claiming again at once.
+            if free > 0 and not self._armed():
                 passed = await self._register_waiter()
                 if passed is not None:
                     if passed:
                         continue  # registered: claim once more, then sleep
                     await compat.wait_event(self._wake, 0.05)  # a notifier's long transaction
                     continue
-            await compat.wait_event(self._wake, await self._idle_timeout(free > 0 and not claimed))
+            looked_empty = free > 0 and len(claimed) < wanted
+            await compat.wait_event(self._wake, await self._idle_timeout(looked_empty))
 
     def _armed(self) -> bool:
         """Registered on the current LISTEN connection, with no NOTIFY since."""

@@ -249,12 +249,11 @@ class Worker:
             free = self.concurrency - len(self._inflight) - len(self._handoff)
             self._track_fullness(free)
             claimed: list[ClaimedTask] = []
+            wanted = min(self.batch_size, free)
             if free > 0:
                 try:
                     started = time.perf_counter()
-                    claimed = runner.claim(
-                        min(self.batch_size, free), self.claim_timeout, self.worker_id
-                    )
+                    claimed = runner.claim(wanted, self.claim_timeout, self.worker_id)
                     self.metrics.claimed(self.queue, len(claimed), time.perf_counter() - started)
                     if failures:
                         log.info(
@@ -285,16 +284,19 @@ class Worker:
                         )
                     self._start(runner, task)
             self._renew_leases()
-            if claimed and len(self._inflight) < self.concurrency:
-                continue  # there may be more work: claim again at once
-            if free > 0 and not claimed and not self._armed():
+            if claimed and len(claimed) == wanted and len(self._inflight) < self.concurrency:
+                continue  # a full batch: there may be more work, claim again at once
+            # An empty or partial batch: the queue had no more due runs for us. Arm the
+            # wake-up (its own claim follows) instead of claiming again at once.
+            if free > 0 and not self._armed():
                 passed = self._register_waiter()
                 if passed is not None:
                     if passed:
                         continue  # registered: claim once more, then sleep
                     compat.wait_event(self._wake, 0.05)  # a notifier's long transaction
                     continue
-            compat.wait_event(self._wake, self._idle_timeout(free > 0 and not claimed))
+            looked_empty = free > 0 and len(claimed) < wanted
+            compat.wait_event(self._wake, self._idle_timeout(looked_empty))
 
     def _armed(self) -> bool:
         """Registered on the current LISTEN connection, with no NOTIFY since."""
