@@ -56,7 +56,8 @@ class AsyncWorker:
     """Claims and runs tasks of one queue with up to ``concurrency`` at a time.
 
     - Wakes on the engine's NOTIFY (on the queue's ``queue_channel``), which the
-      engine sends only while a worker waits: with a free slot and nothing to
+      engine sends only while a worker waits: with a free slot and nothing (or less
+      than a full batch) to
       claim, the worker registers its LISTEN connection (``register_waiter``; again
       after each NOTIFY, which marks the registration used) and claims once more
       before it sleeps; after its slots have stayed full for
