@@ -1051,11 +1051,14 @@ begin
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, priority desc, run_id)
     where state = 'pending' and available_at = 'infinity' and flow_key is not null$ix$,
     v_r || '_fpi', v_r);
-  -- Fairness: the waiting runs by key (unkeyed runs form one more group, nulls
-  -- last), for the claim's skip scan over keys (absurd._fair_pick).
+  -- Fairness: the waiting runs by key, for the claim's skip scan over keys
+  -- (absurd._fair_pick). The runs without a key form one more group, '' (a key is
+  -- never empty). Parked runs (available_at 'infinity') are not in it: the skip scan
+  -- never visits a key whose runs are all parked, and statements that do not say
+  -- "available_at < 'infinity'" (claim.next_band, claim.band) cannot use it.
   execute format($ix$create index if not exists %I on absurd.%I
-    (priority, flow_key, available_at, run_id) where state in ('pending', 'sleeping')$ix$,
-    v_r || '_fwi', v_r);
+    (priority, coalesce(flow_key, ''), available_at, run_id)
+    where state in ('pending', 'sleeping') and available_at < 'infinity'$ix$, v_r || '_fwi', v_r);
   if not exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.has_keys) then
     -- A queue upgraded from a version without the flag: set it if it has keyed runs.
     execute format($up$update absurd.queues set has_keys = true
@@ -1543,27 +1546,22 @@ begin
     from c join ut on ut.task_id = c.task_id
     order by c.available_at, c.run_id$q$
 
-  -- Fairness between keys (queues with has_keys only; see absurd._fair_pick).
-  -- $1 priority, $2 a key: the band's next key after it that has waiting runs (due
-  -- or not), one probe of r_<q>_fwi (a skip scan, key by key).
+  -- Fairness between keys (queues with has_keys only; see absurd._fair_pick). A
+  -- group is a key, or '' for the runs without one.
+  -- $1 priority, $2 a group: the band's next group after it that has waiting runs
+  -- (due or not, parked runs aside), one probe of r_<q>_fwi (a skip scan, group by group).
   when 'claim.fair_next' then $q$
-    select flow_key from absurd.%2$I
-    where state in ('pending', 'sleeping') and priority = $1 and flow_key > $2::text
-    order by flow_key limit 1$q$
-  -- $1 priority, $2 key, $3 now, $4 at most: the key's oldest due runs, locked
+    select coalesce(flow_key, '') from absurd.%2$I
+    where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+      and coalesce(flow_key, '') > $2::text
+    order by coalesce(flow_key, '') limit 1$q$
+  -- $1 priority, $2 group, $3 now, $4 at most: the group's oldest due runs, locked
   -- (r_<q>_fwi: a range that stops at "now"; a parked or delayed key reads nothing).
   when 'claim.fair_key' then $q$
     select array(select run_id from absurd.%2$I
-      where state in ('pending', 'sleeping') and priority = $1 and flow_key = $2::text
-        and available_at <= $3::timestamptz
+      where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+        and coalesce(flow_key, '') = $2::text and available_at <= $3::timestamptz
       order by available_at, run_id limit $4::integer
-      for update skip locked)$q$
-  -- The same for the runs without a key (one more group): $1 priority, $2 now, $3 at most.
-  when 'claim.fair_unkeyed' then $q$
-    select array(select run_id from absurd.%2$I
-      where state in ('pending', 'sleeping') and priority = $1 and flow_key is null
-        and available_at <= $2::timestamptz
-      order by available_at, run_id limit $3::integer
       for update skip locked)$q$
 
   -- Flow control (queues with flow_enabled only; see absurd._claim_flow).
@@ -2334,7 +2332,7 @@ as $$
     'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
     'task.lock_key', 'flow.sweep_keys', 'flow.release', 'flow.rate_key', 'flow.rate_queue',
     'flow.key_held', 'flow.queue_held', 'claim.held_candidates', 'flow.park_key',
-    'claim.fair_next', 'claim.fair_key', 'claim.fair_unkeyed', 'claim.ids', 'claim.flow_ids']);
+    'claim.fair_next', 'claim.fair_key', 'claim.ids', 'claim.flow_ids']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -3356,17 +3354,17 @@ end;
 $$;
 
 -- Fairness between keys (docs/engine.md "Fairness between keys"): the due runs of
--- a band a claim on a queue with keyed runs takes first, locked (FOR UPDATE SKIP
--- LOCKED), in turn by key. The keys with waiting runs are visited in order (a skip
--- scan of r_<q>_fwi, one probe per key: claim.fair_next), the unkeyed runs as one
--- more group after the last key, then around again; each key's turn takes up to its
--- weight of its oldest due runs (claim.fair_key: a key whose runs are parked or not
--- due yet reads nothing). Where the last turn ended (the key and how many runs its
--- turn took) is the session's, in the setting absurd.fair_cursor ({queue: {"k",
--- "u"}}): the next claim of the session goes on from there. No row is written: a
--- cursor row would be updated by every claim. A session without one starts at the
--- first key. At most 4 x qty + 16 probes (256 at most); the caller claims what is
--- left of its batch oldest first, as without keys.
+-- a band that a claim on a queue with keyed runs takes first, locked (FOR UPDATE
+-- SKIP LOCKED), in turn by key. The groups with waiting runs (each key, and '' for
+-- the runs without one, before the first key) are visited in order, a skip scan of
+-- r_<q>_fwi (one probe per group: claim.fair_next), then around again; each turn
+-- takes up to the key's weight of its oldest due runs (claim.fair_key: a key whose
+-- runs are parked or not due yet reads nothing). Where the last turn ended (the
+-- group, and how many runs its turn took) is the session's, in the setting
+-- absurd.fair_cursor ({queue: {"k", "u"}}): the session's next claim goes on from
+-- there. No row is written (a cursor row would be updated by every claim). A
+-- session without a cursor starts at the first key. At most 4 x qty + 16 probes
+-- (256 at most); the caller claims what is left of its batch oldest first.
 create or replace function absurd._fair_pick(
   p_queue_name text, p_priority integer, p_now timestamptz, p_qty integer, p_weighted boolean)
 returns uuid[]
@@ -3376,7 +3374,7 @@ as $$
 declare
   q text := p_queue_name;
   v_all jsonb := coalesce(nullif(current_setting('absurd.fair_cursor', true), ''), '{}')::jsonb;
-  v_key text := v_all -> q ->> 'k';  -- the position: a key, or null for the unkeyed runs
+  v_key text := coalesce(v_all -> q ->> 'k', '');  -- the position: a key, or ''
   v_used integer := coalesce((v_all -> q ->> 'u')::integer, 1073741824);  -- taken in its turn
   v_start text;
   v_weight integer;
@@ -3390,21 +3388,16 @@ declare
 begin
   v_start := v_key;
   loop
-    v_weight := 1;
-    if p_weighted and v_key is not null then
-      select coalesce(l.weight, 1) into v_weight from absurd.flow_limits l
+    v_weight := null;
+    if p_weighted and v_key <> '' then
+      select l.weight into v_weight from absurd.flow_limits l
       where l.queue_name = q and l.flow_key = v_key;
-      v_weight := coalesce(v_weight, 1);
     end if;
+    v_weight := coalesce(v_weight, 1);
     if v_used < v_weight then
       v_want := least(v_weight - v_used, v_left);
-      if v_key is null then
-        execute absurd._cached('claim.fair_unkeyed', q, quote_nullable(p_priority),
-          quote_nullable(p_now), quote_nullable(v_want)) into v_got;
-      else
-        execute absurd._cached('claim.fair_key', q, quote_nullable(p_priority),
-          quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_want)) into v_got;
-      end if;
+      execute absurd._cached('claim.fair_key', q, quote_nullable(p_priority),
+        quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_want)) into v_got;
       v_probes := v_probes + 1;
       v_ids := v_ids || v_got;
       v_left := v_left - cardinality(v_got);
@@ -3414,13 +3407,13 @@ begin
                      else v_used + cardinality(v_got) end;
     end if;
     exit when v_left <= 0 or v_probes >= v_max;
-    -- The next position: the next key, the unkeyed runs after the last key, then
-    -- the first key again.
+    -- The next group; after the last key, the runs without one, then the first key.
     execute absurd._cached('claim.fair_next', q, quote_nullable(p_priority),
-      quote_nullable(coalesce(v_key, ''))) into v_key;
+      quote_nullable(v_key)) into v_key;
+    v_key := coalesce(v_key, '');
     v_probes := v_probes + 1;
     v_used := 0;
-    if v_key is not distinct from v_start then
+    if v_key = v_start then
       exit when v_took = 0;  -- a whole cycle found nothing due
       v_took := 0;
     end if;
