@@ -149,7 +149,7 @@ ARGS: dict[str, list[str]] = {
     "flow.sweep_keys": [NOW, "10"],
     "task.lock_key": ["{task}"],
     "claim.fair_next": ["0", "'key-3'"],
-    "claim.fair_key": ["0", "'key-3'", NOW, "2"],
+    "claim.fair_key": ["0", "'key-3'", NOW, "2", "'{{}}'::uuid[]"],
     "claim.ids": [
         "array[{run}]::uuid[]",
         NOW,

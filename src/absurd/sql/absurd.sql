@@ -1555,12 +1555,14 @@ begin
     where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
       and coalesce(flow_key, '') > $2::text
     order by coalesce(flow_key, '') limit 1$q$
-  -- $1 priority, $2 group, $3 now, $4 at most: the group's oldest due runs, locked
-  -- (r_<q>_fwi: a range that stops at "now"; a parked or delayed key reads nothing).
+  -- $1 priority, $2 group, $3 now, $4 at most, $5 the runs this claim chose already
+  -- (its own locks do not skip them): the group's oldest due runs, locked (r_<q>_fwi:
+  -- a range that stops at "now"; a parked or delayed key reads nothing).
   when 'claim.fair_key' then $q$
     select array(select run_id from absurd.%2$I
       where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
         and coalesce(flow_key, '') = $2::text and available_at <= $3::timestamptz
+        and run_id <> all($5::uuid[])
       order by available_at, run_id limit $4::integer
       for update skip locked)$q$
 
@@ -3397,7 +3399,8 @@ begin
     if v_used < v_weight then
       v_want := least(v_weight - v_used, v_left);
       execute absurd._cached('claim.fair_key', q, quote_nullable(p_priority),
-        quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_want)) into v_got;
+        quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_want),
+        quote_nullable(v_ids)) into v_got;
       v_probes := v_probes + 1;
       v_ids := v_ids || v_got;
       v_left := v_left - cardinality(v_got);
