@@ -1059,12 +1059,6 @@ begin
   execute format($ix$create index if not exists %I on absurd.%I
     (priority, coalesce(flow_key, ''), available_at, run_id)
     where state in ('pending', 'sleeping') and available_at < 'infinity'$ix$, v_r || '_fwi', v_r);
-  if not exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.has_keys) then
-    -- A queue upgraded from a version without the flag: set it if it has keyed runs.
-    execute format($up$update absurd.queues set has_keys = true
-      where queue_name = %L and exists (select 1 from absurd.%I where flow_key is not null)$up$,
-      q, v_r);
-  end if;
   -- A key's pending runs, by due time: a claim that finds the key full parks a batch
   -- of them at once (flow.park_key), not one per claim.
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, available_at)
@@ -1080,6 +1074,17 @@ begin
     where flow_key is not null and started_at is not null$ix$, v_r || '_fsi', v_r);
   if exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.rate_limit is not null) then
     perform absurd._flow_rate_index(q);
+  end if;
+  if not exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.has_keys) then
+    -- A queue upgraded from a version without the flag: set it if it has keyed runs.
+    -- Two probes of the flow indexes: a live keyed run is pending (r_<q>_fdi) or was
+    -- started (r_<q>_fsi).
+    execute format($up$update absurd.queues set has_keys = true
+      where queue_name = %1$L
+        and (exists (select 1 from absurd.%2$I where flow_key is not null and state = 'pending')
+          or exists (select 1 from absurd.%2$I
+                     where flow_key is not null and started_at is not null))$up$,
+      q, v_r);
   end if;
   -- Debounce: at most one not-yet-started task per debounce key (unique where the
   -- table allows it; partitioned tables cannot, and rely on the key's lock alone).
