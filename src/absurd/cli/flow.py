@@ -125,7 +125,9 @@ def list_(db: Target, queue: str, after: str | None, limit: int, as_json: bool) 
 @queue_option
 @click.option("--max-running", metavar="N", help="Runs of this key at once.")
 @click.option("--rate-limit", metavar="RATE", help=f"Starts of this key: {RATE_SYNTAX}.")
-@click.option("--weight", type=float, metavar="W", help="Its share when keys take turns.")
+@click.option(
+    "--weight", type=int, metavar="W", help="Its share of the turns keys take (1 to 1000)."
+)
 @with_db
 def set_(
     db: Target,
@@ -133,7 +135,7 @@ def set_(
     queue: str,
     max_running: str | None,
     rate_limit: str | None,
-    weight: float | None,
+    weight: int | None,
 ) -> None:
     """Set FLOW_KEY's override (it replaces the key's previous one)."""
     limits: dict[str, Any] = {}

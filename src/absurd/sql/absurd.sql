@@ -3125,21 +3125,15 @@ begin
 end;
 $$;
 
--- The fields of the flow contract this engine does not enforce yet are refused
--- (AB052) rather than stored and ignored.
+-- The fields of the flow contract this engine does not enforce are refused (AB052)
+-- rather than stored and ignored: none today (weight is enforced since 0.6.1). Also
+-- checks flow_hold.
 create or replace function absurd._flow_unsupported(p_policy jsonb)
 returns void
 language plpgsql
 immutable
 as $$
-declare
-  v_key text;
 begin
-  foreach v_key in array array[]::text[] loop
-    if p_policy ? v_key and jsonb_typeof(p_policy -> v_key) <> 'null' then
-      perform absurd._raise('AB052', format('%s is not supported by this engine yet', v_key));
-    end if;
-  end loop;
   if p_policy ? 'flow_hold' and jsonb_typeof(p_policy -> 'flow_hold') <> 'null'
      and (p_policy ->> 'flow_hold') not in ('running', 'lifetime') then
     perform absurd._raise('AB051', format('flow_hold must be "running" or "lifetime", got %s',
