@@ -417,7 +417,6 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
             "rate_limit",
             "rate_limit_per_key",
             "has_keys",
-            "has_weights",
         ):
             c.execute(f"alter table absurd.queues drop column {column}")
         c.execute(

@@ -264,9 +264,7 @@ alter table absurd.flow_limits add column if not exists rate_limit jsonb;
 alter table absurd.flow_limits add column if not exists weight integer check (weight >= 1);
 -- has_keys: the queue has had a keyed run (set once, by the first keyed spawn, only
 -- when not set yet: no hot row). Claims on such a queue serve its keys in turn.
--- has_weights: some override of the queue sets a weight (set_flow_limit).
 alter table absurd.queues add column if not exists has_keys boolean not null default false;
-alter table absurd.queues add column if not exists has_weights boolean not null default false;
 
 create or replace function absurd.get_schema_version()
 returns text
@@ -1552,14 +1550,32 @@ begin
     order by c.available_at, c.run_id$q$
 
   -- Fairness between keys (queues with has_keys only; see absurd._fair_pick). A
-  -- group is a key, or '' for the runs without one.
-  -- $1 priority, $2 a group: the band's next group after it that has waiting runs
-  -- (due or not, parked runs aside), one probe of r_<q>_fwi (a skip scan, group by group).
-  when 'claim.fair_next' then $q$
-    select coalesce(flow_key, '') from absurd.%2$I
-    where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
-      and coalesce(flow_key, '') > $2::text
-    order by coalesce(flow_key, '') limit 1$q$
+  -- group is a key, or '' for the runs without one (first in the order).
+  -- $1 priority, $2 a group, $3 now, $4 at most, $5 the runs this claim chose already,
+  -- $6 queue name: the band's next group after $2 that has waiting runs (due or not,
+  -- parked runs aside), else the first one (around again): one probe of r_<q>_fwi,
+  -- a skip scan group by group; with the group's weight (its override's, else 1) and
+  -- its oldest due runs, up to the weight and $4, locked.
+  when 'claim.fair_turn' then $q$
+    select n.grp, w.weight, array(
+      select run_id from absurd.%2$I
+      where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+        and coalesce(flow_key, '') = n.grp and available_at <= $3::timestamptz
+        and run_id <> all($5::uuid[])
+      order by available_at, run_id limit least(w.weight, $4::integer)
+      for update skip locked) as ids
+    from (
+      (select coalesce(flow_key, '') as grp from absurd.%2$I
+       where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+         and coalesce(flow_key, '') > $2::text
+       order by coalesce(flow_key, '') limit 1)
+      union all
+      (select coalesce(flow_key, '') from absurd.%2$I
+       where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+       order by coalesce(flow_key, '') limit 1)
+      limit 1) n
+    cross join lateral (select coalesce((select l.weight from absurd.flow_limits l
+      where l.queue_name = $6::text and l.flow_key = n.grp), 1) as weight) w$q$
   -- $1 priority, $2 group, $3 now, $4 at most, $5 the runs this claim chose already
   -- (its own locks do not skip them): the group's oldest due runs, locked (r_<q>_fwi:
   -- a range that stops at "now"; a parked or delayed key reads nothing).
@@ -2339,7 +2355,7 @@ as $$
     'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
     'task.lock_key', 'flow.sweep_keys', 'flow.release', 'flow.rate_key', 'flow.rate_queue',
     'flow.key_held', 'flow.queue_held', 'claim.held_candidates', 'flow.park_key',
-    'claim.fair_next', 'claim.fair_key', 'claim.ids', 'claim.flow_ids']);
+    'claim.fair_turn', 'claim.fair_key', 'claim.ids', 'claim.flow_ids']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -3357,17 +3373,18 @@ $$;
 -- Fairness between keys (docs/engine.md "Fairness between keys"): the due runs of
 -- a band that a claim on a queue with keyed runs takes first, locked (FOR UPDATE
 -- SKIP LOCKED), in turn by key. The groups with waiting runs (each key, and '' for
--- the runs without one, before the first key) are visited in order, a skip scan of
--- r_<q>_fwi (one probe per group: claim.fair_next), then around again; each turn
--- takes up to the key's weight of its oldest due runs (claim.fair_key: a key whose
--- runs are parked or not due yet reads nothing). Where the last turn ended (the
--- group, and how many runs its turn took) is the session's, in the setting
--- absurd.fair_cursor ({queue: {"k", "u"}}): the session's next claim goes on from
--- there. No row is written (a cursor row would be updated by every claim). A
--- session without a cursor starts at the first key. At most 4 x qty + 16 probes
--- (256 at most); the caller claims what is left of its batch oldest first.
+-- the runs without one, first) are visited in order and around again, one statement
+-- per turn (claim.fair_turn: a probe of r_<q>_fwi for the next group, and up to its
+-- weight of its oldest due runs; a key whose runs are parked or not due yet gives
+-- none). Where the last turn ended (its group, how many runs it took, its weight)
+-- is the session's, in the setting absurd.fair_cursor ({queue: {"k", "u", "w"}}):
+-- the session's next claim goes on from there, finishing a weighted turn first
+-- (claim.fair_key). No row is written (a cursor row would be updated by every
+-- claim). A session without a cursor starts at the first group. It stops when the
+-- batch is full, after a whole cycle that took nothing, or after 2 x qty + 8
+-- statements (128 at most); the caller claims what is left oldest first.
 create or replace function absurd._fair_pick(
-  p_queue_name text, p_priority integer, p_now timestamptz, p_qty integer, p_weighted boolean)
+  p_queue_name text, p_priority integer, p_now timestamptz, p_qty integer)
 returns uuid[]
 language plpgsql
 set enable_seqscan = off
@@ -3375,53 +3392,53 @@ as $$
 declare
   q text := p_queue_name;
   v_all jsonb := coalesce(nullif(current_setting('absurd.fair_cursor', true), ''), '{}')::jsonb;
-  v_key text := coalesce(v_all -> q ->> 'k', '');  -- the position: a key, or ''
-  v_used integer := coalesce((v_all -> q ->> 'u')::integer, 1073741824);  -- taken in its turn
-  v_start text;
-  v_weight integer;
-  v_want integer;
+  v_key text := coalesce(v_all -> q ->> 'k', '');  -- the position: a group
+  v_used integer := coalesce((v_all -> q ->> 'u')::integer, 0);  -- taken in its turn
+  v_weight integer := coalesce((v_all -> q ->> 'w')::integer, 0);  -- its turn's size
+  v_first text;  -- the first group visited: back there, a cycle is done
+  v_turn record;
   v_got uuid[];
   v_ids uuid[] := '{}';
   v_left integer := p_qty;
+  v_want integer;
   v_probes integer := 0;
-  v_max integer := least(4 * p_qty + 16, 256);
+  v_max integer := least(2 * p_qty + 8, 128);
   v_took integer := 0;  -- runs taken in the current cycle
 begin
-  v_start := v_key;
-  loop
-    v_weight := null;
-    if p_weighted and v_key <> '' then
-      select l.weight into v_weight from absurd.flow_limits l
-      where l.queue_name = q and l.flow_key = v_key;
-    end if;
-    v_weight := coalesce(v_weight, 1);
-    if v_used < v_weight then
-      v_want := least(v_weight - v_used, v_left);
-      execute absurd._cached('claim.fair_key', q, quote_nullable(p_priority),
-        quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_want),
-        quote_nullable(v_ids)) into v_got;
-      v_probes := v_probes + 1;
-      v_ids := v_ids || v_got;
-      v_left := v_left - cardinality(v_got);
-      v_took := v_took + cardinality(v_got);
-      -- Fewer than asked: nothing more of it is due (or other claims hold it).
-      v_used := case when cardinality(v_got) < v_want then 1073741824
-                     else v_used + cardinality(v_got) end;
-    end if;
-    exit when v_left <= 0 or v_probes >= v_max;
-    -- The next group; after the last key, the runs without one, then the first key.
-    execute absurd._cached('claim.fair_next', q, quote_nullable(p_priority),
-      quote_nullable(v_key)) into v_key;
-    v_key := coalesce(v_key, '');
+  if v_used < v_weight then
+    v_want := least(v_weight - v_used, v_left);
+    execute absurd._cached('claim.fair_key', q, quote_nullable(p_priority),
+      quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_want),
+      quote_nullable(v_ids)) into v_got;
+    v_probes := 1;
+    v_ids := v_got;
+    v_left := v_left - cardinality(v_got);
+    -- Fewer than asked: nothing more of it is due (or other claims hold it).
+    v_used := case when cardinality(v_got) < v_want then v_weight
+                   else v_used + cardinality(v_got) end;
+  end if;
+  while v_left > 0 and v_probes < v_max loop
+    execute absurd._cached('claim.fair_turn', q, quote_nullable(p_priority),
+      quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_left),
+      quote_nullable(v_ids), quote_nullable(q)) into v_turn;
     v_probes := v_probes + 1;
-    v_used := 0;
-    if v_key = v_start then
-      exit when v_took = 0;  -- a whole cycle found nothing due
+    exit when v_turn.grp is null;  -- no waiting run in the band
+    if v_turn.grp = v_first then
+      exit when v_took = 0;  -- a whole cycle took nothing
       v_took := 0;
     end if;
+    v_first := coalesce(v_first, v_turn.grp);
+    v_key := v_turn.grp;
+    v_weight := v_turn.weight;
+    v_want := least(v_weight, v_left);
+    v_ids := v_ids || v_turn.ids;
+    v_left := v_left - cardinality(v_turn.ids);
+    v_took := v_took + cardinality(v_turn.ids);
+    v_used := case when cardinality(v_turn.ids) < v_want then v_weight
+                   else cardinality(v_turn.ids) end;
   end loop;
   perform set_config('absurd.fair_cursor', jsonb_set(v_all, array[q],
-    jsonb_build_object('k', v_key, 'u', v_used))::text, false);
+    jsonb_build_object('k', v_key, 'u', v_used, 'w', v_weight))::text, false);
   return v_ids;
 end;
 $$;
@@ -3452,7 +3469,7 @@ drop function if exists absurd._claim_flow(text, text, timestamptz, timestamptz,
 create or replace function absurd._claim_flow(
   p_queue_name text, p_worker text, p_now timestamptz, p_expires timestamptz, p_qty integer,
   p_max_running integer, p_per_key integer, p_rate jsonb, p_rate_per_key jsonb,
-  p_lifetime boolean, p_keyed boolean, p_weighted boolean)
+  p_lifetime boolean, p_keyed boolean)
 returns setof absurd._claimed_run
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -3513,7 +3530,7 @@ begin
     end if;
     v_rounds := 0;
     if p_keyed and v_priority is not null then
-      v_ids := absurd._fair_pick(q, v_priority, p_now, v_left, p_weighted);
+      v_ids := absurd._fair_pick(q, v_priority, p_now, v_left);
     end if;
     loop
       v_seen := 0;
@@ -3683,9 +3700,6 @@ begin
           rate_limit = excluded.rate_limit, weight = excluded.weight,
           updated_at = clock_timestamp();
   end if;
-  update absurd.queues qu set has_weights = exists (select 1 from absurd.flow_limits l
-    where l.queue_name = q and l.weight is not null)
-  where qu.queue_name = q;
   perform absurd._flow_wake(q, array[v_key]);
 end;
 $$;
@@ -3941,7 +3955,7 @@ begin
   -- absurd._require_queue, reading the queue's flow settings on the way.
   perform absurd.validate_queue_name(q);
   select qu.flow_enabled, qu.max_running, qu.max_running_per_key, qu.rate_limit,
-         qu.rate_limit_per_key, qu.flow_hold, qu.has_keys, qu.has_weights into v_flow
+         qu.rate_limit_per_key, qu.flow_hold, qu.has_keys into v_flow
   from absurd.queues qu where qu.queue_name = q;
   if not found then
     perform absurd._raise('AB005', format('Queue "%s" does not exist', q));
@@ -3968,8 +3982,7 @@ begin
   if v_flow.flow_enabled then
     return query select * from absurd._claim_flow(q, v_worker, v_now, v_expires, v_left,
       v_flow.max_running, v_flow.max_running_per_key, v_flow.rate_limit,
-      v_flow.rate_limit_per_key, v_flow.flow_hold = 'lifetime', v_flow.has_keys,
-      v_flow.has_weights);
+      v_flow.rate_limit_per_key, v_flow.flow_hold = 'lifetime', v_flow.has_keys);
     return;
   end if;
   loop
@@ -3977,7 +3990,7 @@ begin
     exit when v_priority is null;
     if v_flow.has_keys then
       -- Keys in turn first (absurd._fair_pick); the rest of the batch oldest first.
-      v_ids := absurd._fair_pick(q, v_priority, v_now, v_left, v_flow.has_weights);
+      v_ids := absurd._fair_pick(q, v_priority, v_now, v_left);
     end if;
     loop
       v_late := 0;
