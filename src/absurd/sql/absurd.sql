@@ -82,6 +82,9 @@
 --     index r_<q>_cli (priority, available_at, run_id) one priority band at a
 --     time, and the maintenance it does (expired leases, cancellation policies)
 --     is bounded and index-driven (r_<q>_cei, t_<q>_cdi).
+--   * flow control (docs/engine.md "Flow control"): flow keys, limits, rate limits,
+--     and keys served in turn within a band on queues with keyed runs
+--     (absurd._fair_pick, r_<q>_fwi, the session setting absurd.fair_cursor).
 --   * push wake-ups: NOTIFY on absurd.queue_channel(q) whenever work becomes
 --     claimable now; absurd.queue_next_wake(q) tells when timed work is due.
 --   * spawn options "available_at"/"delay" (delayed start) and "priority".
