@@ -372,9 +372,12 @@ class Model:
                     f"claimed {sorted(map(str, claimed))}, model expected {sorted(map(str, due))}"
                 )
             return None
-        due = {r.key for r in self.due_for_claim()}
-        if self.has_keys and self._band():
-            self._fair_pick(qty)  # every due run is claimed; the turn moves on
+        # Keys in turn first (absurd._fair_pick), then the rest of the batch oldest first.
+        turns = self._fair_pick(qty) if self.has_keys and self._band() else []
+        taken = {id(r) for r in turns}
+        oldest = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
+        rest = [r for r in oldest if id(r) not in taken][: qty - len(turns)]
+        due = {r.key for r in turns + rest}
         if set(claimed) != due:
             return f"claimed {sorted(map(str, claimed))}, model expected {sorted(map(str, due))}"
         for key in claimed:
