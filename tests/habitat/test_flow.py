@@ -182,6 +182,7 @@ def test_the_json_api_has_the_queue_flow_and_the_explanation(ro: TestClient, fq:
     keys = {k["flowKey"]: k for k in body["keys"]}
     assert (keys[HOSTILE]["running"], keys[HOSTILE]["limit"], keys[HOSTILE]["parked"]) == (1, 1, 3)
     assert keys[LONG]["overridden"] is True and keys[LONG]["limit"] == 2
+    assert (keys[LONG]["weight"], keys[HOSTILE]["weight"]) == (4, 1)
     assert [o["flowKey"] for o in body["overrides"]] == sorted(["idle", LONG])
     assert body["moreOverrides"] is False
     why = ro.get(f"/api/tasks/{fq.queue}/{fq.hostile[-1]}/explain").json()
