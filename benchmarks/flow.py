@@ -428,7 +428,7 @@ def fairness(server: Any, backlog: int, seconds: float, rev: str | None) -> list
                 ]
             latencies[label] = sorted(waits) or [float("nan")]
             if a_tasks:
-                overtaken[f"{schema}, {setting}"] = sorted(passed) or [0]
+                overtaken[f"{schema}, {setting}"] = sorted(passed)
         for label, waits in latencies.items():
             p50 = waits[len(waits) // 2] * 1e3
             p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))] * 1e3
@@ -440,13 +440,8 @@ def fairness(server: Any, backlog: int, seconds: float, rev: str | None) -> list
                 ]
             )
     for label, counts in overtaken.items():
-        rows.append(
-            [
-                f"claims of A while a task of B waited, {label} (median / most)",
-                f"{counts[len(counts) // 2]} / {counts[-1]}",
-                "",
-            ]
-        )
+        shown = f"{counts[len(counts) // 2]} / {counts[-1]}" if counts else "no task of B started"
+        rows.append([f"claims of A while a task of B waited, {label} (median / most)", shown, ""])
     return rows
 
 
