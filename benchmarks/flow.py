@@ -28,8 +28,9 @@ the client's round trips do not dilute the ratios:
   tenant B spawns one task a second (key "B") for ``--duration`` seconds while four
   sessions drain (each task works 20 ms between its claim and its completion); B's
   pickup latency (spawn to claim), p50 and p99, against the same
-  with A idle. Twice: without per-key limits, and with ``max_running_per_key = 2``
-  (A's excess parked).
+  with A idle. Three times: without any limit (the plain claim path), with a per-key
+  limit that never binds (the flow path), and with ``max_running_per_key = 2`` (A's
+  excess parked); each with this schema ("after") and the ``--before`` one.
 
     python -m benchmarks.flow                 # 1,000,000 pending over 10,000 keys
     python -m benchmarks.flow --quick         # 100,000 pending over 10,000 keys
@@ -41,6 +42,7 @@ the client's round trips do not dilute the ratios:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -367,17 +369,23 @@ def rate(server: Any, seconds: float) -> list[list[str]]:
     ]
 
 
-def fairness(server: Any, backlog: int, seconds: float) -> list[list[str]]:
+def fairness(server: Any, backlog: int, seconds: float, rev: str | None) -> list[list[str]]:
     rows: list[list[str]] = []
-    for limit in (None, 2):
+    schemas = {"after": None, "before": before_schema(rev)}
+    settings = [("no limits", None), ("no binding limit", 1_000_000), ("max_running_per_key 2", 2)]
+    overtaken: dict[str, list[int]] = {}
+    for (setting, limit), (schema, text) in itertools.product(settings, schemas.items()):
         latencies: dict[str, list[float]] = {}
         for label, a_tasks in (("A idle", 0), (f"A {backlog:,} pending", backlog)):
             dsn = fresh_database(server, "flow_fair", synchronous_commit="off")
-            install(dsn, None)
+            install(dsn, text)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("select absurd.create_queue('fair')")
-                policy = {"max_running_per_key": limit or 1_000_000}
-                conn.execute("select absurd.set_queue_policy('fair', %s)", (json.dumps(policy),))
+                if limit is not None:
+                    policy = {"max_running_per_key": limit}
+                    conn.execute(
+                        "select absurd.set_queue_policy('fair', %s)", (json.dumps(policy),)
+                    )
                 if a_tasks:
                     conn.execute(
                         "select count(*) from absurd.spawn_tasks('fair', (select jsonb_agg("
@@ -408,18 +416,32 @@ def fairness(server: Any, backlog: int, seconds: float) -> list[list[str]]:
                         " - created_at) from absurd.r_fair where flow_key = 'B'"
                     ).fetchall()
                 ]
+                # Claims of A while a task of B waited (spawn to start): with keys in
+                # turn, at most the claims already under way in the other sessions.
+                passed = [
+                    int(r[0])
+                    for r in conn.execute(
+                        "select (select count(*) from absurd.r_fair a where a.flow_key = 'A'"
+                        "   and a.started_at > b.created_at and a.started_at < b.started_at)"
+                        " from absurd.r_fair b where b.flow_key = 'B' and b.started_at is not null"
+                    ).fetchall()
+                ]
             latencies[label] = sorted(waits) or [float("nan")]
-        setting = f"max_running_per_key {limit}" if limit else "no binding limit"
+            if a_tasks:
+                overtaken[f"{schema}, {setting}"] = sorted(passed)
         for label, waits in latencies.items():
             p50 = waits[len(waits) // 2] * 1e3
             p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))] * 1e3
             rows.append(
                 [
-                    f"B pickup, {setting}, {label} (p50 / p99, {len(waits)} tasks)",
+                    f"B pickup, {schema}, {setting}, {label} (p50 / p99, {len(waits)} tasks)",
                     f"{p50:,.1f} / {p99:,.1f} ms",
                     "",
                 ]
             )
+    for label, counts in overtaken.items():
+        shown = f"{counts[len(counts) // 2]} / {counts[-1]}" if counts else "no task of B started"
+        rows.append([f"claims of A while a task of B waited, {label} (median / most)", shown, ""])
     return rows
 
 
@@ -459,7 +481,7 @@ def main() -> None:
         if "rate" in only:
             rows += rate(server, duration)
         if "fairness" in only:
-            rows += fairness(server, backlog, duration)
+            rows += fairness(server, backlog, duration, args.before)
         print(render_table(["measurement", "per call / rate", "ratio"], rows))
     finally:
         server.stop()

@@ -265,8 +265,8 @@ class InvalidFlowLimit(InvalidArgument):
 
 
 class UnsupportedFlowOption(InvalidArgument):
-    """A flow-control option this engine does not enforce yet (a per-key ``weight``);
-    refused rather than stored and ignored."""
+    """A flow-control option this engine does not enforce; refused rather than stored
+    and ignored (none today: the per-key ``weight`` is enforced)."""
 
     sqlstate = "AB052"
 

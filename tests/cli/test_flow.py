@@ -93,7 +93,18 @@ def test_flow_limits_bad_input_changes_nothing(cli: Cli, queue: str) -> None:
     one_line_error(cli("flow-limits", "set", "k", "-q", queue), "--max-running")
     one_line_error(cli("flow-limits", "set", "k", "-q", queue, "--rate-limit", "1/x"), "LIMIT")
     one_line_error(cli("flow-limits", "list", "-q", "nope-" + uuid.uuid4().hex), "does not exist")
+    for weight in ("0", "-1", "1001"):
+        one_line_error(cli("flow-limits", "set", "k", "-q", queue, "--weight", weight), "AB051")
+    one_line_error(cli("flow-limits", "set", "k", "-q", queue, "--weight", "1.5"), "AB051")
     assert cli("flow-limits", "list", "-q", queue, "--json").json() == before
+
+
+def test_flow_limits_weight(cli: Cli, queue: str) -> None:
+    assert cli("flow-limits", "set", "heavy", "-q", queue, "--weight", "3").code == 0
+    (row,) = cli("flow-limits", "list", "-q", queue, "--json").json()
+    assert row["limits"] == {"weight": 3}
+    table = cli("flow-limits", "list", "-q", queue).stdout
+    assert "weight" in table and "3" in table.splitlines()[-1]
 
 
 def _spawn(conn: psycopg.Connection[Any], queue: str, key: str) -> str:

@@ -159,10 +159,10 @@ def test_a_full_keys_backlog_is_parked_in_one_claim(engine: Engine) -> None:
     spawn_keyed(engine, ["b"])
     engine.spawn("t", 1, flow_key="a", delay=60)  # not due: not parked
     (first,) = engine.claim(qty=1)
-    assert engine.claim(qty=1) == []  # meets a few of a's runs, then parks them all
-    assert parked_by_key(engine) == {"a": 49}
-    (second,) = engine.claim(qty=1)
+    (second,) = engine.claim(qty=1)  # keys in turn: b's run before a's second
     assert (key_of(engine, first["run_id"]), key_of(engine, second["run_id"])) == ("a", "b")
+    assert engine.claim(qty=1) == []  # meets a's head run, then parks a's backlog
+    assert parked_by_key(engine) == {"a": 49}
     engine.complete(first["run_id"], 1)
     assert parked_by_key(engine) == {"a": 48}  # one slot: one woken
     assert_invariants(engine)
@@ -386,7 +386,14 @@ def test_bad_policies_are_refused_and_change_nothing(
         ({"max_running": 0}, "AB051"),
         ({"max_running": "x"}, "AB051"),
         ({"unknown": 1}, "AB051"),
-        ({"weight": 2}, "AB052"),
+        ({"weight": 0}, "AB051"),
+        ({"weight": -1}, "AB051"),
+        ({"weight": 1.5}, "AB051"),
+        ({"weight": "3"}, "AB051"),
+        ({"weight": 10**6}, "AB051"),
+        ({"weight": 1e300}, "AB051"),
+        ({"weight": True}, "AB051"),
+        ({"weight": {"w": 1}}, "AB051"),
         ({"rate_limit": {"limit": 5}}, "AB051"),
         ({"rate_limit": {"limit": 5, "period_seconds": 1, "burst": 6}}, "AB051"),
         ([1, 2], "AB051"),

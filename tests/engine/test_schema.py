@@ -416,6 +416,7 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
             "flow_enabled",
             "rate_limit",
             "rate_limit_per_key",
+            "has_keys",
         ):
             c.execute(f"alter table absurd.queues drop column {column}")
         c.execute(
@@ -466,6 +467,14 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
                 (f"r_{q}_fsi", f"r_{q}_rsi", f"t_{q}_dki", f"t_{q}_fli", f"r_{q}_fdi"),
             ).fetchone()
             assert indexes == (5,)
+            # Keys take turns on the upgraded queue (its fairness index is made).
+            assert c.execute(
+                "select has_keys from absurd.queues where queue_name = %s", (q,)
+            ).fetchone() == (True,)
+            assert c.execute(
+                "select count(*) from pg_indexes where schemaname = 'absurd' and indexname = %s",
+                (f"r_{q}_fwi",),
+            ).fetchone() == (1,)
             # Debounce and explain_task work on the upgraded queue.
             spawned = c.execute(
                 "select task_id from absurd.spawn_task(%s, 'd', '1',"

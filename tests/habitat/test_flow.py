@@ -25,7 +25,8 @@ LONG = "k" * 512
 
 class Flow:
     """A queue with max_running_per_key 1: HOSTILE has 1 running and 3 parked runs,
-    LONG an override of 2 with 2 running; plus a key without runs but an override."""
+    LONG an override of 2 (and a weight of 4) with 2 running; plus a key without runs
+    but an override."""
 
     def __init__(self, conn: Conn) -> None:
         self.queue = new_queue(conn, "flow")
@@ -33,7 +34,8 @@ class Flow:
             "select absurd.set_queue_policy(%s, '{\"max_running_per_key\": 1}')", (self.queue,)
         )
         conn.execute(
-            "select absurd.set_flow_limit(%s, %s, '{\"max_running\": 2}')", (self.queue, LONG)
+            'select absurd.set_flow_limit(%s, %s, \'{"max_running": 2, "weight": 4}\')',
+            (self.queue, LONG),
         )
         conn.execute(
             "select absurd.set_flow_limit(%s, 'idle', '{\"max_running\": 5}')", (self.queue,)
@@ -75,11 +77,12 @@ def test_the_queue_page_shows_keys_limits_and_overrides(ro: TestClient, fq: Flow
     assert response.status_code == 200, response.text
     page = response.text
     assert HOSTILE not in page  # never raw
-    assert cells(key_row(page, HOSTILE)) == ["1", "1", "3"]
+    assert cells(key_row(page, HOSTILE)) == ["1", "1", "1", "3"]  # running, limit, weight, parked
     long_row = key_row(page, LONG)
     assert cells(long_row)[0] == "2" and "(override)" in long_row
+    assert cells(long_row)[2] == "4"
     overrides = page[page.index('id="flow-overrides"') :]
-    assert "idle" in overrides and "max_running 5" in overrides
+    assert "idle" in overrides and "max_running 5" in overrides and "weight 4" in overrides
     assert "Max running per key</dt><dd>1" in page
     # Read-only: no forms.
     assert "/actions/flow-limit" not in page and "Read-only" in page
@@ -112,7 +115,7 @@ def test_limits_are_editable_behind_the_credential(rw: TestClient, fq: Flow, con
     # Raising the key's limit woke two of its parked runs (claimable now, not parked).
     shown = rw.get(done.headers["location"]).text
     assert "The key&#39;s flow limits set." in shown
-    assert cells(key_row(shown, HOSTILE)) == ["1", "3", "1"]
+    assert cells(key_row(shown, HOSTILE)) == ["1", "3", "1", "1"]
     policy = rw.post("/actions/flow-policy", data={**form, "max_running": "50"})
     assert policy.headers["location"].endswith("msg=flow-policy-set")
     limits = conn.execute(
@@ -128,6 +131,11 @@ def test_limits_are_editable_behind_the_credential(rw: TestClient, fq: Flow, con
         "select limits from absurd.get_flow_limits(%s) where flow_key = %s", (fq.queue, LONG)
     ).fetchone()
     assert override == ({"rate_limit": {"limit": 5, "period_seconds": 1, "burst": 0}},)
+    weighted = rw.post("/actions/flow-limit", data={**form, "flow_key": "idle", "weight": "3"})
+    assert weighted.status_code == 303
+    assert conn.execute(
+        "select limits from absurd.get_flow_limits(%s) where flow_key = 'idle'", (fq.queue,)
+    ).fetchone() == ({"weight": 3},)
     cleared = rw.post("/actions/flow-limit-clear", data={**form, "flow_key": "idle"})
     assert cleared.headers["location"].endswith("msg=flow-limit-cleared")
     keys = [
@@ -141,6 +149,9 @@ def test_limits_are_editable_behind_the_credential(rw: TestClient, fq: Flow, con
         ({"flow_key": "", "max_running": "1"}, "flow key is required"),
         ({"flow_key": HOSTILE, "rate_limit": "fast"}, "LIMIT/SECONDS"),
         ({"flow_key": HOSTILE, "rate_limit": "0/1"}, "AB051"),
+        ({"flow_key": HOSTILE, "weight": "0"}, "weight"),
+        ({"flow_key": HOSTILE, "weight": "5000"}, "AB051"),
+        ({"flow_key": HOSTILE, "weight": "1.5"}, "weight"),
     ):
         bad = rw.post("/actions/flow-limit", data={**form, **data})
         assert bad.status_code == 400 and code in bad.text, bad.text
@@ -171,6 +182,7 @@ def test_the_json_api_has_the_queue_flow_and_the_explanation(ro: TestClient, fq:
     keys = {k["flowKey"]: k for k in body["keys"]}
     assert (keys[HOSTILE]["running"], keys[HOSTILE]["limit"], keys[HOSTILE]["parked"]) == (1, 1, 3)
     assert keys[LONG]["overridden"] is True and keys[LONG]["limit"] == 2
+    assert (keys[LONG]["weight"], keys[HOSTILE]["weight"]) == (4, 1)
     assert [o["flowKey"] for o in body["overrides"]] == sorted(["idle", LONG])
     assert body["moreOverrides"] is False
     why = ro.get(f"/api/tasks/{fq.queue}/{fq.hostile[-1]}/explain").json()

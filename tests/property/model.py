@@ -73,6 +73,8 @@ class Model:
     rate: tuple[int, int, int] | None = None  # (limit, period_seconds, burst), the queue's
     rate_per_key: tuple[int, int, int] | None = None
     order: Callable[[Run], Any] = lambda run: run.key
+    has_keys: bool = False  # absurd.queues.has_keys: set by the first keyed spawn
+    cursor: tuple[str, int, int] = ("", 0, 0)  # absurd.fair_cursor: (group, used, weight)
 
     def add_run(self, task: Task) -> Run:
         run = Run(task.task_id, len(task.runs) + 1, available_at=self.now, flow_key=task.flow_key)
@@ -84,6 +86,7 @@ class Model:
     def spawn(self, task_id: Any, max_attempts: int | None, flow_key: str | None = None) -> None:
         task = Task(task_id, max_attempts, flow_key=flow_key)
         self.tasks[task_id] = task
+        self.has_keys = self.has_keys or flow_key is not None
         self.add_run(task)
 
     def due_for_claim(self) -> list[Run]:
@@ -225,6 +228,59 @@ class Model:
             run.wait = None
         task.state, task.attempts = "running", max(task.attempts, run.attempt)
 
+    def _fair_pick(self, qty: int) -> list[Run]:
+        """absurd._fair_pick: the due runs a claim takes first, keys in turn (groups:
+        each key, '' for the runs without one), from the session's cursor. Every key
+        has weight 1 here. Called when the queue has keys and a waiting run."""
+        waiting = [
+            r
+            for r in self.runs.values()
+            if r.state in ("pending", "sleeping") and r.available_at < math.inf
+        ]
+        groups = sorted({r.flow_key or "" for r in waiting})
+        due = sorted(
+            (r for r in waiting if r.available_at <= self.now),
+            key=lambda r: (r.available_at, self.order(r)),
+        )
+        chosen: list[Run] = []
+
+        def take(group: str, n: int) -> list[Run]:
+            got = [r for r in due if (r.flow_key or "") == group and r not in chosen][:n]
+            chosen.extend(got)
+            return got
+
+        key, used, weight = self.cursor
+        left, probes, most = qty, 0, min(2 * qty + 8, 128)
+        if used < weight:
+            want = min(weight - used, left)
+            got = take(key, want)
+            left, probes = left - len(got), 1
+            used = weight if len(got) < want else used + len(got)
+        first: str | None = None
+        took = 0
+        while left > 0 and probes < most:
+            after = [g for g in groups if g > key]
+            group = after[0] if after else (groups[0] if groups else None)
+            probes += 1
+            if group is None:
+                break
+            if group == first:
+                if took == 0:
+                    break
+                took = 0
+            first = group if first is None else first
+            key, weight = group, 1
+            want = min(weight, left)
+            got = take(group, want)
+            left, took = left - len(got), took + len(got)
+            used = weight if len(got) < want else len(got)
+        self.cursor = (key, used, weight)
+        return chosen
+
+    def _band(self) -> bool:
+        """claim.next_band found a band: some run is pending or sleeping."""
+        return any(r.state in ("pending", "sleeping") for r in self.runs.values())
+
     def _claim_flow(self, qty: int) -> list[Run]:
         """absurd._claim_flow: candidates in order, rounds of the slots left. With the
         lifetime hold, a task holding a slot is admitted without a count, and once the
@@ -239,13 +295,21 @@ class Model:
             left = min(left, self.rate_room(None, self.rate)[0])
         if left <= 0:
             return []
-        due = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
         claimed: list[Run] = []
         full: set[str] = set()
+        fair: list[Run] = []
+        if self.has_keys and (queue_free is None or queue_free > 0) and self._band():
+            # The keys' turns are admitted first, oldest first among them.
+            fair = sorted(self._fair_pick(left), key=lambda r: (r.available_at, self.order(r)))
+        due = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
         at, rounds = 0, 0
         while queue_free is None or queue_free > 0:
-            batch = due[at : at + left]
-            at += len(batch)
+            from_fair = bool(fair)
+            if from_fair:
+                batch, fair = fair, []
+            else:
+                batch = due[at : at + left]
+                at += len(batch)
             for run in batch:
                 task = self.tasks[run.task_id]
                 holds = self.lifetime and task.slot
@@ -272,6 +336,13 @@ class Model:
                 left -= 1
                 if left <= 0:
                     break
+            if from_fair:
+                # The rest oldest first: the turns' runs were claimed, parked or passed.
+                seen = {id(r) for r in batch}
+                due = [r for r in due if id(r) not in seen]
+                if left <= 0:
+                    break
+                continue
             if not batch or left <= 0 or rounds >= 8:
                 break
             rounds += 1
@@ -301,7 +372,12 @@ class Model:
                     f"claimed {sorted(map(str, claimed))}, model expected {sorted(map(str, due))}"
                 )
             return None
-        due = {r.key for r in self.due_for_claim()}
+        # Keys in turn first (absurd._fair_pick), then the rest of the batch oldest first.
+        turns = self._fair_pick(qty) if self.has_keys and self._band() else []
+        taken = {id(r) for r in turns}
+        oldest = sorted(self.due_for_claim(), key=lambda r: (r.available_at, self.order(r)))
+        rest = [r for r in oldest if id(r) not in taken][: qty - len(turns)]
+        due = {r.key for r in turns + rest}
         if set(claimed) != due:
             return f"claimed {sorted(map(str, claimed))}, model expected {sorted(map(str, due))}"
         for key in claimed:

@@ -159,6 +159,19 @@ def make_machine(dsn: str) -> type[RuleBasedStateMachine]:
             )
             assert mismatch is None, mismatch
 
+        @rule()
+        def claim_one(self) -> None:
+            """One run: which one it is shows the keys' turns (the model keeps the
+            session's cursor, as the engine does)."""
+            code, rows = self.call(
+                "select run_id, task_id, attempt from absurd.claim_task(%s, 'w', %s, 1)",
+                self.queue,
+                LEASE,
+            )
+            self.expect(None, code, "claim")
+            mismatch = self.model.claim([(r["task_id"], r["attempt"]) for r in rows], 1)
+            assert mismatch is None, mismatch
+
         @rule(
             per_key=st.sampled_from([None, 1, 2]),
             max_running=st.sampled_from([None, 1, 3]),

@@ -91,6 +91,25 @@ async def test_flow_limit_bad_input_changes_nothing(api: Api) -> None:
     ] == [("k", 2)]
 
 
+async def test_weights_round_trip_and_share_the_turns(api: Api) -> None:
+    app = await api.client()
+    await app.set_flow_limit(HOSTILE_KEYS[0], weight=3, queue_name=api.queue)
+    (limit,) = await app.list_flow_limits(queue_name=api.queue)
+    assert limit == FlowLimit(HOSTILE_KEYS[0], None, None, weight=3, updated_at=limit.updated_at)
+    for bad in (0, -2, 10**6):
+        with pytest.raises(InvalidFlowLimit):
+            await app.set_flow_limit(HOSTILE_KEYS[0], weight=bad, queue_name=api.queue)
+    with pytest.raises(InvalidFlowLimit):
+        await app.set_flow_limit(HOSTILE_KEYS[0], weight=1.5, queue_name=api.queue)  # type: ignore[arg-type]
+    assert [x.weight for x in await app.list_flow_limits(queue_name=api.queue)] == [3]
+    for key in (HOSTILE_KEYS[0], HOSTILE_KEYS[1]):
+        for n in range(8):
+            await app.spawn("job", {"n": n}, queue=api.queue, flow_key=key)
+    claimed = api.engine.claim(qty=8)
+    keys = [api.task(r["task_id"])["flow_key"] for r in claimed]
+    assert sorted(keys) == sorted([HOSTILE_KEYS[0]] * 6 + [HOSTILE_KEYS[1]] * 2)
+
+
 async def test_a_key_override_binds_the_claim(api: Api) -> None:
     app = await api.client()
     await app.set_flow_policy(api.queue, max_running_per_key=1)

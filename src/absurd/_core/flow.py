@@ -65,7 +65,7 @@ class FlowLimit:
     flow_key: str
     max_running: int | None = None
     rate_limit: RateLimit | None = None
-    weight: float | None = None
+    weight: int | None = None
     updated_at: dt.datetime | None = None
 
 
@@ -156,7 +156,7 @@ def limit(row: Mapping[str, Any]) -> FlowLimit:
         flow_key=row["flow_key"],
         max_running=limits.get("max_running"),
         rate_limit=RateLimit.from_json(limits.get("rate_limit")),
-        weight=None if weight is None else float(weight),
+        weight=None if weight is None else int(weight),
         updated_at=row.get("updated_at"),
     )
 
@@ -164,7 +164,7 @@ def limit(row: Mapping[str, Any]) -> FlowLimit:
 def limits_json(
     max_running: int | None,
     rate_limit: RateLimit | Mapping[str, Any] | None,
-    weight: float | None,
+    weight: int | None,
 ) -> dict[str, Any]:
     """A key's override for ``absurd.set_flow_limit``: the fields given."""
     out: dict[str, Any] = {}

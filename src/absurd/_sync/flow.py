@@ -74,12 +74,14 @@ class FlowMethods:
         *,
         max_running: int | None = None,
         rate_limit: RateLimit | Mapping[str, Any] | None = None,
-        weight: float | None = None,
+        weight: int | None = None,
         queue_name: str | None = None,
     ) -> None:
         """Sets the key's override of the queue's per-key limits (it replaces the
         previous override of that key: the fields not given fall back to the queue's
-        per-key values). Raising a limit wakes the key's parked runs at once."""
+        per-key values). Raising a limit wakes the key's parked runs at once. ``weight``
+        (an integer from 1 to 1000) is the key's share of the turns keys take: w turns
+        for each turn of a key of weight 1 when both have runs due."""
         limits = flow.limits_json(max_running, rate_limit, weight)
         self._flow_limit(flow_key, json.dumps(limits), queue_name)
 

@@ -125,7 +125,7 @@ def list_(db: Target, queue: str, after: str | None, limit: int, as_json: bool) 
 @queue_option
 @click.option("--max-running", metavar="N", help="Runs of this key at once.")
 @click.option("--rate-limit", metavar="RATE", help=f"Starts of this key: {RATE_SYNTAX}.")
-@click.option("--weight", type=float, metavar="W", help="Its share when keys take turns.")
+@click.option("--weight", metavar="W", help="Its share of the turns keys take (1 to 1000).")
 @with_db
 def set_(
     db: Target,
@@ -133,7 +133,7 @@ def set_(
     queue: str,
     max_running: str | None,
     rate_limit: str | None,
-    weight: float | None,
+    weight: str | None,
 ) -> None:
     """Set FLOW_KEY's override (it replaces the key's previous one)."""
     limits: dict[str, Any] = {}
@@ -142,7 +142,7 @@ def set_(
     if rate_limit is not None:
         limits["rate_limit"] = rate_value(rate_limit)
     if weight is not None:
-        limits["weight"] = weight
+        limits["weight"] = limit_value(weight)
     if not limits:
         raise CliError("give --max-running, --rate-limit or --weight (clear removes an override)")
     _set(db, queue, flow_key, limits)

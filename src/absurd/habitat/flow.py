@@ -52,8 +52,10 @@ def queue_flow(conn: Conn, queue: str) -> Row:
     keys = rows(conn, "habitat_flow_keys", queue, queue=queue, keys=FLOW_KEYS, cap=COUNT_CAP + 1)
     default = policy.get("max_running_per_key")
     for key in keys:
-        override = (key.pop("limits") or {}).get("max_running")
+        limits = key.pop("limits") or {}
+        override = limits.get("max_running")
         key["limit"] = override if override is not None else default
+        key["weight"] = limits.get("weight") or 1
         key["overridden"] = override is not None
     overrides = rows(conn, "flow_limit_list", queue=queue, after=None, limit=OVERRIDES_CAP + 1)
     return {
@@ -124,10 +126,10 @@ def apply(conn: Conn, name: str, queue: str, form: FormData) -> tuple[str, dict[
             raise BadInput("flow key is required")
         limits = None
         if name == "flow-limit":
-            fields = _fields(form, ("max_running",), ("rate_limit",))
+            fields = _fields(form, ("max_running", "weight"), ("rate_limit",))
             fields = {k: v for k, v in fields.items() if v is not None}
             if not fields:
-                raise BadInput("give max running (an integer >= 1) or a rate limit")
+                raise BadInput("give max running (an integer >= 1), a rate limit or a weight")
             limits = Jsonb(fields)
         actions.call(conn, "flow_limit_set", queue=queue, flow_key=key, limits=limits)
     return queue_path(queue), {"msg": FLOW_ACTIONS[name]}

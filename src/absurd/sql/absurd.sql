@@ -82,6 +82,9 @@
 --     index r_<q>_cli (priority, available_at, run_id) one priority band at a
 --     time, and the maintenance it does (expired leases, cancellation policies)
 --     is bounded and index-driven (r_<q>_cei, t_<q>_cdi).
+--   * flow control (docs/engine.md "Flow control"): flow keys, limits, rate limits,
+--     and keys served in turn within a band on queues with keyed runs
+--     (absurd._fair_pick, r_<q>_fwi, the session setting absurd.fair_cursor).
 --   * push wake-ups: NOTIFY on absurd.queue_channel(q) whenever work becomes
 --     claimable now; absurd.queue_next_wake(q) tells when timed work is due.
 --   * spawn options "available_at"/"delay" (delayed start) and "priority".
@@ -259,6 +262,12 @@ create table if not exists absurd.flow_limits (
   primary key (queue_name, flow_key)
 );
 alter table absurd.flow_limits add column if not exists rate_limit jsonb;
+-- Fairness between keys (docs/engine.md "Fairness between keys"): a key's share of
+-- the turns, an integer >= 1 (null: 1).
+alter table absurd.flow_limits add column if not exists weight integer check (weight >= 1);
+-- has_keys: the queue has had a keyed run (set once, by the first keyed spawn, only
+-- when not set yet: no hot row). Claims on such a queue serve its keys in turn.
+alter table absurd.queues add column if not exists has_keys boolean not null default false;
 
 create or replace function absurd.get_schema_version()
 returns text
@@ -1043,6 +1052,14 @@ begin
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, priority desc, run_id)
     where state = 'pending' and available_at = 'infinity' and flow_key is not null$ix$,
     v_r || '_fpi', v_r);
+  -- Fairness: the waiting runs by key, for the claim's skip scan over keys
+  -- (absurd._fair_pick). The runs without a key form one more group, '' (a key is
+  -- never empty). Parked runs (available_at 'infinity') are not in it: the skip scan
+  -- never visits a key whose runs are all parked, and statements that do not say
+  -- "available_at < 'infinity'" (claim.next_band, claim.band) cannot use it.
+  execute format($ix$create index if not exists %I on absurd.%I
+    (priority, coalesce(flow_key, ''), available_at, run_id)
+    where state in ('pending', 'sleeping') and available_at < 'infinity'$ix$, v_r || '_fwi', v_r);
   -- A key's pending runs, by due time: a claim that finds the key full parks a batch
   -- of them at once (flow.park_key), not one per claim.
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, available_at)
@@ -1058,6 +1075,17 @@ begin
     where flow_key is not null and started_at is not null$ix$, v_r || '_fsi', v_r);
   if exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.rate_limit is not null) then
     perform absurd._flow_rate_index(q);
+  end if;
+  if not exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.has_keys) then
+    -- A queue upgraded from a version without the flag: set it if it has keyed runs.
+    -- Two probes of the flow indexes: a live keyed run is pending (r_<q>_fdi) or was
+    -- started (r_<q>_fsi).
+    execute format($up$update absurd.queues set has_keys = true
+      where queue_name = %1$L
+        and (exists (select 1 from absurd.%2$I where flow_key is not null and state = 'pending')
+          or exists (select 1 from absurd.%2$I
+                     where flow_key is not null and started_at is not null))$up$,
+      q, v_r);
   end if;
   -- Debounce: at most one not-yet-started task per debounce key (unique where the
   -- table allows it; partitioned tables cannot, and rely on the key's lock alone).
@@ -1383,6 +1411,13 @@ as $$
 declare
   v_template text;
 begin
+  if p_statement in ('claim.ids', 'claim.flow_ids') then
+    -- claim.band and claim.flow_candidates over the runs absurd._fair_pick chose
+    -- ($1: their run_ids, found by primary key) instead of a whole band.
+    v_template := absurd._sql(case p_statement when 'claim.ids' then 'claim.band'
+      else 'claim.flow_candidates' end, p_queue_name);
+    return replace(v_template, 'r.priority = $1 and', 'r.run_id = any($1::uuid[]) and');
+  end if;
   v_template := case p_statement
 
   -- $1 task_id, $2 task_name, $3 params, $4 headers, $5 retry_strategy,
@@ -1516,6 +1551,44 @@ begin
            ut.max_attempts, ut.headers, c.wake_event, c.event_payload, c.late
     from c join ut on ut.task_id = c.task_id
     order by c.available_at, c.run_id$q$
+
+  -- Fairness between keys (queues with has_keys only; see absurd._fair_pick). A
+  -- group is a key, or '' for the runs without one (first in the order).
+  -- $1 priority, $2 a group, $3 now, $4 at most, $5 the runs this claim chose already,
+  -- $6 queue name: the band's next group after $2 that has waiting runs (due or not,
+  -- parked runs aside), else the first one (around again): one probe of r_<q>_fwi,
+  -- a skip scan group by group; with the group's weight (its override's, else 1) and
+  -- its oldest due runs, up to the weight and $4, locked.
+  when 'claim.fair_turn' then $q$
+    select n.grp, w.weight, array(
+      select run_id from absurd.%2$I
+      where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+        and coalesce(flow_key, '') = n.grp and available_at <= $3::timestamptz
+        and run_id <> all($5::uuid[])
+      order by available_at, run_id limit least(w.weight, $4::integer)
+      for update skip locked) as ids
+    from (
+      (select coalesce(flow_key, '') as grp from absurd.%2$I
+       where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+         and coalesce(flow_key, '') > $2::text
+       order by coalesce(flow_key, '') limit 1)
+      union all
+      (select coalesce(flow_key, '') from absurd.%2$I
+       where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+       order by coalesce(flow_key, '') limit 1)
+      limit 1) n
+    cross join lateral (select coalesce((select l.weight from absurd.flow_limits l
+      where l.queue_name = $6::text and l.flow_key = n.grp), 1) as weight) w$q$
+  -- $1 priority, $2 group, $3 now, $4 at most, $5 the runs this claim chose already
+  -- (its own locks do not skip them): the group's oldest due runs, locked (r_<q>_fwi:
+  -- a range that stops at "now"; a parked or delayed key reads nothing).
+  when 'claim.fair_key' then $q$
+    select array(select run_id from absurd.%2$I
+      where state in ('pending', 'sleeping') and available_at < 'infinity' and priority = $1
+        and coalesce(flow_key, '') = $2::text and available_at <= $3::timestamptz
+        and run_id <> all($5::uuid[])
+      order by available_at, run_id limit $4::integer
+      for update skip locked)$q$
 
   -- Flow control (queues with flow_enabled only; see absurd._claim_flow).
   -- $1 priority, $2 now, $3 qty, $4 run_ids to pass over, $5 queue name, $6 the
@@ -2288,7 +2361,8 @@ as $$
     'stream.append_many', 'stream.close', 'stream.read', 'stream.task_end', 'claim.flow_candidates', 'claim.one',
     'flow.key_running', 'flow.queue_running', 'flow.park', 'flow.unpark_all',
     'task.lock_key', 'flow.sweep_keys', 'flow.release', 'flow.rate_key', 'flow.rate_queue',
-    'flow.key_held', 'flow.queue_held', 'claim.held_candidates', 'flow.park_key']);
+    'flow.key_held', 'flow.queue_held', 'claim.held_candidates', 'flow.park_key',
+    'claim.fair_turn', 'claim.fair_key', 'claim.ids', 'claim.flow_ids']);
 $$;
 
 -- -----------------------------------------------------------------------------
@@ -2804,6 +2878,16 @@ begin
 end;
 $$;
 
+-- The first keyed spawn of a queue turns fairness between its keys on
+-- (absurd.queues.has_keys). Later keyed spawns only read the flag: the update
+-- matches no row once it is set, so the queue's row is not written again.
+create or replace function absurd._keyed(p_queue_name text)
+returns void
+language sql
+as $$
+  update absurd.queues set has_keys = true where queue_name = p_queue_name and not has_keys;
+$$;
+
 create or replace function absurd.spawn_task(
   p_queue_name text,
   p_task_name text,
@@ -2876,6 +2960,9 @@ begin
     end if;
     return query select v_old.task_id, v_old.last_attempt_run, v_old.attempts, false;
     return;
+  end if;
+  if o.flow_key is not null then
+    perform absurd._keyed(q);
   end if;
   if v_available <= v_now then
     perform absurd._notify(q, 'spawn');
@@ -2968,6 +3055,9 @@ begin
     execute absurd._sql('spawn.many', q) into v_inserted
       using a_task, a_name, a_params, a_headers, a_retry, a_max, a_cancel, v_now, a_run,
             a_priority, a_available, a_flow;
+    if exists (select 1 from unnest(a_flow) k where k is not null) then
+      perform absurd._keyed(q);
+    end if;
     if v_due then
       perform absurd._notify(q, 'spawn');
     end if;
@@ -3058,21 +3148,15 @@ begin
 end;
 $$;
 
--- The fields of the flow contract this engine does not enforce yet are refused
--- (AB052) rather than stored and ignored.
+-- The fields of the flow contract this engine does not enforce are refused (AB052)
+-- rather than stored and ignored: none today (weight is enforced since 0.6.1). Also
+-- checks flow_hold.
 create or replace function absurd._flow_unsupported(p_policy jsonb)
 returns void
 language plpgsql
 immutable
 as $$
-declare
-  v_key text;
 begin
-  foreach v_key in array array['weight'] loop
-    if p_policy ? v_key and jsonb_typeof(p_policy -> v_key) <> 'null' then
-      perform absurd._raise('AB052', format('%s is not supported by this engine yet', v_key));
-    end if;
-  end loop;
   if p_policy ? 'flow_hold' and jsonb_typeof(p_policy -> 'flow_hold') <> 'null'
      and (p_policy ->> 'flow_hold') not in ('running', 'lifetime') then
     perform absurd._raise('AB051', format('flow_hold must be "running" or "lifetime", got %s',
@@ -3293,6 +3377,79 @@ begin
 end;
 $$;
 
+-- Fairness between keys (docs/engine.md "Fairness between keys"): the due runs of
+-- a band that a claim on a queue with keyed runs takes first, locked (FOR UPDATE
+-- SKIP LOCKED), in turn by key. The groups with waiting runs (each key, and '' for
+-- the runs without one, first) are visited in order and around again, one statement
+-- per turn (claim.fair_turn: a probe of r_<q>_fwi for the next group, and up to its
+-- weight of its oldest due runs; a key whose runs are parked or not due yet gives
+-- none). Where the last turn ended (its group, how many runs it took, its weight)
+-- is the session's, in the setting absurd.fair_cursor ({queue: {"k", "u", "w"}}):
+-- the session's next claim goes on from there, finishing a weighted turn first
+-- (claim.fair_key). No row is written (a cursor row would be updated by every
+-- claim). A session without a cursor starts at the first group. It stops when the
+-- batch is full, after a whole cycle that took nothing, or after 2 x qty + 8
+-- statements (128 at most); the caller claims what is left oldest first.
+create or replace function absurd._fair_pick(
+  p_queue_name text, p_priority integer, p_now timestamptz, p_qty integer)
+returns uuid[]
+language plpgsql
+set enable_seqscan = off
+as $$
+declare
+  q text := p_queue_name;
+  v_all jsonb := coalesce(nullif(current_setting('absurd.fair_cursor', true), ''), '{}')::jsonb;
+  v_key text := coalesce(v_all -> q ->> 'k', '');  -- the position: a group
+  v_used integer := coalesce((v_all -> q ->> 'u')::integer, 0);  -- taken in its turn
+  v_weight integer := coalesce((v_all -> q ->> 'w')::integer, 0);  -- its turn's size
+  v_first text;  -- the first group visited: back there, a cycle is done
+  v_turn record;
+  v_got uuid[];
+  v_ids uuid[] := '{}';
+  v_left integer := p_qty;
+  v_want integer;
+  v_probes integer := 0;
+  v_max integer := least(2 * p_qty + 8, 128);
+  v_took integer := 0;  -- runs taken in the current cycle
+begin
+  if v_used < v_weight then
+    v_want := least(v_weight - v_used, v_left);
+    execute absurd._cached('claim.fair_key', q, quote_nullable(p_priority),
+      quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_want),
+      quote_nullable(v_ids)) into v_got;
+    v_probes := 1;
+    v_ids := v_got;
+    v_left := v_left - cardinality(v_got);
+    -- Fewer than asked: nothing more of it is due (or other claims hold it).
+    v_used := case when cardinality(v_got) < v_want then v_weight
+                   else v_used + cardinality(v_got) end;
+  end if;
+  while v_left > 0 and v_probes < v_max loop
+    execute absurd._cached('claim.fair_turn', q, quote_nullable(p_priority),
+      quote_nullable(v_key), quote_nullable(p_now), quote_nullable(v_left),
+      quote_nullable(v_ids), quote_nullable(q)) into v_turn;
+    v_probes := v_probes + 1;
+    exit when v_turn.grp is null;  -- no waiting run in the band
+    if v_turn.grp = v_first then
+      exit when v_took = 0;  -- a whole cycle took nothing
+      v_took := 0;
+    end if;
+    v_first := coalesce(v_first, v_turn.grp);
+    v_key := v_turn.grp;
+    v_weight := v_turn.weight;
+    v_want := least(v_weight, v_left);
+    v_ids := v_ids || v_turn.ids;
+    v_left := v_left - cardinality(v_turn.ids);
+    v_took := v_took + cardinality(v_turn.ids);
+    v_used := case when cardinality(v_turn.ids) < v_want then v_weight
+                   else cardinality(v_turn.ids) end;
+  end loop;
+  perform set_config('absurd.fair_cursor', jsonb_set(v_all, array[q],
+    jsonb_build_object('k', v_key, 'u', v_used, 'w', v_weight))::text, false);
+  return v_ids;
+end;
+$$;
+
 -- Claims for a queue with flow control (claim_task after its sweep). Candidates
 -- of a band are locked (SKIP LOCKED) and admitted one by one: the queue's limit
 -- caps the batch under the queue's lock (the one serialized step, taken only when
@@ -3314,10 +3471,12 @@ drop function if exists absurd._claim_flow(text, text, timestamptz, timestamptz,
   integer, integer);
 drop function if exists absurd._claim_flow(text, text, timestamptz, timestamptz, integer,
   integer, integer, jsonb, jsonb);
+drop function if exists absurd._claim_flow(text, text, timestamptz, timestamptz, integer,
+  integer, integer, jsonb, jsonb, boolean);
 create or replace function absurd._claim_flow(
   p_queue_name text, p_worker text, p_now timestamptz, p_expires timestamptz, p_qty integer,
   p_max_running integer, p_per_key integer, p_rate jsonb, p_rate_per_key jsonb,
-  p_lifetime boolean)
+  p_lifetime boolean, p_keyed boolean)
 returns setof absurd._claimed_run
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -3341,6 +3500,7 @@ declare
   v_holds boolean;
   v_full text[] := '{}';  -- the keys found full
   v_key text;
+  v_ids uuid[] := '{}';  -- the keys' turns (absurd._fair_pick), admitted first
 begin
   -- Each count must see every claim committed before its lock was granted: a
   -- statement snapshot, taken after the lock (READ COMMITTED).
@@ -3376,12 +3536,19 @@ begin
       exit when v_priority is null;
     end if;
     v_rounds := 0;
+    if p_keyed and v_priority is not null then
+      v_ids := absurd._fair_pick(q, v_priority, p_now, v_left);
+    end if;
     loop
       v_seen := 0;
       for v_cand in execute case when v_queue_free <= 0
           then absurd._cached('claim.held_candidates', q, quote_nullable(p_now),
             quote_nullable(v_left), quote_nullable(v_pass), quote_nullable(q),
             quote_nullable(p_per_key), quote_nullable(p_rate_per_key))
+          when v_ids <> '{}' then absurd._cached('claim.flow_ids', q,
+            quote_nullable(v_ids), quote_nullable(p_now), quote_nullable(cardinality(v_ids)),
+            quote_nullable(v_pass), quote_nullable(q), quote_nullable(p_per_key),
+            quote_nullable(p_rate_per_key))
           else absurd._cached('claim.flow_candidates', q,
             quote_nullable(v_priority), quote_nullable(p_now), quote_nullable(v_left),
             quote_nullable(v_pass), quote_nullable(q), quote_nullable(p_per_key),
@@ -3447,6 +3614,11 @@ begin
         v_left := v_left - 1;
         exit when v_left <= 0;
       end loop;
+      if v_ids <> '{}' then
+        v_ids := '{}';  -- the keys' turns are admitted: the rest oldest first
+        exit when v_left <= 0;
+        continue;
+      end if;
       exit when v_seen = 0 or v_left <= 0 or v_rounds >= 8;
       v_rounds := v_rounds + 1;
     end loop;
@@ -3495,6 +3667,7 @@ declare
   v_key text;
   v_max integer;
   v_rate jsonb;
+  v_weight integer;
   v_field text;
 begin
   perform absurd._require_queue(q);
@@ -3517,12 +3690,22 @@ begin
     end loop;
     v_max := absurd._flow_limit(p_limits, 'max_running');
     v_rate := absurd._flow_rate(p_limits, 'rate_limit');
-    insert into absurd.flow_limits (queue_name, flow_key, max_running, limits, rate_limit)
+    if jsonb_typeof(p_limits -> 'weight') not in ('number', 'null') then
+      perform absurd._raise('AB051', format('weight must be an integer from 1 to 1000, got %s',
+        left((p_limits -> 'weight')::text, 100)));
+    end if;
+    v_weight := absurd._flow_limit(p_limits, 'weight');
+    if v_weight > 1000 then
+      perform absurd._raise('AB051', format('weight must be an integer from 1 to 1000, got %s',
+        v_weight));
+    end if;
+    insert into absurd.flow_limits (queue_name, flow_key, max_running, limits, rate_limit, weight)
     values (q, v_key, v_max, absurd._strip_top_nulls(p_limits
-              || coalesce(jsonb_build_object('rate_limit', v_rate), '{}')), v_rate)
+              || coalesce(jsonb_build_object('rate_limit', v_rate), '{}')), v_rate, v_weight)
     on conflict (queue_name, flow_key) do update
       set max_running = excluded.max_running, limits = excluded.limits,
-          rate_limit = excluded.rate_limit, updated_at = clock_timestamp();
+          rate_limit = excluded.rate_limit, weight = excluded.weight,
+          updated_at = clock_timestamp();
   end if;
   perform absurd._flow_wake(q, array[v_key]);
 end;
@@ -3774,11 +3957,12 @@ declare
   v_rounds integer := 0;
   v_due timestamptz;
   v_flow record;
+  v_ids uuid[] := '{}';
 begin
   -- absurd._require_queue, reading the queue's flow settings on the way.
   perform absurd.validate_queue_name(q);
   select qu.flow_enabled, qu.max_running, qu.max_running_per_key, qu.rate_limit,
-         qu.rate_limit_per_key, qu.flow_hold into v_flow
+         qu.rate_limit_per_key, qu.flow_hold, qu.has_keys into v_flow
   from absurd.queues qu where qu.queue_name = q;
   if not found then
     perform absurd._raise('AB005', format('Queue "%s" does not exist', q));
@@ -3805,17 +3989,25 @@ begin
   if v_flow.flow_enabled then
     return query select * from absurd._claim_flow(q, v_worker, v_now, v_expires, v_left,
       v_flow.max_running, v_flow.max_running_per_key, v_flow.rate_limit,
-      v_flow.rate_limit_per_key, v_flow.flow_hold = 'lifetime');
+      v_flow.rate_limit_per_key, v_flow.flow_hold = 'lifetime', v_flow.has_keys);
     return;
   end if;
   loop
     execute absurd._cached('claim.next_band', q, quote_nullable(v_below)) into v_priority;
     exit when v_priority is null;
+    if v_flow.has_keys then
+      -- Keys in turn first (absurd._fair_pick); the rest of the batch oldest first.
+      v_ids := absurd._fair_pick(q, v_priority, v_now, v_left);
+    end if;
     loop
       v_late := 0;
-      for v_row in execute absurd._cached('claim.band', q, quote_nullable(v_priority),
+      for v_row in execute case when v_ids <> '{}'
+          then absurd._cached('claim.ids', q, quote_nullable(v_ids),
+            quote_nullable(v_now), quote_nullable(cardinality(v_ids)), quote_nullable(v_worker),
+            quote_nullable(v_expires))
+          else absurd._cached('claim.band', q, quote_nullable(v_priority),
           quote_nullable(v_now), quote_nullable(v_left), quote_nullable(v_worker),
-          quote_nullable(v_expires)) loop
+          quote_nullable(v_expires)) end loop
         if v_row.late then
           v_late := v_late + 1;  -- cancelled by its policy, not claimed
           continue;
@@ -3833,6 +4025,11 @@ begin
         return next;
         v_left := v_left - 1;
       end loop;
+      if v_ids <> '{}' then
+        v_ids := '{}';  -- the keys' turns are claimed: the rest oldest first
+        exit when v_left <= 0;
+        continue;
+      end if;
       exit when v_late = 0 or v_left <= 0 or v_rounds >= 4;
       -- Overdue tasks sit at the head of this band: cancel a bounded batch of
       -- them at once, then look at the band again.
