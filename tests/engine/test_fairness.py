@@ -172,6 +172,21 @@ def test_bad_weights_are_refused_and_change_nothing(engine: Engine, weight: Any)
 HOSTILE = ["'; drop table x; --", 'a"b', "ключ", " x", "\tx", "%s", "日本", "a\\b", "{}", "z" * 512]
 
 
+def test_the_fairness_index_comes_with_the_first_keyed_spawn(engine: Engine) -> None:
+    """Queues whose tasks never carry a key do not maintain r_<q>_fwi."""
+
+    def fair_index() -> Any:
+        return engine.conn.execute(
+            "select count(*) from pg_indexes where schemaname = 'absurd' and indexname = %s",
+            (f"r_{engine.queue}_fwi",),
+        ).fetchone()
+
+    engine.spawn("plain")
+    assert fair_index() == (0,)
+    spawn_keyed(engine, ["a"])
+    assert fair_index() == (1,)
+
+
 def test_hostile_keys_take_turns(engine: Engine) -> None:
     engine.set_time(T0)
     override(engine, HOSTILE[0], {"weight": 2})
@@ -185,12 +200,16 @@ def test_partitioned_queue(conn: psycopg.Connection[Any]) -> None:
     conn.execute("select absurd.create_queue(%s, 'partitioned')", (queue,))
     try:
         engine = Engine(conn, queue)
-        index = conn.execute(
-            "select count(*) from pg_indexes where schemaname = 'absurd' and indexname = %s",
-            (f"r_{queue}_fwi",),
-        ).fetchone()
-        assert index == (1,)
+
+        def fair_index() -> Any:
+            return conn.execute(
+                "select count(*) from pg_indexes where schemaname = 'absurd' and indexname = %s",
+                (f"r_{queue}_fwi",),
+            ).fetchone()
+
+        assert fair_index() == (0,)  # made by the first keyed spawn
         spawn_keyed(engine, ["a"] * 5 + ["b"] * 5)
+        assert fair_index() == (1,)
         assert claim_keys(engine, 4) == ["a", "b", "a", "b"]
     finally:
         conn.execute("select absurd.drop_queue(%s)", (queue,))

@@ -306,6 +306,8 @@ def full_queue(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
             "select absurd.set_queue_policy(%s, %s)",
             (queue, '{"rate_limit": {"limit": 1000, "period_seconds": 1}}'),
         )
+        # Its rows carry flow keys: what the first keyed spawn does (fairness's r_<q>_fwi).
+        c.execute("select absurd._keyed(%s)", (queue,))
         yield queue, fill_queue(c, queue)
         c.execute("select absurd.drop_queue(%s)", (queue,))
 

@@ -1052,14 +1052,6 @@ begin
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, priority desc, run_id)
     where state = 'pending' and available_at = 'infinity' and flow_key is not null$ix$,
     v_r || '_fpi', v_r);
-  -- Fairness: the waiting runs by key, for the claim's skip scan over keys
-  -- (absurd._fair_pick). The runs without a key form one more group, '' (a key is
-  -- never empty). Parked runs (available_at 'infinity') are not in it: the skip scan
-  -- never visits a key whose runs are all parked, and statements that do not say
-  -- "available_at < 'infinity'" (claim.next_band, claim.band) cannot use it.
-  execute format($ix$create index if not exists %I on absurd.%I
-    (priority, coalesce(flow_key, ''), available_at, run_id)
-    where state in ('pending', 'sleeping') and available_at < 'infinity'$ix$, v_r || '_fwi', v_r);
   -- A key's pending runs, by due time: a claim that finds the key full parks a batch
   -- of them at once (flow.park_key), not one per claim.
   execute format($ix$create index if not exists %I on absurd.%I (flow_key, available_at)
@@ -1086,6 +1078,11 @@ begin
           or exists (select 1 from absurd.%2$I
                      where flow_key is not null and started_at is not null))$up$,
       q, v_r);
+  end if;
+  -- Fairness's index r_<q>_fwi, on queues that have had a keyed run only (others
+  -- pay nothing for it: absurd._fair_index).
+  if exists (select 1 from absurd.queues qu where qu.queue_name = q and qu.has_keys) then
+    perform absurd._fair_index(q);
   end if;
   -- Debounce: at most one not-yet-started task per debounce key (unique where the
   -- table allows it; partitioned tables cannot, and rely on the key's lock alone).
@@ -2883,9 +2880,35 @@ $$;
 -- matches no row once it is set, so the queue's row is not written again.
 create or replace function absurd._keyed(p_queue_name text)
 returns void
-language sql
+language plpgsql
 as $$
+begin
   update absurd.queues set has_keys = true where queue_name = p_queue_name and not has_keys;
+  if found then
+    perform absurd._fair_index(p_queue_name);  -- once per queue
+  end if;
+end;
+$$;
+
+-- Fairness: the waiting runs by key, for the claim's skip scan over keys
+-- (absurd._fair_pick). The runs without a key form one more group, '' (a key is
+-- never empty). Parked runs (available_at 'infinity') are not in it: the skip scan
+-- never visits a key whose runs are all parked, and statements that do not say
+-- "available_at < 'infinity'" (claim.next_band, claim.band) cannot use it. Made
+-- for a queue when it gets its first keyed run (absurd._keyed, in that spawn's
+-- transaction: on a queue that already holds many runs without a key, that spawn
+-- builds it, and the queue's other writes wait for it once), so that queues whose
+-- tasks never carry a key do not maintain it on every spawn and claim.
+create or replace function absurd._fair_index(p_queue_name text)
+returns void
+language plpgsql
+as $$
+begin
+  execute format($ix$create index if not exists %I on absurd.%I
+    (priority, coalesce(flow_key, ''), available_at, run_id)
+    where state in ('pending', 'sleeping') and available_at < 'infinity'$ix$,
+    'r_' || p_queue_name || '_fwi', 'r_' || p_queue_name);
+end;
 $$;
 
 create or replace function absurd.spawn_task(
