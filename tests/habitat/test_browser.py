@@ -360,17 +360,18 @@ def test_flow_limits_from_the_queue_page(rw_page: Page, conn: psycopg.Connection
         why.locator("text=The queue's flow limits").click()
         page.wait_for_url(re.compile(r"/queues/"))
         row = page.locator("#flow-keys tr", has_text=FLOW_KEY)
-        assert row.locator("td").all_inner_texts()[1:] == ["1", "1", "3"]
+        assert row.locator("td").all_inner_texts()[1:] == ["1", "1", "1", "3"]  # weight 1
         page.click("#flow-actions >> text=Log in")
         page.fill("input[name=token]", TOKEN)
         page.click("form button[type=submit]")
         page.wait_for_url(re.compile(r"/queues/"))
         page.fill("#flow-limit-form input[name=flow_key]", FLOW_KEY)
         page.fill("#flow-limit-form input[name=max_running]", "4")
+        page.fill("#flow-limit-form input[name=weight]", "2")
         page.click("#flow-limit-form button[type=submit]")
         assert "The key's flow limits set." in page.locator(".flash").inner_text()
         row = page.locator("#flow-keys tr", has_text=FLOW_KEY)
-        assert row.locator("td").all_inner_texts()[1:] == ["1", "4 (override)", "0"]
+        assert row.locator("td").all_inner_texts()[1:] == ["1", "4 (override)", "2", "0"]
         assert FLOW_KEY in page.locator("#flow-overrides").inner_text()
         page.once("dialog", lambda d: d.accept())
         page.locator("#flow-overrides tr", has_text="idle").locator("button").click()
