@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import random
 import statistics
@@ -171,10 +172,18 @@ def run_drain(
     claim_timeout: int,
     accounting: Accounting | None = None,
     quiet_wait_s: float = 10.0,
+    keys: int | None = None,
+    policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One drain of n pre-spawned tasks by one worker process; its figures."""
+    """One drain of n pre-spawned tasks by one worker process; its figures. ``keys``
+    spreads the tasks over that many flow keys; ``policy`` is set on the queue first."""
     create_queue(dsn, queue)
-    spawn_s = spawn_backlog(dsn, queue, n)
+    if policy is not None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "select absurd.set_queue_policy(%s, %s::jsonb)", (queue, json.dumps(policy))
+            )
+    spawn_s = spawn_backlog(dsn, queue, n, keys=keys)
     spec = worker_spec(
         flavour,
         dsn,

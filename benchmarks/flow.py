@@ -17,6 +17,13 @@ the client's round trips do not dilute the ratios:
 * ``not-binding``: the same drain loop (claim, complete) on a queue whose per-key
   limit is never reached (1,000 per key), against the same queue without flow
   settings (target: at least 97%).
+* ``worker``: the issue's own form of ``not-binding``. A worker process (sync client at
+  concurrency 8, async at 16; benchmarks/drain.py's ``run_drain``) drains ``--tasks``
+  one-step tasks, three ways in turn, ``--rounds`` times: no flow settings and no keys;
+  the tasks spread over 50 flow keys with no limits (the claim takes the keys in
+  turn); and the same with ``max_running_per_key = 1000``, which never binds.
+  Reported: median tasks/s, and each keyed drain against the plain one (target for
+  the not-binding limit: at least 97%).
 * ``pinned``: ``saturated`` again while another session holds a transaction open
   (a pinned xmin: dead index entries of finished runs cannot be removed).
 * ``rate``: rate-limit accuracy. A queue with ``rate_limit = {limit: 100,
@@ -318,6 +325,42 @@ def not_binding(server: Any, tasks: int, threads: int, rounds: int) -> list[list
     ]
 
 
+def worker_drain(server: Any, tasks: int, rounds: int) -> list[list[str]]:
+    from benchmarks.drain import DrainConfig, run_drain
+    from benchmarks.harness.queues import clock_offset
+
+    dsn = fresh_database(server, "flow_worker")
+    install(dsn, None)
+    offset = clock_offset(dsn)
+    ways: dict[str, tuple[int | None, dict[str, Any] | None]] = {
+        "no flow settings": (None, None),
+        "50 keys, no limits": (50, None),
+        "50 keys, per-key limit 1,000 (never binds)": (50, {"max_running_per_key": 1000}),
+    }
+    rows: list[list[str]] = []
+    seq = itertools.count()
+    for config in (DrainConfig("sync", 8, 1), DrainConfig("async", 16, 1)):
+        rates: dict[str, list[float]] = {way: [] for way in ways}
+        for i in range(rounds):
+            order = list(ways) if i % 2 == 0 else list(reversed(ways))
+            for way in order:
+                keys, policy = ways[way]
+                result = run_drain(
+                    dsn, "ours", config, tasks, f"fw{next(seq)}", offset, claim_timeout=120,
+                    keys=keys, policy=policy,
+                )  # fmt: skip
+                if result.get("error"):
+                    raise SystemExit(f"{config.label}, {way}: {result['error']}")
+                rates[way].append(float(result["tasks_per_s"]))
+                log(f"{config.label}, {way}: {rates[way][-1]:,.0f} tasks/s")
+        plain = statistics.median(rates["no flow settings"])
+        for way, got in rates.items():
+            rate_ = statistics.median(got)
+            ratio = "" if way == "no flow settings" else f"{rate_ / plain:.1%}"
+            rows.append([f"worker drain, {config.label}, {way}", f"{rate_:,.0f} tasks/s", ratio])
+    return rows
+
+
 def drain_for(dsn: str, queue: str, sessions: int, seconds: float, work: float = 0.0) -> None:
     """`sessions` sessions claim and complete on the queue for `seconds`, each task
     working `work` seconds between its claim and its completion."""
@@ -452,9 +495,10 @@ def main() -> None:
     parser.add_argument(
         "--before", help="git revision of the 'before' schema (default: merge-base with main)"
     )
-    scenarios = ["unchanged", "saturated", "not-binding", "pinned", "rate", "fairness"]
+    scenarios = ["unchanged", "saturated", "not-binding", "worker", "pinned", "rate", "fairness"]
     parser.add_argument("--only", choices=scenarios, action="append")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, help="tasks per worker drain (2,000; quick 1,000)")
     parser.add_argument(
         "--duration", type=float, help="seconds of the rate and fairness runs (60; quick 10)"
     )
@@ -478,6 +522,10 @@ def main() -> None:
             rows += saturated(server, pending, 10_000, args.rounds, pinned=True)
         if "not-binding" in only:
             rows += not_binding(server, 4_000 if args.quick else 20_000, 4, args.rounds)
+        if "worker" in only:
+            rows += worker_drain(
+                server, args.tasks or (1_000 if args.quick else 2_000), min(args.rounds, 3)
+            )
         if "rate" in only:
             rows += rate(server, duration)
         if "fairness" in only:

@@ -17,7 +17,10 @@ queue while 100 tasks stream. Run: .venv/bin/python -m benchmarks.streams [--qui
    that a busy machine does not blur: the server's commits (pg_stat_database
    xact_commit, every session) per drained task, alone and under streams, the
    streaming load's own commits per 1,000 chunks (measured before the drain), and
-   the draining process's CPU time per task.
+   the draining process's CPU time per task. A control runs the same 100 tasks waking
+   every 10 ms without writing: what the running tasks cost before any chunk, so the
+   part of the drop that streaming itself causes is the difference. ``--interval MS``
+   changes the 10 ms (a token stream is 10-50 ms; progress reports are slower).
 4. DBOS, on the same server in the same run (its own virtualenv, benchmarks/.venvs/dbos,
    public API only): the latency of 1 (DBOS.write_stream every 20 ms, DBOS.read_stream
    tailing) and the throughput of 2 (the same number of values of the same size, written
@@ -141,9 +144,20 @@ def stream_alone() -> None:
     writes.Writes.stream = alone  # type: ignore[method-assign]
 
 
-def streamers(dsn: str, tasks: int, seconds: float, linger: float, alone: bool, ready: Any) -> None:
+def streamers(
+    dsn: str,
+    tasks: int,
+    seconds: float,
+    linger: float,
+    alone: bool,
+    ready: Any,
+    interval: float = 0.01,
+    write: bool = True,
+) -> None:
     """The streaming load, in a process of its own: ``tasks`` tasks writing a chunk
-    every 10 ms for ``seconds``; ``alone``: each flush on its own transaction."""
+    every ``interval`` seconds for ``seconds``; ``alone``: each flush on its own
+    transaction; without ``write`` the tasks only wake every ``interval`` (the control:
+    what 100 running tasks cost before they write anything)."""
     if alone:
         stream_alone()
 
@@ -155,8 +169,9 @@ def streamers(dsn: str, tasks: int, seconds: float, linger: float, alone: bool, 
             out = ctx.stream("out", linger=params["linger"])
             end = time.monotonic() + params["seconds"]
             while time.monotonic() < end:
-                await out.write("token")
-                await asyncio.sleep(0.01)
+                if write:
+                    await out.write("token")
+                await asyncio.sleep(interval)
             await out.close()
 
         await app.spawn_many("talk", [{"seconds": seconds, "linger": linger}] * tasks)
@@ -194,6 +209,7 @@ def stream_load(dsn: str, pid: int, seconds: float = 2.0) -> dict[str, float]:
         "commits/s": (commits1 - commits0 - 2) / seconds,
         "commits per 1000": (commits1 - commits0 - 2) * 1000 / written,
         "CPU ms per 1000 (the streaming process)": (cpu1 - cpu0) * 1e6 / written,
+        "CPU ms per s (the streaming process)": (cpu1 - cpu0) * 1000 / seconds,
     }
 
 
@@ -285,7 +301,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dsn")
     parser.add_argument("--no-peers", action="store_true", help="skip the DBOS comparison")
+    parser.add_argument(
+        "--interval", type=float, default=10.0, help="ms between a streaming task's chunks (10)"
+    )
     args = parser.parse_args()
+    every = args.interval / 1000
     server = None if args.dsn else start_embedded()
     dsn = args.dsn or server.dsn  # type: ignore[union-attr]
     try:
@@ -307,11 +327,13 @@ def main() -> None:
         tasks = 500 if args.quick else 2000
         alone = drain_rate(dsn, tasks)
         print(drain_line(f"drain of {tasks} one-step tasks alone", alone))
-        for path, linger in (("group commit", 0.0), ("group commit", 0.05), ("alone", 0.0)):
+        paths = (("group commit", 0.0), ("group commit", 0.05), ("alone", 0.0), ("none", 0.0))
+        for path, linger in paths:
             ready = multiprocessing.Event()
             seconds = 2 * alone["seconds"] + 8
             proc = multiprocessing.Process(
-                target=streamers, args=(dsn, 100, seconds, linger, path == "alone", ready)
+                target=streamers,
+                args=(dsn, 100, seconds, linger, path == "alone", ready, every, path != "none"),
             )
             proc.start()
             ready.wait(60)
@@ -320,12 +342,24 @@ def main() -> None:
             loaded = drain_rate(dsn, tasks)
             proc.join(seconds + 30)
             drop = (alone["tasks/s"] - loaded["tasks/s"]) / alone["tasks/s"] * 100
-            print(
-                f"  while 100 tasks stream a chunk each every 10 ms, flushes {path}"
-                f" (linger {linger * 1000:.0f} ms): drain rate {-drop:+.1f}%"
-            )
+            if path == "none":
+                print(
+                    f"  control: while 100 tasks only wake every {args.interval:g} ms (no"
+                    f" writes): drain rate {-drop:+.1f}%"
+                )
+            else:
+                print(
+                    f"  while 100 tasks stream a chunk each every {args.interval:g} ms, flushes"
+                    f" {path} (linger {linger * 1000:.0f} ms): drain rate {-drop:+.1f}%"
+                )
             print(drain_line("    drain", loaded))
-            print(figures_line("    the streams alone, before the drain", streaming))
+            if path != "none":
+                print(figures_line("    the streams alone, before the drain", streaming))
+            else:
+                print(
+                    "    the waking tasks' process, before the drain: CPU ms per second"
+                    f" {streaming['CPU ms per s (the streaming process)']:.0f}"
+                )
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         if server is not None:

@@ -27,14 +27,18 @@ def drop_queue(dsn: str, queue: str) -> None:
         conn.execute("select absurd.drop_queue(%s)", (queue,))
 
 
-def spawn_backlog(dsn: str, queue: str, n: int, analyze: bool = True) -> float:
+def spawn_backlog(
+    dsn: str, queue: str, n: int, analyze: bool = True, keys: int | None = None
+) -> float:
     """Spawns n ``drain-work`` tasks in one statement (one transaction), then (``analyze``)
-    VACUUM ANALYZE of the queue's tables; returns the seconds it took."""
+    VACUUM ANALYZE of the queue's tables; returns the seconds it took. With ``keys`` the
+    tasks take the flow keys ``k0`` .. ``k<keys-1>`` in turn."""
     started = time.perf_counter()
+    key = "null" if keys is None else f"jsonb_build_object('flow_key', 'k' || mod(i, {int(keys)}))"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "select count(*) from (select absurd.spawn_task(%s, %s, jsonb_build_object('i', i),"
-            " %s::jsonb) from generate_series(1, %s) as i) s",
+            f" %s::jsonb || coalesce({key}, '{{}}'::jsonb)) from generate_series(1, %s) as i) s",
             (queue, TASK_WORK, SPAWN_OPTIONS, n),
         )
         for prefix in ("t", "r", "c") if analyze else ():

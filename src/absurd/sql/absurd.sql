@@ -1620,12 +1620,19 @@ begin
     limit $2
     for update of r, t skip locked$q$
   -- $1 run_id, $2 now, $3 worker, $4 lease end, $5 whether the task takes a
-  -- lifetime slot: claims one admitted candidate (the writes of claim.band for one run).
+  -- lifetime slot, $6 a running limit of the run's key to check (null: none), $7 the
+  -- run's flow_key: claims one admitted candidate (the writes of claim.band for one
+  -- run). With $6, only while fewer than $6 of the key's runs are running: counted
+  -- here, in this statement's snapshot, taken after the caller locked the key
+  -- (r_<q>_fki, up to the limit); a full key claims nothing, and the caller parks the
+  -- run. One statement instead of a count and a claim.
   when 'claim.one' then $q$
     with ur as (
       update absurd.%2$I r set state = 'running', claimed_by = $3, claim_expires_at = $4::timestamptz,
         started_at = $2, available_at = $2, flow_wait = null
-      where r.run_id = $1
+      where r.run_id = $1 and ($6::integer is null or (select count(*) from (
+        select 1 from absurd.%2$I k where k.flow_key = $7::text and k.state = 'running'
+        limit $6::integer) x) < $6::integer)
       returning r.run_id, r.task_id, r.attempt, r.wake_event, r.event_payload
     ), ut as (
       update absurd.%1$I t set state = 'running', attempts = greatest(t.attempts, ur.attempt),
@@ -1637,7 +1644,8 @@ begin
       returning t.task_id, t.task_name, t.params, t.retry_strategy, t.max_attempts, t.headers
     ), dw as (
       delete from absurd.%5$I w
-      where w.run_id = $1 and w.timeout_at is not null and w.timeout_at <= $2
+      where w.run_id = (select ur.run_id from ur) and w.timeout_at is not null
+        and w.timeout_at <= $2
     )
     select ur.run_id, ur.task_id, ur.attempt, ut.task_name, ut.params, ut.retry_strategy,
            ut.max_attempts, ut.headers, ur.wake_event, ur.event_payload
@@ -3388,7 +3396,11 @@ begin
   end if;
   for v_key in select distinct k from unnest(p_keys) k where k is not null order by 1 loop
     perform pg_advisory_xact_lock(hashtext(q), hashtext(v_key));
-    v_limit := absurd._flow_key_limit(q, v_key, v_per_key);
+    -- absurd._flow_key_limit, written out: static SQL keeps its plan for the session
+    -- (every completion on a queue with flow control comes here).
+    select coalesce((select l.max_running from absurd.flow_limits l
+                     where l.queue_name = q and l.flow_key = v_key), v_per_key)
+      into v_limit;
     execute absurd._cached('flow.release', q, quote_nullable(v_key), quote_nullable(v_limit),
       quote_nullable(p_now), quote_nullable(v_lifetime)) into v_woken;
     v_total := v_total + v_woken;
@@ -3524,6 +3536,7 @@ declare
   v_full text[] := '{}';  -- the keys found full
   v_key text;
   v_ids uuid[] := '{}';  -- the keys' turns (absurd._fair_pick), admitted first
+  v_check integer;  -- the key's running limit, for claim.one to count
 begin
   -- Each count must see every claim committed before its lock was granted: a
   -- statement snapshot, taken after the lock (READ COMMITTED).
@@ -3577,6 +3590,7 @@ begin
             quote_nullable(v_pass), quote_nullable(q), quote_nullable(p_per_key),
             quote_nullable(p_rate_per_key)) end loop
         v_seen := v_seen + 1;
+        v_check := null;
         v_holds := p_lifetime and v_cand.holds;  -- a lifetime slot taken by an earlier run
         if v_cand.late and v_holds then
           -- Past its deadline and holding a lifetime slot: the sweep cancels it and
@@ -3602,7 +3616,9 @@ begin
               continue;
             end if;
           end if;
-          if v_limit is not null and not v_holds then
+          if v_limit is not null and not v_holds and not p_lifetime and v_rate is null then
+            v_check := v_limit;  -- counted by claim.one itself, below
+          elsif v_limit is not null and not v_holds then
             if p_lifetime then
               execute absurd._sql('flow.key_held', q) into v_running
                 using v_cand.flow_key, v_limit;
@@ -3629,7 +3645,15 @@ begin
         end if;
         execute absurd._cached('claim.one', q, quote_nullable(v_cand.run_id),
           quote_nullable(p_now), quote_nullable(p_worker), quote_nullable(p_expires),
-          quote_nullable(p_lifetime)) into v_row;
+          quote_nullable(p_lifetime), quote_nullable(v_check),
+          quote_nullable(v_cand.flow_key)) into v_row;
+        if v_row.run_id is null then
+          -- Its key was full (v_check): parked until a release wakes it.
+          execute absurd._sql('flow.park', q)
+            using v_cand.run_id, v_cand.task_id, 'infinity'::timestamptz, null::text;
+          v_full := v_full || v_cand.flow_key;
+          continue;
+        end if;
         return next v_row;
         if not v_holds then
           v_queue_free := v_queue_free - 1;
@@ -3914,7 +3938,8 @@ begin
   if p_flow then
     -- Releases below lock their keys; lock them all first, in order, so two
     -- sweeps (or a sweep and a batch of completions) never wait on each other.
-    execute absurd._sql('flow.sweep_keys', p_queue_name) into v_keys using p_now, p_limit;
+    execute absurd._cached('flow.sweep_keys', p_queue_name, quote_nullable(p_now),
+      quote_nullable(p_limit)) into v_keys;
     foreach v_key in array v_keys loop
       perform pg_advisory_xact_lock(hashtext(p_queue_name), hashtext(v_key));
     end loop;
@@ -3932,7 +3957,7 @@ begin
       'claimExpiredAt', v_run.claim_expires_at,
       'attempt', v_run.attempt)), null, p_now);
   end loop;
-  if p_flow then
+  if p_flow and v_keys <> '{}' then
     perform absurd._flow_release(p_queue_name, v_keys, p_now);  -- the cancelled tasks' keys
   end if;
 end;
