@@ -75,7 +75,8 @@ def pgbench_binary() -> str:
 
 def server_cpu_s() -> float | None:
     """CPU seconds (user + system) used so far by every process named postgres on this
-    machine, or None when there is none (a remote server)."""
+    machine, with the times of the children they reaped (a backend's CPU moves to the
+    postmaster's when its session ends), or None when there is none (a remote server)."""
     total, found = 0.0, False
     tick = os.sysconf("SC_CLK_TCK")
     for stat in glob.glob("/proc/[0-9]*/stat"):
@@ -87,7 +88,7 @@ def server_cpu_s() -> float | None:
         if name not in ("postgres", "postmaster") and not name.startswith("postgres"):
             continue
         fields = text.rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
+        total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
         found = True
     return total if found else None
 

@@ -792,11 +792,15 @@ $$;
 -- When a task's cancellation policy next fires: max_delay counts from the time
 -- the task became available and applies until its first start; max_duration
 -- counts from the first start.
+-- STABLE, not IMMUTABLE: timestamptz + interval is stable, and PostgreSQL inlines
+-- a SQL function into the calling statement only when its declared volatility
+-- covers its body. Declared immutable, it ran through the SQL-function executor on
+-- every spawn and claim (PostgreSQL 15 planned its body again each time).
 create or replace function absurd._cancel_deadline(
   p_policy jsonb, p_available_at timestamptz, p_first_started_at timestamptz)
 returns timestamptz
 language sql
-immutable
+stable
 as $$
   select case
     when p_policy is null then null
