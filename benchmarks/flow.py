@@ -63,7 +63,9 @@ if not __package__:  # run as a file (python benchmarks/flow.py): the package's 
 
 import psycopg
 
+from benchmarks.drain import DrainConfig, run_drain
 from benchmarks.harness.machine import describe
+from benchmarks.harness.queues import clock_offset
 from benchmarks.harness.report import log, render_table
 from benchmarks.harness.server import fresh_database, start_server
 
@@ -326,9 +328,6 @@ def not_binding(server: Any, tasks: int, threads: int, rounds: int) -> list[list
 
 
 def worker_drain(server: Any, tasks: int, rounds: int) -> list[list[str]]:
-    from benchmarks.drain import DrainConfig, run_drain
-    from benchmarks.harness.queues import clock_offset
-
     dsn = fresh_database(server, "flow_worker")
     install(dsn, None)
     offset = clock_offset(dsn)

@@ -9,8 +9,8 @@ the two alternate, ``--rounds`` times. Reported per spawner count and schema:
 * spawns/s (the median of the rounds), and ours against upstream (target: 1.5x);
 * WAL bytes per spawn (``pg_current_wal_lsn`` around the run: the server does nothing
   else meanwhile on a quiet machine);
-* the server's CPU per spawn, summed over every PostgreSQL process (``/proc``; only
-  when the server runs on this machine);
+* the server's CPU per spawn: its processes, and the sessions that ended (``/proc``,
+  ``harness.cpu.CpuMeter``; only when the server runs on this machine);
 * the spawners' wait events, sampled from ``pg_stat_activity`` every 10 ms: where the
   commits wait (``Lock:object`` is the notify lock, ``LWLock:WALWrite`` a shared WAL
   flush, ``IO:WALSync`` the flush itself, ``LWLock:BufferContent`` a hot index page).
@@ -19,14 +19,15 @@ the two alternate, ``--rounds`` times. Reported per spawner count and schema:
     python -m benchmarks.spawn_pgbench --dsn postgresql://postgres@/postgres?host=/tmp/x
     python -m benchmarks.spawn_pgbench --clients 8 --seconds 5 --rounds 1
 
-It needs ``pgbench`` (PostgreSQL's client tools: ``PGBENCH`` or ``pg_config --bindir``
-or Debian's /usr/lib/postgresql/<v>/bin).
+It needs ``pgbench``: ``PGBENCH``, else the server's own (the embedded server ships
+one), else one on the PATH or Debian's /usr/lib/postgresql/<v>/bin.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import os
 import shutil
@@ -45,9 +46,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from benchmarks.drain import prepare_database
+from benchmarks.harness.cpu import CpuMeter
 from benchmarks.harness.machine import describe
 from benchmarks.harness.report import log, render_table
-from benchmarks.harness.server import start_server
+from benchmarks.harness.server import server_dirs, start_server
 
 SPAWN = (
     "select absurd.spawn_task('pgb', 'spawn-bench', '{\"i\": 1}'::jsonb,"
@@ -56,41 +58,22 @@ SPAWN = (
 TARGET = 1.5
 
 
-def pgbench_binary() -> str:
-    found = os.environ.get("PGBENCH") or shutil.which("pgbench")
+def pgbench_binary(dsn: str) -> str:
+    """``PGBENCH``, else the server's own (its BINDIR: the embedded server ships one),
+    else one on the PATH or Debian's."""
+    found = os.environ.get("PGBENCH")
     if found:
         return found
-    with_config = shutil.which("pg_config")
-    if with_config:
-        bindir = subprocess.run(
-            [with_config, "--bindir"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        if Path(bindir, "pgbench").exists():
-            return str(Path(bindir, "pgbench"))
-    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"))
-    if debian:
-        return debian[-1]
+    with contextlib.suppress(psycopg.Error):
+        bindir, _ = server_dirs(dsn)
+        if (bindir / "pgbench").exists():
+            return str(bindir / "pgbench")
+    found = shutil.which("pgbench") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"), reverse=True)), None
+    )
+    if found:
+        return found
     raise SystemExit("spawn_pgbench: no pgbench (install PostgreSQL's client tools)")
-
-
-def server_cpu_s() -> float | None:
-    """CPU seconds (user + system) used so far by every process named postgres on this
-    machine, with the times of the children they reaped (a backend's CPU moves to the
-    postmaster's when its session ends), or None when there is none (a remote server)."""
-    total, found = 0.0, False
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = Path(stat).read_text()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        if name not in ("postgres", "postmaster") and not name.startswith("postgres"):
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
-        found = True
-    return total if found else None
 
 
 class Waits:
@@ -155,16 +138,16 @@ def one(binary: str, dsn: str, clients: int, seconds: float, script: str) -> dic
     dbname = str(conninfo_to_dict(dsn).get("dbname"))
     with psycopg.connect(dsn, autocommit=True) as conn:
         lsn0 = conn.execute("select pg_current_wal_lsn()").fetchone()
-        cpu0 = server_cpu_s()
+        meter = CpuMeter(conn, 0, reaped=True)  # pgbench's sessions end within the run
         with Waits(dsn, dbname) as waits:
             tps, xacts = run_pgbench(binary, dsn, clients, seconds, script)
-        cpu1 = server_cpu_s()
+        cpu = meter.since_start().get("server_s")
         row = conn.execute("select pg_current_wal_lsn() - %s::pg_lsn", (lsn0[0] if lsn0 else None,))
         wal = float((row.fetchone() or [0])[0])
     return {
         "per_s": tps,
         "wal_bytes": wal / max(xacts, 1),
-        "cpu_us": None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1e6 / max(xacts, 1),
+        "cpu_us": None if cpu is None else cpu * 1e6 / max(xacts, 1),
         "waits": waits.counts,
         "samples": waits.samples,
     }
@@ -177,8 +160,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per pgbench run (10)")
     p.add_argument("--rounds", type=int, default=2, help="runs per count and schema (2)")
     args = p.parse_args()
-    binary = pgbench_binary()
     server = start_server(args.dsn)
+    binary = pgbench_binary(server.dsn)
     script = Path(tempfile.mkdtemp(prefix="absurd-pgb-")) / "spawn.sql"
     script.write_text(SPAWN)
     rows: list[list[str]] = []

@@ -23,6 +23,16 @@ def proc_stat(pid: int) -> tuple[int, float] | None:
     return int(rest[1]), (int(rest[11]) + int(rest[12])) / _CLK_TCK
 
 
+def reaped_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of the children a process has reaped (Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2 :].split()
+    return (int(rest[13]) + int(rest[14])) / _CLK_TCK
+
+
 def peak_rss_mb(pid: int) -> float | None:
     """A process's peak resident set size (VmHWM), in MiB (None without /proc)."""
     try:
@@ -66,11 +76,16 @@ class CpuMeter:
 
     Only when the server runs on this machine (its processes are visible in /proc): the
     server's processes are the children of the postmaster (the parent of our backend).
-    Backends that exit between two snapshots are lost; during a drain none do.
+    Backends that exit between two snapshots are lost (during a drain none do), unless
+    ``reaped``: then the postmaster's reaped children count too (sessions that end
+    within the measurement, as pgbench's do).
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], worker_pid: int) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], worker_pid: int, reaped: bool = False
+    ) -> None:
         self.worker_pid = worker_pid
+        self.reaped = reaped
         backend = conn.execute("select pg_backend_pid()").fetchone()
         stat = proc_stat(int(backend[0])) if backend else None
         self.postmaster = stat[0] if stat else None
@@ -84,6 +99,8 @@ class CpuMeter:
                     stat = proc_stat(int(entry.name))
                     if stat is not None and stat[0] == self.postmaster:
                         server[int(entry.name)] = stat[1]
+            if self.reaped:
+                server[-1] = reaped_cpu(self.postmaster) or 0.0  # not a pid: the exited ones
         worker = proc_stat(self.worker_pid)
         return {
             "at": time.monotonic(),

@@ -114,15 +114,20 @@ def start_local_cluster() -> Server:
     return Server(dsn=dsn, kind="local", stop=stop)
 
 
-def pg_ctl(server: Server, *args: str) -> None:
-    """pg_ctl on the server's data directory (as its owner when we are root)."""
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
+def server_dirs(dsn: str) -> tuple[Path, Path]:
+    """The server's binaries (its pg_config BINDIR) and its data directory."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "select (select setting from pg_config where name = 'BINDIR'),"
             " current_setting('data_directory')"
         ).fetchone()
     assert row is not None
-    bindir, data = Path(row[0]), Path(row[1])
+    return Path(row[0]), Path(row[1])
+
+
+def pg_ctl(server: Server, *args: str) -> None:
+    """pg_ctl on the server's data directory (as its owner when we are root)."""
+    bindir, data = server_dirs(server.dsn)
     # A log file name is relative to the data directory (the server writes it as its owner).
     args = tuple(str(data / a) if a.endswith(".log") else a for a in args)
     cmd = [str(bindir / "pg_ctl"), "-D", str(data), *args]

@@ -7,6 +7,7 @@ PL/pgSQL's EXECUTE ... USING builds them).
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -333,11 +334,16 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def explain(
-    conn: psycopg.Connection[Any], text: str, args: list[str], times: int = 1
+    conn: psycopg.Connection[Any],
+    text: str,
+    args: list[str],
+    times: int = 1,
+    verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """The plan of the prepared statement's last of `times` EXPLAIN EXECUTEs (each one
     counts towards PostgreSQL's choice between custom and generic plans), planned with
-    the settings the engine's functions declare (ENGINE_SETTINGS)."""
+    the settings the engine's functions declare (ENGINE_SETTINGS); with `verbose`, each
+    node carries its output expressions."""
     name = f"p_{uuid.uuid4().hex[:8]}"
     for setting, value in ENGINE_SETTINGS.items():
         conn.execute(f"set {setting} = {value}")
@@ -345,7 +351,9 @@ def explain(
     try:
         call = f"execute {name}" + (f"({', '.join(args)})" if args else "")
         for _ in range(times):
-            row = conn.execute(f"explain (format json) {call}").fetchone()
+            row = conn.execute(
+                f"explain (format json{', verbose' if verbose else ''}) {call}"
+            ).fetchone()
         assert row is not None
         return list(plan_nodes(row[0][0]["Plan"]))
     finally:
@@ -453,13 +461,5 @@ def test_sql_helpers_are_inlined_into_hot_statements(
     assert row is not None
     values = {**ids, "new": f"'{uuid.uuid4()}'", "new2": f"'{uuid.uuid4()}'"}
     args = [a.format(**values) for a in ARGS[statement]]
-    name = f"p_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"prepare {name} as {row[0]}")
-    try:
-        plan = conn.execute(
-            f"explain (verbose, format text) execute {name}({', '.join(args)})"
-        ).fetchall()
-    finally:
-        conn.execute(f"deallocate {name}")
-    text = "\n".join(str(r[0]) for r in plan)
+    text = json.dumps(explain(conn, str(row[0]), args, verbose=True))
     assert "_cancel_deadline" not in text, text

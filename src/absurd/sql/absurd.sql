@@ -3400,11 +3400,7 @@ begin
   end if;
   for v_key in select distinct k from unnest(p_keys) k where k is not null order by 1 loop
     perform pg_advisory_xact_lock(hashtext(q), hashtext(v_key));
-    -- absurd._flow_key_limit, written out: static SQL keeps its plan for the session
-    -- (every completion on a queue with flow control comes here).
-    select coalesce((select l.max_running from absurd.flow_limits l
-                     where l.queue_name = q and l.flow_key = v_key), v_per_key)
-      into v_limit;
+    v_limit := absurd._flow_key_limit(q, v_key, v_per_key);
     execute absurd._cached('flow.release', q, quote_nullable(v_key), quote_nullable(v_limit),
       quote_nullable(p_now), quote_nullable(v_lifetime)) into v_woken;
     v_total := v_total + v_woken;
