@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -428,9 +427,10 @@ def new_queue(conn: Conn) -> Any:
 def test_claim_cost_is_flat_in_the_number_of_schedules(
     connect: Connect, queue: str, new_queue: Callable[[], str]
 ) -> None:
-    """A queue with 10,000 schedules (none due) claims as fast as one without: one
-    index probe per claim. Interleaved rounds, best of each; a loose bound here (the
-    machine may be shared), the measured numbers are in docs/engine.md."""
+    """A queue with 10,000 schedules (none due) claims at the cost of one without: the
+    claim's schedule probe is one index descent, so the buffers a claim touches (the
+    nested statements included) do not grow with the schedules. Counted, not timed: the
+    timings are a benchmark's business (docs/engine.md)."""
     c = connect()
     at(c, T0)
     crowded = new_queue()
@@ -441,20 +441,26 @@ def test_claim_cost_is_flat_in_the_number_of_schedules(
         (crowded, *[T0 + dt.timedelta(days=1)] * 3),
     )
     c.execute("analyze absurd.schedules")
+    pages = c.execute(
+        "select relpages from pg_class where oid = 'absurd.schedules'::regclass"
+    ).fetchone()
+    assert pages is not None and pages[0] > 50  # a scan would show
 
-    def round_of(q: str) -> float:
-        start = time.perf_counter()
-        for _ in range(200):
+    def buffers(q: str) -> int:
+        for _ in range(3):  # prepared statements and caches warm
             c.execute("select absurd.claim_task(%s, 'w')", (q,))
-        return (time.perf_counter() - start) / 200
+        row = c.execute(
+            "explain (analyze, buffers, costs off, timing off, format json)"
+            " select absurd.claim_task(%s, 'w')",
+            (q,),
+        ).fetchone()
+        assert row is not None
+        plan = row[0][0]["Plan"]
+        return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
 
-    best = {queue: float("inf"), crowded: float("inf")}
-    for _ in range(8):
-        for q in (queue, crowded):
-            best[q] = min(best[q], round_of(q))
-    empty, full = best[queue], best[crowded]
-    print(f"claim: {empty * 1e6:.1f} us with 0 schedules, {full * 1e6:.1f} us with 10,000")
-    assert full < empty * 1.5 + 50e-6, (empty, full)
+    empty, full = buffers(queue), buffers(crowded)
+    print(f"claim: {empty} buffers with 0 schedules, {full} with 10,000")
+    assert full <= empty + 4, (empty, full)
 
 
 def test_due_probe_is_one_index_probe_among_many_schedules(
