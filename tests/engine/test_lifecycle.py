@@ -553,6 +553,27 @@ def test_queue_admin(engine: Engine, conn: psycopg.Connection[tuple[object, ...]
     policy = engine.one("select * from absurd.get_queue_policy(%s)", (q,))
     assert policy["cleanup_ttl"] == dt.timedelta(days=7) and policy["cleanup_limit"] == 50
     assert policy["detach_mode"] == "empty" and policy["storage_mode"] == "unpartitioned"
+    # upstream's nine columns first, then the flow fields
+    assert list(policy)[:9] == [
+        "queue_name", "storage_mode", "default_partition", "partition_lookahead",
+        "partition_lookback", "cleanup_ttl", "cleanup_limit", "detach_mode", "detach_min_age",
+    ]  # fmt: skip
+    assert {k: policy[k] for k in list(policy)[9:]} == {
+        "max_running": None, "max_running_per_key": None, "flow_hold": "running",
+        "rate_limit": None, "rate_limit_per_key": None,
+    }  # fmt: skip
+    conn.execute(
+        "select absurd.set_queue_policy(%s, %s::jsonb)",
+        (q, '{"max_running": 4, "max_running_per_key": 1, "flow_hold": "lifetime",'
+            ' "rate_limit_per_key": {"limit": 5, "period_seconds": 60}}'),
+    )  # fmt: skip
+    policy = engine.one("select * from absurd.get_queue_policy(%s)", (q,))
+    flow = engine.one("select * from absurd.get_flow_policy(%s)", (q,))
+    assert {k: policy[k] for k in flow} == flow
+    assert (policy["max_running"], policy["max_running_per_key"], policy["flow_hold"]) == (
+        4, 1, "lifetime",
+    )  # fmt: skip
+    assert policy["rate_limit_per_key"]["limit"] == 5 and policy["cleanup_limit"] == 50
     assert engine.rows("select * from absurd.get_queue_policy('no such queue')") == []
 
 

@@ -141,6 +141,17 @@ def test_signatures_match_upstream(new_database: Callable[[], str], dsn: str) ->
         theirs = sorted(up.execute(SIGNATURES, (PUBLIC_FUNCTIONS,)).fetchall())
         mine = sorted(ours.execute(SIGNATURES, (PUBLIC_FUNCTIONS,)).fetchall())
     assert {r[0] for r in theirs} == set(PUBLIC_FUNCTIONS)
+    # get_queue_policy keeps upstream's columns, in order, and adds the flow fields
+    # after them (every upstream client selects its columns by name).
+    flow = (
+        ", max_running integer, max_running_per_key integer, flow_hold text,"
+        " rate_limit jsonb, rate_limit_per_key jsonb)"
+    )
+    for i, (name, args, result) in enumerate(mine):
+        if name == "get_queue_policy":
+            upstream = next(r for r in theirs if r[0] == name)[2]
+            assert result == upstream[:-1] + flow, result
+            mine[i] = (name, args, upstream)
     # Same names, parameter names, types, defaults, result columns; no extra overloads.
     assert mine == theirs
 
@@ -409,6 +420,17 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
             c.execute(f"drop function {function}")
         c.execute("drop type absurd._claimed_run")
         c.execute("drop table absurd.flow_limits")
+        c.execute("drop function absurd.get_queue_policy(text)")  # 0.6.0's: nine columns
+        c.execute(
+            "create function absurd.get_queue_policy(p_queue_name text) returns table"
+            " (queue_name text, storage_mode text, default_partition text,"
+            " partition_lookahead interval, partition_lookback interval, cleanup_ttl interval,"
+            " cleanup_limit integer, detach_mode text, detach_min_age interval)"
+            " language sql stable as $$ select q.queue_name, q.storage_mode,"
+            " q.default_partition, q.partition_lookahead, q.partition_lookback, q.cleanup_ttl,"
+            " q.cleanup_limit, q.detach_mode, q.detach_min_age from absurd.queues q"
+            " where q.queue_name = p_queue_name $$"
+        )
         for column in (
             "max_running",
             "max_running_per_key",
@@ -440,6 +462,12 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
                 (q,),
             ).fetchone()
             assert row == (None, None, "running")
+            policy = c.execute(
+                "select max_running, max_running_per_key, flow_hold, storage_mode"
+                " from absurd.get_queue_policy(%s)",
+                (q,),
+            ).fetchone()
+            assert policy is not None and policy[:3] == (None, None, "running")
             c.execute(
                 "select absurd.set_queue_policy(%s, %s)",
                 (q, '{"max_running_per_key": 1, "rate_limit": {"limit": 9, "period_seconds": 1}}'),

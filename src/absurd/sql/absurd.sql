@@ -1198,6 +1198,26 @@ as $$
   select q.queue_name from absurd.queues q order by q.queue_name;
 $$;
 
+-- A function whose result gained columns cannot be replaced, only dropped and made
+-- again: drops p_function (a regprocedure's text) when its result has no column
+-- p_column yet.
+create or replace function absurd._drop_without_column(p_function text, p_column text)
+returns void
+language plpgsql
+as $$
+begin
+  if exists (select 1 from pg_proc p
+             where p.oid = to_regprocedure(p_function)
+               and not (p_column = any(coalesce(p.proargnames, '{}')))) then
+    execute format('drop function %s', to_regprocedure(p_function));
+  end if;
+end;
+$$;
+
+-- Upstream's nine columns first (its clients select them by name), then the flow
+-- fields set by set_queue_policy (the same as get_flow_policy's). 0.6.0 had only the
+-- nine.
+do $$ begin perform absurd._drop_without_column('absurd.get_queue_policy(text)', 'max_running'); end $$;
 create or replace function absurd.get_queue_policy(p_queue_name text)
 returns table (
   queue_name text,
@@ -1208,29 +1228,27 @@ returns table (
   cleanup_ttl interval,
   cleanup_limit integer,
   detach_mode text,
-  detach_min_age interval
+  detach_min_age interval,
+  max_running integer,
+  max_running_per_key integer,
+  flow_hold text,
+  rate_limit jsonb,
+  rate_limit_per_key jsonb
 )
 language sql
 stable
 as $$
   select q.queue_name, q.storage_mode, q.default_partition, q.partition_lookahead,
-         q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age
+         q.partition_lookback, q.cleanup_ttl, q.cleanup_limit, q.detach_mode, q.detach_min_age,
+         q.max_running, q.max_running_per_key, q.flow_hold, q.rate_limit, q.rate_limit_per_key
   from absurd.queues q
   where q.queue_name = p_queue_name;
 $$;
 
--- The flow fields of a queue's policy (set by set_queue_policy). Not columns of
--- get_queue_policy, whose result keeps upstream's shape.
-do $$
-begin
-  -- Its result gained the rate limits: a changed result type needs a new function.
-  if exists (select 1 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-             where n.nspname = 'absurd' and p.proname = 'get_flow_policy'
-               and not ('rate_limit' = any(coalesce(p.proargnames, '{}')))) then
-    drop function absurd.get_flow_policy(text);
-  end if;
-end;
-$$;
+-- The flow fields of a queue's policy alone (set by set_queue_policy; also the last
+-- five columns of get_queue_policy).
+-- Its result gained the rate limits.
+do $$ begin perform absurd._drop_without_column('absurd.get_flow_policy(text)', 'rate_limit'); end $$;
 create or replace function absurd.get_flow_policy(p_queue_name text)
 returns table (queue_name text, max_running integer, max_running_per_key integer,
                flow_hold text, rate_limit jsonb, rate_limit_per_key jsonb)
