@@ -14,7 +14,8 @@
     report.py    logging, number formats, text tables, the results file
 
 This file imports nothing heavy on purpose: ``benchmarks/peers/*`` import
-``benchmarks.harness.stats`` from virtualenvs that have neither psycopg nor absurd.
+``benchmarks.harness.stats`` from virtualenvs that have neither psycopg nor absurd
+(the DBOS peer also imports ``server.py``: psycopg is one of DBOS's dependencies).
 """
 
 from __future__ import annotations

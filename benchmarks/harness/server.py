@@ -197,6 +197,21 @@ def scratch_database(dsn: str | None, prefix: str) -> Iterator[str]:
             server.stop()
 
 
+def schema_rows(dsn: str, schema: str) -> int:
+    """Rows in every table of ``schema`` (a ``count(*)`` each): what a run leaves behind.
+    The DBOS peer's virtualenv imports it too (psycopg is a dependency of DBOS)."""
+    total = 0
+    with psycopg.connect(dsn) as conn:
+        tables = conn.execute(
+            "select relname from pg_stat_user_tables where schemaname = %s", (schema,)
+        ).fetchall()
+        for (table,) in tables:
+            count = sql.SQL("select count(*) from {}").format(sql.Identifier(schema, table))
+            row = conn.execute(count).fetchone()
+            total += int(row[0]) if row else 0
+    return total
+
+
 def upstream_sql() -> str:
     """Upstream Absurd 0.5.1's schema, as bundled in the installed ``absurdctl``."""
     import absurdctl  # type: ignore[import-untyped]

@@ -6,9 +6,11 @@ with worker_concurrency c), "pickup" (enqueue one workflow at a time into an idl
 "event" (a workflow blocked in DBOS.recv, woken by DBOS.send), "stream_latency" (a
 workflow writes its write time every 20 ms with DBOS.write_stream; DBOS.read_stream tails
 it), "stream_throughput" (a workflow writes n small values as fast as it can: values/s,
-and per 1,000 values the server's commits and the NOTIFYs on DBOS's streams channel)
-and "keyed" (n workflows over k partition keys of a partitioned queue, at most `limit`
-per key at once: throughput and the most in flight per key, counted in the workflows).
+and per 1,000 values the server's commits and the NOTIFYs on DBOS's streams channel),
+"keyed" (n workflows over k partition keys of a partitioned queue, at most `limit`
+per key at once: throughput and the most in flight per key, counted in the workflows)
+and "fanout" (a parent workflow enqueues n child workflows on a queue and sums their
+handles' results: seconds, rows per child in DBOS's system schema, parent entries).
 The workflow shape is the suite's: each step returns {"i": i, "k": k}; the workflow
 returns the last step's value.
 Only the public DBOS API is used.
@@ -30,8 +32,10 @@ from typing import Any
 
 from dbos import DBOS, DBOSClient, DBOSConfig
 
-# The harness's statistics (standard library only) from the repository, not an install.
+# The harness from the repository, not an install: its statistics (standard library
+# only) and server.py's row count (psycopg is one of DBOS's dependencies).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness.server import schema_rows
 from benchmarks.harness.stats import latency_summary
 
 CMD: dict[str, Any] = json.loads(sys.argv[1])
@@ -102,6 +106,23 @@ def bench_keyed(key: str, ms: float) -> None:
     with KEYED_LOCK:
         KEYED_NOW[key] -= 1
         KEYED_SPAN.append(time.time())
+
+
+#: The fan-out's child queue (registered after launch) and the parent's entries.
+FAN_QUEUE: list[Any] = []
+FAN_ENTRIES: list[float] = []
+
+
+@DBOS.workflow()
+def fan_leaf(i: int) -> int:
+    return i + 1
+
+
+@DBOS.workflow()
+def fan_parent(n: int) -> int:
+    FAN_ENTRIES.append(time.perf_counter())
+    handles = [FAN_QUEUE[0].enqueue(fan_leaf, i) for i in range(n)]
+    return sum(h.get_result(polling_interval_sec=float(CMD["poll"])) for h in handles)
 
 
 def launch(url: str, concurrency: int) -> None:
@@ -280,6 +301,38 @@ def keyed() -> dict[str, Any]:
     }
 
 
+def system_rows(url: str) -> int:
+    """Rows in every table of DBOS's system schema (``dbos``)."""
+    return schema_rows(url.replace("postgresql+psycopg://", "postgresql://"), "dbos")
+
+
+def fanout() -> dict[str, Any]:
+    """A parent workflow (started directly) enqueues n child workflows on a queue of
+    worker_concurrency c and sums their results (``handle.get_result()`` in turn, polling
+    at the queue's interval: DBOS's default, 1 s, would add up to a second)."""
+    url, n, concurrency = CMD["dsn"], int(CMD["n"]), int(CMD["concurrency"])
+    launch(url, concurrency)
+    FAN_QUEUE.append(register_queue(concurrency, float(CMD["poll"])))
+    rows_before = system_rows(url)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    total = DBOS.start_workflow(fan_parent, n).get_result()
+    elapsed = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    DBOS.destroy(workflow_completion_timeout_sec=0)
+    return {
+        "n": n,
+        "state": "completed",
+        "correct": total == sum(range(1, n + 1)),
+        "seconds": round(elapsed, 2),
+        "children_per_s": round(n / elapsed, 1),
+        "handler_entries": len(FAN_ENTRIES),
+        "rows_per_child": round((system_rows(url) - rows_before) / n, 2),
+        "rss_growth_mb": round(rss - rss0, 1),
+        "parent_resume_peak_alloc_mb": None,
+    }
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("DBOS__APPVERSION", "bench")
@@ -290,6 +343,7 @@ def main() -> None:
         "stream_latency": stream_latency,
         "stream_throughput": stream_throughput,
         "keyed": keyed,
+        "fanout": fanout,
     }
     out = scenarios[CMD["scenario"]]()
     sys.stdout.write(json.dumps(out) + "\n")
