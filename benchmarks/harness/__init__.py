@@ -7,6 +7,8 @@
     workers.py   an Absurd worker (ours or upstream's SDK) in a process of its own,
                  with its statement trace
     peers.py     the peer systems (DBOS, Procrastinate), each in a virtualenv of its own
+    fanin.py     event fan-in's emitter threads and figures (standard library only: the
+                 DBOS peer imports it)
     cpu.py       CPU seconds of the server, the worker and the machine; peak RSS
     machine.py   what the figures were measured on: machine, server, package versions
     stats.py     percentiles, ratios, latency summaries (standard library only: the

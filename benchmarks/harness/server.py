@@ -183,18 +183,26 @@ def fresh_database(server: Server, dbname: str, **settings: str) -> str:
 
 
 @contextlib.contextmanager
-def scratch_database(dsn: str | None, prefix: str) -> Iterator[str]:
-    """A fresh database named ``<prefix>_<random>`` on the server at ``dsn`` (else an
-    embedded one), dropped afterwards (and the embedded server stopped); yields its DSN."""
-    server = start_server(dsn)
+def scratch_on(server: Server, prefix: str) -> Iterator[str]:
+    """A fresh database named ``<prefix>_<random>`` on ``server``, dropped afterwards;
+    yields its DSN."""
     dbname = f"{prefix}_{uuid.uuid4().hex[:8]}"
     try:
         yield fresh_database(server, dbname)
     finally:
-        try:
-            drop_database(server, dbname)
-        finally:
-            server.stop()
+        drop_database(server, dbname)
+
+
+@contextlib.contextmanager
+def scratch_database(dsn: str | None, prefix: str) -> Iterator[str]:
+    """A fresh database named ``<prefix>_<random>`` on the server at ``dsn`` (else an
+    embedded one), dropped afterwards (and the embedded server stopped); yields its DSN."""
+    server = start_server(dsn)
+    try:
+        with scratch_on(server, prefix) as db:
+            yield db
+    finally:
+        server.stop()
 
 
 def schema_rows(dsn: str, schema: str) -> int:

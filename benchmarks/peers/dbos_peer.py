@@ -3,14 +3,17 @@
 Usage: python dbos_peer.py '<json command>'; prints one JSON object on stdout.
 Commands ("scenario" key): "drain" (n pre-enqueued workflows of `steps` steps on a queue
 with worker_concurrency c), "pickup" (enqueue one workflow at a time into an idle queue),
-"event" (a workflow blocked in DBOS.recv, woken by DBOS.send), "stream_latency" (a
-workflow writes its write time every 20 ms with DBOS.write_stream; DBOS.read_stream tails
-it), "stream_throughput" (a workflow writes n small values as fast as it can: values/s,
-and per 1,000 values the server's commits and the NOTIFYs on DBOS's streams channel),
-"keyed" (n workflows over k partition keys of a partitioned queue, at most `limit`
-per key at once: throughput and the most in flight per key, counted in the workflows)
-and "fanout" (a parent workflow enqueues n child workflows on a queue and sums their
-handles' results: seconds, rows per child in DBOS's system schema, parent entries).
+"event" (a workflow blocked in DBOS.recv, woken by DBOS.send), "event_fanin" (n async
+workflows each blocked in DBOS.recv_async on a topic of its own, then `emitters` threads
+DBOS.send each its message once: the figures of benchmarks/event_fanin.py),
+"stream_latency" (a workflow writes its write time every 20 ms with DBOS.write_stream;
+DBOS.read_stream tails it), "stream_throughput" (a workflow writes n small values as fast
+as it can: values/s, and per 1,000 values the server's commits and the NOTIFYs on DBOS's
+streams channel), "keyed" (n workflows over k partition keys of a partitioned queue,
+at most `limit` per key at once: throughput and the most in flight per key, counted in
+the workflows) and "fanout" (a parent workflow enqueues n child workflows on a queue and
+sums their handles' results: seconds, rows per child in DBOS's system schema, parent
+entries).
 The workflow shape is the suite's: each step returns {"i": i, "k": k}; the workflow
 returns the last step's value.
 Only the public DBOS API is used.
@@ -18,6 +21,9 @@ Only the public DBOS API is used.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +41,7 @@ from dbos import DBOS, DBOSClient, DBOSConfig
 # The harness from the repository, not an install: its statistics (standard library
 # only) and server.py's row count (psycopg is one of DBOS's dependencies).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.harness.fanin import emit_all, fanin_figures
 from benchmarks.harness.server import schema_rows
 from benchmarks.harness.stats import latency_summary
 
@@ -65,6 +72,19 @@ def bench_stamp() -> float:
 def bench_wait_event() -> float:
     DBOS.recv("go", timeout_seconds=30)
     return time.time()
+
+
+#: Event fan-in: handler entries per workflow, and the workflows that got their message.
+FANIN_ENTRIES: collections.Counter[int] = collections.Counter()
+FANIN_DONE: list[int] = []
+
+
+@DBOS.workflow()
+async def bench_fanin_wait(i: int) -> None:
+    FANIN_ENTRIES[i] += 1
+    message = await DBOS.recv_async(f"evt-{i}", timeout_seconds=float(CMD.get("timeout", 600)))
+    if message is not None:
+        FANIN_DONE.append(i)
 
 
 @DBOS.workflow()
@@ -222,6 +242,55 @@ def event() -> dict[str, Any]:
     return latency_summary(lat)
 
 
+def event_fanin() -> dict[str, Any]:
+    url, n = CMD["dsn"], int(CMD["n"])
+    launch(url, int(CMD["concurrency"]))
+    try:
+        return asyncio.run(_event_fanin(url, n, int(CMD["emitters"]), float(CMD["timeout"])))
+    finally:
+        DBOS.destroy(workflow_completion_timeout_sec=0)
+
+
+async def _event_fanin(url: str, n: int, emitters: int, timeout: float) -> dict[str, Any]:
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    t0 = time.perf_counter()
+    ids: dict[str, str] = {}
+    for i in range(n):
+        handle = await DBOS.start_workflow_async(bench_fanin_wait, i)
+        ids[f"evt-{i}"] = handle.get_workflow_id()
+    # Every workflow waits once recv has recorded its timeout (the last step of its
+    # setup, after it registered for the notification): DBOS's "DBOS.sleep" rows.
+    waiting = "select count(*) from dbos.operation_outputs where function_name = 'DBOS.sleep'"
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        conn.autocommit = True
+        while (row := conn.execute(waiting).fetchone()) is None or row[0] < n:
+            if time.monotonic() > deadline:
+                return {"error": f"timed out: {row[0] if row else '?'}/{n} workflows in recv"}
+            await asyncio.sleep(0.2)
+    suspend_s = time.perf_counter() - t0
+    names = [f"evt-{i}" for i in range(n)]
+    random.Random(7).shuffle(names)
+
+    def send(name: str) -> None:
+        DBOS.send(ids[name], 1, name)
+
+    t1 = time.perf_counter()
+    emits = await asyncio.to_thread(
+        emit_all, names, emitters, lambda: contextlib.nullcontext(send), deadline
+    )
+    emit_s = time.perf_counter() - t1
+    if len(emits) < n:
+        return {"error": f"timed out: {len(emits)}/{n} messages sent"}
+    while len(FANIN_DONE) < n and time.perf_counter() - t1 < 600 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    resume_s = time.perf_counter() - t1
+    return fanin_figures(
+        n, emitters, suspend_s, emit_s, emits, len(FANIN_DONE), resume_s, FANIN_ENTRIES.values()
+    )
+
+
 def stream_latency() -> dict[str, Any]:
     launch(CMD["dsn"], 1)
     handle = DBOS.start_workflow(bench_stream_ticks, int(CMD["n"]))
@@ -340,6 +409,7 @@ def main() -> None:
         "drain": drain,
         "pickup": pickup,
         "event": event,
+        "event_fanin": event_fanin,
         "stream_latency": stream_latency,
         "stream_throughput": stream_throughput,
         "keyed": keyed,

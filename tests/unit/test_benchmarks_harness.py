@@ -5,15 +5,19 @@ harness from rotting between benchmark runs."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from benchmarks.harness import BENCHMARKS, REPO, RESULTS_DIR
 from benchmarks.harness.cpu import machine_cpu, peak_rss_mb, proc_stat
+from benchmarks.harness.fanin import emit_all, fanin_figures
 from benchmarks.harness.peers import postgres_url, sqlalchemy_url
 from benchmarks.harness.report import fmt, fmt_ratio, render_table
 from benchmarks.harness.server import Server
@@ -75,6 +79,25 @@ def test_ratio_and_formats() -> None:
 def test_latency_summary() -> None:
     summary = latency_summary([5.0, 1.0, 2.0, 4.0, 3.0])
     assert summary == {"samples": 5, "p50_ms": 3.0, "p99_ms": 5.0, "max_ms": 5.0}
+
+
+def test_fanin_emits_each_name_once_and_reports_its_figures() -> None:
+    seen: list[str] = []
+    opened: list[int] = []
+
+    @contextlib.contextmanager
+    def opener() -> Iterator[Callable[[str], Any]]:
+        opened.append(1)
+        yield seen.append
+
+    names = [f"evt-{i}" for i in range(50)]
+    emits = emit_all(names, 8, opener)
+    assert sorted(seen) == sorted(names) and len(opened) == 8
+    assert sorted(pos for pos, _ in emits) == list(range(50))
+    figures = fanin_figures(50, 8, 1.0, 0.5, emits, 50, 2.0, [2] * 50)
+    assert figures["emit_per_s"] == 100.0
+    assert figures["handler_entries"] == {2: 50}
+    assert emit_all(names, 8, opener, deadline=0.0) == []  # past the deadline: none
 
 
 def test_render_table_aligns_columns() -> None:
