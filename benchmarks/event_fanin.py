@@ -58,6 +58,7 @@ from benchmarks.harness.peers import peer_version, run_peer, sqlalchemy_url
 from benchmarks.harness.report import fmt, fmt_ratio, log, render_table
 from benchmarks.harness.server import Server, install_schema, scratch_on, start_server
 from benchmarks.harness.stats import ratio
+from benchmarks.harness.workers import worker_running
 
 QUEUE = "fanin"
 PEERS = ("upstream", "dbos")
@@ -142,9 +143,13 @@ async def fan_in(
     )
 
 
-async def run(dsn: str, n: int, emitters: int, concurrency: int) -> dict[str, Any]:
+async def run(
+    dsn: str, n: int, emitters: int, concurrency: int, timeout: float | None = None
+) -> dict[str, Any]:
+    """Ours on ``dsn`` (our schema installed); past ``timeout`` s, a TimeoutError."""
     from absurd import AsyncAbsurd
 
+    deadline = None if timeout is None else time.monotonic() + timeout
     app = AsyncAbsurd(dsn, queue_name=QUEUE)
     await app.create_queue(QUEUE)
     entries: collections.Counter[int] = collections.Counter()
@@ -152,14 +157,8 @@ async def run(dsn: str, n: int, emitters: int, concurrency: int) -> dict[str, An
     register_waiter(app, entries, done)
     for start in range(0, n, 5000):
         await app.spawn_many("waiter", list(range(start, min(n, start + 5000))))
-    worker = asyncio.ensure_future(
-        app.start_worker(concurrency=concurrency, claim_timeout=300, handle_signals=False)
-    )
-    figures = await fan_in(dsn, n, emitters, entries, done, lambda: sql_emitter(dsn))
-    app.stop_worker()
-    await asyncio.wait_for(worker, 60)
-    await app.close()
-    return figures
+    async with worker_running(app, concurrency, claim_timeout=300, handle_signals=False):
+        return await fan_in(dsn, n, emitters, entries, done, lambda: sql_emitter(dsn), deadline)
 
 
 async def run_upstream(
@@ -177,39 +176,32 @@ async def run_upstream(
     with psycopg.connect(dsn, autocommit=True) as conn:
         for start in range(0, n, 5000):
             conn.execute(UPSTREAM_SPAWN, (QUEUE, start, min(n, start + 5000) - 1))
-    worker = asyncio.ensure_future(app.start_worker(concurrency=concurrency, claim_timeout=300))
-    try:
+    async with worker_running(app, concurrency, claim_timeout=300):
         return await fan_in(
             dsn, n, emitters, entries, done, lambda: upstream_emitter(dsn), deadline
         )
-    finally:
-        app.stop_worker()
-        try:
-            await asyncio.wait_for(worker, 60)
-        finally:
-            await app.close()
 
 
-def run_one_peer(server: Server, name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_one_peer(
+    server: Server, name: str, n: int, emitters: int, concurrency: int, timeout: float
+) -> dict[str, Any]:
     """One peer on a fresh database of ``server``: its figures, or {"error": ...}."""
-    log(f"{name}: {args.n:,} tasks on a fresh database")
+    log(f"{name}: {n:,} tasks on a fresh database")
     try:
         with scratch_on(server, f"fanin_{name}") as dsn:
             if name == "upstream":
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     install_schema(conn, "upstream")
-                return asyncio.run(
-                    run_upstream(dsn, args.n, args.emitters, args.concurrency, args.peer_timeout)
-                )
+                return asyncio.run(run_upstream(dsn, n, emitters, concurrency, timeout))
             cmd = {
                 "scenario": "event_fanin",
                 "dsn": sqlalchemy_url(dsn),
-                "n": args.n,
-                "emitters": args.emitters,
-                "concurrency": args.concurrency,
-                "timeout": args.peer_timeout,
+                "n": n,
+                "emitters": emitters,
+                "concurrency": concurrency,
+                "timeout": timeout,
             }
-            return run_peer(name, cmd, timeout=args.peer_timeout + 120)
+            return run_peer(name, cmd, timeout=timeout + 120)
     except Exception as exc:  # a peer's failure is its result, not the run's end
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -263,6 +255,35 @@ def comparison(
     return "\n".join([table, *notes]), doc
 
 
+def fanin_scenario(
+    server: Server,
+    n: int,
+    emitters: int,
+    concurrency: int,
+    peers: list[str],
+    peer_timeout: float,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Ours, then each peer, on fresh databases of ``server``; prints ours' figures and
+    (with peers) the table and the peers' JSON; returns ``{"ours": ..., "peers": ...}``
+    (the peers with their version and ratios)."""
+    with scratch_on(server, "fanin") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            install(conn)
+        ours = asyncio.run(run(dsn, n, emitters, concurrency, timeout))
+        print(json.dumps(ours, indent=2))
+    doc: dict[str, Any] = {}
+    if peers:
+        results = {
+            name: run_one_peer(server, name, n, emitters, concurrency, peer_timeout)
+            for name in peers
+        }
+        table, doc = comparison(ours, results, versions(peers))
+        print(table)
+        print(json.dumps({"peers": doc}, indent=2))
+    return {"n": n, "emitters": emitters, "concurrency": concurrency, "ours": ours, "peers": doc}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", help="a PostgreSQL server (default: an embedded PG 18)")
@@ -290,18 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown peers: {', '.join(unknown)} (known: {', '.join(PEERS)}, none)")
     server = start_server(args.dsn)
     try:
-        with scratch_on(server, "fanin") as dsn:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                row = conn.execute("show server_version").fetchone()
-                install(conn)
-            print(f"server: PostgreSQL {row[0] if row else '?'}")
-            ours = asyncio.run(run(dsn, args.n, args.emitters, args.concurrency))
-            print(json.dumps(ours, indent=2))
-        if peers:
-            results = {name: run_one_peer(server, name, args) for name in peers}
-            table, doc = comparison(ours, results, versions(peers))
-            print(table)
-            print(json.dumps({"peers": doc}, indent=2))
+        with psycopg.connect(server.dsn) as conn:
+            row = conn.execute("show server_version").fetchone()
+        print(f"server: PostgreSQL {row[0] if row else '?'}")
+        fanin_scenario(server, args.n, args.emitters, args.concurrency, peers, args.peer_timeout)
     finally:
         server.stop()
     return 0

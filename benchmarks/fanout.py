@@ -71,6 +71,7 @@ from benchmarks.harness.server import (
     schema_rows,
     start_server,
 )
+from benchmarks.harness.workers import worker_running
 
 QUEUE = "fan"
 #: Upstream's children: its ``await_task_result`` refuses the parent's own queue.
@@ -102,7 +103,10 @@ async def _until_done(app: Any, task_id: Any) -> Any:
         await asyncio.sleep(0.05)
 
 
-async def one_fanout(dsn: str, n: int, mode: str, concurrency: int) -> dict[str, Any]:
+async def one_fanout(
+    dsn: str, n: int, mode: str, concurrency: int, timeout: float | None = None
+) -> dict[str, Any]:
+    """Ours for one N; ``timeout`` bounds the wait for the parent (TimeoutError past it)."""
     from absurd import AsyncAbsurd
 
     app = AsyncAbsurd(dsn, queue_name=QUEUE)
@@ -134,14 +138,9 @@ async def one_fanout(dsn: str, n: int, mode: str, concurrency: int) -> dict[str,
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     spawned = await app.spawn("root", n)
-    worker = asyncio.ensure_future(
-        app.start_worker(concurrency=concurrency, claim_timeout=600, handle_signals=False)
-    )
-    snap = await _until_done(app, spawned["task_id"])
-    elapsed = time.perf_counter() - t0
-    app.stop_worker()
-    await asyncio.wait_for(worker, 60)
-    await app.close()
+    async with worker_running(app, concurrency, claim_timeout=600, handle_signals=False):
+        snap = await asyncio.wait_for(_until_done(app, spawned["task_id"]), timeout)
+        elapsed = time.perf_counter() - t0
     rows = _rows(dsn) - rows_before
     return {
         "n": n,
@@ -294,9 +293,11 @@ def run_sizes(
     peers: tuple[str, ...] = (),
     peer_timeout: float = 1800,
     peer_results: list[dict[str, Any]] | None = None,
+    timeout: float | None = None,
 ) -> list[dict[str, Any]]:
     """Ours for each N (the list returned), each followed by the peers (appended to
-    ``peer_results`` with their ``system``, ``n`` and ``vs_ours``)."""
+    ``peer_results`` with their ``system``, ``n`` and ``vs_ours``); ``timeout`` bounds
+    each of ours."""
     out = []
     for n in sizes:
         dbname = f"fanout_{uuid.uuid4().hex[:8]}"
@@ -306,7 +307,7 @@ def run_sizes(
                 from absurd.schema import install
 
                 install(conn)
-            result = asyncio.run(one_fanout(dsn, n, mode, concurrency))
+            result = asyncio.run(one_fanout(dsn, n, mode, concurrency, timeout))
         finally:
             drop_database(server, dbname)
         print(json.dumps(result), flush=True)
@@ -321,6 +322,43 @@ def run_sizes(
             if peer_results is not None:
                 peer_results.append(res)
     return out
+
+
+def scaling(ours: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """time(largest N) / time(smallest N), against linear; the target is 1.2x linear."""
+    if len(ours) < 2:
+        return None
+    small, large = ours[0], ours[-1]
+    linear = large["n"] / small["n"]
+    return {
+        "small_n": small["n"],
+        "large_n": large["n"],
+        "ratio": large["seconds"] / small["seconds"],
+        "linear": linear,
+        "target": 1.2 * linear,
+    }
+
+
+def fanout_scenario(
+    server: Server,
+    sizes: list[int],
+    peers: tuple[str, ...],
+    concurrency: int = 16,
+    mode: str = "join",
+    peer_timeout: float = 1800,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Ours and the peers for each N on fresh databases of ``server`` (the suite's
+    scenario): ``{"ours": [...], "peers": [...], "scaling": ...}``."""
+    peer_results: list[dict[str, Any]] = []
+    ours = run_sizes(server, sizes, mode, concurrency, peers, peer_timeout, peer_results, timeout)
+    return {
+        "mode": mode,
+        "concurrency": concurrency,
+        "ours": ours,
+        "peers": peer_results,
+        "scaling": scaling(ours),
+    }
 
 
 def comparison_table(ours: list[dict[str, Any]], peers: list[dict[str, Any]]) -> str:
@@ -393,28 +431,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server: {server.kind} PostgreSQL {row[0] if row else '?'}; mode {args.mode}")
         if args.peers:
             print(f"peers: {', '.join(args.peers)} (each after ours, same N, fresh database)")
-        peer_results: list[dict[str, Any]] = []
-        results = run_sizes(
-            server,
-            sizes,
-            args.mode,
-            args.concurrency,
-            args.peers,
-            args.peer_timeout,
-            peer_results,
+        run = fanout_scenario(
+            server, sizes, args.peers, args.concurrency, args.mode, args.peer_timeout
         )
     finally:
         server.stop()
-    if len(results) >= 2:
-        small, large = results[0], results[-1]
-        ratio = large["seconds"] / small["seconds"]
-        linear = large["n"] / small["n"]
+    scale = run["scaling"]
+    if scale is not None:
         print(
-            f"time({large['n']}) / time({small['n']}) = {ratio:.1f}x"
-            f" (linear: {linear:.0f}x; target <= {1.2 * linear:.0f}x)"
+            f"time({scale['large_n']}) / time({scale['small_n']}) = {scale['ratio']:.1f}x"
+            f" (linear: {scale['linear']:.0f}x; target <= {scale['target']:.0f}x)"
         )
     if args.peers:
-        print(comparison_table(results, peer_results))
+        print(comparison_table(run["ours"], run["peers"]))
     return 0
 
 

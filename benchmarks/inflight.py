@@ -47,6 +47,7 @@ from benchmarks.harness.server import (
     install_schema,
     start_server,
 )
+from benchmarks.harness.workers import worker_running
 
 SYSTEMS = ("ours", "awa", "upstream")
 QUEUE = "bench"
@@ -80,11 +81,10 @@ async def _child_absurd(flavour: str, spec: dict[str, Any]) -> dict[str, Any]:
 
     counters.spawned = int(spec["depth"])
     await spawn_batch(int(spec["depth"]))
-    kwargs: dict[str, Any] = {"concurrency": int(spec["inflight"]), "claim_timeout": 60}
+    kwargs: dict[str, Any] = {"claim_timeout": 60}
     if flavour == "ours":
         kwargs["handle_signals"] = False
-    worker = asyncio.ensure_future(app.start_worker(**kwargs))
-    try:
+    async with worker_running(app, int(spec["inflight"]), stop_within=30, **kwargs):
         return await measure(
             counters,
             spawn_batch,
@@ -92,12 +92,6 @@ async def _child_absurd(flavour: str, spec: dict[str, Any]) -> dict[str, Any]:
             seconds=float(spec["seconds"]),
             warmup=float(spec["warmup"]),
         )
-    finally:
-        app.stop_worker()
-        try:
-            await asyncio.wait_for(worker, 30)
-        finally:
-            await app.close()
 
 
 def run_one(server: Server, system: str, spec: dict[str, Any]) -> dict[str, Any]:

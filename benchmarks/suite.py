@@ -24,6 +24,18 @@ Scenarios (see benchmarks/README.md for the method):
    table growth and autovacuum, ours against upstream and Procrastinate
    (``benchmarks/sustained.py``).
 
+The big workflows, each only when named in ``--only`` (they take minutes):
+
+11. ``fanout``: a parent ``ctx.map``s N children (1,000 and 10,000; quick 100 and 500)
+   and awaits them all, ours against upstream and DBOS; time(largest N) / time(smallest)
+   against 1.2x linear (``benchmarks/fanout.py``);
+12. ``fanin``: 10,000 tasks (quick 300) each wait on an event of their own, 8 emitters
+   wake them: emits/s and emit p50/p99, ours against upstream and DBOS
+   (``benchmarks/event_fanin.py``);
+13. ``timers``: 100,000 timers due at one instant (quick 2,000): the fill, the idle
+   worker's ``queue_next_wake`` with none and all pending, the wake-up lag; ours only
+   (``benchmarks/timers.py``).
+
 Prints the tables with ratios; writes ``benchmarks/results/suite-<UTC timestamp>.json``.
 Exit status 0 when every target holds, 1 when one is missed, 2 when a measurement failed.
 """
@@ -55,6 +67,8 @@ from psycopg import sql
 from benchmarks import suite_report
 from benchmarks.ceiling import ceiling_scenario
 from benchmarks.drain import DrainConfig, prepare_database, run_drain, run_pickup
+from benchmarks.event_fanin import fanin_scenario
+from benchmarks.fanout import fanout_scenario
 from benchmarks.harness import REPO, RESULTS_DIR
 from benchmarks.harness.machine import machine_info, versions
 from benchmarks.harness.peers import ensure_peer, peer_version, run_peer, sqlalchemy_url
@@ -66,11 +80,14 @@ from benchmarks.harness.workers import SPAWN_OPTIONS, TASK_EVENT, WorkerProcess,
 from benchmarks.inflight import inflight_scenario
 from benchmarks.recovery import recovery_one
 from benchmarks.sustained import sustained_options, sustained_scenario
+from benchmarks.timers import timers_scenario
 
 #: DBOS's queue poll interval in the drains (its default, 1 s, would bound a drain at
 #: concurrency c to c tasks per second); the pickup uses DBOS's default.
 DBOS_DRAIN_POLL_S = 0.01
 DBOS_DEFAULT_POLL_S = 1.0
+#: Scenarios that run only when ``--only`` names them (minutes each).
+ON_REQUEST = ("sustained", "fanout", "fanin", "timers")
 
 TARGETS = {
     "drain_vs_upstream": 5.0,  # ours / upstream tasks/s, every drain configuration
@@ -396,9 +413,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="also upstream's claim at 1,000,000")
     p.add_argument(
         "--only",
-        help="comma list: spawn,drain,pickup,event,claim,ceiling,inflight,recovery,sustained"
-        " (sustained runs only when named: 200/500/1,000 tasks/s for 5 min each, --quick 20 s"
-        " at 200/500)",
+        help="comma list: spawn,drain,pickup,event,claim,ceiling,inflight,recovery, and"
+        " these only when named: sustained (200/500/1,000 tasks/s for 5 min each, --quick"
+        " 20 s at 200/500), fanout (N = 1,000 and 10,000; --quick 100 and 500), fanin"
+        " (10,000 events, 8 emitters; --quick 300), timers (100,000 at one instant;"
+        " --quick 2,000)",
     )
     p.add_argument("--peers", default="dbos,procrastinate,awa", help="peers ('' for none)")
     p.add_argument("--dsn", help="a PostgreSQL server to run on (default: an embedded PG 18)")
@@ -430,6 +449,7 @@ def run_scenarios(
 ) -> None:
     """Every scenario the plan wants, in order; a failed one is logged and the rest run."""
     offsets = {k: clock_offset(v) for k, v in dsns.items() if k in ("ours", "upstream")}
+    big_timeout = 180.0 if plan.quick else 900.0  # per system and size, in the big workflows
     scenarios: list[tuple[str, Callable[[], Any]]] = [
         ("spawn", lambda: spawn_scenario(dsns, plan)),
         ("drain", lambda: drain_scenario(dsns, plan, offsets)),
@@ -456,6 +476,34 @@ def run_scenarios(
                 sustained_options(20.0 if plan.quick else 300.0),
             ),
         ),
+        (
+            "fanout",
+            lambda: fanout_scenario(
+                server,
+                [100, 500] if plan.quick else [1000, 10000],
+                ("upstream", *(["dbos"] if "dbos" in plan.peers else [])),
+                peer_timeout=big_timeout,
+                timeout=big_timeout,
+            ),
+        ),
+        (
+            "fanin",
+            lambda: fanin_scenario(
+                server,
+                300 if plan.quick else 10_000,
+                8,
+                64,
+                ["upstream", *(["dbos"] if "dbos" in plan.peers else [])],
+                peer_timeout=big_timeout,
+                timeout=big_timeout,
+            ),
+        ),
+        (
+            "timers",
+            lambda: timers_scenario(
+                server, 2000 if plan.quick else 100_000, lead=3.0 if plan.quick else 10.0
+            ),
+        ),
         # Last: a restart leaves the embedded server's handle stale.
         (
             "recovery",
@@ -474,7 +522,7 @@ def run_scenarios(
         ),
     ]
     for name, fn in scenarios:
-        if not plan.wants(name) or (name == "sustained" and plan.only is None):
+        if not plan.wants(name) or (name in ON_REQUEST and plan.only is None):
             continue
         t0 = time.time()
         log(f"== {name}")

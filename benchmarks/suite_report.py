@@ -190,6 +190,101 @@ class Report:
             f"full throughput within 5 s of the restart (ours {fmt(s, 2)} s)",
         )
 
+    def fanout(self, fo: dict[str, Any]) -> None:
+        peers = sorted({p["system"] for p in fo.get("peers", [])}, key=SYSTEMS.index)
+        systems = ["ours", *peers]
+        seconds: dict[str, dict[int, float | None]] = {s: {} for s in systems}
+        rows = []
+        for mine in fo["ours"]:
+            n = mine["n"]
+            runs = {"ours": mine | {"vs_ours": 1.0}}
+            for p in fo.get("peers", []):
+                if p["n"] == n:
+                    runs[p["system"]] = p
+            cells, ratios = [f"{n:,}"], []
+            for system in systems:
+                res = runs.get(system, {})
+                good = not res.get("error") and res.get("correct")
+                seconds[system][n] = res.get("seconds") if good else None
+                cell = fmt(res.get("seconds"), 2)
+                cells.append(
+                    "error" if res.get("error") else "wrong sum" if good is False else cell
+                )
+                if system != "ours":
+                    ratios.append(fmt_ratio(res.get("vs_ours") if good else None))
+            rows.append(cells + ratios)
+        scale = fo.get("scaling")
+        if scale:
+            small, large = scale["small_n"], scale["large_n"]
+            rows.append(
+                [f"time {large:,} / {small:,} (target <= {scale['target']:.0f}x)"]
+                + [fmt_ratio(ratio(seconds[s].get(large), seconds[s].get(small))) for s in systems]
+                + [""] * len(peers)
+            )
+            ok = all(m.get("correct") for m in fo["ours"])
+            self.verdict(
+                ok and scale["ratio"] <= scale["target"],
+                f"fan-out time({large:,}) / time({small:,}) <= {scale['target']:.0f}x"
+                f" (ours {scale['ratio']:.1f}x{'' if ok else '; a wrong sum'})",
+            )
+        self.table(
+            "11. fan-out/fan-in: a parent ctx.maps N children and awaits them, seconds"
+            f" (concurrency {fo.get('concurrency')})",
+            ["N", *systems, *(f"{p}/ours" for p in peers)],
+            rows,
+        )
+
+    def fanin(self, fi: dict[str, Any]) -> None:
+        ours = fi["ours"]
+        rows = []
+        for name, fig in [("ours", ours), *fi.get("peers", {}).items()]:
+            label = name if name == "ours" else f"{name} {fig.get('version') or ''}".strip()
+            rows.append(
+                [
+                    label,
+                    "error" if fig.get("error") else fmt(fig.get("emit_per_s")),
+                    fmt(fig.get("emit_p50_ms"), 3),
+                    fmt(fig.get("emit_p99_ms"), 3),
+                    fmt(fig.get("resumed")),
+                    fmt_ratio(ratio(ours.get("emit_per_s"), fig.get("emit_per_s"))),
+                ]
+            )
+        self.table(
+            f"12. event fan-in: {fi['n']:,} tasks each await an event, {fi['emitters']}"
+            " emitters (emit_event per event)",
+            ["system", "emits/s", "p50 ms", "p99 ms", "resumed", "ours emits/s / peer"],
+            rows,
+        )
+
+    def timers(self, tm: dict[str, Any]) -> None:
+        idle, pending = tm.get("idle_probe") or {}, tm.get("pending_probe") or {}
+        rows = [
+            [
+                f"{tm['n']:,}",
+                fmt(tm.get("fill_s"), 1),
+                fmt(idle.get("queue_next_wake_ms"), 3),
+                fmt(pending.get("queue_next_wake_ms"), 3),
+                fmt(tm.get("lag_p50_ms"), 1),
+                fmt(tm.get("lag_p99_ms"), 1),
+                fmt(tm.get("started")),
+                fmt(tm.get("drain_per_s")),
+            ]
+        ]
+        self.table(
+            "13. timers due at one instant (ours): fill, queue_next_wake, wake-up lag",
+            [
+                "timers",
+                "fill s",
+                "next_wake ms, none",
+                "next_wake ms, all pending",
+                "lag p50 ms",
+                "lag p99 ms",
+                "started",
+                "drained/s",
+            ],
+            rows,
+        )
+
 
 def report(
     results: dict[str, Any], concurrencies: tuple[int, ...], targets: dict[str, float]
@@ -210,6 +305,9 @@ def report(
         r.ceiling(results["ceiling"])
     if results.get("recovery"):
         r.recovery(results["recovery"])
+    for name in ("fanout", "fanin", "timers"):
+        if results.get(name):
+            getattr(r, name)(results[name])
     print()
     print("\n\n".join(r.sections))
     print()

@@ -38,7 +38,7 @@ import psycopg
 
 from absurd.schema import install
 from benchmarks.harness.queues import clock_offset
-from benchmarks.harness.server import scratch_database
+from benchmarks.harness.server import Server, scratch_on, start_server
 from benchmarks.harness.stats import percentile
 
 QUEUE = "timers"
@@ -118,6 +118,16 @@ async def run(dsn: str, n: int, spread: float, lead: float, concurrency: int) ->
     }
 
 
+def timers_scenario(
+    server: Server, n: int, spread: float = 0.0, lead: float = 10.0, concurrency: int = 64
+) -> dict[str, Any]:
+    """``run`` on a fresh database of ``server`` with our schema (the suite's scenario)."""
+    with scratch_on(server, "timers") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            install(conn)
+        return asyncio.run(run(dsn, n, spread, lead, concurrency))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", help="a PostgreSQL server (default: an embedded PG 18)")
@@ -129,16 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 20_000
-    with scratch_database(args.dsn, "timers") as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+    server = start_server(args.dsn)
+    try:
+        with psycopg.connect(server.dsn) as conn:
             row = conn.execute("show server_version").fetchone()
-            install(conn)
         print(f"server: PostgreSQL {row[0] if row else '?'}")
-        print(
-            json.dumps(
-                asyncio.run(run(dsn, args.n, args.spread, args.lead, args.concurrency)), indent=2
-            )
-        )
+        result = timers_scenario(server, args.n, args.spread, args.lead, args.concurrency)
+        print(json.dumps(result, indent=2))
+    finally:
+        server.stop()
     return 0
 
 

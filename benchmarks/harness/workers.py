@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
@@ -343,3 +345,20 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.join(5)
         self.pipe.close()
+
+
+@contextlib.asynccontextmanager
+async def worker_running(
+    app: Any, concurrency: int, stop_within: float = 60, **options: Any
+) -> AsyncIterator[None]:
+    """An async client's worker (ours or upstream's) running in this process's loop; on
+    leaving, stopped (``stop_within`` seconds at most) and the client closed."""
+    worker = asyncio.ensure_future(app.start_worker(concurrency=concurrency, **options))
+    try:
+        yield
+    finally:
+        app.stop_worker()
+        try:
+            await asyncio.wait_for(worker, stop_within)
+        finally:
+            await app.close()

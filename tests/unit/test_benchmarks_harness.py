@@ -166,6 +166,56 @@ def test_suite_report_renders_every_scenario(capsys: pytest.CaptureFixture[str])
     assert all(v.startswith("PASS") for v in verdicts[1:])
 
 
+def test_suite_report_renders_the_big_workflows(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.fanout import scaling
+    from benchmarks.suite import TARGETS
+    from benchmarks.suite_report import report
+
+    ours = [
+        {"n": 1000, "seconds": 2.0, "correct": True},
+        {"n": 10000, "seconds": 30.0, "correct": True},
+    ]
+    peers = [
+        {"system": "upstream", "n": 1000, "seconds": 20.0, "correct": True, "vs_ours": 10.0},
+        {"system": "upstream", "n": 10000, "error": "timed out after 900 s"},
+        {"system": "dbos", "n": 1000, "seconds": 4.0, "correct": True, "vs_ours": 2.0},
+        {"system": "dbos", "n": 10000, "seconds": 40.0, "correct": True, "vs_ours": 1.33},
+    ]
+    fig = {"emit_per_s": 2000.0, "emit_p50_ms": 1.5, "emit_p99_ms": 4.0, "resumed": 300}
+    results = {
+        "fanout": {"concurrency": 16, "ours": ours, "peers": peers, "scaling": scaling(ours)},
+        "fanin": {
+            "n": 300,
+            "emitters": 8,
+            "ours": fig,
+            "peers": {"upstream": {"version": "0.5.1", **fig, "emit_per_s": 500.0}},
+        },
+        "timers": {
+            "n": 2000,
+            "fill_s": 0.4,
+            "idle_probe": {"queue_next_wake_ms": 0.05},
+            "pending_probe": {"queue_next_wake_ms": 0.06},
+            "started": 2000,
+            "lag_p50_ms": 12.0,
+            "lag_p99_ms": 80.0,
+            "drain_per_s": 900.0,
+        },
+    }
+    status, verdicts = report(results, (8,), TARGETS)
+    out = capsys.readouterr().out
+    assert "11. fan-out" in out and "12. event fan-in" in out and "13. timers" in out
+    fanout = out.split("11. fan-out")[1].split("12. event")[0]
+    assert "error" in fanout and "10.00x" in fanout and "1.33x" in fanout
+    assert (
+        "15.00x" in fanout and "10.00x" in fanout.strip().splitlines()[-1]
+    )  # ours and DBOS, 10k/1k
+    assert "upstream 0.5.1" in out and "4.00x" in out  # ours emits/s over upstream's
+    assert "0.060" in out and "80.0" in out
+    assert status == 1 and verdicts == [
+        "FAIL fan-out time(10,000) / time(1,000) <= 12x (ours 15.0x)"
+    ]
+
+
 def test_postgres_url_for_url_only_drivers() -> None:
     assert (
         postgres_url("postgresql://postgres@/db1?host=/tmp/sock")
