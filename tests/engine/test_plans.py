@@ -372,7 +372,6 @@ def test_catalogue_lists_every_statement(conn: psycopg.Connection[Any]) -> None:
 #: after five executions PostgreSQL may keep a generic plan (claim_task forces it), so
 #: that one is checked too.
 CACHED = {
-    "spawn",
     "claim.next_band",
     "claim.band",
     "sweep.cancellations",
@@ -400,15 +399,39 @@ CACHED = {
 }
 
 
+#: Statements written into each queue's own functions (absurd._make_queue_functions),
+#: which PL/pgSQL plans once per session: generic plans too.
+QUEUE_FUNCTIONS = {"spawn"}
+
+
 def test_cached_statements_are_the_ones_the_engine_caches() -> None:
     source = (Path(__file__).parents[2] / "src/absurd/sql/absurd.sql").read_text()
     assert set(re.findall(r"absurd\._cached\('([a-z_.]+)'", source)) == CACHED
+    maker = source[source.index("function absurd._make_queue_functions(") :]
+    maker = maker[: maker.index("\n$$;")]
+    assert set(re.findall(r"absurd\._sql\('([a-z_.]+)'", maker)) == QUEUE_FUNCTIONS
+
+
+def test_a_queue_function_runs_the_catalogue_statement(conn: Any) -> None:
+    """The queue's spawn function holds the statement "spawn" as absurd._sql writes it
+    for that queue (so the EXPLAIN tests of that text test what spawns run), and goes
+    with its queue."""
+    conn.execute("select absurd.create_queue('qf_a')")
+    body, text = conn.execute(
+        "select prosrc, absurd._sql('spawn', 'qf_a') from pg_proc"
+        " where proname = '_sp:qf_a' and pronamespace = 'absurd'::regnamespace"
+    ).fetchone()
+    assert text in body
+    conn.execute("select absurd.drop_queue('qf_a')")
+    assert conn.execute("select count(*) from pg_proc where proname = '_sp:qf_a'").fetchone() == (
+        0,
+    )
 
 
 @pytest.mark.parametrize(
     ("statement", "mode"),
     [(s, "force_custom_plan") for s in sorted(ARGS)]
-    + [(s, "force_generic_plan") for s in sorted(CACHED | {"schedule.due"})],
+    + [(s, "force_generic_plan") for s in sorted(CACHED | QUEUE_FUNCTIONS | {"schedule.due"})],
 )
 def test_statement_is_index_driven(
     statement: str, mode: str, full_queue: tuple[str, dict[str, str]], connect: Connect
@@ -435,13 +458,18 @@ def test_functions_that_run_catalogue_statements_plan_them_as_tested(
     conn: psycopg.Connection[Any],
 ) -> None:
     """Every function whose body runs an absurd._sql/_cached statement declares
-    ENGINE_SETTINGS, so the plans EXPLAINed here are the plans the engine runs."""
+    ENGINE_SETTINGS, and so does every queue's own function (which holds such a
+    statement written out), so the plans EXPLAINed here are the plans the engine runs.
+    absurd._make_queue_functions writes the statements into those and runs none."""
+    conn.execute("select absurd.create_queue('qf_settings')")
     rows = conn.execute(
         "select p.proname, coalesce(p.proconfig, '{}') from pg_proc p"
         " where p.pronamespace = 'absurd'::regnamespace"
-        "   and p.prosrc ~ 'absurd\\._(sql|cached)\\(' and p.proname not in ('_sql', '_cached')"
+        "   and (p.prosrc ~ 'absurd\\._(sql|cached)\\(' or p.proname like '\\_sp:%%')"
+        "   and p.proname not in ('_sql', '_cached', '_make_queue_functions')"
     ).fetchall()
-    assert len(rows) >= 20
+    conn.execute("select absurd.drop_queue('qf_settings')")
+    assert len(rows) >= 20 and "_sp:qf_settings" in {r[0] for r in rows}
     want = {f"{k}={v}" for k, v in ENGINE_SETTINGS.items()}
     missing = {name: config for name, config in rows if not want <= set(config)}
     assert not missing, f"functions planning catalogue statements without {want}: {missing}"

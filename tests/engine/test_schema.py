@@ -420,6 +420,10 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
             c.execute(f"drop function {function}")
         c.execute("drop type absurd._claimed_run")
         c.execute("drop table absurd.flow_limits")
+        for (function,) in c.execute(  # 0.6.0 had no queue functions
+            "select oid::regprocedure::text from pg_proc where proname like '\\_sp:%%'"
+        ).fetchall():
+            c.execute(f"drop function {function}")
         c.execute("drop function absurd.get_queue_policy(text)")  # 0.6.0's: nine columns
         c.execute(
             "create function absurd.get_queue_policy(p_queue_name text) returns table"
@@ -468,6 +472,14 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
                 (q,),
             ).fetchone()
             assert policy is not None and policy[:3] == (None, None, "running")
+            assert c.execute(
+                "select count(*) from pg_proc where proname = %s", (f"_sp:{q}",)
+            ).fetchone() == (1,)
+            spawned = c.execute(  # through it
+                "select created from absurd.spawn_task(%s, 'c', '4', '{\"delay\": 3600}')",
+                (q,),
+            ).fetchone()
+            assert spawned == (True,)
             c.execute(
                 "select absurd.set_queue_policy(%s, %s)",
                 (q, '{"max_running_per_key": 1, "rate_limit": {"limit": 9, "period_seconds": 1}}'),

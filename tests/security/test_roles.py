@@ -133,6 +133,9 @@ def test_worker_runs_the_lifecycle_through_the_sdk(roles: Roles) -> None:
         "select absurd.disable_cron()",
         "select absurd.schedule_detach_jobs()",
         "select absurd._sql('task.lock', 'jobs')",
+        # the queue's own spawn function: internal, SECURITY INVOKER (no table rights)
+        "select absurd.\"_sp:jobs\"(gen_random_uuid(), 'x', '{}', null, null, null, null,"
+        " now(), gen_random_uuid(), null, 0, now(), null, null, null)",
         "select absurd._install_roles('a', 'b')",
         "create table absurd.sneaky (x int)",
     ],
@@ -264,22 +267,40 @@ def test_worker_cannot_plant_a_prepared_statement_for_the_engine(roles: Roles) -
     after their text (absurd._cached), inside SECURITY DEFINER functions. A worker that
     prepared its own statement under that predictable name first must not get it run
     with the owner's privileges."""
+    claim = ("sweep.cancellations", "sweep.leases", "claim.next_band", "claim.band")
     with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
-        row = c.execute("select 'absurd_' || md5(absurd._sql('spawn', 'jobs'))").fetchone()
-        assert row is not None
-        name = row[0]
+        c.execute("select absurd.spawn_task('jobs', 'planted', '{}')")
+        names = [
+            c.execute("select 'absurd_' || md5(absurd._sql(%s, 'jobs'))", (s,)).fetchone()
+            for s in claim
+        ]
         before = c.execute("select count(*) from absurd.t_jobs").fetchone()
-    planted = (
-        f'prepare "{name}"(text, text, text, text, text, text, text, text, text, text, text, text)'
-        " as with d as (delete from absurd.t_jobs returning 1) select count(*)::int from d"
-    )
     with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
-        c.execute(planted)
-        c.execute("select * from absurd.spawn_task('jobs', 'planted', '{}')")
+        for row in names:
+            assert row is not None
+            c.execute(
+                f'prepare "{row[0]}" as with d as (delete from absurd.t_jobs returning 1)'
+                " select count(*)::int from d"
+            )
+        claimed = c.execute("select * from absurd.claim_task('jobs', 'w', 60, 1)").fetchall()
     with psycopg.connect(roles.owner_dsn, autocommit=True) as c:
         after = c.execute("select count(*) from absurd.t_jobs").fetchone()
     assert before is not None and after is not None
-    assert after[0] == before[0] + 1  # the real spawn ran; nothing was deleted
+    assert after[0] == before[0] and len(claimed) == 1  # the real claim ran; nothing deleted
+
+
+def test_worker_cannot_run_a_queue_function_of_a_queue_it_made(roles: Roles) -> None:
+    """A queue made after the roles gets its spawn function then (create_queue runs as
+    the owner). Called directly by the worker, it runs with the worker's own rights,
+    which include no table: refused."""
+    with psycopg.connect(roles.worker_dsn, autocommit=True) as c:
+        c.execute("select absurd.create_queue('later')")
+        assert c.execute("select created from absurd.spawn_task('later', 't', '1')").fetchone()
+    denied(
+        roles.worker_dsn,
+        "select absurd.\"_sp:later\"(gen_random_uuid(), 'x', '{}', null, null, null, null,"
+        " now(), gen_random_uuid(), null, 0, now(), null, null, null)",
+    )
 
 
 def test_worker_fires_schedules_and_reader_lists_them(roles: Roles) -> None:

@@ -1121,6 +1121,32 @@ begin
   if v_mode = 'partitioned' then
     perform absurd._ensure_partitioned_extras(q);
   end if;
+  perform absurd._make_queue_functions(q);
+end;
+$$;
+
+-- The queue's own functions: its hot statements written out as static SQL, which
+-- PL/pgSQL plans once per session, with its tables' names in them (spawn_task calls
+-- "_sp:<queue>", its statement "spawn"). Made by ensure_queue_tables (so create_queue, and every
+-- queue when absurd.sql runs again: an upgrade rewrites them), dropped by drop_queue.
+-- Named "_sp:<queue>": 4 bytes and a queue name's 57 fit PostgreSQL's 63, and the
+-- leading "_" keeps them internal (SECURITY INVOKER: only a caller that may write
+-- the queue's tables can run them, which is the schema owner inside spawn_task).
+create or replace function absurd._make_queue_functions(p_queue_name text)
+returns void
+language plpgsql
+as $$
+begin
+  execute format($fn$create or replace function absurd.%I(
+      uuid, text, jsonb, jsonb, jsonb, integer, jsonb, timestamptz, uuid, text, integer,
+      timestamptz, text, text, timestamptz)
+    returns integer
+    language plpgsql
+    set enable_seqscan = off
+    as %L$fn$,
+    '_sp:' || p_queue_name,
+    E'declare\n  n integer;\nbegin\n' || absurd._sql('spawn', p_queue_name)
+      || E'\n  into n;\n  return n;\nend;\n');
 end;
 $$;
 
@@ -1161,6 +1187,7 @@ language plpgsql
 as $$
 declare
   v_prefix text;
+  v_fn regprocedure;
 begin
   if p_queue_name is null
      or not exists (select 1 from absurd.queues where queue_name = p_queue_name) then
@@ -1172,6 +1199,10 @@ begin
   end if;
   foreach v_prefix in array array['i_', 's_', 'w_', 'e_', 'c_', 'r_', 't_'] loop
     execute format('drop table if exists absurd.%I cascade', v_prefix || p_queue_name);
+  end loop;
+  for v_fn in select p.oid::regprocedure from pg_proc p  -- its own functions
+             where p.pronamespace = 'absurd'::regnamespace and p.proname = '_sp:' || p_queue_name loop
+    execute format('drop function %s', v_fn);
   end loop;
   delete from absurd.task_watchers
   where queue_name = p_queue_name or watcher_queue = p_queue_name;
@@ -2877,25 +2908,40 @@ as $$
 declare
   v_delay double precision;
 begin
+  -- Each option's reader runs only when the option is there (every reader takes a
+  -- missing option as null): a spawn pays for the options it gives.
   retry_strategy := nullif(p_options -> 'retry_strategy', 'null'::jsonb);
   if retry_strategy is not null then
     perform absurd.retry_delay_seconds(retry_strategy, 1);
   end if;
-  max_attempts := absurd._opt_int(p_options, 'max_attempts');
-  if max_attempts < 1 then
-    perform absurd._raise('AB015', 'max_attempts must be >= 1');
+  if p_options ? 'max_attempts' then
+    max_attempts := absurd._opt_int(p_options, 'max_attempts');
+    if max_attempts < 1 then
+      perform absurd._raise('AB015', 'max_attempts must be >= 1');
+    end if;
   end if;
-  v_delay := absurd._opt_seconds(p_options, 'delay');
-  available_at := absurd._opt_timestamp(p_options, 'available_at');
+  if p_options ? 'delay' then
+    v_delay := absurd._opt_seconds(p_options, 'delay');
+  end if;
+  if p_options ? 'available_at' then
+    available_at := absurd._opt_timestamp(p_options, 'available_at');
+  end if;
   if v_delay is not null and available_at is not null then
     perform absurd._raise('AB015', 'Give either available_at or delay, not both');
   end if;
   available_at := case when v_delay is not null then p_now + make_interval(secs => v_delay)
                        else greatest(coalesce(available_at, p_now), p_now) end;
   headers := nullif(p_options -> 'headers', 'null'::jsonb);
-  cancellation := absurd._check_cancellation(p_options -> 'cancellation');
-  priority := coalesce(absurd._opt_int(p_options, 'priority'), 0);
-  flow_key := absurd._flow_key(p_options -> 'flow_key');
+  if p_options ? 'cancellation' then
+    cancellation := absurd._check_cancellation(p_options -> 'cancellation');
+  end if;
+  priority := 0;
+  if p_options ? 'priority' then
+    priority := coalesce(absurd._opt_int(p_options, 'priority'), 0);
+  end if;
+  if p_options ? 'flow_key' then
+    flow_key := absurd._flow_key(p_options -> 'flow_key');
+  end if;
   if p_options ? 'debounce' and jsonb_typeof(p_options -> 'debounce') <> 'null' then
     select d.key, d.period, d.timeout into debounce_key, debounce_period, v_delay
     from absurd._debounce(p_options) d;
@@ -2963,9 +3009,18 @@ declare
   v_old record;
   v_pushed uuid;
 begin
-  perform absurd._require_queue(q);
-  perform absurd._require_text(p_task_name, 'task_name');
-  v_opts := absurd._require_object(p_options, 'options');
+  -- The checks of _require_queue, _require_text and _require_object, each called
+  -- only when its quick test fails (to raise its error): a spawn is the one call
+  -- every application makes per task, and each call of a function costs.
+  perform 1 from absurd.queues qu where qu.queue_name = q;
+  if not found then
+    perform absurd._require_queue(q);
+  end if;
+  if p_task_name is null or btrim(p_task_name) = '' then
+    perform absurd._require_text(p_task_name, 'task_name');
+  end if;
+  v_opts := case when jsonb_typeof(p_options) = 'object' then p_options
+                 else absurd._require_object(p_options, 'options') end;
   o := absurd._spawn_options(v_opts, v_now);
   v_available := o.available_at;
 
@@ -2995,13 +3050,15 @@ begin
       return;
     end if;
   end if;
-  execute absurd._cached('spawn', q, quote_nullable(v_task_id), quote_nullable(p_task_name),
-          quote_nullable(p_params), quote_nullable(o.headers), quote_nullable(o.retry_strategy),
-          quote_nullable(o.max_attempts), quote_nullable(o.cancellation), quote_nullable(v_now),
-          quote_nullable(v_run_id), quote_nullable(v_opts ->> 'idempotency_key'),
-          quote_nullable(o.priority), quote_nullable(v_available),
-          quote_nullable(o.flow_key), quote_nullable(o.debounce_key),
-          quote_nullable(o.debounce_deadline)) into v_inserted;
+  -- The queue's spawn function (absurd._make_queue_functions): the statement "spawn"
+  -- planned once per session, its arguments passed as values (not as literals to
+  -- parse again, as a prepared statement's EXECUTE would take them).
+  execute format('select absurd.%I($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,'
+                 ' $14, $15)', '_sp:' || q)
+    into v_inserted
+    using v_task_id, p_task_name, p_params, o.headers, o.retry_strategy, o.max_attempts,
+          o.cancellation, v_now, v_run_id, v_opts ->> 'idempotency_key', o.priority,
+          v_available, o.flow_key, o.debounce_key, o.debounce_deadline;
   if v_inserted = 0 then
     -- The idempotency key is taken: hand back the task that holds it.
     execute absurd._sql('spawn.existing', q) into v_old using v_opts ->> 'idempotency_key';
@@ -3020,7 +3077,11 @@ begin
   if v_available <= v_now then
     perform absurd._notify(q, 'spawn');
   end if;
-  return query select v_task_id, v_run_id, 1, true;
+  task_id := v_task_id;  -- the row itself: cheaper than a query returning it
+  run_id := v_run_id;
+  attempt := 1;
+  created := true;
+  return next;
 end;
 $$;
 
