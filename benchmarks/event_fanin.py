@@ -54,14 +54,19 @@ import psycopg
 
 from absurd.schema import install
 from benchmarks.harness.fanin import Opener, emit_all, fanin_figures
-from benchmarks.harness.peers import peer_version, run_peer, sqlalchemy_url
+from benchmarks.harness.peers import (
+    WORKFLOW_PEERS,
+    parse_peers,
+    peer_version,
+    run_peer,
+    sqlalchemy_url,
+)
 from benchmarks.harness.report import fmt, fmt_ratio, log, render_table
 from benchmarks.harness.server import Server, install_schema, scratch_on, start_server
 from benchmarks.harness.stats import ratio
 from benchmarks.harness.workers import worker_running
 
 QUEUE = "fanin"
-PEERS = ("upstream", "dbos")
 #: Every task suspended: no run pending or running (ours and upstream name tables alike).
 BUSY_RUNS = f"select count(*) from absurd.r_{QUEUE} where state in ('pending', 'running')"
 UPSTREAM_SPAWN = (
@@ -293,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 tasks")
     parser.add_argument(
         "--peers",
-        default=",".join(PEERS),
+        type=parse_peers,
+        default=",".join(WORKFLOW_PEERS),
         help="upstream,dbos (the default), one of them, or none: ours only",
     )
     parser.add_argument(
@@ -305,10 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 10_000
-    peers = [] if args.peers == "none" else [p for p in args.peers.split(",") if p]
-    unknown = sorted(set(peers) - set(PEERS))
-    if unknown:
-        parser.error(f"unknown peers: {', '.join(unknown)} (known: {', '.join(PEERS)}, none)")
+    peers = list(args.peers)
     server = start_server(args.dsn)
     try:
         with psycopg.connect(server.dsn) as conn:

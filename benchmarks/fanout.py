@@ -45,14 +45,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import multiprocessing as mp
 import resource
 import sys
 import time
 import tracemalloc
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +59,13 @@ if not __package__:  # run as a file: the package's root
 
 import psycopg
 
-from benchmarks.harness.peers import run_peer, sqlalchemy_url
+from benchmarks.harness.peers import parse_peers, run_peer, sqlalchemy_url
 from benchmarks.harness.report import fmt, fmt_ratio, render_table
 from benchmarks.harness.server import (
     Server,
-    drop_database,
-    fresh_database,
     install_schema,
     schema_rows,
+    scratch_on,
     start_server,
 )
 from benchmarks.harness.workers import worker_running
@@ -76,7 +73,6 @@ from benchmarks.harness.workers import worker_running
 QUEUE = "fan"
 #: Upstream's children: its ``await_task_result`` refuses the parent's own queue.
 UPSTREAM_KIDS = "fan_kids"
-PEERS = ("upstream", "dbos")
 #: DBOS's queue poll interval, as in the suite's drains (its default, 1 s, would pace
 #: the children at ``--concurrency`` a second).
 DBOS_POLL_S = 0.01
@@ -194,17 +190,12 @@ async def upstream_fanout(dsn: str, n: int, concurrency: int) -> dict[str, Any]:
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     spawned = await parent.spawn("root", n)
-    workers = [
-        asyncio.ensure_future(parent.start_worker(concurrency=1, claim_timeout=600)),
-        asyncio.ensure_future(kids.start_worker(concurrency=concurrency, claim_timeout=600)),
-    ]
-    snap = await _until_done(parent, spawned["task_id"])
-    elapsed = time.perf_counter() - t0
-    parent.stop_worker()
-    kids.stop_worker()
-    await asyncio.wait_for(asyncio.gather(*workers), 60)
-    await parent.close()
-    await kids.close()
+    async with (
+        worker_running(parent, 1, claim_timeout=600),
+        worker_running(kids, concurrency, claim_timeout=600),
+    ):
+        snap = await _until_done(parent, spawned["task_id"])
+        elapsed = time.perf_counter() - t0
     return {
         "n": n,
         "mode": "one-by-one",
@@ -272,15 +263,11 @@ def run_peer_fanout(
 ) -> dict[str, Any]:
     """One peer's fan-out of N on a fresh database; an error (or a timeout) is returned
     as ``{"error": ...}``, never raised."""
-    dbname = f"fanout_{peer}_{uuid.uuid4().hex[:8]}"
     try:
-        dsn = fresh_database(server, dbname)
-        try:
+        with scratch_on(server, f"fanout_{peer}") as dsn:
             if peer == "upstream":
                 return run_upstream(dsn, n, concurrency, timeout)
             return run_dbos(dsn, n, concurrency, timeout)
-        finally:
-            drop_database(server, dbname)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -300,16 +287,10 @@ def run_sizes(
     each of ours."""
     out = []
     for n in sizes:
-        dbname = f"fanout_{uuid.uuid4().hex[:8]}"
-        dsn = fresh_database(server, dbname)
-        try:
+        with scratch_on(server, "fanout") as dsn:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                from absurd.schema import install
-
-                install(conn)
+                install_schema(conn, "ours")
             result = asyncio.run(one_fanout(dsn, n, mode, concurrency, timeout))
-        finally:
-            drop_database(server, dbname)
         print(json.dumps(result), flush=True)
         out.append(result)
         for peer in peers:
@@ -390,20 +371,6 @@ def _last_line(text: str) -> str:
     """An error's last line (a peer's traceback ends with the exception)."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1].strip() if lines else ""
-
-
-def parse_peers(value: str) -> tuple[str, ...]:
-    """``none``, a comma-separated subset of PEERS, or ``auto``: both, upstream only if
-    ``absurd_sdk`` is installed (DBOS's virtualenv is built on first use)."""
-    if value == "none":
-        return ()
-    if value == "auto":
-        return tuple(p for p in PEERS if p != "upstream" or importlib.util.find_spec("absurd_sdk"))
-    peers = tuple(p.strip() for p in value.split(",") if p.strip())
-    unknown = [p for p in peers if p not in PEERS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown}: choose from {PEERS}")
-    return peers
 
 
 def main(argv: list[str] | None = None) -> int:

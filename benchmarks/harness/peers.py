@@ -7,6 +7,8 @@ that prints one JSON object on stdout (public APIs only).
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -26,6 +28,30 @@ PEER_PACKAGES = {
     "procrastinate": ["procrastinate==3.10.0"],
     "awa": ["awa-pg==0.6.9"],
 }
+
+
+#: The peers of the big-workflow benchmarks (fanout.py, event_fanin.py): upstream
+#: Absurd 0.5.1 in this virtualenv (``absurd_sdk``) and DBOS in its own.
+WORKFLOW_PEERS = ("upstream", "dbos")
+
+
+def parse_peers(value: str) -> tuple[str, ...]:
+    """A ``--peers`` value of the big-workflow benchmarks: ``none``, a comma-separated
+    subset of WORKFLOW_PEERS, or ``auto``: both, upstream only if ``absurd_sdk`` is
+    installed (DBOS's virtualenv is built on first use)."""
+    if value == "none":
+        return ()
+    if value == "auto":
+        return tuple(
+            p for p in WORKFLOW_PEERS if p != "upstream" or importlib.util.find_spec("absurd_sdk")
+        )
+    peers = tuple(p.strip() for p in value.split(",") if p.strip())
+    unknown = [p for p in peers if p not in WORKFLOW_PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer(s) {unknown}: choose from {WORKFLOW_PEERS} or none"
+        )
+    return peers
 
 
 def ensure_peer(name: str) -> Path:

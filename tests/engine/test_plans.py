@@ -465,7 +465,7 @@ def test_functions_that_run_catalogue_statements_plan_them_as_tested(
     rows = conn.execute(
         "select p.proname, coalesce(p.proconfig, '{}') from pg_proc p"
         " where p.pronamespace = 'absurd'::regnamespace"
-        "   and (p.prosrc ~ 'absurd\\._(sql|cached)\\(' or p.proname like '\\_sp:%%')"
+        "   and (p.prosrc ~ 'absurd\\._(sql|cached)\\(' or p.proname like '\\_sp:%')"
         "   and p.proname not in ('_sql', '_cached', '_make_queue_functions')"
     ).fetchall()
     conn.execute("select absurd.drop_queue('qf_settings')")

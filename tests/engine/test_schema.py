@@ -421,7 +421,7 @@ def test_upgrade_from_0_6_0_adds_flow_control(new_database: Callable[[], str]) -
         c.execute("drop type absurd._claimed_run")
         c.execute("drop table absurd.flow_limits")
         for (function,) in c.execute(  # 0.6.0 had no queue functions
-            "select oid::regprocedure::text from pg_proc where proname like '\\_sp:%%'"
+            "select oid::regprocedure::text from pg_proc where proname like '\\_sp:%'"
         ).fetchall():
             c.execute(f"drop function {function}")
         c.execute("drop function absurd.get_queue_policy(text)")  # 0.6.0's: nine columns

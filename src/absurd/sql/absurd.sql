@@ -1127,11 +1127,20 @@ $$;
 
 -- The queue's own functions: its hot statements written out as static SQL, which
 -- PL/pgSQL plans once per session, with its tables' names in them (spawn_task calls
--- "_sp:<queue>", its statement "spawn"). Made by ensure_queue_tables (so create_queue, and every
--- queue when absurd.sql runs again: an upgrade rewrites them), dropped by drop_queue.
--- Named "_sp:<queue>": 4 bytes and a queue name's 57 fit PostgreSQL's 63, and the
--- leading "_" keeps them internal (SECURITY INVOKER: only a caller that may write
--- the queue's tables can run them, which is the schema owner inside spawn_task).
+-- "_sp:<queue>", its statement "spawn"). Made by ensure_queue_tables (so create_queue,
+-- and every queue when absurd.sql runs again: an upgrade rewrites them), dropped by
+-- drop_queue. Named by absurd._spawn_function: "_sp:" (4 bytes) and a queue name's 57
+-- fit PostgreSQL's 63, and the leading "_" keeps them internal (SECURITY INVOKER: only
+-- a caller that may write the queue's tables can run them, which is the schema owner
+-- inside spawn_task).
+create or replace function absurd._spawn_function(p_queue_name text)
+returns text
+language sql
+immutable
+as $$
+  select '_sp:' || p_queue_name;
+$$;
+
 create or replace function absurd._make_queue_functions(p_queue_name text)
 returns void
 language plpgsql
@@ -1144,7 +1153,7 @@ begin
     language plpgsql
     set enable_seqscan = off
     as %L$fn$,
-    '_sp:' || p_queue_name,
+    absurd._spawn_function(p_queue_name),
     E'declare\n  n integer;\nbegin\n' || absurd._sql('spawn', p_queue_name)
       || E'\n  into n;\n  return n;\nend;\n');
 end;
@@ -1201,7 +1210,8 @@ begin
     execute format('drop table if exists absurd.%I cascade', v_prefix || p_queue_name);
   end loop;
   for v_fn in select p.oid::regprocedure from pg_proc p  -- its own functions
-             where p.pronamespace = 'absurd'::regnamespace and p.proname = '_sp:' || p_queue_name loop
+             where p.pronamespace = 'absurd'::regnamespace
+               and p.proname = absurd._spawn_function(p_queue_name) loop
     execute format('drop function %s', v_fn);
   end loop;
   delete from absurd.task_watchers
@@ -3054,7 +3064,7 @@ begin
   -- planned once per session, its arguments passed as values (not as literals to
   -- parse again, as a prepared statement's EXECUTE would take them).
   execute format('select absurd.%I($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,'
-                 ' $14, $15)', '_sp:' || q)
+                 ' $14, $15)', absurd._spawn_function(q))
     into v_inserted
     using v_task_id, p_task_name, p_params, o.headers, o.retry_strategy, o.max_attempts,
           o.cancellation, v_now, v_run_id, v_opts ->> 'idempotency_key', o.priority,
